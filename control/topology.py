@@ -1,0 +1,298 @@
+"""JetStream topology in one place: streams, consumers and the node bucket, created idempotently.
+
+`ensure_topology` is what `flotilla nats init`, the control plane and the dev stack run at
+start-up. Re-running it on a compatible topology changes nothing; a field that differs and that
+the server cannot update is reported as a `TopologyError` naming the object and the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    KeyValueConfig,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+    SubjectTransform,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+
+from schemas.common import PRIORITIES
+from schemas.subjects import Subjects
+
+DEFAULT_POOLS = ("cpu", "nvenc", "qsv", "vaapi")
+
+
+class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    replicas: int = 1
+    pools: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_POOLS))
+    #: Dedup window for job ids: a re-submit inside it is stored once.
+    job_dedup_window: float = 24 * 3600.0
+    job_max_msgs: int = 1_000_000
+    job_max_bytes: int = 1 << 30
+    events_max_age: float = 14 * 86400.0
+    events_dedup_window: float = 2 * 3600.0
+    dead_letter_max_age: float = 30 * 86400.0
+    #: Consumer ack wait; daemons send in-progress acks at a quarter of it.
+    ack_wait: float = 60.0
+    #: Global ceiling for crash loops; per-job attempts are the daemon's decision.
+    max_deliver: int = 20
+    #: Fixed at creation by the server: sized for the largest fleet.
+    max_waiting: int = 4096
+    node_ttl: float = 30.0
+
+
+class TopologyError(Exception):
+    """The topology on the server is incompatible with what this build needs."""
+
+
+@dataclass
+class TopologyReport:
+    created: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+
+def jobs_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.jobs_stream,
+        description="Flotilla jobs, work queue",
+        subjects=[subjects.submit_wildcard],
+        subject_transform=SubjectTransform(
+            src=subjects.submit_wildcard, dest=subjects.jobs_transform
+        ),
+        retention=RetentionPolicy.WORK_QUEUE,
+        # New jobs are refused when full, so producers see backpressure instead of silent loss.
+        discard=DiscardPolicy.NEW,
+        max_msgs=s.job_max_msgs,
+        max_bytes=s.job_max_bytes,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=s.job_dedup_window,
+    )
+
+
+def events_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.events_stream,
+        description="Flotilla node and job events",
+        subjects=[subjects.events_wildcard],
+        retention=RetentionPolicy.LIMITS,
+        max_age=s.events_max_age,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=s.events_dedup_window,
+    )
+
+
+def dead_letter_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
+    return StreamConfig(
+        name=subjects.dead_letter_stream,
+        description="Jobs that exhausted their deliveries or were terminated",
+        subjects=[f"{subjects.prefix}.dlq.>"],
+        retention=RetentionPolicy.LIMITS,
+        max_age=s.dead_letter_max_age,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=s.events_dedup_window,
+    )
+
+
+def advisories_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
+    # Advisories are core NATS messages: captured here, or lost when nobody listens.
+    return StreamConfig(
+        name=subjects.advisories_stream,
+        description="Max-deliveries and terminated advisories of the jobs stream",
+        subjects=subjects.advisory_subjects(),
+        retention=RetentionPolicy.LIMITS,
+        max_age=s.dead_letter_max_age,
+        storage=StorageType.FILE,
+        num_replicas=s.replicas,
+        duplicate_window=120.0,
+    )
+
+
+def job_consumer_config(
+    subjects: Subjects, s: TopologySettings, pool: str, priority: str
+) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.consumer(pool, priority),
+        filter_subject=subjects.jobs_filter(pool, priority),
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=s.ack_wait,
+        max_deliver=s.max_deliver,
+        max_ack_pending=-1,
+        max_waiting=s.max_waiting,
+        metadata={"flotilla.pool": pool, "flotilla.priority": priority},
+    )
+
+
+def ingest_consumer_config(subjects: Subjects, s: TopologySettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=subjects.ingest_consumer,
+        filter_subject=subjects.events_wildcard,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=60.0,
+        max_deliver=-1,
+        max_ack_pending=20_000,
+        max_waiting=512,
+    )
+
+
+def advisories_consumer_config(s: TopologySettings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name="control-advisories",
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_wait=60.0,
+        max_deliver=-1,
+        max_waiting=512,
+    )
+
+
+_STREAM_FIELDS = (
+    "subjects",
+    "retention",
+    "discard",
+    "max_msgs",
+    "max_bytes",
+    "max_age",
+    "storage",
+    "num_replicas",
+    "duplicate_window",
+)
+_CONSUMER_FIELDS = (
+    "filter_subject",
+    "ack_policy",
+    "ack_wait",
+    "max_deliver",
+    "max_ack_pending",
+    "max_waiting",
+)
+_FIXED_CONSUMER_FIELDS = frozenset({"max_waiting", "filter_subject", "ack_policy"})
+_FIXED_STREAM_FIELDS = frozenset({"retention", "storage"})
+
+
+def _norm(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 3)
+    return value
+
+
+def _diff(want: Any, have: Any, fields: tuple[str, ...]) -> list[str]:
+    # Only the fields this build sets: None means "server default" and is not compared.
+    return [
+        f
+        for f in fields
+        if getattr(want, f) is not None and _norm(getattr(want, f)) != _norm(getattr(have, f))
+    ]
+
+
+async def ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: TopologyReport) -> None:
+    name = f"stream {cfg.name}"
+    try:
+        info = await js.stream_info(str(cfg.name))
+    except NotFoundError:
+        await js.add_stream(cfg)
+        report.created.append(name)
+        return
+    changed = _diff(cfg, info.config, _STREAM_FIELDS)
+    want_tr, have_tr = cfg.subject_transform, info.config.subject_transform
+    if (want_tr and want_tr.dest) != (have_tr and have_tr.dest):
+        changed.append("subject_transform")
+    if not changed:
+        report.unchanged.append(name)
+        return
+    fixed = [f for f in changed if f in _FIXED_STREAM_FIELDS]
+    if fixed:
+        raise TopologyError(f"{name}: {', '.join(fixed)} differ and cannot be changed in place")
+    try:
+        await js.update_stream(cfg)
+    except Exception as exc:
+        raise TopologyError(f"{name}: cannot update {', '.join(changed)}: {exc}") from exc
+    report.updated.append(f"{name} ({', '.join(changed)})")
+
+
+async def ensure_consumer(
+    js: JetStreamContext, stream: str, cfg: ConsumerConfig, report: TopologyReport
+) -> None:
+    name = f"consumer {stream}/{cfg.durable_name}"
+    try:
+        info = await js.consumer_info(stream, str(cfg.durable_name))
+    except NotFoundError:
+        await js.add_consumer(stream, cfg)
+        report.created.append(name)
+        return
+    changed = _diff(cfg, info.config, _CONSUMER_FIELDS)
+    if not changed:
+        report.unchanged.append(name)
+        return
+    fixed = [f for f in changed if f in _FIXED_CONSUMER_FIELDS]
+    if fixed:
+        raise TopologyError(
+            f"{name}: {', '.join(fixed)} differ and cannot be changed; delete the consumer "
+            "(when no node is bound) and re-run `flotilla nats init`"
+        )
+    await js.add_consumer(stream, cfg)
+    report.updated.append(f"{name} ({', '.join(changed)})")
+
+
+async def ensure_nodes_bucket(
+    js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
+) -> None:
+    name = f"bucket {subjects.nodes_bucket}"
+    try:
+        await js.key_value(subjects.nodes_bucket)
+        report.unchanged.append(name)
+    except BucketNotFoundError:
+        # limit_marker_ttl makes expiry visible to watchers (a PURGE marker) instead of silent.
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.nodes_bucket,
+                history=1,
+                ttl=s.node_ttl,
+                replicas=s.replicas,
+                storage=StorageType.FILE,
+                limit_marker_ttl=1.0,
+            )
+        )
+        report.created.append(name)
+
+
+async def ensure_pool_consumers(
+    js: JetStreamContext, subjects: Subjects, s: TopologySettings, pools: list[str]
+) -> TopologyReport:
+    report = TopologyReport()
+    for pool in pools:
+        for priority in PRIORITIES:
+            cfg = job_consumer_config(subjects, s, pool, priority)
+            await ensure_consumer(js, subjects.jobs_stream, cfg, report)
+    return report
+
+
+async def ensure_topology(
+    js: JetStreamContext, subjects: Subjects, s: TopologySettings
+) -> TopologyReport:
+    report = TopologyReport()
+    await ensure_stream(js, jobs_stream_config(subjects, s), report)
+    await ensure_stream(js, events_stream_config(subjects, s), report)
+    await ensure_stream(js, dead_letter_stream_config(subjects, s), report)
+    await ensure_stream(js, advisories_stream_config(subjects, s), report)
+    pools = await ensure_pool_consumers(js, subjects, s, s.pools)
+    report.created += pools.created
+    report.updated += pools.updated
+    report.unchanged += pools.unchanged
+    await ensure_consumer(js, subjects.events_stream, ingest_consumer_config(subjects, s), report)
+    await ensure_consumer(js, subjects.advisories_stream, advisories_consumer_config(s), report)
+    await ensure_nodes_bucket(js, subjects, s, report)
+    return report

@@ -1,0 +1,132 @@
+"""Request/reply types of the control plane API on `<prefix>.api.<verb>` (a nats.micro service)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from schemas.alerts import Alert
+from schemas.common import NodeId, NonNegInt, Token, Wire
+from schemas.jobs import JobSpec
+from schemas.nodes import Heartbeat, NodeCapabilities, NodeState
+from schemas.results import JobResult
+
+JobState = Literal["submitted", "queued", "running", "completed", "failed", "cancelled"]
+TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
+Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
+
+
+class ApiError(Wire, kw_only=True):
+    code: Literal[400, 401, 403, 404, 409, 429, 500, 503]
+    message: str
+
+
+class SubmitRequest(Wire, kw_only=True):
+    job: JobSpec
+
+
+class SubmitReply(Wire, kw_only=True):
+    job_id: Token
+    subject: str
+    stream: str
+    seq: NonNegInt
+    duplicate: bool = False
+
+
+class JobRef(Wire, kw_only=True):
+    job_id: Token
+
+
+class JobInfo(Wire, kw_only=True):
+    job_id: Token
+    tenant: str
+    state: JobState
+    pool: str
+    priority: str
+    operation: str
+    node_id: str | None = None
+    attempts: NonNegInt = 0
+    percent: float | None = None
+    fps: float | None = None
+    speed: float | None = None
+    submitted_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_wait_s: float | None = None
+    run_time_s: float | None = None
+    last_error: str | None = None
+    stderr_tail: str | None = None
+    result: JobResult | None = None
+    dead_lettered: bool = False
+
+
+class JobListRequest(Wire, kw_only=True):
+    state: JobState | None = None
+    tenant: Token | None = None
+    node_id: NodeId | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: Limit = 50
+    #: Opaque cursor from the previous page's `next_cursor`.
+    cursor: str | None = None
+
+
+class JobListReply(Wire, kw_only=True):
+    jobs: list[JobInfo]
+    next_cursor: str | None = None
+
+
+class JobEventRecord(Wire, kw_only=True):
+    event_id: str
+    kind: str
+    node_id: str
+    attempt: int
+    ts: float
+    body: dict[str, Any]
+
+
+class JobEventsReply(Wire, kw_only=True):
+    job_id: Token
+    events: list[JobEventRecord]
+
+
+class NodeInfo(Wire, kw_only=True):
+    node_id: NodeId
+    state: NodeState
+    last_seen: float | None = None
+    capabilities: NodeCapabilities | None = None
+    heartbeat: Heartbeat | None = None
+
+
+class NodeListReply(Wire, kw_only=True):
+    nodes: list[NodeInfo]
+
+
+class NodeRef(Wire, kw_only=True):
+    node_id: NodeId
+    deadline_s: float | None = None
+
+
+class CancelRequest(Wire, kw_only=True):
+    job_id: Token
+    reason: str = "cancelled by operator"
+
+
+class AckReply(Wire, kw_only=True):
+    ok: bool
+    message: str = ""
+
+
+class PoolSummary(Wire, kw_only=True):
+    pool: str
+    queued: NonNegInt
+    oldest_wait_s: float | None = None
+    nodes_online: NonNegInt = 0
+
+
+class SummaryReply(Wire, kw_only=True):
+    jobs_by_state: dict[str, NonNegInt]
+    nodes_by_state: dict[str, NonNegInt]
+    pools: list[PoolSummary]
+    alerts_firing: list[Alert] = []

@@ -1,0 +1,63 @@
+"""Encode and decode wire messages: one typed decoder per subject family, errors as values."""
+
+from __future__ import annotations
+
+from typing import Any, Generic, TypeVar
+
+import msgspec
+
+from schemas.common import WIRE_VERSION
+
+T = TypeVar("T")
+
+#: Largest message any decoder accepts; job specs and events are a few KiB at most.
+MAX_MESSAGE_BYTES = 256 * 1024
+
+
+class DecodeError(ValueError):
+    """A message that cannot be accepted: malformed, truncated, oversized or the wrong version."""
+
+    def __init__(self, type_name: str, reason: str) -> None:
+        super().__init__(f"invalid {type_name}: {reason}")
+        self.type_name = type_name
+        self.reason = reason
+
+
+class Decoder(Generic[T]):
+    """A JSON decoder for one wire type, built once and reused."""
+
+    def __init__(self, tp: Any, name: str | None = None) -> None:
+        self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(tp)
+        self.name: str = name or str(getattr(tp, "__name__", "message"))
+
+    def decode(self, data: bytes | bytearray | memoryview | str) -> T:
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise DecodeError(self.name, f"{len(data)} bytes is over the {MAX_MESSAGE_BYTES} limit")
+        try:
+            return self._decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            raise DecodeError(self.name, _explain(str(exc), data)) from exc
+        except msgspec.DecodeError as exc:
+            raise DecodeError(self.name, f"malformed JSON ({exc})") from exc
+
+
+def _explain(message: str, data: bytes | bytearray | memoryview | str) -> str:
+    """Name the version problem plainly when it is one; msgspec's message otherwise."""
+    if "`$.v`" in message:
+        try:
+            seen = msgspec.json.decode(data).get("v")
+        except (msgspec.DecodeError, AttributeError):
+            seen = None
+        return f"unsupported schema version {seen!r} (this build speaks v{WIRE_VERSION})"
+    return message
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+def to_builtins(message: msgspec.Struct) -> Any:
+    return msgspec.to_builtins(message)

@@ -1,0 +1,77 @@
+"""The job spec a producer publishes, and the rule that derives its pool."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.common import Labels, Part, Priority, Token, Uri, Wire
+from schemas.operations import Canary, Operation, Probe
+
+Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
+HW_POOLS: tuple[str, ...] = ("nvenc", "qsv", "vaapi")
+DEFAULT_POOL = "cpu"
+
+
+class Requirements(Part, kw_only=True):
+    #: Pool override; by default the pool follows `accel` (see `pool_of`).
+    pool: Token | None = None
+    #: `auto`: best verified encoder, falling back to software; `software` forbids hardware;
+    #: a family name requires that hardware encoder.
+    accel: Accel = "auto"
+    min_gpu_memory_mb: Annotated[int, msgspec.Meta(ge=0, le=1_048_576)] = 0
+    #: The node must carry every one of these labels with the same value.
+    labels: Labels = {}
+
+
+class Timeouts(Part, kw_only=True):
+    #: Past the soft timeout the job keeps running but is reported as slow.
+    soft_seconds: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] | None = None
+    #: Past the hard timeout ffmpeg is stopped and the attempt fails.
+    hard_seconds: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 6 * 3600.0
+
+    def __post_init__(self) -> None:
+        if self.soft_seconds is not None and self.soft_seconds > self.hard_seconds:
+            raise ValueError("`soft_seconds` must not exceed `hard_seconds`")
+
+
+class JobSpec(Wire, kw_only=True):
+    job_id: Token
+    tenant: Token = "default"
+    priority: Priority = "normal"
+    input: Uri
+    output: Uri | None = None
+    operation: Operation
+    requirements: Requirements = msgspec.field(default_factory=Requirements)
+    timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    deadline: datetime | None = None
+    callback_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    metadata: dict[Annotated[str, msgspec.Meta(max_length=64)], str] = {}
+
+    def __post_init__(self) -> None:
+        needs_output = not isinstance(self.operation, Probe | Canary)
+        if needs_output and self.output is None:
+            raise ValueError(f"operation {self.operation_name!r} needs `output`")
+        req = self.requirements
+        if req.pool is not None and req.accel in HW_POOLS and req.pool != req.accel:
+            raise ValueError(f"`requirements.pool` {req.pool!r} contradicts accel {req.accel!r}")
+
+    @property
+    def operation_name(self) -> str:
+        return str(type(self.operation).__struct_config__.tag)
+
+    @property
+    def pool(self) -> str:
+        return pool_of(self.requirements)
+
+
+def pool_of(req: Requirements) -> str:
+    """A job's pool: explicit, else the hardware family it requires, else `cpu`."""
+    if req.pool is not None:
+        return req.pool
+    if req.accel in HW_POOLS:
+        return req.accel
+    return DEFAULT_POOL

@@ -1,0 +1,100 @@
+"""What a node says about itself: capabilities (on change) and heartbeats (on an interval)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from schemas.common import Labels, NodeId, NonNegFloat, NonNegInt, Part, Percent, Wire
+
+NodeState = Literal["online", "draining", "offline"]
+
+
+class CpuInfo(Part, kw_only=True):
+    model: str
+    physical_cores: NonNegInt
+    logical_cores: NonNegInt
+
+
+class GpuInfo(Part, kw_only=True):
+    index: NonNegInt
+    name: str
+    uuid: str
+    memory_total_bytes: NonNegInt
+    driver_version: str
+    #: NVENC / NVDEC engines as NVML reports them (an H200 has NVDEC but no NVENC).
+    nvenc: bool
+    nvdec: bool
+    encoder_session_limit: NonNegInt | None = None
+    encoder_codecs: list[str] = []
+    decoder_codecs: list[str] = []
+    utilization_percent: Percent | None = None
+    encoder_utilization_percent: Percent | None = None
+    temperature_c: float | None = None
+    notes: list[str] = []
+
+
+class FfmpegInfo(Part, kw_only=True):
+    path: str
+    version: str
+    encoders: list[str] = []
+    hwaccels: list[str] = []
+    filters: list[str] = []
+
+
+class DroppedEncoder(Part, kw_only=True):
+    name: str
+    reason: str
+
+
+class NodeCapabilities(Wire, kw_only=True):
+    node_id: NodeId
+    hostname: str
+    daemon_version: str
+    cpu: CpuInfo
+    memory_total_bytes: NonNegInt
+    disk_total_bytes: NonNegInt
+    disk_free_bytes: NonNegInt
+    gpus: list[GpuInfo] = []
+    gpu_notes: list[str] = []
+    dri_render_nodes: list[str] = []
+    ffmpeg: FfmpegInfo
+    #: Hardware and software encoders that passed a test encode on this node.
+    verified_encoders: list[str] = []
+    dropped_encoders: list[DroppedEncoder] = []
+    hwaccels: list[str] = []
+    pools: list[str] = []
+    slots: dict[str, NonNegInt] = {}
+    labels: Labels = {}
+
+
+class GpuLoad(Part, kw_only=True):
+    index: NonNegInt
+    utilization_percent: Percent | None = None
+    encoder_utilization_percent: Percent | None = None
+    decoder_utilization_percent: Percent | None = None
+    memory_used_bytes: NonNegInt | None = None
+    temperature_c: float | None = None
+
+
+class Heartbeat(Wire, kw_only=True):
+    node_id: NodeId
+    ts: float
+    state: NodeState = "online"
+    load1: NonNegFloat = 0.0
+    cpu_percent: Percent = 0.0
+    memory_percent: Percent = 0.0
+    disk_free_bytes: NonNegInt = 0
+    disk_low: bool = False
+    slots: dict[str, NonNegInt] = {}
+    free_slots: dict[str, NonNegInt] = {}
+    running_jobs: list[str] = []
+    gpus: list[GpuLoad] = []
+    withdrawn_encoders: list[str] = []
+    outbox_depth: NonNegInt = 0
+
+
+class NodeRecord(Wire, kw_only=True):
+    """The node KV bucket's value: capabilities plus the latest heartbeat."""
+
+    capabilities: NodeCapabilities
+    heartbeat: Heartbeat

@@ -1,0 +1,128 @@
+"""The operations a job can ask for: a tagged union on the `op` field."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+from schemas.common import Part
+
+VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
+AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
+Container = Literal["mp4", "mkv", "webm", "mov"]
+Preset = Literal["ultrafast", "veryfast", "fast", "medium", "slow", "slower", "veryslow"]
+RateControl = Literal["crf", "cbr", "vbr", "capped_crf", "two_pass"]
+
+Width = Annotated[int, msgspec.Meta(ge=16, le=8192)]
+Height = Annotated[int, msgspec.Meta(ge=16, le=8192)]
+Kbps = Annotated[int, msgspec.Meta(ge=16, le=200_000)]
+AudioKbps = Annotated[int, msgspec.Meta(ge=8, le=1024)]
+Crf = Annotated[int, msgspec.Meta(ge=0, le=63)]
+Fps = Annotated[float, msgspec.Meta(gt=0, le=240)]
+Seconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 24 * 3600)]
+
+# Containers that can carry each codec; webm takes only VP9/AV1 with Opus.
+CONTAINER_CODECS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"h264", "hevc", "av1", "vp9"}),
+    "mov": frozenset({"h264", "hevc"}),
+    "mkv": frozenset({"h264", "hevc", "av1", "vp9"}),
+    "webm": frozenset({"vp9", "av1"}),
+}
+CRF_MAX = {"h264": 51, "hevc": 51, "av1": 63, "vp9": 63}
+
+
+def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> None:
+    if rc in ("crf", "capped_crf") and crf is None:
+        raise ValueError(f"rate_control {rc!r} needs `crf`")
+    if rc in ("cbr", "vbr", "capped_crf", "two_pass") and bitrate is None:
+        raise ValueError(f"rate_control {rc!r} needs `bitrate_kbps`")
+    if crf is not None and crf > CRF_MAX[codec]:
+        raise ValueError(f"`crf` {crf} is above {CRF_MAX[codec]} for {codec}")
+
+
+class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
+    codec: VideoCodec = "h264"
+    rate_control: RateControl = "crf"
+    crf: Crf | None = 23
+    bitrate_kbps: Kbps | None = None
+    preset: Preset = "medium"
+    width: Width | None = None
+    height: Height | None = None
+    fps: Fps | None = None
+    audio_codec: AudioCodec = "aac"
+    audio_bitrate_kbps: AudioKbps = 128
+    container: Container = "mp4"
+    video_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    audio_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = 0
+    hw_decode: bool = True
+
+    def __post_init__(self) -> None:
+        _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
+        if self.codec not in CONTAINER_CODECS[self.container]:
+            raise ValueError(f"codec {self.codec!r} cannot go in container {self.container!r}")
+        if self.container == "webm" and self.audio_codec not in ("opus", "none"):
+            raise ValueError("webm carries only `opus` audio (or `none`)")
+
+
+class Analyze(Part, kw_only=True, tag="analyze", tag_field="op"):
+    """Quality of the job's input (distorted) against `reference`."""
+
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    vmaf: bool = True
+    psnr: bool = True
+    ssim: bool = True
+    vmaf_model: Literal["auto", "vmaf_v0.6.1", "vmaf_4k_v0.6.1"] = "auto"
+    frame_log: bool = False
+    subsample: Annotated[int, msgspec.Meta(ge=1, le=100)] = 1
+
+    def __post_init__(self) -> None:
+        if not (self.vmaf or self.psnr or self.ssim):
+            raise ValueError("analyze needs at least one of vmaf, psnr, ssim")
+
+
+class Rung(Part, kw_only=True):
+    height: Height
+    bitrate_kbps: Kbps
+    codec: Literal["h264", "hevc"] = "h264"
+    width: Width | None = None
+    audio_bitrate_kbps: AudioKbps | None = 128
+
+
+class Package(Part, kw_only=True, tag="package", tag_field="op"):
+    hls: bool = True
+    dash: bool = False
+    ladder: Annotated[list[Rung], msgspec.Meta(min_length=1, max_length=10)]
+    segment_seconds: Annotated[float, msgspec.Meta(ge=1, le=30)] = 4.0
+    hls_segment_type: Literal["fmp4", "mpegts"] = "fmp4"
+    preset: Preset = "veryfast"
+
+    def __post_init__(self) -> None:
+        if not (self.hls or self.dash):
+            raise ValueError("package needs `hls` or `dash`")
+        heights = [r.height for r in self.ladder]
+        if len(set(heights)) != len(heights):
+            raise ValueError("ladder rungs must have distinct heights")
+
+
+class Probe(Part, kw_only=True, tag="probe", tag_field="op"):
+    deep: bool = False
+
+
+class Thumbnail(Part, kw_only=True, tag="thumbnail", tag_field="op"):
+    at_seconds: Seconds = 0.0
+    sprite: bool = False
+    tiles: Annotated[int, msgspec.Meta(ge=1, le=400)] = 16
+    columns: Annotated[int, msgspec.Meta(ge=1, le=40)] = 4
+    width: Annotated[int, msgspec.Meta(ge=16, le=3840)] = 320
+    format: Literal["jpg", "png", "webp"] = "jpg"
+
+
+class Canary(Part, kw_only=True, tag="canary", tag_field="op"):
+    """Runs no ffmpeg: proves the dispatch path end to end."""
+
+    sleep_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
+
+
+Operation = Transcode | Analyze | Package | Probe | Thumbnail | Canary
+OPERATION_NAMES = ("transcode", "analyze", "package", "probe", "thumbnail", "canary")

@@ -1,0 +1,46 @@
+"""Every wire type by name, with its decoder: the list the JSON Schema export and tests walk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from schemas import api
+from schemas.alerts import Alert
+from schemas.codec import Decoder
+from schemas.control_msgs import NodeCommand, NodeCommandReply
+from schemas.events import Event
+from schemas.jobs import JobSpec
+from schemas.nodes import Heartbeat, NodeCapabilities, NodeRecord
+
+#: name -> type; the name is the JSON Schema file name under schemas/json/.
+WIRE_TYPES: dict[str, Any] = {
+    "job": JobSpec,
+    "event": Event,
+    "node_capabilities": NodeCapabilities,
+    "heartbeat": Heartbeat,
+    "node_record": NodeRecord,
+    "alert": Alert,
+    "node_command": NodeCommand,
+    "node_command_reply": NodeCommandReply,
+    "api_error": api.ApiError,
+    "api_submit_request": api.SubmitRequest,
+    "api_submit_reply": api.SubmitReply,
+    "api_job_ref": api.JobRef,
+    "api_job_info": api.JobInfo,
+    "api_job_list_request": api.JobListRequest,
+    "api_job_list_reply": api.JobListReply,
+    "api_job_events_reply": api.JobEventsReply,
+    "api_node_list_reply": api.NodeListReply,
+    "api_node_ref": api.NodeRef,
+    "api_cancel_request": api.CancelRequest,
+    "api_ack_reply": api.AckReply,
+    "api_summary_reply": api.SummaryReply,
+}
+
+JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec, "job")
+EVENT_DECODER: Decoder[Event] = Decoder(Event, "event")
+CAPABILITIES_DECODER: Decoder[NodeCapabilities] = Decoder(NodeCapabilities, "node capabilities")
+HEARTBEAT_DECODER: Decoder[Heartbeat] = Decoder(Heartbeat, "heartbeat")
+NODE_RECORD_DECODER: Decoder[NodeRecord] = Decoder(NodeRecord, "node record")
+NODE_COMMAND_DECODER: Decoder[NodeCommand] = Decoder(NodeCommand, "node command")
+ALERT_DECODER: Decoder[Alert] = Decoder(Alert, "alert")
