@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("/etc/flotilla/daemon.toml"))
     p.set_defaults(handler=c.daemon)
 
+    p = sub.add_parser("dev", help="run the whole fleet on this machine (embedded defaults)")
+    p.add_argument("--nodes", type=int, default=2, help="number of daemons (default 2)")
+    p.add_argument("--data", type=Path, default=Path(".devdata"), help="data directory")
+    p.add_argument(
+        "--root", type=Path, action="append", default=[], help="media root daemons may use"
+    )
+    p.set_defaults(handler=c.dev)
+
     p = sub.add_parser("control", help="run the control plane, or `control migrate`")
     p.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
     p.add_argument("--config", type=Path, default=Path("/etc/flotilla/control.toml"))
@@ -101,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from daemon.logs import setup_logging
 
-    service = args.command in ("daemon", "control")
+    service = args.command in ("daemon", "control", "dev")
     # Services log structured lines; operator commands print results and keep logs to problems.
     setup_logging(
         args.log_json if service else bool(args.log_json),

@@ -47,10 +47,9 @@ async def nats_init(args: argparse.Namespace) -> int:
 
 
 async def probe(args: argparse.Namespace) -> int:
+    from daemon.config import load_daemon_config
     from daemon.ffmpeg_bin import find_tools
     from daemon.probe import probe_node
-
-    from daemon.config import load_daemon_config
     from daemon.version import VERSION
     from schemas.codec import encode
 
@@ -94,3 +93,11 @@ async def control(args: argparse.Namespace) -> int:
     from control.service import serve
 
     return await serve(args.config)
+
+
+async def dev(args: argparse.Namespace) -> int:
+    from control.dev import run_dev
+
+    if args.nodes < 1 or args.nodes > 16:
+        raise ValueError("--nodes must be between 1 and 16")
+    return await run_dev(args.data, args.nodes, args.root or [args.data.resolve() / "media"])

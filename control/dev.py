@@ -1,0 +1,139 @@
+"""`flotilla dev`: the whole fleet on one machine, on the embedded defaults.
+
+Starts nats-server and PostgreSQL, creates the topology, then runs the control plane and N
+daemons as real child processes (the same commands systemd runs), until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from control.clientctx import write_context
+from control.embedded import EmbeddedStack, free_ports
+from control.topology import TopologySettings, ensure_topology
+from daemon.config import NatsSettings
+from daemon.natsconn import connect
+from schemas.subjects import Subjects
+
+DB_NAME = "flotilla"
+
+
+@dataclass
+class DevFleet:
+    data_dir: Path
+    nodes: int = 2
+    roots: list[Path] = field(default_factory=list)
+    prefix: str = "flotilla"
+    stack: EmbeddedStack = field(init=False)
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.stack = EmbeddedStack(self.data_dir)
+
+    @property
+    def nats_url(self) -> str:
+        return self.stack.nats.url
+
+    @property
+    def database_url(self) -> str:
+        return self.stack.postgres.dsn(DB_NAME)
+
+    async def start(self) -> None:
+        await self.stack.start()
+        with contextlib.suppress(Exception):  # already there on a second run of the same data
+            await self.stack.postgres.create_database(DB_NAME)
+        nc = await connect(NatsSettings(url=self.nats_url), name="flotilla-dev", reconnect=False)
+        try:
+            await ensure_topology(nc.jetstream(), Subjects(self.prefix), TopologySettings())
+        finally:
+            await nc.close()
+        ports = free_ports(self.nodes + 1)
+        await self._spawn("control", ["control", "run"], self._control_toml(ports[0]))
+        for i in range(1, self.nodes + 1):
+            node = f"dev-{i}"
+            await self._spawn(node, ["daemon"], self._daemon_toml(node, ports[i]))
+        write_context(
+            {"nats_url": self.nats_url, "prefix": self.prefix, "database_url": self.database_url}
+        )
+
+    def _control_toml(self, port: int) -> str:
+        self.metrics_ports["control"] = port
+        return (
+            f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
+            f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+        )
+
+    def _daemon_toml(self, node: str, port: int) -> str:
+        self.metrics_ports[node] = port
+        roots = ", ".join(f'"{r.resolve()}"' for r in self.roots) or f'"{self.data_dir}"'
+        return (
+            f'node_id = "{node}"\nstate_dir = "{self.data_dir / "nodes" / node}"\n'
+            f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
+            f'heartbeat_interval = 2.0\n[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+        )
+
+    async def _spawn(self, name: str, command: list[str], config: str) -> None:
+        conf = self.data_dir / f"{name}.toml"
+        conf.write_text(config)
+        log = (self.data_dir / f"{name}.log").open("ab")
+        argv = [sys.executable, "-m", "control", *command, "--config", str(conf)]
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            *argv, stdout=log, stderr=log, start_new_session=True
+        )
+        log.close()
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM every service (daemons drain), SIGKILL what outlives `grace`, then servers."""
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        self.procs.clear()
+        await self.stack.stop()
+
+    def failed(self) -> list[str]:
+        return [
+            f"{n} exited with {p.returncode}"
+            for n, p in self.procs.items()
+            if p.returncode is not None
+        ]
+
+
+async def run_dev(data_dir: Path, nodes: int, roots: list[Path]) -> int:
+    fleet = DevFleet(data_dir, nodes, roots)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    try:
+        print(f"NATS      {fleet.nats_url}")
+        print(f"Postgres  {fleet.database_url}")
+        for name, port in fleet.metrics_ports.items():
+            print(f"metrics   {name}: http://127.0.0.1:{port}/metrics")
+        print(f"logs      {fleet.data_dir}/*.log   (Ctrl-C stops the fleet)", flush=True)
+        while not stop.is_set():
+            if fleet.failed():
+                print("flotilla dev: " + "; ".join(fleet.failed()), file=sys.stderr)
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    finally:
+        print("stopping the fleet…", flush=True)
+        await fleet.stop()

