@@ -1,0 +1,92 @@
+"""Slots per pool from measured capacity, and the pools a node serves; pure functions.
+
+- cpu: one slot per `threads_per_job` logical cores, at least one.
+- nvenc: per GPU with an NVENC engine, min(encoder sessions, GPU memory // memory per job).
+  NVML has no session-limit query (GeForce drivers cap sessions internally, pro and data-centre
+  cards do not), so a GPU whose limit is unknown counts `DEFAULT_NVENC_SESSIONS`.
+- qsv / vaapi: `DEFAULT_RENDER_NODE_SLOTS` per render node whose driver carries the family.
+A pool whose encoders passed their test encode always gets at least one slot (the test proved one
+session works even where NVML could not say more). `cfg.slots` overrides any measured value; a
+pool overridden to 0 is not served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+from schemas.nodes import GpuInfo
+
+POOLS = ("cpu", "nvenc", "qsv", "vaapi")
+#: Sessions per NVENC GPU when NVML cannot say: current GeForce drivers allow 8 at once.
+DEFAULT_NVENC_SESSIONS = 8
+#: Concurrent encodes per Intel/AMD render node: one media engine is saturated by about four
+#: 1080p encodes; more only queue inside the driver.
+DEFAULT_RENDER_NODE_SLOTS = 4
+MIB = 1024 * 1024
+
+
+def cpu_slots(logical_cores: int, threads_per_job: int) -> int:
+    return max(1, logical_cores // max(1, threads_per_job))
+
+
+def gpu_slots(gpu: GpuInfo, gpu_memory_per_job_mb: int) -> int:
+    if not gpu.nvenc:
+        return 0
+    sessions = gpu.encoder_session_limit or DEFAULT_NVENC_SESSIONS
+    return min(sessions, gpu.memory_total_bytes // (gpu_memory_per_job_mb * MIB))
+
+
+def nvenc_slots(gpus: Sequence[GpuInfo], gpu_memory_per_job_mb: int) -> int:
+    return sum(gpu_slots(gpu, gpu_memory_per_job_mb) for gpu in gpus)
+
+
+def pools_served(verified: Iterable[str], wanted: Sequence[str] = ()) -> list[str]:
+    """cpu when libx264 works; a hardware pool when any of its encoders works; then `wanted`."""
+    names = set(verified)
+    have = {"cpu"} if "libx264" in names else set()
+    have |= {pool for pool in POOLS[1:] if any(n.endswith(f"_{pool}") for n in names)}
+    ordered = [pool for pool in POOLS if pool in have]
+    return [pool for pool in ordered if pool in wanted] if wanted else ordered
+
+
+def measured_slots(
+    pool: str,
+    *,
+    logical_cores: int,
+    threads_per_job: int,
+    gpus: Sequence[GpuInfo],
+    gpu_memory_per_job_mb: int,
+    render_nodes: Mapping[str, int],
+) -> int:
+    if pool == "cpu":
+        return cpu_slots(logical_cores, threads_per_job)
+    if pool == "nvenc":
+        return max(1, nvenc_slots(gpus, gpu_memory_per_job_mb))
+    return max(1, DEFAULT_RENDER_NODE_SLOTS * render_nodes.get(pool, 0))
+
+
+def plan_slots(
+    pools: Sequence[str],
+    overrides: Mapping[str, int],
+    *,
+    logical_cores: int,
+    threads_per_job: int,
+    gpus: Sequence[GpuInfo],
+    gpu_memory_per_job_mb: int,
+    render_nodes: Mapping[str, int],
+) -> dict[str, int]:
+    """Slots for each served pool (overrides first); pools left with 0 slots are omitted."""
+    slots = {
+        pool: overrides[pool]
+        if pool in overrides
+        else measured_slots(
+            pool,
+            logical_cores=logical_cores,
+            threads_per_job=threads_per_job,
+            gpus=gpus,
+            gpu_memory_per_job_mb=gpu_memory_per_job_mb,
+            render_nodes=render_nodes,
+        )
+        for pool in pools
+    }
+    return {pool: n for pool, n in slots.items() if n > 0}
