@@ -1,0 +1,122 @@
+"""ffmpeg's stderr: a bounded tail for failed events, and the exit → error classification.
+
+ffmpeg runs with `-loglevel level+info`, so its lines carry `[error]` / `[fatal]` tags; the reason
+we report is the first line that matches a known cause, else the first fatal, else the first error.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from collections import deque
+
+from daemon.errors import EncoderError, InputError, InvalidJob, JobError, ResourceExhausted
+
+MAX_LINE = 1000
+_ADDRESS = re.compile(r" @ 0x[0-9a-f]+")
+
+# Order matters: the first table row that matches any line decides the class.
+_INPUT = (
+    "no such file or directory",
+    "invalid data found when processing input",
+    "does not contain any stream",
+    "matches no streams",
+    "protocol not found",
+    "not on whitelist",
+    "not in whitelist",
+    "moov atom not found",
+    "error opening input",
+)
+_ENCODER = (
+    "cannot load",
+    "no nvenc capable devices",
+    "initializeencoder failed",
+    "openencodesessionex failed",
+    "error initializing output stream",
+    "error while opening encoder",
+    "could not open encoder",
+    "unknown encoder",
+    "failed to initialise vaapi",
+    "error creating a mfx session",
+    "device creation failed",
+)
+_RESOURCE = ("no space left on device", "cannot allocate memory", "out of memory")
+_CONTAINER = ("not currently supported in container", "could not find tag for codec")
+
+
+class StderrTail:
+    """The last `max_lines` lines, at most `max_bytes` characters in all, each line bounded."""
+
+    def __init__(self, max_lines: int = 40, max_bytes: int = 8192) -> None:
+        self._lines: deque[str] = deque(maxlen=max_lines)
+        self._max_bytes = max_bytes
+        #: Early error lines survive a chatty end (x264 prints stats after a failure elsewhere).
+        self.first_errors: list[str] = []
+
+    def add(self, line: str) -> None:
+        line = line.rstrip()[:MAX_LINE]
+        if not line:
+            return
+        self._lines.append(line)
+        if len(self.first_errors) < 8 and ("[error]" in line or "[fatal]" in line):
+            self.first_errors.append(line)
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self._lines)
+
+    def text(self) -> str:
+        return "\n".join(self._lines)[-self._max_bytes :]
+
+
+def classify(exit_code: int, tail: StderrTail, *, encoder: str | None) -> JobError:
+    """The error for an ffmpeg that exited non-zero on its own (not stopped by us)."""
+    text = tail.text()
+    if exit_code < 0:
+        name = _signal_name(-exit_code)
+        return JobError(f"ffmpeg was killed by {name}", exit_code=exit_code, stderr_tail=text)
+    lines = tail.first_errors + tail.lines
+    if found := _find(lines, _RESOURCE):
+        return ResourceExhausted(found, exit_code=exit_code, stderr_tail=text)
+    if found := _find(lines, _CONTAINER):
+        return InvalidJob(found, exit_code=exit_code, stderr_tail=text)
+    # An input that never opened is the input's fault whatever followed; once it opened, an
+    # encoder line wins (a missing VAAPI device also says "No such file or directory").
+    opened = _find(lines, ("error opening input",)) is None
+    if not opened and (found := _find(lines, _INPUT)):
+        return InputError(found, exit_code=exit_code, stderr_tail=text)
+    if encoder is not None and (found := _find(lines, _ENCODER)):
+        return EncoderError(found, encoder=encoder, exit_code=exit_code, stderr_tail=text)
+    if found := _find(lines, _INPUT):
+        return InputError(found, exit_code=exit_code, stderr_tail=text)
+    reason = _first_tagged(lines) or f"ffmpeg exited with code {exit_code}"
+    return JobError(reason, exit_code=exit_code, stderr_tail=text)
+
+
+def clean(line: str) -> str:
+    """A line fit for a one-line reason: no pointer addresses, no level tags."""
+    line = _ADDRESS.sub("", line)
+    return line.replace("[error] ", "").replace("[fatal] ", "").strip()[:500]
+
+
+def _find(lines: list[str], needles: tuple[str, ...]) -> str | None:
+    for needle in needles:
+        for line in lines:
+            if needle in line.lower():
+                return clean(line)
+    return None
+
+
+def _first_tagged(lines: list[str]) -> str | None:
+    for tag in ("[fatal]", "[error]"):
+        for line in lines:
+            if tag in line:
+                return clean(line)
+    return None
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"

@@ -1,0 +1,100 @@
+"""Inspect a local media file: ffprobe's JSON where ffprobe exists, else `ffmpeg -i`'s banner.
+
+Both paths return the same `ProbeInfo` (see daemon.mediaparse). The input is opened as
+`file:<absolute path>` under `-protocol_whitelist file`, like every file input, and failures are
+classified like an ffmpeg run's (a missing or corrupt file is an InputError, permanent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from daemon.errors import InputError, JobError
+from daemon.ffmpeg_bin import FfmpegTools
+from daemon.ffstderr import StderrTail, classify
+from daemon.mediaparse import parse_banner, parse_ffprobe_json
+from daemon.paths import ffmpeg_arg
+from daemon.runcontrol import child_options, signal_group
+from schemas.results import ProbeInfo
+
+PROBE_TIMEOUT = 60.0
+#: `ffmpeg -i` with no output exits 1 after describing the input: that is the success case.
+_NO_OUTPUT = "At least one output file must be specified"
+
+
+async def probe_media(
+    tools: FfmpegTools, path: Path, *, within: float = PROBE_TIMEOUT
+) -> ProbeInfo:
+    if tools.ffprobe is not None:
+        return await probe_with_ffprobe(tools.ffprobe, path, within=within)
+    return await probe_with_ffmpeg(tools.ffmpeg, path, within=within)
+
+
+async def probe_with_ffprobe(ffprobe: str, path: Path, *, within: float) -> ProbeInfo:
+    argv = [ffprobe, "-hide_banner", "-loglevel", "level+error", "-protocol_whitelist", "file"]
+    argv += ["-print_format", "json", "-show_format", "-show_streams", ffmpeg_arg(path)]
+    code, out, err = await _capture(argv, within)
+    if code != 0:
+        raise _failed(code, err)
+    try:
+        return parse_ffprobe_json(out, await _size(path))
+    except ValueError as exc:
+        raise JobError(f"ffprobe gave unreadable output: {exc}", stderr_tail=err[-8192:]) from exc
+
+
+async def probe_with_ffmpeg(ffmpeg: str, path: Path, *, within: float) -> ProbeInfo:
+    arg = ffmpeg_arg(path)
+    argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "level+info"]
+    argv += ["-protocol_whitelist", "file", "-i", arg]
+    code, _, err = await _capture(argv, within)
+    # The echoed name may hold newlines or text that looks like banner lines: take it out.
+    text = err.replace(f"from '{arg}'", "from '<input>'")
+    if code not in (0, 1) or _NO_OUTPUT not in text:
+        raise _failed(code, text)
+    try:
+        return parse_banner(text, await _size(path))
+    except ValueError as exc:
+        raise InputError(f"ffmpeg could not describe the input: {exc}", stderr_tail=text) from exc
+
+
+def _failed(code: int, stderr: str) -> JobError:
+    tail = StderrTail()
+    for line in stderr.splitlines():
+        tail.add(line)
+    error = classify(code or 1, tail, encoder=None)
+    error.reason = f"probe failed: {error.reason}"
+    return error
+
+
+async def _size(path: Path) -> int | None:
+    try:
+        return (await asyncio.to_thread(os.stat, path)).st_size
+    except OSError:
+        return None
+
+
+async def _capture(argv: list[str], within: float) -> tuple[int, bytes, str]:
+    """(exit code, stdout, stderr) of a short program; killed past `within` or if we are."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            **child_options(),
+        )
+    except OSError as exc:
+        raise JobError(f"cannot start {argv[0]!r}: {exc.strerror or exc}") from exc
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), within)
+    except TimeoutError as exc:
+        raise JobError(f"probing the input took longer than {within:g} s") from exc
+    finally:
+        if proc.returncode is None:
+            signal_group(proc.pid, signal.SIGKILL)
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode, out, err.decode(errors="replace")

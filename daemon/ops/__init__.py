@@ -1,0 +1,36 @@
+"""Operations: one module per operation, dispatched on the job's tagged operation.
+
+Each operation module exposes one coroutine taking the JobContext and returning a JobResult;
+failures are the `daemon.errors` classes.
+"""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+from daemon.ops import analyze, canary, package, probe_op, thumbnail, transcode
+from daemon.ops.context import JobContext
+from schemas.operations import Analyze, Canary, Package, Probe, Thumbnail, Transcode
+from schemas.results import JobResult
+
+__all__ = ["JobContext", "run_operation"]
+
+
+async def run_operation(ctx: JobContext) -> JobResult:
+    """Run one attempt; JobError subclasses, JobCancelled or JobTimeout on the way out."""
+    ctx.control.arm(ctx.spec.timeouts.hard_seconds)
+    match ctx.spec.operation:
+        case Transcode() as op:
+            return await transcode.run(ctx, op)
+        case Canary() as op:
+            return await canary.run(ctx, op)
+        case Analyze():
+            return await analyze.run_analyze(ctx)
+        case Package():
+            return await package.run_package(ctx)
+        case Probe():
+            return await probe_op.run_probe(ctx)
+        case Thumbnail():
+            return await thumbnail.run_thumbnail(ctx)
+        case other:
+            assert_never(other)

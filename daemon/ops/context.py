@@ -1,0 +1,48 @@
+"""What an operation gets for one attempt of a job: the spec, tools, node facts and its handle."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daemon.errors import EncoderError
+from daemon.ffmpeg_bin import FfmpegTools
+from daemon.progress import ProgressUpdate
+from daemon.runcontrol import RunControl
+from schemas.jobs import JobSpec
+
+__all__ = ["CommandSink", "JobContext", "ProgressSink", "RunControl"]
+
+ProgressSink = Callable[[ProgressUpdate], Awaitable[None]]
+#: Told (encoder or None, argv) before each ffmpeg run, e.g. for the `started` event or a log.
+CommandSink = Callable[[str | None, list[str]], Awaitable[None]]
+
+
+@dataclass
+class JobContext:
+    spec: JobSpec
+    attempt: int
+    #: Per-attempt scratch directory, created and removed by the caller (pass logs, downloads).
+    scratch: Path
+    tools: FfmpegTools
+    #: Encoders (hardware and software) that passed the node's test encode.
+    verified_encoders: AbstractSet[str]
+    hwaccels: AbstractSet[str]
+    threads: int
+    allowed_roots: Sequence[Path]
+    progress: ProgressSink
+    control: RunControl
+    #: Encoders encoder-health took out of service since the probe.
+    withdrawn_encoders: AbstractSet[str] = frozenset()
+    progress_interval: float = 1.0
+    #: DRM render node for VAAPI/QSV (the probe's first usable one).
+    render_node: str = "/dev/dri/renderD128"
+    on_command: CommandSink | None = None
+    #: Filled by the operation: every encoder that failed in this attempt, even when a fallback
+    #: then succeeded, so encoder health can count it (JobResult.encoder names the one that worked).
+    encoder_failures: list[EncoderError] = field(default_factory=list)
+
+    def usable_encoders(self) -> AbstractSet[str]:
+        return self.verified_encoders - self.withdrawn_encoders

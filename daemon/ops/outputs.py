@@ -1,0 +1,126 @@
+"""Outputs written under a temporary name and moved into place only when complete.
+
+ffmpeg writes `.<name>.<job_id>.<attempt>.partial` next to the final path (same directory, so the
+rename is atomic on one filesystem); on success the file is fsynced, hashed, renamed over the
+final name and the directory fsynced, so a reader sees either no file, the previous one, or the
+whole new one. On any failure or cancellation the partials are removed. A crash can still leave a
+partial behind: `stale_partials` finds them by job id for the journal's recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from daemon.errors import JobError, ResourceExhausted
+from daemon.paths import uri_of
+from schemas.results import OutputFile
+
+NAME_MAX = 255
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Staged:
+    final: Path
+    partial: Path
+    uri: str
+    role: str
+
+
+def partial_path(final: Path, job_id: str, attempt: int) -> Path:
+    tail = f".{job_id}.{attempt}.partial"
+    room = NAME_MAX - 1 - len(tail.encode())
+    name = final.name.encode()[:room].decode(errors="ignore")  # never split a UTF-8 sequence
+    return final.with_name(f".{name}{tail}")
+
+
+def stale_partials(final: Path, job_id: str) -> list[Path]:
+    """Partials any attempt of `job_id` left next to `final` (blocking: call in a thread)."""
+    probe = partial_path(final, job_id, 0)
+    prefix = probe.name.removesuffix(".0.partial")
+    with contextlib.suppress(OSError):
+        return sorted(p for p in final.parent.glob(f"{_glob_escape(prefix)}.*.partial"))
+    return []
+
+
+class OutputSet:
+    """The outputs of one attempt: `async with OutputSet(...) as outs:` then `stage`, `commit`."""
+
+    def __init__(self, job_id: str, attempt: int) -> None:
+        self._job_id, self._attempt = job_id, attempt
+        self._staged: list[Staged] = []
+        self._committed = False
+
+    async def stage(self, final: Path, *, uri: str | None = None, role: str = "main") -> Path:
+        """Create the parent directory and return the partial path ffmpeg should write."""
+        partial = partial_path(final, self._job_id, self._attempt)
+        try:
+            await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise JobError(f"cannot create {final.parent}: {exc.strerror}") from exc
+        self._staged.append(Staged(final, partial, uri or uri_of(final), role))
+        return partial
+
+    async def commit(self) -> list[OutputFile]:
+        files = []
+        for item in self._staged:
+            try:
+                size, digest = await asyncio.to_thread(_seal, item.partial, item.final)
+            except FileNotFoundError as exc:
+                raise JobError(f"ffmpeg wrote no output for {item.uri}") from exc
+            except OSError as exc:
+                error = ResourceExhausted if exc.errno == 28 else JobError  # ENOSPC
+                raise error(f"cannot finish output {item.uri}: {exc.strerror}") from exc
+            files.append(OutputFile(uri=item.uri, size_bytes=size, sha256=digest, role=item.role))
+        self._committed = True
+        return files
+
+    async def discard(self) -> None:
+        if not self._committed:
+            # Shielded: a second cancellation must not leave partials behind.
+            await asyncio.shield(asyncio.to_thread(_remove, [s.partial for s in self._staged]))
+
+    async def __aenter__(self) -> OutputSet:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.discard()
+
+
+def _seal(partial: Path, final: Path) -> tuple[int, str]:
+    """fsync, hash and rename a finished partial; fsync the directory so the rename is durable."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(partial, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+        os.fsync(f.fileno())
+    os.replace(partial, final)
+    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return size, digest.hexdigest()
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)

@@ -1,0 +1,79 @@
+"""The probe operation: describe the input; `deep: true` also decodes every frame (health check).
+
+The deep pass decodes into the null muxer through the runner (so cancel, pause and the hard
+timeout apply) and counts decode errors from an FFREPORT log at error level written to scratch:
+the runner's stderr tail is bounded, the report file is not, so every error is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import aiofiles
+
+from daemon.mediaprobe import probe_media
+from daemon.ops.context import JobContext
+from daemon.paths import ffmpeg_arg, resolve_input
+from daemon.runner import run_ffmpeg
+from schemas.operations import Probe
+from schemas.results import JobResult
+
+#: How many decode-error lines the result carries (the count covers all of them).
+MAX_ERROR_LINES = 20
+_ERROR_TAGS = ("[error]", "[fatal]")
+
+
+async def run_probe(ctx: JobContext) -> JobResult:
+    started = time.monotonic()
+    op = ctx.spec.operation
+    assert isinstance(op, Probe)
+    src = await asyncio.to_thread(resolve_input, ctx.spec.input, ctx.allowed_roots)
+    info = await probe_media(ctx.tools, src)
+    if op.deep:
+        lines = await decode_errors(ctx, src, info.duration_s)
+        info.decode_errors = len(lines)
+        info.decode_error_lines = lines[:MAX_ERROR_LINES]
+    wall = time.monotonic() - started
+    media = info.duration_s
+    return JobResult(
+        wall_seconds=wall,
+        media_seconds=media,
+        realtime_factor=round(media / wall, 3) if op.deep and media and wall > 0 else None,
+        input_size_bytes=info.size_bytes,
+        probe=info,
+    )
+
+
+async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) -> list[str]:
+    """Every error line ffmpeg logs while decoding all streams of `src` (empty when healthy)."""
+    report = ctx.scratch / "deep-probe.log"
+    args = ["-threads", str(ctx.threads), "-protocol_whitelist", "file", "-i", ffmpeg_arg(src)]
+    args += ["-map", "0:v?", "-map", "0:a?", "-f", "null", "-"]
+    await run_ffmpeg(
+        ctx.tools.ffmpeg,
+        args,
+        control=ctx.control,
+        on_progress=ctx.progress,
+        duration_s=duration_s,
+        progress_interval=ctx.progress_interval,
+        env={"FFREPORT": f"file={_report_escape(str(report))}:level=16"},
+    )
+    try:
+        async with aiofiles.open(report, encoding="utf-8", errors="replace") as f:
+            text = await f.read()
+    except FileNotFoundError:
+        return []
+    return [_clean(line) for line in text.splitlines() if any(t in line for t in _ERROR_TAGS)]
+
+
+def _report_escape(path: str) -> str:
+    # FFREPORT separates key=value pairs with ':' and escapes with '\'.
+    return path.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _clean(line: str) -> str:
+    # Drop the "[h264 @ 0x55...]" address: it differs run to run and says nothing to a reader.
+    head, sep, rest = line.partition("] ")
+    return rest if sep and " @ 0x" in head else line

@@ -1,0 +1,132 @@
+"""The thumbnail operation: one frame at `at_seconds`, or a sprite sheet of N tiles + WebVTT index.
+
+The sprite samples the whole duration evenly (`fps=N/duration`), scales each frame to `width`
+(height from the source aspect, even), and tiles them COLUMNS x ROWS into one image. The index,
+`<output>.vtt`, maps each tile's time span to its `#xywh=` region of the sheet, the form players'
+seek-bar previews read. Both files are written under temporary names and moved into place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import aiofiles
+
+from daemon.errors import InputError, InvalidJob
+from daemon.mediaprobe import probe_media
+from daemon.ops.context import JobContext
+from daemon.ops.outputs import OutputSet
+from daemon.paths import ffmpeg_arg, resolve_input, resolve_output
+from daemon.runner import run_ffmpeg
+from schemas.operations import Thumbnail
+from schemas.results import JobResult, ProbeInfo
+
+ENCODERS = {"jpg": ["-c:v", "mjpeg", "-q:v", "3"], "png": ["-c:v", "png"]}
+ENCODERS["webp"] = ["-c:v", "libwebp", "-quality", "80"]
+
+
+async def run_thumbnail(ctx: JobContext) -> JobResult:
+    started = time.monotonic()
+    spec, op = ctx.spec, ctx.spec.operation
+    assert isinstance(op, Thumbnail) and spec.output is not None  # JobSpec requires an output
+    src = await asyncio.to_thread(resolve_input, spec.input, ctx.allowed_roots)
+    dest = await asyncio.to_thread(resolve_output, spec.output, ctx.allowed_roots)
+    if src == dest:
+        raise InvalidJob("output is the same file as the input")
+    info = await probe_media(ctx.tools, src)
+    src_w, src_h, duration = _video_facts(info)
+    tile_h = max(2, round(op.width * src_h / src_w / 2) * 2)
+    async with OutputSet(spec.job_id, ctx.attempt) as outputs:
+        partial = await outputs.stage(dest, uri=spec.output)
+        if op.sprite:
+            if duration is None or duration <= 0:
+                raise InputError("a sprite sheet needs an input with a known duration")
+            vtt = dest.with_name(dest.name + ".vtt")
+            vtt_partial = await outputs.stage(vtt, role="index")
+            rows = math.ceil(op.tiles / op.columns)
+            vf = f"fps={op.tiles}/{duration!r},scale={op.width}:{tile_h},tile={op.columns}x{rows}"
+            await _render(ctx, op, src, partial, vf, [], duration)
+            await _write_vtt(vtt_partial, dest.name, op, duration, tile_h)
+        else:
+            if duration is not None and op.at_seconds >= duration:
+                raise InvalidJob(f"at_seconds {op.at_seconds:g} is past the end ({duration:g} s)")
+            seek = ["-ss", f"{op.at_seconds!r}"]
+            await _render(ctx, op, src, partial, f"scale={op.width}:{tile_h}", seek, None)
+        ctx.control.check()
+        files = await outputs.commit()
+    return JobResult(
+        wall_seconds=time.monotonic() - started,
+        media_seconds=duration,
+        input_size_bytes=info.size_bytes,
+        outputs=files,
+    )
+
+
+def _video_facts(info: ProbeInfo) -> tuple[int, int, float | None]:
+    for stream in info.streams:
+        if stream.type == "video" and stream.width and stream.height:
+            return stream.width, stream.height, stream.duration_s or info.duration_s
+    raise InputError("input has no video stream with a known size")
+
+
+async def _render(
+    ctx: JobContext,
+    op: Thumbnail,
+    src: Path,
+    partial: Path,
+    vf: str,
+    seek: list[str],
+    duration: float | None,
+) -> None:
+    # -ss before -i: a fast keyframe seek, then ffmpeg decodes up to the exact time.
+    args = ["-threads", str(ctx.threads), "-protocol_whitelist", "file", *seek]
+    args += ["-i", ffmpeg_arg(src), "-map", "0:v:0", "-vf", vf, "-frames:v", "1"]
+    args += [*ENCODERS[op.format], "-f", "image2", "-update", "1", ffmpeg_arg(partial)]
+    await run_ffmpeg(
+        ctx.tools.ffmpeg,
+        args,
+        control=ctx.control,
+        on_progress=ctx.progress,
+        duration_s=duration,
+        progress_interval=ctx.progress_interval,
+    )
+    if not await asyncio.to_thread(_nonempty, partial):
+        raise InputError("ffmpeg produced no frame (is the time past the last frame?)")
+
+
+def vtt_cues(image: str, op: Thumbnail, duration: float, tile_h: int) -> str:
+    """The WebVTT index: tile i covers [i, i+1) * duration / tiles, left to right, top down."""
+    step = duration / op.tiles
+    lines = ["WEBVTT", ""]
+    for i in range(op.tiles):
+        x, y = (i % op.columns) * op.width, (i // op.columns) * tile_h
+        end = duration if i + 1 == op.tiles else (i + 1) * step
+        lines += [
+            f"{_ts(i * step)} --> {_ts(end)}",
+            f"{image}#xywh={x},{y},{op.width},{tile_h}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+async def _write_vtt(path: Path, image: str, op: Thumbnail, duration: float, tile_h: int) -> None:
+    # The image sits next to the index, so a relative, percent-safe reference is enough.
+    async with aiofiles.open(path, "w", encoding="utf-8") as f:
+        await f.write(vtt_cues(quote(image), op, duration, tile_h))
+
+
+def _ts(seconds: float) -> str:
+    ms = round(seconds * 1000)
+    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}.{ms % 1000:03d}"
+
+
+def _nonempty(path: Path) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False

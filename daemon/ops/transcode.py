@@ -1,0 +1,134 @@
+"""The transcode operation: probe, choose an encoder, encode (falling back along the chain), commit.
+
+A hardware encoder that fails to open or run (EncoderError) hands the attempt to the next encoder
+in the chain at once, noted in JobResult.notes and recorded in ctx.encoder_failures for encoder
+health; any other failure ends the attempt. The output appears under its final name only after
+ffmpeg succeeded (daemon.ops.outputs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from daemon.errors import EncoderError, InputError, InvalidJob
+from daemon.mediaprobe import probe_media
+from daemon.ops.context import JobContext
+from daemon.ops.encoders import encoder_chain, needs_two_runs
+from daemon.ops.outputs import OutputSet
+from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
+from daemon.paths import resolve_input, resolve_output
+from daemon.runner import ffmpeg_argv, run_ffmpeg
+from schemas.jobs import JobSpec
+from schemas.operations import Transcode
+from schemas.results import JobResult, ProbeInfo
+
+log = logging.getLogger("flotilla.transcode")
+
+
+async def run(ctx: JobContext, op: Transcode) -> JobResult:
+    started = time.monotonic()
+    spec = ctx.spec
+    src, dest = await asyncio.to_thread(_resolve, spec, ctx.allowed_roots)
+    chain = encoder_chain(op.codec, spec.requirements.accel, ctx.usable_encoders())
+    _check_audio_encoder(op, ctx)
+    info = await probe_media(ctx.tools, src)
+    ten_bit = _check_video_stream(info, op)
+    notes: list[str] = []
+    async with OutputSet(spec.job_id, ctx.attempt) as outputs:
+        partial = await outputs.stage(dest, uri=spec.output)
+        encoder = await _with_fallback(ctx, op, chain, src, partial, info, ten_bit, notes)
+        ctx.control.check()  # a cancel that raced the last frame still wins
+        files = await outputs.commit()
+    wall = time.monotonic() - started
+    media = info.duration_s
+    return JobResult(
+        wall_seconds=wall,
+        media_seconds=media,
+        realtime_factor=round(media / wall, 3) if media and wall > 0 else None,
+        encoder=encoder,
+        input_size_bytes=info.size_bytes,
+        outputs=files,
+        notes=notes,
+    )
+
+
+def _resolve(spec: JobSpec, roots: Sequence[Path]) -> tuple[Path, Path]:
+    assert spec.output is not None  # JobSpec requires it for transcode
+    src, dest = resolve_input(spec.input, roots), resolve_output(spec.output, roots)
+    if src == dest:
+        raise InvalidJob("output is the same file as the input")
+    return src, dest
+
+
+def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
+    name = AUDIO_ENCODERS.get(op.audio_codec)
+    if name is not None and op.audio_stream is not None and name not in ctx.usable_encoders():
+        raise InvalidJob(f"no verified {op.audio_codec} audio encoder on this node")
+
+
+def _check_video_stream(info: ProbeInfo, op: Transcode) -> bool:
+    """Refuse before encoding when the asked-for video stream is absent; True for a deep source."""
+    videos = [s for s in info.streams if s.type == "video"]
+    if op.video_stream >= len(videos):
+        raise InputError(f"input has no video stream #{op.video_stream} ({len(videos)} found)")
+    return (videos[op.video_stream].bit_depth or 8) > 8
+
+
+async def _with_fallback(
+    ctx: JobContext,
+    op: Transcode,
+    chain: list[str],
+    src: Path,
+    partial: Path,
+    info: ProbeInfo,
+    ten_bit: bool,
+    notes: list[str],
+) -> str:
+    for i, encoder in enumerate(chain):
+        try:
+            await _encode(ctx, op, encoder, src, partial, info, ten_bit)
+            return encoder
+        except EncoderError as exc:
+            ctx.encoder_failures.append(exc)
+            if i + 1 == len(chain):
+                raise
+            notes.append(f"{encoder} failed ({exc.reason[:200]}); fell back to {chain[i + 1]}")
+            log.warning("%s failed, falling back to %s: %s", encoder, chain[i + 1], exc.reason)
+    raise AssertionError("unreachable: the chain is never empty")
+
+
+async def _encode(
+    ctx: JobContext,
+    op: Transcode,
+    encoder: str,
+    src: Path,
+    partial: Path,
+    info: ProbeInfo,
+    ten_bit: bool,
+) -> None:
+    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=ctx.render_node)
+    passes: tuple[int | None, ...] = (1, 2) if needs_two_runs(encoder, op) else (None,)
+    for n, pass_no in enumerate(passes):
+        dest = None if pass_no == 1 else partial
+        args = transcode_args(
+            op, encoder, src, dest, node,
+            ten_bit=ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
+        )  # fmt: skip
+        if ctx.on_command is not None:
+            await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))
+        share = 100.0 / len(passes)
+        await run_ffmpeg(
+            ctx.tools.ffmpeg,
+            args,
+            control=ctx.control,
+            on_progress=ctx.progress,
+            duration_s=info.duration_s,
+            span=(share * n, share * (n + 1)),
+            progress_interval=ctx.progress_interval,
+            encoder=encoder,
+            env=ENCODER_ENV.get(encoder),
+        )

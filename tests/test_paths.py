@@ -1,0 +1,135 @@
+"""Job URIs to confined local paths: what is accepted, and every trick that must be refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import InvalidJob, PathRefused
+from daemon.ops.outputs import NAME_MAX, partial_path, stale_partials
+from daemon.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    media = tmp_path / "media"
+    media.mkdir()
+    (media / "a.mp4").write_bytes(b"x")
+    return media
+
+
+def test_file_uris_resolve_inside_the_root(root: Path) -> None:
+    assert resolve_input(f"file://{root}/a.mp4", [root]) == root / "a.mp4"
+    assert resolve_input(f"file://localhost{root}/a.mp4", [root]) == root / "a.mp4"
+    assert resolve_input(f"file://{root}/sub/./b%20c.mp4", [root]) == root / "sub" / "b c.mp4"
+    assert resolve_output(f"file://{root}/new/dir/out.mp4", [root]) == root / "new/dir/out.mp4"
+
+
+def test_a_second_root_is_honoured(root: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    assert resolve_input(f"file://{other}/x.mkv", [root, other]) == other / "x.mkv"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "http://example.invalid/a.mp4",
+        "https://example.invalid/a.mp4",
+        "concat:{root}/a.mp4|{root}/a.mp4",
+        "subfile,,start,0,end,10,,:{root}/a.mp4",
+        "nats-obj://bucket/key",
+        "data:text/plain,hello",
+        "pipe:0",
+    ],
+)
+def test_other_schemes_are_refused(root: Path, uri: str) -> None:
+    with pytest.raises(PathRefused, match=r"not supported|not a URI"):
+        resolve_input(uri.format(root=root), [root])
+    with pytest.raises(PathRefused):
+        resolve_output(uri.format(root=root), [root])
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("{root}/a.mp4", "not a URI"),
+        ("a.mp4", "not a URI"),
+        ("file:a.mp4", "not absolute"),
+        ("file://{root}/../etc/passwd", r"'\.\.'"),
+        ("file://{root}/%2e%2e/%2e%2e/etc/passwd", r"'\.\.'"),
+        ("file://{root}/%2E%2E/x", r"'\.\.'"),
+        ("file:///etc/passwd", "outside the allowed roots"),
+        ("file://{root}2/a.mp4", "outside the allowed roots"),
+        ("file://{root}", "outside the allowed roots"),
+        ("file://{root}/a%00.mp4", "NUL"),
+        ("file://{root}/a.mp4\x00", "NUL"),
+        ("file://{root}/a.mp4?x=1", "percent-encode"),
+        ("file://{root}/a.mp4#frag", "percent-encode"),
+        ("file://{root}/%ff.mp4", "UTF-8"),
+        ("file://otherhost{root}/a.mp4", "not this node"),
+    ],
+)
+def test_trick_paths_are_refused(root: Path, uri: str, needle: str) -> None:
+    with pytest.raises(PathRefused, match=needle) as info:
+        resolve_input(uri.format(root=root), [root])
+    assert isinstance(info.value, InvalidJob) and info.value.kind == "permanent"
+
+
+def test_symlinks_out_of_the_root_are_refused(root: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s")
+    (root / "link.mp4").symlink_to(secret)
+    (root / "dirlink").symlink_to(tmp_path)
+    (root / "dangling.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    with pytest.raises(PathRefused, match="outside"):
+        resolve_input(f"file://{root}/link.mp4", [root])
+    with pytest.raises(PathRefused, match="outside"):
+        resolve_output(f"file://{root}/dirlink/new/out.mp4", [root])
+    with pytest.raises(PathRefused, match="outside"):
+        resolve_output(f"file://{root}/dangling.mp4", [root])
+
+
+def test_symlinks_inside_the_root_resolve_to_their_target(root: Path) -> None:
+    (root / "alias.mp4").symlink_to(root / "a.mp4")
+    assert resolve_input(f"file://{root}/alias.mp4", [root]) == root / "a.mp4"
+
+
+def test_a_symlinked_root_is_resolved_too(root: Path, tmp_path: Path) -> None:
+    link = tmp_path / "root-link"
+    link.symlink_to(root)
+    assert resolve_input(f"file://{link}/a.mp4", [link]) == root / "a.mp4"
+
+
+def test_output_must_name_a_file(root: Path) -> None:
+    (root / "d").mkdir()
+    with pytest.raises(PathRefused, match="directory"):
+        resolve_output(f"file://{root}/d", [root])
+    with pytest.raises(PathRefused, match="directory"):
+        resolve_output(f"file://{root}/new/", [root])
+
+
+def test_option_like_and_odd_names_stay_file_arguments(root: Path) -> None:
+    odd = root / "-y 'q\"uo\nte' $(x);.mp4"
+    assert resolve_input(uri_of(odd), [root]) == odd
+    arg = ffmpeg_arg(odd)
+    assert arg.startswith(f"file:{root}/-y") and not arg.startswith("-")
+    with pytest.raises(PathRefused):
+        ffmpeg_arg(Path("relative.mp4"))
+
+
+def test_partial_names_are_hidden_per_attempt_and_bounded(root: Path) -> None:
+    final = root / "out.mp4"
+    assert partial_path(final, "job-1", 2) == root / ".out.mp4.job-1.2.partial"
+    long_final = root / (("é" * 120) + ".mp4")
+    assert len(partial_path(long_final, "j" * 128, 20).name.encode()) <= NAME_MAX
+    for attempt in (1, 2):
+        partial_path(final, "job-1", attempt).write_bytes(b"p")
+    partial_path(final, "job-2", 1).write_bytes(b"p")
+    assert [p.name for p in stale_partials(final, "job-1")] == [
+        ".out.mp4.job-1.1.partial",
+        ".out.mp4.job-1.2.partial",
+    ]
+    assert os.path.exists(partial_path(final, "job-2", 1))
