@@ -77,9 +77,9 @@ async def probe(args: argparse.Namespace) -> int:
 
 
 async def daemon(args: argparse.Namespace) -> int:
-    from daemon.app import serve
+    from daemon.main import serve_config
 
-    return await serve(args.config)
+    return await serve_config(args.config)
 
 
 async def control(args: argparse.Namespace) -> int:
