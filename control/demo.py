@@ -247,7 +247,12 @@ async def demo() -> int:
 
 
 def main() -> None:
+    import logging
+
     import uvloop
+
+    # The demo prints its own progress; connection chatter from closing clients is noise here.
+    logging.basicConfig(level=logging.ERROR)
 
     sys.exit(uvloop.run(demo()))
 
