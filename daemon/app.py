@@ -1,0 +1,302 @@
+"""The daemon's life, top to bottom: recover, probe, connect, advertise, pull; drain; stop.
+
+Side tasks (outbox publisher, heartbeat, watchdog, one puller per pool) run as named tasks under
+a monitor: if one dies the daemon stops with an error rather than limping on. The first SIGTERM
+drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
+redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools and slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from nats.aio.msg import Msg
+
+from control.topology import TopologySettings
+from daemon.config import DaemonConfig, load_daemon_config
+from daemon.control_listener import ControlListener
+from daemon.encoder_health import EncoderHealthTracker
+from daemon.heartbeat import Advertiser, HeartbeatSources
+from daemon.housekeeping import count_job, gauges, prune
+from daemon.jobdeps import JobDeps
+from daemon.jobrun import run_job
+from daemon.metrics import Metrics
+from daemon.puller import PoolPuller, PullerSet
+from daemon.reporter import Reporter, new_event_id
+from daemon.requirements import NodeView
+from daemon.running import RunningJobs
+from daemon.sdnotify import Notifier, watchdog_task
+from daemon.slots import Slots
+from daemon.wiring import Backend, open_backend
+from schemas.events import NodeStateChanged
+from schemas.nodes import NodeState
+from schemas.results import JobResult
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.daemon")
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: DaemonConfig,
+        *,
+        config_path: Path | None = None,
+        notifier: Notifier | None = None,
+        topology: TopologySettings | None = None,
+    ) -> None:
+        self.cfg, self.config_path = cfg, config_path
+        self.notifier = notifier or Notifier({})
+        self.topology = topology or TopologySettings(ack_wait=cfg.ack_wait)
+        self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
+        self.running = RunningJobs()
+        self.metrics = Metrics()
+        self.slots = Slots({})
+        self.node = NodeView(labels=dict(cfg.labels))
+        self.exit_code = 0
+        self.stopped = asyncio.Event()
+        self._draining = False
+        self._side: dict[str, asyncio.Task[None]] = {}
+        self.pullers = PullerSet(self._make_puller, cfg.fetch_timeout)
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._backend: Backend | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
+
+    # -- state --------------------------------------------------------------------------
+    @property
+    def state(self) -> NodeState:
+        return "draining" if self._draining else "online"
+
+    @property
+    def backend(self) -> Backend:
+        assert self._backend is not None, "daemon not started"
+        return self._backend
+
+    # -- start --------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._backend = b = await open_backend(cfg, self.subjects, on_closed=self._nats_closed)
+        self.node.verified_encoders = set(b.caps.verified_encoders)
+        self.node.max_gpu_memory_mb = max(
+            (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
+        )
+        self._apply_pools(cfg)
+        reporter = Reporter(b.raw_journal, b.outbox, cfg.node_id)
+        self.health = EncoderHealthTracker(
+            self.node, reporter, cfg.encoder_failure_threshold, cfg.encoder_reverify_interval
+        )
+        self.deps = JobDeps(
+            cfg,
+            reporter,
+            self.running,
+            self.node,
+            b.run_operation,
+            self._job_finished,
+            self.health,
+        )
+        sources = HeartbeatSources(
+            self.slots,
+            self.running,
+            lambda: self.state,
+            b.outbox_depth,
+            b.gpu_loads,
+            lambda: sorted(self.node.withdrawn_encoders),
+            str(cfg.work_dir),
+            cfg.disk_low_watermark_mb << 20,
+        )
+        self.advertiser = Advertiser(
+            b.js, self.subjects, reporter, b.caps, sources, cfg.heartbeat_interval
+        )
+        self.control = ControlListener(b.nc, self.subjects, cfg.node_id, self)
+        await self.control.start()
+        b.outbox.start()
+        try:
+            await self.advertiser.beat()
+        except Exception as exc:  # NATS away at start: the loop retries
+            log.warning("first heartbeat failed: %s", exc)
+        self._watch("heartbeat", self.advertiser.run())
+        self._watch("watchdog", watchdog_task(self.notifier, lambda: not self.stopped.is_set()))
+        self._watch("gauges", gauges(self.metrics, self.slots, b))
+        self._watch("encoder-health", self.health.run(b.reverify))
+        self._watch("prune", prune(b, cfg.journal_retention_days))
+        if cfg.metrics_port:
+            self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        await self._start_pullers()
+        self.notifier.ready(self._status())
+        log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())
+
+    def _apply_pools(self, cfg: DaemonConfig) -> None:
+        caps = self.backend.caps
+        pools = [p for p in (cfg.pools or caps.pools) if p in caps.pools or cfg.slots.get(p)]
+        capacity = {p: cfg.slots.get(p, caps.slots.get(p, 0)) for p in pools}
+        self.node.pools, self.node.labels = pools, dict(cfg.labels)
+        self.slots.resize(capacity)
+
+    def _bg(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _watch(self, name: str, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
+        self._side[name] = task
+        task.add_done_callback(self._side_done)
+
+    def _side_done(self, task: asyncio.Task[None]) -> None:
+        # A clean return is allowed (the watchdog returns at once outside systemd).
+        if task.cancelled() or self.stopped.is_set() or task.exception() is None:
+            return
+        log.error("side task %s ended (%s): stopping", task.get_name(), task.exception())
+        self.exit_code = 1
+        self.request_drain(0.0, f"side task {task.get_name()} died")
+
+    # -- pulling ------------------------------------------------------------------------
+    def _make_puller(self, pool: str) -> PoolPuller:
+        return PoolPuller(
+            self.backend.js, self.subjects, self.topology, pool, self.slots, self._spawn,
+            fetch_timeout=self.cfg.fetch_timeout,
+        )  # fmt: skip
+
+    async def _start_pullers(self) -> None:
+        await self.pullers.sync({p: self.slots.capacity(p) for p in self.node.pools})
+
+    def _spawn(self, msg: Msg, pool: str, priority: str) -> None:
+        task = asyncio.create_task(self._job(msg, pool, priority), name=f"job-{msg.subject}")
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    async def _job(self, msg: Msg, pool: str, priority: str) -> None:
+        self.metrics.jobs_running.inc()
+        try:
+            if msg.metadata.timestamp is not None:
+                self.metrics.queue_wait.observe(
+                    max(0.0, time.time() - msg.metadata.timestamp.timestamp())
+                )
+            await run_job(msg, pool, priority, self.deps)
+        except Exception:
+            log.exception("job %s crashed; JetStream will redeliver", msg.subject)
+        finally:
+            self.metrics.jobs_running.dec()
+            self.slots.release(pool)
+            self.notifier.status(self._status())
+
+    def _job_finished(self, outcome: str, pool: str, wall: float, result: JobResult | None) -> None:
+        count_job(self.metrics, outcome, pool, wall, result)
+
+    # -- drain, resume, reload, stop ----------------------------------------------------
+    def request_drain(self, deadline_s: float | None, reason: str) -> None:
+        if self._draining:
+            return
+        self._draining = True
+        log.info("draining: %s", reason)
+        self.notifier.status(f"draining: {reason}")
+        self._bg(self._drain(deadline_s), "drain")
+
+    async def _drain(self, deadline_s: float | None) -> None:
+        await self.pullers.stop()
+        await self._state_event(reason="drain")
+        deadline = self.cfg.drain_deadline if deadline_s is None else deadline_s
+        await self.wait_jobs(deadline)
+
+    def request_resume(self) -> None:
+        if not self._draining or self.stopped.is_set():
+            return
+        self._draining = False
+        self._bg(self._start_pullers(), "resume")
+        self._bg(self._state_event(reason="resumed"), "resume-event")
+
+    async def _state_event(self, reason: str) -> None:
+        event = NodeStateChanged(
+            event_id=new_event_id(),
+            node_id=self.cfg.node_id,
+            ts=time.time(),
+            state=self.state,
+            reason=reason,
+        )
+        await self.deps.reporter.record(None, None, event)
+
+    async def wait_jobs(self, deadline: float) -> None:
+        """Let running jobs finish up to `deadline`, then stop them (they are nak'd, not lost)."""
+        if self._jobs:
+            _, pending = await asyncio.wait(set(self._jobs), timeout=deadline)
+            if pending:
+                log.warning("drain deadline: stopping %d job(s) for redelivery", len(pending))
+                self.running.stop_all("node draining")
+                await asyncio.wait(pending, timeout=30.0)
+
+    async def reload(self) -> None:
+        """SIGHUP: labels, pools and slots from the file; the connection stays."""
+        self.notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_daemon_config, self.config_path)
+        except Exception as exc:
+            log.error("reload refused: %s", exc)
+        else:
+            old = self.cfg
+            if (new.node_id, new.nats, new.state_dir) != (old.node_id, old.nats, old.state_dir):
+                log.warning("node_id, nats and state_dir changes need a restart: kept")
+            new = msgspec.structs.replace(
+                new, node_id=old.node_id, nats=old.nats, state_dir=old.state_dir
+            )
+            self.cfg = self.deps.cfg = new
+            self._apply_pools(new)
+            caps = msgspec.structs.replace(
+                self.advertiser.caps, labels=dict(new.labels), pools=list(self.node.pools),
+                slots={p: self.slots.capacity(p) for p in self.slots.pools},
+            )  # fmt: skip
+            try:
+                await self.advertiser.set_capabilities(caps)
+            except Exception as exc:  # NATS away: the next heartbeat carries it
+                log.warning("advertising reloaded capabilities failed: %s", exc)
+            if not self._draining:
+                await self._start_pullers()
+            log.info("reloaded: pools %s, slots %s", self.node.pools, self.slots.free_all())
+        self.notifier.ready(self._status())
+
+    async def stop(self, *, force: bool = False) -> None:
+        """Idempotent. Drain (or, forced, stop jobs at once), flush events, close."""
+        if self._stopping:
+            if force:  # a second signal: the first stop() is waiting on these jobs
+                self.running.stop_all("forced stop")
+            return
+        self._stopping = True
+        self.notifier.stopping("stopping")
+        self._draining = True
+        await self.pullers.stop()
+        await self.wait_jobs(0.0 if force else self.cfg.drain_deadline)
+        self.stopped.set()
+        b = self.backend
+        await b.outbox.flush(2.0 if force else 10.0)
+        await b.outbox.stop()
+        await self.control.stop()
+        await self.advertiser.remove()
+        for task in self._side.values():
+            task.cancel()
+        await asyncio.gather(*self._side.values(), return_exceptions=True)
+        self.metrics.close()
+        await b.close()
+
+    async def _nats_closed(self) -> None:
+        if not self.stopped.is_set():
+            log.error("NATS connection closed for good: exiting")
+            self.exit_code = 2
+            self.stopped.set()
+
+    # -- status -------------------------------------------------------------------------
+    def _status(self) -> str:
+        free = ", ".join(f"{p}={n}" for p, n in self.slots.free_all().items())
+        return f"{self.state}: {len(self.running)} running; free {free}"
+
+
+async def serve(config_path: Path | str | None) -> int:
+    """`flotilla daemon --config PATH` (the CLI's event loop): see `daemon.main`."""
+    from daemon.main import serve_config  # main imports this module
+
+    return await serve_config(config_path)

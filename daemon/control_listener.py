@@ -1,0 +1,107 @@
+"""Requests to this node over NATS: drain, resume, cancel, pause, unpause, status.
+
+Subscribes to `<prefix>.ctl.<node_id>.*` and `<prefix>.ctl.all.*` (a broadcast cancel for a job
+id reaches whichever node runs it). Every request gets a `NodeCommandReply`; a malformed one gets
+`ok=false` with the decode error, never a crash.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from daemon.running import RunningJobs
+from schemas.codec import DecodeError, Decoder, encode
+from schemas.control_msgs import NodeCommand, NodeCommandReply
+from schemas.subjects import ALL_NODES, Subjects
+
+log = logging.getLogger("flotilla.control")
+_DECODER: Decoder[NodeCommand] = Decoder(NodeCommand)
+
+
+class NodeControl(Protocol):
+    """What the daemon exposes to the listener (implemented by `daemon.app.Daemon`)."""
+
+    running: RunningJobs
+
+    @property
+    def state(self) -> str: ...
+
+    def request_drain(self, deadline_s: float | None, reason: str) -> None: ...
+
+    def request_resume(self) -> None: ...
+
+
+class ControlListener:
+    def __init__(self, nc: Client, subjects: Subjects, node_id: str, node: NodeControl) -> None:
+        self.nc, self.subjects, self.node_id, self.node = nc, subjects, node_id, node
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        for target in (self.node_id, ALL_NODES):
+            subject = self.subjects.ctl(target, "*")
+            self._subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
+
+    async def stop(self) -> None:
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # connection already closed
+                log.debug("unsubscribe: %s", exc)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        broadcast = msg.subject.split(".")[-2] == ALL_NODES
+        try:
+            cmd = _DECODER.decode(msg.data)
+            reply = self.handle(cmd)
+        except DecodeError as exc:
+            reply = self._reply(False, str(exc)[:512])
+        if broadcast and not reply.ok:
+            return  # a broadcast is answered only by the nodes it concerns
+        if msg.reply:
+            await self.nc.publish(msg.reply, encode(reply))
+
+    def handle(self, cmd: NodeCommand) -> NodeCommandReply:
+        running = self.node.running
+        handlers: dict[str, Callable[[], tuple[bool, str]]] = {
+            "drain": lambda: self._drain(cmd),
+            "resume": self._resume,
+            "cancel": lambda: self._with_job(cmd, lambda j: running.cancel(j, cmd.reason)),
+            "pause": lambda: self._with_job(cmd, lambda j: running.pause(j, True)),
+            "unpause": lambda: self._with_job(cmd, lambda j: running.pause(j, False)),
+            "status": lambda: (True, ""),
+        }
+        ok, message = handlers[cmd.verb]()
+        log.info("control %s: ok=%s %s", cmd.verb, ok, message)
+        return self._reply(ok, message)
+
+    def _drain(self, cmd: NodeCommand) -> tuple[bool, str]:
+        self.node.request_drain(cmd.deadline_s, cmd.reason or "drain requested")
+        return True, "draining"
+
+    def _resume(self) -> tuple[bool, str]:
+        self.node.request_resume()
+        return True, "resumed"
+
+    @staticmethod
+    def _with_job(cmd: NodeCommand, act: Callable[[str], bool]) -> tuple[bool, str]:
+        if cmd.job_id is None:
+            return False, f"{cmd.verb} needs job_id"
+        if act(cmd.job_id):
+            return True, f"{cmd.verb} {cmd.job_id}"
+        return False, f"job {cmd.job_id} is not running here"
+
+    def _reply(self, ok: bool, message: str) -> NodeCommandReply:
+        return NodeCommandReply(
+            ok=ok,
+            node_id=self.node_id,
+            message=message,
+            running_jobs=self.node.running.ids(),
+            state=self.node.state,
+        )

@@ -1,0 +1,122 @@
+"""Advertise this node: its record in the nodes KV bucket, refreshed every heartbeat_interval.
+
+The entry carries capabilities plus the latest heartbeat, so a node that stops beating expires
+from the bucket after its TTL. A capabilities change is also an event, sent through the outbox.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import psutil
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+
+from daemon.reporter import Reporter, new_event_id
+from daemon.running import RunningJobs
+from daemon.slots import Slots
+from schemas.codec import encode
+from schemas.events import CapabilitiesChanged
+from schemas.nodes import GpuLoad, Heartbeat, NodeCapabilities, NodeRecord, NodeState
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.heartbeat")
+
+
+@dataclass
+class HeartbeatSources:
+    slots: Slots
+    running: RunningJobs
+    state: Callable[[], NodeState]
+    outbox_depth: Callable[[], int]
+    gpu_loads: Callable[[], Awaitable[list[GpuLoad]]]
+    withdrawn: Callable[[], list[str]]
+    work_dir: str
+    disk_low_bytes: int
+
+
+def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) -> Heartbeat:
+    """Blocking (psutil): call through asyncio.to_thread."""
+    try:
+        disk_free = psutil.disk_usage(src.work_dir).free
+    except OSError:
+        disk_free = 0
+    return Heartbeat(
+        node_id=node_id,
+        ts=time.time(),
+        state=src.state(),
+        load1=os.getloadavg()[0],
+        cpu_percent=min(100.0, psutil.cpu_percent(interval=None)),
+        memory_percent=psutil.virtual_memory().percent,
+        disk_free_bytes=disk_free,
+        disk_low=disk_free < src.disk_low_bytes,
+        slots={p: src.slots.capacity(p) for p in src.slots.pools},
+        free_slots=src.slots.free_all(),
+        running_jobs=src.running.ids(),
+        gpus=gpus,
+        withdrawn_encoders=src.withdrawn(),
+        outbox_depth=src.outbox_depth(),
+    )
+
+
+class Advertiser:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        reporter: Reporter,
+        caps: NodeCapabilities,
+        sources: HeartbeatSources,
+        interval: float,
+    ) -> None:
+        self.js, self.subjects, self.reporter = js, subjects, reporter
+        self.caps, self.sources, self.interval = caps, sources, interval
+        self._kv: KeyValue | None = None
+        self._announced = False
+        self.last: Heartbeat | None = None
+
+    async def set_capabilities(self, caps: NodeCapabilities) -> None:
+        if caps != self.caps:
+            self.caps, self._announced = caps, False
+        await self.beat()
+
+    async def beat(self) -> None:
+        node_id = self.caps.node_id
+        if not self._announced:
+            # Through the outbox: the event survives an outage like every other.
+            event = CapabilitiesChanged(
+                event_id=new_event_id(), node_id=node_id, ts=time.time(), capabilities=self.caps
+            )
+            await self.reporter.record(None, None, event)
+            self._announced = True
+        gpus = await self.sources.gpu_loads()
+        hb = await asyncio.to_thread(build_heartbeat, node_id, self.sources, gpus)
+        self.last = hb
+        if self._kv is None:
+            self._kv = await self.js.key_value(self.subjects.nodes_bucket)
+        await self._kv.put(node_id, encode(NodeRecord(capabilities=self.caps, heartbeat=hb)))
+
+    async def run(self) -> None:
+        """Beats after the first one, which `start` awaits so the node is visible once READY."""
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # NATS down: the next beat tries again
+                log.warning("heartbeat failed: %s", exc)
+                self._kv = None
+
+    async def remove(self) -> None:
+        """On a clean exit: delete the entry so the fleet sees the node gone at once."""
+        try:
+            kv = self._kv or await self.js.key_value(self.subjects.nodes_bucket)
+            await kv.delete(self.caps.node_id)
+        except Exception as exc:
+            log.debug("kv delete: %s", exc)

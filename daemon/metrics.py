@@ -1,0 +1,61 @@
+"""Prometheus metrics of one daemon, in a private registry so two daemons can share a process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger("flotilla.metrics")
+
+_DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400, 28800)
+_WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    """Labels are pools, outcomes and GPU indexes only: never job ids or paths."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs_total = Counter(
+            "flotilla_jobs_total", "Jobs finished by outcome", ["outcome", "pool"], registry=r
+        )
+        self.jobs_running = Gauge("flotilla_jobs_running", "Jobs running now", registry=r)
+        self.slots_free = Gauge("flotilla_slots_free", "Free slots", ["pool"], registry=r)
+        self.job_duration = Histogram(
+            "flotilla_job_duration_seconds", "Job wall time", buckets=_DURATION_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "flotilla_queue_wait_seconds",
+            "Submit to start",
+            buckets=_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.realtime_factor = Gauge(
+            "flotilla_encode_realtime_factor", "Media seconds per wall second, last job", registry=r
+        )
+        self.outbox_depth = Gauge("flotilla_outbox_depth", "Unsent events", registry=r)
+        self.nats_connected = Gauge("flotilla_nats_connected", "1 when connected", registry=r)
+        self.gpu_util = Gauge(
+            "flotilla_gpu_utilization_ratio", "GPU utilisation 0..1", ["gpu"], registry=r
+        )
+        self.gpu_enc_util = Gauge(
+            "flotilla_gpu_encoder_utilization_ratio", "NVENC use 0..1", ["gpu"], registry=r
+        )
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the HTTP exporter; port 0 picks a free port. Returns the bound port."""
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._server = server
+        bound = int(server.server_port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        return bound
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

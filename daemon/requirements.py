@@ -1,0 +1,45 @@
+"""Can this node run a job? Labels, GPU memory and the accel family among verified encoders."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from schemas.jobs import HW_POOLS, JobSpec
+
+
+@dataclass
+class NodeView:
+    """What the requirement check needs to know about this node (refreshed on probe or reload)."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    pools: list[str] = field(default_factory=list)
+    verified_encoders: set[str] = field(default_factory=set)
+    withdrawn_encoders: set[str] = field(default_factory=set)
+    max_gpu_memory_mb: int = 0
+
+    def usable_encoders(self) -> set[str]:
+        return self.verified_encoders - self.withdrawn_encoders
+
+
+def encoder_family(encoder: str) -> str:
+    """`h264_nvenc` -> `nvenc`; software encoders (`libx264`) -> `software`."""
+    suffix = encoder.rsplit("_", 1)[-1]
+    return suffix if suffix in HW_POOLS else "software"
+
+
+def unmet_requirement(spec: JobSpec, node: NodeView) -> str | None:
+    """The first requirement this node cannot meet, in words; None when it can run the job."""
+    req = spec.requirements
+    if spec.pool not in node.pools:
+        return f"node does not serve pool {spec.pool!r}"
+    for key, value in sorted(req.labels.items()):
+        have = node.labels.get(key)
+        if have != value:
+            return f"label {key}={value} required (node has {key}={have})"
+    if req.min_gpu_memory_mb > node.max_gpu_memory_mb:
+        return f"needs {req.min_gpu_memory_mb} MiB GPU memory (node has {node.max_gpu_memory_mb})"
+    if req.accel in HW_POOLS:
+        families = {encoder_family(e) for e in node.usable_encoders()}
+        if req.accel not in families:
+            return f"no verified {req.accel} encoder on this node"
+    return None

@@ -1,0 +1,132 @@
+"""The daemon's back end, in one place: journal + recovery, probe, NATS, outbox, operations.
+
+Everything here adapts a parallel helper's module (journal, outbox, probe, ops) to the small
+interfaces the core uses (`reporter.JournalPort`/`OutboxPort`, `jobrun.OperationRunner`), so a
+changed signature is fixed in this file alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+
+from daemon.config import DaemonConfig
+from daemon.ffmpeg_bin import FfmpegTools, find_tools
+from daemon.jobdeps import Attempt, OperationRunner
+from daemon.jobrun import JOB_DECODER
+from daemon.journal import Journal
+from daemon.natsconn import connect_with_retry
+from daemon.ops import run_operation
+from daemon.ops.context import JobContext
+from daemon.outbox import OutboxPublisher
+from daemon.partials import remove_stale_partials
+from daemon.probe import RenderNode, probe_node, render_nodes, reverify
+from daemon.probe.gpu import Nvml
+from daemon.progress import ProgressUpdate
+from daemon.reporter import new_event_id, now
+from daemon.runcontrol import RunControl
+from daemon.version import VERSION
+from schemas.codec import DecodeError
+from schemas.events import Progress
+from schemas.nodes import GpuLoad, NodeCapabilities
+from schemas.results import JobResult
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.daemon")
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+@dataclass
+class Backend:
+    nc: Client
+    js: JetStreamContext
+    caps: NodeCapabilities
+    outbox: OutboxPublisher
+    run_operation: OperationRunner
+    raw_journal: Journal
+    nvml: Nvml
+    tools: FfmpegTools
+    dri: list[RenderNode]
+
+    def outbox_depth(self) -> int:
+        return self.raw_journal.depth
+
+    async def gpu_loads(self) -> list[GpuLoad]:
+        return await self.nvml.loads()
+
+    async def reverify(self, encoder: str) -> str | None:
+        return await reverify(self.tools.ffmpeg, encoder, self.caps.gpus, self.dri)
+
+    async def close(self) -> None:
+        await self.nc.close()
+        await self.raw_journal.close()
+        await self.nvml.close()
+
+
+async def open_backend(
+    cfg: DaemonConfig, subjects: Subjects, *, on_closed: Callable[[], Awaitable[None]]
+) -> Backend:
+    # Nothing runs before start, so every scratch dir left in work_dir is an interrupted job's.
+    await asyncio.to_thread(shutil.rmtree, cfg.work_dir, True)
+    await asyncio.to_thread(cfg.work_dir.mkdir, parents=True, exist_ok=True)
+    journal = await Journal.for_config(cfg)
+    # recover() records each interrupted attempt with its `interrupted` event (to the outbox).
+    for row in await journal.recover(cfg.node_id):
+        for path in row.temp_paths:  # partial outputs: never left behind by a crash
+            await asyncio.to_thread(_unlink, path)
+        if row.spec:
+            with contextlib.suppress(DecodeError):
+                spec = JOB_DECODER.decode(row.spec)
+                await remove_stale_partials(spec, cfg.allowed_roots)
+    tools = find_tools(cfg.ffmpeg, cfg.ffprobe)
+    nvml = await Nvml.open()
+    caps = await probe_node(cfg, tools.ffmpeg, VERSION, nvml=nvml)
+    nc = await connect_with_retry(
+        cfg.nats,
+        name=f"flotilla-daemon/{cfg.node_id}",
+        inbox_prefix=f"_INBOX_{cfg.node_id}",
+        on_closed=on_closed,
+    )
+    js = nc.jetstream(timeout=5)
+    outbox = OutboxPublisher(journal, js)
+
+    async def run(att: Attempt) -> JobResult:
+        async def progress(update: ProgressUpdate) -> None:
+            event = Progress(
+                event_id=new_event_id(), job_id=att.spec.job_id, node_id=cfg.node_id,
+                attempt=att.number, ts=now(), percent=update.percent, fps=update.fps,
+                speed=update.speed, out_time_s=update.out_time_s, frame=update.frame,
+                paused=att.handle.paused_since is not None,
+            )  # fmt: skip
+            await journal.record([], [event])
+
+        control = RunControl()
+        att.handle.control = control
+        ctx = JobContext(
+            spec=att.spec, attempt=att.number, scratch=att.scratch, tools=tools,
+            verified_encoders=frozenset(caps.verified_encoders),
+            hwaccels=frozenset(caps.hwaccels), threads=cfg.threads_per_job,
+            allowed_roots=[Path(r) for r in cfg.allowed_roots], progress=progress,
+            control=control, progress_interval=cfg.progress_interval,
+            withdrawn_encoders=frozenset(att.withdrawn), on_command=att.on_command,
+        )  # fmt: skip
+        try:
+            result = await run_operation(ctx)
+        finally:
+            att.encoder_failures = [e.encoder for e in ctx.encoder_failures]
+        return result
+
+    return Backend(nc, js, caps, outbox, run, journal, nvml, tools, await render_nodes())
