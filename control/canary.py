@@ -1,0 +1,84 @@
+"""Synthetic canaries: a `canary` job per pool with online nodes; late ones raise canary_failed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from control.fleetread import read_nodes
+from schemas.codec import encode
+from schemas.jobs import JobSpec, Requirements
+from schemas.operations import Canary
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.canary")
+
+
+@dataclass(slots=True)
+class _Pending:
+    job_id: str
+    sent_at: float
+
+
+@dataclass(slots=True)
+class CanaryRunner:
+    js: JetStreamContext
+    db: asyncpg.Pool
+    subjects: Subjects
+    pools: list[str]
+    offline_after: float
+    timeout: float
+    interval: float
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)
+    #: pool -> last submit-to-completed latency in seconds
+    latency: dict[str, float] = field(default_factory=dict)
+
+    def failed_pools(self) -> tuple[str, ...]:
+        return tuple(sorted(self.failed))
+
+    async def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for pool, p in list(self.pending.items()):
+            state = await self.db.fetchval("SELECT state FROM jobs WHERE job_id = $1", p.job_id)
+            if state == "completed":
+                self.latency[pool] = now - p.sent_at
+                self.failed.discard(pool)
+                del self.pending[pool]
+            elif state in ("failed", "cancelled") or now - p.sent_at > self.timeout:
+                log.warning("canary %s in pool %s did not complete (%s)", p.job_id, pool, state)
+                self.failed.add(pool)
+                del self.pending[pool]
+        nodes = await read_nodes(self.js, self.subjects, self.offline_after, now)
+        live = {p for n in nodes if n.heartbeat.state == "online" for p in n.capabilities.pools}
+        self.failed &= live  # a pool with no nodes is pool_offline_with_work's business
+        for pool in self.pools:
+            if pool in live and pool not in self.pending:
+                job = JobSpec(
+                    job_id=f"canary-{pool}-{secrets.token_hex(6)}",
+                    tenant="canary",
+                    priority="high",
+                    input="canary://",
+                    operation=Canary(),
+                    requirements=Requirements(pool=pool),
+                    max_attempts=1,
+                )
+                subject = self.subjects.submit(pool, job.priority, job.job_id)
+                await self.js.publish(subject, encode(job), headers={"Nats-Msg-Id": job.job_id})
+                self.pending[pool] = _Pending(job.job_id, now)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("canary tick failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval)

@@ -1,0 +1,138 @@
+-- Flotilla control plane, schema version 1: fleet state folded from the event stream.
+-- Times are timestamptz (UTC); the API turns them into epoch seconds.
+
+-- Nodes: written by the KV reconciler (liveness, heartbeat) and by ingest (node events).
+-- `state` is owned by the reconciler's sweep: offline when the heartbeat is older than the
+-- configured time or the KV entry expired, else draining or online as the node reports.
+CREATE TABLE nodes (
+    node_id          text PRIMARY KEY,
+    state            text NOT NULL DEFAULT 'offline'
+                     CHECK (state IN ('online', 'draining', 'offline')),
+    reported_state   text,
+    reported_at      timestamptz,
+    draining         boolean NOT NULL DEFAULT false,
+    state_reason     text NOT NULL DEFAULT '',
+    pools            text[] NOT NULL DEFAULT '{}',
+    capabilities     jsonb,
+    capabilities_at  timestamptz,
+    heartbeat        jsonb,
+    last_seen        timestamptz,
+    expired_at       timestamptz,
+    encoders         jsonb NOT NULL DEFAULT '{}',
+    updated_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX nodes_state_idx ON nodes (state);
+CREATE INDEX nodes_pools_idx ON nodes USING gin (pools);
+
+-- Jobs: the current state of each job, folded monotonically from its events (control/fold.py).
+-- state_rank: 0 submitted, 1 queued (accepted by a node), 2 running, 3 queued again (retrying,
+-- handed back, interrupted), 4 terminal. (attempts, state_rank, state_ts, state_event_id) is
+-- the claim a newer non-terminal event must beat.
+CREATE TABLE jobs (
+    job_id            text PRIMARY KEY,
+    tenant            text NOT NULL DEFAULT '',
+    pool              text NOT NULL DEFAULT '',
+    priority          text NOT NULL DEFAULT '',
+    operation         text NOT NULL DEFAULT '',
+    state             text NOT NULL DEFAULT 'submitted'
+                      CHECK (state IN ('submitted', 'queued', 'running',
+                                       'completed', 'failed', 'cancelled')),
+    state_rank        smallint NOT NULL DEFAULT 0,
+    state_ts          timestamptz,
+    state_event_id    text,
+    node_id           text,
+    attempts          integer NOT NULL DEFAULT 0,
+    stream_seq        bigint,
+    submitted_at      timestamptz NOT NULL DEFAULT now(),
+    queued_at         timestamptz,
+    started_at        timestamptz,
+    finished_at       timestamptz,
+    percent           double precision,
+    fps               double precision,
+    speed             double precision,
+    progress_attempt  integer NOT NULL DEFAULT 0,
+    progress_at       timestamptz,
+    last_error        text,
+    stderr_tail       text,
+    error_at          timestamptz,
+    result            jsonb,
+    spec              jsonb,
+    dead_lettered     boolean NOT NULL DEFAULT false,
+    -- Set when a dead letter is re-submitted: events older than this belong to the old run.
+    resubmitted_at    timestamptz,
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+-- Listing newest first with keyset paging on (submitted_at, job_id), alone or by one filter.
+CREATE INDEX jobs_submitted_idx ON jobs (submitted_at DESC, job_id DESC);
+CREATE INDEX jobs_state_idx ON jobs (state, submitted_at DESC, job_id DESC);
+CREATE INDEX jobs_tenant_idx ON jobs (tenant, submitted_at DESC, job_id DESC);
+CREATE INDEX jobs_node_idx ON jobs (node_id, submitted_at DESC, job_id DESC);
+-- Queue depth, oldest wait and stuck jobs per pool look only at unfinished jobs.
+CREATE INDEX jobs_active_idx ON jobs (pool, state, queued_at)
+    WHERE state IN ('submitted', 'queued', 'running');
+-- Failure rate over a window.
+CREATE INDEX jobs_finished_idx ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+-- A terminated-message advisory names only the stream sequence.
+CREATE INDEX jobs_stream_seq_idx ON jobs (stream_seq);
+
+-- Every event as received, idempotent by event id. Node events have no job id.
+CREATE TABLE job_events (
+    event_id     text PRIMARY KEY,
+    job_id       text,
+    kind         text NOT NULL,
+    node_id      text NOT NULL,
+    attempt      integer NOT NULL DEFAULT 0,
+    ts           timestamptz NOT NULL,
+    body         jsonb NOT NULL,
+    stream_seq   bigint,
+    ingested_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX job_events_job_idx ON job_events (job_id, ts, event_id) WHERE job_id IS NOT NULL;
+CREATE INDEX job_events_node_idx ON job_events (node_id, ts);
+-- Retention pruning deletes the oldest events in bounded batches.
+CREATE INDEX job_events_ts_idx ON job_events (ts);
+
+-- Messages on the events stream that could not be decoded: kept for inspection, never retried.
+CREATE TABLE bad_events (
+    stream_seq   bigint PRIMARY KEY,
+    subject      text NOT NULL,
+    error        text NOT NULL,
+    payload      bytea NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Alerts as the alert engine fires and resolves them; one firing alert per (rule, subject).
+CREATE TABLE alerts (
+    alert_id     text PRIMARY KEY,
+    rule         text NOT NULL,
+    severity     text NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    state        text NOT NULL CHECK (state IN ('firing', 'resolved')),
+    subject      text NOT NULL,
+    summary      text NOT NULL DEFAULT '',
+    value        double precision,
+    threshold    double precision,
+    fired_at     timestamptz NOT NULL,
+    resolved_at  timestamptz,
+    updated_at   timestamptz NOT NULL DEFAULT now()
+);
+CREATE UNIQUE INDEX alerts_firing_idx ON alerts (rule, subject) WHERE state = 'firing';
+CREATE INDEX alerts_fired_idx ON alerts (fired_at DESC);
+
+-- Jobs whose message exhausted its deliveries or was terminated by a node; the message itself
+-- is kept in the dead-letter stream at `dlq_seq`, from where `flotilla jobs retry` re-submits it.
+CREATE TABLE dead_letters (
+    job_id       text NOT NULL,
+    stream_seq   bigint NOT NULL,
+    source       text NOT NULL CHECK (source IN ('max_deliveries', 'terminated')),
+    reason       text NOT NULL,
+    deliveries   integer NOT NULL DEFAULT 0,
+    subject      text,
+    pool         text,
+    priority     text,
+    payload      bytea,
+    dlq_seq      bigint,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    retried_at   timestamptz,
+    PRIMARY KEY (job_id, stream_seq)
+);
+CREATE INDEX dead_letters_created_idx ON dead_letters (created_at DESC);

@@ -1,0 +1,207 @@
+"""The SQL the ingest, fleet-state and dead-letter code runs, as named constants.
+
+Staging tables are session-local temp tables emptied at each commit, created on first use by
+each pooled connection.
+"""
+
+from __future__ import annotations
+
+from control.fold import FOLD_COLUMNS
+
+# -- ingest: events ---------------------------------------------------------------------------
+#: Run at the start of every ingest transaction (no NOTICE for the tables that exist).
+STAGE_TABLES = """
+SET LOCAL client_min_messages = warning;
+CREATE TEMP TABLE IF NOT EXISTS ingest_stage (LIKE job_events INCLUDING DEFAULTS)
+    ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS jobs_stage (LIKE jobs INCLUDING DEFAULTS)
+    ON COMMIT DELETE ROWS;
+"""
+STAGE_EVENT_COLUMNS = (
+    "event_id", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq",
+)  # fmt: skip
+
+#: One statement for the whole batch; ordered so that concurrent batches lock keys in one order.
+INSERT_EVENTS = """
+INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body, stream_seq)
+SELECT event_id, job_id, kind, node_id, attempt, ts, body, stream_seq
+FROM ingest_stage ORDER BY event_id
+ON CONFLICT (event_id) DO NOTHING
+RETURNING event_id
+"""
+
+INSERT_BAD_EVENT = """
+INSERT INTO bad_events (stream_seq, subject, error, payload) VALUES ($1, $2, $3, $4)
+ON CONFLICT (stream_seq) DO NOTHING
+"""
+
+# -- ingest: jobs -----------------------------------------------------------------------------
+#: Rows for jobs first seen in this batch, so that every job can be locked before folding.
+INSERT_JOB_PLACEHOLDERS = """
+INSERT INTO jobs (job_id, submitted_at)
+SELECT job_id, submitted_at FROM unnest($1::text[], $2::timestamptz[]) AS t(job_id, submitted_at)
+ORDER BY job_id
+ON CONFLICT (job_id) DO NOTHING
+"""
+
+_select_cols = ", ".join("NULL::text AS result" if c == "result" else c for c in FOLD_COLUMNS)
+LOCK_JOBS = f"""
+SELECT {_select_cols} FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE
+"""
+
+_set_cols = [c for c in FOLD_COLUMNS if c not in ("job_id", "result")]
+UPDATE_JOBS_FROM_STAGE = f"""
+UPDATE jobs AS j SET
+    ({", ".join(_set_cols)}) = ({", ".join("s." + c for c in _set_cols)}),
+    result = COALESCE(s.result, j.result),
+    updated_at = now()
+FROM jobs_stage AS s WHERE j.job_id = s.job_id
+"""
+
+#: The API's submit (or a spec read from the jobs stream): never moves a job's state.
+UPSERT_SUBMITTED = """
+INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
+                       queued_at, spec)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+ON CONFLICT (job_id) DO UPDATE SET
+    tenant = CASE WHEN j.tenant = '' THEN EXCLUDED.tenant ELSE j.tenant END,
+    pool = CASE WHEN j.pool = '' THEN EXCLUDED.pool ELSE j.pool END,
+    priority = CASE WHEN j.priority = '' THEN EXCLUDED.priority ELSE j.priority END,
+    operation = CASE WHEN j.operation = '' THEN EXCLUDED.operation ELSE j.operation END,
+    stream_seq = GREATEST(j.stream_seq, EXCLUDED.stream_seq),
+    submitted_at = LEAST(j.submitted_at, EXCLUDED.submitted_at),
+    queued_at = LEAST(j.queued_at, EXCLUDED.queued_at),
+    spec = COALESCE(j.spec, EXCLUDED.spec),
+    updated_at = now()
+"""
+
+JOBS_WITHOUT_SPEC = """
+SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND spec IS NULL
+"""
+
+# -- ingest: node events ----------------------------------------------------------------------
+NODE_CAPABILITIES = """
+INSERT INTO nodes AS n (node_id, capabilities, capabilities_at, pools)
+VALUES ($1, $2::jsonb, $3, $4::text[])
+ON CONFLICT (node_id) DO UPDATE SET
+    capabilities = EXCLUDED.capabilities, capabilities_at = EXCLUDED.capabilities_at,
+    pools = EXCLUDED.pools, updated_at = now()
+WHERE n.capabilities_at IS NULL OR n.capabilities_at < EXCLUDED.capabilities_at
+"""
+
+NODE_REPORTED_STATE = """
+INSERT INTO nodes AS n (node_id, reported_state, reported_at, draining, state_reason)
+VALUES ($1, $2, $3, $2 = 'draining', $4)
+ON CONFLICT (node_id) DO UPDATE SET
+    reported_state = EXCLUDED.reported_state, reported_at = EXCLUDED.reported_at,
+    draining = EXCLUDED.draining, state_reason = EXCLUDED.state_reason, updated_at = now()
+WHERE n.reported_at IS NULL OR n.reported_at < EXCLUDED.reported_at
+"""
+
+NODE_ENCODER_HEALTH = """
+INSERT INTO nodes AS n (node_id, encoders) VALUES ($1, jsonb_build_object($2::text, $3::jsonb))
+ON CONFLICT (node_id) DO UPDATE SET encoders = n.encoders || EXCLUDED.encoders, updated_at = now()
+WHERE COALESCE((n.encoders -> $2::text ->> 'ts')::float8, 0) < ($3::jsonb ->> 'ts')::float8
+"""
+
+# -- fleet state: the node KV bucket ----------------------------------------------------------
+#: A KV record: each group of columns moves only forward, by its own clock.
+NODE_RECORD = """
+INSERT INTO nodes AS n (node_id, capabilities, capabilities_at, pools, heartbeat, last_seen,
+                        reported_state, reported_at, draining)
+VALUES ($1, $2::jsonb, $3, $4::text[], $5::jsonb, $6, $7, $3, $7 = 'draining')
+ON CONFLICT (node_id) DO UPDATE SET
+    heartbeat = CASE WHEN n.last_seen IS NULL OR n.last_seen <= EXCLUDED.last_seen
+                     THEN EXCLUDED.heartbeat ELSE n.heartbeat END,
+    last_seen = GREATEST(n.last_seen, EXCLUDED.last_seen),
+    capabilities = CASE WHEN n.capabilities_at IS NULL
+                          OR n.capabilities_at <= EXCLUDED.capabilities_at
+                        THEN EXCLUDED.capabilities ELSE n.capabilities END,
+    pools = CASE WHEN n.capabilities_at IS NULL OR n.capabilities_at <= EXCLUDED.capabilities_at
+                 THEN EXCLUDED.pools ELSE n.pools END,
+    capabilities_at = GREATEST(n.capabilities_at, EXCLUDED.capabilities_at),
+    reported_state = CASE WHEN n.reported_at IS NULL OR n.reported_at <= EXCLUDED.reported_at
+                          THEN EXCLUDED.reported_state ELSE n.reported_state END,
+    draining = CASE WHEN n.reported_at IS NULL OR n.reported_at <= EXCLUDED.reported_at
+                    THEN EXCLUDED.draining ELSE n.draining END,
+    reported_at = GREATEST(n.reported_at, EXCLUDED.reported_at),
+    updated_at = now()
+"""
+
+#: A DEL or PURGE marker (clean exit or TTL expiry) at the server's time $2.
+NODE_EXPIRED = """
+UPDATE nodes SET expired_at = GREATEST(expired_at, $2), updated_at = now() WHERE node_id = $1
+"""
+
+#: Nodes absent from a full KV snapshot expired at their last sighting.
+NODES_MISSING = """
+UPDATE nodes SET expired_at = last_seen, updated_at = now()
+WHERE last_seen IS NOT NULL AND NOT (node_id = ANY($1::text[]))
+  AND (expired_at IS NULL OR expired_at < last_seen)
+"""
+
+#: The one rule for a node's state; $1 is the offline threshold in seconds.
+_NODE_STATE = """
+CASE WHEN last_seen IS NULL
+       OR last_seen < now() - make_interval(secs => $1)
+       OR (expired_at IS NOT NULL AND expired_at >= last_seen)
+       OR reported_state = 'offline'
+     THEN 'offline'
+     WHEN draining THEN 'draining'
+     ELSE 'online' END
+"""
+SWEEP_NODES = f"""
+UPDATE nodes SET state = {_NODE_STATE}, updated_at = now()
+WHERE state IS DISTINCT FROM ({_NODE_STATE})
+RETURNING node_id, state
+"""
+SWEEP_NODE = f"""
+UPDATE nodes SET state = {_NODE_STATE}, updated_at = now()
+WHERE node_id = $2 AND state IS DISTINCT FROM ({_NODE_STATE})
+RETURNING node_id, state
+"""
+
+# -- retention --------------------------------------------------------------------------------
+PRUNE_EVENTS = """
+DELETE FROM job_events WHERE event_id IN (
+    SELECT event_id FROM job_events WHERE ts < $1 ORDER BY ts LIMIT $2
+)
+"""
+
+# -- dead letters -----------------------------------------------------------------------------
+JOB_BY_STREAM_SEQ = """
+SELECT job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered
+FROM jobs WHERE stream_seq = $1 ORDER BY updated_at DESC LIMIT 1
+"""
+
+INSERT_DEAD_LETTER = """
+INSERT INTO dead_letters (job_id, stream_seq, source, reason, deliveries, subject, pool, priority,
+                          payload, dlq_seq, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+ON CONFLICT (job_id, stream_seq) DO NOTHING
+"""
+
+DEAD_LETTER_EXISTS = "SELECT 1 FROM dead_letters WHERE job_id = $1 AND stream_seq = $2"
+
+MARK_DEAD_LETTERED = """
+UPDATE jobs SET dead_lettered = true, updated_at = now() WHERE job_id = $1
+"""
+
+#: Re-submitting a dead letter starts a new run of the same job id at $2 (now). Events older
+#: than the cut-off belong to the dead run: its end, but at most $3 seconds before now (node
+#: clocks may lag ours a little; the dead run's events all precede its end).
+RESET_FOR_RETRY = """
+UPDATE jobs SET state = 'submitted', state_rank = 0, state_ts = $2, state_event_id = NULL,
+    node_id = NULL, attempts = 0, queued_at = $2, started_at = NULL, finished_at = NULL,
+    percent = NULL, fps = NULL, speed = NULL, progress_attempt = 0, progress_at = NULL,
+    result = NULL, dead_lettered = false, updated_at = now(),
+    resubmitted_at = LEAST($2::timestamptz,
+                           GREATEST(finished_at, $2::timestamptz - make_interval(secs => $3)))
+WHERE job_id = $1
+"""
+
+SET_STREAM_SEQ = "UPDATE jobs SET stream_seq = $2 WHERE job_id = $1"
+
+MARK_RETRIED = """
+UPDATE dead_letters SET retried_at = now() WHERE job_id = $1 AND retried_at IS NULL
+"""

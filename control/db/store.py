@@ -1,0 +1,177 @@
+"""Write a batch of events to Postgres and fold the new ones into `jobs` and `nodes`.
+
+`store_batch` runs inside the caller's transaction: COPY into a staging table, one
+`INSERT … SELECT … ON CONFLICT (event_id) DO NOTHING`, then only the events that were really
+new are folded, so a replayed or duplicated event changes nothing. Job rows are locked in job id
+order before folding, so concurrent batches touching the same job serialise instead of losing
+an update.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeGuard
+
+import asyncpg
+import msgspec
+
+from control.db import queries
+from control.fold import FOLD_COLUMNS, JobRow, at, fold_job
+from schemas.events import (
+    Accepted,
+    CapabilitiesChanged,
+    EncoderHealth,
+    Event,
+    JobEvent,
+    NodeEvent,
+    NodeStateChanged,
+    is_job_event,
+    kind_of,
+)
+from schemas.jobs import JobSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A decoded event with the JSON text it came as and its events-stream sequence."""
+
+    event: Event
+    body: str
+    stream_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BadMessage:
+    stream_seq: int
+    subject: str
+    error: str
+    payload: bytes
+
+
+@dataclass(slots=True)
+class StoreResult:
+    inserted: int = 0
+    duplicates: int = 0
+    jobs_changed: int = 0
+    node_events: int = 0
+    #: Job ids with a new `accepted` event, mapped to the job's jobs-stream sequence.
+    accepted: dict[str, int] | None = None
+
+
+def _is_job(ev: Event) -> TypeGuard[JobEvent]:
+    return is_job_event(ev)
+
+
+def _is_node(ev: Event) -> TypeGuard[NodeEvent]:
+    return not is_job_event(ev)
+
+
+def _stage_row(item: Incoming) -> tuple[object, ...]:
+    ev = item.event
+    job_id, attempt = (ev.job_id, ev.attempt) if _is_job(ev) else (None, 0)
+    return (ev.event_id, job_id, kind_of(ev), ev.node_id, attempt, at(ev.ts), item.body,
+            item.stream_seq)  # fmt: skip
+
+
+async def store_batch(
+    conn: asyncpg.Connection, items: Sequence[Incoming], bad: Sequence[BadMessage] = ()
+) -> StoreResult:
+    """Insert `items` idempotently and fold the new ones; the caller owns the transaction."""
+    result = StoreResult()
+    unique = list({i.event.event_id: i for i in items}.values())
+    if unique:
+        await conn.execute(queries.STAGE_TABLES)
+        await conn.copy_records_to_table(
+            "ingest_stage",
+            records=[_stage_row(i) for i in unique],
+            columns=queries.STAGE_EVENT_COLUMNS,
+        )
+        new_ids = {r["event_id"] for r in await conn.fetch(queries.INSERT_EVENTS)}
+        fresh = [i.event for i in unique if i.event.event_id in new_ids]
+        result.inserted = len(fresh)
+        result.duplicates = len(items) - len(fresh)
+        job_events = [e for e in fresh if _is_job(e)]
+        node_events = [e for e in fresh if _is_node(e)]
+        result.jobs_changed = await fold_jobs(conn, job_events)
+        result.accepted = {
+            e.job_id: e.stream_seq for e in job_events if isinstance(e, Accepted) and e.stream_seq
+        }
+        for ev in sorted(node_events, key=lambda e: e.ts):
+            await apply_node_event(conn, ev)
+        result.node_events = len(node_events)
+    if bad:
+        await conn.executemany(
+            queries.INSERT_BAD_EVENT,
+            [(b.stream_seq, b.subject, b.error.replace("\x00", ""), b.payload) for b in bad],
+        )
+    return result
+
+
+async def fold_jobs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> int:
+    """Fold new job events into their rows; returns how many rows changed."""
+    if not events:
+        return 0
+    by_job: dict[str, list[JobEvent]] = defaultdict(list)
+    for ev in events:
+        by_job[ev.job_id].append(ev)
+    job_ids = sorted(by_job)
+    first_seen: list[datetime] = [at(min(e.ts for e in by_job[j])) for j in job_ids]
+    await conn.execute(queries.INSERT_JOB_PLACEHOLDERS, job_ids, first_seen)
+    changed: list[JobRow] = []
+    for record in await conn.fetch(queries.LOCK_JOBS, job_ids):
+        row = JobRow(**dict(record))
+        if fold_job(row, by_job[row.job_id]):
+            changed.append(row)
+    if changed:
+        await conn.execute(queries.STAGE_TABLES)
+        await conn.copy_records_to_table(
+            "jobs_stage",
+            records=[tuple(getattr(r, c) for c in FOLD_COLUMNS) for r in changed],
+            columns=FOLD_COLUMNS,
+        )
+        await conn.execute(queries.UPDATE_JOBS_FROM_STAGE)
+    return len(changed)
+
+
+async def apply_node_event(conn: asyncpg.Connection, ev: NodeEvent) -> None:
+    """Node events move `nodes` columns forward by the node's clock; liveness is nodes.py's."""
+    match ev:
+        case CapabilitiesChanged():
+            caps = ev.capabilities
+            body = msgspec.json.encode(caps).decode()
+            await conn.execute(queries.NODE_CAPABILITIES, ev.node_id, body, at(ev.ts), caps.pools)
+        case NodeStateChanged():
+            await conn.execute(
+                queries.NODE_REPORTED_STATE, ev.node_id, ev.state, at(ev.ts), ev.reason
+            )
+        case EncoderHealth():
+            health = {"healthy": ev.healthy, "reason": ev.reason, "ts": ev.ts}
+            body = msgspec.json.encode(health).decode()
+            await conn.execute(queries.NODE_ENCODER_HEALTH, ev.node_id, ev.encoder, body)
+
+
+async def record_submission(
+    conn: asyncpg.Connection,
+    spec: JobSpec,
+    *,
+    submitted_at: datetime,
+    stream_seq: int | None = None,
+    queued_at: datetime | None = None,
+) -> None:
+    """Record a job as submitted with its spec (the API on submit, or ingest reading the jobs
+    stream); a job already further along keeps its state."""
+    await conn.execute(
+        queries.UPSERT_SUBMITTED,
+        spec.job_id,
+        spec.tenant,
+        spec.pool,
+        spec.priority,
+        spec.operation_name,
+        stream_seq,
+        submitted_at,
+        queued_at,
+        msgspec.json.encode(spec).decode(),
+    )

@@ -1,0 +1,103 @@
+"""Re-submit a dead letter (`flotilla jobs retry JOB`), and the headers dead letters carry.
+
+A dead letter is the job message as it was, in `<prefix>.dlq.<job_id>` on the dead-letter
+stream, with `Flotilla-Dlq-*` headers saying where it came from. A retry publishes its payload
+to `<prefix>.submit.<pool>.<priority>.<job_id>` again.
+
+The Nats-Msg-Id of a retry is `<job_id>-retry-<dlq seq>`, not the job id: the job id was used
+as the Msg-Id of the first submission, and a second publish with it inside the jobs stream's
+duplicate window would be dropped as a duplicate. Keying it on the dead letter's sequence makes
+a double-clicked retry of the same dead letter a duplicate (stored once), while a job that dies
+again gets a new dead letter and can be retried again.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import asyncpg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from control.db import queries
+from control.errors import NotFound
+from schemas.api import SubmitReply
+from schemas.codec import DecodeError
+from schemas.registry import JOB_DECODER
+from schemas.subjects import Subjects
+
+H_PREFIX = "Flotilla-Dlq-"
+H_REASON = "Flotilla-Dlq-Reason"
+H_SOURCE = "Flotilla-Dlq-Source"
+H_SUBJECT = "Flotilla-Dlq-Subject"
+H_STREAM_SEQ = "Flotilla-Dlq-Stream-Seq"
+H_DELIVERIES = "Flotilla-Dlq-Deliveries"
+H_POOL = "Flotilla-Dlq-Pool"
+H_PRIORITY = "Flotilla-Dlq-Priority"
+H_RETRY_OF = "Flotilla-Retry-Of"
+#: Events of the dead run newer than this before the retry still count as the dead run's.
+RETRY_CUTOFF_SECONDS = 60.0
+
+
+class DeadLetterNotFound(NotFound):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"no dead letter for job {job_id}")
+        self.job_id = job_id
+
+
+def retry_msg_id(job_id: str, dlq_seq: int) -> str:
+    return f"{job_id}-retry-{dlq_seq}"
+
+
+def _route(headers: dict[str, str], data: bytes) -> tuple[str, str]:
+    """The (pool, priority) to re-submit to: from the headers, else from the spec itself."""
+    pool, priority = headers.get(H_POOL), headers.get(H_PRIORITY)
+    if pool and priority:
+        return pool, priority
+    try:
+        spec = JOB_DECODER.decode(data)
+    except DecodeError as exc:
+        raise ValueError(f"dead letter names no pool and its payload is not a job: {exc}") from exc
+    return spec.pool, spec.priority
+
+
+async def retry_dead_letter(
+    js: JetStreamContext, subjects: Subjects, job_id: str, *, db: asyncpg.Pool | None = None
+) -> SubmitReply:
+    """Re-publish the job's latest dead letter; with `db`, restart the job's row and mark the
+    dead letter retried. Raises DeadLetterNotFound when the job has none."""
+    try:
+        msg = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter(job_id))
+    except NotFoundError:
+        raise DeadLetterNotFound(job_id) from None
+    data = msg.data or b""
+    dlq_seq = msg.seq or 0
+    original = dict(msg.headers or {})
+    pool, priority = _route(original, data)
+    headers = {
+        k: v
+        for k, v in original.items()
+        if not k.startswith((H_PREFIX, "Nats-Expected-")) and k != "Nats-Msg-Id"
+    }
+    headers["Nats-Msg-Id"] = retry_msg_id(job_id, dlq_seq)
+    headers[H_RETRY_OF] = str(dlq_seq)
+    subject = subjects.submit(pool, priority, job_id)
+    if db is None:
+        ack = await js.publish(subject, data, headers=headers)
+    else:
+        async with db.acquire() as conn, conn.transaction():
+            # The row lock holds back ingest of the new run's first events until the reset.
+            await conn.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", job_id)
+            now = datetime.now(UTC)
+            ack = await js.publish(subject, data, headers=headers)
+            if not ack.duplicate:
+                await conn.execute(queries.RESET_FOR_RETRY, job_id, now, RETRY_CUTOFF_SECONDS)
+                await conn.execute(queries.SET_STREAM_SEQ, job_id, ack.seq)
+                await conn.execute(queries.MARK_RETRIED, job_id)
+    return SubmitReply(
+        job_id=job_id,
+        subject=subject,
+        stream=ack.stream,
+        seq=ack.seq,
+        duplicate=bool(ack.duplicate),
+    )

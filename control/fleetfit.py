@@ -1,0 +1,65 @@
+"""Can any online node run this job? The pure check behind the API's submit-time rejection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from schemas.jobs import JobSpec
+from schemas.nodes import NodeRecord
+from schemas.operations import Transcode
+
+#: Software encoders per codec; hardware ones are named `<codec>_<family>` by ffmpeg.
+SOFTWARE_ENCODERS: dict[str, tuple[str, ...]] = {
+    "h264": ("libx264",),
+    "hevc": ("libx265",),
+    "av1": ("libsvtav1", "libaom-av1", "librav1e"),
+    "vp9": ("libvpx-vp9",),
+}
+
+
+def encoders_for(job: JobSpec) -> tuple[str, ...] | None:
+    """Encoders any one of which can run the job; None when the job needs no encoder."""
+    op = job.operation
+    if not isinstance(op, Transcode):
+        return None
+    accel = job.requirements.accel
+    if accel in ("nvenc", "qsv", "vaapi"):
+        return (f"{op.codec}_{accel}",)
+    soft = SOFTWARE_ENCODERS[op.codec]
+    if accel == "software":
+        return soft
+    return soft + tuple(f"{op.codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
+
+
+def why_not(job: JobSpec, rec: NodeRecord) -> str | None:
+    """The reason this node cannot run the job, or None when it can."""
+    caps, hb = rec.capabilities, rec.heartbeat
+    if hb.state != "online":
+        return f"{caps.node_id} is {hb.state}"
+    if job.pool not in caps.pools:
+        return f"{caps.node_id} does not serve pool {job.pool!r}"
+    wanted = encoders_for(job)
+    if wanted is not None:
+        have = set(caps.verified_encoders) - set(hb.withdrawn_encoders)
+        if not have.intersection(wanted):
+            return f"{caps.node_id} has none of the encoders {', '.join(wanted)}"
+    need_mb = job.requirements.min_gpu_memory_mb
+    if need_mb and not any(g.memory_total_bytes >= need_mb * 1024 * 1024 for g in caps.gpus):
+        return f"{caps.node_id} has no GPU with {need_mb} MiB"
+    for key, value in job.requirements.labels.items():
+        if caps.labels.get(key) != value:
+            return f"{caps.node_id} lacks label {key}={value}"
+    return None
+
+
+def rejection(job: JobSpec, records: Iterable[NodeRecord]) -> str | None:
+    """None when some node fits; otherwise one line naming why each node does not."""
+    reasons: list[str] = []
+    for rec in records:
+        reason = why_not(job, rec)
+        if reason is None:
+            return None
+        reasons.append(reason)
+    if not reasons:
+        return f"no online node serves pool {job.pool!r} (the fleet is empty)"
+    return f"no online node can run this job: {'; '.join(reasons)}"[:1000]

@@ -1,0 +1,81 @@
+"""Read the live fleet from NATS: node records from the KV bucket, queue depth from consumers."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import msgspec
+from nats.js import JetStreamContext
+from nats.js.errors import NoKeysError, NotFoundError
+
+from schemas.common import PRIORITIES
+from schemas.nodes import NodeRecord
+from schemas.registry import NODE_RECORD_DECODER
+from schemas.subjects import Subjects
+
+MAX_NODES = 10_000
+
+
+async def read_nodes(
+    js: JetStreamContext, subjects: Subjects, offline_after: float, now: float | None = None
+) -> list[NodeRecord]:
+    """Every node record, with `heartbeat.state` forced to offline when it is stale."""
+    now = time.time() if now is None else now
+    kv = await js.key_value(subjects.nodes_bucket)
+    try:
+        keys = await kv.keys()
+    except NoKeysError:
+        return []
+    out: list[NodeRecord] = []
+    for key in keys[:MAX_NODES]:
+        try:
+            entry = await kv.get(key)
+        except NotFoundError:  # expired between keys() and get()
+            continue
+        if not entry.value:
+            continue
+        rec = NODE_RECORD_DECODER.decode(entry.value)
+        if now - rec.heartbeat.ts > offline_after:
+            rec = msgspec.structs.replace(
+                rec, heartbeat=msgspec.structs.replace(rec.heartbeat, state="offline")
+            )
+        out.append(rec)
+    return sorted(out, key=lambda r: r.capabilities.node_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolQueue:
+    pool: str
+    queued: int
+    oldest_wait_s: float | None
+
+
+async def pool_queue(
+    js: JetStreamContext, subjects: Subjects, pool: str, now: float | None = None
+) -> PoolQueue:
+    """Pending messages over the pool's priority consumers, and the oldest one's age."""
+    now = time.time() if now is None else now
+    queued = 0
+    oldest: float | None = None
+    for prio in PRIORITIES:
+        try:
+            info = await js.consumer_info(subjects.jobs_stream, subjects.consumer(pool, prio))
+        except NotFoundError:
+            continue
+        pending = info.num_pending or 0
+        queued += pending
+        if pending and info.delivered is not None:
+            try:
+                msg = await js.get_msg(
+                    subjects.jobs_stream,
+                    seq=info.delivered.stream_seq + 1,
+                    subject=subjects.jobs_filter(pool, prio),
+                    next=True,
+                )
+            except NotFoundError:
+                continue
+            if msg.time is not None:
+                age = max(0.0, now - msg.time.timestamp())
+                oldest = age if oldest is None else max(oldest, age)
+    return PoolQueue(pool, queued, oldest)

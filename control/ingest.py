@@ -1,0 +1,203 @@
+"""Ingest the events stream into Postgres: batches from the shared durable, acked after commit.
+
+Every control-plane instance binds to the same durable consumer (`control-ingest`), so each
+batch goes to one instance. A batch is decoded, written in one transaction (control/db/store.py)
+and acked only after the commit. While Postgres is unreachable the same batch is retried with a
+capped back-off (the messages are kept alive with in-progress acks), so nothing is lost and,
+events being idempotent by id, nothing is counted twice. A message that cannot be decoded, or
+that Postgres refuses, is recorded in `bad_events` and terminated: it never blocks the batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import asyncpg
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from control.db import DATA_ERRORS, is_transient
+from control.db.store import BadMessage, Incoming, StoreResult, store_batch
+from control.jobspecs import capture_specs
+from schemas.codec import DecodeError
+from schemas.events import kind_of
+from schemas.registry import EVENT_DECODER
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.ingest")
+
+
+@dataclass(slots=True)
+class IngestStats:
+    """Counters for the metrics exporter; read them, never write them."""
+
+    events_ingested: int = 0  # new rows in job_events
+    duplicates: int = 0  # events already stored (redelivery, replay, second instance)
+    bad_events: int = 0
+    batches: int = 0
+    last_batch_size: int = 0
+    #: Wall time from the oldest event of the last batch to its commit.
+    lag_seconds: float = 0.0
+    db_retries: int = 0
+    db_available: bool = True
+
+
+def decode(msg: Msg) -> Incoming | BadMessage:
+    """A message as an event, or as a bad message saying why (never raises)."""
+    seq = msg.metadata.sequence.stream
+    try:
+        event = EVENT_DECODER.decode(msg.data)
+        body = msg.data.decode()
+    except (DecodeError, UnicodeDecodeError) as exc:
+        return BadMessage(seq, msg.subject, str(exc), msg.data)
+    # `<prefix>.events.<node>.<kind>`: a node may only speak for itself.
+    tokens = msg.subject.split(".")
+    if tokens[-2:] != [event.node_id, kind_of(event)]:
+        reason = f"subject {msg.subject} does not match node {event.node_id!r}, {kind_of(event)}"
+        return BadMessage(seq, msg.subject, reason, msg.data)
+    return Incoming(event, body, seq)
+
+
+class Ingestor:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        db: asyncpg.Pool,
+        subjects: Subjects,
+        *,
+        batch: int = 500,
+        fetch_timeout: float = 1.0,
+        durable: str | None = None,
+        max_backoff: float = 5.0,
+        keepalive_interval: float = 15.0,
+        specs: bool = True,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.js, self.db, self.subjects = js, db, subjects
+        self.batch, self.fetch_timeout = batch, fetch_timeout
+        self.durable = durable or subjects.ingest_consumer
+        self.max_backoff, self.keepalive_interval = max_backoff, keepalive_interval
+        #: Read each newly accepted job's spec from the jobs stream (kept for dead letters).
+        self.specs = specs
+        #: Called after each commit with (batch size, lag seconds), e.g. to fill histograms.
+        self.on_batch = on_batch
+        self.stats = IngestStats()
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Finish the batch in hand, then return from `run` (within one fetch timeout)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        self._stopping.clear()
+        sub = await self.js.pull_subscribe_bind(self.durable, stream=self.subjects.events_stream)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
+                except TimeoutError:  # = asyncio.TimeoutError, which nats-py raises bare, too
+                    continue
+                except Exception as exc:  # broker restarting, consumer being re-created…
+                    log.warning("ingest fetch failed: %s", exc)
+                    await asyncio.sleep(min(self.max_backoff, 1.0))
+                    continue
+                await self.ingest(msgs)
+        finally:
+            await sub.unsubscribe()
+
+    async def ingest(self, msgs: Sequence[Msg]) -> StoreResult:
+        """Store one fetched batch and ack it after the commit; retries while Postgres is away."""
+        decoded = [decode(m) for m in msgs]
+        good = [d for d in decoded if isinstance(d, Incoming)]
+        bad = [d for d in decoded if isinstance(d, BadMessage)]
+        for b in bad:
+            log.warning("bad event (seq %d on %s): %s", b.stream_seq, b.subject, b.error)
+        try:
+            result = await self._commit(msgs, good, bad)
+        except DATA_ERRORS as exc:
+            log.warning("batch refused by postgres (%s); storing its events one by one", exc)
+            result = await self._isolate(msgs, good, bad)
+        self.stats.events_ingested += result.inserted
+        self.stats.duplicates += result.duplicates
+        self.stats.bad_events += len(bad)
+        await _dispose(msgs, {b.stream_seq for b in bad})
+        self._account(good, len(msgs))
+        if self.specs and result.accepted:
+            await capture_specs(self.js, self.db, self.subjects, result.accepted)
+        return result
+
+    async def _commit(
+        self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: Sequence[BadMessage]
+    ) -> StoreResult:
+        delay, kept_alive = 0.1, time.monotonic()
+        while True:
+            try:
+                async with self.db.acquire() as conn, conn.transaction():
+                    result = await store_batch(conn, good, bad)
+                self.stats.db_available = True
+                return result
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                self.stats.db_retries += 1
+                self.stats.db_available = False
+                log.warning("postgres unavailable (%s); retrying batch in %.1fs", exc, delay)
+            # Broken connections are dropped at once rather than found one acquire at a time.
+            await self.db.expire_connections()
+            if time.monotonic() - kept_alive >= self.keepalive_interval:
+                kept_alive = time.monotonic()
+                await _keep_alive(msgs)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+
+    async def _isolate(
+        self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: list[BadMessage]
+    ) -> StoreResult:
+        total = StoreResult()
+        subjects = {m.metadata.sequence.stream: m.subject for m in msgs}
+        for item in good:
+            try:
+                one = await self._commit(msgs, [item], [])
+            except DATA_ERRORS as exc:
+                seq = item.stream_seq or 0
+                log.warning("event %s refused by postgres: %s", item.event.event_id, exc)
+                bad.append(BadMessage(seq, subjects.get(seq, ""), str(exc), item.body.encode()))
+                continue
+            total.inserted += one.inserted
+            total.duplicates += one.duplicates
+            total.accepted = (total.accepted or {}) | (one.accepted or {})
+        await self._commit(msgs, [], bad)
+        return total
+
+    def _account(self, good: Sequence[Incoming], size: int) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.last_batch_size = size
+        if good:
+            stats.lag_seconds = max(0.0, time.time() - min(i.event.ts for i in good))
+        if self.on_batch is not None:
+            self.on_batch(size, stats.lag_seconds)
+
+
+async def _dispose(msgs: Sequence[Msg], bad_seqs: set[int]) -> None:
+    """Ack what was stored, terminate what never will be; a lost ack means a harmless replay."""
+    for msg in msgs:
+        try:
+            if msg.metadata.sequence.stream in bad_seqs:
+                await msg.term()
+            else:
+                await msg.ack()
+        except Exception as exc:
+            log.debug("ack failed (the event will be redelivered and skipped): %s", exc)
+
+
+async def _keep_alive(msgs: Sequence[Msg]) -> None:
+    for msg in msgs:
+        try:
+            await msg.in_progress()
+        except Exception as exc:
+            log.debug("in-progress ack failed: %s", exc)

@@ -1,0 +1,93 @@
+"""Prometheus metrics on a private registry, served from the last snapshot, never at scrape time."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from control.alerts import Snapshot
+from control.httpserve import HttpServer
+from schemas.alerts import Alert
+
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.jobs = Gauge("flotilla_jobs", "Jobs by state and pool", ["state", "pool"], registry=r)
+        self.queue_depth = Gauge("flotilla_queue_depth", "Jobs waiting", ["pool"], registry=r)
+        self.oldest_wait = Gauge(
+            "flotilla_queue_oldest_wait_seconds", "Oldest waiting job age", ["pool"], registry=r
+        )
+        self.nodes = Gauge(
+            "flotilla_nodes", "Nodes by state and pool", ["state", "pool"], registry=r
+        )
+        self.job_duration = Histogram(
+            "flotilla_job_duration_seconds", "Run time", buckets=WAIT_BUCKETS, registry=r
+        )
+        self.queue_wait = Histogram(
+            "flotilla_job_queue_wait_seconds", "Queue wait", buckets=WAIT_BUCKETS, registry=r
+        )
+        self.ingest_lag = Gauge("flotilla_ingest_lag_seconds", "Ingest lag", registry=r)
+        self.ingest_batch = Histogram(
+            "flotilla_ingest_batch_size", "Events per batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r,
+        )  # fmt: skip
+        self.ingest_events = Counter("flotilla_ingest_events", "Events ingested", registry=r)
+        self.postgres_up = Gauge("flotilla_postgres_up", "Postgres reachable", registry=r)
+        self.nats_connected = Gauge("flotilla_nats_connected", "NATS connected", registry=r)
+        self.alerts_firing = Gauge(
+            "flotilla_alerts_firing", "Firing alerts", ["rule", "severity"], registry=r
+        )
+        self.snapshot_age_ok = False
+
+    def update(self, snap: Snapshot, firing: list[Alert]) -> None:
+        """Replace the gauges with one snapshot's values (labels that vanished go too)."""
+        self.queue_depth.clear()
+        self.oldest_wait.clear()
+        for p in snap.pools:
+            self.queue_depth.labels(p.pool).set(p.queued)
+            self.oldest_wait.labels(p.pool).set(p.oldest_wait_s or 0.0)
+        self.jobs.clear()
+        for (state, pool), count in snap.jobs.items():
+            self.jobs.labels(state, pool).set(count)
+        self.nodes.clear()
+        counts: dict[tuple[str, str], int] = {}
+        for n in snap.nodes:
+            for pool in n.pools or ("none",):
+                counts[(n.state, pool)] = counts.get((n.state, pool), 0) + 1
+        for (state, pool), count in counts.items():
+            self.nodes.labels(state, pool).set(count)
+        self.ingest_lag.set(snap.ingest_lag_s)
+        self.alerts_firing.clear()
+        per_rule: dict[tuple[str, str], int] = {}
+        for a in firing:
+            per_rule[(a.rule, a.severity)] = per_rule.get((a.rule, a.severity), 0) + 1
+        for (rule, severity), count in per_rule.items():
+            self.alerts_firing.labels(rule, severity).set(count)
+        self.snapshot_age_ok = True
+
+    def observe_finished(self, rows: list[tuple[float | None, float | None]]) -> None:
+        """(run time, queue wait) of jobs that finished since the last snapshot."""
+        for run_s, wait_s in rows:
+            if run_s is not None:
+                self.job_duration.observe(max(0.0, run_s))
+            if wait_s is not None:
+                self.queue_wait.observe(max(0.0, wait_s))
+
+    def server(self, host: str, port: int, ready: Callable[[], bool]) -> HttpServer:
+        async def metrics() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+        async def healthz() -> tuple[int, str, bytes]:
+            return 200, "text/plain", b"ok\n"
+
+        async def readyz() -> tuple[int, str, bytes]:
+            if ready() and self.snapshot_age_ok:
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", b"not ready\n"
+
+        return HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz})

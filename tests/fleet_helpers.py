@@ -1,0 +1,49 @@
+"""Real node records for tests: the JSON a daemon puts in the nodes bucket, built from schemas."""
+
+from __future__ import annotations
+
+import time
+
+from nats.js import JetStreamContext
+
+from schemas.codec import encode
+from schemas.nodes import CpuInfo, FfmpegInfo, GpuLoad, Heartbeat, NodeCapabilities, NodeRecord
+from schemas.subjects import Subjects
+
+
+def node_record(
+    node_id: str,
+    *,
+    pools: list[str] | None = None,
+    encoders: list[str] | None = None,
+    labels: dict[str, str] | None = None,
+    ts: float | None = None,
+    running: list[str] | None = None,
+    gpu_temp: float | None = None,
+) -> NodeRecord:
+    caps = NodeCapabilities(
+        node_id=node_id,
+        hostname=node_id,
+        daemon_version="0.1.0",
+        cpu=CpuInfo(model="test", physical_cores=4, logical_cores=8),
+        memory_total_bytes=8 << 30,
+        disk_total_bytes=100 << 30,
+        disk_free_bytes=50 << 30,
+        ffmpeg=FfmpegInfo(path="/usr/bin/ffmpeg", version="6.1"),
+        verified_encoders=["libx264"] if encoders is None else encoders,
+        pools=["cpu"] if pools is None else pools,
+        labels=labels or {},
+    )
+    gpus = [] if gpu_temp is None else [GpuLoad(index=0, temperature_c=gpu_temp)]
+    hb = Heartbeat(
+        node_id=node_id,
+        ts=time.time() if ts is None else ts,
+        running_jobs=running or [],
+        gpus=gpus,
+    )
+    return NodeRecord(capabilities=caps, heartbeat=hb)
+
+
+async def put_node(js: JetStreamContext, subjects: Subjects, rec: NodeRecord) -> None:
+    kv = await js.key_value(subjects.nodes_bucket)
+    await kv.put(rec.capabilities.node_id, encode(rec))
