@@ -20,10 +20,12 @@ from control.canary import CanaryRunner
 from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
+from control.deadletter import DeadLetters
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.metrics import Metrics
 from control.nodes import NodeTracker
+from control.retention import run_pruner
 from control.snapshot import finished_since, nats_snapshot, with_db
 from control.topology import ensure_topology
 from control.watcher import Watcher
@@ -71,7 +73,14 @@ class ControlPlane:
         cfg, subjects = self.cfg, self.subjects
         await migrate(cfg.database_url)
         db = self.db = await create_pool(cfg.database_url)
-        nc = self.nc = await connect(cfg.nats, name="flotilla-control")
+        trackers: list[NodeTracker] = []
+
+        async def resync() -> None:
+            # KV watchers go blind for a while after a server restart: reconcile from the bucket.
+            for tracker in trackers:
+                tracker.resync()
+
+        nc = self.nc = await connect(cfg.nats, name="flotilla-control", on_reconnected=resync)
         js = nc.jetstream()
         await ensure_topology(js, subjects, cfg.topology)
         pools = list(cfg.topology.pools)
@@ -81,6 +90,8 @@ class ControlPlane:
             on_batch=lambda n, lag: self.metrics.ingest_batch.observe(n),
         )  # fmt: skip
         nodes = NodeTracker(js, db, subjects, offline_after=th.node_offline_after)
+        trackers.append(nodes)
+        dead_letters = DeadLetters(js, db, subjects)
         self.api = ApiService(
             nc, subjects, ApiSettings(pools=pools, offline_after=th.node_offline_after,
                                       require_api_keys=cfg.require_api_keys), db,
@@ -122,6 +133,10 @@ class ControlPlane:
             "watcher": lambda: watcher.run(stop),
             "webhooks": lambda: WebhookSender(db).run(stop),
             "canary": lambda: canary.run(stop),
+            "dead-letters": dead_letters.run,
+            "retention": lambda: run_pruner(
+                db, cfg.event_retention_days, cfg.prune_batch, cfg.prune_interval, stop
+            ),
         }
         self._ingest = ingest
         for name, run in runs.items():
