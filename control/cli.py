@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=["run", "migrate"], default="run")
     p.add_argument("--config", type=Path, default=Path("/etc/flotilla/control.toml"))
     p.set_defaults(handler=c.control)
+
+    # Client commands (talk to the fleet API) register themselves, one module per area.
+    from control import cli_jobs, cli_nodes
+
+    cli_jobs.register(sub)
+    cli_nodes.register(sub)
     return parser
 
 

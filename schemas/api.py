@@ -22,6 +22,10 @@ class ApiError(Wire, kw_only=True):
     message: str
 
 
+class EmptyRequest(Wire, kw_only=True):
+    """The body of requests that take no arguments (node.list, fleet.summary)."""
+
+
 class SubmitRequest(Wire, kw_only=True):
     job: JobSpec
 

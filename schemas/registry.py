@@ -23,6 +23,7 @@ WIRE_TYPES: dict[str, Any] = {
     "node_command": NodeCommand,
     "node_command_reply": NodeCommandReply,
     "api_error": api.ApiError,
+    "api_empty_request": api.EmptyRequest,
     "api_submit_request": api.SubmitRequest,
     "api_submit_reply": api.SubmitReply,
     "api_job_ref": api.JobRef,

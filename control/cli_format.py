@@ -1,0 +1,46 @@
+"""How client commands print: aligned tables for people, one JSON document for scripts."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+
+def print_json(value: object) -> None:
+    """One JSON document on stdout (structs, lists and dicts of them)."""
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Left-aligned columns, two spaces apart; None prints as `-`."""
+    cells = [[("-" if c is None else str(c)) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, cell in enumerate(row):
+            widths[i] = max(widths[i], len(cell))
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return "\n".join(lines)
+
+
+def duration(seconds: float | None) -> str:
+    """`42s`, `3m05s`, `2h10m`; None as `-`."""
+    if seconds is None:
+        return "-"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    """How long ago a wall-clock timestamp was, as `duration` prints it."""
+    if ts is None:
+        return "-"
+    return duration((time.time() if now is None else now) - ts) + " ago"

@@ -1,0 +1,11 @@
+"""Job commands: submit, watch, status, jobs, events, cancel, retry (placeholder until built)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    """Add the job commands to the `flotilla` parser (`sub` is its subparsers action)."""
+    _ = (sub, argparse)

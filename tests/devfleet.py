@@ -1,0 +1,84 @@
+"""A real dev fleet for CLI tests, and a way to run the real `flotilla` command against it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from control.apiclient import ApiClient
+from control.dev import DevFleet
+from daemon.config import NatsSettings
+from schemas import api
+
+
+@dataclass(frozen=True)
+class CliResult:
+    rc: int
+    out: str
+    err: str
+
+
+async def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+) -> CliResult:
+    """Run `python -m control ARGS` (the installed `flotilla`) as a child process."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "control",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+async def wait_nodes(fleet: DevFleet, count: int, timeout: float = 90.0) -> list[api.NodeInfo]:
+    """Until `count` nodes report online through the API (or fail after `timeout`)."""
+    deadline = time.monotonic() + timeout
+    nodes: list[api.NodeInfo] = []
+    async with ApiClient(NatsSettings(url=fleet.nats_url, prefix=fleet.prefix)) as client:
+        while time.monotonic() < deadline:
+            assert not fleet.failed(), fleet.failed()
+            try:
+                reply = await client.call("node.list", api.EmptyRequest(), api.NodeListReply)
+                nodes = [n for n in reply.nodes if n.state == "online"]
+            except Exception:  # the control plane may still be starting
+                nodes = []
+            if len(nodes) >= count:
+                return nodes
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"only {len(nodes)} of {count} nodes came online in {timeout}s")
+
+
+@asynccontextmanager
+async def dev_fleet(data_dir: Path, nodes: int, roots: list[Path]) -> AsyncIterator[DevFleet]:
+    """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set)."""
+    context = data_dir / "context.json"
+    previous = os.environ.get("FLOTILLA_CONTEXT")
+    os.environ["FLOTILLA_CONTEXT"] = str(context)  # never the operator's own context file
+    fleet = DevFleet(data_dir / "fleet", nodes=nodes, roots=roots)
+    try:
+        await fleet.start()
+        await wait_nodes(fleet, nodes)
+        yield fleet
+    finally:
+        await fleet.stop(grace=20.0)
+        if previous is None:
+            os.environ.pop("FLOTILLA_CONTEXT", None)
+        else:
+            os.environ["FLOTILLA_CONTEXT"] = previous
