@@ -31,7 +31,7 @@ def duration(seconds: float | None) -> str:
     """`42s`, `3m05s`, `2h10m`; None as `-`."""
     if seconds is None:
         return "-"
-    s = int(round(max(seconds, 0.0)))
+    s = round(max(seconds, 0.0))
     if s < 60:
         return f"{s}s"
     if s < 3600:

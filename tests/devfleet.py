@@ -25,7 +25,7 @@ class CliResult:
 
 
 async def run_cli(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120.0
+    *args: str, env: dict[str, str] | None = None, limit_s: float = 120.0
 ) -> CliResult:
     """Run `python -m control ARGS` (the installed `flotilla`) as a child process."""
     proc = await asyncio.create_subprocess_exec(
@@ -38,7 +38,7 @@ async def run_cli(
         env={**os.environ, **(env or {})},
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        out, err = await asyncio.wait_for(proc.communicate(), limit_s)
     except TimeoutError:
         proc.kill()
         await proc.wait()
@@ -47,9 +47,9 @@ async def run_cli(
     return CliResult(proc.returncode, out.decode(), err.decode())
 
 
-async def wait_nodes(fleet: DevFleet, count: int, timeout: float = 90.0) -> list[api.NodeInfo]:
-    """Until `count` nodes report online through the API (or fail after `timeout`)."""
-    deadline = time.monotonic() + timeout
+async def wait_nodes(fleet: DevFleet, count: int, limit_s: float = 90.0) -> list[api.NodeInfo]:
+    """Until `count` nodes report online through the API (or fail after `limit_s`)."""
+    deadline = time.monotonic() + limit_s
     nodes: list[api.NodeInfo] = []
     async with ApiClient(NatsSettings(url=fleet.nats_url, prefix=fleet.prefix)) as client:
         while time.monotonic() < deadline:
@@ -62,7 +62,7 @@ async def wait_nodes(fleet: DevFleet, count: int, timeout: float = 90.0) -> list
             if len(nodes) >= count:
                 return nodes
             await asyncio.sleep(0.5)
-    raise AssertionError(f"only {len(nodes)} of {count} nodes came online in {timeout}s")
+    raise AssertionError(f"only {len(nodes)} of {count} nodes came online in {limit_s}s")
 
 
 @asynccontextmanager
