@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from control.embedded_proc import EmbeddedError, free_ports, log_tail, spawn, stop_process
+from control.embedded_proc import EmbeddedError, ServerProcess, free_ports, log_tail, spawn
 
 HOST = "127.0.0.1"
 
@@ -61,7 +61,7 @@ async def _healthz(http_port: int, within: float) -> bool:
         return False
 
 
-class NatsServer:
+class NatsServer(ServerProcess):
     """nats-server on free loopback ports with its store in `data_dir`.
 
     Ports are chosen on the first start and kept, so `stop()` then `start()` brings the same
@@ -78,10 +78,6 @@ class NatsServer:
     @property
     def url(self) -> str:
         return f"nats://{HOST}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path:
@@ -122,13 +118,3 @@ class NatsServer:
     async def stop(self, grace: float = 10.0) -> None:
         """SIGTERM (JetStream flushes and closes its store), SIGKILL after `grace`. Idempotent."""
         await self._end([(signal.SIGTERM, grace)])
-
-    async def kill(self) -> None:
-        """SIGKILL at once, as a crash would."""
-        await self._end([])
-
-    async def _end(self, steps: list[tuple[signal.Signals, float]]) -> None:
-        # Forget the process only once it is gone, so a cancelled stop can be retried.
-        if self._proc is not None:
-            await stop_process(self._proc, steps)
-            self._proc = None

@@ -13,7 +13,14 @@ import asyncpg
 
 from control import pgadmin
 from control.embedded_pguser import RunAs, own_data_dir, resolve_run_as
-from control.embedded_proc import EmbeddedError, free_ports, log_tail, spawn, stop_process
+from control.embedded_proc import (
+    EmbeddedError,
+    ServerProcess,
+    free_ports,
+    log_tail,
+    spawn,
+    stop_process,
+)
 
 HOST = "127.0.0.1"
 #: Unix socket paths longer than this do not fit in sockaddr_un (108 bytes with the NUL).
@@ -30,7 +37,7 @@ def pg_bin(name: str) -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin" / name
 
 
-class PostgresServer:
+class PostgresServer(ServerProcess):
     """PostgreSQL with its cluster in `data_dir` (initialised on first start), on a free port.
 
     The port is chosen on the first start and kept, so `stop()` then `start()` brings the same
@@ -51,10 +58,6 @@ class PostgresServer:
         self.settings = dict(settings or {})
         self.port = 0
         self._proc: asyncio.subprocess.Process | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     @property
     def log_path(self) -> Path:
@@ -139,13 +142,3 @@ class PostgresServer:
     async def stop(self, grace: float = 30.0) -> None:
         """Fast shutdown (SIGINT: roll back sessions, checkpoint), then immediate, then SIGKILL."""
         await self._end([(signal.SIGINT, grace), (signal.SIGQUIT, 5.0)])
-
-    async def kill(self) -> None:
-        """SIGKILL the server and its backends at once, as a crash would."""
-        await self._end([])
-
-    async def _end(self, steps: list[tuple[signal.Signals, float]]) -> None:
-        # Forget the process only once it is gone, so a cancelled stop can be retried.
-        if self._proc is not None:
-            await stop_process(self._proc, steps)
-            self._proc = None

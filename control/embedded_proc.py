@@ -118,3 +118,23 @@ async def stop_process(
             child.kill()
     await proc.wait()
     await _wait_gone([c.pid for c in children], 5.0)
+
+
+class ServerProcess:
+    """The one child process a server wrapper owns: pid, crash-kill and ordered stop."""
+
+    _proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    async def kill(self) -> None:
+        """SIGKILL at once, as a crash would."""
+        await self._end([])
+
+    async def _end(self, steps: list[tuple[signal.Signals, float]]) -> None:
+        # Forget the process only once it is gone, so a cancelled stop can be retried.
+        if self._proc is not None:
+            await stop_process(self._proc, steps)
+            self._proc = None
