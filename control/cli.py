@@ -109,8 +109,11 @@ def run_async(coro: Awaitable[int]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from control.jobflags import submit_argv
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # `submit FILE` and `submit OPERATION …` share one subparser: see submit_argv.
+    args = parser.parse_args(submit_argv(sys.argv[1:] if argv is None else list(argv)))
     import logging
 
     from daemon.logs import setup_logging

@@ -1,0 +1,184 @@
+"""`flotilla submit`'s argument forms: a job file, or one flag form per operation, to a JobSpec."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from control.errors import BadInput
+from schemas.jobs import JobSpec
+
+FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
+# Typical H.264 ladder bitrates (kbps) for `--ladder 1080,720`; `HEIGHT:KBPS` overrides one.
+LADDER_KBPS = {2160: 16000, 1440: 9000, 1080: 5000, 720: 2800, 540: 1800, 480: 1200, 360: 700}
+
+
+def submit_argv(argv: list[str]) -> list[str]:
+    """`submit FILE …` becomes `submit file FILE …`, so one subparser serves every form."""
+    pos = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if pos is None or argv[pos] != "submit" or pos + 1 >= len(argv):
+        return argv
+    rest = argv[pos + 1 :]
+    if rest[0] in (*FORMS, "-h", "--help"):
+        return argv
+    # Flags first (`submit --wait job.toml`) are the file form's, unless an operation follows.
+    if rest[0] != "-" and rest[0].startswith("-") and any(a in FORMS for a in rest):
+        return argv
+    return [*argv[: pos + 1], "file", *rest]
+
+
+def new_job_id() -> str:
+    """Readable and sortable: `job-20261129-060312-3fa9c1`."""
+    return time.strftime("job-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(3)
+
+
+def file_uri(value: str) -> str:
+    """A local path as an absolute `file://` URI; a value that already has a scheme is kept."""
+    if "://" in value:
+        return value
+    return Path(value).expanduser().resolve().as_uri()
+
+
+def local_path(uri: str) -> Path | None:
+    """The local file behind a `file://` URI or a bare path; None for other schemes."""
+    if uri.startswith("file://"):
+        from urllib.parse import unquote, urlsplit
+
+        return Path(unquote(urlsplit(uri).path))
+    return None if "://" in uri else Path(uri).expanduser().resolve()
+
+
+def load_job_file(name: str) -> dict[str, Any]:
+    """The job document in a JSON or TOML file (`-` reads stdin), as a plain dict."""
+    try:
+        text = sys.stdin.read() if name == "-" else Path(name).read_text()
+    except OSError as exc:
+        raise BadInput(f"cannot read job file {name}: {exc.strerror or exc}") from exc
+    label = "stdin" if name == "-" else name
+    try:
+        data = json.loads(text) if text.lstrip().startswith("{") else tomllib.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadInput(f"job file {label} is not valid JSON: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInput(f"job file {label} is neither JSON nor valid TOML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"job file {label} must hold one JSON object")
+    return data
+
+
+def to_spec(doc: dict[str, Any], args: argparse.Namespace, label: str) -> JobSpec:
+    """Apply the common flags (they win over the document), then validate the whole spec."""
+    doc = dict(doc)
+    doc["job_id"] = args.job_id or doc.get("job_id") or new_job_id()
+    for flag in ("tenant", "priority"):
+        if getattr(args, flag) is not None:
+            doc[flag] = getattr(args, flag)
+    if args.pool is not None:
+        doc["requirements"] = {**doc.get("requirements", {}), "pool": args.pool}
+    try:
+        return msgspec.convert(doc, JobSpec)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise BadInput(f"invalid job {label}: {exc}") from exc
+
+
+def _ladder(text: str) -> list[dict[str, int]]:
+    rungs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        height, _, kbps = part.partition(":")
+        try:
+            h = int(height)
+            rate = int(kbps) if kbps else LADDER_KBPS.get(h, max(200, h * 4))
+        except ValueError:
+            raise BadInput(f"--ladder {text!r}: write heights like 1080,720 or 720:2800") from None
+        rungs.append({"height": h, "bitrate_kbps": rate})
+    return rungs
+
+
+def flag_document(args: argparse.Namespace) -> dict[str, Any]:
+    """The job document a flag form describes (paths become file:// URIs)."""
+    form = args.form
+    doc: dict[str, Any] = {"input": file_uri(args.input)}
+    op: dict[str, Any] = {"op": form}
+    if form == "transcode":
+        doc["output"] = file_uri(args.output)
+        op |= {"codec": args.codec, "preset": args.preset}
+        op |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v}
+        suffix = Path(args.output).suffix.lstrip(".").lower()
+        if suffix in ("mp4", "mkv", "webm", "mov"):
+            op["container"] = suffix
+            if suffix == "webm":
+                op["audio_codec"] = "opus"
+        if args.bitrate_kbps is not None:
+            op["bitrate_kbps"] = args.bitrate_kbps
+            op["rate_control"] = "capped_crf" if args.crf is not None else "vbr"
+            op["crf"] = args.crf
+        elif args.crf is not None:
+            op["crf"] = args.crf
+    elif form == "analyze":
+        default_log = Path(args.input).with_suffix(".quality.json")
+        doc["output"] = file_uri(args.output or str(default_log))
+        op["reference"] = file_uri(args.reference)
+        chosen = {m: getattr(args, m) for m in ("vmaf", "psnr", "ssim")}
+        if any(chosen.values()):  # naming some metrics means only those
+            op |= chosen
+    elif form == "package":
+        doc["output"] = file_uri(args.outdir)
+        hls, dash = args.hls, args.dash
+        op |= {"hls": hls or not dash, "dash": dash, "ladder": _ladder(args.ladder)}
+    elif form == "probe":
+        op["deep"] = args.deep
+    elif form == "thumbnail":
+        doc["output"] = file_uri(args.output)
+        op |= {"sprite": args.sprite, "at_seconds": args.at}
+    doc["operation"] = op
+    return doc
+
+
+def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
+    """`submit FILE` and `submit OPERATION …`; `common(p)` adds the shared flags to each form."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "submit", help="submit a job from a JSON/TOML file or from flags"
+    )
+    forms = p.add_subparsers(dest="form", required=True, metavar="FILE|OPERATION")
+    f = forms.add_parser("file", help="a JSON or TOML job file (`-` reads stdin)")
+    f.add_argument("path", metavar="FILE")
+    t = forms.add_parser("transcode", help="re-encode INPUT into OUTPUT")
+    t.add_argument("input")
+    t.add_argument("output")
+    t.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "vp9"])
+    t.add_argument("--height", type=int)
+    t.add_argument("--width", type=int)
+    t.add_argument("--crf", type=int)
+    t.add_argument("--preset", default="medium")
+    t.add_argument("--bitrate-kbps", type=int)
+    a = forms.add_parser("analyze", help="VMAF/PSNR/SSIM of DISTORTED against REFERENCE")
+    a.add_argument("input", metavar="DISTORTED")
+    a.add_argument("reference", metavar="REFERENCE")
+    a.add_argument("--output", help="frame log (default: DISTORTED with .quality.json)")
+    for metric in ("vmaf", "psnr", "ssim"):
+        a.add_argument(f"--{metric}", action="store_true", help="only the metrics named")
+    k = forms.add_parser("package", help="HLS/DASH ladder of INPUT into the new OUTDIR")
+    k.add_argument("input")
+    k.add_argument("outdir")
+    k.add_argument("--hls", action="store_true")
+    k.add_argument("--dash", action="store_true")
+    k.add_argument("--ladder", default="720,480,360", help="heights, e.g. 1080,720 or 720:2800")
+    r = forms.add_parser("probe", help="media facts of INPUT")
+    r.add_argument("input")
+    r.add_argument("--deep", action="store_true", help="decode every frame to count errors")
+    s = forms.add_parser("thumbnail", help="a still (or --sprite sheet) of INPUT into OUTPUT")
+    s.add_argument("input")
+    s.add_argument("output")
+    s.add_argument("--sprite", action="store_true")
+    s.add_argument("--at", type=float, default=0.0, help="seconds into INPUT")
+    for form in (f, t, a, k, r, s):
+        common(form)
+    return p
