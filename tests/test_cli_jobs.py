@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nats
 import pytest_asyncio
+from nats.aio.msg import Msg
 
 from control.apiclient import ApiClient
 from control.cli import build_parser
@@ -259,14 +260,14 @@ async def test_upload_puts_input_in_object_store(fleet: DevFleet, clip_small: Pa
     try:
         seen: asyncio.Queue[bytes] = asyncio.Queue()
 
-        async def on_job(msg: nats.aio.msg.Msg) -> None:
+        async def on_job(msg: Msg) -> None:
             seen.put_nowait(msg.data)
 
         await nc.subscribe(f"{fleet.prefix}.submit.>", cb=on_job)
         await nc.flush()
         res = await run_cli("submit", "probe", str(clip_small), "--upload", "--job-id", "up-1")
         assert res.rc == 0, res
-        spec = Decoder(JobSpec).decode(await asyncio.wait_for(seen.get(), 10))
+        spec: JobSpec = Decoder(JobSpec).decode(await asyncio.wait_for(seen.get(), 10))
         key = "uploads/up-1/clip_small.mp4"
         assert spec.input == f"nats-obj://{fleet.prefix}_media/{key}"
         store = await nc.jetstream().object_store(f"{fleet.prefix}_media")
