@@ -175,6 +175,31 @@ async def test_node_cannot_delete_a_stream(node1: tuple[Client, Errors], control
     assert info.config.name == SUBJECTS.jobs_stream
 
 
+async def test_node_reads_and_writes_media_objects(
+    node1: tuple[Client, Errors], control: Client
+) -> None:
+    """nats-obj:// inputs and outputs work under a node's credentials; the bucket stays safe."""
+    nc, errors = node1
+    bucket = f"{SUBJECTS.prefix}_media"
+    with contextlib.suppress(Exception):  # ensure_topology may already have made it
+        await control.jetstream().create_object_store(bucket)
+    upload = await control.jetstream().object_store(bucket)
+    await upload.put("uploads/job-perm-2/in.mp4", b"input bytes" * 1000)
+    store = await nc.jetstream(timeout=5).object_store(bucket)
+    try:
+        got = await store.get("uploads/job-perm-2/in.mp4")
+    except Exception:
+        raise AssertionError(errors.seen) from None
+    assert got.data == b"input bytes" * 1000
+    await store.put("outputs/job-perm-2/out.mp4", b"output bytes")
+    await store.put("outputs/job-perm-2/out.mp4", b"output bytes, again")  # overwrite purges
+    assert (await upload.get("outputs/job-perm-2/out.mp4")).data == b"output bytes, again"
+    assert errors.seen == []
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.jetstream(timeout=REFUSED_TIMEOUT).delete_stream(f"OBJ_{bucket}")
+    assert await _wait_for(errors, f"$JS.API.STREAM.DELETE.OBJ_{bucket}")
+
+
 async def test_node_cannot_submit_jobs(node1: tuple[Client, Errors]) -> None:
     nc, errors = node1
     subject = SUBJECTS.submit("cpu", "normal", "job-forged")
