@@ -18,6 +18,7 @@ from nats.js.api import (
     DeliverPolicy,
     DiscardPolicy,
     KeyValueConfig,
+    ObjectStoreConfig,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -32,14 +33,21 @@ DEFAULT_POOLS = ("cpu", "nvenc", "qsv", "vaapi")
 
 
 class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Replicas of the streams and the node bucket: 1 on one server, 3 on a three-server cluster.
     replicas: int = 1
+    #: Pools whose job consumers are created up front and whose queues the control plane watches.
     pools: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_POOLS))
     #: Dedup window for job ids: a re-submit inside it is stored once.
     job_dedup_window: float = 24 * 3600.0
+    #: Jobs the jobs stream holds at most; when full, new jobs are refused (discard new).
     job_max_msgs: int = 1_000_000
+    #: Bytes the jobs stream holds at most; when full, new jobs are refused.
     job_max_bytes: int = 1 << 30
+    #: Seconds events are kept in the events stream.
     events_max_age: float = 14 * 86400.0
+    #: Dedup window for event ids (events and dead letters): a replay inside it is stored once.
     events_dedup_window: float = 2 * 3600.0
+    #: Seconds dead letters and captured advisories are kept.
     dead_letter_max_age: float = 30 * 86400.0
     #: Consumer ack wait; daemons send in-progress acks at a quarter of it.
     ack_wait: float = 60.0
@@ -47,7 +55,13 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_deliver: int = 20
     #: Fixed at creation by the server: sized for the largest fleet.
     max_waiting: int = 4096
+    #: Node bucket TTL: a node entry with no heartbeat for this long expires.
     node_ttl: float = 30.0
+    #: Seconds objects in the `<prefix>_media` object store (uploads, nats-obj:// outputs) are
+    #: kept; 0 keeps them until deleted. Set on creation only.
+    media_ttl: float = 0.0
+    #: Bytes the media object store holds at most; -1: no limit. Set on creation only.
+    media_max_bytes: int = -1
 
 
 class TopologyError(Exception):
@@ -269,6 +283,30 @@ async def ensure_nodes_bucket(
         report.created.append(name)
 
 
+async def ensure_media_bucket(
+    js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
+) -> None:
+    """The object store `flotilla submit --upload` writes and nats-obj:// jobs read and write."""
+    name = f"object store {subjects.objects_bucket}"
+    try:
+        await js.object_store(subjects.objects_bucket)
+        report.unchanged.append(name)
+    except BucketNotFoundError:
+        # nats-py overwrites config.bucket with the `bucket` argument: pass both.
+        await js.create_object_store(
+            bucket=subjects.objects_bucket,
+            config=ObjectStoreConfig(
+                bucket=subjects.objects_bucket,
+                description="Flotilla media: uploaded inputs and nats-obj:// outputs",
+                ttl=s.media_ttl or None,
+                max_bytes=s.media_max_bytes,
+                replicas=s.replicas,
+                storage=StorageType.FILE,
+            ),
+        )
+        report.created.append(name)
+
+
 async def ensure_pool_consumers(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings, pools: list[str]
 ) -> TopologyReport:
@@ -295,4 +333,5 @@ async def ensure_topology(
     await ensure_consumer(js, subjects.events_stream, ingest_consumer_config(subjects, s), report)
     await ensure_consumer(js, subjects.advisories_stream, advisories_consumer_config(s), report)
     await ensure_nodes_bucket(js, subjects, s, report)
+    await ensure_media_bucket(js, subjects, s, report)
     return report

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -13,6 +13,7 @@ from daemon.configfile import load_config
 DEFAULT_PATH = Path("/etc/flotilla/daemon.toml")
 ENV_PREFIX = "FLOTILLA_DAEMON_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+PoolClass = Literal["cpu", "nvenc", "qsv", "vaapi"]
 
 
 def _default_node_id() -> str:
@@ -22,57 +23,164 @@ def _default_node_id() -> str:
 
 
 class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: NATS server URL(s), comma-separated; the client reconnects forever.
     url: str = "nats://127.0.0.1:4222"
+    #: NATS credentials (.creds) file: the per-node user and its permissions.
     credentials: str | None = None
+    #: NKey seed file, for NKey authentication instead of a credentials file.
     nkey_seed: str | None = None
+    #: User name for user/password authentication.
     user: str | None = None
+    #: Password for `user`.
     password: str | None = None
+    #: CA bundle that verifies the server; setting it (or `tls_cert`) turns TLS on.
     tls_ca: str | None = None
+    #: Client certificate for mutual TLS (with `tls_key`).
     tls_cert: str | None = None
+    #: Private key of `tls_cert`.
     tls_key: str | None = None
+    #: Subject prefix, and the stream names' prefix (`FLOTILLA_JOBS`); same fleet-wide.
     prefix: str = "flotilla"
+    #: Partitions of the job subjects; must match the jobs stream's subject transform.
     partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
 
 
+#: Demuxers a media input may be read with (ffmpeg's `-format_whitelist`): playlists (hls,
+#: concat), devices and generators (lavfi) are left out because they open other files or never end.
+DEFAULT_DEMUXERS = [
+    "mov", "matroska", "mpegts", "mxf", "avi", "flv", "mpeg", "ogg", "wav", "mp3", "aac",
+    "flac", "ivf", "h264", "hevc", "yuv4mpegpipe",
+]  # fmt: skip
+
+
+class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Largest picture (width x height) an input may have; also ffmpeg's `-max_pixels`.
+    max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 8192 * 4320
+    #: Longest input, in seconds.
+    max_duration_s: Positive = 12 * 3600.0
+    #: Largest input file (or download), in bytes.
+    max_input_bytes: Annotated[int, msgspec.Meta(ge=1)] = 256 << 30
+    #: Most streams (video, audio, subtitle, data) an input may have.
+    max_streams: Annotated[int, msgspec.Meta(ge=1)] = 32
+    #: Refuse inputs whose duration is unknown (a stream with no known end may be endless).
+    require_duration: bool = True
+    #: Largest single allocation ffmpeg may make, in MiB (`-max_alloc`; ffmpeg's own default is
+    #: 2 GiB); 0: ffmpeg's default.
+    max_alloc_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    #: Demuxers inputs may be read with (`-format_whitelist`); any part of a demuxer's name counts.
+    demuxers: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_DEMUXERS))
+    #: Seconds the pre-probe of an input may take.
+    probe_timeout: Positive = 60.0
+    #: Refuse an input whose file extension names another container than the probe found
+    #: (say `.mp4` holding a playlist or Matroska); unknown extensions are not checked.
+    check_extension: bool = True
+    #: Hosts (exact names, lowercase) that http(s):// inputs may come from; empty: http is off.
+    http_hosts: list[str] = []
+    #: Let allow-listed hosts resolve to private, loopback or link-local addresses.
+    http_allow_private: bool = False
+    #: Seconds to open a connection (each try).
+    http_connect_timeout: Positive = 10.0
+    #: Seconds a download may wait for the next bytes.
+    http_read_timeout: Positive = 30.0
+    #: Extra tries after a 5xx answer or a connection error, with doubling backoff.
+    http_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+    #: First backoff delay between tries, in seconds.
+    http_backoff: Positive = 1.0
+    #: Redirects followed at most (each target must be an allowed host too).
+    http_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 5
+    #: Object store buckets nats-obj:// URIs may name; empty: only `<prefix>_media`.
+    object_buckets: list[str] = []
+    #: Seconds one object store transfer may take in all.
+    object_timeout: Positive = 3600.0
+
+
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: This node's id, unique in the fleet; default: the host's short name, lowercased,
+    #: other characters replaced by `-`.
     node_id: Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")] = msgspec.field(
         default_factory=_default_node_id
     )
+    #: How to reach NATS.
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
     #: Journal (SQLite) and per-job scratch space.
     state_dir: str = "/var/lib/flotilla"
     #: Inputs and outputs given as file:// URIs must resolve under one of these roots.
     allowed_roots: list[str] = msgspec.field(default_factory=lambda: ["/srv/media"])
+    #: Path of the ffmpeg to run; default: `ffmpeg` on PATH, else the bundled static build.
     ffmpeg: str | None = None
+    #: Path of ffprobe; default: the one next to ffmpeg, if any (else ffmpeg probes).
     ffprobe: str | None = None
+    #: Free-form node labels; a job's `requirements.labels` must all match to run here.
     labels: dict[str, str] = {}
-    #: Pools to serve; empty means every pool the probe verified.
-    pools: list[str] = []
+    #: Pools to serve; empty means every pool the probe verified. Besides the built-in `cpu`,
+    #: `nvenc`, `qsv` and `vaapi`, any other name (e.g. `batch`) is a custom pool of the class
+    #: `pool_classes` gives it (default `cpu`), served when that class is verified here.
+    pools: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]] = []
+    #: Capability class of each custom pool: its jobs need that class's encoders, and it is
+    #: sized like it unless `slots` overrides; unnamed custom pools are `cpu`.
+    pool_classes: dict[str, PoolClass] = {}
     #: Slot overrides per pool; otherwise measured from cores, GPU sessions and memory.
     slots: dict[str, Annotated[int, msgspec.Meta(ge=0, le=256)]] = {}
+    #: CPU threads given to each software encode; cpu slots = logical cores / this.
     threads_per_job: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
+    #: GPU memory one NVENC job needs; caps nvenc slots per GPU.
     gpu_memory_per_job_mb: Annotated[int, msgspec.Meta(ge=64)] = 1024
+    #: Run a tiny test encode on every hardware encoder at start-up; false
+    #: accepts those the hardware suggests untested.
     verify_hw_encoders: bool = True
+    #: Seconds between heartbeats (node record in the KV bucket).
     heartbeat_interval: Positive = 5.0
     #: The node KV entry expires when no heartbeat came for this long.
     heartbeat_ttl: Positive = 30.0
+    #: Ack wait the daemon assumes (in-progress acks go every quarter of it), and uses if it has
+    #: to create a missing pool consumer; keep it equal to the control plane's topology.ack_wait.
     ack_wait: Positive = 60.0
+    #: Long-poll time of one pull request on the lowest priority. An idle node waits in it, so it
+    #: also bounds how long a new job of a higher priority waits for an idle node (about half of
+    #: it on average; see bench/bench_daemon.py); shorter means more pull requests.
     fetch_timeout: Positive = 5.0
+    #: On drain or SIGTERM, running jobs get this long to finish before they are
+    #: handed back.
     drain_deadline: Positive = 300.0
+    #: A paused job is held (in-progress acks go on) at most this long, then resumed:
+    #: resuming keeps the work done and starts no duplicate elsewhere.
     pause_limit: Positive = 3600.0
+    #: First retry delay after a failed attempt; doubles per attempt.
     retry_base_delay: Positive = 5.0
+    #: Longest retry delay.
     retry_max_delay: Positive = 300.0
+    #: First delay before a job this node cannot run (requirements) is
+    #: redelivered; doubles per attempt.
     handback_delay: Positive = 2.0
+    #: Longest hand-back delay.
     handback_max_delay: Positive = 30.0
+    #: Seconds between progress events of a running job.
     progress_interval: Positive = 1.0
+    #: Bound on unsent events kept while NATS is away; beyond it the oldest
+    #: progress events are dropped (never terminal ones).
     outbox_max_rows: Annotated[int, msgspec.Meta(ge=100)] = 100_000
+    #: Finished jobs and sent events are pruned from the journal after this.
     journal_retention_days: Positive = 7.0
+    #: Free space under the work dir below which the node pulls no new jobs (running ones
+    #: finish) and heartbeats report `disk_low`; pulling resumes when space returns. 0: off.
     disk_low_watermark_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    #: The same watermark as a share of the work dir's file system, in percent; whichever of
+    #: the two trips first holds pulling back. 0: off.
+    disk_low_watermark_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 0.0
+    #: Seconds between free-space checks of the work dir.
+    disk_check_interval: Positive = 10.0
+    #: Consecutive encoder failures that withdraw an encoder from service.
     encoder_failure_threshold: Annotated[int, msgspec.Meta(ge=1)] = 3
+    #: A withdrawn encoder is re-tested after this many seconds.
     encoder_reverify_interval: Positive = 600.0
+    #: Prometheus exporter port; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    #: Address the Prometheus exporter binds.
     metrics_host: str = "127.0.0.1"
+    #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None
+    #: Input limits and remote media (http(s)://, nats-obj://) settings.
+    media: MediaSettings = msgspec.field(default_factory=MediaSettings)
 
     @property
     def journal_path(self) -> Path:

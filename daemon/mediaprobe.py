@@ -12,9 +12,11 @@ import os
 import signal
 from pathlib import Path
 
+from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError
 from daemon.ffmpeg_bin import FfmpegTools
 from daemon.ffstderr import StderrTail, classify
+from daemon.medialimits import global_args, guard_args
 from daemon.mediaparse import parse_banner, parse_ffprobe_json
 from daemon.paths import ffmpeg_arg
 from daemon.runcontrol import child_options, signal_group
@@ -23,18 +25,35 @@ from schemas.results import ProbeInfo
 PROBE_TIMEOUT = 60.0
 #: `ffmpeg -i` with no output exits 1 after describing the input: that is the success case.
 _NO_OUTPUT = "At least one output file must be specified"
+#: What ffmpeg logs when the probed demuxer is outside `-format_whitelist`.
+_NOT_ALLOWED = "Format not on whitelist"
 
 
 async def probe_media(
-    tools: FfmpegTools, path: Path, *, within: float = PROBE_TIMEOUT
+    tools: FfmpegTools,
+    path: Path,
+    *,
+    within: float = PROBE_TIMEOUT,
+    limits: MediaSettings | None = None,
 ) -> ProbeInfo:
+    """Describe `path`; with `limits`, under their demuxer allow-list and allocation caps."""
+    guard = _guard(limits)
     if tools.ffprobe is not None:
-        return await probe_with_ffprobe(tools.ffprobe, path, within=within)
-    return await probe_with_ffmpeg(tools.ffmpeg, path, within=within)
+        return await probe_with_ffprobe(tools.ffprobe, path, within=within, guard=guard)
+    return await probe_with_ffmpeg(tools.ffmpeg, path, within=within, guard=guard)
 
 
-async def probe_with_ffprobe(ffprobe: str, path: Path, *, within: float) -> ProbeInfo:
-    argv = [ffprobe, "-hide_banner", "-loglevel", "level+error", "-protocol_whitelist", "file"]
+def _guard(limits: MediaSettings | None) -> list[str]:
+    if limits is None:
+        return ["-protocol_whitelist", "file"]
+    return [*global_args(limits), *guard_args(limits)]
+
+
+async def probe_with_ffprobe(
+    ffprobe: str, path: Path, *, within: float, guard: list[str] | None = None
+) -> ProbeInfo:
+    argv = [ffprobe, "-hide_banner", "-loglevel", "level+error"]
+    argv += guard or ["-protocol_whitelist", "file"]
     argv += ["-print_format", "json", "-show_format", "-show_streams", ffmpeg_arg(path)]
     code, out, err = await _capture(argv, within)
     if code != 0:
@@ -45,10 +64,12 @@ async def probe_with_ffprobe(ffprobe: str, path: Path, *, within: float) -> Prob
         raise JobError(f"ffprobe gave unreadable output: {exc}", stderr_tail=err[-8192:]) from exc
 
 
-async def probe_with_ffmpeg(ffmpeg: str, path: Path, *, within: float) -> ProbeInfo:
+async def probe_with_ffmpeg(
+    ffmpeg: str, path: Path, *, within: float, guard: list[str] | None = None
+) -> ProbeInfo:
     arg = ffmpeg_arg(path)
     argv = [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "level+info"]
-    argv += ["-protocol_whitelist", "file", "-i", arg]
+    argv += [*(guard or ["-protocol_whitelist", "file"]), "-i", arg]
     code, _, err = await _capture(argv, within)
     # The echoed name may hold newlines or text that looks like banner lines: take it out.
     text = err.replace(f"from '{arg}'", "from '<input>'")
@@ -61,6 +82,14 @@ async def probe_with_ffmpeg(ffmpeg: str, path: Path, *, within: float) -> ProbeI
 
 
 def _failed(code: int, stderr: str) -> JobError:
+    if _NOT_ALLOWED in stderr:
+        # A playlist, concat list or other demuxer outside the allow-list: never retried.
+        return InputError(
+            "input container is not an allowed media format (playlists, concat lists and "
+            "generators are refused)",
+            exit_code=code,
+            stderr_tail=stderr[-8192:],
+        )
     tail = StderrTail()
     for line in stderr.splitlines():
         tail.add(line)

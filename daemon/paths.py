@@ -1,9 +1,10 @@
 """Job URIs to local paths confined to the configured roots, refused before any process starts.
 
-Only `file://` URIs are accepted (`file:///srv/media/a.mp4`, `file://localhost/...`); a bare path
-is refused so that a producer always says which storage it means. Issue 4 adds `http(s)://` inputs
-and `nats-obj://` for both directions: they plug into the `match` in `resolve_input` /
-`resolve_output` (fetching into scratch, returning the local Path), so callers never change.
+Only `file://` URIs are accepted here (`file:///srv/media/a.mp4`, `file://localhost/...`); a bare
+path is refused so that a producer always says which storage it means. `http(s)://` inputs and
+`nats-obj://` inputs and outputs need I/O (a download into scratch, an upload after success), so
+operations go through daemon.ops.storage (`open_input` / `output_path`), which fetches remote
+media and calls these functions for `file://`; any other scheme is refused by both.
 
 Checks, in order: scheme, no query/fragment (an unencoded `#` or `?` would silently cut the name),
 strict percent-decoding, no NUL, absolute, no `..` segment (after decoding, so `%2e%2e` is caught),

@@ -23,20 +23,20 @@ from daemon.config import DaemonConfig
 from daemon.ffmpeg_bin import FfmpegTools, find_tools
 from daemon.jobdeps import Attempt, OperationRunner
 from daemon.jobrun import JOB_DECODER
+from daemon.jobwatch import progress_event
 from daemon.journal import Journal
 from daemon.natsconn import connect_with_retry
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
+from daemon.ops.storage import MediaAccess
 from daemon.outbox import OutboxPublisher
 from daemon.partials import remove_stale_partials
 from daemon.probe import RenderNode, probe_node, render_nodes, reverify
 from daemon.probe.gpu import Nvml
 from daemon.progress import ProgressUpdate
-from daemon.reporter import new_event_id, now
 from daemon.runcontrol import RunControl
 from daemon.version import VERSION
 from schemas.codec import DecodeError
-from schemas.events import Progress
 from schemas.nodes import GpuLoad, NodeCapabilities
 from schemas.results import JobResult
 from schemas.subjects import Subjects
@@ -102,15 +102,13 @@ async def open_backend(
     )
     js = nc.jetstream(timeout=5)
     outbox = OutboxPublisher(journal, js)
+    # Input limits, http(s) fetching and nats-obj:// storage, as configured at start.
+    media = MediaAccess.for_config(cfg, js)
 
     async def run(att: Attempt) -> JobResult:
         async def progress(update: ProgressUpdate) -> None:
-            event = Progress(
-                event_id=new_event_id(), job_id=att.spec.job_id, node_id=cfg.node_id,
-                attempt=att.number, ts=now(), percent=update.percent, fps=update.fps,
-                speed=update.speed, out_time_s=update.out_time_s, frame=update.frame,
-                paused=att.handle.paused_since is not None,
-            )  # fmt: skip
+            att.handle.last_progress = update
+            event = progress_event(cfg.node_id, att.spec.job_id, att.number, att.handle, update)
             await journal.record([], [event])
 
         control = RunControl()
@@ -122,6 +120,7 @@ async def open_backend(
             allowed_roots=[Path(r) for r in cfg.allowed_roots], progress=progress,
             control=control, progress_interval=cfg.progress_interval,
             withdrawn_encoders=frozenset(att.withdrawn), on_command=att.on_command,
+            media=media,
         )  # fmt: skip
         try:
             result = await run_operation(ctx)

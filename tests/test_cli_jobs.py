@@ -277,6 +277,29 @@ async def test_upload_puts_input_in_object_store(fleet: DevFleet, clip_small: Pa
         await nc.close()
 
 
+async def test_upload_runs_from_and_to_the_object_store(fleet: DevFleet, clip_small: Path) -> None:
+    """No shared filesystem: the input goes up with --upload, the output lands in the store."""
+    bucket = f"{fleet.prefix}_media"
+    out = f"nats-obj://{bucket}/outputs/up-2/out.mp4"
+    res = await run_cli(
+        "submit", "transcode", str(clip_small), out, "--codec", "h264", "--height", "64",
+        "--upload", "--job-id", "up-2", "--wait",
+    )  # fmt: skip
+    assert res.rc == 0, res
+    status = await run_cli("status", "up-2", "--json")
+    info: api.JobInfo = Decoder(api.JobInfo).decode(status.out)
+    assert info.state == "completed" and info.result is not None
+    assert [o.uri for o in info.result.outputs] == [out]
+    nc = await nats.connect(fleet.nats_url)
+    try:
+        store = await nc.jetstream().object_store(bucket)
+        got = await store.get("outputs/up-2/out.mp4")
+        assert got.data is not None and got.data[4:8] == b"ftyp"
+        assert len(got.data) == info.result.outputs[0].size_bytes
+    finally:
+        await nc.close()
+
+
 async def test_errors_are_one_line(fleet: DevFleet, work: Path, clip_small: Path) -> None:
     (work / "bad.json").write_text('{"input": ')
     one_error_line(await run_cli("submit", str(work / "bad.json")), 2)

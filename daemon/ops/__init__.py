@@ -10,6 +10,7 @@ from typing import assert_never
 
 from daemon.ops import analyze, canary, package, probe_op, thumbnail, transcode
 from daemon.ops.context import JobContext
+from daemon.ops.storage import publish_outputs
 from schemas.operations import Analyze, Canary, Package, Probe, Thumbnail, Transcode
 from schemas.results import JobResult
 
@@ -19,6 +20,12 @@ __all__ = ["JobContext", "run_operation"]
 async def run_operation(ctx: JobContext) -> JobResult:
     """Run one attempt; JobError subclasses, JobCancelled or JobTimeout on the way out."""
     ctx.control.arm(ctx.spec.timeouts.hard_seconds)
+    result = await _dispatch(ctx)
+    await publish_outputs(ctx, result)  # nats-obj:// outputs leave only after success
+    return result
+
+
+async def _dispatch(ctx: JobContext) -> JobResult:
     match ctx.spec.operation:
         case Transcode() as op:
             return await transcode.run(ctx, op)

@@ -29,11 +29,12 @@ import time
 from pathlib import Path
 
 from daemon.errors import InputError, InvalidJob, JobError
-from daemon.mediaprobe import probe_media
+from daemon.medialimits import guard_args
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
+from daemon.ops.storage import open_input, output_path
 from daemon.ops.vmafpool import read_vmaf_log, vmaf_scores
-from daemon.paths import ffmpeg_arg, resolve_input, resolve_output
+from daemon.paths import ffmpeg_arg
 from daemon.runner import run_ffmpeg
 from schemas.operations import Analyze
 from schemas.results import JobResult, PlaneScores, ProbeInfo, StreamInfo
@@ -51,11 +52,9 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     assert isinstance(op, Analyze) and spec.output is not None  # JobSpec requires an output
     if op.frame_log and not op.vmaf:
         raise InvalidJob("frame_log is libvmaf's per-frame log: it needs vmaf: true")
-    roots = ctx.allowed_roots
-    dist = await asyncio.to_thread(resolve_input, spec.input, roots)
-    ref = await asyncio.to_thread(resolve_input, op.reference, roots)
-    dest = await asyncio.to_thread(resolve_output, spec.output, roots)
-    dist_info, ref_info = await probe_media(ctx.tools, dist), await probe_media(ctx.tools, ref)
+    dest = await output_path(ctx, spec.output)
+    dist, dist_info = await open_input(ctx, spec.input)
+    ref, ref_info = await open_input(ctx, op.reference, "reference")
     d, r = _video(dist_info, "input"), _video(ref_info, "reference")
     check_comparable(d, r, dist_info.duration_s, ref_info.duration_s)
     model = op.vmaf_model
@@ -64,8 +63,8 @@ async def run_analyze(ctx: JobContext) -> JobResult:
         model = "vmaf_4k_v0.6.1" if big else "vmaf_v0.6.1"
     log_path = ctx.scratch / "vmaf.json"
     graph = filter_graph(op, d, r, model, log_path, ctx.threads)
-    args = ["-filter_threads", str(ctx.threads), "-protocol_whitelist", "file"]
-    args += ["-i", ffmpeg_arg(dist), "-i", ffmpeg_arg(ref), "-filter_complex", graph]
+    args = ["-filter_threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(dist)]
+    args += [*guard_args(ctx.media.limits), "-i", ffmpeg_arg(ref), "-filter_complex", graph]
     args += ["-map", "[out]", "-an", "-f", "null", "-"]
     run = await run_ffmpeg(
         ctx.tools.ffmpeg,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from daemon.errors import EncoderError
 from daemon.ffmpeg_bin import FfmpegTools
+from daemon.ops.storage import MediaAccess
 from daemon.progress import ProgressUpdate
 from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
@@ -43,6 +44,8 @@ class JobContext:
     #: Filled by the operation: every encoder that failed in this attempt, even when a fallback
     #: then succeeded, so encoder health can count it (JobResult.encoder names the one that worked).
     encoder_failures: list[EncoderError] = field(default_factory=list)
+    #: Input limits and remote storage (http allow-list, object store); defaults: file:// only.
+    media: MediaAccess = field(default_factory=MediaAccess)
 
     def usable_encoders(self) -> AbstractSet[str]:
         return self.verified_encoders - self.withdrawn_encoders

@@ -24,10 +24,10 @@ import time
 from pathlib import Path
 
 from daemon.errors import InputError, InvalidJob, JobError
-from daemon.mediaprobe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import partial_path
-from daemon.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
+from daemon.ops.storage import open_input, output_path
+from daemon.paths import ffmpeg_arg, uri_of
 from daemon.runner import run_ffmpeg
 from schemas.operations import Package, Rung
 from schemas.results import JobResult, OutputFile, Rendition
@@ -42,8 +42,7 @@ async def run_package(ctx: JobContext) -> JobResult:
     assert isinstance(op, Package) and spec.output is not None  # JobSpec requires an output
     if op.dash and op.hls and op.hls_segment_type == "mpegts":
         raise InvalidJob("HLS with TS segments plus DASH needs two encodes: use fmp4 segments")
-    src = await asyncio.to_thread(resolve_input, spec.input, ctx.allowed_roots)
-    dest = await asyncio.to_thread(resolve_output, spec.output, ctx.allowed_roots)
+    dest = await output_path(ctx, spec.output)
     if "%" in str(dest):
         raise InvalidJob("the output directory name must not contain '%' (a muxer pattern)")
     if await asyncio.to_thread(dest.exists):
@@ -53,7 +52,7 @@ async def run_package(ctx: JobContext) -> JobResult:
             raise InvalidJob(f"no verified {rung.codec} encoder on this node")
         if rung.height % 2 or (rung.width or 0) % 2:
             raise InvalidJob(f"rung {rung.height}p: 4:2:0 video needs an even width and height")
-    info = await probe_media(ctx.tools, src)
+    src, info = await open_input(ctx, spec.input)
     video = next((s for s in info.streams if s.type == "video" and s.height), None)
     if video is None or not video.height or not video.width:
         raise InputError("input has no video stream with a known size")
@@ -69,7 +68,7 @@ async def run_package(ctx: JobContext) -> JobResult:
     tmp = partial_path(dest, spec.job_id, ctx.attempt)
     await asyncio.to_thread(_fresh_dir, tmp)
     try:
-        args = package_args(op, kept, src, tmp, gop, has_audio, ctx.threads)
+        args = package_args(op, kept, src, tmp, gop, has_audio, ctx.threads, ctx.media.guard())
         await run_ffmpeg(
             ctx.tools.ffmpeg,
             args,
@@ -107,7 +106,14 @@ def _width(rung: Rung, src_w: int, src_h: int) -> int:
 
 
 def package_args(
-    op: Package, rungs: list[Rung], src: Path, out: Path, gop: int, audio: bool, threads: int
+    op: Package,
+    rungs: list[Rung],
+    src: Path,
+    out: Path,
+    gop: int,
+    audio: bool,
+    threads: int,
+    guard: tuple[str, ...] = ("-protocol_whitelist", "file"),
 ) -> list[str]:
     n = len(rungs)
     labels = "".join(f"[s{i}]" for i in range(n))
@@ -116,7 +122,7 @@ def package_args(
         f"[s{i}]scale={r.width or -2}:{r.height},format=yuv420p[v{i}]" for i, r in enumerate(rungs)
     ]
     args = ["-filter_threads", str(threads), "-threads", str(threads)]
-    args += ["-protocol_whitelist", "file", "-i", ffmpeg_arg(src)]
+    args += [*guard, "-i", ffmpeg_arg(src)]
     args += ["-filter_complex", ";".join(graph)]
     args += [a for i in range(n) for a in ("-map", f"[v{i}]")]
     for i, r in enumerate(rungs):

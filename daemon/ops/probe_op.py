@@ -7,15 +7,14 @@ the runner's stderr tail is bounded, the report file is not, so every error is c
 
 from __future__ import annotations
 
-import asyncio
 import time
 from pathlib import Path
 
 import aiofiles
 
-from daemon.mediaprobe import probe_media
 from daemon.ops.context import JobContext
-from daemon.paths import ffmpeg_arg, resolve_input
+from daemon.ops.storage import open_input
+from daemon.paths import ffmpeg_arg
 from daemon.runner import run_ffmpeg
 from schemas.operations import Probe
 from schemas.results import JobResult
@@ -29,8 +28,7 @@ async def run_probe(ctx: JobContext) -> JobResult:
     started = time.monotonic()
     op = ctx.spec.operation
     assert isinstance(op, Probe)
-    src = await asyncio.to_thread(resolve_input, ctx.spec.input, ctx.allowed_roots)
-    info = await probe_media(ctx.tools, src)
+    src, info = await open_input(ctx, ctx.spec.input)
     if op.deep:
         lines = await decode_errors(ctx, src, info.duration_s)
         info.decode_errors = len(lines)
@@ -49,7 +47,7 @@ async def run_probe(ctx: JobContext) -> JobResult:
 async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) -> list[str]:
     """Every error line ffmpeg logs while decoding all streams of `src` (empty when healthy)."""
     report = ctx.scratch / "deep-probe.log"
-    args = ["-threads", str(ctx.threads), "-protocol_whitelist", "file", "-i", ffmpeg_arg(src)]
+    args = ["-threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(src)]
     args += ["-map", "0:v?", "-map", "0:a?", "-f", "null", "-"]
     await run_ffmpeg(
         ctx.tools.ffmpeg,

@@ -18,10 +18,10 @@ from urllib.parse import quote
 import aiofiles
 
 from daemon.errors import InputError, InvalidJob
-from daemon.mediaprobe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
-from daemon.paths import ffmpeg_arg, resolve_input, resolve_output
+from daemon.ops.storage import open_input, output_path
+from daemon.paths import ffmpeg_arg
 from daemon.runner import run_ffmpeg
 from schemas.operations import Thumbnail
 from schemas.results import JobResult, ProbeInfo
@@ -34,11 +34,10 @@ async def run_thumbnail(ctx: JobContext) -> JobResult:
     started = time.monotonic()
     spec, op = ctx.spec, ctx.spec.operation
     assert isinstance(op, Thumbnail) and spec.output is not None  # JobSpec requires an output
-    src = await asyncio.to_thread(resolve_input, spec.input, ctx.allowed_roots)
-    dest = await asyncio.to_thread(resolve_output, spec.output, ctx.allowed_roots)
+    dest = await output_path(ctx, spec.output)
+    src, info = await open_input(ctx, spec.input)
     if src == dest:
         raise InvalidJob("output is the same file as the input")
-    info = await probe_media(ctx.tools, src)
     src_w, src_h, duration = _video_facts(info)
     tile_h = max(2, round(op.width * src_h / src_w / 2) * 2)
     async with OutputSet(spec.job_id, ctx.attempt) as outputs:
@@ -84,7 +83,7 @@ async def _render(
     duration: float | None,
 ) -> None:
     # -ss before -i: a fast keyframe seek, then ffmpeg decodes up to the exact time.
-    args = ["-threads", str(ctx.threads), "-protocol_whitelist", "file", *seek]
+    args = ["-threads", str(ctx.threads), *ctx.media.guard(), *seek]
     args += ["-i", ffmpeg_arg(src), "-map", "0:v:0", "-vf", vf, "-frames:v", "1"]
     args += [*ENCODERS[op.format], "-f", "image2", "-update", "1", ffmpeg_arg(partial)]
     await run_ffmpeg(

@@ -8,21 +8,17 @@ ffmpeg succeeded (daemon.ops.outputs).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.errors import EncoderError, InputError, InvalidJob
-from daemon.mediaprobe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.encoders import encoder_chain, needs_two_runs
 from daemon.ops.outputs import OutputSet
+from daemon.ops.storage import open_input, output_path
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
-from daemon.paths import resolve_input, resolve_output
 from daemon.runner import ffmpeg_argv, run_ffmpeg
-from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 from schemas.results import JobResult, ProbeInfo
 
@@ -32,10 +28,13 @@ log = logging.getLogger("flotilla.transcode")
 async def run(ctx: JobContext, op: Transcode) -> JobResult:
     started = time.monotonic()
     spec = ctx.spec
-    src, dest = await asyncio.to_thread(_resolve, spec, ctx.allowed_roots)
+    assert spec.output is not None  # JobSpec requires it for transcode
+    dest = await output_path(ctx, spec.output)
     chain = encoder_chain(op.codec, spec.requirements.accel, ctx.usable_encoders())
     _check_audio_encoder(op, ctx)
-    info = await probe_media(ctx.tools, src)
+    src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
+    if src == dest:
+        raise InvalidJob("output is the same file as the input")
     ten_bit = _check_video_stream(info, op)
     notes: list[str] = []
     async with OutputSet(spec.job_id, ctx.attempt) as outputs:
@@ -54,14 +53,6 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         outputs=files,
         notes=notes,
     )
-
-
-def _resolve(spec: JobSpec, roots: Sequence[Path]) -> tuple[Path, Path]:
-    assert spec.output is not None  # JobSpec requires it for transcode
-    src, dest = resolve_input(spec.input, roots), resolve_output(spec.output, roots)
-    if src == dest:
-        raise InvalidJob("output is the same file as the input")
-    return src, dest
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
@@ -110,7 +101,8 @@ async def _encode(
     info: ProbeInfo,
     ten_bit: bool,
 ) -> None:
-    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=ctx.render_node)
+    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=ctx.render_node,
+                input_guard=ctx.media.guard())  # fmt: skip
     passes: tuple[int | None, ...] = (1, 2) if needs_two_runs(encoder, op) else (None,)
     for n, pass_no in enumerate(passes):
         dest = None if pass_no == 1 else partial

@@ -29,6 +29,8 @@ class Node:
     threads: int
     hwaccels: AbstractSet[str]
     render_node: str
+    #: Options right before `-i` (protocol/format allow-lists, pixel and allocation caps).
+    input_guard: tuple[str, ...] = ("-protocol_whitelist", "file")
 
 
 def transcode_args(
@@ -46,7 +48,7 @@ def transcode_args(
     family = family_of(encoder)
     threads = str(node.threads)
     args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
-    args += ["-threads", threads, "-protocol_whitelist", "file", "-i", ffmpeg_arg(src)]
+    args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     args += ["-map", f"0:v:{op.video_stream}", "-vf", ",".join(video_filters(op, family, ten_bit))]
     args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
     args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)

@@ -1,0 +1,206 @@
+"""http(s):// inputs against a real local HTTP server (asyncio, 127.0.0.1, port 0).
+
+Covers: a download that probes like the original (byte for byte), chunked bodies, retries on 5xx
+and stalls (bounded), redirects (followed to allowed hosts only), size caps (declared and
+actual), 4xx as permanent, the host allow-list and the private-address refusal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from daemon.config import MediaSettings
+from daemon.errors import InputError, JobError, PathRefused
+from daemon.ffmpeg_bin import FfmpegTools
+from daemon.httpfetch import fetch_http
+from daemon.ops import run_operation
+from daemon.ops.context import JobContext
+from daemon.ops.storage import MediaAccess
+from daemon.progress import ProgressUpdate
+from daemon.runcontrol import RunControl
+from schemas.jobs import JobSpec
+from schemas.operations import Probe
+
+
+@dataclass
+class Server:
+    body: bytes
+    port: int = 0
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            path = head.split(b" ", 2)[1].decode()
+            self.hits[path] = self.hits.get(path, 0) + 1
+            await self.respond(path, writer)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def respond(self, path: str, w: asyncio.StreamWriter) -> None:
+        def head(status: str, *lines: str) -> None:
+            w.write(("\r\n".join([f"HTTP/1.1 {status}", *lines]) + "\r\n\r\n").encode())
+
+        body = self.body
+        match path:
+            case "/clip.mp4":
+                head("200 OK", f"Content-Length: {len(body)}")
+                w.write(body)
+            case "/chunked.mp4":
+                head("200 OK", "Transfer-Encoding: chunked")
+                for at in range(0, len(body), 7000):
+                    part = body[at : at + 7000]
+                    w.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                w.write(b"0\r\n\r\n")
+            case "/flaky.mp4" if self.hits[path] <= 2:
+                head("503 Busy", "Content-Length: 0")
+            case "/flaky.mp4":
+                head("200 OK", f"Content-Length: {len(body)}")
+                w.write(body)
+            case "/always500":
+                head("500 Oops", "Content-Length: 0")
+            case "/stall":
+                head("200 OK", "Content-Length: 1000")
+                await w.drain()
+                await asyncio.sleep(3)
+            case "/redirect-ok":
+                head("302 Found", "Location: /clip.mp4", "Content-Length: 0")
+            case "/redirect-evil":
+                head("302 Found", "Location: http://evil.example/x.mp4", "Content-Length: 0")
+            case "/redirect-ip":
+                head("301 Moved", f"Location: http://127.0.0.2:{self.port}/clip.mp4")
+            case "/redirect-file":
+                head("302 Found", "Location: file:///etc/passwd", "Content-Length: 0")
+            case "/loop":
+                head("302 Found", "Location: /loop", "Content-Length: 0")
+            case "/short":
+                head("200 OK", "Content-Length: 1000")
+                w.write(b"x" * 10)  # then the connection closes: a broken-off body
+            case "/huge":
+                head("200 OK", "Content-Length: 1000000000000")
+            case "/liar":
+                head("200 OK")  # no length: read until close, which goes past the cap
+                w.write(b"\0" * 300_000)
+            case "/gzip":
+                head("200 OK", "Content-Encoding: gzip", "Content-Length: 3")
+                w.write(b"abc")
+            case _:
+                head("404 Not Found", "Content-Length: 0")
+        await w.drain()
+
+
+@pytest_asyncio.fixture
+async def server(clip: Path) -> AsyncIterator[Server]:
+    srv = Server(body=await asyncio.to_thread(clip.read_bytes))
+    tcp = await asyncio.start_server(srv.handle, "127.0.0.1", 0)
+    srv.port = tcp.sockets[0].getsockname()[1]
+    try:
+        yield srv
+    finally:
+        tcp.close()
+        await tcp.wait_closed()
+
+
+def _media(**over: object) -> MediaSettings:
+    base: dict[str, object] = dict(
+        http_hosts=["127.0.0.1"], http_allow_private=True, http_retries=2, http_backoff=0.01,
+        http_read_timeout=0.5, http_connect_timeout=5.0, max_input_bytes=200_000,
+    )  # fmt: skip
+    base.update(over)
+    return MediaSettings(**base)  # type: ignore[arg-type]
+
+
+async def _no_progress(update: ProgressUpdate) -> None:
+    return None
+
+
+async def test_http_input_runs_an_operation(
+    ffmpeg_tools: FfmpegTools, server: Server, clip: Path, tmp_path: Path
+) -> None:
+    for path in ("/clip.mp4", "/chunked.mp4", "/flaky.mp4", "/redirect-ok"):
+        scratch = tmp_path / path.strip("/")
+        scratch.mkdir()
+        spec = JobSpec(job_id="h1", input=server.url(path), operation=Probe())
+        ctx = JobContext(
+            spec=spec, attempt=1, scratch=scratch, tools=ffmpeg_tools,
+            verified_encoders=frozenset(), hwaccels=frozenset(), threads=1, allowed_roots=[],
+            progress=_no_progress, control=RunControl(), media=MediaAccess(limits=_media()),
+        )  # fmt: skip
+        result = await run_operation(ctx)
+        assert result.probe is not None and result.probe.duration_s
+        downloaded = next(scratch.glob("input*"))
+        assert await asyncio.to_thread(downloaded.read_bytes) == server.body
+        assert result.input_size_bytes == len(server.body)
+    assert server.hits["/flaky.mp4"] == 3
+
+
+@pytest.mark.parametrize(
+    ("path", "error", "needle"),
+    [
+        ("/redirect-evil", PathRefused, "allow-list"),
+        ("/redirect-ip", PathRefused, "allow-list"),
+        ("/redirect-file", PathRefused, "scheme"),
+        ("/huge", InputError, "over the cap"),
+        ("/liar", InputError, "over the cap"),
+        ("/missing", InputError, "HTTP 404"),
+        ("/gzip", InputError, "encoded"),
+    ],
+)
+async def test_refused_downloads_are_permanent(
+    server: Server, tmp_path: Path, path: str, error: type[JobError], needle: str
+) -> None:
+    dest = tmp_path / "in.mp4"
+    with pytest.raises(error) as info:
+        await fetch_http(server.url(path), dest, _media())
+    assert info.value.kind == "permanent" and needle in info.value.reason
+    assert not dest.exists()
+    assert server.hits.get(path) == 1  # permanent: not retried
+
+
+@pytest.mark.parametrize("path", ["/always500", "/stall", "/short"])
+async def test_failing_server_is_retried_then_transient(
+    server: Server, tmp_path: Path, path: str
+) -> None:
+    dest = tmp_path / "in.mp4"
+    with pytest.raises(JobError) as info:
+        async with asyncio.timeout(30):
+            await fetch_http(server.url(path), dest, _media())
+    assert info.value.kind == "transient" and "after 3 tries" in info.value.reason
+    assert server.hits[path] == 3 and not dest.exists()
+
+
+async def test_host_policy(server: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "in.mp4"
+    cases = [
+        (_media(http_hosts=[]), server.url("/clip.mp4"), "disabled"),
+        (_media(http_allow_private=False), server.url("/clip.mp4"), "non-public"),
+        (_media(), server.url("/clip.mp4").replace("127.0.0.1", "localhost"), "allow-list"),
+        (_media(), server.url("/clip.mp4").replace("http://", "http://u:p@"), "credentials"),
+        (_media(), f"ftp://127.0.0.1:{server.port}/clip.mp4", "scheme"),
+        (_media(), server.url("/cl ip.mp4\r\nX-Evil: 1"), "whitespace"),
+        (_media(), server.url("/clïp.mp4"), "ASCII"),
+    ]
+    for media, url, needle in cases:
+        with pytest.raises(PathRefused, match=needle):
+            await fetch_http(url, dest, media)
+    assert server.hits == {}  # nothing was even requested
+
+
+async def test_redirect_loop_is_bounded(server: Server, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="more than 2 redirects"):
+        await fetch_http(server.url("/loop"), tmp_path / "in.mp4", _media(http_max_redirects=2))
+    assert server.hits["/loop"] == 3
