@@ -21,12 +21,14 @@ from nats.aio.msg import Msg
 from control.topology import TopologySettings
 from daemon.config import DaemonConfig, load_daemon_config
 from daemon.control_listener import ControlListener
+from daemon.diskguard import DiskGuard
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.jobdeps import JobDeps
 from daemon.jobrun import run_job
 from daemon.metrics import Metrics
+from daemon.probe.capacity import served_capacity
 from daemon.puller import PoolPuller, PullerSet
 from daemon.reporter import Reporter, new_event_id
 from daemon.requirements import NodeView
@@ -68,6 +70,7 @@ class Daemon:
         self._backend: Backend | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self.disk = DiskGuard(cfg.work_dir, self._disk_limits)
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -100,6 +103,7 @@ class Daemon:
             b.run_operation,
             self._job_finished,
             self.health,
+            lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
         )
         sources = HeartbeatSources(
             self.slots,
@@ -109,11 +113,13 @@ class Daemon:
             b.gpu_loads,
             lambda: sorted(self.node.withdrawn_encoders),
             str(cfg.work_dir),
-            cfg.disk_low_watermark_mb << 20,
+            lambda: self.disk.low,
         )
         self.advertiser = Advertiser(
             b.js, self.subjects, reporter, b.caps, sources, cfg.heartbeat_interval
         )
+        if await self.disk.check():  # a node that starts with a full disk never pulls
+            await self._disk_changed()
         self.control = ControlListener(b.nc, self.subjects, cfg.node_id, self)
         await self.control.start()
         b.outbox.start()
@@ -126,6 +132,7 @@ class Daemon:
         self._watch("gauges", gauges(self.metrics, self.slots, b))
         self._watch("encoder-health", self.health.run(b.reverify))
         self._watch("prune", prune(b, cfg.journal_retention_days))
+        self._watch("disk", self.disk.run(cfg.disk_check_interval, self._disk_changed))
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         await self._start_pullers()
@@ -134,9 +141,9 @@ class Daemon:
 
     def _apply_pools(self, cfg: DaemonConfig) -> None:
         caps = self.backend.caps
-        pools = [p for p in (cfg.pools or caps.pools) if p in caps.pools or cfg.slots.get(p)]
-        capacity = {p: cfg.slots.get(p, caps.slots.get(p, 0)) for p in pools}
-        self.node.pools, self.node.labels = pools, dict(cfg.labels)
+        wanted = cfg.pools or caps.pools
+        capacity = served_capacity(wanted, caps.slots, cfg.slots, cfg.pool_classes)
+        self.node.pools, self.node.labels = list(capacity), dict(cfg.labels)
         self.slots.resize(capacity)
 
     def _bg(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -165,7 +172,21 @@ class Daemon:
         )  # fmt: skip
 
     async def _start_pullers(self) -> None:
+        if self.disk.low:  # nothing new until space returns; running jobs go on
+            await self.pullers.stop()
+            return
         await self.pullers.sync({p: self.slots.capacity(p) for p in self.node.pools})
+
+    def _disk_limits(self) -> tuple[int, float]:
+        return self.cfg.disk_low_watermark_mb << 20, self.cfg.disk_low_watermark_percent
+
+    async def _disk_changed(self) -> None:
+        """The disk guard's verdict flipped (or start-up): pullers, gauge, event, status."""
+        self.metrics.disk_low.set(1 if self.disk.low else 0)
+        await self._state_event(reason=self.disk.reason or "disk space back over the watermark")
+        if not self._draining and self.pullers.started:
+            await self._start_pullers()
+        self.notifier.status(self._status())
 
     def _spawn(self, msg: Msg, pool: str, priority: str) -> None:
         task = asyncio.create_task(self._job(msg, pool, priority), name=f"job-{msg.subject}")
@@ -247,6 +268,8 @@ class Daemon:
             )
             self.cfg = self.deps.cfg = new
             self._apply_pools(new)
+            if await self.disk.check():  # the watermark may have moved
+                await self._disk_changed()
             caps = msgspec.structs.replace(
                 self.advertiser.caps, labels=dict(new.labels), pools=list(self.node.pools),
                 slots={p: self.slots.capacity(p) for p in self.slots.pools},
@@ -292,7 +315,8 @@ class Daemon:
     # -- status -------------------------------------------------------------------------
     def _status(self) -> str:
         free = ", ".join(f"{p}={n}" for p, n in self.slots.free_all().items())
-        return f"{self.state}: {len(self.running)} running; free {free}"
+        held = f"; not pulling: {self.disk.reason}" if self.disk.low else ""
+        return f"{self.state}: {len(self.running)} running; free {free}{held}"
 
 
 async def serve(config_path: Path | str | None) -> int:

@@ -37,7 +37,8 @@ class HeartbeatSources:
     gpu_loads: Callable[[], Awaitable[list[GpuLoad]]]
     withdrawn: Callable[[], list[str]]
     work_dir: str
-    disk_low_bytes: int
+    #: The disk guard's verdict: under the watermark, so not pulling.
+    disk_low: Callable[[], bool]
 
 
 def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) -> Heartbeat:
@@ -54,7 +55,7 @@ def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) ->
         cpu_percent=min(100.0, psutil.cpu_percent(interval=None)),
         memory_percent=psutil.virtual_memory().percent,
         disk_free_bytes=disk_free,
-        disk_low=disk_free < src.disk_low_bytes,
+        disk_low=src.disk_low(),
         slots={p: src.slots.capacity(p) for p in src.slots.pools},
         free_slots=src.slots.free_all(),
         running_jobs=src.running.ids(),

@@ -50,6 +50,8 @@ class JobDeps:
     run_operation: OperationRunner
     on_finished: Callable[[str, str, float, JobResult | None], None] = lambda *_: None
     encoder_health: EncoderHealthTracker | None = None
+    #: Told the pool of a job that just passed its soft timeout (a metric).
+    on_slow: Callable[[str], None] = lambda _: None
 
 
 def base_fields(deps: JobDeps, job_id: str, attempt: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ event has been PubAck'd. While the job runs, `+WPI` goes out every ack_wait/4 so
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shutil
 import time
@@ -16,9 +15,9 @@ import uuid
 
 from nats.aio.msg import Msg
 
-from daemon.config import DaemonConfig
 from daemon.jobdeps import HARD_TIMEOUT, Attempt, JobDeps, base_fields
 from daemon.jobend import finish
+from daemon.jobwatch import WatchHooks, progress_event, watch_job
 from daemon.requirements import unmet_requirement
 from daemon.retry import backoff
 from daemon.running import RunningJob, RunningJobs
@@ -84,24 +83,28 @@ async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) ->
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
     handle = RunningJob(job_id=job_id, pool=spec.pool)
     deps.running.add(handle)
-    keepalive = asyncio.create_task(_keepalive(msg, handle, cfg), name=f"wpi-{job_id}")
+    watcher = watch_job(
+        handle, _watch(msg, spec, attempt, handle, deps), ack_wait=cfg.ack_wait,
+        pause_limit=cfg.pause_limit, soft_s=spec.timeouts.soft_seconds,
+    )  # fmt: skip
+    keepalive = asyncio.create_task(watcher, name=f"watch-{job_id}")
     started_wall = time.monotonic()
     try:
         att = Attempt(spec, attempt, scratch, handle, frozenset(deps.node.withdrawn_encoders))
-        started = False
 
         async def on_command(encoder: str | None, argv: list[str]) -> None:
             # `started` names the encoder and command, so it waits for the first ffmpeg run.
-            nonlocal started
-            if not started:
-                started = True
+            if not handle.started:
+                handle.started = True
                 event = Started(**base_fields(deps, job_id, attempt), encoder=encoder,
                                 command=argv)  # fmt: skip
                 await deps.reporter.record(job_id, "running", event)
+                if handle.slow:  # the soft timeout passed before the first ffmpeg run
+                    await _report_slow(spec, attempt, handle, deps)
 
         att.on_command = on_command
         result, error = await _execute(att, deps)
-        if not started:  # an operation that ran no ffmpeg (or failed before it)
+        if not handle.started:  # an operation that ran no ffmpeg (or failed before it)
             await on_command(None, [])
         if deps.encoder_health is not None:
             used = result.encoder if result is not None else None
@@ -122,13 +125,10 @@ async def _execute(att: Attempt, deps: JobDeps) -> tuple[JobResult | None, BaseE
     att.handle.op_task = op
     t = att.spec.timeouts
     # The runner enforces the hard timeout itself (paused time excluded, see RunControl); this
-    # is the backstop for an operation that ignores it, so it allows for a maximal pause.
+    # is the backstop for an operation that ignores it, so it allows for a maximal pause. The
+    # soft timeout is the watcher's (daemon.jobwatch): it only reports.
     hard = t.hard_seconds + deps.cfg.pause_limit + 30.0
-    soft = t.soft_seconds if t.soft_seconds is not None else hard
-    done, _ = await asyncio.wait({op}, timeout=soft)
-    if not done and t.soft_seconds is not None:
-        log.warning("past its soft timeout (%.0fs)", soft, extra={"job_id": att.spec.job_id})
-        done, _ = await asyncio.wait({op}, timeout=hard - soft)
+    done, _ = await asyncio.wait({op}, timeout=hard)
     if not done:
         att.handle.stop_reason = HARD_TIMEOUT
         RunningJobs._interrupt(att.handle)
@@ -140,17 +140,21 @@ async def _execute(att: Attempt, deps: JobDeps) -> tuple[JobResult | None, BaseE
     return (None, exc) if exc is not None else (op.result(), None)
 
 
-async def _keepalive(msg: Msg, handle: RunningJob, cfg: DaemonConfig) -> None:
-    """`+WPI` every ack_wait/4, also while paused up to pause_limit; errors wait for reconnect."""
-    interval = max(0.2, cfg.ack_wait / 4)
-    while True:
-        await asyncio.sleep(interval)
-        paused = handle.paused_since
-        if paused is not None and time.monotonic() - paused > cfg.pause_limit:
-            log.warning(
-                "paused past pause_limit: letting JetStream redeliver",
-                extra={"job_id": handle.job_id},
-            )
-            return
-        with contextlib.suppress(Exception):
-            await msg.in_progress()
+async def _report_slow(spec: JobSpec, attempt: int, handle: RunningJob, deps: JobDeps) -> None:
+    # The latest progress again, now flagged: a bare event would blank the job's progress.
+    update = handle.last_progress
+    event = progress_event(deps.cfg.node_id, spec.job_id, attempt, handle, update)
+    await deps.reporter.record(None, None, event)
+
+
+def _watch(msg: Msg, spec: JobSpec, attempt: int, handle: RunningJob, deps: JobDeps) -> WatchHooks:
+    async def slow() -> None:
+        deps.on_slow(spec.pool)
+        if handle.started:  # else `started` reports it, in order
+            await _report_slow(spec, attempt, handle, deps)
+
+    return WatchHooks(
+        in_progress=msg.in_progress,
+        resume=lambda: deps.running.pause(spec.job_id, False),
+        slow=slow,
+    )

@@ -22,6 +22,15 @@ class Metrics:
         self.jobs_total = Counter(
             "flotilla_jobs_total", "Jobs finished by outcome", ["outcome", "pool"], registry=r
         )
+        self.soft_timeouts = Counter(
+            "flotilla_job_soft_timeouts_total",
+            "Jobs that ran past their soft timeout",
+            ["pool"],
+            registry=r,
+        )
+        self.disk_low = Gauge(
+            "flotilla_disk_low", "1 while free disk is under the watermark (no pulling)", registry=r
+        )
         self.jobs_running = Gauge("flotilla_jobs_running", "Jobs running now", registry=r)
         self.slots_free = Gauge("flotilla_slots_free", "Free slots", ["pool"], registry=r)
         self.job_duration = Histogram(

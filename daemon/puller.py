@@ -3,9 +3,10 @@
 Priority design: JetStream has no per-message priority, so each (pool, priority) pair has its own
 durable consumer (`jobs-<pool>-<priority>`). Every sweep asks `high` first, then `normal`, then
 `low`, each for at most the free slots left; a message that arrives is handed to its job task and
-the sweep restarts at `high`. The higher tiers use a short long-poll (`tier_timeout`), the last
-tier the normal `fetch_timeout`, so whenever jobs of several priorities are waiting, the highest
-is fetched first; a high job that arrives while the node idles on `low` waits at most
+the sweep restarts at `high`. The higher tiers use a short long-poll (`tier_timeout`), skipped
+when a consumer-info peek shows the tier empty (else every job would wait it out); the last tier
+the normal `fetch_timeout`. So whenever jobs of several priorities are waiting, the highest is
+fetched first; a job of a higher tier that arrives while the node idles on `low` waits at most
 `fetch_timeout`. A full pool fetches nothing: it waits on the slot counter instead.
 """
 
@@ -103,6 +104,8 @@ class PoolPuller:
         for i, prio in enumerate(PRIORITIES):
             if self.stopping.is_set():
                 return
+            if i < last and not await self._may_hold_jobs(prio):
+                continue
             k = self.slots.reserve(self.pool)
             if k == 0:
                 return
@@ -121,6 +124,14 @@ class PoolPuller:
             if msgs:
                 return
 
+    async def _may_hold_jobs(self, prio: str) -> bool:
+        """A peek (one consumer-info request, about a millisecond) that spares an empty higher
+        tier its `tier_timeout` long-poll, which every job would otherwise wait out. Delivered
+        but unacked messages count as "maybe": a nak'd job waiting for redelivery is one."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        return bool(info.num_pending or info.num_ack_pending)
+
 
 class PullerSet:
     """One puller task per served pool; `sync` follows reloads, `stop` ends them gracefully."""
@@ -128,9 +139,12 @@ class PullerSet:
     def __init__(self, make: Callable[[str], PoolPuller], fetch_timeout: float) -> None:
         self._make, self._fetch_timeout = make, fetch_timeout
         self._running: dict[str, tuple[PoolPuller, asyncio.Task[None]]] = {}
+        #: Set by the first `sync`: whoever reacts to a change before start-up leaves it alone.
+        self.started = False
 
     async def sync(self, pools: dict[str, int]) -> None:
         """Start pullers for pools with slots; stop those for pools no longer served."""
+        self.started = True
         gone = [p for p in self._running if pools.get(p, 0) == 0]
         await self._stop(gone)
         for pool, capacity in pools.items():
@@ -140,6 +154,11 @@ class PullerSet:
                     puller,
                     asyncio.create_task(puller.run(), name=f"pull-{pool}"),
                 )
+
+    @property
+    def pools(self) -> list[str]:
+        """The pools being pulled now."""
+        return sorted(self._running)
 
     async def stop(self) -> None:
         await self._stop(list(self._running))

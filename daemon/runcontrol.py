@@ -4,7 +4,7 @@ An operation may run several ffmpeg processes in sequence (two passes, a probe, 
 whichever runs now is attached here, so a request always reaches the current one. Signals go to
 the process group (ffmpeg starts in its own session), so ffmpeg and any helper it spawned get them,
 and nothing else. Paused time does not count against the hard timeout: an operator who pauses a
-job did not ask for it to time out (the pull loop bounds pauses with its own `pause_limit`).
+job did not ask for it to time out (the job's watcher resumes a pause past `pause_limit`).
 """
 
 from __future__ import annotations

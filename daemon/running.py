@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from daemon.progress import ProgressUpdate
 
 
 class RunControlPort(Protocol):
@@ -28,7 +31,32 @@ class RunningJob:
     stop_reason: str | None = None
     cancel_requested: bool = False
     paused_since: float | None = None
+    #: Seconds spent in earlier, finished pauses: paused time counts toward no timeout.
+    paused_total: float = 0.0
+    #: Past its soft timeout: every progress event says so from then on.
+    slow: bool = False
+    #: The `started` event is recorded: a slow report before it waits for it (events in order).
+    started: bool = False
+    #: The latest progress, repeated by the slow report (a bare one would blank the job's).
+    last_progress: ProgressUpdate | None = None
     started_at: float = field(default_factory=time.monotonic)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+
+    def active_seconds(self, now: float) -> float:
+        """Wall time since start, paused time excluded."""
+        paused = self.paused_total + (0.0 if self.paused_since is None else now - self.paused_since)
+        return now - self.started_at - paused
+
+    def notify(self) -> None:
+        """Wake the job's watcher (a pause or resume changes its next deadline)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, within: float) -> None:
+        """Sleep up to `within` seconds, less if `notify` is called meanwhile."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, within))
 
 
 class RunningJobs:
@@ -72,10 +100,14 @@ class RunningJobs:
             return False
         if paused:
             job.control.pause()
-            job.paused_since = time.monotonic()
+            if job.paused_since is None:
+                job.paused_since = time.monotonic()
         else:
             job.control.resume()
+            if job.paused_since is not None:
+                job.paused_total += time.monotonic() - job.paused_since
             job.paused_since = None
+        job.notify()
         return True
 
     @staticmethod

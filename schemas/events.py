@@ -55,6 +55,8 @@ class Progress(_JobEvent, kw_only=True, tag="progress"):
     out_time_s: NonNegFloat | None = None
     frame: NonNegInt | None = None
     paused: bool = False
+    #: The job has run past its soft timeout (paused time excluded): it goes on, reported as slow.
+    slow: bool = False
 
 
 class OutputWritten(_JobEvent, kw_only=True, tag="output"):

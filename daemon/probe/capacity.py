@@ -8,6 +8,11 @@
 A pool whose encoders passed their test encode always gets at least one slot (the test proved one
 session works even where NVML could not say more). `cfg.slots` overrides any measured value; a
 pool overridden to 0 is not served.
+
+A custom pool (any other name in `cfg.pools`, e.g. `batch`) belongs to a capability class, `cpu`
+unless `cfg.pool_classes` names another: it is served when that class is, and measured like it.
+Its slots are its own (as every pool's are), so a node serving `cpu` and `batch` runs both at once;
+give `slots` overrides where that would overcommit the cores.
 """
 
 from __future__ import annotations
@@ -40,13 +45,26 @@ def nvenc_slots(gpus: Sequence[GpuInfo], gpu_memory_per_job_mb: int) -> int:
     return sum(gpu_slots(gpu, gpu_memory_per_job_mb) for gpu in gpus)
 
 
-def pools_served(verified: Iterable[str], wanted: Sequence[str] = ()) -> list[str]:
-    """cpu when libx264 works; a hardware pool when any of its encoders works; then `wanted`."""
+def pool_class(pool: str, classes: Mapping[str, str] = {}) -> str:
+    """The capability class a pool's jobs need: the pool itself for the built-in ones."""
+    return pool if pool in POOLS else classes.get(pool, "cpu")
+
+
+def pools_served(
+    verified: Iterable[str],
+    wanted: Sequence[str] = (),
+    classes: Mapping[str, str] = {},
+) -> list[str]:
+    """cpu when libx264 works; a hardware pool when any of its encoders works; then `wanted`
+    (built-in pools in their order, then custom pools whose class is served, in config order)."""
     names = set(verified)
     have = {"cpu"} if "libx264" in names else set()
     have |= {pool for pool in POOLS[1:] if any(n.endswith(f"_{pool}") for n in names)}
     ordered = [pool for pool in POOLS if pool in have]
-    return [pool for pool in ordered if pool in wanted] if wanted else ordered
+    if not wanted:
+        return ordered
+    custom = [p for p in wanted if p not in POOLS and pool_class(p, classes) in have]
+    return [pool for pool in ordered if pool in wanted] + list(dict.fromkeys(custom))
 
 
 def measured_slots(
@@ -57,7 +75,9 @@ def measured_slots(
     gpus: Sequence[GpuInfo],
     gpu_memory_per_job_mb: int,
     render_nodes: Mapping[str, int],
+    classes: Mapping[str, str] = {},
 ) -> int:
+    pool = pool_class(pool, classes)
     if pool == "cpu":
         return cpu_slots(logical_cores, threads_per_job)
     if pool == "nvenc":
@@ -74,6 +94,7 @@ def plan_slots(
     gpus: Sequence[GpuInfo],
     gpu_memory_per_job_mb: int,
     render_nodes: Mapping[str, int],
+    classes: Mapping[str, str] = {},
 ) -> dict[str, int]:
     """Slots for each served pool (overrides first); pools left with 0 slots are omitted."""
     slots = {
@@ -86,7 +107,28 @@ def plan_slots(
             gpus=gpus,
             gpu_memory_per_job_mb=gpu_memory_per_job_mb,
             render_nodes=render_nodes,
+            classes=classes,
         )
         for pool in pools
     }
     return {pool: n for pool, n in slots.items() if n > 0}
+
+
+def served_capacity(
+    wanted: Sequence[str],
+    probed: Mapping[str, int],
+    overrides: Mapping[str, int],
+    classes: Mapping[str, str] = {},
+) -> dict[str, int]:
+    """Slots per pool to serve, at start or on reload: the override, else the probe's figure,
+    else (a custom pool named since the probe) the figure of a probed pool of its class; a pool
+    of a class the probe did not size needs an override or a restart. Pools at 0 are omitted."""
+    out: dict[str, int] = {}
+    for pool in wanted:
+        cls = pool_class(pool, classes)
+        same = (n for p, n in probed.items() if pool_class(p, classes) == cls)
+        fallback = 0 if pool in POOLS else max(same, default=0)
+        n = overrides.get(pool, probed.get(pool, fallback))
+        if n > 0:
+            out[pool] = n
+    return out

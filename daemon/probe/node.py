@@ -38,7 +38,7 @@ async def probe_node(
     todo = plan(info.encoders, gpus, nodes, verify_hw=cfg.verify_hw_encoders)
     verified, failed = await verify_encoders(ffmpeg, todo.test)
     verified += todo.accept
-    pools = pools_served(verified, cfg.pools)
+    pools = pools_served(verified, cfg.pools, cfg.pool_classes)
     slots = plan_slots(
         pools,
         cfg.slots,
@@ -47,6 +47,7 @@ async def probe_node(
         gpus=gpus,
         gpu_memory_per_job_mb=cfg.gpu_memory_per_job_mb,
         render_nodes={family: len(nodes_for(nodes, family)) for family in ("qsv", "vaapi")},
+        classes=cfg.pool_classes,
     )
     return NodeCapabilities(
         node_id=cfg.node_id,
