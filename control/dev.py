@@ -30,9 +30,12 @@ class DevFleet:
     nodes: int = 2
     roots: list[Path] = field(default_factory=list)
     prefix: str = "flotilla"
+    #: JetStream ack wait (consumers and daemons): how soon a crashed node's jobs are redelivered.
+    ack_wait: float = 60.0
     stack: EmbeddedStack = field(init=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -52,7 +55,8 @@ class DevFleet:
             await self.stack.postgres.create_database(DB_NAME)
         nc = await connect(NatsSettings(url=self.nats_url), name="flotilla-dev", reconnect=False)
         try:
-            await ensure_topology(nc.jetstream(), Subjects(self.prefix), TopologySettings())
+            topology = TopologySettings(ack_wait=self.ack_wait)
+            await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
         finally:
             await nc.close()
         ports = free_ports(self.nodes + 1)
@@ -69,6 +73,7 @@ class DevFleet:
         return (
             f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
             f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+            f"[topology]\nack_wait = {self.ack_wait}\n"
         )
 
     def _daemon_toml(self, node: str, port: int) -> str:
@@ -77,18 +82,40 @@ class DevFleet:
         return (
             f'node_id = "{node}"\nstate_dir = "{self.data_dir / "nodes" / node}"\n'
             f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
+            f"ack_wait = {self.ack_wait}\n"
             f'heartbeat_interval = 2.0\n[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
         )
 
     async def _spawn(self, name: str, command: list[str], config: str) -> None:
         conf = self.data_dir / f"{name}.toml"
         conf.write_text(config)
+        self.argv[name] = [sys.executable, "-m", "control", *command, "--config", str(conf)]
+        await self._launch(name)
+
+    async def _launch(self, name: str) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
-        argv = [sys.executable, "-m", "control", *command, "--config", str(conf)]
         self.procs[name] = await asyncio.create_subprocess_exec(
-            *argv, stdout=log, stderr=log, start_new_session=True
+            *self.argv[name], stdout=log, stderr=log, start_new_session=True
         )
         log.close()
+
+    async def restart_node(self, name: str, *, crash: bool = False, grace: float = 60.0) -> None:
+        """What an upgrade's `systemctl restart` does to one daemon: SIGTERM (it drains), wait,
+        then SIGKILL what is left of its process group, as KillMode=mixed would; start it again
+        with the same config and state. `crash=True` SIGKILLs the whole group at once instead."""
+        proc = self.procs[name]
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                if crash:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+        with contextlib.suppress(ProcessLookupError):  # ffmpeg children, or a hung daemon
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await self._launch(name)
 
     async def stop(self, grace: float = 30.0) -> None:
         """SIGTERM every service (daemons drain), SIGKILL what outlives `grace`, then servers."""
