@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.js import JetStreamContext
-from nats.js.errors import NoKeysError, NotFoundError
+from nats.js.errors import NotFoundError
 
 from schemas.common import PRIORITIES
 from schemas.nodes import NodeRecord
@@ -23,15 +23,11 @@ async def read_nodes(
     """Every node record, with `heartbeat.state` forced to offline when it is stale."""
     now = time.time() if now is None else now
     kv = await js.key_value(subjects.nodes_bucket)
-    try:
-        keys = await kv.keys()
-    except NoKeysError:
-        return []
     out: list[NodeRecord] = []
-    for key in keys[:MAX_NODES]:
+    for key in (await node_keys(js, subjects))[:MAX_NODES]:
         try:
             entry = await kv.get(key)
-        except NotFoundError:  # expired between keys() and get()
+        except NotFoundError:  # deleted, or expired between listing and get()
             continue
         if not entry.value:
             continue
@@ -42,6 +38,18 @@ async def read_nodes(
             )
         out.append(rec)
     return sorted(out, key=lambda r: r.capabilities.node_id)
+
+
+async def node_keys(js: JetStreamContext, subjects: Subjects) -> list[str]:
+    """The bucket's keys from the stream's subject list, in one request.
+
+    Not `kv.keys()`: its watcher can end early while nodes write heartbeats, and then the whole
+    fleet reads as empty (seen 3 times in 300 calls with 3 writers).
+    """
+    bucket = subjects.nodes_bucket
+    head = f"$KV.{bucket}."
+    info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{head}>")
+    return sorted(s[len(head) :] for s in (info.state.subjects or {}))
 
 
 @dataclass(frozen=True, slots=True)
