@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client as NATS
@@ -169,11 +169,26 @@ class AlertEngine:
         self.t = thresholds
         self._sink = sink
         self._tracks: dict[tuple[str, str], _Track] = {}
+        #: Only the leader instance evaluates (control/leader.py); others would fire twice.
+        self.active = True
+
+    def lead(self, firing: Iterable[Alert]) -> None:
+        """Start evaluating, owning the alerts a previous leader left firing (so they resolve)."""
+        h = self.t.hysteresis
+        self._tracks = {(a.rule, a.subject): _Track(hits=h, alert=a) for a in firing}
+        self.active = True
+
+    def follow(self) -> None:
+        """Stop evaluating and forget: the leader fires and resolves from now on."""
+        self._tracks = {}
+        self.active = False
 
     def firing(self) -> list[Alert]:
         return [tr.alert for tr in self._tracks.values() if tr.alert is not None]
 
     async def evaluate(self, snap: Snapshot, now: float | None = None) -> list[Alert]:
+        if not self.active:
+            return []
         now = time.time() if now is None else now
         changed: list[Alert] = []
         seen: set[tuple[str, str]] = set()

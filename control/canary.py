@@ -41,6 +41,11 @@ class CanaryRunner:
     #: pool -> last submit-to-completed latency in seconds
     latency: dict[str, float] = field(default_factory=dict)
 
+    def reset(self) -> None:
+        """Forget canaries in flight: a new leader term starts from scratch."""
+        self.pending.clear()
+        self.failed.clear()
+
     def failed_pools(self) -> tuple[str, ...]:
         return tuple(sorted(self.failed))
 

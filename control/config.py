@@ -17,39 +17,71 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 
 
 class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Seconds without a heartbeat after which a node counts as offline.
     node_offline_after: Positive = 30.0
+    #: Alert `queue_depth` when more jobs than this wait in one pool.
     queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 100
+    #: Alert `oldest_wait` when a pool's oldest waiting job is older than this.
     oldest_wait_seconds: Positive = 600.0
+    #: Alert `failure_rate` when this fraction of jobs finished in the window failed.
     failure_rate: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.2
+    #: No `failure_rate` alert with fewer finished jobs than this in the window.
     failure_rate_min_jobs: Annotated[int, msgspec.Meta(ge=1)] = 10
+    #: Seconds of finished jobs the failure rate looks at.
     failure_rate_window: Positive = 900.0
+    #: Alert `node_disk` when a node's work disk is fuller than this.
     disk_percent: Annotated[float, msgspec.Meta(gt=0, le=100)] = 90.0
+    #: Alert `node_memory` when a node's memory use is above this.
     memory_percent: Annotated[float, msgspec.Meta(gt=0, le=100)] = 95.0
+    #: Alert `gpu_temperature` when a GPU is hotter than this (°C).
     gpu_temperature_c: Positive = 85.0
+    #: Alert `stuck_job` when a running job sent no progress for this long.
     stuck_job_seconds: Positive = 900.0
+    #: Alert `ingest_lag` when event ingest is this many seconds behind.
     ingest_lag_seconds: Positive = 60.0
     #: A condition must hold (or clear) for this many evaluations before firing (or resolving).
     hysteresis: Annotated[int, msgspec.Meta(ge=1)] = 2
 
 
 class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: How to reach NATS (same keys as the daemon's `[nats]`).
     nats: NatsSettings = msgspec.field(default_factory=NatsSettings)
+    #: Postgres DSN; migrations run at start-up.
     database_url: str = "postgresql://flotilla@127.0.0.1:5432/flotilla"
+    #: JetStream streams, consumers and node bucket (`flotilla nats init` applies them).
     topology: TopologySettings = msgspec.field(default_factory=TopologySettings)
+    #: Events fetched and folded into Postgres per transaction, at most.
     ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
+    #: Seconds one ingest fetch waits for events.
     ingest_fetch_timeout: Positive = 1.0
+    #: Job events older than this are deleted from Postgres (job rows stay).
     event_retention_days: Positive = 30.0
+    #: Seconds between retention runs.
     prune_interval: Positive = 3600.0
+    #: Rows deleted per retention transaction.
     prune_batch: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    #: Port of /metrics, /healthz and /readyz; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
+    #: Address the metrics server binds.
     metrics_host: str = "127.0.0.1"
+    #: Not read yet: the fleet snapshot (metrics) refreshes every `alert_interval`.
     snapshot_interval: Positive = 5.0
+    #: Seconds between fleet snapshots: metrics refresh and alert rules run.
     alert_interval: Positive = 10.0
+    #: Alert thresholds of the built-in rule engine.
     alerts: AlertThresholds = msgspec.field(default_factory=AlertThresholds)
+    #: Seconds between canary jobs, one per pool with online nodes.
     canary_interval: Positive = 60.0
+    #: A canary that fails or is not done within this many seconds fires `canary_failed`.
     canary_timeout: Positive = 60.0
+    #: Seconds a leader lease lasts unrenewed; one instance (the leader) runs alerts, canaries and
+    #: retention, and another takes over within about this long after it dies.
+    leader_lease_ttl: Annotated[float, msgspec.Meta(ge=1)] = 15.0
+    #: This instance's name in the leader lease; empty: host name and process id.
+    instance_id: str = ""
     #: API keys are required on every API request when true.
     require_api_keys: bool = False
+    #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None
 
 

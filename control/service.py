@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,34 +25,24 @@ from control.db.migrate import migrate
 from control.deadletter import DeadLetters
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
+from control.leader import LeaderLease
 from control.metrics import Metrics
 from control.nodes import NodeTracker
-from control.retention import run_pruner
+from control.reload import apply as apply_config
+from control.reload import on_sighup
+from control.singletons import Singletons
 from control.snapshot import finished_since, nats_snapshot, with_db
+from control.supervise import Supervisor
 from control.topology import ensure_topology
 from control.watcher import Watcher
 from control.webhooks import WebhookSender
 from daemon.natsconn import connect
+from daemon.sdnotify import Notifier, watchdog_task
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.control")
-MAX_BACKOFF = 30.0
-
-
-async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Run `run` until stop; a crash is logged and restarted with back-off, never fatal."""
-    delay = 0.5
-    while not stop.is_set():
-        try:
-            await run()
-            delay = 0.5
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("%s crashed; restarting in %.1fs", name, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-        delay = min(delay * 2, MAX_BACKOFF)
+#: Crashes in a row after which ingest counts as unhealthy (about 15 s of back-off).
+INGEST_CRASH_LIMIT = 5
 
 
 class ControlPlane:
@@ -68,6 +60,10 @@ class ControlPlane:
         self.http: HttpServer | None = None
         self.metrics_port = 0
         self._ingest: Ingestor | None = None
+        self.supervisor = Supervisor()
+        self.lease: LeaderLease | None = None
+        self.singletons: Singletons | None = None
+        self._live: tuple[AlertEngine, Watcher, CanaryRunner] | None = None
 
     async def start(self) -> None:
         cfg, subjects = self.cfg, self.subjects
@@ -124,6 +120,7 @@ class ControlPlane:
 
         engine = AlertEngine(th, fan_out(nats_sink(nc, subjects), db_sink(db)))
         watcher = Watcher(source, engine, self.metrics, cfg.alert_interval)
+        self._live = (engine, watcher, canary)
         self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, lambda: nc.is_connected)
         self.metrics_port = await self.http.start()
         stop = self.stop_event
@@ -132,47 +129,90 @@ class ControlPlane:
             "nodes": nodes.run,
             "watcher": lambda: watcher.run(stop),
             "webhooks": lambda: WebhookSender(db).run(stop),
-            "canary": lambda: canary.run(stop),
+            # A shared durable hands each advisory to one instance: safe on all of them.
             "dead-letters": dead_letters.run,
-            "retention": lambda: run_pruner(
-                db, cfg.event_retention_days, cfg.prune_batch, cfg.prune_interval, stop
-            ),
         }
+        # Only the lease holder runs these, or two instances would act twice.
+        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor)
+        instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        lease = self.lease = LeaderLease(
+            js, f"{subjects.prefix}_leader", instance, cfg.leader_lease_ttl,
+            replicas=cfg.topology.replicas,
+        )  # fmt: skip
+        runs["leader"] = lambda: lease.run(stop, singletons.on_change)
         self._ingest = ingest
         for name, run in runs.items():
-            self.tasks[name] = asyncio.create_task(supervise(name, run, stop), name=name)
+            supervised = self.supervisor.supervise(name, run, stop)
+            self.tasks[name] = asyncio.create_task(supervised, name=name)
+
+    def healthy(self) -> bool:
+        """For the systemd watchdog: ingest is running, not crash-looping, and NATS not closed
+        for good (a broker outage is not unhealthy: reconnecting is all a restart would do)."""
+        task = self.tasks.get("ingest")
+        alive = task is not None and not task.done()
+        closed = self.nc is None or self.nc.is_closed
+        return alive and not closed and self.supervisor.crashes["ingest"] < INGEST_CRASH_LIMIT
+
+    def reload(self, new: ControlConfig) -> list[str]:
+        """Apply thresholds and intervals live; return the changed keys that need a restart."""
+        old, self.cfg = self.cfg, new
+        return [] if self._live is None else apply_config(self._live, old, new)
 
     async def stop(self) -> None:
         self.stop_event.set()
         if self._ingest is not None:
             self._ingest.stop()
+        leader = self.tasks.pop("leader", None)
+        if leader is not None:
+            # Let it end the term and delete the lease, so a follower takes over at once.
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(leader, 10)
         for task in self.tasks.values():
             task.cancel()
         for task in self.tasks.values():
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks.clear()
+        # Each part closes even when another fails (e.g. a connection that is already gone).
+        closers: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if self.api is not None:
-            await self.api.stop()
+            closers.append(("api", self.api.stop))
         if self.http is not None:
-            await self.http.stop()
+            closers.append(("http", self.http.stop))
         if self.nc is not None:
-            await self.nc.close()
+            closers.append(("nats", self.nc.close))
         if self.db is not None:
-            await self.db.close()
+            closers.append(("postgres", self.db.close))
+        for what, close in closers:
+            try:
+                await close()
+            except Exception as exc:
+                log.warning("closing %s failed: %s", what, exc)
 
 
 async def serve(config_path: Path | None) -> int:
     cfg = load_control_config(config_path)
+    notifier = Notifier.from_environ()
     plane = ControlPlane(cfg)
-    await plane.start()
     done = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, done.set)
-    log.info("control plane up; metrics on %s:%d", cfg.metrics_host, plane.metrics_port)
+    # SIGHUP's default action would kill us; until we serve there is nothing to reload.
+    loop.add_signal_handler(signal.SIGHUP, lambda: log.info("SIGHUP while starting: ignored"))
+    pinger: asyncio.Task[None] | None = None
     try:
+        # Migrations, NATS, topology, API and ingest are all up when start() returns.
+        await plane.start()
+        notifier.ready(f"metrics on {cfg.metrics_host}:{plane.metrics_port}")
+        pinger = asyncio.create_task(watchdog_task(notifier, plane.healthy), name="watchdog")
+        on_sighup(plane.reload, config_path, notifier)
+        log.info("control plane up; metrics on %s:%d", cfg.metrics_host, plane.metrics_port)
         await done.wait()
     finally:
+        notifier.stopping()
+        if pinger is not None:
+            pinger.cancel()
         await plane.stop()
+        notifier.close()
     return 0

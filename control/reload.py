@@ -1,0 +1,71 @@
+"""Reload control.toml on SIGHUP (the unit's ExecReload): what applies live, what needs a restart.
+
+Alert thresholds and the evaluation and canary intervals apply at once; everything else (NATS,
+Postgres, ports, topology) is read once at start, so a changed key is only logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from control.alerts import AlertEngine
+from control.canary import CanaryRunner
+from control.config import ControlConfig, load_control_config
+from control.watcher import Watcher
+from daemon.configfile import ConfigError
+from daemon.sdnotify import Notifier
+
+log = logging.getLogger("flotilla.control")
+LIVE = frozenset({"alerts", "alert_interval", "canary_interval", "canary_timeout", "log_json"})
+#: Read once at start by the snapshot and the node tracker, though under `alerts`.
+STARTUP_ALERT_KEYS = ("node_offline_after", "failure_rate_window")
+Apply = Callable[[ControlConfig], list[str]]
+
+
+def apply(
+    parts: tuple[AlertEngine, Watcher, CanaryRunner], old: ControlConfig, new: ControlConfig
+) -> list[str]:
+    """Apply `new` to the running parts; return the changed keys that need a restart."""
+    engine, watcher, canary = parts
+    engine.t, watcher.interval = new.alerts, new.alert_interval
+    canary.interval, canary.timeout = new.canary_interval, new.canary_timeout
+    before, after = msgspec.structs.asdict(old), msgspec.structs.asdict(new)
+    stale = [k for k in after if k not in LIVE and after[k] != before[k]]
+    stale += [
+        f"alerts.{k}"
+        for k in STARTUP_ALERT_KEYS
+        if getattr(old.alerts, k) != getattr(new.alerts, k)
+    ]
+    return stale
+
+
+async def reload(apply_new: Apply, path: Path | None, notifier: Notifier) -> None:
+    notifier.reloading()
+    try:
+        stale = apply_new(await asyncio.to_thread(load_control_config, path))
+    except ConfigError as exc:
+        log.error("reload refused, keeping the running configuration: %s", exc)
+    else:
+        log.info("configuration reloaded")
+        if stale:
+            log.warning("changed keys that apply only after a restart: %s", ", ".join(stale))
+    notifier.ready()
+
+
+def on_sighup(apply_new: Apply, path: Path | None, notifier: Notifier) -> set[asyncio.Task[None]]:
+    """Reload on each SIGHUP (whose default action would kill us); returns the tasks in flight."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def handler() -> None:
+        task = asyncio.create_task(reload(apply_new, path, notifier), name="reload")
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, handler)
+    return tasks

@@ -1,0 +1,56 @@
+"""What only the leader instance runs: alert evaluation, canaries and event retention.
+
+Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
+so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import asyncpg
+
+from control.alerts import AlertEngine
+from control.canary import CanaryRunner
+from control.config import ControlConfig
+from control.jobquery import firing_alerts
+from control.leader import Term
+from control.retention import run_pruner
+from control.supervise import Supervisor
+
+#: Firing alerts a new leader adopts, at most (each is one rule on one subject).
+FIRING_LIMIT = 100_000
+
+
+class Singletons:
+    def __init__(
+        self,
+        cfg: ControlConfig,
+        db: asyncpg.Pool,
+        engine: AlertEngine,
+        canary: CanaryRunner,
+        supervisor: Supervisor,
+    ) -> None:
+        self.db, self.engine, self.canary = db, engine, canary
+        engine.follow()  # until the lease says this instance leads
+
+        def pruner(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            days, batch, every = cfg.event_retention_days, cfg.prune_batch, cfg.prune_interval
+            run = lambda: run_pruner(db, days, batch, every, stop)  # noqa: E731
+            return supervisor.supervise("retention", run, stop)
+
+        def canaries(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            return supervisor.supervise("canary", lambda: canary.run(stop), stop)
+
+        self.term = Term({"canary": canaries, "retention": pruner})
+
+    async def on_change(self, leading: bool) -> None:
+        if leading:
+            self.engine.lead(await firing_alerts(self.db, limit=FIRING_LIMIT))
+            self.term.begin()
+        else:
+            await self.term.end()
+            self.engine.follow()
+            self.canary.reset()
