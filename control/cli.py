@@ -48,6 +48,16 @@ def add_nats_flags(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_client_flags(p: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    """Flags of every command that talks to the fleet API."""
+    add_nats_flags(p)
+    p.add_argument(
+        "--api-key", default=_env("FLOTILLA_API_KEY"), help="tenant API key (env FLOTILLA_API_KEY)"
+    )
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="one JSON document on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from control import cli_commands as c
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from typing import Any
 
 from control.apiclient import ApiClient
+from control.cli import add_client_flags
 from control.cli_format import ago, print_json, table
 from control.errors import CliError, NotFound
 from control.nodewait import DrainWatch, drained, node_status
@@ -20,25 +20,16 @@ POLL_S = 1.0
 MISSING_POLLS = 3
 
 
-def _client_flags(p: argparse.ArgumentParser) -> None:
-    from control.cli import add_nats_flags
-
-    add_nats_flags(p)
-    p.add_argument(
-        "--api-key", default=os.environ.get("FLOTILLA_API_KEY"), help="env FLOTILLA_API_KEY"
-    )
-
-
 def register(sub: Any) -> None:
     """Add the node commands to the `flotilla` parser (`sub` is its subparsers action)."""
     p = sub.add_parser("nodes", help="the fleet's nodes: state, pools, GPUs, encoders, slots")
-    _client_flags(p)
+    add_client_flags(p, json_flag=False)
     p.add_argument("--json", action="store_true", help='one JSON document: {"nodes": [...]}')
     p.set_defaults(handler=list_nodes)
 
     p = sub.add_parser("drain", help="stop a node pulling; running jobs finish or are handed back")
     p.add_argument("node_id", metavar="NODE")
-    _client_flags(p)
+    add_client_flags(p, json_flag=False)
     p.add_argument(
         "--deadline",
         type=float,
@@ -55,7 +46,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("resume", help="let a drained node pull jobs again")
     p.add_argument("node_id", metavar="NODE")
-    _client_flags(p)
+    add_client_flags(p, json_flag=False)
     p.set_defaults(handler=resume)
 
 
