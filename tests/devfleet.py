@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,6 +68,24 @@ async def wait_nodes(fleet: DevFleet, count: int, limit_s: float = 90.0) -> list
 
 
 @asynccontextmanager
+async def open_dir(prefix: str) -> AsyncIterator[Path]:
+    """A temp dir (with `out/`) other users can enter: Postgres runs as another user under root."""
+    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix=prefix))
+    await asyncio.to_thread(path.chmod, 0o755)
+    (path / "out").mkdir()
+    try:
+        yield path
+    finally:
+        await asyncio.to_thread(shutil.rmtree, path, True)
+
+
+async def _print_logs(fleet: DevFleet) -> None:
+    for log in sorted(fleet.data_dir.glob("*.log")):
+        text = await asyncio.to_thread(log.read_text, errors="replace")
+        print(f"--- {log.name}\n{text[-3000:]}")
+
+
+@asynccontextmanager
 async def dev_fleet(data_dir: Path, nodes: int, roots: list[Path]) -> AsyncIterator[DevFleet]:
     """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set)."""
     context = data_dir / "context.json"
@@ -73,8 +93,12 @@ async def dev_fleet(data_dir: Path, nodes: int, roots: list[Path]) -> AsyncItera
     os.environ["FLOTILLA_CONTEXT"] = str(context)  # never the operator's own context file
     fleet = DevFleet(data_dir / "fleet", nodes=nodes, roots=roots)
     try:
-        await fleet.start()
-        await wait_nodes(fleet, nodes)
+        try:
+            await fleet.start()
+            await wait_nodes(fleet, nodes)
+        except Exception:  # the fleet did not come up: show why
+            await _print_logs(fleet)
+            raise
         yield fleet
     finally:
         await fleet.stop(grace=20.0)

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import shutil
 import socket
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,30 +26,20 @@ from schemas import api
 from schemas.codec import Decoder
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze, Package, Thumbnail, Transcode
-from tests.devfleet import CliResult, dev_fleet, run_cli
+from tests.devfleet import CliResult, dev_fleet, open_dir, run_cli
 from tests.media import make_clip
 
 
 @pytest_asyncio.fixture(scope="module")
 async def work() -> AsyncIterator[Path]:
-    """Module-wide data dir open to other users (Postgres runs as another user under root)."""
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="flotilla-clijobs-"))
-    await asyncio.to_thread(path.chmod, 0o755)
-    (path / "out").mkdir()
-    yield path
-    await asyncio.to_thread(shutil.rmtree, path, True)
+    async with open_dir("flotilla-clijobs-") as path:
+        yield path
 
 
 @pytest_asyncio.fixture(scope="module")
 async def fleet(work: Path, media_dir: Path) -> AsyncIterator[DevFleet]:
-    try:
-        async with dev_fleet(work, 1, roots=[media_dir, work / "out"]) as f:
-            yield f
-    except AssertionError:  # the fleet did not come up: show why
-        for log in sorted((work / "fleet").glob("*.log")):
-            text = await asyncio.to_thread(log.read_text, errors="replace")
-            print(f"--- {log.name}\n{text[-3000:]}")
-        raise
+    async with dev_fleet(work, 1, roots=[media_dir, work / "out"]) as f:
+        yield f
 
 
 def spec_of(*argv: str) -> JobSpec:

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import shutil
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from control.embedded import free_ports
 from control.nodewait import DrainWatch, drained
 from daemon.ffmpeg_bin import FfmpegTools
 from schemas import api
-from tests.devfleet import CliResult, dev_fleet, run_cli
+from tests.devfleet import CliResult, dev_fleet, open_dir, run_cli
 from tests.fleet_helpers import node_record
 from tests.fleetjobs import (
     nats_of,
@@ -33,11 +31,8 @@ from tests.media import make_clip
 
 @pytest_asyncio.fixture(scope="module")
 async def work() -> AsyncIterator[Path]:
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="flotilla-clinodes-"))
-    await asyncio.to_thread(path.chmod, 0o755)
-    (path / "out").mkdir()
-    yield path
-    await asyncio.to_thread(shutil.rmtree, path, True)
+    async with open_dir("flotilla-clinodes-") as path:
+        yield path
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -8,9 +8,7 @@ import contextlib
 import json
 import os
 import pty
-import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,30 +16,20 @@ import pytest_asyncio
 
 from control.dev import DevFleet
 from daemon.ffmpeg_bin import FfmpegTools
-from tests.devfleet import dev_fleet, run_cli
+from tests.devfleet import dev_fleet, open_dir, run_cli
 from tests.media import make_clip
 
 
 @pytest_asyncio.fixture(scope="module")
 async def work() -> AsyncIterator[Path]:
-    """Module-wide data dir open to other users (Postgres runs as another user under root)."""
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="flotilla-cliwatch-"))
-    await asyncio.to_thread(path.chmod, 0o755)
-    (path / "out").mkdir()
-    yield path
-    await asyncio.to_thread(shutil.rmtree, path, True)
+    async with open_dir("flotilla-cliwatch-") as path:
+        yield path
 
 
 @pytest_asyncio.fixture(scope="module")
 async def fleet(work: Path, media_dir: Path) -> AsyncIterator[DevFleet]:
-    try:
-        async with dev_fleet(work, 1, roots=[media_dir, work / "out"]) as f:
-            yield f
-    except AssertionError:  # the fleet did not come up: show why
-        for log in sorted((work / "fleet").glob("*.log")):
-            text = await asyncio.to_thread(log.read_text, errors="replace")
-            print(f"--- {log.name}\n{text[-3000:]}")
-        raise
+    async with dev_fleet(work, 1, roots=[media_dir, work / "out"]) as f:
+        yield f
 
 
 @pytest_asyncio.fixture(scope="module")

@@ -12,8 +12,6 @@ import asyncio
 import contextlib
 import json
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ import yaml  # type: ignore[import-untyped]
 
 from control.dev import DevFleet
 from daemon.ffmpeg_bin import FfmpegTools
-from tests.devfleet import CliResult, run_cli, wait_nodes
+from tests.devfleet import CliResult, open_dir, run_cli, wait_nodes
 from tests.fleetjobs import (
     Tally,
     nats_of,
@@ -107,11 +105,8 @@ async def run_step(fleet: DevFleet, node: str, step: Step) -> CliResult | None:
 
 @pytest_asyncio.fixture(scope="module")
 async def work() -> AsyncIterator[Path]:
-    path = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="flotilla-roll-"))
-    await asyncio.to_thread(path.chmod, 0o755)
-    (path / "out").mkdir()
-    yield path
-    await asyncio.to_thread(shutil.rmtree, path, True)
+    async with open_dir("flotilla-roll-") as path:
+        yield path
 
 
 @pytest_asyncio.fixture(scope="module")
