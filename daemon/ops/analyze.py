@@ -66,6 +66,7 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     args = ["-filter_threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(dist)]
     args += [*guard_args(ctx.media.limits), "-i", ffmpeg_arg(ref), "-filter_complex", graph]
     args += ["-map", "[out]", "-an", "-f", "null", "-"]
+    await ctx.announce(None, args)
     run = await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,

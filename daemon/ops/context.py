@@ -12,6 +12,7 @@ from daemon.ffmpeg_bin import FfmpegTools
 from daemon.ops.storage import MediaAccess
 from daemon.progress import ProgressUpdate
 from daemon.runcontrol import RunControl
+from daemon.runner import ffmpeg_argv
 from schemas.jobs import JobSpec
 
 __all__ = ["CommandSink", "JobContext", "ProgressSink", "RunControl"]
@@ -46,6 +47,12 @@ class JobContext:
     encoder_failures: list[EncoderError] = field(default_factory=list)
     #: Input limits and remote storage (http allow-list, object store); defaults: file:// only.
     media: MediaAccess = field(default_factory=MediaAccess)
+
+    async def announce(self, encoder: str | None, args: Sequence[str]) -> None:
+        """Tell `on_command` about the ffmpeg run about to start; call it before each run, so
+        that the job's `started` event (sent on the first) precedes its progress events."""
+        if self.on_command is not None:
+            await self.on_command(encoder, ffmpeg_argv(self.tools.ffmpeg, args))
 
     def usable_encoders(self) -> AbstractSet[str]:
         return self.verified_encoders - self.withdrawn_encoders

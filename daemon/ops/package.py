@@ -69,6 +69,7 @@ async def run_package(ctx: JobContext) -> JobResult:
     await asyncio.to_thread(_fresh_dir, tmp)
     try:
         args = package_args(op, kept, src, tmp, gop, has_audio, ctx.threads, ctx.media.guard())
+        await ctx.announce(ENCODERS[kept[0].codec], args)
         await run_ffmpeg(
             ctx.tools.ffmpeg,
             args,

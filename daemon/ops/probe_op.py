@@ -49,6 +49,7 @@ async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) ->
     report = ctx.scratch / "deep-probe.log"
     args = ["-threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(src)]
     args += ["-map", "0:v?", "-map", "0:a?", "-f", "null", "-"]
+    await ctx.announce(None, args)
     await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,

@@ -86,6 +86,7 @@ async def _render(
     args = ["-threads", str(ctx.threads), *ctx.media.guard(), *seek]
     args += ["-i", ffmpeg_arg(src), "-map", "0:v:0", "-vf", vf, "-frames:v", "1"]
     args += [*ENCODERS[op.format], "-f", "image2", "-update", "1", ffmpeg_arg(partial)]
+    await ctx.announce(None, args)
     await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,
