@@ -6,7 +6,7 @@
 (b) `canary` jobs (no ffmpeg) through one daemon with the default config (journal durability on,
     the embedded nats-server's `sync_interval: always`): the dispatch rate of a burst (jobs/s,
     first submit to last `completed`), and submit-to-start latency p50/p99 of jobs submitted one
-    every PACE seconds (a mostly idle node) and of the burst (a queue).
+    every PACE seconds (a mostly idle node, woken by each submit) and of the burst (a queue).
 
 Everything runs here: an embedded nats-server on free loopback ports, a temp directory, the
 bundled ffmpeg. Ratios are measured against baselines run in the same process tree and run.
@@ -180,7 +180,8 @@ async def canaries(js: JetStreamContext, clock: Clock, url: str, root: Path) -> 
               f"p50 {p50:.0f} ms, p99 {p99:.0f} ms (queued)")  # fmt: skip
     finally:
         await d.stop()
-    # The idle long-poll is on the lowest tier: its length bounds an idle node's latency.
+    # An idle node holds no pull open: the submit wakes it. fetch_timeout is only the fallback
+    # poll (redeliveries, a refused wake subscription), so a short one should change nothing.
     fast = 0.5
     d = Daemon(daemon_config(url, root / "canary-fast", root, fetch_timeout=fast))
     await d.start()

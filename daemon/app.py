@@ -168,7 +168,7 @@ class Daemon:
     def _make_puller(self, pool: str) -> PoolPuller:
         return PoolPuller(
             self.backend.js, self.subjects, self.topology, pool, self.slots, self._spawn,
-            fetch_timeout=self.cfg.fetch_timeout,
+            fetch_timeout=self.cfg.fetch_timeout, wake_source=self.backend.nc,
         )  # fmt: skip
 
     async def _start_pullers(self) -> None:

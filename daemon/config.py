@@ -135,9 +135,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Ack wait the daemon assumes (in-progress acks go every quarter of it), and uses if it has
     #: to create a missing pool consumer; keep it equal to the control plane's topology.ack_wait.
     ack_wait: Positive = 60.0
-    #: Long-poll time of one pull request on the lowest priority. An idle node waits in it, so it
-    #: also bounds how long a new job of a higher priority waits for an idle node (about half of
-    #: it on average; see bench/bench_daemon.py); shorter means more pull requests.
+    #: Idle fallback poll interval: an idle node holds no pull open; a submit to its pools wakes
+    #: it at once, and it looks at its job consumers at least this often anyway, to find
+    #: redelivered jobs (they send no submit) or when the wake subscription is refused.
     fetch_timeout: Positive = 5.0
     #: On drain or SIGTERM, running jobs get this long to finish before they are
     #: handed back.

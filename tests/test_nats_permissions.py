@@ -1,10 +1,11 @@
 """Per-node NATS permissions: the nats role's config, rendered by Ansible, run by a real server.
 
 One node's credentials may pull and ack its pools' job consumers, publish its own events and
-registry key, and listen on its own inbox and control subjects; it may not publish as another
-node, submit jobs, read another node's inbox or delete a stream. A refused publish does not
-raise where it is made: the server answers `-ERR Permissions Violation` asynchronously, so the
-client sees a timeout and an error_cb call, and the tests assert on that text.
+registry key, and listen on its own inbox and control subjects and on its pools' submits; it may
+not publish as another node, submit jobs, read another node's inbox or delete a stream. A refused
+publish does not raise where it is made: the server answers `-ERR Permissions Violation`
+asynchronously, so the client sees a timeout and an error_cb call, and the tests assert on that
+text.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pytest
 from nats.aio.client import Client
 
 from control.topology import TopologySettings, ensure_topology
+from daemon.wake import Wake
 from schemas.subjects import Subjects
 from tests.test_ansible import run_role
 
@@ -260,6 +262,45 @@ async def test_node_listens_only_on_its_own_subjects(
     assert reply.data == b"ok" and await got.get() == b"drain"
     await nc.subscribe("_INBOX_node2.>")
     assert await _wait_for(errors, "_INBOX_node2.>")
+
+
+async def test_node_hears_only_its_pools_submits(
+    node1: tuple[Client, Errors], control: Client
+) -> None:
+    """The idle pull loop's wake hint: node1 (pool cpu) hears cpu submits, never nvenc's."""
+    nc, errors = node1
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_msg(msg: Any) -> None:
+        await got.put(msg.subject)
+
+    await nc.subscribe(f"{SUBJECTS.prefix}.submit.cpu.>", cb=on_msg)
+    await nc.flush()
+    subject = SUBJECTS.submit("cpu", "low", "job-perm-wake")
+    await control.jetstream().publish(subject, b"{}", headers={"Nats-Msg-Id": "job-perm-wake"})
+    assert await asyncio.wait_for(got.get(), 5) == subject
+    assert errors.seen == []
+    await nc.subscribe(f"{SUBJECTS.prefix}.submit.nvenc.>")
+    assert await _wait_for(errors, f"{SUBJECTS.prefix}.submit.nvenc.>")
+    stored = SUBJECTS.job_stored("cpu", "low", "job-perm-wake")
+    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject=stored)
+
+
+async def test_puller_wake_sees_a_refusal(node1: tuple[Client, Errors], control: Client) -> None:
+    """The puller's Wake notices a refused subscription (it then polls) and a granted one."""
+    nc, _ = node1
+    refused = Wake(nc, f"{SUBJECTS.prefix}.submit.nvenc.>")
+    assert not await refused.start()
+    granted = Wake(nc, f"{SUBJECTS.prefix}.submit.cpu.>")
+    assert await granted.start()
+    try:
+        await control.publish(SUBJECTS.submit("cpu", "high", "job-perm-hint"), b"{}")
+        await asyncio.wait_for(granted.event.wait(), 5)
+        assert granted.hints["high"] == 1
+    finally:
+        await granted.stop()
+        stored = SUBJECTS.job_stored("cpu", "high", "job-perm-hint")
+        await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject=stored)
 
 
 # --- a cluster of three with JetStream R3 -----------------------------------------------------
