@@ -10,6 +10,7 @@ from control.apiclient import ApiClient
 from control.cli import add_client_flags as client_flags
 from control.cli_format import print_json
 from control.cli_jobquery import cancel, job_events, list_jobs, retry, status
+from control.errors import CliError, Unreachable
 from schemas import api
 
 
@@ -70,7 +71,15 @@ async def submit(args: argparse.Namespace) -> int:
             from control.upload import upload_inputs
 
             spec = await upload_inputs(client.nc, client.subjects, spec)
-        reply = await client.call("job.submit", api.SubmitRequest(job=spec), api.SubmitReply)
+        try:
+            reply = await client.call("job.submit", api.SubmitRequest(job=spec), api.SubmitReply)
+        except CliError as exc:
+            # Refused: its uploads would be orphans. Unreachable: it may have been accepted.
+            if args.upload and not isinstance(exc, Unreachable):
+                from control.upload import discard_uploads
+
+                await discard_uploads(client.nc, client.subjects, spec)
+            raise
         if not (args.wait or args.watch):
             if args.json:
                 print_json(reply)

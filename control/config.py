@@ -64,8 +64,6 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     #: Address the metrics server binds.
     metrics_host: str = "127.0.0.1"
-    #: Not read yet: the fleet snapshot (metrics) refreshes every `alert_interval`.
-    snapshot_interval: Positive = 5.0
     #: Seconds between fleet snapshots: metrics refresh and alert rules run.
     alert_interval: Positive = 10.0
     #: Alert thresholds of the built-in rule engine.

@@ -8,6 +8,7 @@ whole into memory. Keys are `uploads/<job_id>/<basename>`; the spec's URI become
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from pathlib import Path
 
@@ -80,3 +81,17 @@ async def upload_inputs(nc: NATS, subjects: Subjects, spec: JobSpec) -> JobSpec:
     if isinstance(op, Analyze):
         op = msgspec.structs.replace(op, reference=await rewrite(op.reference, "reference"))
     return msgspec.structs.replace(spec, input=new_input, operation=op)
+
+
+async def discard_uploads(nc: NATS, subjects: Subjects, spec: JobSpec) -> None:
+    """Delete what `upload_inputs` put for a job the API then refused (best effort)."""
+    bucket_uri = f"nats-obj://{subjects.objects_bucket}/"
+    head = f"{bucket_uri}uploads/{spec.job_id}/"
+    uris = [spec.input]
+    if isinstance(spec.operation, Analyze):
+        uris.append(spec.operation.reference)
+    store = await media_store(nc, subjects)
+    for uri in uris:
+        if uri.startswith(head):
+            with contextlib.suppress(Exception):  # a leftover costs space, not correctness
+                await store.delete(uri.removeprefix(bucket_uri))

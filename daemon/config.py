@@ -130,8 +130,6 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     verify_hw_encoders: bool = True
     #: Seconds between heartbeats (node record in the KV bucket).
     heartbeat_interval: Positive = 5.0
-    #: The node KV entry expires when no heartbeat came for this long.
-    heartbeat_ttl: Positive = 30.0
     #: Ack wait the daemon assumes (in-progress acks go every quarter of it), and uses if it has
     #: to create a missing pool consumer; keep it equal to the control plane's topology.ack_wait.
     ack_wait: Positive = 60.0

@@ -26,7 +26,7 @@ def _override_value(raw: str) -> Any:
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str], prefix: str) -> dict[str, Any]:
-    """`FLOTILLA_DAEMON_NATS_URL=...` sets `nats_url`; `__` descends: `..._PROMETHEUS__PORT`."""
+    """`FLOTILLA_DAEMON_NODE_ID=...` sets `node_id`; `__` descends a table: `..._NATS__URL`."""
     out = dict(data)
     for name, raw in env.items():
         if not name.startswith(prefix) or not raw:

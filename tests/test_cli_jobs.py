@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
+import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
@@ -261,6 +262,21 @@ async def test_upload_puts_input_in_object_store(fleet: DevFleet, clip_small: Pa
         store = await nc.jetstream().object_store(f"{fleet.prefix}_media")
         got = await store.get(key)
         assert got.data == await asyncio.to_thread(clip_small.read_bytes)
+    finally:
+        await nc.close()
+
+
+async def test_refused_upload_leaves_no_object(fleet: DevFleet, clip_small: Path) -> None:
+    res = await run_cli(
+        "submit", "probe", str(clip_small), "--upload", "--job-id", "up-refused",
+        "--pool", "nvenc",
+    )  # fmt: skip
+    one_error_line(res, 2)  # no node serves nvenc here: refused with the reason
+    nc = await nats.connect(fleet.nats_url)
+    try:
+        store = await nc.jetstream().object_store(f"{fleet.prefix}_media")
+        with pytest.raises(nats.js.errors.ObjectNotFoundError):
+            await store.get_info("uploads/up-refused/clip_small.mp4")
     finally:
         await nc.close()
 

@@ -27,7 +27,6 @@ async def test_control_plane_end_to_end(
         database_url=database_url,
         topology=TopologySettings(pools=["cpu"]),
         metrics_port=0,
-        snapshot_interval=0.2,
         alert_interval=0.2,
         canary_interval=0.2,
         alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0),
