@@ -39,6 +39,11 @@ class Metrics:
         self.ingest_events = Counter("flotilla_ingest_events", "Events ingested", registry=r)
         self.postgres_up = Gauge("flotilla_postgres_up", "Postgres reachable", registry=r)
         self.nats_connected = Gauge("flotilla_nats_connected", "NATS connected", registry=r)
+        self.leader = Gauge(
+            "flotilla_control_leader",
+            "1 while this instance holds the leader lease (runs alerts, canaries, retention)",
+            registry=r,
+        )
         self.alerts_firing = Gauge(
             "flotilla_alerts_firing", "Firing alerts", ["rule", "severity"], registry=r
         )

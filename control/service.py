@@ -139,7 +139,12 @@ class ControlPlane:
             js, f"{subjects.prefix}_leader", instance, cfg.leader_lease_ttl,
             replicas=cfg.topology.replicas,
         )  # fmt: skip
-        runs["leader"] = lambda: lease.run(stop, singletons.on_change)
+
+        async def on_change(leading: bool) -> None:
+            self.metrics.leader.set(1.0 if leading else 0.0)
+            await singletons.on_change(leading)
+
+        runs["leader"] = lambda: lease.run(stop, on_change)
         self._ingest = ingest
         for name, run in runs.items():
             supervised = self.supervisor.supervise(name, run, stop)

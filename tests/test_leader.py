@@ -133,6 +133,10 @@ def idle(plane: ControlPlane) -> bool:
 
 
 @pytest.mark.timeout(120)
+def leading(plane: ControlPlane) -> float | None:
+    return plane.metrics.registry.get_sample_value("flotilla_control_leader")
+
+
 async def test_two_control_planes_share_one_leader(
     nc: NATS, nats_url: str, prefix: str, database_url: str
 ) -> None:
@@ -150,6 +154,8 @@ async def test_two_control_planes_share_one_leader(
         leader = next(p for p in planes if runs_singletons(p))
         follower = next(p for p in planes if p is not leader)
         assert idle(follower)
+        # Which instance leads is visible in each one's metrics.
+        assert (leading(leader), leading(follower)) == (1.0, 0.0)
 
         # An offline node: both instances see it, only one fires.
         await put_node(nc.jetstream(), Subjects(prefix), node_record("gone", ts=time.time() - 60))
@@ -162,6 +168,7 @@ async def test_two_control_planes_share_one_leader(
         await leader.nc.close()
         await until(lambda: runs_singletons(follower))
         await until(lambda: idle(leader))
+        assert leading(follower) == 1.0
         # The new leader adopted the firing alert instead of firing it again...
         await asyncio.sleep(1.0)
         assert [a["state"] for a in fired if a["subject"] == "gone"] == ["firing"]
