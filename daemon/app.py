@@ -15,11 +15,10 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-import msgspec
 from nats.aio.msg import Msg
 
 from control.topology import TopologySettings
-from daemon.config import DaemonConfig, load_daemon_config
+from daemon.config import DaemonConfig
 from daemon.control_listener import ControlListener
 from daemon.diskguard import DiskGuard
 from daemon.encoder_health import EncoderHealthTracker
@@ -63,7 +62,7 @@ class Daemon:
         self.node = NodeView(labels=dict(cfg.labels))
         self.exit_code = 0
         self.stopped = asyncio.Event()
-        self._draining = False
+        self.draining = False
         self._side: dict[str, asyncio.Task[None]] = {}
         self.pullers = PullerSet(self._make_puller, cfg.fetch_timeout)
         self._jobs: set[asyncio.Task[None]] = set()
@@ -75,7 +74,7 @@ class Daemon:
     # -- state --------------------------------------------------------------------------
     @property
     def state(self) -> NodeState:
-        return "draining" if self._draining else "online"
+        return "draining" if self.draining else "online"
 
     @property
     def backend(self) -> Backend:
@@ -90,7 +89,7 @@ class Daemon:
         self.node.max_gpu_memory_mb = max(
             (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
         )
-        self._apply_pools(cfg)
+        self.apply_pools(cfg)
         reporter = Reporter(b.raw_journal, b.outbox, cfg.node_id)
         self.health = EncoderHealthTracker(
             self.node, reporter, cfg.encoder_failure_threshold, cfg.encoder_reverify_interval
@@ -119,7 +118,7 @@ class Daemon:
             b.js, self.subjects, reporter, b.caps, sources, cfg.heartbeat_interval
         )
         if await self.disk.check():  # a node that starts with a full disk never pulls
-            await self._disk_changed()
+            await self.disk_changed()
         self.control = ControlListener(b.nc, self.subjects, cfg.node_id, self)
         await self.control.start()
         b.outbox.start()
@@ -132,14 +131,14 @@ class Daemon:
         self._watch("gauges", gauges(self.metrics, self.slots, b))
         self._watch("encoder-health", self.health.run(b.reverify))
         self._watch("prune", prune(b, cfg.journal_retention_days))
-        self._watch("disk", self.disk.run(cfg.disk_check_interval, self._disk_changed))
+        self._watch("disk", self.disk.run(cfg.disk_check_interval, self.disk_changed))
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
-        await self._start_pullers()
-        self.notifier.ready(self._status())
+        await self.start_pullers()
+        self.notifier.ready(self.status_line())
         log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())
 
-    def _apply_pools(self, cfg: DaemonConfig) -> None:
+    def apply_pools(self, cfg: DaemonConfig) -> None:
         caps = self.backend.caps
         wanted = cfg.pools or caps.pools
         capacity = served_capacity(wanted, caps.slots, cfg.slots, cfg.pool_classes)
@@ -171,7 +170,7 @@ class Daemon:
             fetch_timeout=self.cfg.fetch_timeout, wake_source=self.backend.nc,
         )  # fmt: skip
 
-    async def _start_pullers(self) -> None:
+    async def start_pullers(self) -> None:
         if self.disk.low:  # nothing new until space returns; running jobs go on
             await self.pullers.stop()
             return
@@ -180,13 +179,13 @@ class Daemon:
     def _disk_limits(self) -> tuple[int, float]:
         return self.cfg.disk_low_watermark_mb << 20, self.cfg.disk_low_watermark_percent
 
-    async def _disk_changed(self) -> None:
+    async def disk_changed(self) -> None:
         """The disk guard's verdict flipped (or start-up): pullers, gauge, event, status."""
         self.metrics.disk_low.set(1 if self.disk.low else 0)
         await self._state_event(reason=self.disk.reason or "disk space back over the watermark")
-        if not self._draining and self.pullers.started:
-            await self._start_pullers()
-        self.notifier.status(self._status())
+        if not self.draining and self.pullers.started:
+            await self.start_pullers()
+        self.notifier.status(self.status_line())
 
     def _spawn(self, msg: Msg, pool: str, priority: str) -> None:
         task = asyncio.create_task(self._job(msg, pool, priority), name=f"job-{msg.subject}")
@@ -206,16 +205,16 @@ class Daemon:
         finally:
             self.metrics.jobs_running.dec()
             self.slots.release(pool)
-            self.notifier.status(self._status())
+            self.notifier.status(self.status_line())
 
     def _job_finished(self, outcome: str, pool: str, wall: float, result: JobResult | None) -> None:
         count_job(self.metrics, outcome, pool, wall, result)
 
     # -- drain, resume, reload, stop ----------------------------------------------------
     def request_drain(self, deadline_s: float | None, reason: str) -> None:
-        if self._draining:
+        if self.draining:
             return
-        self._draining = True
+        self.draining = True
         log.info("draining: %s", reason)
         self.notifier.status(f"draining: {reason}")
         self._bg(self._drain(deadline_s), "drain")
@@ -227,10 +226,10 @@ class Daemon:
         await self.wait_jobs(deadline)
 
     def request_resume(self) -> None:
-        if not self._draining or self.stopped.is_set():
+        if not self.draining or self.stopped.is_set():
             return
-        self._draining = False
-        self._bg(self._start_pullers(), "resume")
+        self.draining = False
+        self._bg(self.start_pullers(), "resume")
         self._bg(self._state_event(reason="resumed"), "resume-event")
 
     async def _state_event(self, reason: str) -> None:
@@ -253,35 +252,10 @@ class Daemon:
                 await asyncio.wait(pending, timeout=30.0)
 
     async def reload(self) -> None:
-        """SIGHUP: labels, pools and slots from the file; the connection stays."""
-        self.notifier.reloading()
-        try:
-            new = await asyncio.to_thread(load_daemon_config, self.config_path)
-        except Exception as exc:
-            log.error("reload refused: %s", exc)
-        else:
-            old = self.cfg
-            if (new.node_id, new.nats, new.state_dir) != (old.node_id, old.nats, old.state_dir):
-                log.warning("node_id, nats and state_dir changes need a restart: kept")
-            new = msgspec.structs.replace(
-                new, node_id=old.node_id, nats=old.nats, state_dir=old.state_dir
-            )
-            self.cfg = self.deps.cfg = new
-            self._apply_pools(new)
-            if await self.disk.check():  # the watermark may have moved
-                await self._disk_changed()
-            caps = msgspec.structs.replace(
-                self.advertiser.caps, labels=dict(new.labels), pools=list(self.node.pools),
-                slots={p: self.slots.capacity(p) for p in self.slots.pools},
-            )  # fmt: skip
-            try:
-                await self.advertiser.set_capabilities(caps)
-            except Exception as exc:  # NATS away: the next heartbeat carries it
-                log.warning("advertising reloaded capabilities failed: %s", exc)
-            if not self._draining:
-                await self._start_pullers()
-            log.info("reloaded: pools %s, slots %s", self.node.pools, self.slots.free_all())
-        self.notifier.ready(self._status())
+        """SIGHUP: labels, pools, slots and limits from the file (see daemon.reload)."""
+        from daemon.reload import reload_daemon
+
+        await reload_daemon(self)
 
     async def stop(self, *, force: bool = False) -> None:
         """Idempotent. Drain (or, forced, stop jobs at once), flush events, close."""
@@ -291,7 +265,7 @@ class Daemon:
             return
         self._stopping = True
         self.notifier.stopping("stopping")
-        self._draining = True
+        self.draining = True
         await self.pullers.stop()
         await self.wait_jobs(0.0 if force else self.cfg.drain_deadline)
         self.stopped.set()
@@ -313,14 +287,7 @@ class Daemon:
             self.stopped.set()
 
     # -- status -------------------------------------------------------------------------
-    def _status(self) -> str:
+    def status_line(self) -> str:
         free = ", ".join(f"{p}={n}" for p, n in self.slots.free_all().items())
         held = f"; not pulling: {self.disk.reason}" if self.disk.low else ""
         return f"{self.state}: {len(self.running)} running; free {free}{held}"
-
-
-async def serve(config_path: Path | str | None) -> int:
-    """`flotilla daemon --config PATH` (the CLI's event loop): see `daemon.main`."""
-    from daemon.main import serve_config  # main imports this module
-
-    return await serve_config(config_path)

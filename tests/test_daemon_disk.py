@@ -59,7 +59,7 @@ async def test_disk_watermark_holds_pulling_until_space_returns(
         await until(said_why)
         await asyncio.sleep(2 * cfg.fetch_timeout)  # time enough to pull, were it pulling
         assert await events(js, prefix, "held") == []
-        assert "not pulling: disk low" in d._status()
+        assert "not pulling: disk low" in d.status_line()
 
         e2e._write_config(msgspec.structs.replace(cfg, disk_low_watermark_mb=0), path)
         await d.reload()
