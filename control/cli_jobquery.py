@@ -29,6 +29,7 @@ async def status(args: argparse.Namespace) -> int:
         ("operation", info.operation),
         ("pool", f"{info.pool} ({info.priority} priority)"),
         ("tenant", info.tenant),
+        ("input", info.input),
         ("node", info.node_id),
         ("attempts", info.attempts),
         ("submitted", ago(info.submitted_at)),
@@ -37,6 +38,8 @@ async def status(args: argparse.Namespace) -> int:
     ]
     if info.last_error:
         rows.append(("error", info.last_error))
+    if info.result is None and info.output:
+        rows.append(("output", info.output))
     if info.result is not None:
         res = info.result
         rows.append(("encoder", res.encoder))

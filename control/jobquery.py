@@ -15,7 +15,7 @@ from schemas.results import JobResult
 
 JOB_COLUMNS = """job_id, tenant, state, pool, priority, operation, node_id, attempts, percent,
 fps, speed, submitted_at, started_at, finished_at, queued_at, last_error, stderr_tail,
-result::text AS result, dead_lettered"""
+result::text AS result, dead_lettered, spec->>'input' AS input, spec->>'output' AS output"""
 
 
 def _ts(value: datetime | None) -> float | None:
@@ -51,6 +51,8 @@ def job_info(row: asyncpg.Record) -> api.JobInfo:
         stderr_tail=row["stderr_tail"],
         result=result,
         dead_lettered=row["dead_lettered"],
+        input=row["input"],
+        output=row["output"],
     )
 
 

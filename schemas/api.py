@@ -63,6 +63,9 @@ class JobInfo(Wire, kw_only=True):
     stderr_tail: str | None = None
     result: JobResult | None = None
     dead_lettered: bool = False
+    #: The job spec's input and output URIs, as submitted.
+    input: str | None = None
+    output: str | None = None
 
 
 class JobListRequest(Wire, kw_only=True):
