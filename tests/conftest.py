@@ -75,6 +75,35 @@ def prefix() -> str:
     return "t" + secrets.token_hex(4)
 
 
+@pytest_asyncio.fixture(autouse=True)
+async def _drop_prefix_streams(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """After a test that used `prefix` on the shared server, delete its streams and buckets.
+
+    Each topology reserves its jobs stream's max_bytes (1 GiB) against the server's storage
+    limit; left behind, a few dozen tests exhaust it ("insufficient storage resources").
+    """
+    yield
+    args = request.node.funcargs
+    prefix, url = args.get("prefix"), args.get("nats_url")
+    if not isinstance(prefix, str) or not isinstance(url, str):
+        return
+    try:
+        client = await nats.connect(url, connect_timeout=2, allow_reconnect=False)
+    except Exception:  # the test left the server stopped: the next nats_url restarts it
+        return
+    try:
+        js = client.jetstream(timeout=5)
+        names = await js.streams_info()
+        for info in names:
+            name = info.config.name or ""
+            if prefix.upper() in name.upper():
+                await js.delete_stream(name)
+    except Exception:  # cleanup is best effort; the storage limit is the only cost
+        pass
+    finally:
+        await client.close()
+
+
 @pytest_asyncio.fixture
 async def nc(nats_url: str) -> AsyncIterator[NATS]:
     client = await nats.connect(nats_url, connect_timeout=5)
