@@ -169,7 +169,8 @@ def table(tracker: Tracker) -> str:
     ]
     for job_id, row in tracker.rows.items():
         res = row.get("result")
-        size = sum(o.size_bytes for o in res.outputs) if res else 0
+        # A package's result names its playlists; its segments count too.
+        size = row.get("dir_bytes") or (sum(o.size_bytes for o in res.outputs) if res else 0)
         vmaf = f"{res.vmaf.mean:.1f}" if res and res.vmaf else "-"
         rtf = f"{res.realtime_factor:.2f}" if res and res.realtime_factor else "-"
         wall = f"{res.wall_seconds:.1f}" if res else "-"
@@ -183,8 +184,13 @@ def table(tracker: Tracker) -> str:
     return "\n".join(lines)
 
 
+def _dir_bytes(uri: str) -> int:
+    root = Path(uri.removeprefix("file://"))
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
 async def publish(js: Any, subjects: Subjects, tracker: Tracker, spec: dict[str, Any]) -> None:
-    tracker.rows[spec["job_id"]] = {"op": spec["operation"]["op"]}
+    tracker.rows[spec["job_id"]] = {"op": spec["operation"]["op"], "output": spec.get("output")}
     tracker.expected += 1
     subject = subjects.submit("cpu", "normal", spec["job_id"])
     await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
@@ -237,6 +243,9 @@ async def demo() -> int:
             print("demo: timed out waiting for jobs", file=sys.stderr)
         await nc.close()
         print()
+        for row in tracker.rows.values():
+            if row["op"] == "package" and row.get("output"):
+                row["dir_bytes"] = await asyncio.to_thread(_dir_bytes, row["output"])
         print(table(tracker))
         print(f"\noutputs in {media}; fleet logs in {fleet.data_dir}")
     finally:
