@@ -85,12 +85,13 @@ async def test_nodes_table_and_json(fleet: DevFleet) -> None:
 
 async def test_drain_wait_timeout_then_resume(fleet: DevFleet, src: Path, work: Path) -> None:
     nc = await nats_of(fleet)
-    first = {f"nd-{i}" for i in range(6)}
+    first = {f"nd-{i}" for i in range(10)}
     try:
         for job_id in sorted(first):
             await submit(nc, fleet, transcode(job_id, src, work / "out"))
         await until_running_everywhere(fleet, ["dev-1"], 120.0)
         # A timeout shorter than the running jobs: exit 1, one line, the node stays draining.
+        # (Ten jobs keep a queue, so dev-1 still runs one when the CLI has started.)
         res = await run_cli("drain", "dev-1", "--wait", "--timeout", "0.5")
         line = one_error_line(res, 1)
         assert "dev-1 still " in line and "--timeout" in line, line
