@@ -24,7 +24,6 @@ pool fetches nothing: it waits on the slot counter instead.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
@@ -66,6 +65,9 @@ class PoolPuller:
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
         self.idle = asyncio.Event()
         self.fetched = 0
+        #: Idle waits ended by a submit wake-up, and by the fallback poll running out.
+        self.woken = 0
+        self.polled = 0
 
     def stop(self) -> None:
         self.stopping.set()
@@ -131,8 +133,10 @@ class PoolPuller:
             return
         self.idle.set()
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.event.wait(), self.fetch_timeout)
+            await asyncio.wait_for(self.wake.event.wait(), self.fetch_timeout)
+            self.woken += 1
+        except TimeoutError:
+            self.polled += 1
         finally:
             self.idle.clear()
 
