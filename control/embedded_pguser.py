@@ -4,9 +4,8 @@ PostgreSQL refuses to run as root (initdb and postgres both exit). As root we th
 as an unprivileged system user (default `flotilla-pg`), created with `useradd --system` when
 missing, and switch to it with `setpriv` from util-linux (Essential on Debian). Doing it with an
 argv prefix instead of `preexec_fn` or Popen's `user=` keeps it working on any event loop
-(uvloop included). The data directory is handed to that user; the directories above it must be
-traversable by it, which is checked up front (a pytest or `mkdtemp` directory under a 0700
-parent is not, so pick one under /tmp or /var/lib).
+(uvloop included). The data directory is handed to that user; what it cannot reach is placed
+where it can (embedded_pgplace).
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import asyncio
 import os
 import pwd
 import shutil
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +29,8 @@ class RunAs:
     uid: int
     gid: int
     prefix: tuple[str, ...] = ()
+    #: The system user's name when root switches to it; None when we run it ourselves.
+    name: str | None = None
 
 
 async def _useradd(name: str) -> str:
@@ -56,39 +56,14 @@ async def _system_user(name: str) -> pwd.struct_passwd:
         raise EmbeddedError(f"cannot create system user {name!r} for PostgreSQL", output) from None
 
 
-def _blocked_dirs(reach: list[Path], uid: int, gid: int) -> list[Path]:
-    """Existing directories above `reach` that the account cannot search."""
-    parents = sorted({p for path in reach for p in path.resolve().parents if p.exists()})
-    blocked = []
-    for path in parents:
-        st = path.stat()
-        if st.st_uid == uid:
-            ok = st.st_mode & stat.S_IXUSR
-        elif st.st_gid == gid:
-            ok = st.st_mode & stat.S_IXGRP
-        else:
-            ok = st.st_mode & stat.S_IXOTH
-        if not ok:
-            blocked.append(path)
-    return blocked
-
-
-async def resolve_run_as(system_user: str | None, reach: list[Path]) -> RunAs:
-    """Ourselves unless root; as root, `system_user`, which must be able to reach `reach`."""
+async def resolve_run_as(system_user: str | None) -> RunAs:
+    """Ourselves unless root; as root, `system_user` (created when missing)."""
     if os.geteuid() != 0:
         return RunAs(os.getuid(), os.getgid())
     entry = await _system_user(system_user or DEFAULT_SYSTEM_USER)
-    uid, gid = entry.pw_uid, entry.pw_gid
-    blocked = await asyncio.to_thread(_blocked_dirs, reach, uid, gid)
-    if blocked:
-        raise EmbeddedError(
-            f"PostgreSQL runs as {entry.pw_name!r} because root is refused, and that user "
-            f"cannot enter {', '.join(map(str, blocked))}; choose a data directory it can "
-            "reach (for example under /tmp or /var/lib) or chmod o+x those directories"
-        )
     setpriv = shutil.which("setpriv") or "/usr/bin/setpriv"
-    prefix = (setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--")
-    return RunAs(uid, gid, prefix)
+    prefix = (setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups")
+    return RunAs(entry.pw_uid, entry.pw_gid, (*prefix, "--"), entry.pw_name)
 
 
 def own_data_dir(path: Path, run_as: RunAs) -> None:
