@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import shlex
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -262,29 +263,57 @@ async def test_hard_timeout_stops_the_encode(
     assert await job.files_left() == []
 
 
+def gated_ffmpeg(tools: FfmpegTools, tmp_path: Path) -> tuple[FfmpegTools, Path]:
+    """The real ffmpeg behind a gate: an encode (a run with `-progress`) starts only once the
+    returned gate file exists, so the job is certain to be running until the test releases it.
+    Probes pass straight through. The wait is bounded (5 min) so nothing outlives the test."""
+    gate = tmp_path / "gate"
+    wrapper = tmp_path / "ffmpeg-gated"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'case " $* " in *" -progress "*)\n'
+        "  i=0\n"
+        f"  while [ ! -e {shlex.quote(str(gate))} ] && [ $i -lt 6000 ]; do\n"
+        "    sleep 0.05; i=$((i+1))\n"
+        "  done;;\n"
+        "esac\n"
+        f'exec {shlex.quote(tools.ffmpeg)} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    return FfmpegTools(ffmpeg=str(wrapper), ffprobe=tools.ffprobe), gate
+
+
+def _proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
 async def test_pause_then_resume_finishes(
-    ffmpeg_tools: FfmpegTools, long_clip: Path, tmp_path: Path, media_dir: Path
+    ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path, media_dir: Path
 ) -> None:
-    paused = asyncio.Event()
-    op = transcode(height=90, preset="veryslow", audio_codec="none")
-    job = Job(ffmpeg_tools, tmp_path, media_dir, long_clip, op)
-
-    async def pause_once(update: ProgressUpdate) -> None:
-        if not paused.is_set():
-            job.ctx.control.pause()
-            paused.set()
-
-    job.on_update = pause_once
+    tools, gate = gated_ffmpeg(ffmpeg_tools, tmp_path)
+    job = Job(tools, tmp_path, media_dir, clip_small, transcode(audio_codec="none"))
+    control = job.ctx.control
     run = asyncio.create_task(job.run())
-    await asyncio.wait_for(paused.wait(), 30)
-    pid = job.ctx.control.pid
-    assert pid is not None
-    await asyncio.sleep(0.5)
-    state = (await asyncio.to_thread(Path(f"/proc/{pid}/stat").read_text)).rsplit(")", 1)[1]
-    assert state.split()[0] == "T" and not run.done()
-    job.ctx.control.resume()
+    for _ in range(3000):  # until the encode is attached; it cannot end before the gate opens
+        if control.pid is not None or run.done():
+            break
+        await asyncio.sleep(0.01)
+    pid = control.pid
+    assert pid is not None, run
+    control.pause()
+    await asyncio.to_thread(gate.touch)
+    # Stopped (SIGSTOP to its group): the open gate cannot be seen, the job cannot advance.
+    # The stop takes effect when the kernel next schedules the process: wait for it, bounded.
+    for _ in range(3000):
+        if await asyncio.to_thread(_proc_state, pid) == "T":
+            break
+        await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(_proc_state, pid) == "T"
+    assert control.pid == pid and not run.done()
+    control.resume()
     result = await asyncio.wait_for(run, 60)
     assert job.percents()[-1] == 100.0 and result.outputs
+    assert control.paused_total_s > 0
 
 
 async def test_odd_file_names_transcode_fine(
