@@ -101,3 +101,15 @@ async def connect_with_retry(
             log.warning("nats unreachable (%s); retrying in %.1fs", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+async def sync_subscriptions(nc: Client) -> None:
+    """Return once the server has every SUB sent so far on `nc`; raises after 5 s a round trip.
+
+    nats-py writes a flush's PING straight to the socket, ahead of a SUB still queued for its
+    flusher task, so one flush() can return before the server knows the subscription (seen as
+    "no responders" for a request made right after). The first round trip lets that task run;
+    the second PING follows the SUB.
+    """
+    await nc.flush(timeout=5)
+    await nc.flush(timeout=5)

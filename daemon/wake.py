@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from daemon.natsconn import sync_subscriptions
 from schemas.common import PRIORITIES
 
 log = logging.getLogger("flotilla.puller")
@@ -40,9 +41,7 @@ class Wake:
 
         A refused subscription raises nothing: the server's -ERR reaches error_cb before the
         PONG of a PING sent after the SUB, so a new `last_error` naming this subject is the
-        refusal. nats-py writes a flush's PING straight to the socket, ahead of the SUB still
-        queued for its flusher task; the first flush's round trip lets that task run, so the
-        second PING follows the SUB."""
+        refusal."""
         if self.nc is None:
             return False
         before = self.nc.last_error
@@ -52,8 +51,7 @@ class Wake:
             log.warning("no wake on %s (%s): polling every fetch_timeout", self.subject, exc)
             return False
         try:
-            await self.nc.flush(timeout=5)
-            await self.nc.flush(timeout=5)
+            await sync_subscriptions(self.nc)
         except Exception as exc:  # reconnecting: the subscription is sent again on reconnect
             log.info("wake on %s not confirmed (%s)", self.subject, exc)
             return True

@@ -23,6 +23,7 @@ from control.dev import DevFleet
 from control.jobflags import flag_document, submit_argv, to_spec
 from daemon.config import NatsSettings
 from daemon.ffmpeg_bin import FfmpegTools
+from daemon.natsconn import sync_subscriptions
 from schemas import api
 from schemas.codec import Decoder
 from schemas.jobs import JobSpec
@@ -253,7 +254,7 @@ async def test_upload_puts_input_in_object_store(fleet: DevFleet, clip_small: Pa
             seen.put_nowait(msg.data)
 
         await nc.subscribe(f"{fleet.prefix}.submit.>", cb=on_job)
-        await nc.flush()
+        await sync_subscriptions(nc)
         res = await run_cli("submit", "probe", str(clip_small), "--upload", "--job-id", "up-1")
         assert res.rc == 0, res
         spec: JobSpec = Decoder(JobSpec).decode(await asyncio.wait_for(seen.get(), 10))

@@ -27,6 +27,7 @@ import pytest
 from nats.aio.client import Client
 
 from control.topology import TopologySettings, ensure_topology
+from daemon.natsconn import sync_subscriptions
 from daemon.wake import Wake
 from schemas.subjects import Subjects
 from tests.test_ansible import run_role
@@ -257,7 +258,7 @@ async def test_node_listens_only_on_its_own_subjects(
 
     await nc.subscribe(SUBJECTS.ctl("node1", "*"), cb=on_msg)
     await nc.subscribe(SUBJECTS.ctl("all", "*"), cb=on_msg)
-    await nc.flush()
+    await sync_subscriptions(nc)
     reply = await control.request(SUBJECTS.ctl("node1", "drain"), b"drain", timeout=5)
     assert reply.data == b"ok" and await got.get() == b"drain"
     await nc.subscribe("_INBOX_node2.>")
@@ -275,7 +276,7 @@ async def test_node_hears_only_its_pools_submits(
         await got.put(msg.subject)
 
     await nc.subscribe(f"{SUBJECTS.prefix}.submit.cpu.>", cb=on_msg)
-    await nc.flush()
+    await sync_subscriptions(nc)
     subject = SUBJECTS.submit("cpu", "low", "job-perm-wake")
     await control.jetstream().publish(subject, b"{}", headers={"Nats-Msg-Id": "job-perm-wake"})
     assert await asyncio.wait_for(got.get(), 5) == subject
