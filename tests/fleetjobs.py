@@ -103,6 +103,18 @@ async def tally(nc: NATS, fleet: DevFleet, job_ids: set[str]) -> Tally:
     )
 
 
+async def until_accepted(nc: NATS, fleet: DevFleet, job_ids: set[str], limit_s: float) -> None:
+    """Until the events stream holds an `accepted` event for each of `job_ids`."""
+    deadline = time.monotonic() + limit_s
+    missing = set(job_ids)
+    while time.monotonic() < deadline:
+        missing -= set((await tally(nc, fleet, missing)).accepted)
+        if not missing:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no accepted event for {sorted(missing)} in {limit_s}s")
+
+
 async def wait_finished(
     fleet: DevFleet, job_ids: set[str], limit_s: float = 240.0
 ) -> dict[str, api.JobInfo]:
@@ -175,14 +187,3 @@ async def until_state(fleet: DevFleet, node: str, state: str, limit_s: float) ->
             return
         await asyncio.sleep(0.25)
     raise AssertionError(f"{node} was {seen}, not {state}, after {limit_s}s")
-
-
-async def until_running_everywhere(fleet: DevFleet, nodes: list[str], limit_s: float) -> None:
-    deadline = time.monotonic() + limit_s
-    seen: dict[str, list[str]] = {}
-    while time.monotonic() < deadline:
-        seen = await running_on(fleet)
-        if all(seen.get(n) for n in nodes):
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"jobs were not running on every node in {limit_s}s: {seen}")
