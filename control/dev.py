@@ -9,19 +9,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from control.clientctx import write_context
 from control.embedded import EmbeddedStack, free_ports
 from control.topology import TopologySettings, ensure_topology
-from daemon.config import NatsSettings
+from daemon.config import DaemonConfig, MediaSettings, NatsSettings
 from daemon.natsconn import connect
 from schemas.subjects import Subjects
 
 DB_NAME = "flotilla"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Daemon settings every dev node gets besides the fleet's own (node id, NATS, state dir,
+    roots, ports, ack wait). The defaults add nothing: the nodes run on the daemon's defaults."""
+
+    #: The `[media]` table: input limits and remote inputs (say an http allow-list);
+    #: None: the daemon's defaults (file:// inputs only).
+    media: MediaSettings | None = None
+    #: Slot overrides per pool (`[slots]`); empty: measured from the machine.
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+    def toml(self) -> str:
+        """These settings as TOML tables, to follow the rest of a daemon's config."""
+        tables: dict[str, dict[str, Any]] = {}
+        if self.media is not None:
+            tables["media"] = msgspec.to_builtins(self.media)
+        if self.slots:
+            tables["slots"] = dict(self.slots)
+        return "".join(_toml_table(name, values) for name, values in tables.items())
+
+
+def _toml_table(name: str, values: dict[str, Any]) -> str:
+    # JSON strings, numbers, booleans and arrays of them are TOML values too.
+    lines = [f"[{name}]"]
+    for key, value in values.items():
+        bare = _BARE_KEY.fullmatch(key) is not None
+        lines.append(f"{key if bare else _json(key)} = {_json(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
 
 
 @dataclass
@@ -32,6 +72,8 @@ class DevFleet:
     prefix: str = "flotilla"
     #: JetStream ack wait (consumers and daemons): how soon a crashed node's jobs are redelivered.
     ack_wait: float = 60.0
+    #: Settings every daemon gets on top of the dev defaults.
+    node_settings: NodeSettings = field(default_factory=NodeSettings)
     stack: EmbeddedStack = field(init=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -79,12 +121,15 @@ class DevFleet:
     def _daemon_toml(self, node: str, port: int) -> str:
         self.metrics_ports[node] = port
         roots = ", ".join(f'"{r.resolve()}"' for r in self.roots) or f'"{self.data_dir}"'
-        return (
+        text = (
             f'node_id = "{node}"\nstate_dir = "{self.data_dir / "nodes" / node}"\n'
             f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
             f"ack_wait = {self.ack_wait}\n"
             f'heartbeat_interval = 2.0\n[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
-        )
+        ) + self.node_settings.toml()
+        # Refuse a config the daemon would refuse, here rather than in a node's log.
+        msgspec.toml.decode(text, type=DaemonConfig)
+        return text
 
     async def _spawn(self, name: str, command: list[str], config: str) -> None:
         conf = self.data_dir / f"{name}.toml"

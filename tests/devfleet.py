@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import sys
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from control.apiclient import ApiClient
-from control.dev import DevFleet
+from control.dev import DevFleet, NodeSettings
 from daemon.config import NatsSettings
 from schemas import api
 
@@ -41,8 +42,9 @@ async def run_cli(
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), limit_s)
-    except TimeoutError:
-        proc.kill()
+    except BaseException:  # timed out, or the caller gave up on it: leave no process behind
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
         await proc.wait()
         raise
     assert proc.returncode is not None
@@ -86,12 +88,16 @@ async def _print_logs(fleet: DevFleet) -> None:
 
 
 @asynccontextmanager
-async def dev_fleet(data_dir: Path, nodes: int, roots: list[Path]) -> AsyncIterator[DevFleet]:
+async def dev_fleet(
+    data_dir: Path, nodes: int, roots: list[Path], node_settings: NodeSettings | None = None
+) -> AsyncIterator[DevFleet]:
     """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set)."""
     context = data_dir / "context.json"
     previous = os.environ.get("FLOTILLA_CONTEXT")
     os.environ["FLOTILLA_CONTEXT"] = str(context)  # never the operator's own context file
-    fleet = DevFleet(data_dir / "fleet", nodes=nodes, roots=roots)
+    fleet = DevFleet(
+        data_dir / "fleet", nodes=nodes, roots=roots, node_settings=node_settings or NodeSettings()
+    )
     try:
         try:
             await fleet.start()

@@ -103,6 +103,18 @@ async def tally(nc: NATS, fleet: DevFleet, job_ids: set[str]) -> Tally:
     )
 
 
+async def until_accepted(nc: NATS, fleet: DevFleet, job_ids: set[str], limit_s: float) -> None:
+    """Until the events stream holds an `accepted` event for each of `job_ids`."""
+    deadline = time.monotonic() + limit_s
+    missing = set(job_ids)
+    while time.monotonic() < deadline:
+        missing -= set((await tally(nc, fleet, missing)).accepted)
+        if not missing:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"no accepted event for {sorted(missing)} in {limit_s}s")
+
+
 async def wait_finished(
     fleet: DevFleet, job_ids: set[str], limit_s: float = 240.0
 ) -> dict[str, api.JobInfo]:
@@ -129,19 +141,49 @@ def _ended(info: api.JobInfo) -> bool:
     return info.state in api.TERMINAL_STATES
 
 
-async def running_on(fleet: DevFleet) -> dict[str, list[str]]:
-    """node id -> running job ids, from the fleet API's node list."""
+async def node_list(fleet: DevFleet) -> list[api.NodeInfo]:
     async with ApiClient(NatsSettings(url=fleet.nats_url, prefix=fleet.prefix)) as client:
         reply = await client.call("node.list", api.EmptyRequest(), api.NodeListReply)
-    return {n.node_id: (n.heartbeat.running_jobs if n.heartbeat else []) for n in reply.nodes}
+    return reply.nodes
 
 
-async def until_running_everywhere(fleet: DevFleet, nodes: list[str], limit_s: float) -> None:
+async def running_on(fleet: DevFleet) -> dict[str, list[str]]:
+    """node id -> running job ids, from the fleet API's node list."""
+    return {
+        n.node_id: (n.heartbeat.running_jobs if n.heartbeat else []) for n in await node_list(fleet)
+    }
+
+
+async def slots_of(fleet: DevFleet, nodes: list[str], pool: str = "cpu") -> dict[str, int]:
+    """node id -> its slots in `pool`, as its heartbeat reports them (each node must have one)."""
+    beats = {n.node_id: n.heartbeat for n in await node_list(fleet)}
+    assert all(beats.get(n) for n in nodes), f"no heartbeat from some of {nodes}: {beats}"
+    return {n: b.slots.get(pool, 0) for n in nodes if (b := beats[n]) is not None}
+
+
+async def until_running(fleet: DevFleet, job_ids: set[str], limit_s: float) -> dict[str, set[str]]:
+    """Until every job in `job_ids` is on some node's running list; node id -> those jobs.
+
+    Meant for jobs that cannot finish on their own (tests.heldmedia): once a heartbeat lists
+    one, it stays there, so the answer does not depend on when each node last beat."""
     deadline = time.monotonic() + limit_s
-    seen: dict[str, list[str]] = {}
+    on: dict[str, set[str]] = {}
     while time.monotonic() < deadline:
-        seen = await running_on(fleet)
-        if all(seen.get(n) for n in nodes):
-            return
+        assert not fleet.failed(), fleet.failed()
+        on = {n: job_ids & set(jobs) for n, jobs in (await running_on(fleet)).items()}
+        if set().union(*on.values()) >= job_ids:
+            return on
         await asyncio.sleep(0.5)
-    raise AssertionError(f"jobs were not running on every node in {limit_s}s: {seen}")
+    raise AssertionError(f"not all of {sorted(job_ids)} running in {limit_s}s: {on}")
+
+
+async def until_state(fleet: DevFleet, node: str, state: str, limit_s: float) -> None:
+    """Until the fleet API reports `node` in `state` (say `draining`)."""
+    deadline = time.monotonic() + limit_s
+    seen: str | None = None
+    while time.monotonic() < deadline:
+        seen = next((n.state for n in await node_list(fleet) if n.node_id == node), None)
+        if seen == state:
+            return
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"{node} was {seen}, not {state}, after {limit_s}s")

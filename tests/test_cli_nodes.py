@@ -21,12 +21,18 @@ from tests.devfleet import CliResult, dev_fleet, open_dir, run_cli
 from tests.fleet_helpers import node_record
 from tests.fleetjobs import (
     nats_of,
+    slots_of,
     submit,
     transcode,
-    until_running_everywhere,
+    until_running,
     wait_finished,
 )
+from tests.heldmedia import HeldMedia, held_media, node_settings
 from tests.media import make_clip
+
+NODES = ["dev-1", "dev-2"]
+#: Slots per node, fixed so the held jobs that fill the fleet are few on any machine.
+SLOTS = 2
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -36,14 +42,21 @@ async def work() -> AsyncIterator[Path]:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fleet(work: Path, media_dir: Path) -> AsyncIterator[DevFleet]:
-    async with dev_fleet(work, 2, roots=[media_dir, work]) as f:
-        yield f
+async def src(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    return await make_clip(ffmpeg_tools.ffmpeg, media_dir / "nodes.mp4", seconds=8)
 
 
 @pytest_asyncio.fixture(scope="module")
-async def src(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
-    return await make_clip(ffmpeg_tools.ffmpeg, media_dir / "nodes.mp4", seconds=8)
+async def media(src: Path) -> AsyncIterator[HeldMedia]:
+    async with held_media(src) as m:
+        yield m
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fleet(work: Path, media_dir: Path, media: HeldMedia) -> AsyncIterator[DevFleet]:
+    settings = node_settings(slots=SLOTS)
+    async with dev_fleet(work, len(NODES), roots=[media_dir, work], node_settings=settings) as f:
+        yield f
 
 
 def one_error_line(res: CliResult, code: int) -> str:
@@ -83,19 +96,28 @@ async def test_nodes_table_and_json(fleet: DevFleet) -> None:
     assert "libx264" in one["verified_encoders"] and one["heartbeat"]["node_id"] == "dev-1"
 
 
-async def test_drain_wait_timeout_then_resume(fleet: DevFleet, src: Path, work: Path) -> None:
+async def test_drain_wait_timeout_then_resume(
+    fleet: DevFleet, media: HeldMedia, src: Path, work: Path
+) -> None:
     nc = await nats_of(fleet)
-    first = {f"nd-{i}" for i in range(10)}
+    # As many held jobs as the fleet has slots: once all run, every node runs some (counted,
+    # not timed), and none can finish before it is released.
+    slots = await slots_of(fleet, NODES)
+    assert slots == dict.fromkeys(NODES, SLOTS), slots
+    first = {f"nd-{i}" for i in range(sum(slots.values()))}
     try:
         for job_id in sorted(first):
-            await submit(nc, fleet, transcode(job_id, src, work / "out"))
-        await until_running_everywhere(fleet, ["dev-1"], 120.0)
+            await submit(nc, fleet, media.transcode(job_id, work / "out"))
+        on = await until_running(fleet, first, 180.0)
+        assert {n: len(on.get(n, ())) for n in NODES} == slots, on
         # A timeout shorter than the running jobs: exit 1, one line, the node stays draining.
-        # (Ten jobs keep a queue, so dev-1 still runs one when the CLI has started.)
+        # (dev-1 runs held jobs, so it cannot be drained before they are released.)
         res = await run_cli("drain", "dev-1", "--wait", "--timeout", "0.5")
         line = one_error_line(res, 1)
         assert "dev-1 still " in line and "--timeout" in line, line
         assert res.out.startswith("dev-1: draining\n"), res.out
+        assert on["dev-1"] <= set(media.holding), (on, media.holding)
+        media.release(first)
         res = await run_cli("drain", "dev-1", "--wait", "--timeout", "180")
         assert res.rc == 0, res
         # Off a TTY the wait prints plain lines, the last one the verdict.
@@ -118,6 +140,7 @@ async def test_drain_wait_timeout_then_resume(fleet: DevFleet, src: Path, work: 
         assert infos["nd-after-resume"].node_id == "dev-1"
         assert all(i.state == "completed" for i in infos.values())
     finally:
+        media.release(first)
         await run_cli("resume", "dev-2")
         await run_cli("resume", "dev-1")
         await nc.close()

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from control.config import ControlConfig
-from daemon.config import DaemonConfig
+from control.dev import NodeSettings
+from daemon.config import DaemonConfig, MediaSettings
 from daemon.configfile import ConfigError, load_config
 
 
@@ -33,6 +34,15 @@ def test_file_and_env_override(tmp_path: Path) -> None:
         "nats://a:1",
         "fx",
     )
+
+
+def test_dev_node_settings_reach_the_daemon_config(tmp_path: Path) -> None:
+    assert NodeSettings().toml() == ""  # `flotilla dev` nodes keep the daemon's defaults
+    media = MediaSettings(http_hosts=["127.0.0.1"], http_allow_private=True, http_read_timeout=900)
+    extra = NodeSettings(media=media, slots={"cpu": 2}).toml()
+    path = _write(tmp_path, 'node_id = "n1"\n[nats]\nurl = "nats://a:1"\n' + extra)
+    cfg = load_config(DaemonConfig, path, env={}, env_prefix="FLOTILLA_DAEMON_")
+    assert (cfg.media, cfg.slots, cfg.nats.url) == (media, {"cpu": 2}, "nats://a:1")
 
 
 @pytest.mark.parametrize(
