@@ -18,12 +18,12 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check daemon control schemas tests bench
-	$(BIN)/ruff format --check daemon control schemas tests bench
+	$(BIN)/ruff check common schemas daemon control tests bench
+	$(BIN)/ruff format --check common schemas daemon control tests bench
 	$(BIN)/mypy
 
 demo: $(STAMP)
-	$(BIN)/python -m control.demo
+	$(BIN)/python -m control.devstack.demo
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

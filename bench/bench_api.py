@@ -3,7 +3,7 @@
 Against the embedded nats-server and PostgreSQL (loopback, free ports), in this process:
 a `jobs` table of N jobs is filled through the real fold path (`store_batch`), the real
 `ApiService` answers `<prefix>.api.job.get` / `job.list`, and a client requests one at a time.
-The baseline runs the same query (control/jobquery.py's SQL) straight on an asyncpg pool, so
+The baseline runs the same query (control/api/jobquery.py's SQL) straight on an asyncpg pool, so
 the difference is what the API adds: NATS round trip, decode, validation, encode.
 
 Usage: python -m bench.bench_api [jobs]
@@ -25,12 +25,12 @@ import asyncpg
 import msgspec
 import nats
 
-from control.api import ApiService, ApiSettings
+from control.api.jobquery import JOB_COLUMNS
+from control.api.service import ApiService, ApiSettings
 from control.db import create_pool
 from control.db.migrate import migrate
 from control.db.store import Incoming, store_batch
-from control.embedded import EmbeddedStack
-from control.jobquery import JOB_COLUMNS
+from control.devstack.stack import EmbeddedStack
 from schemas.codec import encode
 from schemas.events import Accepted, Completed, Event, Failed
 from schemas.results import JobResult

@@ -32,11 +32,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from control.embedded_nats import NatsServer
+from control.devstack.nats import NatsServer
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
-from daemon.ffmpeg_bin import find_tools
+from daemon.ffmpeg.tools import find_tools
 from schemas.subjects import Subjects
 
 PREFIX = "bench"

@@ -28,7 +28,7 @@ import nats
 from control.db import create_pool
 from control.db.migrate import migrate
 from control.db.store import Incoming, _stage_row
-from control.embedded import EmbeddedStack
+from control.devstack.stack import EmbeddedStack
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology
 from schemas.codec import encode

@@ -18,15 +18,15 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from daemon.ffmpeg_bin import FfmpegTools, find_tools
-from daemon.mediaprobe import probe_media
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools, find_tools
+from daemon.job.runcontrol import RunControl
+from daemon.media.paths import uri_of
+from daemon.media.probe import probe_media
 from daemon.ops import run_operation
 from daemon.ops.analyze import filter_graph
 from daemon.ops.context import JobContext
 from daemon.ops.package import package_args
-from daemon.paths import uri_of
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze, Operation, Package, Probe, Rung, Thumbnail, Transcode
 

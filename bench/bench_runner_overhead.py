@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from daemon.ffmpeg_bin import find_tools
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import find_tools
+from daemon.job.runcontrol import RunControl
+from daemon.media.paths import uri_of
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
-from daemon.paths import uri_of
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 

@@ -7,9 +7,9 @@ from typing import Annotated
 
 import msgspec
 
+from common.configfile import load_config
+from common.natsconn import NatsSettings
 from control.topology import TopologySettings
-from daemon.config import NatsSettings
-from daemon.configfile import load_config
 
 DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"

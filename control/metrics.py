@@ -7,7 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from control.alerts import Snapshot
+from control.alerts.rules import Snapshot
 from control.httpserve import HttpServer
 from schemas.alerts import Alert
 

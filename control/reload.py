@@ -14,12 +14,12 @@ from pathlib import Path
 
 import msgspec
 
-from control.alerts import AlertEngine
-from control.canary import CanaryRunner
+from common.configfile import ConfigError
+from common.sdnotify import Notifier
+from control.alerts.canary import CanaryRunner
+from control.alerts.rules import AlertEngine
+from control.alerts.watcher import Watcher
 from control.config import ControlConfig, load_control_config
-from control.watcher import Watcher
-from daemon.configfile import ConfigError
-from daemon.sdnotify import Notifier
 
 log = logging.getLogger("flotilla.control")
 LIVE = frozenset({"alerts", "alert_interval", "canary_interval", "canary_timeout", "log_json"})

@@ -15,14 +15,19 @@ from pathlib import Path
 import asyncpg
 from nats.aio.client import Client as NATS
 
-from control.alerts import AlertEngine, Snapshot, nats_sink
-from control.alertstore import db_sink, fan_out
-from control.api import ApiService, ApiSettings
-from control.canary import CanaryRunner
+from common.natsconn import connect
+from common.sdnotify import Notifier, watchdog_task
+from common.supervise import Supervisor
+from control.alerts.canary import CanaryRunner
+from control.alerts.rules import AlertEngine, Snapshot, nats_sink
+from control.alerts.snapshot import finished_since, nats_snapshot, with_db
+from control.alerts.store import db_sink, fan_out
+from control.alerts.watcher import Watcher
+from control.api.service import ApiService, ApiSettings
 from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
-from control.deadletter import DeadLetters
+from control.deadletters.advisories import DeadLetters
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.leader import LeaderLease
@@ -31,13 +36,8 @@ from control.nodes import NodeTracker
 from control.reload import apply as apply_config
 from control.reload import on_sighup
 from control.singletons import Singletons
-from control.snapshot import finished_since, nats_snapshot, with_db
-from control.supervise import Supervisor
 from control.topology import ensure_topology
-from control.watcher import Watcher
 from control.webhooks import WebhookSender
-from daemon.natsconn import connect
-from daemon.sdnotify import Notifier, watchdog_task
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.control")

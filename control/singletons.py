@@ -12,13 +12,13 @@ from typing import Any
 
 import asyncpg
 
-from control.alerts import AlertEngine
-from control.canary import CanaryRunner
+from common.supervise import Supervisor
+from control.alerts.canary import CanaryRunner
+from control.alerts.rules import AlertEngine
+from control.api.jobquery import firing_alerts
 from control.config import ControlConfig
-from control.jobquery import firing_alerts
 from control.leader import Term
 from control.retention import run_pruner
-from control.supervise import Supervisor
 
 #: Firing alerts a new leader adopts, at most (each is one rule on one subject).
 FIRING_LIMIT = 100_000

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from control.api.jobquery import get_job
+from control.api.tenants import get_tenant
 from control.httppost import post
-from control.jobquery import get_job
-from control.tenants import get_tenant
 from schemas.codec import encode
 
 log = logging.getLogger("flotilla.webhooks")

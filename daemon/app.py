@@ -17,23 +17,23 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
-from control.topology import TopologySettings
+from common.sdnotify import Notifier, watchdog_task
 from daemon.config import DaemonConfig
 from daemon.control_listener import ControlListener
 from daemon.diskguard import DiskGuard
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
-from daemon.jobdeps import JobDeps
-from daemon.jobrun import run_job
+from daemon.job.deps import JobDeps
+from daemon.job.requirements import NodeView
+from daemon.job.run import run_job
+from daemon.job.running import RunningJobs
+from daemon.journal.reporter import Reporter, new_event_id
 from daemon.metrics import Metrics
 from daemon.probe.capacity import served_capacity
-from daemon.puller import PoolPuller, PullerSet
-from daemon.reporter import Reporter, new_event_id
-from daemon.requirements import NodeView
-from daemon.running import RunningJobs
-from daemon.sdnotify import Notifier, watchdog_task
-from daemon.slots import Slots
+from daemon.pull.puller import PoolPuller, PullerSet
+from daemon.pull.slots import Slots
+from daemon.reload import reload_daemon
 from daemon.wiring import Backend, open_backend
 from schemas.events import NodeStateChanged
 from schemas.nodes import NodeState
@@ -50,11 +50,9 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
-        topology: TopologySettings | None = None,
     ) -> None:
         self.cfg, self.config_path = cfg, config_path
         self.notifier = notifier or Notifier({})
-        self.topology = topology or TopologySettings(ack_wait=cfg.ack_wait)
         self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
         self.running = RunningJobs()
         self.metrics = Metrics()
@@ -166,7 +164,7 @@ class Daemon:
     # -- pulling ------------------------------------------------------------------------
     def _make_puller(self, pool: str) -> PoolPuller:
         return PoolPuller(
-            self.backend.js, self.subjects, self.topology, pool, self.slots, self._spawn,
+            self.backend.js, self.subjects, pool, self.slots, self._spawn,
             fetch_timeout=self.cfg.fetch_timeout, wake_source=self.backend.nc,
         )  # fmt: skip
 
@@ -253,8 +251,6 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: labels, pools, slots and limits from the file (see daemon.reload)."""
-        from daemon.reload import reload_daemon
-
         await reload_daemon(self)
 
     async def stop(self, *, force: bool = False) -> None:

@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from daemon.configfile import load_config
+from common.configfile import load_config
+from common.natsconn import NatsSettings
 
 DEFAULT_PATH = Path("/etc/flotilla/daemon.toml")
 ENV_PREFIX = "FLOTILLA_DAEMON_"
@@ -20,29 +21,6 @@ def _default_node_id() -> str:
     host = socket.gethostname().split(".")[0].lower()
     cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in host).strip("-_")
     return cleaned[:63] or "node"
-
-
-class NatsSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    #: NATS server URL(s), comma-separated; the client reconnects forever.
-    url: str = "nats://127.0.0.1:4222"
-    #: NATS credentials (.creds) file: the per-node user and its permissions.
-    credentials: str | None = None
-    #: NKey seed file, for NKey authentication instead of a credentials file.
-    nkey_seed: str | None = None
-    #: User name for user/password authentication.
-    user: str | None = None
-    #: Password for `user`.
-    password: str | None = None
-    #: CA bundle that verifies the server; setting it (or `tls_cert`) turns TLS on.
-    tls_ca: str | None = None
-    #: Client certificate for mutual TLS (with `tls_key`).
-    tls_cert: str | None = None
-    #: Private key of `tls_cert`.
-    tls_key: str | None = None
-    #: Subject prefix, and the stream names' prefix (`FLOTILLA_JOBS`); same fleet-wide.
-    prefix: str = "flotilla"
-    #: Partitions of the job subjects; must match the jobs stream's subject transform.
-    partitions: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 8
 
 
 #: Demuxers a media input may be read with (ffmpeg's `-format_whitelist`): playlists (hls,
@@ -130,8 +108,8 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     verify_hw_encoders: bool = True
     #: Seconds between heartbeats (node record in the KV bucket).
     heartbeat_interval: Positive = 5.0
-    #: Ack wait the daemon assumes (in-progress acks go every quarter of it), and uses if it has
-    #: to create a missing pool consumer; keep it equal to the control plane's topology.ack_wait.
+    #: Ack wait the daemon assumes (in-progress acks go every quarter of it); keep it equal to
+    #: the control plane's topology.ack_wait, which the pool consumers are created with.
     ack_wait: Positive = 60.0
     #: Idle fallback poll interval: an idle node holds no pull open; a submit to its pools wakes
     #: it at once, and it looks at its job consumers at least this often anyway, to find

@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from daemon.running import RunningJobs
+from daemon.job.running import RunningJobs
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.subjects import ALL_NODES, Subjects

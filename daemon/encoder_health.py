@@ -13,8 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from daemon.reporter import Reporter, new_event_id
-from daemon.requirements import NodeView
+from daemon.job.requirements import NodeView
+from daemon.journal.reporter import Reporter, new_event_id
 from schemas.events import EncoderHealth
 
 log = logging.getLogger("flotilla.encoders")

@@ -1,7 +1,7 @@
 """The daemon's error tree: one root, one class per thing a caller acts on.
 
     DaemonError
-    ├── JobError              an attempt failed; `kind` drives the retry policy (daemon.retry)
+    ├── JobError              an attempt failed; `kind` drives the retry policy (daemon.job.retry)
     │   ├── InvalidJob        permanent: the job asks for something impossible or forbidden
     │   │   └── PathRefused   permanent: a URI outside the roots, a forbidden scheme, a trick path
     │   ├── InputError        permanent: ffmpeg cannot read the input (missing, corrupt, no stream)

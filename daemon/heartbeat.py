@@ -17,9 +17,9 @@ import psutil
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from daemon.reporter import Reporter, new_event_id
-from daemon.running import RunningJobs
-from daemon.slots import Slots
+from daemon.job.running import RunningJobs
+from daemon.journal.reporter import Reporter, new_event_id
+from daemon.pull.slots import Slots
 from schemas.codec import encode
 from schemas.events import CapabilitiesChanged
 from schemas.nodes import GpuLoad, Heartbeat, NodeCapabilities, NodeRecord, NodeState

@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from daemon.metrics import Metrics
-from daemon.slots import Slots
+from daemon.pull.slots import Slots
 from daemon.wiring import Backend
 from schemas.results import JobResult
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import uvloop
 
+from common.configfile import ConfigError
+from common.logs import setup_logging
+from common.sdnotify import Notifier
 from daemon.app import Daemon
 from daemon.config import load_daemon_config
-from daemon.configfile import ConfigError
-from daemon.logs import setup_logging
-from daemon.sdnotify import Notifier
 
 log = logging.getLogger("flotilla.daemon")
 

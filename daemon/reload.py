@@ -8,19 +8,42 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
-from daemon.config import load_daemon_config
-
-if TYPE_CHECKING:
-    from daemon.app import Daemon
+from common.sdnotify import Notifier
+from daemon.config import DaemonConfig, load_daemon_config
+from daemon.diskguard import DiskGuard
+from daemon.heartbeat import Advertiser
+from daemon.job.deps import JobDeps
+from daemon.job.requirements import NodeView
+from daemon.pull.slots import Slots
 
 log = logging.getLogger("flotilla.daemon")
 
 
-async def reload_daemon(d: Daemon) -> None:
+class Reloadable(Protocol):
+    """The parts of the running daemon (daemon.app.Daemon) that a reload reads or changes."""
+
+    cfg: DaemonConfig
+    config_path: Path | None
+    notifier: Notifier
+    deps: JobDeps
+    disk: DiskGuard
+    advertiser: Advertiser
+    node: NodeView
+    slots: Slots
+    draining: bool
+
+    def apply_pools(self, cfg: DaemonConfig) -> None: ...
+    async def disk_changed(self) -> None: ...
+    async def start_pullers(self) -> None: ...
+    def status_line(self) -> str: ...
+
+
+async def reload_daemon(d: Reloadable) -> None:
     """SIGHUP: labels, pools and slots from the file; the connection stays."""
     d.notifier.reloading()
     try:

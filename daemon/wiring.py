@@ -19,23 +19,23 @@ from pathlib import Path
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 
+from common.natsconn import connect_with_retry
+from common.version import VERSION
 from daemon.config import DaemonConfig
-from daemon.ffmpeg_bin import FfmpegTools, find_tools
-from daemon.jobdeps import Attempt, OperationRunner
-from daemon.jobrun import JOB_DECODER
-from daemon.jobwatch import progress_event
-from daemon.journal import Journal
-from daemon.natsconn import connect_with_retry
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools, find_tools
+from daemon.job.deps import Attempt, OperationRunner
+from daemon.job.partials import remove_stale_partials
+from daemon.job.run import JOB_DECODER
+from daemon.job.runcontrol import RunControl
+from daemon.job.watch import progress_event
+from daemon.journal.outbox import OutboxPublisher
+from daemon.journal.store import Journal
+from daemon.media.access import MediaAccess
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
-from daemon.ops.storage import MediaAccess
-from daemon.outbox import OutboxPublisher
-from daemon.partials import remove_stale_partials
 from daemon.probe import RenderNode, probe_node, render_nodes, reverify
 from daemon.probe.gpu import Nvml
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
-from daemon.version import VERSION
 from schemas.codec import DecodeError
 from schemas.nodes import GpuLoad, NodeCapabilities
 from schemas.results import JobResult

@@ -23,8 +23,8 @@ import pytest_asyncio
 import uvloop
 from nats.aio.client import Client as NATS
 
-from control.embedded import ExternalPostgres, NatsServer, PostgresServer
-from daemon.ffmpeg_bin import FfmpegTools, find_tools
+from control.devstack.stack import ExternalPostgres, NatsServer, PostgresServer
+from daemon.ffmpeg.tools import FfmpegTools, find_tools
 from tests.media import make_clip
 
 #: Run once against the template database's DSN before any test database is cloned from it

@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from control.apiclient import ApiClient
-from control.dev import DevFleet, NodeSettings
-from daemon.config import NatsSettings
+from common.natsconn import NatsSettings
+from control.cli.apiclient import ApiClient
+from control.devstack.fleet import DevFleet, NodeSettings
 from schemas import api
 
 

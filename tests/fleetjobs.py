@@ -18,11 +18,10 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from control.apiclient import ApiClient
-from control.dev import DevFleet
+from common.natsconn import NatsSettings, connect
+from control.cli.apiclient import ApiClient
+from control.devstack.fleet import DevFleet
 from control.errors import NotFound
-from daemon.config import NatsSettings
-from daemon.natsconn import connect
 from schemas import api
 from schemas.subjects import Subjects
 

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from control.dev import NodeSettings
+from control.devstack.fleet import NodeSettings
 from daemon.config import MediaSettings
 from tests.fleetjobs import transcode
 

@@ -10,7 +10,7 @@ import asyncio
 import sys
 import time
 
-from daemon.journal import Journal
+from daemon.journal.store import Journal
 from tests.journal_helpers import accepted, completed, started
 
 WORKERS = 4

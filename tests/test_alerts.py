@@ -9,10 +9,10 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from control import alerts as A
-from control.alerts import AlertEngine, NodeView, PoolView, Snapshot, nats_sink
+from control.alerts import rules as A
+from control.alerts.rules import AlertEngine, NodeView, PoolView, Snapshot, nats_sink
+from control.alerts.snapshot import nats_snapshot
 from control.config import AlertThresholds
-from control.snapshot import nats_snapshot
 from control.topology import TopologySettings, ensure_topology
 from schemas.alerts import Alert
 from schemas.codec import encode

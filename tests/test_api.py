@@ -10,8 +10,8 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-from control.api import ApiService, ApiSettings
-from control.ratelimit import TenantLimiter
+from control.api.ratelimit import TenantLimiter
+from control.api.service import ApiService, ApiSettings
 from control.topology import TopologySettings, ensure_topology
 from schemas import api
 from schemas.codec import encode

@@ -10,8 +10,8 @@ import msgspec
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from control import tenants
-from control.api import ApiService, ApiSettings
+from control.api import tenants
+from control.api.service import ApiService, ApiSettings
 from control.db.migrate import migrate
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects

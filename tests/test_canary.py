@@ -9,12 +9,12 @@ import asyncpg
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from control.alerts import canary_failed
-from control.canary import CanaryRunner
+from control.alerts.canary import CanaryRunner
+from control.alerts.rules import canary_failed
+from control.alerts.snapshot import nats_snapshot
 from control.config import AlertThresholds
 from control.db.migrate import migrate
 from control.db.store import record_submission
-from control.snapshot import nats_snapshot
 from control.topology import TopologySettings, ensure_topology
 from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects

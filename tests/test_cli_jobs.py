@@ -17,13 +17,12 @@ import pytest
 import pytest_asyncio
 from nats.aio.msg import Msg
 
-from control.apiclient import ApiClient
-from control.cli import build_parser
-from control.dev import DevFleet
-from control.jobflags import flag_document, submit_argv, to_spec
-from daemon.config import NatsSettings
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.natsconn import sync_subscriptions
+from common.natsconn import NatsSettings, sync_subscriptions
+from control.cli.apiclient import ApiClient
+from control.cli.jobflags import flag_document, submit_argv, to_spec
+from control.cli.main import build_parser
+from control.devstack.fleet import DevFleet
+from daemon.ffmpeg.tools import FfmpegTools
 from schemas import api
 from schemas.codec import Decoder
 from schemas.jobs import JobSpec

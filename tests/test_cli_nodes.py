@@ -12,10 +12,10 @@ from pathlib import Path
 import msgspec
 import pytest_asyncio
 
-from control.dev import DevFleet
-from control.embedded import free_ports
-from control.nodewait import DrainWatch, drained
-from daemon.ffmpeg_bin import FfmpegTools
+from control.cli.nodewait import DrainWatch, drained
+from control.devstack.fleet import DevFleet
+from control.devstack.stack import free_ports
+from daemon.ffmpeg.tools import FfmpegTools
 from schemas import api
 from tests.devfleet import CliResult, dev_fleet, open_dir, run_cli
 from tests.fleet_helpers import node_record

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest_asyncio
 
-from control.dev import DevFleet
-from daemon.ffmpeg_bin import FfmpegTools
+from control.devstack.fleet import DevFleet
+from daemon.ffmpeg.tools import FfmpegTools
 from tests.devfleet import dev_fleet, open_dir, run_cli
 from tests.media import make_clip
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from common.configfile import ConfigError, load_config
 from control.config import ControlConfig
-from control.dev import NodeSettings
+from control.devstack.fleet import NodeSettings
 from daemon.config import DaemonConfig, MediaSettings
-from daemon.configfile import ConfigError, load_config
 
 
 def _write(tmp_path: Path, text: str) -> Path:

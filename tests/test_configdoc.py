@@ -7,10 +7,10 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from common.configfile import load_config
 from control import configdoc
 from control.config import ControlConfig
 from daemon.config import DaemonConfig
-from daemon.configfile import load_config
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

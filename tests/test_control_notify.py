@@ -19,11 +19,11 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
+from common.natsconn import NatsSettings
+from common.sdnotify import Notifier, watchdog_task
 from control.config import AlertThresholds, ControlConfig
 from control.service import ControlPlane
 from control.topology import TopologySettings
-from daemon.config import NatsSettings
-from daemon.sdnotify import Notifier, watchdog_task
 from tests.test_sdnotify import _recv_with_pid
 
 REPO = Path(__file__).resolve().parent.parent

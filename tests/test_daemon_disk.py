@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from daemon.app import Daemon
 from daemon.diskguard import MIB, low_reason
 from tests import test_daemon_e2e as e2e
-from tests.test_daemon_e2e import TOPO, config, events, has, job, submit, until
+from tests.test_daemon_e2e import config, events, has, job, submit, until
 
 js = e2e.js  # the e2e module's fixture: a topology with the cpu pool
 HUGE_MB = 1 << 40  # an exbibyte: more than any test machine has free
@@ -43,7 +43,7 @@ async def test_disk_watermark_holds_pulling_until_space_returns(
         disk_low_watermark_mb=HUGE_MB, disk_check_interval=0.2,
     )  # fmt: skip
     e2e._write_config(cfg, path)
-    d = Daemon(cfg, config_path=path, topology=TOPO)
+    d = Daemon(cfg, config_path=path)
     await d.start()
     try:
         assert d.disk.reason is not None and d.disk.reason.startswith("disk low")

@@ -24,7 +24,7 @@ from nats.js import JetStreamContext
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
-from daemon.ffmpeg_bin import FfmpegTools
+from daemon.ffmpeg.tools import FfmpegTools
 from schemas.subjects import Subjects
 from tests.media import make_clip, run_ffmpeg
 
@@ -140,7 +140,7 @@ async def start_daemon(
     started: list[Daemon] = []
 
     async def start(node_id: str = "n1", **over: Any) -> Daemon:
-        d = Daemon(config(nats_url, prefix, tmp_path / node_id, node_id, **over), topology=TOPO)
+        d = Daemon(config(nats_url, prefix, tmp_path / node_id, node_id, **over))
         await d.start()
         started.append(d)
         return d
@@ -453,7 +453,7 @@ async def test_reload_changes_slots_and_labels(
     path = tmp_path / "r.toml"
     cfg = config(nats_url, prefix, tmp_path / "r1", "r1")
     _write_config(cfg, path)
-    d = Daemon(cfg, config_path=path, topology=TOPO)
+    d = Daemon(cfg, config_path=path)
     await d.start()
     try:
         _write_config(msgspec.structs.replace(cfg, slots={"cpu": 2}, labels={"site": "x"}), path)

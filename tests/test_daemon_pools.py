@@ -71,7 +71,7 @@ async def test_daemon_serves_a_custom_pool(
     cfg = config(nats_url, prefix, tmp_path / "b1", "b1", pools=["batch"], slots={})
     path = tmp_path / "b1.toml"
     e2e._write_config(cfg, path)
-    d = Daemon(cfg, config_path=path, topology=topo)
+    d = Daemon(cfg, config_path=path)
     await d.start()
     try:
         assert d.node.pools == ["batch"] and d.slots.capacity("batch") >= 1

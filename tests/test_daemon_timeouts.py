@@ -16,9 +16,9 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import generate_latest
 
-from daemon.jobwatch import WatchHooks, watch_job
-from daemon.runcontrol import RunControl
-from daemon.running import RunningJob, RunningJobs
+from daemon.job.runcontrol import RunControl
+from daemon.job.running import RunningJob, RunningJobs
+from daemon.job.watch import WatchHooks, watch_job
 from tests import test_daemon_e2e as e2e
 from tests.test_daemon_e2e import events, has, job, kinds, submit, until
 

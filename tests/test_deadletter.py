@@ -14,8 +14,8 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from control.deadletter import DeadLetterNotFound, DeadLetters, retry_dead_letter
-from control.deadletter_retry import H_REASON, H_SOURCE
+from control.deadletters.advisories import DeadLetterNotFound, DeadLetters, retry_dead_letter
+from control.deadletters.retry import H_REASON, H_SOURCE
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology, job_consumer_config
 from schemas.codec import encode

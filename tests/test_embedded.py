@@ -14,7 +14,7 @@ import pytest
 import uvloop
 from nats.aio.client import Client as NATS
 
-from control.embedded import (
+from control.devstack.stack import (
     EmbeddedError,
     EmbeddedStack,
     NatsServer,
@@ -22,7 +22,13 @@ from control.embedded import (
     free_ports,
     pid_alive,
 )
-from daemon.ffmpeg_bin import FfmpegNotFound, FfmpegTools, ffmpeg_version, find_tools, wheel_ffmpeg
+from daemon.ffmpeg.tools import (
+    FfmpegNotFound,
+    FfmpegTools,
+    ffmpeg_version,
+    find_tools,
+    wheel_ffmpeg,
+)
 from tests.media import media_duration, run_ffmpeg
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from control import embedded_pg
-from control.embedded import PostgresServer
-from control.embedded_pgplace import POINTER, blocked_dirs, sweep_orphans
+from control.devstack import postgres as embedded_pg
+from control.devstack.pgplace import POINTER, blocked_dirs, sweep_orphans
+from control.devstack.stack import PostgresServer
 
 as_root = pytest.mark.skipif(os.geteuid() != 0, reason="the system-user path is root's")
 
@@ -127,7 +127,7 @@ def test_sweep_keeps_live_and_owned_clusters(tmp_path: Path) -> None:
 _CHILD = """
 import asyncio, sys
 from pathlib import Path
-from control.embedded import PostgresServer
+from control.devstack.stack import PostgresServer
 
 async def main() -> None:
     server = PostgresServer(Path(sys.argv[1]))

@@ -8,10 +8,10 @@ from pathlib import Path
 from nats.aio.client import Client as NATS
 
 from daemon.encoder_health import EncoderHealthTracker
-from daemon.journal import Journal
-from daemon.outbox import OutboxPublisher
-from daemon.reporter import Reporter
-from daemon.requirements import NodeView
+from daemon.job.requirements import NodeView
+from daemon.journal.outbox import OutboxPublisher
+from daemon.journal.reporter import Reporter
+from daemon.journal.store import Journal
 
 
 async def test_withdraw_then_restore(tmp_path: Path, nc: NATS) -> None:

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.httpfetch import fetch_http
+from daemon.media.httpfetch import fetch_http
 from tests.heldmedia import HeldMedia, held_media, node_settings
 
 LIMIT_S = 30.0  # bounds a failure only

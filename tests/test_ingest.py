@@ -10,7 +10,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from control.embedded import ExternalPostgres, PostgresServer
+from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
 from control.nodes import NodeTracker

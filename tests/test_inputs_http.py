@@ -18,13 +18,13 @@ import pytest_asyncio
 
 from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.httpfetch import fetch_http
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.runcontrol import RunControl
+from daemon.media.access import MediaAccess
+from daemon.media.httpfetch import fetch_http
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
-from daemon.ops.storage import MediaAccess
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
 from schemas.operations import Probe
 

@@ -14,9 +14,9 @@ from typing import Any, cast
 
 import pytest
 
-from daemon.journal import Journal
-from daemon.journal_migrations import SCHEMA_VERSION, migrate
-from daemon.journal_types import JobState, JobUpdate
+from daemon.journal.migrations import SCHEMA_VERSION, migrate
+from daemon.journal.rows import JobState, JobUpdate
+from daemon.journal.store import Journal
 from tests.journal_helpers import accepted, cancelled, completed, progress, started
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -283,7 +283,7 @@ async def test_migrations_end_at_the_schema(tmp_path: Path) -> None:
         assert await migrate(conn) == SCHEMA_VERSION
         assert await migrate(conn) == SCHEMA_VERSION  # idempotent
     from_schema = tmp_path / "schema.sqlite3"
-    sql = await asyncio.to_thread((ROOT / "daemon" / "journal_schema.sql").read_text)
+    sql = await asyncio.to_thread((ROOT / "daemon" / "journal" / "schema.sql").read_text)
     async with aiosqlite.connect(from_schema) as conn:
         await conn.executescript(sql)
     assert await asyncio.to_thread(_fingerprint, migrated) == await asyncio.to_thread(

@@ -14,11 +14,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from common.natsconn import NatsSettings
 from control.config import AlertThresholds, ControlConfig
 from control.leader import LeaderLease, LeaseError
 from control.service import ControlPlane
 from control.topology import TopologySettings
-from daemon.config import NatsSettings
 from schemas.subjects import Subjects
 from tests.fleet_helpers import node_record, put_node
 

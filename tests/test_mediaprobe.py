@@ -11,9 +11,9 @@ import msgspec
 import pytest
 
 from daemon.errors import InputError
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.mediaparse import bit_depth, channels_of, parse_banner, parse_ffprobe_json
-from daemon.mediaprobe import probe_media, probe_with_ffmpeg, probe_with_ffprobe
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.parse import bit_depth, channels_of, parse_banner, parse_ffprobe_json
+from daemon.media.probe import probe_media, probe_with_ffmpeg, probe_with_ffprobe
 from schemas.results import ProbeInfo, StreamInfo
 from tests.media import run_ffmpeg
 

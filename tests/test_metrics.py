@@ -6,12 +6,12 @@ import asyncio
 
 from nats.aio.client import Client as NATS
 
-from control.alerts import AlertEngine, NodeView, Snapshot
+from control.alerts.rules import AlertEngine, NodeView, Snapshot
+from control.alerts.snapshot import nats_snapshot
+from control.alerts.watcher import Watcher
 from control.config import AlertThresholds
 from control.metrics import Metrics
-from control.snapshot import nats_snapshot
 from control.topology import TopologySettings, ensure_topology
-from control.watcher import Watcher
 from schemas.alerts import Alert
 from schemas.subjects import Subjects
 from tests.fleet_helpers import node_record, put_node

@@ -11,7 +11,7 @@ import asyncpg
 import pytest_asyncio
 
 from control.db.migrate import load_migrations, migrate
-from control.embedded import ExternalPostgres, PostgresServer
+from control.devstack.stack import ExternalPostgres, PostgresServer
 
 SCHEMA_FILE = Path(__file__).parent.parent / "control" / "db" / "schema.sql"
 Server = PostgresServer | ExternalPostgres

@@ -26,9 +26,9 @@ import nats.errors
 import pytest
 from nats.aio.client import Client
 
+from common.natsconn import sync_subscriptions
 from control.topology import TopologySettings, ensure_topology
-from daemon.natsconn import sync_subscriptions
-from daemon.wake import Wake
+from daemon.pull.wake import Wake
 from schemas.subjects import Subjects
 from tests.test_ansible import run_role
 

@@ -14,17 +14,17 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js.object_store import ObjectStore
 
+from control.cli.upload import put_file, upload_key
 from control.topology import TopologySettings, ensure_topology
-from control.upload import put_file, upload_key
 from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.objstore import download, parse_obj_uri, upload
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.runcontrol import RunControl
+from daemon.media.access import MediaAccess
+from daemon.media.objstore import download, parse_obj_uri, upload
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
-from daemon.ops.storage import MediaAccess
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
 from schemas.operations import Operation, Package, Probe, Rung, Thumbnail, Transcode
 from schemas.subjects import Subjects

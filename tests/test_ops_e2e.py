@@ -3,7 +3,7 @@
 One in-process Daemon serves the whole module on its own subject prefix, confined to one root
 directory; jobs are plain JSON published on the submit subject with nats-py, and their events
 are read back from the events stream by an ordered consumer. Outputs are checked by probing
-them (no ffprobe ships with the ffmpeg wheel: daemon.mediaprobe is its stand-in) and by
+them (no ffprobe ships with the ffmpeg wheel: daemon.media.probe is its stand-in) and by
 decoding every rendition with ffmpeg.
 """
 
@@ -28,11 +28,11 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from control.embedded import NatsServer
+from control.devstack.stack import NatsServer
 from control.topology import ensure_topology
 from daemon.app import Daemon
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.mediaprobe import probe_media
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.probe import probe_media
 from schemas.subjects import Subjects
 from tests.conftest import ExternalNats
 from tests.media import run_ffmpeg
@@ -136,7 +136,7 @@ async def fleet(
              "http_backoff": 0.05, "probe_timeout": PROBE_S}  # fmt: skip
     cfg = config(nats_server.url, prefix, base / "state", "ops1", allowed_roots=[str(root)],
                  media=media)  # fmt: skip
-    daemon = Daemon(cfg, topology=TOPO)
+    daemon = Daemon(cfg)
     await daemon.start()
     try:
         yield state

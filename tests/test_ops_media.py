@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InvalidJob
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.mediaprobe import probe_media
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.runcontrol import RunControl
+from daemon.media.probe import probe_media
 from daemon.ops.analyze import run_analyze
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
 from daemon.ops.probe_op import run_probe
 from daemon.ops.thumbnail import run_thumbnail
 from daemon.ops.vmafpool import percentile, vmaf_scores
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze, Operation, Package, Probe, Rung, Thumbnail
 from tests.media import run_ffmpeg

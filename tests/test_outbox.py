@@ -14,12 +14,11 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 
-from control.embedded import NatsServer
+from common.natsconn import NatsSettings, connect
+from control.devstack.stack import NatsServer
 from control.topology import TopologySettings, ensure_topology
-from daemon.config import NatsSettings
-from daemon.journal import Journal
-from daemon.natsconn import connect
-from daemon.outbox import OutboxPublisher
+from daemon.journal.outbox import OutboxPublisher
+from daemon.journal.store import Journal
 from schemas.events import Event, kind_of
 from schemas.subjects import Subjects
 from tests.journal_helpers import NODE, accepted, completed, progress, started

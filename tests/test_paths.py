@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InvalidJob, PathRefused
+from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
 from daemon.ops.outputs import NAME_MAX, partial_path, stale_partials
-from daemon.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
 
 
 @pytest.fixture

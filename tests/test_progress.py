@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from daemon.errors import EncoderError, InputError, InvalidJob, JobError, ResourceExhausted
-from daemon.ffstderr import StderrTail, classify
-from daemon.progress import ProgressParser, ProgressUpdate, Throttle
+from daemon.ffmpeg.progress import ProgressParser, ProgressUpdate, Throttle
+from daemon.ffmpeg.stderr import StderrTail, classify
 
 BLOCK = """frame=50
 fps=24.50

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.alerts import NodeView, PoolView, Snapshot
+from control.alerts.rules import NodeView, PoolView, Snapshot
 from control.config import AlertThresholds
 from control.metrics import Metrics
 from schemas.alerts import Alert

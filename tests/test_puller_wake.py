@@ -22,8 +22,8 @@ from nats.js import JetStreamContext
 
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
-from daemon.puller import PoolPuller
-from daemon.slots import Slots
+from daemon.pull.puller import PoolPuller
+from daemon.pull.slots import Slots
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
 from tests.test_daemon_e2e import config, has, until
@@ -62,7 +62,7 @@ def make_puller(
 ) -> tuple[PoolPuller, Fetched]:
     fetched: Fetched = asyncio.Queue()
     puller = PoolPuller(
-        node.jetstream(timeout=5), Subjects(prefix), TOPO, "cpu", slots,
+        node.jetstream(timeout=5), Subjects(prefix), "cpu", slots,
         lambda msg, _pool, prio: fetched.put_nowait((msg, prio)),
         fetch_timeout=fetch_timeout, wake_source=node if wake else None,
     )  # fmt: skip
@@ -184,7 +184,7 @@ async def test_daemon_is_woken_by_a_submit(
 ) -> None:
     """The app's wiring: a real daemon whose fallback poll never runs out still runs a new job."""
     cfg = config(nats_url, prefix, tmp_path / "n1", "n1", fetch_timeout=NEVER_POLL)
-    d = Daemon(cfg, topology=TOPO)
+    d = Daemon(cfg)
     await d.start()
     try:
         puller = d.pullers.puller("cpu")

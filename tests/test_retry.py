@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.retry import Ack, Disposition, Nak, Outcome, Term, backoff, decide
+from daemon.job.retry import Ack, Disposition, Nak, Outcome, Term, backoff, decide
 
 CASES: list[tuple[Outcome, int, int, type]] = [
     (None, 1, 3, Ack),

@@ -26,8 +26,8 @@ import pytest_asyncio
 import yaml  # type: ignore[import-untyped]
 from nats.aio.client import Client as NATS
 
-from control.dev import DevFleet
-from daemon.ffmpeg_bin import FfmpegTools
+from control.devstack.fleet import DevFleet
+from daemon.ffmpeg.tools import FfmpegTools
 from tests.devfleet import CliResult, open_dir, run_cli, wait_nodes
 from tests.fleetjobs import (
     Tally,

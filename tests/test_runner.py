@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import EncoderError, InputError, JobCancelled, JobError, JobTimeout
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.progress import ProgressUpdate
-from daemon.runner import BASE_ARGS, RunControl, run_ffmpeg
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.run import BASE_ARGS, RunControl, run_ffmpeg
+from daemon.ffmpeg.tools import FfmpegTools
 
 #: `-re` paces the generator at real time: long enough to act on, and light on the CPU.
 PACED = ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "null", "-"]
@@ -193,7 +193,7 @@ async def test_killed_ffmpeg_is_a_transient_failure(ffmpeg_tools: FfmpegTools) -
 
 CHILD = """
 import asyncio, sys
-from daemon.runner import RunControl, run_ffmpeg
+from daemon.ffmpeg.run import RunControl, run_ffmpeg
 
 async def main() -> None:
     control = RunControl()

@@ -18,8 +18,8 @@ from pathlib import Path
 import nats
 import pytest
 
+from common.sdnotify import Notifier, watchdog_task
 from control.topology import TopologySettings, ensure_topology
-from daemon.sdnotify import Notifier, watchdog_task
 from schemas.subjects import Subjects
 
 RECV_TIMEOUT = 10.0
@@ -154,7 +154,7 @@ async def test_watchdog_task_returns_without_watchdog() -> None:
 
 CHILD = """
 import asyncio, os, signal, sys
-from daemon.sdnotify import Notifier, watchdog_task
+from common.sdnotify import Notifier, watchdog_task
 
 async def main() -> None:
     notifier = Notifier.from_environ()

@@ -9,10 +9,10 @@ import asyncpg
 import msgspec
 from nats.aio.client import Client as NATS
 
+from common.natsconn import NatsSettings
 from control.config import AlertThresholds, ControlConfig
 from control.service import ControlPlane
 from control.topology import TopologySettings
-from daemon.config import NatsSettings
 from schemas.subjects import Subjects
 from tests.fleet_helpers import node_record, put_node
 from tests.test_api import job

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from daemon.slots import SlotError, Slots
+from daemon.pull.slots import SlotError, Slots
 
 
 def test_reserve_takes_free_and_full_pool_gets_zero() -> None:

@@ -14,13 +14,13 @@ import pytest
 import pytest_asyncio
 
 from daemon.errors import EncoderError, InputError, InvalidJob, JobCancelled, JobTimeout
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.mediaprobe import probe_media
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.paths import uri_of
+from daemon.media.probe import probe_media
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext, RunControl
 from daemon.ops.encoders import encoder_chain
-from daemon.paths import uri_of
-from daemon.progress import ProgressUpdate
 from schemas.jobs import JobSpec, Requirements, Timeouts
 from schemas.operations import Canary, Probe, Transcode
 from schemas.results import JobResult

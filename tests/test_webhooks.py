@@ -12,10 +12,10 @@ import asyncpg
 import msgspec
 import pytest_asyncio
 
-from control import tenants
+from control.api import tenants
+from control.api.jobquery import job_events
 from control.db.migrate import migrate
 from control.db.store import record_submission
-from control.jobquery import job_events
 from control.webhooks import WebhookSender, WebhookSettings
 from schemas.jobs import JobSpec
 from schemas.operations import Canary

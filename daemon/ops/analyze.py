@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 from daemon.errors import InputError, InvalidJob, JobError
-from daemon.medialimits import guard_args
+from daemon.ffmpeg.run import run_ffmpeg
+from daemon.media.access import open_input, output_path
+from daemon.media.limits import guard_args
+from daemon.media.paths import ffmpeg_arg
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
-from daemon.ops.storage import open_input, output_path
 from daemon.ops.vmafpool import read_vmaf_log, vmaf_scores
-from daemon.paths import ffmpeg_arg
-from daemon.runner import run_ffmpeg
 from schemas.operations import Analyze
 from schemas.results import JobResult, PlaneScores, ProbeInfo, StreamInfo
 

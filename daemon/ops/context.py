@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from daemon.errors import EncoderError
-from daemon.ffmpeg_bin import FfmpegTools
-from daemon.ops.storage import MediaAccess
-from daemon.progress import ProgressUpdate
-from daemon.runcontrol import RunControl
-from daemon.runner import ffmpeg_argv
+from daemon.ffmpeg.progress import ProgressUpdate
+from daemon.ffmpeg.run import ffmpeg_argv
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.runcontrol import RunControl
+from daemon.media.access import MediaAccess
 from schemas.jobs import JobSpec
 
 __all__ = ["CommandSink", "JobContext", "ProgressSink", "RunControl"]

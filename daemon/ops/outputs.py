@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from daemon.errors import JobError, ResourceExhausted
-from daemon.paths import uri_of
+from daemon.media.paths import uri_of
 from schemas.results import OutputFile
 
 NAME_MAX = 255

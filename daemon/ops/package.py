@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 from daemon.errors import InputError, InvalidJob, JobError
+from daemon.ffmpeg.run import run_ffmpeg
+from daemon.media.access import open_input, output_path
+from daemon.media.paths import ffmpeg_arg, uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import partial_path
-from daemon.ops.storage import open_input, output_path
-from daemon.paths import ffmpeg_arg, uri_of
-from daemon.runner import run_ffmpeg
 from schemas.operations import Package, Rung
 from schemas.results import JobResult, OutputFile, Rendition
 

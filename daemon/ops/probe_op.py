@@ -12,10 +12,10 @@ from pathlib import Path
 
 import aiofiles
 
+from daemon.ffmpeg.run import run_ffmpeg
+from daemon.media.access import open_input
+from daemon.media.paths import ffmpeg_arg
 from daemon.ops.context import JobContext
-from daemon.ops.storage import open_input
-from daemon.paths import ffmpeg_arg
-from daemon.runner import run_ffmpeg
 from schemas.operations import Probe
 from schemas.results import JobResult
 

@@ -18,11 +18,11 @@ from urllib.parse import quote
 import aiofiles
 
 from daemon.errors import InputError, InvalidJob
+from daemon.ffmpeg.run import run_ffmpeg
+from daemon.media.access import open_input, output_path
+from daemon.media.paths import ffmpeg_arg
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
-from daemon.ops.storage import open_input, output_path
-from daemon.paths import ffmpeg_arg
-from daemon.runner import run_ffmpeg
 from schemas.operations import Thumbnail
 from schemas.results import JobResult, ProbeInfo
 

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 
 from daemon.errors import EncoderError, InputError, InvalidJob
+from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
+from daemon.media.access import open_input, output_path
 from daemon.ops.context import JobContext
 from daemon.ops.encoders import encoder_chain, needs_two_runs
 from daemon.ops.outputs import OutputSet
-from daemon.ops.storage import open_input, output_path
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
-from daemon.runner import ffmpeg_argv, run_ffmpeg
 from schemas.operations import Transcode
 from schemas.results import JobResult, ProbeInfo
 

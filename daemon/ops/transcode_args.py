@@ -1,7 +1,8 @@
 """The transcode argument vector, pure: validated schema values in, ffmpeg argv (sans binary) out.
 
-Inputs and outputs go in as `file:` + absolute path (see daemon.paths.ffmpeg_arg); the muxer is
-always named with `-f`, because ffmpeg writes to a `.partial` name it cannot guess a format from.
+Inputs and outputs go in as `file:` + absolute path (see daemon.media.paths.ffmpeg_arg); the
+muxer is always named with `-f`, because ffmpeg writes to a `.partial` name it cannot guess a
+format from.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
+from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
-from daemon.paths import ffmpeg_arg
 from schemas.operations import Transcode
 
 MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}

@@ -7,7 +7,7 @@ import asyncio
 import msgspec
 
 from daemon.config import DaemonConfig
-from daemon.ffmpeg_bin import FfmpegTools
+from daemon.ffmpeg.tools import FfmpegTools
 from daemon.probe.candidates import plan
 from daemon.probe.capacity import plan_slots, pools_served
 from daemon.probe.dri import nodes_for, render_nodes

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
+
+from daemon.ffmpeg.proc import capture
 
 
 class ProbeError(RuntimeError):
@@ -26,26 +27,11 @@ class RunResult:
 async def run_capture(argv: list[str], within: float) -> RunResult:
     """Run `argv` (never through a shell) and collect its output; kill it at `within` seconds."""
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        done = await capture(argv, within)
     except OSError as exc:
         return RunResult(None, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), within)
-    except TimeoutError:
-        proc.kill()
-        out, err = await proc.communicate()
-        return RunResult(None, _text(out), _text(err), timed_out=True)
-    finally:
-        # A cancelled caller must not leave the child running.
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return RunResult(proc.returncode, _text(out), _text(err))
+    out, err = _text(done.stdout), _text(done.stderr)
+    return RunResult(done.returncode, out, err, timed_out=done.timed_out)
 
 
 def _text(data: bytes | None) -> str:

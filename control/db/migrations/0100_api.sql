@@ -1,4 +1,4 @@
--- API tenants, hashed API keys and webhook deliveries (owned by control/tenants.py and
+-- API tenants, hashed API keys and webhook deliveries (owned by control/api/tenants.py and
 -- control/webhooks.py). Numbered well above the core schema so the two never collide.
 CREATE TABLE tenants (
     tenant          text PRIMARY KEY,

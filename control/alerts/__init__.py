@@ -1,0 +1,1 @@
+"""Alerts: the fleet snapshot, rules with hysteresis, canaries, and where alerts go."""

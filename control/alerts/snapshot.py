@@ -1,0 +1,90 @@
+"""Build the fleet snapshot the alert rules and metrics read, from the live NATS state."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from datetime import datetime
+
+import asyncpg
+from nats.js import JetStreamContext
+
+from control.alerts.rules import NodeView, PoolView, Snapshot
+from control.fleetread import pool_queue, read_nodes
+from schemas.nodes import NodeRecord
+from schemas.subjects import Subjects
+
+
+def node_view(rec: NodeRecord) -> NodeView:
+    caps, hb = rec.capabilities, rec.heartbeat
+    free = hb.disk_free_bytes or caps.disk_free_bytes
+    disk = 100.0 * (1.0 - free / caps.disk_total_bytes) if caps.disk_total_bytes else 0.0
+    temps = tuple(g.temperature_c for g in hb.gpus if g.temperature_c is not None)
+    return NodeView(
+        node_id=caps.node_id,
+        state=hb.state,
+        pools=tuple(caps.pools),
+        disk_percent=disk,
+        memory_percent=hb.memory_percent,
+        gpu_temps_c=temps,
+    )
+
+
+async def nats_snapshot(
+    js: JetStreamContext,
+    subjects: Subjects,
+    pools: list[str],
+    offline_after: float,
+    canary_failed: tuple[str, ...] = (),
+) -> Snapshot:
+    now = time.time()
+    nodes = await read_nodes(js, subjects, offline_after, now)
+    queues = [await pool_queue(js, subjects, p, now) for p in pools]
+    return Snapshot(
+        nodes=tuple(node_view(n) for n in nodes),
+        pools=tuple(PoolView(q.pool, q.queued, q.oldest_wait_s) for q in queues),
+        canary_failed=canary_failed,
+    )
+
+
+async def with_db(snap: Snapshot, db: asyncpg.Pool, failure_window: float) -> Snapshot:
+    """Add what only Postgres knows: failure rate over the window and idle running jobs."""
+    row = await db.fetchrow(
+        "SELECT count(*) AS done, count(*) FILTER (WHERE state = 'failed') AS failed FROM jobs"
+        " WHERE finished_at > now() - make_interval(secs => $1)",
+        failure_window,
+    )
+    idle = await db.fetch(
+        "SELECT job_id, extract(epoch FROM now() - coalesce(progress_at, started_at, updated_at))"
+        " AS idle FROM jobs WHERE state = 'running' LIMIT 10000"
+    )
+    by_state = await db.fetch(
+        "SELECT state, pool, count(*) AS n FROM jobs GROUP BY state, pool LIMIT 10000"
+    )
+    return replace(
+        snap,
+        jobs={(r["state"], r["pool"]): int(r["n"]) for r in by_state},
+        finished_in_window=int(row["done"]) if row else 0,
+        failed_in_window=int(row["failed"]) if row else 0,
+        running_idle_s={r["job_id"]: float(r["idle"]) for r in idle},
+    )
+
+
+async def finished_since(
+    db: asyncpg.Pool, since: datetime, limit: int = 10_000
+) -> tuple[list[tuple[float | None, float | None]], datetime]:
+    """(run time, queue wait) of jobs finished after `since`, and the new high-water mark."""
+    rows = await db.fetch(
+        "SELECT finished_at, extract(epoch FROM finished_at - started_at) AS run_s,"
+        " extract(epoch FROM started_at - submitted_at) AS wait_s FROM jobs"
+        " WHERE finished_at > $1 ORDER BY finished_at LIMIT $2",
+        since,
+        limit,
+    )
+    mark = rows[-1]["finished_at"] if rows else since
+    out = [
+        (None if r["run_s"] is None else float(r["run_s"]),
+         None if r["wait_s"] is None else float(r["wait_s"]))
+        for r in rows
+    ]  # fmt: skip
+    return out, mark

@@ -1,0 +1,1 @@
+"""`flotilla`: the operator's and producers' command-line tool."""

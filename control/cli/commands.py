@@ -1,0 +1,103 @@
+"""Handlers of the service and setup commands: schema export, nats init, probe, daemon, control."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import msgspec
+
+from common.natsconn import connect
+from control.cli.context import nats_settings
+from control.config import load_control_config
+from control.topology import TopologySettings, ensure_topology
+from schemas.subjects import Subjects
+
+
+async def schema_export(args: argparse.Namespace) -> int:
+    from schemas.export import export
+
+    for path in export(args.dir):
+        print(path)
+    return 0
+
+
+async def nats_init(args: argparse.Namespace) -> int:
+    settings = nats_settings(args)
+    topology = TopologySettings()
+    if args.config is not None:
+        cfg = load_control_config(args.config, required=True)
+        topology = cfg.topology
+        settings = cfg.nats if not args.nats_url else settings
+    nc = await connect(settings, name="flotilla-cli", reconnect=False)
+    try:
+        subjects = Subjects(settings.prefix, settings.partitions)
+        report = await ensure_topology(nc.jetstream(timeout=5), subjects, topology)
+    finally:
+        await nc.close()
+    if args.json:
+        print(json.dumps(msgspec.to_builtins(report.__dict__)))
+    else:
+        for what, names in (("created", report.created), ("updated", report.updated)):
+            for name in names:
+                print(f"{what}: {name}")
+        print(f"unchanged: {len(report.unchanged)} object(s)")
+    return 0
+
+
+async def probe(args: argparse.Namespace) -> int:
+    from common.version import VERSION
+    from daemon.config import load_daemon_config
+    from daemon.ffmpeg.tools import find_tools
+    from daemon.probe import probe_node
+    from schemas.codec import encode
+
+    cfg = load_daemon_config(args.config, required=False)
+    tools = find_tools(cfg.ffmpeg, cfg.ffprobe)
+    caps = await probe_node(cfg, tools.ffmpeg, VERSION)
+    if args.json:
+        sys.stdout.write(encode(caps).decode() + "\n")
+        return 0
+    print(f"node      {caps.node_id} ({caps.hostname}), flotilla {caps.daemon_version}")
+    print(f"cpu       {caps.cpu.model}: {caps.cpu.physical_cores}c/{caps.cpu.logical_cores}t")
+    print(f"memory    {caps.memory_total_bytes / 2**30:.1f} GiB")
+    print(f"ffmpeg    {caps.ffmpeg.version} ({caps.ffmpeg.path})")
+    print(f"gpus      {len(caps.gpus) or 'none'}")
+    for gpu in caps.gpus:
+        print(f"  [{gpu.index}] {gpu.name} nvenc={gpu.nvenc} nvdec={gpu.nvdec}")
+    for note in caps.gpu_notes:
+        print(f"  note: {note}")
+    print(f"verified  {', '.join(caps.verified_encoders) or 'none'}")
+    for dropped in caps.dropped_encoders:
+        print(f"  dropped {dropped.name}: {dropped.reason}")
+    slots = ", ".join(f"{p}={n}" for p, n in caps.slots.items())
+    print(f"pools     {', '.join(caps.pools)} (slots: {slots})")
+    return 0
+
+
+async def daemon(args: argparse.Namespace) -> int:
+    from daemon.main import serve_config
+
+    return await serve_config(args.config)
+
+
+async def control(args: argparse.Namespace) -> int:
+    if args.action == "migrate":
+        from control.db.migrate import migrate
+
+        cfg = load_control_config(args.config)
+        applied = await migrate(cfg.database_url)
+        print(f"applied migrations: {applied or 'none (up to date)'}")
+        return 0
+    from control.service import serve
+
+    return await serve(args.config)
+
+
+async def dev(args: argparse.Namespace) -> int:
+    from control.devstack.fleet import run_dev
+
+    if args.nodes < 1 or args.nodes > 16:
+        raise ValueError("--nodes must be between 1 and 16")
+    return await run_dev(args.data, args.nodes, args.root or [args.data.resolve() / "media"])

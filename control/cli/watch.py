@@ -1,0 +1,215 @@
+"""`flotilla watch JOB` (and `submit --wait/--watch`): follow one job until it ends.
+
+Live events come from the job's event subjects; job.get is read at the start (the job may be
+done already) and on every quiet poll interval, so a missed event never leaves us waiting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import time
+from typing import TextIO
+
+import msgspec
+from nats.aio.msg import Msg
+
+from control.cli.apiclient import ApiClient
+from control.cli.format import duration, print_json
+from control.errors import NotFound
+from schemas import api, events
+from schemas.codec import DecodeError, Decoder
+
+EVENT: Decoder[events.JobEvent] = Decoder(events.JobEvent, "job event")
+EXIT_BY_STATE = {"completed": 0, "failed": 1, "cancelled": 1}
+
+
+BAR_WIDTH = 24
+
+
+class Display:
+    """On a terminal one redrawn line (bar, percent, fps, speed, ETA, node); elsewhere plain
+    lines, one per state change and one per 10 % step, so logs stay readable."""
+
+    def __init__(self, job_id: str, out: TextIO, tty: bool) -> None:
+        self.job_id, self.out, self.tty = job_id, out, tty
+        self._last: tuple[str, str | None] | None = None
+        self._step = 0  # plain lines at each 10 % step past the start
+        self._width = 0
+        self._drawn = ""
+        self._started: float | None = None
+
+    @classmethod
+    def for_stdout(cls, job_id: str) -> Display:
+        return cls(job_id, sys.stdout, sys.stdout.isatty())
+
+    def show(self, info: api.JobInfo) -> None:
+        key = (info.state, info.node_id)
+        changed = key != self._last
+        self._last = key
+        if info.state == "running" and self._started is None:
+            self._started = time.monotonic()
+        if self.tty:
+            self._redraw(info)
+            return
+        step = int((info.percent or 0.0) // 10)
+        if changed:
+            node = f" on {info.node_id}" if info.node_id and info.state == "running" else ""
+            self._line(f"{self.job_id}: {info.state}{node}")
+        if info.state == "running" and info.percent is not None and step > self._step:
+            self._step = step
+            self._line(f"{self.job_id}: {info.percent:.0f}%{self._rates(info)}")
+
+    def _rates(self, info: api.JobInfo) -> str:
+        parts = []
+        if info.fps:  # ffmpeg reports 0 until it has a rate
+            parts.append(f"{info.fps:.1f} fps")
+        if info.speed:
+            parts.append(f"{info.speed:.2f}x")
+        return ("  " + "  ".join(parts)) if parts else ""
+
+    def _eta(self, percent: float | None) -> str:
+        if not percent or self._started is None:
+            return "-"
+        elapsed = time.monotonic() - self._started
+        return duration(elapsed * (100.0 - percent) / percent)
+
+    def _redraw(self, info: api.JobInfo) -> None:
+        pct = info.percent if info.state == "running" else None
+        filled = round(BAR_WIDTH * (pct or 0.0) / 100.0)
+        bar = "#" * filled + "." * (BAR_WIDTH - filled)
+        shown = "-" if pct is None else f"{pct:5.1f}%"
+        line = (
+            f"{self.job_id} [{bar}] {shown}{self._rates(info)}  ETA {self._eta(pct)}"
+            f"  {info.node_id or '-'}  {info.state}"
+        )
+        # A wrapped line cannot be redrawn with \r: keep it inside the terminal's width.
+        line = line[: max(20, shutil.get_terminal_size((120, 24)).columns - 1)]
+        if line == self._drawn:
+            return
+        pad = max(0, self._width - len(line))
+        self._width, self._drawn = len(line), line
+        self.out.write("\r" + line + " " * pad)
+        self.out.flush()
+
+    def _line(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.tty and self._width:
+            self.out.write("\n")
+            self.out.flush()
+
+
+async def _get(client: ApiClient, job_id: str, grace_s: float) -> api.JobInfo:
+    """job.get; a job submitted a moment ago may need a little while to be recorded."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        try:
+            return await client.call("job.get", api.JobRef(job_id=job_id), api.JobInfo)
+        except NotFound:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.5)
+
+
+def _apply(info: api.JobInfo, ev: events.JobEvent) -> api.JobInfo:
+    """The job as this live event leaves it (the database catches up a moment later)."""
+    node = ev.node_id
+    match ev:
+        case events.Progress():
+            return msgspec.structs.replace(
+                info, state="running", node_id=node, percent=ev.percent, fps=ev.fps,
+                speed=ev.speed,
+            )  # fmt: skip
+        case events.Started():
+            return msgspec.structs.replace(info, state="running", node_id=node, percent=0.0)
+        case events.Completed():
+            return msgspec.structs.replace(info, state="completed", node_id=node, result=ev.result)
+        case events.Failed(final=True):
+            return msgspec.structs.replace(
+                info, state="failed", node_id=node, last_error=ev.reason,
+                stderr_tail=ev.stderr_tail or info.stderr_tail,
+            )  # fmt: skip
+        case events.Cancelled():
+            return msgspec.structs.replace(info, state="cancelled", last_error=ev.reason)
+        case events.Failed() | events.Retrying() | events.HandedBack() | events.Interrupted():
+            return msgspec.structs.replace(info, state="queued", last_error=ev.reason)
+        case _:
+            return info
+
+
+async def follow(
+    client: ApiClient,
+    job_id: str,
+    display: Display | None,
+    *,
+    poll_s: float = 2.0,
+    grace_s: float = 0.0,
+) -> api.JobInfo:
+    """Until the job is terminal; returns its final JobInfo (from the database when it has it)."""
+    queue: asyncio.Queue[events.JobEvent] = asyncio.Queue(maxsize=1000)
+    needle = f'"{job_id}"'.encode()
+
+    async def on_msg(msg: Msg) -> None:
+        if needle not in msg.data:  # cheap filter: the subject does not name the job
+            return
+        try:
+            ev = EVENT.decode(msg.data)
+        except DecodeError:
+            return
+        if ev.job_id == job_id and not queue.full():
+            queue.put_nowait(ev)
+
+    sub = await client.nc.subscribe(f"{client.subjects.prefix}.events.*.*", cb=on_msg)
+    try:
+        info = await _get(client, job_id, grace_s)
+        while info.state not in api.TERMINAL_STATES:
+            if display is not None:
+                display.show(info)
+            try:
+                ev = await asyncio.wait_for(queue.get(), poll_s)
+            except TimeoutError:
+                info = await _get(client, job_id, grace_s)
+                continue
+            info = _apply(info, ev)
+        return await _settle(client, info)
+    finally:
+        await sub.unsubscribe()
+        if display is not None:
+            display.close()
+
+
+async def _settle(client: ApiClient, info: api.JobInfo, limit_s: float = 5.0) -> api.JobInfo:
+    """The database's final record once ingest has it (run time, result); else the live view."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        stored = await _get(client, info.job_id, 0.0)
+        if stored.state in api.TERMINAL_STATES:
+            return stored
+        await asyncio.sleep(0.3)
+    return info
+
+
+def outcome_line(info: api.JobInfo) -> str:
+    """The one line that ends a watch: what happened, and why when it went wrong."""
+    if info.state == "completed":
+        took = info.run_time_s
+        if took is None and info.result is not None:
+            took = info.result.wall_seconds
+        return f"{info.job_id} completed on {info.node_id or '-'} in {duration(took)}"
+    return f"{info.job_id} {info.state}: {info.last_error or 'no reason given'}"
+
+
+async def watch(args: argparse.Namespace) -> int:
+    async with ApiClient.from_args(args) as client:
+        display = None if args.json else Display.for_stdout(args.job_id)
+        info = await follow(client, args.job_id, display)
+    if args.json:
+        print_json(info)
+    else:
+        print(outcome_line(info), flush=True)
+    return EXIT_BY_STATE.get(info.state, 1)

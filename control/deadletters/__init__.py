@@ -1,0 +1,1 @@
+"""Dead letters: from JetStream advisories to failed jobs, kept and re-submittable."""

@@ -1,0 +1,269 @@
+"""`make demo`: a dev fleet of two daemons runs a realistic batch of real jobs, then stops.
+
+Media is generated with lavfi, jobs are published the way any producer would (one JSON message
+per job on the submit subject), progress is followed on the events subjects, and a results
+table is printed. Outputs stay in `demo-output/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from common.natsconn import NatsSettings, connect
+from control.devstack.fleet import DevFleet
+from daemon.ffmpeg.tools import find_tools
+from schemas.events import Completed, Event, Failed, kind_of
+from schemas.registry import EVENT_DECODER
+from schemas.subjects import Subjects
+
+OUT = Path("demo-output")
+TIMEOUT = 600.0
+
+
+async def make_source(ffmpeg: str, path: Path) -> None:
+    argv = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1920x1080:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        "3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "18",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(path),
+    ]
+    proc = await asyncio.create_subprocess_exec(*argv)
+    if await proc.wait() != 0:
+        raise SystemExit("demo: could not generate the sample clip with ffmpeg")
+
+
+def jobs(run: str, media: Path) -> list[dict[str, Any]]:
+    src = f"file://{media / 'source-1080p.mp4'}"
+    out = f"file://{media}"
+
+    def job(n: str, op: dict[str, Any], output: str | None) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "v": 1,
+            "job_id": f"{run}-{n}",
+            "input": src,
+            "operation": op,
+            "tenant": "demo",
+        }
+        if output:
+            spec["output"] = output
+        return spec
+
+    return [
+        job(
+            "h264-720p",
+            {"op": "transcode", "codec": "h264", "height": 720, "preset": "veryfast", "crf": 23},
+            f"{out}/h264-720p.mp4",
+        ),
+        job(
+            "hevc-720p",
+            {"op": "transcode", "codec": "hevc", "height": 720, "preset": "ultrafast", "crf": 28},
+            f"{out}/hevc-720p.mp4",
+        ),
+        job(
+            "ladder",
+            {
+                "op": "package",
+                "hls": True,
+                "dash": True,
+                "segment_seconds": 1,
+                "ladder": [
+                    {"height": 720, "bitrate_kbps": 2500},
+                    {"height": 480, "bitrate_kbps": 1000},
+                    {"height": 360, "bitrate_kbps": 600},
+                ],
+            },
+            f"{out}/ladder",
+        ),
+        job("probe", {"op": "probe"}, None),
+        job(
+            "sprite",
+            {"op": "thumbnail", "sprite": True, "tiles": 9, "columns": 3, "width": 240},
+            f"{out}/sprite.jpg",
+        ),
+    ]
+
+
+def analyze_job(run: str, media: Path) -> dict[str, Any]:
+    return {
+        "v": 1,
+        "job_id": f"{run}-vmaf",
+        "tenant": "demo",
+        "input": f"file://{media / 'h264-720p.mp4'}",
+        "output": f"file://{media}/vmaf.json",
+        "operation": {
+            "op": "analyze",
+            "reference": f"file://{media / 'source-1080p.mp4'}",
+            "vmaf": True,
+            "psnr": True,
+            "ssim": True,
+            "subsample": 5,
+        },
+    }
+
+
+class Tracker:
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.done = asyncio.Event()
+        self.expected = 0
+
+    def on_event(self, event: Event) -> None:
+        job_id = getattr(event, "job_id", None)
+        if job_id is None or job_id not in self.rows:
+            return
+        row = self.rows[job_id]
+        kind = kind_of(event)
+        row["node"] = getattr(event, "node_id", row.get("node"))
+        if kind == "progress" and getattr(event, "percent", None) is not None:
+            pct = int(getattr(event, "percent", 0))
+            if pct // 25 != row.get("pct", -1) // 25:
+                print(f"  {job_id:<28} {pct:3d}%  on {row['node']}", flush=True)
+            row["pct"] = pct
+        elif isinstance(event, Completed):
+            row.update(state="completed", result=event.result)
+            print(f"  {job_id:<28} completed on {row['node']}", flush=True)
+        elif isinstance(event, Failed) and event.final:
+            row.update(state="failed", error=event.reason)
+            print(f"  {job_id:<28} FAILED: {event.reason}", flush=True)
+        elif kind == "cancelled":
+            row["state"] = "cancelled"
+        if sum(1 for r in self.rows.values() if "state" in r) >= self.expected:
+            self.done.set()
+
+
+def table(tracker: Tracker) -> str:
+    lines = [
+        f"{'job':<28} {'operation':<10} {'node':<7} {'state':<10} {'wall s':>7} "
+        f"{'x rt':>6} {'output':>10} {'VMAF':>6}"
+    ]
+    for job_id, row in tracker.rows.items():
+        res = row.get("result")
+        # A package's result names its playlists; its segments count too.
+        size = row.get("dir_bytes") or (sum(o.size_bytes for o in res.outputs) if res else 0)
+        vmaf = f"{res.vmaf.mean:.1f}" if res and res.vmaf else "-"
+        rtf = f"{res.realtime_factor:.2f}" if res and res.realtime_factor else "-"
+        wall = f"{res.wall_seconds:.1f}" if res else "-"
+        lines.append(
+            f"{job_id:<28} {row['op']:<10} {row.get('node', '-'):<7} "
+            f"{row.get('state', 'pending'):<10} {wall:>7} {rtf:>6} "
+            f"{size / 1024:>8.0f}Ki {vmaf:>6}"
+        )
+        if row.get("error"):
+            lines.append(f"    reason: {row['error']}")
+    return "\n".join(lines)
+
+
+def _dir_bytes(uri: str) -> int:
+    root = Path(uri.removeprefix("file://"))
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
+
+
+async def publish(js: Any, subjects: Subjects, tracker: Tracker, spec: dict[str, Any]) -> None:
+    tracker.rows[spec["job_id"]] = {"op": spec["operation"]["op"], "output": spec.get("output")}
+    tracker.expected += 1
+    subject = subjects.submit("cpu", "normal", spec["job_id"])
+    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
+
+
+def _fresh_output_dir() -> Path:
+    if OUT.exists():
+        shutil.rmtree(OUT)
+    media = (OUT / "media").resolve()
+    media.mkdir(parents=True)
+    return media
+
+
+async def demo() -> int:
+    media = await asyncio.to_thread(_fresh_output_dir)
+    tools = find_tools()
+    print(f"generating a 3 s 1080p sample with {tools.ffmpeg} …", flush=True)
+    await make_source(tools.ffmpeg, media / "source-1080p.mp4")
+    fleet = DevFleet(OUT / "fleet", nodes=2, roots=[media])
+    print(
+        "starting the dev fleet (nats-server, PostgreSQL, control plane, 2 daemons) …", flush=True
+    )
+    await fleet.start()
+    tracker = Tracker()
+    try:
+        nc = await connect(NatsSettings(url=fleet.nats_url), name="flotilla-demo", reconnect=False)
+        subjects = Subjects(fleet.prefix)
+
+        async def on_msg(msg: Any) -> None:
+            with contextlib.suppress(ValueError):
+                tracker.on_event(EVENT_DECODER.decode(msg.data))
+
+        await nc.subscribe(subjects.events_wildcard, cb=on_msg)
+        js = nc.jetstream()
+        run = time.strftime("demo-%H%M%S")
+        started = time.monotonic()
+        for spec in jobs(run, media):
+            await publish(js, subjects, tracker, spec)
+        print(f"submitted {tracker.expected} jobs; progress:", flush=True)
+        while tracker.rows[f"{run}-h264-720p"].get("state") is None:
+            if fleet.failed() or time.monotonic() - started > TIMEOUT:
+                break
+            await asyncio.sleep(0.5)
+        if tracker.rows[f"{run}-h264-720p"].get("state") == "completed":
+            await publish(js, subjects, tracker, analyze_job(run, media))
+        remaining = TIMEOUT - (time.monotonic() - started)
+        try:
+            await asyncio.wait_for(tracker.done.wait(), max(remaining, 1.0))
+        except TimeoutError:
+            print("demo: timed out waiting for jobs", file=sys.stderr)
+        await nc.close()
+        print()
+        for row in tracker.rows.values():
+            if row["op"] == "package" and row.get("output"):
+                row["dir_bytes"] = await asyncio.to_thread(_dir_bytes, row["output"])
+        print(table(tracker))
+        print(f"\noutputs in {media}; fleet logs in {fleet.data_dir}")
+    finally:
+        print("stopping the fleet …", flush=True)
+        await fleet.stop()
+    ok = all(r.get("state") == "completed" for r in tracker.rows.values())
+    return 0 if ok else 1
+
+
+def main() -> None:
+    import logging
+
+    import uvloop
+
+    # The demo prints its own progress; connection chatter from closing clients is noise here.
+    logging.basicConfig(level=logging.ERROR)
+
+    sys.exit(uvloop.run(demo()))
+
+
+if __name__ == "__main__":
+    main()

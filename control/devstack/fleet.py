@@ -1,0 +1,211 @@
+"""`flotilla dev`: the whole fleet on one machine, on the embedded defaults.
+
+Starts nats-server and PostgreSQL, creates the topology, then runs the control plane and N
+daemons as real child processes (the same commands systemd runs), until stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from common.natsconn import NatsSettings, connect
+from control.cli.context import write_context
+from control.devstack.stack import EmbeddedStack, free_ports
+from control.topology import TopologySettings, ensure_topology
+from daemon.config import DaemonConfig, MediaSettings
+from schemas.subjects import Subjects
+
+DB_NAME = "flotilla"
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Daemon settings every dev node gets besides the fleet's own (node id, NATS, state dir,
+    roots, ports, ack wait). The defaults add nothing: the nodes run on the daemon's defaults."""
+
+    #: The `[media]` table: input limits and remote inputs (say an http allow-list);
+    #: None: the daemon's defaults (file:// inputs only).
+    media: MediaSettings | None = None
+    #: Slot overrides per pool (`[slots]`); empty: measured from the machine.
+    slots: Mapping[str, int] = field(default_factory=dict)
+
+    def toml(self) -> str:
+        """These settings as TOML tables, to follow the rest of a daemon's config."""
+        tables: dict[str, dict[str, Any]] = {}
+        if self.media is not None:
+            tables["media"] = msgspec.to_builtins(self.media)
+        if self.slots:
+            tables["slots"] = dict(self.slots)
+        return "".join(_toml_table(name, values) for name, values in tables.items())
+
+
+def _toml_table(name: str, values: dict[str, Any]) -> str:
+    # JSON strings, numbers, booleans and arrays of them are TOML values too.
+    lines = [f"[{name}]"]
+    for key, value in values.items():
+        bare = _BARE_KEY.fullmatch(key) is not None
+        lines.append(f"{key if bare else _json(key)} = {_json(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _json(value: object) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+@dataclass
+class DevFleet:
+    data_dir: Path
+    nodes: int = 2
+    roots: list[Path] = field(default_factory=list)
+    prefix: str = "flotilla"
+    #: JetStream ack wait (consumers and daemons): how soon a crashed node's jobs are redelivered.
+    ack_wait: float = 60.0
+    #: Settings every daemon gets on top of the dev defaults.
+    node_settings: NodeSettings = field(default_factory=NodeSettings)
+    stack: EmbeddedStack = field(init=False)
+    procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data_dir = self.data_dir.resolve()
+        self.stack = EmbeddedStack(self.data_dir)
+
+    @property
+    def nats_url(self) -> str:
+        return self.stack.nats.url
+
+    @property
+    def database_url(self) -> str:
+        return self.stack.postgres.dsn(DB_NAME)
+
+    async def start(self) -> None:
+        await self.stack.start()
+        with contextlib.suppress(Exception):  # already there on a second run of the same data
+            await self.stack.postgres.create_database(DB_NAME)
+        nc = await connect(NatsSettings(url=self.nats_url), name="flotilla-dev", reconnect=False)
+        try:
+            topology = TopologySettings(ack_wait=self.ack_wait)
+            await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
+        finally:
+            await nc.close()
+        ports = free_ports(self.nodes + 1)
+        await self._spawn("control", ["control", "run"], self._control_toml(ports[0]))
+        for i in range(1, self.nodes + 1):
+            node = f"dev-{i}"
+            await self._spawn(node, ["daemon"], self._daemon_toml(node, ports[i]))
+        write_context(
+            {"nats_url": self.nats_url, "prefix": self.prefix, "database_url": self.database_url}
+        )
+
+    def _control_toml(self, port: int) -> str:
+        self.metrics_ports["control"] = port
+        return (
+            f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
+            f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+            f"[topology]\nack_wait = {self.ack_wait}\n"
+        )
+
+    def _daemon_toml(self, node: str, port: int) -> str:
+        self.metrics_ports[node] = port
+        roots = ", ".join(f'"{r.resolve()}"' for r in self.roots) or f'"{self.data_dir}"'
+        text = (
+            f'node_id = "{node}"\nstate_dir = "{self.data_dir / "nodes" / node}"\n'
+            f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
+            f"ack_wait = {self.ack_wait}\n"
+            f'heartbeat_interval = 2.0\n[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+        ) + self.node_settings.toml()
+        # Refuse a config the daemon would refuse, here rather than in a node's log.
+        msgspec.toml.decode(text, type=DaemonConfig)
+        return text
+
+    async def _spawn(self, name: str, command: list[str], config: str) -> None:
+        conf = self.data_dir / f"{name}.toml"
+        conf.write_text(config)
+        self.argv[name] = [sys.executable, "-m", "control", *command, "--config", str(conf)]
+        await self._launch(name)
+
+    async def _launch(self, name: str) -> None:
+        log = (self.data_dir / f"{name}.log").open("ab")
+        self.procs[name] = await asyncio.create_subprocess_exec(
+            *self.argv[name], stdout=log, stderr=log, start_new_session=True
+        )
+        log.close()
+
+    async def restart_node(self, name: str, *, crash: bool = False, grace: float = 60.0) -> None:
+        """What an upgrade's `systemctl restart` does to one daemon: SIGTERM (it drains), wait,
+        then SIGKILL what is left of its process group, as KillMode=mixed would; start it again
+        with the same config and state. `crash=True` SIGKILLs the whole group at once instead."""
+        proc = self.procs[name]
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                if crash:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                else:
+                    proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), grace)
+        with contextlib.suppress(ProcessLookupError):  # ffmpeg children, or a hung daemon
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        await self._launch(name)
+
+    async def stop(self, grace: float = 30.0) -> None:
+        """SIGTERM every service (daemons drain), SIGKILL what outlives `grace`, then servers."""
+        for proc in self.procs.values():
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                await proc.wait()
+        self.procs.clear()
+        await self.stack.stop()
+
+    def failed(self) -> list[str]:
+        return [
+            f"{n} exited with {p.returncode}"
+            for n, p in self.procs.items()
+            if p.returncode is not None
+        ]
+
+
+async def run_dev(data_dir: Path, nodes: int, roots: list[Path]) -> int:
+    fleet = DevFleet(data_dir, nodes, roots)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await fleet.start()
+    try:
+        print(f"NATS      {fleet.nats_url}")
+        print(f"Postgres  {fleet.database_url}")
+        for name, port in fleet.metrics_ports.items():
+            print(f"metrics   {name}: http://127.0.0.1:{port}/metrics")
+        print(f"logs      {fleet.data_dir}/*.log   (Ctrl-C stops the fleet)", flush=True)
+        while not stop.is_set():
+            if fleet.failed():
+                print("flotilla dev: " + "; ".join(fleet.failed()), file=sys.stderr)
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+        return 0
+    finally:
+        print("stopping the fleet…", flush=True)
+        await fleet.stop()

@@ -1,0 +1,43 @@
+"""Remove the partial outputs a crashed attempt of a job left next to its final output.
+
+A SIGKILLed node cannot clean up; whichever node completes the job (or the crashed node when it
+restarts) removes every `.<name>.<job_id>.<attempt>.partial` so no partial output remains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from daemon.errors import DaemonError
+from daemon.media.paths import resolve_output
+from daemon.ops.outputs import stale_partials
+from schemas.jobs import JobSpec
+
+log = logging.getLogger("flotilla.job")
+
+
+def _remove(output: str, roots: list[str], job_id: str) -> int:
+    final = resolve_output(output, [Path(r) for r in roots])
+    removed = 0
+    for path in stale_partials(final, job_id):
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+async def remove_stale_partials(spec: JobSpec, roots: list[str]) -> int:
+    """Best effort: a path that cannot be resolved or removed is logged, never raised."""
+    if spec.output is None:
+        return 0
+    try:
+        removed = await asyncio.to_thread(_remove, spec.output, roots, spec.job_id)
+    except (DaemonError, ValueError, OSError) as exc:
+        log.debug("no partial cleanup for %s: %s", spec.job_id, exc)
+        return 0
+    if removed:
+        log.info("removed %d stale partial output(s)", removed, extra={"job_id": spec.job_id})
+    return removed

@@ -1,0 +1,221 @@
+"""Group commit on the journal's one writer connection: concurrent callers share a transaction.
+
+Durability is chosen per transaction. `synchronous` is a connection setting, so it is set before
+each BEGIN: FULL when the batch holds a row that gates a JetStream ack/nak/term (a finished
+state or a terminal event), so a power loss cannot roll back what the broker was told; NORMAL
+otherwise (WAL stays consistent and a process crash loses nothing; only an OS crash or power
+loss may lose the last NORMAL commits, and those are telemetry or states JetStream redelivers).
+A FULL commit syncs the whole WAL, so it also makes every earlier NORMAL commit durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from daemon.journal.rows import DROPPABLE_KINDS
+
+log = logging.getLogger("flotilla.journal")
+
+UPSERT_JOB = """
+INSERT INTO jobs (job_id, attempt, state, stream_seq, subject, pool, priority, spec, error,
+                  scratch_dir, temp_paths, received_at, started_at, finished_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, '[]'), ?, ?, ?, ?)
+ON CONFLICT (job_id, attempt) DO UPDATE SET
+    state       = excluded.state,
+    stream_seq  = COALESCE(excluded.stream_seq, jobs.stream_seq),
+    subject     = COALESCE(excluded.subject, jobs.subject),
+    pool        = COALESCE(excluded.pool, jobs.pool),
+    priority    = COALESCE(excluded.priority, jobs.priority),
+    spec        = COALESCE(excluded.spec, jobs.spec),
+    error       = COALESCE(excluded.error, jobs.error),
+    scratch_dir = COALESCE(excluded.scratch_dir, jobs.scratch_dir),
+    temp_paths  = COALESCE(?11, jobs.temp_paths), -- ?11 is the raw value: NULL keeps the list
+    started_at  = COALESCE(jobs.started_at, excluded.started_at),
+    finished_at = COALESCE(excluded.finished_at, jobs.finished_at),
+    updated_at  = excluded.updated_at
+"""
+# A replayed event (same id) is already queued or sent: inserting it again would publish twice.
+INSERT_EVENT = """
+INSERT INTO outbox (event_id, subject, payload, kind, terminal, created_at)
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING
+"""
+MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE seq = ? AND sent_at IS NULL"
+_KINDS = ", ".join(f"'{k}'" for k in DROPPABLE_KINDS)
+DROP_OLDEST = f"""
+DELETE FROM outbox WHERE seq IN (
+    SELECT seq FROM outbox WHERE sent_at IS NULL AND kind IN ({_KINDS}) ORDER BY seq LIMIT ?)
+"""
+
+
+@dataclass(slots=True)
+class WriteOp:
+    jobs: list[tuple[Any, ...]]
+    events: list[tuple[Any, ...]]
+    sent: list[int]
+    durable: bool
+    future: asyncio.Future[None] | None = None
+
+
+class Writer:
+    """The one connection that writes: serialises transactions and sets their durability."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+        self.lock = asyncio.Lock()
+        self.transactions = 0
+        #: `synchronous` level of the latest transaction: "FULL" or "NORMAL".
+        self.synchronous = ""
+
+    @asynccontextmanager
+    async def transaction(self, *, durable: bool) -> AsyncIterator[aiosqlite.Connection]:
+        async with self.lock:
+            level = "FULL" if durable else "NORMAL"
+            if level != self.synchronous:
+                await self.conn.execute(f"PRAGMA synchronous = {level}")
+                self.synchronous = level
+            # IMMEDIATE takes the write lock up front: no SQLITE_BUSY halfway through.
+            await self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                await self.conn.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    await self.conn.execute("ROLLBACK")
+                raise
+            self.transactions += 1
+
+
+class GroupCommitter:
+    """Callers `submit` ops; one task commits whatever queued up meanwhile as one transaction."""
+
+    def __init__(
+        self,
+        writer: Writer,
+        *,
+        depth: int,
+        max_outbox_rows: int,
+        delay: float = 0.0,
+        on_events: Callable[[], None] | None = None,
+    ) -> None:
+        self.writer = writer
+        self.depth = depth  # unsent outbox rows, kept in step with each commit
+        self.max_outbox_rows = max_outbox_rows
+        self.dropped_progress = 0
+        self.ops_committed = 0
+        self.on_events = on_events
+        self._delay = delay
+        self._queue: list[WriteOp] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_warning = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="journal-commit")
+
+    async def stop(self) -> None:
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def submit(self, op: WriteOp) -> None:
+        if self._closing:
+            raise RuntimeError("journal is closed")
+        op.future = asyncio.get_running_loop().create_future()
+        self._queue.append(op)
+        self._wake.set()
+        await op.future
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self._delay and not self._closing:
+                await asyncio.sleep(self._delay)  # let a few more callers join this commit
+            batch, self._queue = self._queue, []
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[WriteOp]) -> None:
+        try:
+            inserted = await self._transaction(batch)
+        except Exception as exc:
+            if len(batch) > 1:
+                for op in batch:  # one bad op must not fail its neighbours: retry each alone
+                    await self._commit([op])
+                return
+            log.error("journal commit failed: %s", exc)
+            _resolve(batch, exc)
+            return
+        _resolve(batch, None)
+        if inserted and self.on_events is not None:
+            try:
+                self.on_events()
+            except Exception:  # a listener's bug must not look like a failed commit
+                log.exception("journal outbox listener failed")
+
+    async def _transaction(self, ops: list[WriteOp]) -> int:
+        """Commit the ops as one transaction; returns how many outbox rows it added."""
+        durable = any(op.durable for op in ops)
+        async with self.writer.transaction(durable=durable) as conn:
+            inserted, marked, dropped = await self._apply(conn, ops)
+        self.depth += inserted - marked - dropped
+        self.dropped_progress += dropped
+        self.ops_committed += len(ops)
+        return inserted
+
+    async def _apply(self, conn: aiosqlite.Connection, ops: list[WriteOp]) -> tuple[int, int, int]:
+        now = time.time()
+        jobs = [params for op in ops for params in op.jobs]
+        events = [params for op in ops for params in op.events]
+        sent = [(now, seq) for op in ops for seq in op.sent]
+        inserted = marked = dropped = 0
+        if jobs:
+            await conn.executemany(UPSERT_JOB, jobs)
+        if events:
+            inserted = (await conn.executemany(INSERT_EVENT, events)).rowcount
+        if sent:
+            marked = (await conn.executemany(MARK_SENT, sent)).rowcount
+        excess = self.depth + inserted - marked - self.max_outbox_rows
+        if excess > 0:
+            dropped = (await conn.execute(DROP_OLDEST, (excess,))).rowcount
+            self._warn_bound(excess, dropped)
+        return inserted, marked, dropped
+
+    def _warn_bound(self, excess: int, dropped: int) -> None:
+        now = time.monotonic()
+        if now - self._last_warning < 60.0:
+            return
+        self._last_warning = now
+        log.warning(
+            "journal outbox over its bound of %d rows: dropped %d oldest progress events%s",
+            self.max_outbox_rows,
+            dropped,
+            "" if dropped >= excess else f"; {excess - dropped} non-droppable rows kept over it",
+        )
+
+
+def _resolve(ops: list[WriteOp], error: BaseException | None) -> None:
+    for op in ops:
+        if (
+            op.future is None or op.future.done()
+        ):  # the caller gave up (cancelled); the commit stands regardless
+            continue
+        if error is None:
+            op.future.set_result(None)
+        else:
+            op.future.set_exception(error)

@@ -1,0 +1,194 @@
+"""Drain the journal's outbox to JetStream in order, each event once (its id as Nats-Msg-Id).
+
+A row is marked sent only after its PubAck, so a crash or an outage re-sends it and the events
+stream's duplicate window drops the copy. Publishes go out in windows (several in flight on one
+connection, which keeps their order); only the contiguous acked prefix of a window is marked, so
+the next try resumes at the first row that failed. After a failure the window shrinks to one
+row and grows again (doubling) as publishes succeed, so a long outage buffers single retries,
+not whole windows. A window that fails partway can store the rows after the failure before
+the failed row's retry: the stream's order is then off by that window, nothing is lost, and
+consumers order a job's events by attempt and timestamp, not by stream sequence alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+
+from daemon.journal.rows import OutboxRow
+from daemon.journal.store import Journal
+
+log = logging.getLogger("flotilla.outbox")
+
+
+class OutboxPublisher:
+    def __init__(
+        self,
+        journal: Journal,
+        js: JetStreamContext,
+        *,
+        window: int = 64,
+        publish_timeout: float = 2.0,
+        poll_interval: float = 1.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+    ) -> None:
+        self.journal = journal
+        self.js = js
+        self.window = window
+        self.publish_timeout = publish_timeout
+        self.poll_interval = poll_interval
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        # Plain counters for metrics (the daemon exports them).
+        self.published = 0  # rows PubAck'd, duplicates included
+        self.duplicates = 0  # PubAcks the server flagged as duplicate (a re-send)
+        self.failures = 0  # publishes that raised or timed out
+        self.backoffs = 0
+        self.last_error: str | None = None
+        self._wake = asyncio.Event()
+        self._marked = asyncio.Event()
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def depth(self) -> int:
+        """Unsent rows in the outbox."""
+        return self.journal.depth
+
+    @property
+    def healthy(self) -> bool:
+        return self.last_error is None
+
+    def notify(self) -> None:
+        """New rows were committed: publish now instead of at the next poll."""
+        self._wake.set()
+
+    def start(self) -> None:
+        self.journal.add_outbox_listener(self.notify)
+        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+
+    async def stop(self) -> None:
+        """Stop at once; rows in flight and not yet marked are simply sent again next time."""
+        self.journal.remove_outbox_listener(self.notify)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait_sent(self, event_id: str, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once this event is PubAck'd (now or earlier), False after `timeout` seconds.
+
+        Raises LookupError for an event that was never recorded in the journal."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # Register before looking, so a mark landing in between still resolves the future.
+        self._waiters.setdefault(event_id, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                sent = await self.journal.is_sent(event_id)
+                if sent is None:
+                    raise LookupError(f"event {event_id} is not in the outbox")
+                if not sent:
+                    self.notify()
+                    await future
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            waiting = self._waiters.get(event_id, [])
+            if future in waiting:
+                waiting.remove(future)
+            if not waiting:
+                self._waiters.pop(event_id, None)
+
+    async def flush(self, timeout: float) -> bool:  # noqa: ASYNC109
+        """True once the outbox is empty, False after `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                while self.journal.depth > 0:
+                    marked = self._marked
+                    self.notify()
+                    await marked.wait()
+            return True
+        except TimeoutError:
+            return False
+
+    async def _run(self) -> None:
+        window, delay = 1, self.backoff_initial
+        while True:
+            self._wake.clear()  # cleared before reading: a commit after the read wakes us
+            rows: list[OutboxRow] = []
+            try:
+                rows = await self.journal.pending_outbox(window)
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.poll_interval):
+                            await self._wake.wait()
+                    continue
+                sent = await self._publish(rows)
+                if sent:
+                    await self.journal.mark_sent(row.seq for row in rows[:sent])
+                    self._resolve(rows[:sent])
+            except Exception as exc:  # e.g. a journal error: keep the task alive, back off
+                log.exception("outbox publisher error")
+                self.last_error, sent = str(exc), -1
+            if sent == len(rows):
+                window, delay = min(window * 2, self.window), self.backoff_initial
+                continue
+            self.backoffs += 1
+            window = 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _publish(self, rows: list[OutboxRow]) -> int:
+        """Publish a window; return how many rows from its start were PubAck'd."""
+        results = await asyncio.gather(
+            *(self._publish_one(r) for r in rows), return_exceptions=True
+        )
+        sent = 0
+        for row, result in zip(rows, results, strict=True):
+            if isinstance(result, BaseException):
+                self._failed(row, result)
+                break
+            sent += 1
+        self.failures += sum(isinstance(r, BaseException) for r in results)
+        if sent == len(rows) and self.last_error is not None:
+            log.info("outbox publishing again (%d rows waiting)", self.journal.depth)
+            self.last_error = None
+        return sent
+
+    async def _publish_one(self, row: OutboxRow) -> PubAck:
+        ack = await self.js.publish(
+            row.subject,
+            row.payload,
+            timeout=self.publish_timeout,
+            headers={"Nats-Msg-Id": row.event_id},
+        )
+        self.published += 1
+        if ack.duplicate:
+            self.duplicates += 1
+        return ack
+
+    def _failed(self, row: OutboxRow, error: BaseException) -> None:
+        reason = f"{type(error).__name__}: {error}"
+        if self.last_error is None:  # log the change of state, not every retry
+            log.warning(
+                "outbox publish of %s failed (%s); retrying with back-off, %d rows waiting",
+                row.event_id,
+                reason,
+                self.journal.depth,
+            )
+        self.last_error = reason
+
+    def _resolve(self, rows: list[OutboxRow]) -> None:
+        for row in rows:
+            for future in self._waiters.pop(row.event_id, []):
+                if not future.done():
+                    future.set_result(None)
+        self._marked.set()
+        self._marked = asyncio.Event()

@@ -1,0 +1,274 @@
+"""The node's local journal: job attempts, their states and the event outbox in one SQLite file.
+
+Every state change is written together with the events it produces, in one transaction, before
+the daemon acts on it; the outbox publisher (daemon/journal/outbox.py) then drains the events to
+JetStream in order. All writes go through one connection and a group committer
+(daemon/journal/commit.py, which also documents the FULL/NORMAL durability choice).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from daemon.config import DaemonConfig
+from daemon.journal.commit import GroupCommitter, WriteOp, Writer
+from daemon.journal.dbfile import open_connection
+from daemon.journal.migrations import migrate
+from daemon.journal.prune import PruneResult, checkpoint, prune
+from daemon.journal.rows import (
+    DURABLE_STATES,
+    JobRow,
+    JobState,
+    JobUpdate,
+    OutboxRow,
+    derived_event_id,
+)
+from schemas.codec import encode
+from schemas.events import TERMINAL_KINDS, Event, Interrupted, kind_of
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.journal")
+
+_JOB_COLUMNS = (
+    "job_id, attempt, state, stream_seq, subject, pool, priority, spec, error, scratch_dir, "
+    "received_at, started_at, finished_at, updated_at, temp_paths"
+)
+# Spelled exactly as in the partial index jobs_active, so SQLite uses it.
+_ACTIVE = "'received', 'running', 'paused'"
+SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND attempt = ?"
+SELECT_ACTIVE = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({_ACTIVE}) ORDER BY received_at"
+SELECT_PENDING = (
+    "SELECT seq, event_id, subject, payload, kind, terminal, created_at, sent_at "
+    "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?"
+)
+COUNT_PENDING = "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
+SELECT_SENT = "SELECT sent_at FROM outbox WHERE event_id = ?"
+
+
+class Journal:
+    """Open with `await Journal.open(path)`; close with `await journal.close()`."""
+
+    def __init__(
+        self, writer: Writer, committer: GroupCommitter, path: Path, subjects: Subjects
+    ) -> None:
+        self._writer = writer
+        self._committer = committer
+        self.path = path
+        self.subjects = subjects
+        #: Where a corrupt journal was moved at open; None when the file was sound.
+        self.quarantined: Path | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self._closed = False
+        committer.on_events = self._notify
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path | str,
+        *,
+        subjects: Subjects | None = None,
+        outbox_max_rows: int = 100_000,
+        commit_delay: float = 0.0,
+    ) -> Journal:
+        path = Path(path)
+        conn, quarantined = await open_connection(path)
+        try:
+            await migrate(conn)
+            depth = int((await _one(conn, COUNT_PENDING, ()))[0])
+        except BaseException:
+            await conn.close()
+            raise
+        writer = Writer(conn)
+        committer = GroupCommitter(
+            writer, depth=depth, max_outbox_rows=outbox_max_rows, delay=commit_delay
+        )
+        journal = cls(writer, committer, path, subjects or Subjects())
+        journal.quarantined = quarantined
+        committer.start()
+        return journal
+
+    @classmethod
+    async def for_config(cls, config: DaemonConfig) -> Journal:
+        subjects = Subjects(config.nats.prefix, config.nats.partitions)
+        return await cls.open(
+            config.journal_path, subjects=subjects, outbox_max_rows=config.outbox_max_rows
+        )
+
+    async def close(self) -> None:
+        """Commit what is queued, then close. Idempotent. An unclosed journal keeps the
+        process alive at exit (aiosqlite's worker thread is not a daemon thread)."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._committer.stop()
+        await self._writer.conn.close()
+
+    # -- counters for metrics and tests ----------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Unsent outbox rows (kept in memory, in step with every commit)."""
+        return self._committer.depth
+
+    @property
+    def transactions(self) -> int:
+        return self._writer.transactions
+
+    @property
+    def synchronous(self) -> str:
+        """Durability of the latest commit: "FULL" when it gated an ack, else "NORMAL"."""
+        return self._writer.synchronous
+
+    @property
+    def ops_committed(self) -> int:
+        return self._committer.ops_committed
+
+    @property
+    def dropped_progress(self) -> int:
+        return self._committer.dropped_progress
+
+    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
+        """`listener()` runs after each commit that added outbox rows (e.g. a publisher wake-up)."""
+        self._listeners.append(listener)
+
+    def remove_outbox_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _notify(self) -> None:
+        for listener in self._listeners:
+            listener()
+
+    # -- writes ----------------------------------------------------------------------------
+    async def record(self, updates: Sequence[JobUpdate] = (), events: Sequence[Event] = ()) -> None:
+        """Job rows and their events in one transaction; returns once committed (with FULL
+        sync when it holds a finished state or terminal event). Raises what SQLite raised if
+        the commit failed. A cancelled caller does not withdraw its write: it still commits."""
+        if not updates and not events:
+            return
+        now = time.time()
+        durable = any(u.state in DURABLE_STATES for u in updates) or any(
+            kind_of(e) in TERMINAL_KINDS for e in events
+        )
+        op = WriteOp(
+            jobs=[u.params(now) for u in updates],
+            events=[self._event_params(e, now) for e in events],
+            sent=[],
+            durable=durable,
+        )
+        await self._committer.submit(op)
+
+    async def job_received(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        stream_seq: int,
+        subject: str,
+        pool: str,
+        priority: str,
+        spec: bytes | str,
+        events: Sequence[Event] = (),
+        scratch_dir: str | None = None,
+    ) -> None:
+        text = spec.decode() if isinstance(spec, bytes) else spec
+        update = JobUpdate(
+            job_id, attempt, "received", stream_seq, subject, pool, priority, text,
+            scratch_dir=scratch_dir,
+        )  # fmt: skip
+        await self.record([update], events)
+
+    async def job_transition(
+        self,
+        job_id: str,
+        attempt: int,
+        state: JobState,
+        *,
+        events: Sequence[Event] = (),
+        error: str | None = None,
+        scratch_dir: str | None = None,
+        temp_paths: list[str] | None = None,
+    ) -> None:
+        update = JobUpdate(
+            job_id, attempt, state, error=error, scratch_dir=scratch_dir, temp_paths=temp_paths
+        )
+        await self.record([update], events)
+
+    async def mark_sent(self, seqs: Iterable[int]) -> None:
+        """Rows PubAck'd by JetStream. Not a durable commit: a lost mark only re-sends (deduped)."""
+        sent = list(seqs)
+        if sent:
+            await self._committer.submit(WriteOp(jobs=[], events=[], sent=sent, durable=False))
+
+    async def recover(self, node_id: str) -> list[JobRow]:
+        """After a crash: attempts in hand become `interrupted` (with an event); returns them."""
+        rows = await self.running_jobs()
+        if not rows:
+            return []
+        now = time.time()
+        reason = "daemon restarted while the job ran"
+        updates = [JobUpdate(r.job_id, r.attempt, "interrupted", error=reason) for r in rows]
+        events: list[Event] = [
+            Interrupted(
+                event_id=derived_event_id(r.job_id, r.attempt, "interrupted"),
+                job_id=r.job_id,
+                node_id=node_id,
+                attempt=r.attempt,
+                ts=now,
+                reason=reason,
+            )
+            for r in rows
+        ]
+        await self.record(updates, events)
+        log.warning("journal recovery: %d job attempt(s) marked interrupted", len(rows))
+        return rows
+
+    def _event_params(self, event: Event, now: float) -> tuple[Any, ...]:
+        kind = kind_of(event)
+        subject = self.subjects.events(event.node_id, kind)
+        return (event.event_id, subject, encode(event), kind, int(kind in TERMINAL_KINDS), now)
+
+    # -- reads -----------------------------------------------------------------------------
+    async def _rows(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        # Same connection as the writer: wait for the lock so no read sees a half-done batch.
+        async with self._writer.lock:
+            return list(await self._writer.conn.execute_fetchall(sql, params))
+
+    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
+        return [OutboxRow.from_row(r) for r in await self._rows(SELECT_PENDING, (limit,))]
+
+    async def outbox_depth(self) -> int:
+        return int((await self._rows(COUNT_PENDING))[0][0])
+
+    async def is_sent(self, event_id: str) -> bool | None:
+        """True once PubAck'd, False while pending, None if no such row (never recorded)."""
+        rows = await self._rows(SELECT_SENT, (event_id,))
+        return None if not rows else rows[0][0] is not None
+
+    async def job(self, job_id: str, attempt: int) -> JobRow | None:
+        rows = await self._rows(SELECT_JOB, (job_id, attempt))
+        return JobRow.from_row(rows[0]) if rows else None
+
+    async def running_jobs(self) -> list[JobRow]:
+        """Attempts received, running or paused."""
+        return [JobRow.from_row(r) for r in await self._rows(SELECT_ACTIVE)]
+
+    # -- housekeeping ----------------------------------------------------------------------
+    async def prune(
+        self, retention_seconds: float, *, batch_size: int = 1000, max_batches: int = 100
+    ) -> PruneResult:
+        """Delete sent events and finished attempts older than retention, then checkpoint."""
+        return await prune(self._writer, retention_seconds, batch_size, max_batches)
+
+    async def checkpoint(self) -> None:
+        await checkpoint(self._writer)
+
+
+async def _one(conn: aiosqlite.Connection, sql: str, params: tuple[Any, ...]) -> Any:
+    cursor = await conn.execute(sql, params)
+    return await cursor.fetchone()

@@ -1,0 +1,154 @@
+"""Where an operation's media come from and go to: file://, http(s):// and nats-obj:// URIs.
+
+`open_input` turns an input URI into a local file and its probe, refusing it before any heavy
+work when it breaks a limit (daemon.media.limits): file:// resolves under the roots; http(s) and
+nats-obj are downloaded into the attempt's scratch directory (removed when the attempt ends).
+`output_path` is where the operation writes: under the roots for file://, else a staging folder
+in scratch; `publish_outputs` uploads what was staged there once the operation succeeded, and
+rewrites the result's output URIs (with their size and SHA-256) to the object store's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from nats.js import JetStreamContext
+
+from daemon.config import DaemonConfig, MediaSettings
+from daemon.errors import InvalidJob, PathRefused
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.runcontrol import RunControl
+from daemon.media.httpfetch import fetch_http
+from daemon.media.limits import check_file, check_probe, global_args, guard_args
+from daemon.media.objstore import SCHEME, download, obj_uri, parse_obj_uri, upload
+from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
+from daemon.media.probe import probe_media
+from schemas.jobs import JobSpec
+from schemas.results import JobResult, OutputFile, ProbeInfo
+
+
+class MediaJob(Protocol):
+    """What media access needs of one attempt (daemon.ops.context.JobContext has it)."""
+
+    @property
+    def spec(self) -> JobSpec: ...
+    @property
+    def scratch(self) -> Path: ...
+    @property
+    def tools(self) -> FfmpegTools: ...
+    @property
+    def allowed_roots(self) -> Sequence[Path]: ...
+    @property
+    def control(self) -> RunControl: ...
+    @property
+    def media(self) -> MediaAccess: ...
+
+
+_STAGE = "objout"
+_SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
+
+
+@dataclass(frozen=True)
+class MediaAccess:
+    """The node's media settings and, where it has one, the JetStream handle for nats-obj://."""
+
+    limits: MediaSettings = field(default_factory=MediaSettings)
+    js: JetStreamContext | None = None
+    buckets: frozenset[str] = frozenset()
+
+    @classmethod
+    def for_config(cls, cfg: DaemonConfig, js: JetStreamContext | None) -> MediaAccess:
+        buckets = cfg.media.object_buckets or [f"{cfg.nats.prefix}_media"]
+        return cls(limits=cfg.media, js=js, buckets=frozenset(buckets))
+
+    def input_args(self, path: Path) -> list[str]:
+        """`<guards> -i file:<path>` for one input."""
+        return [*guard_args(self.limits), "-i", ffmpeg_arg(path)]
+
+    def guard(self) -> tuple[str, ...]:
+        """Global caps plus the input guards, for an ffmpeg run with one input."""
+        return (*global_args(self.limits), *guard_args(self.limits))
+
+
+async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path, ProbeInfo]:
+    """The local file behind `uri` and its probe, within the limits (else a permanent error)."""
+    media, limits = ctx.media, ctx.media.limits
+    scheme = urlsplit(uri).scheme.lower() if "\x00" not in uri else ""
+    local = ctx.scratch / f"{role}{_suffix(uri)}"
+    match scheme:
+        case "http" | "https":
+            await fetch_http(uri, local, limits)
+        case "nats-obj":
+            bucket, key = parse_obj_uri(uri, media.buckets)
+            js = _js(media)
+            await download(js, bucket, key, local, cap=limits.max_input_bytes,
+                           within=limits.object_timeout)  # fmt: skip
+        case _:
+            local = await asyncio.to_thread(resolve_input, uri, ctx.allowed_roots)
+    size = await asyncio.to_thread(check_file, local, limits)
+    info = await probe_media(ctx.tools, local, within=limits.probe_timeout, limits=limits)
+    info.size_bytes = size
+    check_probe(info, limits, _suffix(uri))
+    return local, info
+
+
+async def output_path(ctx: MediaJob, uri: str) -> Path:
+    """The local path an operation writes `uri` to (staged in scratch for nats-obj://)."""
+    if urlsplit(uri).scheme.lower() != SCHEME:
+        return await asyncio.to_thread(resolve_output, uri, ctx.allowed_roots)
+    _, key = parse_obj_uri(uri, ctx.media.buckets)
+    _js(ctx.media)
+    if uri == ctx.spec.input:
+        raise InvalidJob("output is the same object as the input")
+    stage = ctx.scratch / _STAGE
+    await asyncio.to_thread(stage.mkdir, parents=True, exist_ok=True)
+    return stage / PurePosixPath(key).name
+
+
+async def publish_outputs(ctx: MediaJob, result: JobResult) -> None:
+    """Upload every file staged for a nats-obj:// output; point the result's outputs at them."""
+    uri = ctx.spec.output
+    if uri is None or urlsplit(uri).scheme.lower() != SCHEME:
+        return
+    bucket, key = parse_obj_uri(uri, ctx.media.buckets)
+    js = _js(ctx.media)
+    stage = ctx.scratch / _STAGE
+    parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    files = await asyncio.to_thread(_staged_files, stage)
+    stored: dict[str, OutputFile] = {}
+    for path in files:
+        ctx.control.check()
+        obj_key = parent + path.relative_to(stage).as_posix()
+        within = ctx.media.limits.object_timeout
+        size, digest = await upload(js, bucket, obj_key, path, within=within)
+        stored[uri_of(path)] = OutputFile(uri=obj_uri(bucket, obj_key), size_bytes=size,
+                                          sha256=digest)  # fmt: skip
+    main = uri_of(stage / PurePosixPath(key).name)
+    for out in result.outputs:
+        up = stored.get(main if out.uri == uri else out.uri)
+        if up is not None:
+            out.uri, out.size_bytes, out.sha256 = up.uri, up.size_bytes, up.sha256
+
+
+def _staged_files(stage: Path) -> list[Path]:
+    if not stage.is_dir():
+        return []
+    return sorted(p for p in stage.rglob("*") if p.is_file() and not p.name.endswith(".partial"))
+
+
+def _js(media: MediaAccess) -> JetStreamContext:
+    if media.js is None:
+        raise PathRefused("this node has no object store access (nats-obj:// unavailable)")
+    return media.js
+
+
+def _suffix(uri: str) -> str:
+    # Keep a plain extension: a few demuxers (raw streams) are chosen partly by it.
+    suffix = PurePosixPath(urlsplit(uri).path).suffix
+    return suffix if _SUFFIX.match(suffix) else ""

@@ -1,0 +1,232 @@
+"""One pool's pull loop: woken by submits, sweep priorities high -> normal -> low, spawn jobs.
+
+Priority design: JetStream has no per-message priority, so each (pool, priority) pair has its own
+durable consumer (`jobs-<pool>-<priority>`). Every sweep asks `high` first, then `normal`, then
+`low`, each for at most the free slots left; a message that arrives is handed to its job task and
+the sweep restarts at `high`. A tier is fetched (a short `tier_timeout` long-poll) only when a
+consumer-info peek says it may hold jobs, so whenever jobs of several priorities wait, the
+highest is fetched first, and at most one pull request per pool is in flight.
+
+Latency design: no pull is held open while idle (a long-poll on one tier would make a job of
+another tier wait it out). A core subscription on the pool's submit subjects
+(`<prefix>.submit.<pool>.>`, which every submitted job passes) wakes the loop for a new sweep
+within milliseconds; the body is never read, the job itself still comes through the durable
+consumer. The submit can arrive before the stream has stored the job (often, measured), so the
+tier named in the woken subject is fetched even if its peek still shows it empty: the long-poll
+returns as soon as the job is stored. A sweep that fetched nothing waits for the next wake or at
+most `fetch_timeout`, the fallback poll that finds redeliveries (nak, ack timeout), which send
+no submit, and keeps a node whose wake subscription is refused working, only slower. A job that
+arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle node
+starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
+pool fetches nothing: it waits on the slot counter instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from daemon.pull.slots import Slots
+from daemon.pull.wake import Wake
+from schemas.common import PRIORITIES
+from schemas.subjects import Subjects
+
+log = logging.getLogger("flotilla.puller")
+Spawn = Callable[[Msg, str, str], None]
+
+
+class MissingConsumer(Exception):
+    """A pool's durable consumers do not exist (yet)."""
+
+
+class PoolPuller:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subjects: Subjects,
+        pool: str,
+        slots: Slots,
+        spawn: Spawn,
+        *,
+        fetch_timeout: float,
+        tier_timeout: float = 0.2,
+        wake_source: Client | None = None,
+    ) -> None:
+        self.js, self.subjects = js, subjects
+        self.pool, self.slots, self.spawn = pool, slots, spawn
+        self.fetch_timeout, self.tier_timeout = fetch_timeout, tier_timeout
+        self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        self.wake = Wake(wake_source, f"{subjects.prefix}.submit.{pool}.>")
+        self.stopping = asyncio.Event()
+        #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
+        self.idle = asyncio.Event()
+        self.fetched = 0
+        #: Idle waits ended by a submit wake-up, and by the fallback poll running out.
+        self.woken = 0
+        self.polled = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.event.set()  # ends an idle wait at once
+
+    async def _bind(self) -> None:
+        if self._subs:
+            return
+        try:
+            self._subs = await self._bind_all()
+        except NotFoundError:
+            # Creating consumers is the control plane's job (and a node's credentials forbid
+            # it): say what is missing, then the run loop retries with back-off.
+            raise MissingConsumer(
+                f"pool {self.pool!r} has no job consumers; create them with `flotilla nats init` "
+                "or by adding the pool to the control plane's topology.pools"
+            ) from None
+
+    async def _bind_all(self) -> dict[str, JetStreamContext.PullSubscription]:
+        subs: dict[str, JetStreamContext.PullSubscription] = {}
+        for prio in PRIORITIES:
+            durable = self.subjects.consumer(self.pool, prio)
+            await self.js.consumer_info(self.subjects.jobs_stream, durable)
+            subs[prio] = await self.js.pull_subscribe_bind(
+                durable, stream=self.subjects.jobs_stream
+            )
+        return subs
+
+    async def _unbind(self) -> None:
+        subs, self._subs = self._subs, {}
+        for sub in subs.values():
+            try:
+                await sub.unsubscribe()
+            except Exception as exc:  # a dead connection: nothing to clean up
+                log.debug("unsubscribe: %s", exc)
+
+    async def run(self) -> None:
+        """Until `stopping` is set; errors back off and rebind, so reconnects are survived."""
+        delay = 0.5
+        await self.wake.start()
+        try:
+            while not self.stopping.is_set():
+                if not await self.slots.wait_free(self.pool, 1.0):
+                    continue
+                try:
+                    await self._bind()
+                    again = await self._sweep()
+                    delay = 0.5
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("pull %s failed (%s); retrying in %.1fs", self.pool, exc, delay)
+                    await self._unbind()
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                if not again:
+                    await self._idle()
+        finally:
+            await self.wake.stop()
+            await self._unbind()
+
+    async def _idle(self) -> None:
+        if self.stopping.is_set():  # the sweep cleared the event `stop` had set
+            return
+        self.idle.set()
+        try:
+            await asyncio.wait_for(self.wake.event.wait(), self.fetch_timeout)
+            self.woken += 1
+        except TimeoutError:
+            self.polled += 1
+        finally:
+            self.idle.clear()
+
+    async def _sweep(self) -> bool:
+        """One pass high -> low; True when it fetched jobs or ran out of slots (go on at once)."""
+        # Cleared first: a submit during the sweep sets it again, so it is never missed.
+        self.wake.event.clear()
+        for prio in PRIORITIES:
+            if self.stopping.is_set():
+                return False
+            hinted = self.wake.hints[prio]
+            if not hinted and not await self._may_hold_jobs(prio):
+                continue
+            k = self.slots.reserve(self.pool)
+            if k == 0:
+                return True
+            msgs: list[Msg] = []
+            try:
+                msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
+            except TimeoutError:
+                msgs = []
+            finally:
+                # Slots not filled go back; each message keeps one until its job's `finally`.
+                self.slots.release(self.pool, k - len(msgs))
+            # An empty long-poll saw every job stored before it ended: its hints are spent.
+            self.wake.consume(prio, len(msgs) if msgs else hinted)
+            for msg in msgs:
+                self.fetched += 1
+                self.spawn(msg, self.pool, prio)
+            if msgs:
+                return True
+        return False
+
+    async def _may_hold_jobs(self, prio: str) -> bool:
+        """A peek (one consumer-info request, about a millisecond) that spares an empty tier its
+        `tier_timeout` long-poll, which every job would otherwise wait out. Delivered but unacked
+        messages count as "maybe": a nak'd job waiting for redelivery is one."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        return bool(info.num_pending or info.num_ack_pending)
+
+
+class PullerSet:
+    """One puller task per served pool; `sync` follows reloads, `stop` ends them gracefully."""
+
+    def __init__(self, make: Callable[[str], PoolPuller], fetch_timeout: float) -> None:
+        self._make, self._fetch_timeout = make, fetch_timeout
+        self._running: dict[str, tuple[PoolPuller, asyncio.Task[None]]] = {}
+        #: Set by the first `sync`: whoever reacts to a change before start-up leaves it alone.
+        self.started = False
+
+    async def sync(self, pools: dict[str, int]) -> None:
+        """Start pullers for pools with slots; stop those for pools no longer served."""
+        self.started = True
+        gone = [p for p in self._running if pools.get(p, 0) == 0]
+        await self._stop(gone)
+        for pool, capacity in pools.items():
+            if capacity > 0 and pool not in self._running:
+                puller = self._make(pool)
+                self._running[pool] = (
+                    puller,
+                    asyncio.create_task(puller.run(), name=f"pull-{pool}"),
+                )
+
+    @property
+    def pools(self) -> list[str]:
+        """The pools being pulled now."""
+        return sorted(self._running)
+
+    def puller(self, pool: str) -> PoolPuller | None:
+        """The running puller of `pool`, if any (tests wait on its `idle`)."""
+        entry = self._running.get(pool)
+        return entry[0] if entry else None
+
+    async def stop(self) -> None:
+        await self._stop(list(self._running))
+
+    async def _stop(self, pools: list[str]) -> None:
+        stopping = [self._running.pop(p) for p in pools]
+        for puller, _ in stopping:
+            puller.stop()
+        # A fetch in flight returns within tier_timeout; cancelling it only risks a message
+        # pulled for nobody, which JetStream redelivers after ack_wait, so wait first.
+        tasks = [t for _, t in stopping]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._fetch_timeout + 1)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
