@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench clean
 
 install: $(STAMP)
 
@@ -14,8 +14,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 
+# Every tier: unit, integration (real nats-server, PostgreSQL, ffmpeg), fleet, deploy.
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+# The unit tier alone: no servers, well under a minute.
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit
+
+test-integration test-fleet test-deploy: test-%: $(STAMP)
+	$(BIN)/pytest -q tests/$*
 
 lint: $(STAMP)
 	$(BIN)/ruff check common schemas daemon control tests bench

@@ -23,13 +23,19 @@ import pytest_asyncio
 import uvloop
 from nats.aio.client import Client as NATS
 
+from control.db.migrate import migrate
 from control.devstack.stack import ExternalPostgres, NatsServer, PostgresServer
 from daemon.ffmpeg.tools import FfmpegTools, find_tools
-from tests.media import make_clip
+from tests.support.media import make_clip
 
-#: Run once against the template database's DSN before any test database is cloned from it
-#: (schema migrations go here). Each hook must close its connections: cloning needs none open.
-TEMPLATE_SETUP: list[Callable[[str], Awaitable[None]]] = []
+
+async def _migrate(dsn: str) -> None:
+    await migrate(dsn)  # connects and closes: cloning needs no connection open
+
+
+#: Run once against the template database's DSN before any test database is cloned from it, so
+#: each test starts from the migrated schema instead of migrating its own database.
+TEMPLATE_SETUP: list[Callable[[str], Awaitable[None]]] = [_migrate]
 
 
 @dataclass(frozen=True, slots=True)

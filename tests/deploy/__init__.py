@@ -1,0 +1,1 @@
+"""Deployment tier: systemd units, the Ansible roles, Prometheus rules and the dashboard."""

@@ -1,0 +1,185 @@
+"""Ansible: lint (production profile), syntax, and the daemon role applied for real into a prefix.
+
+The role runs with connection local as this (root) user, everything under a temporary prefix,
+no user creation, no OS packages and no systemd actions. It installs a wheel built from this
+repository into a fresh venv (pip would rebuild a source directory on every run, so a second
+run could never report no changes), then the installed `flotilla probe` must run against the
+rendered daemon.toml, and a second run must change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+
+from tests.support.ansible import VENV_BIN, ansible_env, run_role
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE = REPO / "ansible"
+PLAYBOOKS = sorted(p.name for p in ANSIBLE.glob("*.yml"))
+ROLES = sorted(p.name for p in (ANSIBLE / "roles").iterdir())
+PACKAGED = ("pyproject.toml", "README.md", "common", "schemas", "daemon", "control")
+
+
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-lint"), "--offline", "--profile", "production", "--nocolor"],
+        cwd=ANSIBLE,
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS)
+def test_playbook_syntax(tmp_path: Path, playbook: str) -> None:
+    proc = subprocess.run(
+        [str(VENV_BIN / "ansible-playbook"), "--syntax-check", playbook],
+        cwd=ANSIBLE,
+        capture_output=True,
+        text=True,
+        env=ansible_env(tmp_path),
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_playbooks_are_the_expected_ones() -> None:
+    assert PLAYBOOKS == ["drain.yml", "resume.yml", "rolling-upgrade.yml", "site.yml"]
+    assert ROLES == ["flotilla_control", "flotilla_daemon", "nats"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_argument_specs_cover_every_default(role: str) -> None:
+    base = ANSIBLE / "roles" / role
+    defaults = yaml.safe_load((base / "defaults" / "main.yml").read_text())
+    specs = yaml.safe_load((base / "meta" / "argument_specs.yml").read_text())
+    assert set(specs["argument_specs"]["main"]["options"]) == set(defaults)
+
+
+def test_rolling_upgrade_drains_in_bounded_batches() -> None:
+    (play,) = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())
+    assert "serial" in play and "max_fail_percentage" in play
+    steps = [t["name"] for t in play["pre_tasks"] + play["post_tasks"]]
+    assert steps[0].startswith("Drain") and steps[-1].startswith("Wait until")
+    drain = play["pre_tasks"][0]
+    assert drain["delegate_to"] and "--wait" in drain["ansible.builtin.command"]["argv"]
+
+
+# --- the daemon role, applied for real -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheel")
+    # Built from a copy, so the build leaves nothing (build/, egg-info) in the work tree.
+    src = out / "src"
+    src.mkdir()
+    for name in PACKAGED:
+        if (REPO / name).is_dir():
+            shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(REPO / name, src / name)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(src), "-w", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (wheel,) = out.glob("flotilla-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="session")
+def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("ansible-daemon")
+    variables = {
+        "flotilla_daemon_prefix": str(root / "prefix"),
+        "flotilla_daemon_package_spec": str(release_wheel),
+        "flotilla_daemon_python": sys.executable,
+        "flotilla_daemon_manage_systemd": False,
+        "flotilla_daemon_manage_user": False,
+        "flotilla_daemon_manage_packages": False,
+        "flotilla_daemon_user": "root",
+        "flotilla_daemon_group": "root",
+        "flotilla_daemon_node_id": "edge-test-1",
+        "flotilla_daemon_nats_url": "nats://127.0.0.1:1",
+        "flotilla_daemon_nats_password": "not-a-real-secret",
+        "flotilla_daemon_labels": {"site": "test", "rack": 7},
+        "flotilla_daemon_slots": {"cpu": 2},
+        "flotilla_daemon_drain_deadline": 120,
+        "flotilla_daemon_allowed_roots": [str(root / "media")],
+    }
+    ok, changed = run_role("flotilla_daemon", variables, root / "run")
+    return {"root": root, "prefix": root / "prefix", "vars": variables, "first": (ok, changed)}
+
+
+@pytest.mark.timeout(300)
+def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
+    prefix: Path = daemon_install["prefix"]
+    assert daemon_install["first"][1] > 0
+    unit = prefix / "etc/systemd/system/flotilla-daemon.service"
+    assert unit.read_text() == (REPO / "systemd/flotilla-daemon.service").read_text()
+    dropins = prefix / "etc/systemd/system/flotilla-daemon.service.d"
+    assert "TimeoutStopSec=180" in (dropins / "10-flotilla.conf").read_text()
+    assert (dropins / "20-no-gpu.conf").exists()
+    config = prefix / "etc/flotilla/daemon.toml"
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert (prefix / "var/lib/flotilla").is_dir()
+
+
+@pytest.mark.timeout(300)
+def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
+    prefix: Path = daemon_install["prefix"]
+    flotilla = prefix / "opt/flotilla/bin/flotilla"
+    config = prefix / "etc/flotilla/daemon.toml"
+    proc = subprocess.run(
+        [str(flotilla), "probe", "--json", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=daemon_install["root"],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    caps = json.loads(proc.stdout)
+    # What the probe reports comes from the daemon.toml the role rendered.
+    assert caps["node_id"] == "edge-test-1"
+    assert caps["labels"] == {"site": "test", "rack": "7"}
+    assert caps["slots"]["cpu"] == 2
+
+
+@pytest.mark.timeout(300)
+def test_second_run_changes_nothing(daemon_install: dict[str, Any]) -> None:
+    ok, changed = run_role(
+        "flotilla_daemon", daemon_install["vars"], daemon_install["root"] / "run"
+    )
+    assert changed == 0 and ok > 0
+
+
+@pytest.mark.timeout(300)
+def test_daemon_role_refuses_bad_input(tmp_path: Path, release_wheel: Path) -> None:
+    """Preflight asserts stop a run before anything is written."""
+    variables = {
+        "flotilla_daemon_prefix": str(tmp_path / "prefix"),
+        "flotilla_daemon_package_spec": str(release_wheel),
+        "flotilla_daemon_node_id": "Not A Token",
+        "flotilla_daemon_manage_systemd": False,
+    }
+    with pytest.raises(AssertionError, match="must match"):
+        run_role("flotilla_daemon", variables, tmp_path / "run")
+    assert not (tmp_path / "prefix").exists()

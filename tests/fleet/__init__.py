@@ -1,0 +1,1 @@
+"""Fleet tier: a whole dev fleet as subprocesses (control plane and daemons), driven by the CLI."""

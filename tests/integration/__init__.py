@@ -1,0 +1,1 @@
+"""Integration tier: real nats-server, PostgreSQL and ffmpeg, one part at a time."""

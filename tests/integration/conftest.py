@@ -1,0 +1,48 @@
+"""Fixtures of the integration tier beyond the shared ones in tests/conftest.py."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from control.topology import ensure_topology
+from daemon.app import Daemon
+from daemon.ffmpeg.tools import FfmpegTools
+from schemas.subjects import Subjects
+from tests.support.daemons import TOPO, config
+from tests.support.media import make_clip
+
+
+@pytest_asyncio.fixture
+async def js(nc: NATS, prefix: str) -> JetStreamContext:
+    ctx = nc.jetstream(timeout=5)
+    await ensure_topology(ctx, Subjects(prefix), TOPO)
+    return ctx
+
+
+@pytest_asyncio.fixture(scope="session")
+async def long_clip(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    """Long enough that a slow-preset transcode runs for seconds: time to kill or cancel it."""
+    return await make_clip(ffmpeg_tools.ffmpeg, media_dir / "long.mp4", seconds=20, size="640x480")
+
+
+@pytest_asyncio.fixture
+async def start_daemon(
+    nats_url: str, prefix: str, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Daemon]]]:
+    started: list[Daemon] = []
+
+    async def start(node_id: str = "n1", **over: Any) -> Daemon:
+        d = Daemon(config(nats_url, prefix, tmp_path / node_id, node_id, **over))
+        await d.start()
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        await d.stop(force=True)

@@ -1,0 +1,183 @@
+"""The fleet API over real NATS: submit validation against live nodes, cancel, nodes, summary."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+from nats.js.errors import NotFoundError
+
+from control.api.ratelimit import TenantLimiter
+from control.api.service import ApiService, ApiSettings
+from control.topology import TopologySettings, ensure_topology
+from schemas import api
+from schemas.codec import encode
+from schemas.subjects import Subjects
+from tests.support.api import job
+from tests.support.noderecords import node_record, put_node
+
+POOLS = ["cpu", "nvenc"]
+
+
+@pytest_asyncio.fixture
+async def service(nc: NATS, prefix: str) -> AsyncIterator[ApiService]:
+    subjects = Subjects(prefix)
+    await ensure_topology(nc.jetstream(), subjects, TopologySettings(pools=POOLS))
+    svc = ApiService(nc, subjects, ApiSettings(pools=POOLS))
+    await svc.start()
+    try:
+        yield svc
+    finally:
+        await svc.stop()
+
+
+async def call(
+    nc: NATS, prefix: str, verb: str, body: Any
+) -> tuple[dict[str, Any], dict[str, str]]:
+    msg = await nc.request(f"{prefix}.api.{verb}", msgspec.json.encode(body), timeout=5)
+    return msgspec.json.decode(msg.data), dict(msg.headers or {})
+
+
+async def test_submit_refused_when_no_node_can_run_it(
+    service: ApiService, nc: NATS, prefix: str
+) -> None:
+    reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("j1")})
+    assert headers["Nats-Service-Error-Code"] == "409"
+    assert "fleet is empty" in reply["message"]
+
+    await put_node(nc.jetstream(), service.subjects, node_record("n1", labels={"site": "a"}))
+    cases = [
+        (job("j2", requirements={"accel": "nvenc"}), "does not serve pool 'nvenc'"),
+        (job("j3", requirements={"labels": {"site": "b"}}), "lacks label site=b"),
+        (job("j4", requirements={"min_gpu_memory_mb": 1024}), "no GPU with 1024 MiB"),
+        (job("j5", operation={"op": "transcode", "codec": "hevc"}), "none of the encoders"),
+    ]
+    for body, why in cases:
+        reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": body})
+        assert headers["Nats-Service-Error-Code"] == "409", body
+        assert why in reply["message"]
+
+    stale = node_record("n2", pools=["nvenc"], encoders=["h264_nvenc"], ts=1.0)
+    await put_node(nc.jetstream(), service.subjects, stale)
+    reply, headers = await call(
+        nc, prefix, "job.submit", {"v": 1, "job": job("j6", requirements={"accel": "nvenc"})}
+    )
+    assert "n2 is offline" in reply["message"]
+
+
+async def test_submit_malformed_is_400(service: ApiService, nc: NATS, prefix: str) -> None:
+    reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": {"job_id": "x"}})
+    assert headers["Nats-Service-Error-Code"] == "400"
+    assert api.ApiError(code=400, message=reply["message"]).code == 400
+
+
+async def test_valid_submit_is_stored_and_cancel_deletes_it(
+    service: ApiService, nc: NATS, prefix: str
+) -> None:
+    js = nc.jetstream()
+    subjects = service.subjects
+    await put_node(js, subjects, node_record("n1"))
+    reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
+    assert "Nats-Service-Error-Code" not in headers, reply
+    sub = msgspec.convert(reply, api.SubmitReply)
+    assert sub.subject == subjects.job_stored("cpu", "normal", "good-1")
+    stored = await js.get_msg(subjects.jobs_stream, sub.seq)
+    assert stored.subject == sub.subject
+    again, _ = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
+    assert again["duplicate"] is True and again["seq"] == sub.seq
+
+    summary, _ = await call(nc, prefix, "fleet.summary", {})
+    cpu = next(p for p in summary["pools"] if p["pool"] == "cpu")
+    assert cpu["queued"] == 1 and cpu["nodes_online"] == 1
+    assert summary["nodes_by_state"] == {"online": 1}
+
+    ack, _ = await call(nc, prefix, "job.cancel", {"v": 1, "job_id": "good-1"})
+    assert ack["ok"] is True and "queued" in ack["message"]
+    try:
+        await js.get_msg(subjects.jobs_stream, sub.seq)
+        raise AssertionError("message still stored after cancel")
+    except NotFoundError:
+        pass
+
+
+async def test_node_list_and_drain_relay(service: ApiService, nc: NATS, prefix: str) -> None:
+    js = nc.jetstream()
+    await put_node(js, service.subjects, node_record("n1"))
+    listed, _ = await call(nc, prefix, "node.list", {})
+    assert [n["node_id"] for n in listed["nodes"]] == ["n1"]
+
+    # A real responder on the node's control subject, as the daemon's would be.
+    async def on_drain(msg: Any) -> None:
+        await msg.respond(b'{"v":1,"ok":true,"node_id":"n1","state":"draining"}')
+
+    sub = await nc.subscribe(service.subjects.ctl("n1", "drain"), cb=on_drain)
+    try:
+        ack, _ = await call(nc, prefix, "node.drain", {"v": 1, "node_id": "n1"})
+        assert ack == {"v": 1, "ok": True, "message": "draining"}
+    finally:
+        await sub.unsubscribe()
+    service.s.command_timeout = 0.5
+    _, headers = await call(nc, prefix, "node.resume", {"v": 1, "node_id": "n1"})
+    assert headers["Nats-Service-Error-Code"] == "503"
+
+
+async def test_submit_rate_limit_is_429(service: ApiService, nc: NATS, prefix: str) -> None:
+    service.limiter = TenantLimiter(rate=0.001, burst=5)
+    await put_node(nc.jetstream(), service.subjects, node_record("n1"))
+    codes = []
+    for i in range(7):
+        _, headers = await call(
+            nc, prefix, "job.submit", {"v": 1, "job": job(f"r{i}", tenant="t1")}
+        )
+        codes.append(headers.get("Nats-Service-Error-Code", "ok"))
+    assert codes == ["ok"] * 5 + ["429", "429"]
+    _, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("other", tenant="t2")})
+    assert "Nats-Service-Error-Code" not in headers
+
+
+def test_token_bucket_refills() -> None:
+    lim = TenantLimiter(rate=1.0, burst=2)
+    assert [lim.allow("a", 0.0) for _ in range(3)] == [True, True, False]
+    assert lim.allow("a", 1.5) is True
+    assert encode(api.AckReply(ok=True))
+
+
+async def test_cancel_running_job_asks_its_node(service: ApiService, nc: NATS, prefix: str) -> None:
+    subjects = service.subjects
+    await put_node(nc.jetstream(), subjects, node_record("n1", running=["run-1"]))
+    asked: list[bytes] = []
+    broadcast: list[bytes] = []
+
+    async def on_cancel(msg: Any) -> None:
+        asked.append(msg.data)
+        await msg.respond(b'{"v":1,"ok":true,"node_id":"n1","message":"stopping run-1"}')
+
+    async def on_all(msg: Any) -> None:
+        broadcast.append(msg.data)
+
+    subs = [
+        await nc.subscribe(subjects.ctl("n1", "cancel"), cb=on_cancel),
+        await nc.subscribe(subjects.ctl("all", "cancel"), cb=on_all),
+    ]
+    try:
+        ack, _ = await call(nc, prefix, "job.cancel", {"v": 1, "job_id": "run-1"})
+        await nc.flush()
+    finally:
+        for sub in subs:
+            await sub.unsubscribe()
+    assert ack == {"v": 1, "ok": True, "message": "stopping run-1"}
+    assert msgspec.json.decode(asked[0])["job_id"] == "run-1"
+    assert msgspec.json.decode(broadcast[0])["verb"] == "cancel"
+
+
+async def test_required_keys_without_database_refuse(
+    service: ApiService, nc: NATS, prefix: str
+) -> None:
+    service.s.require_api_keys = True
+    reply, headers = await call(nc, prefix, "node.list", {})
+    assert headers["Nats-Service-Error-Code"] == "503" and "no database" in reply["message"]
+    _, headers = await call(nc, prefix, "job.get", {"v": 1, "job_id": "x"})
+    assert headers["Nats-Service-Error-Code"] == "503"

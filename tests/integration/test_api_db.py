@@ -1,0 +1,120 @@
+"""The fleet API backed by real Postgres: get, list with paging, events, cancel, API keys."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest_asyncio
+from nats.aio.client import Client as NATS
+
+from control.api import tenants
+from control.api.service import ApiService, ApiSettings
+from control.db.migrate import migrate
+from control.topology import TopologySettings, ensure_topology
+from schemas.subjects import Subjects
+from tests.support.api import job
+from tests.support.noderecords import node_record, put_node
+
+
+@pytest_asyncio.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(database_url)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+async def make_service(nc: NATS, prefix: str, db: asyncpg.Pool, keys: bool) -> ApiService:
+    subjects = Subjects(prefix)
+    await ensure_topology(nc.jetstream(), subjects, TopologySettings(pools=["cpu"]))
+    await put_node(nc.jetstream(), subjects, node_record("n1"))
+    svc = ApiService(nc, subjects, ApiSettings(pools=["cpu"], require_api_keys=keys), db)
+    await svc.start()
+    return svc
+
+
+async def call(
+    nc: NATS, prefix: str, verb: str, body: Any, key: str | None = None
+) -> tuple[dict[str, Any], str]:
+    headers = None if key is None else {tenants.KEY_HEADER: key}
+    msg = await nc.request(
+        f"{prefix}.api.{verb}", msgspec.json.encode(body), timeout=5, headers=headers
+    )
+    code = (msg.headers or {}).get("Nats-Service-Error-Code", "ok")
+    return msgspec.json.decode(msg.data), code
+
+
+async def test_get_list_events_cancel(nc: NATS, prefix: str, db: asyncpg.Pool) -> None:
+    svc = await make_service(nc, prefix, db, keys=False)
+    try:
+        for i in range(5):
+            _, code = await call(nc, prefix, "job.submit", {"v": 1, "job": job(f"j{i}")})
+            assert code == "ok"
+        got, code = await call(nc, prefix, "job.get", {"v": 1, "job_id": "j3"})
+        assert code == "ok" and got["state"] == "submitted" and got["pool"] == "cpu"
+        _, code = await call(nc, prefix, "job.get", {"v": 1, "job_id": "nope"})
+        assert code == "404"
+
+        seen: list[str] = []
+        cursor = None
+        for _ in range(5):  # bounded paging
+            page, _ = await call(
+                nc, prefix, "job.list", {"v": 1, "limit": 2, "cursor": cursor, "state": "submitted"}
+            )
+            seen += [j["job_id"] for j in page["jobs"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert sorted(seen) == [f"j{i}" for i in range(5)] and len(seen) == 5
+        _, code = await call(nc, prefix, "job.list", {"v": 1, "cursor": "%%%"})
+        assert code == "400"
+
+        await db.execute(
+            "INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body)"
+            " VALUES ('e1', 'j3', 'started', 'n1', 1, now(), '{\"x\": 1}')"
+        )
+        events, _ = await call(nc, prefix, "job.events", {"v": 1, "job_id": "j3"})
+        assert [(e["event_id"], e["body"]) for e in events["events"]] == [("e1", {"x": 1})]
+
+        ack, _ = await call(nc, prefix, "job.cancel", {"v": 1, "job_id": "j1"})
+        assert ack["ok"] is True
+        got, _ = await call(nc, prefix, "job.get", {"v": 1, "job_id": "j1"})
+        assert got["state"] == "cancelled"
+        err, code = await call(nc, prefix, "job.retry", {"v": 1, "job_id": "j2"})
+        assert code == "404" and "no dead letter" in err["message"]
+        summary, _ = await call(nc, prefix, "fleet.summary", {})
+        assert summary["jobs_by_state"] == {"submitted": 4, "cancelled": 1}
+        assert summary["pools"][0]["queued"] == 4
+    finally:
+        await svc.stop()
+
+
+async def test_api_keys_and_queued_limit(nc: NATS, prefix: str, db: asyncpg.Pool) -> None:
+    await tenants.create_tenant(db, "acme", max_queued=2)
+    key = await tenants.create_key(db, "acme")
+    assert key not in str(await db.fetch("SELECT * FROM api_keys"))  # only the hash is kept
+    svc = await make_service(nc, prefix, db, keys=True)
+    try:
+        body = {"v": 1, "job": job("k0", tenant="acme")}
+        _, code = await call(nc, prefix, "job.submit", body)
+        assert code == "401"
+        _, code = await call(nc, prefix, "job.submit", body, key="flk_wrong")
+        assert code == "401"
+        _, code = await call(nc, prefix, "node.list", {})
+        assert code == "401"
+        _, code = await call(nc, prefix, "job.submit", {"v": 1, "job": job("k9")}, key=key)
+        assert code == "403"  # the key's tenant is acme, the job says default
+        codes = []
+        for i in range(3):
+            body = {"v": 1, "job": job(f"k{i}", tenant="acme")}
+            codes.append((await call(nc, prefix, "job.submit", body, key=key))[1])
+        assert codes == ["ok", "ok", "429"]
+        listed, code = await call(nc, prefix, "node.list", {}, key=key)
+        assert code == "ok" and len(listed["nodes"]) == 1
+    finally:
+        await svc.stop()

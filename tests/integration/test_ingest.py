@@ -1,0 +1,283 @@
+"""Ingest against real nats-server and Postgres: idempotent, order-proof, shared, outage-proof."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import asyncpg
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+
+from control.devstack.stack import ExternalPostgres, PostgresServer
+from control.fold import JobRow, at, fold_job
+from control.ingest import Ingestor
+from control.nodes import NodeTracker
+from control.retention import prune_events
+from control.topology import TopologySettings, ensure_topology, ingest_consumer_config
+from schemas.codec import encode
+from schemas.events import (
+    CapabilitiesChanged,
+    EncoderHealth,
+    Event,
+    JobEvent,
+    NodeStateChanged,
+)
+from schemas.subjects import Subjects
+from tests.support.ingest import (
+    accepted,
+    completed,
+    count,
+    eid,
+    failed,
+    lifecycle,
+    migrated_pool,
+    node_record,
+    progress,
+    publish,
+    running,
+    started,
+    wait_until,
+)
+
+SETTINGS = TopologySettings(pools=["cpu"])
+
+
+async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
+    js, subjects = nc.jetstream(), Subjects(prefix)
+    await ensure_topology(js, subjects, SETTINGS)
+    return js, subjects
+
+
+async def events_in(db: asyncpg.Pool, n: int) -> bool:
+    return await count(db, "SELECT count(*) FROM job_events") >= n
+
+
+async def drained(js: JetStreamContext, subjects: Subjects, durable: str) -> bool:
+    info = await js.consumer_info(subjects.events_stream, durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+
+async def test_events_land_and_a_replay_changes_nothing(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    events: list[Event] = []
+    for i in range(30):
+        events += lifecycle(f"job-{i}", t0 + i)
+    events.append(failed("job-bad", "exit code 1", ts=t0))
+    await publish(js, subjects, events)
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=40, fetch_timeout=0.2)
+        async with running(ingestor):
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "ingest")
+        assert await count(db, "SELECT count(*) FROM job_events") == len(events)
+        assert ingestor.stats.events_ingested == len(events) and ingestor.stats.batches >= 4
+        states = dict(await db.fetch("SELECT state, count(*) FROM jobs GROUP BY state"))
+        assert states == {"completed": 30, "failed": 1}
+        job = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'job-7'")
+        assert job["node_id"] == "n1" and job["tenant"] == "acme" and job["percent"] == 100.0
+        assert job["started_at"] < job["finished_at"] and job["result"] is not None
+        bad = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'job-bad'")
+        assert bad["last_error"] == "exit code 1" and bad["stderr_tail"] == "last lines"
+
+        before = await snapshot(db)
+        # Replay the whole stream through a second durable: nothing may change.
+        replay = dataclasses.replace(ingest_consumer_config(subjects, SETTINGS), durable_name="r")
+        await js.add_consumer(subjects.events_stream, replay)
+        again = Ingestor(js, db, subjects, batch=500, fetch_timeout=0.2, durable="r")
+        async with running(again):
+            await wait_until(lambda: drained(js, subjects, "r"), "replay")
+        assert again.stats.events_ingested == 0 and again.stats.duplicates == len(events)
+        assert await snapshot(db) == before
+
+
+async def snapshot(db: asyncpg.Pool) -> list[list[tuple[object, ...]]]:
+    tables = ("jobs ORDER BY job_id", "job_events ORDER BY event_id", "nodes ORDER BY node_id")
+    return [[tuple(r) for r in await db.fetch(f"SELECT * FROM {t}")] for t in tables]
+
+
+async def test_out_of_order_delivery_gives_the_right_final_state(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time() - 100
+    first: list[JobEvent] = [accepted("ooo", "n1", 1, t0), started("ooo", "n1", 1, t0 + 1)]
+    second: list[JobEvent] = [
+        accepted("ooo", "n2", 2, t0 + 10),
+        started("ooo", "n2", 2, t0 + 11),
+        progress("ooo", 60.0, "n2", 2, t0 + 12),
+        completed("ooo", "n2", 2, t0 + 13),
+    ]
+    stale: list[JobEvent] = [
+        progress("ooo", 90.0, "n1", 1, t0 + 14)
+    ]  # the first node stalled, then woke up
+    arrival: list[Event] = [second[3], *stale, second[1], first[1], second[0], second[2], first[0]]
+    await publish(js, subjects, arrival)
+    async with migrated_pool(database_url) as db:
+        # Batches of one: every event is folded into the row the previous ones left.
+        ingestor = Ingestor(js, db, subjects, batch=1, fetch_timeout=0.2)
+        async with running(ingestor):
+            await wait_until(lambda: events_in(db, len(arrival)), "events")
+        row = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'ooo'")
+    expected = JobRow(job_id="ooo", submitted_at=at(arrival[0].ts))
+    fold_job(expected, [*first, *second, *stale])
+    assert (row["state"], row["node_id"], row["attempts"]) == ("completed", "n2", 2)
+    assert row["percent"] == 100.0
+    for column in ("state", "node_id", "attempts", "started_at", "finished_at", "queued_at"):
+        assert row[column] == getattr(expected, column), column
+
+
+async def test_two_ingestors_share_the_durable_without_duplicates(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    events = [e for i in range(300) for e in lifecycle(f"j{i}", t0 + i, node=f"n{i % 3}")]
+    async with migrated_pool(database_url) as db:
+        a = Ingestor(js, db, subjects, batch=50, fetch_timeout=0.2)
+        b = Ingestor(js, db, subjects, batch=50, fetch_timeout=0.2)
+        async with running(a), running(b):
+            await publish(js, subjects, events)
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "ingest")
+        assert await count(db, "SELECT count(DISTINCT event_id) FROM job_events") == len(events)
+        assert a.stats.events_ingested + b.stats.events_ingested == len(events)
+        assert a.stats.events_ingested > 0 and b.stats.events_ingested > 0
+        assert await count(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") == 300
+
+
+async def test_postgres_restart_under_a_stream_of_events(
+    nc: NATS,
+    prefix: str,
+    database_url: str,
+    pg_server: PostgresServer | ExternalPostgres,
+) -> None:
+    assert isinstance(pg_server, PostgresServer), "this test restarts the embedded Postgres"
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    events = [e for i in range(400) for e in lifecycle(f"p{i}", t0 + i)]
+
+    async def produce() -> None:
+        for start in range(0, len(events), 80):
+            await publish(js, subjects, events[start : start + 80])
+            await asyncio.sleep(0.1)
+
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=100, fetch_timeout=0.2, max_backoff=0.5)
+        async with running(ingestor):
+            producer = asyncio.create_task(produce())
+            try:
+                await wait_until(lambda: events_in(db, 1), "the first events")
+                await pg_server.stop()
+                await asyncio.sleep(1.5)  # events keep coming while Postgres is away
+            finally:
+                await pg_server.start()
+            await producer
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "catch-up")
+        assert ingestor.stats.db_retries > 0
+        assert await count(db, "SELECT count(*) FROM job_events") == len(events)
+        assert await count(db, "SELECT count(DISTINCT event_id) FROM job_events") == len(events)
+        assert await count(db, "SELECT count(*) FROM jobs WHERE state = 'completed'") == 400
+
+
+async def test_malformed_messages_do_not_stop_ingest(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    subject = subjects.events("n1", "progress")
+    await js.publish(subject, b"not json at all")
+    await js.publish(subject, b'{"v": 2, "kind": "progress"}')
+    await js.publish(subjects.events("n2", "started"), encode(started("spoof", "n1")))
+    # Valid for msgspec, refused by Postgres (jsonb has no NUL): isolated, not blocking.
+    await js.publish(subjects.events("n1", "failed"), encode(failed("nul", "bad\x00byte")))
+    good = lifecycle("fine", time.time())
+    await publish(js, subjects, good)
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=100, fetch_timeout=0.2)
+        async with running(ingestor):
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "ingest")
+        assert await count(db, "SELECT count(*) FROM job_events") == len(good)
+        errors = [r["error"] for r in await db.fetch("SELECT error FROM bad_events ORDER BY 1")]
+        assert len(errors) == 4 and ingestor.stats.bad_events == 4
+        assert any("malformed JSON" in e for e in errors)
+        assert any("version" in e for e in errors)
+        assert any("does not match node" in e for e in errors)
+        assert await db.fetchval("SELECT state FROM jobs WHERE job_id = 'fine'") == "completed"
+
+
+async def test_old_events_are_pruned_in_batches(nc: NATS, prefix: str, database_url: str) -> None:
+    js, subjects = await setup(nc, prefix)
+    old = time.time() - 40 * 86400
+    events: list[Event] = [*lifecycle("old-1", old), *lifecycle("old-2", old + 1)]
+    events += lifecycle("new", time.time())
+    await publish(js, subjects, events)
+    async with migrated_pool(database_url) as db:
+        async with running(Ingestor(js, db, subjects, fetch_timeout=0.2)):
+            await wait_until(lambda: events_in(db, len(events)), "events")
+        assert await prune_events(db, retention_days=30, batch=3) == 8
+        assert await count(db, "SELECT count(*) FROM job_events") == 4
+        assert await count(db, "SELECT count(*) FROM jobs") == 3  # job state outlives events
+
+
+async def node_state(db: asyncpg.Pool, node_id: str) -> str | None:
+    state = await db.fetchval("SELECT state FROM nodes WHERE node_id = $1", node_id)
+    return None if state is None else str(state)
+
+
+async def test_fleet_state_from_the_kv_bucket_and_node_events(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    kv = await js.key_value(subjects.nodes_bucket)
+    await kv.put("n1", encode(node_record("n1")))
+    caps = node_record("n2").capabilities
+    t = time.time()
+    node_events: list[Event] = [
+        CapabilitiesChanged(event_id=eid(), node_id="n2", ts=t, capabilities=caps),
+        EncoderHealth(event_id=eid(), node_id="n2", ts=t, encoder="h264_nvenc", healthy=False),
+        NodeStateChanged(event_id=eid(), node_id="n2", ts=t + 1, state="draining"),
+        NodeStateChanged(event_id=eid(), node_id="n2", ts=t - 1, state="online"),  # late, older
+    ]
+    await publish(js, subjects, node_events)
+    async with migrated_pool(database_url) as db:
+        await db.execute(
+            "INSERT INTO nodes (node_id, state, last_seen) VALUES ('ghost', 'online', now())"
+        )
+        tracker = NodeTracker(js, db, subjects, offline_after=1.0, sweep_interval=0.1)
+        ingestor = Ingestor(js, db, subjects, fetch_timeout=0.2)
+        async with running(ingestor), asyncio.TaskGroup() as tg:
+            task = tg.create_task(tracker.run())
+            try:
+                await wait_until(lambda: is_state(db, "n1", "online"), "n1 online")
+                # Gone from the bucket when the tracker read it: expired, so offline.
+                assert await node_state(db, "ghost") == "offline"
+                row = await db.fetchrow("SELECT * FROM nodes WHERE node_id = 'n1'")
+                assert row["pools"] == ["cpu"] and '"slots"' in row["capabilities"]
+                await kv.put("n1", encode(node_record("n1", state="draining")))
+                await wait_until(lambda: is_state(db, "n1", "draining"), "n1 draining")
+                await kv.delete("n1")  # a clean exit
+                await wait_until(lambda: is_state(db, "n1", "offline"), "n1 offline")
+                await kv.put("n1", encode(node_record("n1")))
+                await wait_until(lambda: is_state(db, "n1", "online"), "n1 back")
+                tracker.resync()  # as on reconnect: a new watcher, the bucket re-read
+                resyncs = tracker.stats.resyncs
+                await wait_until(lambda: _more(tracker.stats.resyncs, resyncs), "resync")
+                # No more heartbeats: offline after `offline_after`, with no marker at all.
+                await wait_until(lambda: is_state(db, "n1", "offline"), "n1 silent")
+                await wait_until(lambda: events_in(db, len(node_events)), "node events")
+            finally:
+                task.cancel()
+        n2 = await db.fetchrow("SELECT * FROM nodes WHERE node_id = 'n2'")
+        assert n2["reported_state"] == "draining" and n2["draining"] is True
+        assert '"healthy": false' in n2["encoders"] and n2["capabilities"] is not None
+        assert n2["state"] == "offline"  # never seen in the bucket: no liveness
+
+
+async def is_state(db: asyncpg.Pool, node_id: str, state: str) -> bool:
+    return await node_state(db, node_id) == state
+
+
+async def _more(now: int, before: int) -> bool:
+    return now > before

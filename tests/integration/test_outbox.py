@@ -1,0 +1,172 @@
+"""The outbox publisher against a real nats-server: order, Msg-Id dedup, outages, wait_sent."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+
+from common.natsconn import NatsSettings, connect
+from control.devstack.stack import NatsServer
+from control.topology import TopologySettings, ensure_topology
+from daemon.journal.outbox import OutboxPublisher
+from daemon.journal.store import Journal
+from schemas.events import Event, kind_of
+from schemas.subjects import Subjects
+from tests.support.journal import NODE, accepted, completed, progress, started
+
+
+@dataclass
+class Rig:
+    journal: Journal
+    publisher: OutboxPublisher
+    reader: Client  # an independent connection, for reading the stream
+    subjects: Subjects
+
+    @property
+    def js(self) -> JetStreamContext:
+        return self.reader.jetstream()
+
+
+@pytest.fixture
+async def rig(nc: Client, nats_url: str, prefix: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    subjects = Subjects(prefix)
+    await ensure_topology(nc.jetstream(), subjects, TopologySettings(pools=["cpu"]))
+    journal = await Journal.open(tmp_path / "journal.sqlite3", subjects=subjects)
+    # The daemon's own connection settings: reconnect forever.
+    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-test")
+    publisher = OutboxPublisher(
+        journal, pub_nc.jetstream(), window=16, publish_timeout=0.5, backoff_max=0.5
+    )
+    rig = Rig(journal, publisher, nc, subjects)
+    try:
+        yield rig
+    finally:  # a test may have swapped in a reopened journal and a new publisher
+        await rig.publisher.stop()
+        await pub_nc.close()
+        await rig.journal.close()
+
+
+def lifecycle(job_id: str, steps: int = 5) -> list[Event]:
+    middle: list[Event] = [progress(job_id, n) for n in range(steps)]
+    return [accepted(job_id), started(job_id), *middle, completed(job_id)]
+
+
+async def stored(js: JetStreamContext, stream: str) -> list[RawStreamMsg]:
+    info = await js.stream_info(stream)
+    if info.state.messages == 0:
+        return []
+    first, last = info.state.first_seq, info.state.last_seq
+    return [await js.get_msg(stream, seq) for seq in range(first, last + 1)]
+
+
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    for _ in range(int(within / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within} s")
+
+
+async def test_events_reach_the_stream_in_order_with_their_ids(rig: Rig) -> None:
+    rig.publisher.start()
+    recorded: list[Event] = []
+    for n in range(12):  # recorded while the publisher runs: notify() wakes it
+        events = lifecycle(f"o{n}")
+        await rig.journal.record(events=events[:3])
+        await rig.journal.record(events=events[3:])
+        recorded += events
+    assert await rig.publisher.flush(20)
+    assert rig.journal.depth == 0 == await rig.journal.outbox_depth()
+
+    messages = await stored(rig.js, rig.subjects.events_stream)
+    assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == [
+        e.event_id for e in recorded
+    ]
+    assert [m.subject for m in messages] == [
+        rig.subjects.events(NODE, kind_of(e)) for e in recorded
+    ]
+    assert rig.publisher.published == len(recorded) and rig.publisher.duplicates == 0
+
+
+async def test_a_resend_after_a_crash_is_deduplicated(rig: Rig, tmp_path: Path) -> None:
+    recorded = lifecycle("d1") + lifecycle("d2")
+    await rig.journal.record(events=recorded)
+    rig.publisher.start()
+    assert await rig.publisher.flush(20)
+    await rig.publisher.stop()
+
+    # A crash between PubAck and the sent mark: the rows look unsent at the next start.
+    await rig.journal.close()
+    path = tmp_path / "journal.sqlite3"
+    await asyncio.to_thread(_reset_sent, path)
+    rig.journal = await Journal.open(path, subjects=rig.subjects)
+    assert rig.journal.depth == len(recorded)
+    again = OutboxPublisher(rig.journal, rig.publisher.js, window=16)
+    rig.publisher = again
+    again.start()
+    assert await again.flush(20)
+    assert again.duplicates == len(recorded)  # the server dropped every copy
+    messages = await stored(rig.js, rig.subjects.events_stream)
+    assert [m.headers and m.headers["Nats-Msg-Id"] for m in messages] == [
+        e.event_id for e in recorded
+    ]
+
+
+def _reset_sent(path: Path) -> None:
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE outbox SET sent_at = NULL")
+
+
+async def test_nats_outage_every_event_arrives_once_in_order(rig: Rig, nats_server: object) -> None:
+    assert isinstance(nats_server, NatsServer), "needs the embedded server to stop and start it"
+    rig.publisher.start()
+    before = lifecycle("a1")
+    await rig.journal.record(events=before)
+    assert await rig.publisher.flush(20)
+
+    await nats_server.stop()
+    try:
+        during: list[Event] = []
+        for n in range(5):
+            events = lifecycle(f"b{n}", steps=3)
+            await rig.journal.record(events=events)
+            during += events
+        await until(lambda: rig.publisher.failures > 0)  # it tried, and kept every row
+        assert not rig.publisher.healthy
+        assert not await rig.publisher.wait_sent(during[-1].event_id, 0.5)
+        assert rig.journal.depth == len(during)
+    finally:
+        await nats_server.start()
+
+    assert await rig.publisher.wait_sent(during[-1].event_id, 30)
+    assert await rig.publisher.flush(30)
+    await until(lambda: rig.reader.is_connected)  # the reading client reconnects on its own
+    messages = await stored(rig.js, rig.subjects.events_stream)
+    ids = [m.headers and m.headers["Nats-Msg-Id"] for m in messages]
+    assert ids == [e.event_id for e in before + during]  # once each, in order
+    assert rig.publisher.healthy
+
+
+async def test_wait_sent_returns_only_after_the_puback(rig: Rig) -> None:
+    final = completed("w1")
+    await rig.journal.record(events=[accepted("w1"), final])
+    assert not await rig.publisher.wait_sent(final.event_id, 0.2)  # nothing publishes yet
+    assert await stored(rig.js, rig.subjects.events_stream) == []
+
+    rig.publisher.start()
+    assert await rig.publisher.wait_sent(final.event_id, 20)
+    messages = await stored(rig.js, rig.subjects.events_stream)  # already in the stream
+    assert messages[-1].headers and messages[-1].headers["Nats-Msg-Id"] == final.event_id
+    assert await rig.journal.is_sent(final.event_id) is True
+    assert await rig.publisher.wait_sent(final.event_id, 0.1)  # sent earlier: at once
+    with pytest.raises(LookupError):
+        await rig.publisher.wait_sent("never-recorded", 1)

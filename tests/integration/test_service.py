@@ -1,0 +1,70 @@
+"""The whole control plane in-process against real NATS and Postgres: API, metrics, alerts."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import msgspec
+from nats.aio.client import Client as NATS
+
+from common.natsconn import NatsSettings
+from control.config import AlertThresholds, ControlConfig
+from control.service import ControlPlane
+from control.topology import TopologySettings
+from schemas.subjects import Subjects
+from tests.support.api import job
+from tests.support.noderecords import node_record, put_node
+from tests.support.scrape import http_get
+
+
+async def test_control_plane_end_to_end(
+    nc: NATS, nats_url: str, prefix: str, database_url: str
+) -> None:
+    cfg = ControlConfig(
+        nats=NatsSettings(url=nats_url, prefix=prefix),
+        database_url=database_url,
+        topology=TopologySettings(pools=["cpu"]),
+        metrics_port=0,
+        alert_interval=0.2,
+        canary_interval=0.2,
+        alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0),
+    )
+    plane = ControlPlane(cfg)
+    await plane.start()
+    try:
+        js = nc.jetstream()
+        subjects = Subjects(prefix)
+        await put_node(js, subjects, node_record("n1"))
+        msg = await nc.request(
+            f"{prefix}.api.job.submit", msgspec.json.encode({"v": 1, "job": job("s1")}), timeout=5
+        )
+        assert msgspec.json.decode(msg.data)["job_id"] == "s1"
+        msg = await nc.request(f"{prefix}.api.job.get", b'{"v":1,"job_id":"s1"}', timeout=5)
+        assert msgspec.json.decode(msg.data)["state"] == "submitted"
+
+        await put_node(js, subjects, node_record("n2", ts=time.time() - 60))
+        db = await asyncpg.connect(database_url)
+        try:
+            rule = None
+            for _ in range(100):  # bounded: the watcher ticks every 0.2 s
+                rule = await db.fetchval(
+                    "SELECT rule FROM alerts WHERE subject = 'n2' AND state = 'firing'"
+                )
+                if rule:
+                    break
+                await asyncio.sleep(0.1)
+            assert rule == "node_offline"
+        finally:
+            await db.close()
+        status, body = await http_get(plane.metrics_port, "/metrics")
+        assert status == 200 and 'flotilla_jobs{pool="cpu",state="submitted"} 1.0' in body
+        assert 'flotilla_alerts_firing{rule="node_offline",severity="warning"} 1.0' in body
+        assert (await http_get(plane.metrics_port, "/readyz"))[0] == 200
+        msg = await nc.request(f"{prefix}.api.fleet.summary", b"{}", timeout=5)
+        firing = msgspec.json.decode(msg.data)["alerts_firing"]
+        assert ("node_offline", "n2") in [(a["rule"], a["subject"]) for a in firing]
+    finally:
+        await plane.stop()
+    assert plane.tasks == {}

@@ -1,0 +1,1 @@
+"""Helpers the tests share: servers, fleets, media, job builders."""

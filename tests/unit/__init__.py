@@ -1,0 +1,1 @@
+"""Unit tier: pure code and local files, no servers; `make test-fast` runs it."""
