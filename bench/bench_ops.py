@@ -20,7 +20,7 @@ from pathlib import Path
 
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools, find_tools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
 from daemon.ops import run_operation
@@ -66,9 +66,9 @@ class Bench:
             self.last_argv = argv
 
         ctx = JobContext(
-            spec=spec, attempt=1, scratch=scratch, tools=self.tools, verified_encoders=SOFTWARE,
-            hwaccels=frozenset(), threads=THREADS, allowed_roots=[self.root], progress=_sink,
-            control=RunControl(), on_command=on_command,
+            handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=self.tools,
+            verified_encoders=SOFTWARE, hwaccels=frozenset(), threads=THREADS,
+            allowed_roots=[self.root], progress=_sink, on_command=on_command,
         )  # fmt: skip
         start = time.perf_counter()
         await run_operation(ctx)

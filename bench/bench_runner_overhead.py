@@ -15,7 +15,7 @@ from pathlib import Path
 
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import find_tools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.paths import uri_of
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
@@ -87,8 +87,8 @@ async def main() -> None:
             scratch = root / f"scratch-{n}"
             scratch.mkdir()
             ctx = JobContext(
+                handle=JobHandle(spec.job_id),
                 spec=spec,
-                attempt=1,
                 scratch=scratch,
                 tools=tools,
                 verified_encoders=SOFTWARE,
@@ -96,7 +96,6 @@ async def main() -> None:
                 threads=2,
                 allowed_roots=[root],
                 progress=sink,
-                control=RunControl(),
                 on_command=on_command,
             )
             start = time.perf_counter()

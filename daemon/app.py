@@ -25,11 +25,13 @@ from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps
+from daemon.job.handle import StopKind
 from daemon.job.requirements import NodeView
 from daemon.job.run import run_job
 from daemon.job.running import RunningJobs
 from daemon.journal.reporter import Reporter, new_event_id
 from daemon.metrics import Metrics
+from daemon.ops import run_operation
 from daemon.probe.capacity import served_capacity
 from daemon.pull.puller import PoolPuller, PullerSet
 from daemon.pull.slots import Slots
@@ -97,10 +99,11 @@ class Daemon:
             reporter,
             self.running,
             self.node,
-            b.run_operation,
-            self._job_finished,
-            self.health,
-            lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
+            new_context=b.new_context,
+            run_operation=run_operation,
+            on_finished=self._job_finished,
+            encoder_health=self.health,
+            on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
         )
         sources = HeartbeatSources(
             self.slots,
@@ -246,7 +249,7 @@ class Daemon:
             _, pending = await asyncio.wait(set(self._jobs), timeout=deadline)
             if pending:
                 log.warning("drain deadline: stopping %d job(s) for redelivery", len(pending))
-                self.running.stop_all("node draining")
+                self.running.stop_all(StopKind.DRAIN, "node draining")
                 await asyncio.wait(pending, timeout=30.0)
 
     async def reload(self) -> None:
@@ -257,7 +260,7 @@ class Daemon:
         """Idempotent. Drain (or, forced, stop jobs at once), flush events, close."""
         if self._stopping:
             if force:  # a second signal: the first stop() is waiting on these jobs
-                self.running.stop_all("forced stop")
+                self.running.stop_all(StopKind.SHUTDOWN, "forced stop")
             return
         self._stopping = True
         self.notifier.stopping("stopping")

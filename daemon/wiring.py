@@ -1,7 +1,7 @@
 """The daemon's back end, in one place: journal + recovery, probe, NATS, outbox, operations.
 
 Everything here adapts a parallel helper's module (journal, outbox, probe, ops) to the small
-interfaces the core uses (`reporter.JournalPort`/`OutboxPort`, `jobrun.OperationRunner`), so a
+interfaces the core uses (`reporter.JournalPort`/`OutboxPort`, `job.deps.ContextFactory`), so a
 changed signature is fixed in this file alone.
 """
 
@@ -24,21 +24,20 @@ from common.version import VERSION
 from daemon.config import DaemonConfig
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools, find_tools
-from daemon.job.deps import Attempt, OperationRunner
+from daemon.job.deps import ContextFactory
+from daemon.job.handle import JobHandle
 from daemon.job.partials import remove_stale_partials
 from daemon.job.run import JOB_DECODER
-from daemon.job.runcontrol import RunControl
 from daemon.job.watch import progress_event
 from daemon.journal.outbox import OutboxPublisher
 from daemon.journal.store import Journal
 from daemon.media.access import MediaAccess
-from daemon.ops import run_operation
-from daemon.ops.context import JobContext
+from daemon.ops.context import CommandSink, JobContext
 from daemon.probe import RenderNode, probe_node, render_nodes, reverify
 from daemon.probe.gpu import Nvml
 from schemas.codec import DecodeError
+from schemas.jobs import JobSpec
 from schemas.nodes import GpuLoad, NodeCapabilities
-from schemas.results import JobResult
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.daemon")
@@ -55,7 +54,7 @@ class Backend:
     js: JetStreamContext
     caps: NodeCapabilities
     outbox: OutboxPublisher
-    run_operation: OperationRunner
+    new_context: ContextFactory
     raw_journal: Journal
     nvml: Nvml
     tools: FfmpegTools
@@ -105,27 +104,25 @@ async def open_backend(
     # Input limits, http(s) fetching and nats-obj:// storage, as configured at start.
     media = MediaAccess.for_config(cfg, js)
 
-    async def run(att: Attempt) -> JobResult:
+    def new_context(
+        handle: JobHandle,
+        spec: JobSpec,
+        scratch: Path,
+        *,
+        withdrawn: frozenset[str],
+        on_command: CommandSink,
+    ) -> JobContext:
         async def progress(update: ProgressUpdate) -> None:
-            att.handle.last_progress = update
-            event = progress_event(cfg.node_id, att.spec.job_id, att.number, att.handle, update)
-            await journal.record([], [event])
+            handle.last_progress = update
+            await journal.record([], [progress_event(cfg.node_id, handle, update)])
 
-        control = RunControl()
-        att.handle.control = control
-        ctx = JobContext(
-            spec=att.spec, attempt=att.number, scratch=att.scratch, tools=tools,
+        return JobContext(
+            handle=handle, spec=spec, scratch=scratch, tools=tools,
             verified_encoders=frozenset(caps.verified_encoders),
             hwaccels=frozenset(caps.hwaccels), threads=cfg.threads_per_job,
             allowed_roots=[Path(r) for r in cfg.allowed_roots], progress=progress,
-            control=control, progress_interval=cfg.progress_interval,
-            withdrawn_encoders=frozenset(att.withdrawn), on_command=att.on_command,
-            media=media,
+            progress_interval=cfg.progress_interval, withdrawn_encoders=withdrawn,
+            on_command=on_command, media=media,
         )  # fmt: skip
-        try:
-            result = await run_operation(ctx)
-        finally:
-            att.encoder_failures = [e.encoder for e in ctx.encoder_failures]
-        return result
 
-    return Backend(nc, js, caps, outbox, run, journal, nvml, tools, await render_nodes())
+    return Backend(nc, js, caps, outbox, new_context, journal, nvml, tools, await render_nodes())

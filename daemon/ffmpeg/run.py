@@ -22,9 +22,9 @@ from daemon.errors import JobCancelled, JobError, JobTimeout
 from daemon.ffmpeg.proc import child_options, signal_group
 from daemon.ffmpeg.progress import ProgressParser, ProgressUpdate, Throttle
 from daemon.ffmpeg.stderr import MAX_LINE, StderrTail, classify
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 
-__all__ = ["BASE_ARGS", "ProgressSink", "RunControl", "RunResult", "ffmpeg_argv", "run_ffmpeg"]
+__all__ = ["BASE_ARGS", "ProgressSink", "RunResult", "ffmpeg_argv", "run_ffmpeg"]
 
 log = logging.getLogger("flotilla.runner")
 ProgressSink = Callable[[ProgressUpdate], Awaitable[None]]
@@ -50,7 +50,7 @@ async def run_ffmpeg(
     ffmpeg: str,
     args: Sequence[str],
     *,
-    control: RunControl,
+    control: JobHandle,
     on_progress: ProgressSink | None = None,
     duration_s: float | None = None,
     span: tuple[float, float] = (0.0, 100.0),
@@ -108,9 +108,9 @@ async def run_ffmpeg(
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process, control: RunControl
+    proc: asyncio.subprocess.Process, control: JobHandle
 ) -> JobCancelled | JobTimeout | None:
-    """Wait for exit, acting on cancel and the hard deadline; returns why we stopped it."""
+    """Wait for exit, acting on a stop request and the hard deadline; returns why we stopped it."""
     waiter = asyncio.ensure_future(proc.wait())
     try:
         for _ in range(10_000_000):
@@ -121,9 +121,9 @@ async def _supervise(
             wake.cancel()
             if waiter in done:
                 return None
-            if control.cancel_reason is not None:
+            if (stop := control.stopped) is not None:
                 await _stop(proc, control)
-                return JobCancelled(control.cancel_reason)
+                return JobCancelled(stop.reason)
             if control.remaining() == 0.0:
                 await _stop(proc, control)
                 return control.timeout_error()
@@ -132,7 +132,7 @@ async def _supervise(
         waiter.cancel()
 
 
-async def _stop(proc: asyncio.subprocess.Process, control: RunControl) -> None:
+async def _stop(proc: asyncio.subprocess.Process, control: JobHandle) -> None:
     signal_group(proc.pid, signal.SIGINT)
     # A stopped process keeps SIGINT pending until continued.
     signal_group(proc.pid, signal.SIGCONT)

@@ -1,44 +1,40 @@
-"""What one job's run needs: its attempt (handed to the operation) and the daemon's services."""
+"""What one job's run needs of the daemon: its services, and how to build and run an operation."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from daemon.config import DaemonConfig
 from daemon.encoder_health import EncoderHealthTracker
+from daemon.job.handle import JobHandle
 from daemon.job.requirements import NodeView
-from daemon.job.running import RunningJob, RunningJobs
+from daemon.job.running import RunningJobs
 from daemon.journal.reporter import Reporter, new_event_id, now
+from daemon.ops.context import CommandSink, JobContext
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
 
-#: The stop reason of a job the hard-timeout backstop ended (a failure, not a stop request).
-HARD_TIMEOUT = "hard timeout"
+
+class ContextFactory(Protocol):
+    """The operation's view of one attempt, with the node's tools, roots and progress sink
+    (daemon/wiring.py makes it)."""
+
+    def __call__(
+        self,
+        handle: JobHandle,
+        spec: JobSpec,
+        scratch: Path,
+        *,
+        withdrawn: frozenset[str],
+        on_command: CommandSink,
+    ) -> JobContext: ...
 
 
-@dataclass
-class Attempt:
-    """What an operation runner gets: the spec, attempt number, scratch dir and its handle."""
-
-    spec: JobSpec
-    number: int
-    scratch: Path
-    handle: RunningJob
-    withdrawn: frozenset[str] = frozenset()
-    #: Filled by the runner: encoders that failed in this attempt (for encoder health).
-    encoder_failures: list[str] = field(default_factory=list)
-    #: Told (encoder, argv) before each ffmpeg run; the first call emits the `started` event.
-    on_command: CommandSink | None = None
-
-
-CommandSink = Callable[[str | None, list[str]], Awaitable[None]]
-
-
-#: Builds the operation's context and runs it (app.py wires `daemon.ops.run_operation`).
-OperationRunner = Callable[[Attempt], Coroutine[Any, Any, JobResult]]
+#: Runs the operation (app.py wires `daemon.ops.run_operation`).
+OperationRunner = Callable[[JobContext], Coroutine[Any, Any, JobResult]]
 
 
 @dataclass
@@ -47,6 +43,7 @@ class JobDeps:
     reporter: Reporter
     running: RunningJobs
     node: NodeView
+    new_context: ContextFactory
     run_operation: OperationRunner
     on_finished: Callable[[str, str, float, JobResult | None], None] = lambda *_: None
     encoder_health: EncoderHealthTracker | None = None

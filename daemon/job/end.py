@@ -12,10 +12,10 @@ from typing import Any, cast
 
 from nats.aio.msg import Msg
 
-from daemon.job.deps import HARD_TIMEOUT, JobDeps, base_fields
+from daemon.job.deps import JobDeps, base_fields
+from daemon.job.handle import JobHandle, StopKind
 from daemon.job.partials import remove_stale_partials
 from daemon.job.retry import Nak, Outcome, Term, decide
-from daemon.job.running import RunningJob
 from schemas.events import (
     Cancelled,
     Completed,
@@ -46,14 +46,13 @@ def _classify(error: BaseException) -> tuple[str, str, int | None, str]:
 async def finish(
     msg: Msg,
     spec: JobSpec,
-    attempt: int,
-    handle: RunningJob,
+    handle: JobHandle,
     result: JobResult | None,
     error: BaseException | None,
-    wall: float,
     deps: JobDeps,
 ) -> None:
-    job_id = spec.job_id
+    job_id, attempt = handle.job_id, handle.attempt
+    wall = handle.now() - handle.started_at
 
     def base() -> dict[str, Any]:
         return base_fields(deps, job_id, attempt)
@@ -70,16 +69,18 @@ async def finish(
         return
     # A stop request ends the attempt however the operation surfaced it (JobCancelled, a killed
     # ffmpeg's exit code, CancelledError): the request decides, not the exception.
-    stopped = handle.stop_reason is not None and handle.stop_reason != HARD_TIMEOUT
-    if stopped and handle.cancel_requested:
-        event = Cancelled(**base(), reason=handle.stop_reason or "cancelled")
+    stop = handle.stopped
+    if stop is not None and stop.kind is StopKind.CANCEL:
+        event = Cancelled(**base(), reason=stop.reason)
         await deps.reporter.record_and_wait(job_id, "cancelled", event)
         await msg.term()
         deps.on_finished("cancelled", spec.pool, wall, None)
         return
-    if stopped or isinstance(error, asyncio.CancelledError):
+    requeue = stop is not None and stop.kind < StopKind.TIMEOUT
+    if requeue or isinstance(error, asyncio.CancelledError):
         # Drain deadline or shutdown: not the job's fault, so another node gets it at once.
-        event_i = Interrupted(**base(), reason=handle.stop_reason or "node stopping")
+        why = stop.reason if stop is not None and requeue else "node stopping"
+        event_i = Interrupted(**base(), reason=why)
         await deps.reporter.record(job_id, "interrupted", event_i)
         await msg.nak()
         deps.on_finished("interrupted", spec.pool, wall, None)

@@ -9,21 +9,21 @@ One task per job, asleep until the next of three deadlines (or a pause/resume, w
   redeliver the job while this node still holds a half-done encode of it.
 - The soft timeout (active time: paused time excluded, like the hard timeout) is reported once, as
   a progress event with `slow=True` (later progress events keep the flag) and a metric; the job
-  goes on. The hard timeout is the runner's (`RunControl.arm`): it stops ffmpeg and fails the
+  goes on. The hard timeout is the runner's (`JobHandle.arm`): it stops ffmpeg and fails the
   attempt, which the retry policy then retries or ends.
+
+Every one of these reads the handle's single pause clock.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from daemon.ffmpeg.progress import ProgressUpdate
-from daemon.job.running import RunningJob
+from daemon.job.handle import JobHandle
 from daemon.journal.reporter import new_event_id, now
 from schemas.events import Progress
 
@@ -36,14 +36,12 @@ _MAX_WAKES = 20_000_000
 class WatchHooks:
     #: Tell JetStream the job is still being worked on (`msg.in_progress`).
     in_progress: Callable[[], Awaitable[None]]
-    #: The pause limit passed: resume the job (`RunningJobs.pause(job_id, False)`).
-    resume: Callable[[], Any]
     #: The soft timeout passed (once): report it.
     slow: Callable[[], Awaitable[None]]
 
 
 async def watch_job(
-    handle: RunningJob,
+    handle: JobHandle,
     hooks: WatchHooks,
     *,
     ack_wait: float,
@@ -52,9 +50,9 @@ async def watch_job(
 ) -> None:
     """Until cancelled (the job's end cancels it)."""
     interval = max(0.2, ack_wait / 4)
-    next_wpi = time.monotonic() + interval
+    next_wpi = handle.now() + interval
     for _ in range(_MAX_WAKES):
-        t = time.monotonic()
+        t = handle.now()
         if t >= next_wpi:
             next_wpi = t + interval
             with contextlib.suppress(Exception):  # NATS away: the next one goes after reconnect
@@ -65,8 +63,7 @@ async def watch_job(
                 "paused past pause_limit (%.0f s): resuming", pause_limit,
                 extra={"job_id": handle.job_id},
             )  # fmt: skip
-            hooks.resume()
-            handle.paused_since = None  # even if the resume found no control to reach
+            handle.resume()
             continue
         if soft_s is not None and not handle.slow and handle.active_seconds(t) >= soft_s:
             handle.slow = True
@@ -77,16 +74,14 @@ async def watch_job(
             wake.append(paused + pause_limit)
         elif soft_s is not None and not handle.slow:
             wake.append(t + soft_s - handle.active_seconds(t))
-        await handle.wait_changed(min(wake) - time.monotonic())
+        await handle.wait_changed(min(wake) - handle.now())
 
 
-def progress_event(
-    node_id: str, job_id: str, attempt: int, handle: RunningJob, update: ProgressUpdate | None
-) -> Progress:
+def progress_event(node_id: str, handle: JobHandle, update: ProgressUpdate | None) -> Progress:
     """A progress event from `update` (None: nothing measured yet) and the job's paused/slow."""
     u = update or ProgressUpdate()
     return Progress(
-        event_id=new_event_id(), job_id=job_id, node_id=node_id, attempt=attempt, ts=now(),
-        percent=u.percent, fps=u.fps, speed=u.speed, out_time_s=u.out_time_s, frame=u.frame,
-        paused=handle.paused_since is not None, slow=handle.slow,
+        event_id=new_event_id(), job_id=handle.job_id, node_id=node_id, attempt=handle.attempt,
+        ts=now(), percent=u.percent, fps=u.fps, speed=u.speed, out_time_s=u.out_time_s,
+        frame=u.frame, paused=handle.paused, slow=handle.slow,
     )  # fmt: skip

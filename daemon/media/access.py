@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from daemon.config import DaemonConfig, MediaSettings
 from daemon.errors import InvalidJob, PathRefused
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.httpfetch import fetch_http
 from daemon.media.limits import check_file, check_probe, global_args, guard_args
 from daemon.media.objstore import SCHEME, download, obj_uri, parse_obj_uri, upload
@@ -45,7 +45,7 @@ class MediaJob(Protocol):
     @property
     def allowed_roots(self) -> Sequence[Path]: ...
     @property
-    def control(self) -> RunControl: ...
+    def handle(self) -> JobHandle: ...
     @property
     def media(self) -> MediaAccess: ...
 
@@ -123,7 +123,7 @@ async def publish_outputs(ctx: MediaJob, result: JobResult) -> None:
     files = await asyncio.to_thread(_staged_files, stage)
     stored: dict[str, OutputFile] = {}
     for path in files:
-        ctx.control.check()
+        ctx.handle.check()
         obj_key = parent + path.relative_to(stage).as_posix()
         within = ctx.media.limits.object_timeout
         size, digest = await upload(js, bucket, obj_key, path, within=within)

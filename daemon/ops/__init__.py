@@ -19,7 +19,7 @@ __all__ = ["JobContext", "run_operation"]
 
 async def run_operation(ctx: JobContext) -> JobResult:
     """Run one attempt; JobError subclasses, JobCancelled or JobTimeout on the way out."""
-    ctx.control.arm(ctx.spec.timeouts.hard_seconds)
+    ctx.handle.arm(ctx.spec.timeouts.hard_seconds)
     result = await _dispatch(ctx)
     await publish_outputs(ctx, result)  # nats-obj:// outputs leave only after success
     return result

@@ -70,7 +70,7 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     run = await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,
-        control=ctx.control,
+        control=ctx.handle,
         on_progress=ctx.progress,
         duration_s=ref_info.duration_s,
         progress_interval=ctx.progress_interval,

@@ -13,6 +13,6 @@ async def run(ctx: JobContext, op: Canary) -> JobResult:
     started = time.monotonic()
     if op.sleep_seconds > 0:
         # Honours cancel, pause and the hard timeout like an ffmpeg run would.
-        await ctx.control.sleep(op.sleep_seconds)
-    ctx.control.check()
+        await ctx.handle.sleep(op.sleep_seconds)
+    ctx.handle.check()
     return JobResult(wall_seconds=time.monotonic() - started)

@@ -1,4 +1,8 @@
-"""What an operation gets for one attempt of a job: the spec, tools, node facts and its handle."""
+"""What an operation gets for one attempt of a job: its handle, the spec, tools and node facts.
+
+The handle is the job's own (daemon/job/handle.py): stop, pause and the hard timeout reach the
+operation through it, never through a copy.
+"""
 
 from __future__ import annotations
 
@@ -11,11 +15,11 @@ from daemon.errors import EncoderError
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.run import ffmpeg_argv
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
 from schemas.jobs import JobSpec
 
-__all__ = ["CommandSink", "JobContext", "ProgressSink", "RunControl"]
+__all__ = ["CommandSink", "JobContext", "JobHandle", "ProgressSink"]
 
 ProgressSink = Callable[[ProgressUpdate], Awaitable[None]]
 #: Told (encoder or None, argv) before each ffmpeg run, e.g. for the `started` event or a log.
@@ -24,8 +28,9 @@ CommandSink = Callable[[str | None, list[str]], Awaitable[None]]
 
 @dataclass
 class JobContext:
+    #: Who the job is and its attempt; cancel, pause and the hard timeout (`check`, `ready`).
+    handle: JobHandle
     spec: JobSpec
-    attempt: int
     #: Per-attempt scratch directory, created and removed by the caller (pass logs, downloads).
     scratch: Path
     tools: FfmpegTools
@@ -35,7 +40,6 @@ class JobContext:
     threads: int
     allowed_roots: Sequence[Path]
     progress: ProgressSink
-    control: RunControl
     #: Encoders encoder-health took out of service since the probe.
     withdrawn_encoders: AbstractSet[str] = frozenset()
     progress_interval: float = 1.0
@@ -47,6 +51,10 @@ class JobContext:
     encoder_failures: list[EncoderError] = field(default_factory=list)
     #: Input limits and remote storage (http allow-list, object store); defaults: file:// only.
     media: MediaAccess = field(default_factory=MediaAccess)
+
+    @property
+    def attempt(self) -> int:
+        return self.handle.attempt
 
     async def announce(self, encoder: str | None, args: Sequence[str]) -> None:
         """Tell `on_command` about the ffmpeg run about to start; call it before each run, so

@@ -73,13 +73,13 @@ async def run_package(ctx: JobContext) -> JobResult:
         await run_ffmpeg(
             ctx.tools.ffmpeg,
             args,
-            control=ctx.control,
+            control=ctx.handle,
             on_progress=ctx.progress,
             duration_s=info.duration_s,
             progress_interval=ctx.progress_interval,
             encoder=ENCODERS[kept[0].codec],
         )
-        ctx.control.check()
+        ctx.handle.check()
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
     finally:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))

@@ -53,7 +53,7 @@ async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) ->
     await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,
-        control=ctx.control,
+        control=ctx.handle,
         on_progress=ctx.progress,
         duration_s=duration_s,
         progress_interval=ctx.progress_interval,

@@ -56,7 +56,7 @@ async def run_thumbnail(ctx: JobContext) -> JobResult:
                 raise InvalidJob(f"at_seconds {op.at_seconds:g} is past the end ({duration:g} s)")
             seek = ["-ss", f"{op.at_seconds!r}"]
             await _render(ctx, op, src, partial, f"scale={op.width}:{tile_h}", seek, None)
-        ctx.control.check()
+        ctx.handle.check()
         files = await outputs.commit()
     return JobResult(
         wall_seconds=time.monotonic() - started,
@@ -90,7 +90,7 @@ async def _render(
     await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,
-        control=ctx.control,
+        control=ctx.handle,
         on_progress=ctx.progress,
         duration_s=duration,
         progress_interval=ctx.progress_interval,

@@ -40,7 +40,7 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
     async with OutputSet(spec.job_id, ctx.attempt) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, info, ten_bit, notes)
-        ctx.control.check()  # a cancel that raced the last frame still wins
+        ctx.handle.check()  # a cancel that raced the last frame still wins
         files = await outputs.commit()
     wall = time.monotonic() - started
     media = info.duration_s
@@ -116,7 +116,7 @@ async def _encode(
         await run_ffmpeg(
             ctx.tools.ffmpeg,
             args,
-            control=ctx.control,
+            control=ctx.handle,
             on_progress=ctx.progress,
             duration_s=info.duration_s,
             span=(share * n, share * (n + 1)),

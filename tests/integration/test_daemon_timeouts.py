@@ -16,8 +16,8 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from prometheus_client import generate_latest
 
-from daemon.job.runcontrol import RunControl
-from daemon.job.running import RunningJob, RunningJobs
+from daemon.job.handle import JobHandle
+from daemon.job.running import RunningJobs
 from daemon.job.watch import WatchHooks, watch_job
 from tests.support.daemons import events, has, job, kinds, submit, until
 
@@ -116,7 +116,7 @@ async def test_pause_past_limit_is_resumed_and_finishes_once(
 async def test_watcher_resumes_past_pause_limit_and_reports_slow_once() -> None:
     """The watcher alone: paused time does not count toward the soft timeout; slow fires once."""
     jobs = RunningJobs()
-    handle = RunningJob(job_id="w", pool="cpu", control=RunControl())
+    handle = JobHandle("w", "cpu")
     jobs.add(handle)
     count = {"wpi": 0, "slow": 0}
 
@@ -126,7 +126,7 @@ async def test_watcher_resumes_past_pause_limit_and_reports_slow_once() -> None:
     async def slow() -> None:
         count["slow"] += 1
 
-    hooks = WatchHooks(in_progress, lambda: jobs.pause("w", False), slow)
+    hooks = WatchHooks(in_progress, slow)
     assert jobs.pause("w", True)
     task = asyncio.create_task(watch_job(handle, hooks, ack_wait=0.8, pause_limit=1.2, soft_s=1.0))
     try:

@@ -18,7 +18,7 @@ from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext
@@ -40,9 +40,9 @@ def _ctx(
     scratch.mkdir(exist_ok=True)
     limits = limits or MediaSettings(probe_timeout=PROBE_S)
     return JobContext(
-        spec=spec, attempt=1, scratch=scratch, tools=tools,
+        handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
         verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=1,
-        allowed_roots=[tmp / "root"], progress=_no_progress, control=RunControl(),
+        allowed_roots=[tmp / "root"], progress=_no_progress,
         media=MediaAccess(limits=limits),
     )  # fmt: skip
 

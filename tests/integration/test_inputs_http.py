@@ -18,7 +18,7 @@ from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
 from daemon.media.httpfetch import fetch_http
 from daemon.ops import run_operation
@@ -61,9 +61,9 @@ async def test_http_input_runs_an_operation(
         scratch.mkdir()
         spec = JobSpec(job_id="h1", input=server.url(path), operation=Probe())
         ctx = JobContext(
-            spec=spec, attempt=1, scratch=scratch, tools=ffmpeg_tools,
+            handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=ffmpeg_tools,
             verified_encoders=frozenset(), hwaccels=frozenset(), threads=1, allowed_roots=[],
-            progress=_no_progress, control=RunControl(), media=MediaAccess(limits=_media()),
+            progress=_no_progress, media=MediaAccess(limits=_media()),
         )  # fmt: skip
         result = await run_operation(ctx)
         assert result.probe is not None and result.probe.duration_s

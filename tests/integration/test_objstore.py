@@ -20,7 +20,7 @@ from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
 from daemon.media.objstore import download, parse_obj_uri, upload
 from daemon.ops import run_operation
@@ -50,9 +50,9 @@ def _ctx(
     js = nc.jetstream(timeout=10)
     media = MediaAccess(limits=settings, js=js, buckets=frozenset({bucket}))
     return JobContext(
-        spec=spec, attempt=1, scratch=scratch, tools=tools,
+        handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
         verified_encoders=frozenset({"libx264", "aac", "mjpeg"}), hwaccels=frozenset(),
-        threads=1, allowed_roots=[tmp], progress=_no_progress, control=RunControl(), media=media,
+        threads=1, allowed_roots=[tmp], progress=_no_progress, media=media,
     )  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import pytest
 from daemon.errors import InvalidJob
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.runcontrol import RunControl
+from daemon.job.handle import JobHandle
 from daemon.media.probe import probe_media
 from daemon.ops.analyze import run_analyze
 from daemon.ops.context import JobContext
@@ -32,9 +32,9 @@ async def _no_progress(update: ProgressUpdate) -> None:
 def _ctx(tools: FfmpegTools, scratch: Path, roots: list[Path], spec: JobSpec) -> JobContext:
     scratch.mkdir(exist_ok=True)
     return JobContext(
-        spec=spec, attempt=1, scratch=scratch, tools=tools, verified_encoders=frozenset(),
-        hwaccels=frozenset(), threads=2, allowed_roots=roots, progress=_no_progress,
-        control=RunControl(),
+        handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
+        verified_encoders=frozenset(), hwaccels=frozenset(), threads=2, allowed_roots=roots,
+        progress=_no_progress,
     )  # fmt: skip
 
 

@@ -12,8 +12,9 @@ import pytest
 
 from daemon.errors import EncoderError, InputError, JobCancelled, JobError, JobTimeout
 from daemon.ffmpeg.progress import ProgressUpdate
-from daemon.ffmpeg.run import BASE_ARGS, RunControl, run_ffmpeg
+from daemon.ffmpeg.run import BASE_ARGS, run_ffmpeg
 from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.handle import JobHandle
 
 #: `-re` paces the generator at real time: long enough to act on, and light on the CPU.
 PACED = ["-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25", "-f", "null", "-"]
@@ -27,7 +28,7 @@ def paced(seconds: float) -> list[str]:
 class Recorder:
     """A progress sink that remembers updates and the pid of the ffmpeg that sent the first."""
 
-    def __init__(self, control: RunControl) -> None:
+    def __init__(self, control: JobHandle) -> None:
         self.control = control
         self.updates: list[ProgressUpdate] = []
         self.first = asyncio.Event()
@@ -65,7 +66,7 @@ async def wait_state(pid: int, want_stopped: bool) -> str:
 
 
 async def test_success_reports_progress_ending_at_100(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     rec = Recorder(control)
     args = ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=1", "-f", "null", "-"]
     result = await run_ffmpeg(
@@ -80,7 +81,7 @@ async def test_success_reports_progress_ending_at_100(ffmpeg_tools: FfmpegTools)
 async def test_missing_input_is_an_input_error_with_a_tail(ffmpeg_tools: FfmpegTools) -> None:
     args = ["-protocol_whitelist", "file", "-i", "file:/nonexistent/in.mp4", "-f", "null", "-"]
     with pytest.raises(InputError, match="No such file") as info:
-        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=RunControl())
+        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=JobHandle("run"))
     assert info.value.kind == "permanent" and info.value.exit_code not in (None, 0)
     assert "nonexistent" in info.value.stderr_tail
 
@@ -88,7 +89,7 @@ async def test_missing_input_is_an_input_error_with_a_tail(ffmpeg_tools: FfmpegT
 async def test_forbidden_protocol_is_an_input_error(ffmpeg_tools: FfmpegTools) -> None:
     args = ["-protocol_whitelist", "file", "-i", "http://127.0.0.1:9/x.mp4", "-f", "null", "-"]
     with pytest.raises(InputError, match="whitelist"):
-        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=RunControl())
+        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=JobHandle("run"))
 
 
 async def test_encoder_failure_names_the_encoder(ffmpeg_tools: FfmpegTools) -> None:
@@ -96,14 +97,14 @@ async def test_encoder_failure_names_the_encoder(ffmpeg_tools: FfmpegTools) -> N
     args += ["-f", "lavfi", "-i", "testsrc2=duration=0.2", "-vf", "format=nv12,hwupload"]
     args += ["-c:v", "h264_vaapi", "-f", "null", "-"]
     with pytest.raises(EncoderError) as info:
-        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=RunControl(), encoder="h264_vaapi")
+        await run_ffmpeg(ffmpeg_tools.ffmpeg, args, control=JobHandle("run"), encoder="h264_vaapi")
     assert info.value.encoder == "h264_vaapi" and info.value.kind == "transient"
 
 
 @pytest.mark.parametrize("grace_s", [10.0, 0.0])
 async def test_cancel_stops_ffmpeg(ffmpeg_tools: FfmpegTools, grace_s: float) -> None:
     """SIGINT first (ffmpeg exits on its own); with no grace at all, SIGKILL at once."""
-    control = RunControl(grace_s=grace_s)
+    control = JobHandle("run", grace_s=grace_s)
     rec = Recorder(control)
     run = asyncio.create_task(
         run_ffmpeg(ffmpeg_tools.ffmpeg, PACED, control=control, on_progress=rec)
@@ -116,14 +117,14 @@ async def test_cancel_stops_ffmpeg(ffmpeg_tools: FfmpegTools, grace_s: float) ->
 
 
 async def test_cancel_before_start_spawns_nothing(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     control.cancel()
     with pytest.raises(JobCancelled):
         await run_ffmpeg(ffmpeg_tools.ffmpeg, PACED, control=control)
 
 
 async def test_hard_timeout(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     control.arm(0.8)
     with pytest.raises(JobTimeout, match="hard timeout") as info:
         await run_ffmpeg(ffmpeg_tools.ffmpeg, PACED, control=control)
@@ -133,7 +134,7 @@ async def test_hard_timeout(ffmpeg_tools: FfmpegTools) -> None:
 async def test_pause_stops_the_process_and_resume_lets_it_finish(
     ffmpeg_tools: FfmpegTools,
 ) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     control.arm(60)
     rec = Recorder(control)
     run = asyncio.create_task(
@@ -155,7 +156,7 @@ async def test_pause_stops_the_process_and_resume_lets_it_finish(
 
 
 async def test_pause_before_start_holds_the_next_run(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     control.pause()
     run = asyncio.create_task(run_ffmpeg(ffmpeg_tools.ffmpeg, paced(0.2), control=control))
     await asyncio.sleep(0.2)
@@ -165,7 +166,7 @@ async def test_pause_before_start_holds_the_next_run(ffmpeg_tools: FfmpegTools) 
 
 
 async def test_cancelling_the_task_kills_ffmpeg(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     rec = Recorder(control)
     run = asyncio.create_task(
         run_ffmpeg(ffmpeg_tools.ffmpeg, PACED, control=control, on_progress=rec)
@@ -178,7 +179,7 @@ async def test_cancelling_the_task_kills_ffmpeg(ffmpeg_tools: FfmpegTools) -> No
 
 
 async def test_killed_ffmpeg_is_a_transient_failure(ffmpeg_tools: FfmpegTools) -> None:
-    control = RunControl()
+    control = JobHandle("run")
     rec = Recorder(control)
     run = asyncio.create_task(
         run_ffmpeg(ffmpeg_tools.ffmpeg, PACED, control=control, on_progress=rec)
@@ -193,10 +194,11 @@ async def test_killed_ffmpeg_is_a_transient_failure(ffmpeg_tools: FfmpegTools) -
 
 CHILD = """
 import asyncio, sys
-from daemon.ffmpeg.run import RunControl, run_ffmpeg
+from daemon.ffmpeg.run import run_ffmpeg
+from daemon.job.handle import JobHandle
 
 async def main() -> None:
-    control = RunControl()
+    control = JobHandle("run")
     async def show(update):
         print(control.pid, flush=True)
     await run_ffmpeg(sys.argv[1], sys.argv[2:], control=control, on_progress=show)
@@ -234,17 +236,17 @@ async def test_a_failing_progress_sink_does_not_stall_ffmpeg(ffmpeg_tools: Ffmpe
         raise RuntimeError("journal unavailable")
 
     result = await run_ffmpeg(
-        ffmpeg_tools.ffmpeg, paced(0.8), control=RunControl(), on_progress=broken
+        ffmpeg_tools.ffmpeg, paced(0.8), control=JobHandle("run"), on_progress=broken
     )
     assert result.last is not None and result.last.ended
 
 
 async def test_control_sleep_honours_cancel_and_timeout() -> None:
-    control = RunControl()
+    control = JobHandle("run")
     control.arm(0.2)
     with pytest.raises(JobTimeout):
         await asyncio.wait_for(control.sleep(30), 10)
-    cancelled = RunControl()
+    cancelled = JobHandle("run")
     sleeper = asyncio.create_task(cancelled.sleep(30))
     await asyncio.sleep(0)
     cancelled.cancel("stop")

@@ -19,7 +19,7 @@ from daemon.ffmpeg.tools import FfmpegTools
 from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
 from daemon.ops import run_operation
-from daemon.ops.context import JobContext, RunControl
+from daemon.ops.context import JobContext, JobHandle
 from daemon.ops.encoders import encoder_chain
 from schemas.jobs import JobSpec, Requirements, Timeouts
 from schemas.operations import Canary, Probe, Transcode
@@ -58,9 +58,9 @@ class Job:
         scratch = tmp_path / "scratch"
         scratch.mkdir(exist_ok=True)
         self.ctx = JobContext(
-            spec=spec, attempt=1, scratch=scratch, tools=tools,
+            handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
             verified_encoders=kw.pop("verified", SOFTWARE), hwaccels=frozenset(), threads=2,
-            allowed_roots=[media_dir, tmp_path], progress=self._progress, control=RunControl(),
+            allowed_roots=[media_dir, tmp_path], progress=self._progress,
             progress_interval=0.2, on_command=self._command, **kw,
         )  # fmt: skip
 
@@ -243,7 +243,7 @@ async def test_cancel_mid_encode_leaves_no_partial(
     )
 
     async def cancel(update: ProgressUpdate) -> None:
-        job.ctx.control.cancel("operator cancel")
+        job.ctx.handle.cancel("operator cancel")
 
     job.on_update = cancel
     with pytest.raises(JobCancelled, match="operator cancel"):
@@ -292,7 +292,7 @@ async def test_pause_then_resume_finishes(
 ) -> None:
     tools, gate = gated_ffmpeg(ffmpeg_tools, tmp_path)
     job = Job(tools, tmp_path, media_dir, clip_small, transcode(audio_codec="none"))
-    control = job.ctx.control
+    control = job.ctx.handle
     run = asyncio.create_task(job.run())
     for _ in range(3000):  # until the encode is attached; it cannot end before the gate opens
         if control.pid is not None or run.done():
@@ -374,6 +374,6 @@ async def test_canary_sleeps_and_can_be_cancelled(
     job = Job(ffmpeg_tools, tmp_path, media_dir, clip, Canary(sleep_seconds=30))
     run = asyncio.create_task(job.run())
     await asyncio.sleep(0.05)
-    job.ctx.control.cancel()
+    job.ctx.handle.cancel()
     with pytest.raises(JobCancelled):
         await run
