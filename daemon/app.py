@@ -1,7 +1,9 @@
 """The daemon's life, top to bottom: recover, probe, connect, advertise, pull; drain; stop.
 
-Side tasks (outbox publisher, heartbeat, watchdog, one puller per pool) run as named tasks under
-a monitor: if one dies the daemon stops with an error rather than limping on. The first SIGTERM
+Every long-lived task (outbox publisher, one puller per pool, heartbeat, watchdog, housekeeping,
+each job's watcher) runs under one supervisor (common.supervise), each with the policy that fits
+it (see below): a crash is logged with its traceback and the task restarted with back-off, or,
+where that cannot be right, the daemon stops with status 1 rather than limping on. The first SIGTERM
 drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
 redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools and slots.
 """
@@ -11,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
 
 from common.sdnotify import Notifier, watchdog_task
+from common.supervise import Policy, Supervisor
 from daemon.config import DaemonConfig
 from daemon.control_listener import ControlListener
 from daemon.diskguard import DiskGuard
@@ -43,6 +46,12 @@ from schemas.results import JobResult
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.daemon")
+#: For a task whose next run is as good as the last (it keeps no state of its own that a crash
+#: could leave wrong). Back-off 0.5 s doubling to 30 s; ten crashes with no healthy minute between
+#: mean a bug a restart will not fix: the daemon exits 1, for systemd to restart it whole.
+RESTART = Policy(give_up_after=10)
+#: For a task a restart cannot make right: its crash stops the daemon with status 1.
+FATAL = Policy(restart=False)
 
 
 class Daemon:
@@ -64,7 +73,10 @@ class Daemon:
         self.stopped = asyncio.Event()
         self.draining = False
         self._side: dict[str, asyncio.Task[None]] = {}
-        self.pullers = PullerSet(self._make_puller, cfg.fetch_timeout)
+        self.supervisor = Supervisor(on_fatal=self._task_failed)
+        # Restartable: a puller holds no job (what it fetched was spawned; JetStream redelivers
+        # a message nobody acks).
+        self.pullers = PullerSet(self._make_puller, cfg.fetch_timeout, self.supervisor, RESTART)
         self._jobs: set[asyncio.Task[None]] = set()
         self._backend: Backend | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -104,6 +116,8 @@ class Daemon:
             on_finished=self._job_finished,
             encoder_health=self.health,
             on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
+            supervisor=self.supervisor,
+            watcher_policy=RESTART,  # its state is the job's handle, which outlives a crash
         )
         sources = HeartbeatSources(
             self.slots,
@@ -120,19 +134,29 @@ class Daemon:
         )
         if await self.disk.check():  # a node that starts with a full disk never pulls
             await self.disk_changed()
+        # Not a task: nats-py runs its callback, which answers even a bug (control_listener.py).
         self.control = ControlListener(b.nc, self.subjects, cfg.node_id, self)
         await self.control.start()
-        b.outbox.start()
+        # Fatal: queued commits die with the committer, and their callers wait on them for ever.
+        if b.raw_journal.commit_task is not None:
+            self.supervisor.adopt("journal-commit", b.raw_journal.commit_task, self.stopped)
+        # Restartable: unmarked rows are sent again and deduplicated by their event id.
+        b.outbox.start(self.supervisor, RESTART)
         try:
             await self.advertiser.beat()
         except Exception as exc:  # NATS away at start: the loop retries
             log.warning("first heartbeat failed: %s", exc)
-        self._watch("heartbeat", self.advertiser.run())
-        self._watch("watchdog", watchdog_task(self.notifier, lambda: not self.stopped.is_set()))
-        self._watch("gauges", gauges(self.metrics, self.slots, b))
-        self._watch("encoder-health", self.health.run(b.reverify))
-        self._watch("prune", prune(b, cfg.journal_retention_days))
-        self._watch("disk", self.disk.run(cfg.disk_check_interval, self.disk_changed))
+        # Restartable: each beat, gauge, check and prune stands alone.
+        self._watch("heartbeat", self.advertiser.run)
+        self._watch("gauges", lambda: gauges(self.metrics, self.slots, b))
+        self._watch("encoder-health", lambda: self.health.run(b.reverify))
+        self._watch("prune", lambda: prune(b, cfg.journal_retention_days))
+        self._watch("disk", lambda: self.disk.run(cfg.disk_check_interval, self.disk_changed))
+        # Fatal: it vouches for the whole daemon to systemd, which would kill us without it
+        # anyway (at WatchdogSec); stop now, handing jobs back, instead. A return is fine
+        # (there is no watchdog outside systemd).
+        alive = lambda: not self.stopped.is_set()  # noqa: E731
+        self._watch("watchdog", lambda: watchdog_task(self.notifier, alive), FATAL)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
         await self.start_pullers()
@@ -151,18 +175,20 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _watch(self, name: str, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=name)  # type: ignore[arg-type]
-        self._side[name] = task
-        task.add_done_callback(self._side_done)
+    def _watch(
+        self, name: str, run: Callable[[], Awaitable[None]], policy: Policy = RESTART
+    ) -> None:
+        supervised = self.supervisor.supervise(name, run, self.stopped, policy)
+        self._side[name] = asyncio.create_task(supervised, name=name)
 
-    def _side_done(self, task: asyncio.Task[None]) -> None:
-        # A clean return is allowed (the watchdog returns at once outside systemd).
-        if task.cancelled() or self.stopped.is_set() or task.exception() is None:
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        """A task crashed for good: stop with status 1 (`serve_daemon` stops what is left, so
+        running jobs go back to JetStream) for systemd to restart the daemon."""
+        if self.stopped.is_set():
             return
-        log.error("side task %s ended (%s): stopping", task.get_name(), task.exception())
+        log.error("%s died (%s): stopping with status 1", name, exc)
         self.exit_code = 1
-        self.request_drain(0.0, f"side task {task.get_name()} died")
+        self.stopped.set()
 
     # -- pulling ------------------------------------------------------------------------
     def _make_puller(self, pool: str) -> PoolPuller:

@@ -56,12 +56,17 @@ class ControlListener:
                 log.debug("unsubscribe: %s", exc)
 
     async def _on_msg(self, msg: Msg) -> None:
+        # Not a task of ours: nats-py runs this per message and survives its exceptions, so the
+        # listener cannot die; a bug still gets its traceback logged and the requester a reply.
         broadcast = msg.subject.split(".")[-2] == ALL_NODES
         try:
             cmd = _DECODER.decode(msg.data)
             reply = self.handle(cmd)
         except DecodeError as exc:
             reply = self._reply(False, str(exc)[:512])
+        except Exception as exc:
+            log.exception("control request on %s failed", msg.subject)
+            reply = self._reply(False, f"internal error: {type(exc).__name__}")
         if broadcast and not reply.ok:
             return  # a broadcast is answered only by the nodes it concerns
         if msg.reply:

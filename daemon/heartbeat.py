@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import psutil
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
@@ -103,14 +104,13 @@ class Advertiser:
         await self._kv.put(node_id, encode(NodeRecord(capabilities=self.caps, heartbeat=hb)))
 
     async def run(self) -> None:
-        """Beats after the first one, which `start` awaits so the node is visible once READY."""
+        """Beats after the first one, which `start` awaits so the node is visible once READY.
+        A failure other than the broker's or the OS's is a bug, for the supervisor."""
         while True:
             await asyncio.sleep(self.interval)
             try:
                 await self.beat()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # NATS down: the next beat tries again
+            except (NatsError, OSError) as exc:  # NATS down: the next beat tries again
                 log.warning("heartbeat failed: %s", exc)
                 self._kv = None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 
 from daemon.metrics import Metrics
 from daemon.pull.slots import Slots
@@ -43,5 +44,5 @@ async def prune(b: Backend, retention_days: float, interval: float = 3600.0) -> 
         await asyncio.sleep(interval)
         try:
             await b.raw_journal.prune(retention_days * 86400)
-        except Exception as exc:
+        except (sqlite3.Error, OSError) as exc:  # a busy or full disk: next time
             log.warning("journal prune failed: %s", exc)

@@ -1,7 +1,8 @@
 """`flotilla daemon --config PATH` and `python -m daemon.main --config PATH`: run one daemon.
 
 Signals: the first SIGTERM (or SIGINT) drains, a second forces; SIGHUP reloads the config.
-Exit status: 0 after a clean stop, 1 when a side task died, 2 when NATS closed for good.
+Exit status: 0 after a clean stop, 1 when a supervised task crashed for good, 2 when NATS closed
+for good.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ async def serve_daemon(daemon: Daemon) -> int:
     try:
         await daemon.start()
         await daemon.stopped.wait()
-        if stopper is None:  # NATS closed, or a side task died: stop what is left
+        if stopper is None:  # NATS closed, or a task crashed for good: stop what is left
             await daemon.stop(force=True)
         else:
             await stopper

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from common.supervise import RESTART, Policy, Supervisor
 from daemon.config import DaemonConfig
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.job.handle import JobHandle
@@ -49,6 +50,10 @@ class JobDeps:
     encoder_health: EncoderHealthTracker | None = None
     #: Told the pool of a job that just passed its soft timeout (a metric).
     on_slow: Callable[[str], None] = lambda _: None
+    #: Runs each job's watcher: a watcher that died would stop the in-progress acks, and
+    #: JetStream would hand the job to a second node while this one still runs it.
+    supervisor: Supervisor = field(default_factory=Supervisor)
+    watcher_policy: Policy = RESTART
 
 
 def base_fields(deps: JobDeps, job_id: str, attempt: int) -> dict[str, Any]:

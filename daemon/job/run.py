@@ -14,7 +14,9 @@ import asyncio
 import logging
 import shutil
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from nats.aio.msg import Msg
 
@@ -72,11 +74,7 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
 
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
     handle, scratch = await _accept(msg, spec, attempt, deps)
-    watcher = watch_job(
-        handle, _watch(msg, spec, handle, deps), ack_wait=deps.cfg.ack_wait,
-        pause_limit=deps.cfg.pause_limit, soft_s=spec.timeouts.soft_seconds,
-    )  # fmt: skip
-    keepalive = asyncio.create_task(watcher, name=f"watch-{handle.job_id}")
+    keepalive = _start_watcher(msg, spec, handle, deps)
     try:
         result, error = await _execute(spec, handle, scratch, deps)
         await finish(msg, spec, handle, result, error, deps)
@@ -164,10 +162,22 @@ async def _report_slow(handle: JobHandle, deps: JobDeps) -> None:
     await deps.reporter.record(None, None, event)
 
 
-def _watch(msg: Msg, spec: JobSpec, handle: JobHandle, deps: JobDeps) -> WatchHooks:
+def _start_watcher(msg: Msg, spec: JobSpec, handle: JobHandle, deps: JobDeps) -> asyncio.Task[None]:
+    """The job's watcher, supervised until the job's end cancels it."""
+
     async def slow() -> None:
         deps.on_slow(spec.pool)
         if handle.started:  # else `started` reports it, in order
             await _report_slow(handle, deps)
 
-    return WatchHooks(in_progress=msg.in_progress, slow=slow)
+    hooks = WatchHooks(in_progress=msg.in_progress, slow=slow)
+    cfg, soft = deps.cfg, spec.timeouts.soft_seconds
+
+    def watch() -> Coroutine[Any, Any, None]:
+        return watch_job(handle, hooks, ack_wait=cfg.ack_wait, pause_limit=cfg.pause_limit,
+                         soft_s=soft)  # fmt: skip
+
+    name = f"watch-{handle.job_id}"
+    # Never set: the job's end cancels the watcher, whatever it is doing.
+    run = deps.supervisor.supervise(name, watch, asyncio.Event(), deps.watcher_policy)
+    return asyncio.create_task(run, name=name)

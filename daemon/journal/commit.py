@@ -123,6 +123,10 @@ class GroupCommitter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="journal-commit")
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
     async def stop(self) -> None:
         self._closing = True
         self._wake.set()

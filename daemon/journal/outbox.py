@@ -8,6 +8,10 @@ row and grows again (doubling) as publishes succeed, so a long outage buffers si
 not whole windows. A window that fails partway can store the rows after the failure before
 the failed row's retry: the stream's order is then off by that window, nothing is lost, and
 consumers order a job's events by attempt and timestamp, not by stream sequence alone.
+
+The loop handles what it expects (a failed publish, a journal error) by backing off; anything
+else is a bug, which its supervisor (common.supervise) logs and restarts it after: a restart
+loses nothing, since unmarked rows are sent again and deduplicated by their event id.
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
+from common.supervise import RESTART, Policy, Supervisor
 from daemon.journal.rows import OutboxRow
 from daemon.journal.store import Journal
 
 log = logging.getLogger("flotilla.outbox")
+NAME = "outbox-publisher"
 
 
 class OutboxPublisher:
@@ -54,6 +61,7 @@ class OutboxPublisher:
         self._marked = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
 
     @property
     def depth(self) -> int:
@@ -68,13 +76,17 @@ class OutboxPublisher:
         """New rows were committed: publish now instead of at the next poll."""
         self._wake.set()
 
-    def start(self) -> None:
+    def start(self, supervisor: Supervisor | None = None, policy: Policy = RESTART) -> None:
+        """Publish until `stop`, under `supervisor` (by default one that restarts it for ever)."""
         self.journal.add_outbox_listener(self.notify)
-        self._task = asyncio.create_task(self._run(), name="outbox-publisher")
+        self._stopping = asyncio.Event()
+        run = (supervisor or Supervisor()).supervise(NAME, self._run, self._stopping, policy)
+        self._task = asyncio.create_task(run, name=NAME)
 
     async def stop(self) -> None:
         """Stop at once; rows in flight and not yet marked are simply sent again next time."""
         self.journal.remove_outbox_listener(self.notify)
+        self._stopping.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -134,8 +146,8 @@ class OutboxPublisher:
                 if sent:
                     await self.journal.mark_sent(row.seq for row in rows[:sent])
                     self._resolve(rows[:sent])
-            except Exception as exc:  # e.g. a journal error: keep the task alive, back off
-                log.exception("outbox publisher error")
+            except (sqlite3.Error, OSError) as exc:  # the journal: back off, as for NATS
+                log.exception("outbox publisher: journal error")
                 self.last_error, sent = str(exc), -1
             if sent == len(rows):
                 window, delay = min(window * 2, self.window), self.backoff_initial

@@ -8,6 +8,7 @@ JetStream in order. All writes go through one connection and a group committer
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -108,6 +109,11 @@ class Journal:
         self._closed = True
         await self._committer.stop()
         await self._writer.conn.close()
+
+    @property
+    def commit_task(self) -> asyncio.Task[None] | None:
+        """The group committer's task: if it died, nothing would be recorded again."""
+        return self._committer.task
 
     # -- counters for metrics and tests ----------------------------------------------------
     @property

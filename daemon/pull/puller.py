@@ -29,9 +29,11 @@ from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from common.supervise import RESTART, Policy, Supervisor
 from daemon.pull.slots import Slots
 from daemon.pull.wake import Wake
 from schemas.common import PRIORITIES
@@ -107,7 +109,8 @@ class PoolPuller:
                 log.debug("unsubscribe: %s", exc)
 
     async def run(self) -> None:
-        """Until `stopping` is set; errors back off and rebind, so reconnects are survived."""
+        """Until `stopping` is set; broker errors back off and rebind, so reconnects are survived.
+        Anything else is a bug, for the supervisor (PullerSet) to log and restart after."""
         delay = 0.5
         await self.wake.start()
         try:
@@ -118,9 +121,7 @@ class PoolPuller:
                     await self._bind()
                     again = await self._sweep()
                     delay = 0.5
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
+                except (NatsError, MissingConsumer, OSError) as exc:
                     log.warning("pull %s failed (%s); retrying in %.1fs", self.pool, exc, delay)
                     await self._unbind()
                     await asyncio.sleep(delay)
@@ -184,10 +185,20 @@ class PoolPuller:
 
 
 class PullerSet:
-    """One puller task per served pool; `sync` follows reloads, `stop` ends them gracefully."""
+    """One puller task per served pool; `sync` follows reloads, `stop` ends them gracefully.
 
-    def __init__(self, make: Callable[[str], PoolPuller], fetch_timeout: float) -> None:
+    Each runs under `supervisor` with `policy`: a puller holds no job (what it fetched has been
+    spawned, and JetStream redelivers a message nobody acks), so a restart loses nothing."""
+
+    def __init__(
+        self,
+        make: Callable[[str], PoolPuller],
+        fetch_timeout: float,
+        supervisor: Supervisor | None = None,
+        policy: Policy = RESTART,
+    ) -> None:
         self._make, self._fetch_timeout = make, fetch_timeout
+        self._supervisor, self._policy = supervisor or Supervisor(), policy
         self._running: dict[str, tuple[PoolPuller, asyncio.Task[None]]] = {}
         #: Set by the first `sync`: whoever reacts to a change before start-up leaves it alone.
         self.started = False
@@ -200,10 +211,9 @@ class PullerSet:
         for pool, capacity in pools.items():
             if capacity > 0 and pool not in self._running:
                 puller = self._make(pool)
-                self._running[pool] = (
-                    puller,
-                    asyncio.create_task(puller.run(), name=f"pull-{pool}"),
-                )
+                name = f"pull-{pool}"
+                run = self._supervisor.supervise(name, puller.run, puller.stopping, self._policy)
+                self._running[pool] = (puller, asyncio.create_task(run, name=name))
 
     @property
     def pools(self) -> list[str]:
