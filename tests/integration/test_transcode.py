@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import shlex
 import shutil
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -266,19 +267,26 @@ async def test_hard_timeout_stops_the_encode(
 def gated_ffmpeg(tools: FfmpegTools, tmp_path: Path) -> tuple[FfmpegTools, Path]:
     """The real ffmpeg behind a gate: an encode (a run with `-progress`) starts only once the
     returned gate file exists, so the job is certain to be running until the test releases it.
-    Probes pass straight through. The wait is bounded (5 min) so nothing outlives the test."""
+    Probes pass straight through. The wait is bounded (5 min) so nothing outlives the test.
+
+    The waiting is done by one Python process that then execs ffmpeg: it starts no children,
+    so a SIGSTOP to its group always leaves it stopped (a shell's `sleep` loop can be caught
+    mid-vfork, its parent then showing D instead of T)."""
     gate = tmp_path / "gate"
-    wrapper = tmp_path / "ffmpeg-gated"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'case " $* " in *" -progress "*)\n'
-        "  i=0\n"
-        f"  while [ ! -e {shlex.quote(str(gate))} ] && [ $i -lt 6000 ]; do\n"
-        "    sleep 0.05; i=$((i+1))\n"
-        "  done;;\n"
-        "esac\n"
-        f'exec {shlex.quote(tools.ffmpeg)} "$@"\n'
+    script = tmp_path / "gate.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"gate, ffmpeg = {str(gate)!r}, {tools.ffmpeg!r}\n"
+        "if '-progress' in sys.argv[1:]:\n"
+        "    for _ in range(6000):\n"
+        "        if os.path.exists(gate):\n"
+        "            break\n"
+        "        time.sleep(0.05)\n"
+        "os.execv(ffmpeg, [ffmpeg, *sys.argv[1:]])\n"
     )
+    wrapper = tmp_path / "ffmpeg-gated"
+    python, code = shlex.quote(sys.executable), shlex.quote(str(script))
+    wrapper.write_text(f'#!/bin/sh\nexec {python} {code} "$@"\n')
     wrapper.chmod(0o755)
     return FfmpegTools(ffmpeg=str(wrapper), ffprobe=tools.ffprobe), gate
 
