@@ -24,6 +24,9 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.TransactionRollbackError,
+    # A connection whose protocol state went astray (seen right after a Postgres restart, when
+    # the pool's floor maintenance raced an acquire): expire the pool's connections and retry.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

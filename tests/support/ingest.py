@@ -66,7 +66,10 @@ async def running(service: Runnable) -> AsyncIterator[asyncio.Task[None]]:
                 await task
 
 
-async def wait_until(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], what: str, within: float = 120.0
+) -> None:
+    """Poll `check` until true; `within` only bounds a failure (a loaded machine is slow)."""
     deadline = time.monotonic() + within
     while not await check():
         if time.monotonic() > deadline:
