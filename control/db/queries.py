@@ -58,7 +58,7 @@ UPDATE jobs AS j SET
 FROM jobs_stage AS s WHERE j.job_id = s.job_id
 """
 
-#: The API's submit (or a spec read from the jobs stream): never moves a job's state.
+#: The API's submit (or a dead letter's spec): never moves a job's state.
 UPSERT_SUBMITTED = """
 INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
                        queued_at, spec)
@@ -75,8 +75,11 @@ ON CONFLICT (job_id) DO UPDATE SET
     updated_at = now()
 """
 
-JOBS_WITHOUT_SPEC = """
-SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND spec IS NULL
+#: Specs carried by `accepted` events ($1 job ids, $2 spec JSON): the first one kept, as on submit.
+SET_MISSING_SPECS = """
+UPDATE jobs AS j SET spec = s.spec::jsonb, updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS s(job_id, spec)
+WHERE j.job_id = s.job_id AND j.spec IS NULL
 """
 
 # -- ingest: node events ----------------------------------------------------------------------

@@ -57,8 +57,6 @@ class StoreResult:
     duplicates: int = 0
     jobs_changed: int = 0
     node_events: int = 0
-    #: Job ids with a new `accepted` event, mapped to the job's jobs-stream sequence.
-    accepted: dict[str, int] | None = None
 
 
 def _is_job(ev: Event) -> TypeGuard[JobEvent]:
@@ -96,9 +94,7 @@ async def store_batch(
         job_events = [e for e in fresh if _is_job(e)]
         node_events = [e for e in fresh if _is_node(e)]
         result.jobs_changed = await fold_jobs(conn, job_events)
-        result.accepted = {
-            e.job_id: e.stream_seq for e in job_events if isinstance(e, Accepted) and e.stream_seq
-        }
+        await keep_specs(conn, job_events)
         for ev in sorted(node_events, key=lambda e: e.ts):
             await apply_node_event(conn, ev)
         result.node_events = len(node_events)
@@ -136,6 +132,17 @@ async def fold_jobs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> int
     return len(changed)
 
 
+async def keep_specs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> None:
+    """Store the spec `accepted` events carry for jobs that have none; the rows are locked."""
+    specs = {
+        e.job_id: msgspec.json.encode(e.spec).decode()
+        for e in events
+        if isinstance(e, Accepted) and e.spec is not None and e.spec.job_id == e.job_id
+    }
+    if specs:
+        await conn.execute(queries.SET_MISSING_SPECS, list(specs), list(specs.values()))
+
+
 async def apply_node_event(conn: asyncpg.Connection, ev: NodeEvent) -> None:
     """Node events move `nodes` columns forward by the node's clock; liveness is nodes.py's."""
     match ev:
@@ -161,8 +168,8 @@ async def record_submission(
     stream_seq: int | None = None,
     queued_at: datetime | None = None,
 ) -> None:
-    """Record a job as submitted with its spec (the API on submit, or ingest reading the jobs
-    stream); a job already further along keeps its state."""
+    """Record a job as submitted with its spec (the API on submit, or a dead letter read from
+    the jobs stream); a job already further along keeps its state."""
     await conn.execute(
         queries.UPSERT_SUBMITTED,
         spec.job_id,

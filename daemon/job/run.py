@@ -77,6 +77,7 @@ async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) ->
         operation=spec.operation_name,
         stream_seq=msg.metadata.sequence.stream,
         submitted_ts=submitted,
+        spec=spec,
     )
     await deps.reporter.record(job_id, "received", accepted, spec=msg.data)
     scratch = cfg.work_dir / f"{job_id}.{attempt}.{uuid.uuid4().hex[:8]}"

@@ -7,6 +7,7 @@ import dataclasses
 import time
 
 import asyncpg
+from msgspec.structs import replace
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
@@ -24,6 +25,7 @@ from schemas.events import (
     JobEvent,
     NodeStateChanged,
 )
+from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 from tests.support.ingest import (
     accepted,
@@ -31,6 +33,7 @@ from tests.support.ingest import (
     count,
     eid,
     failed,
+    job_spec,
     lifecycle,
     migrated_pool,
     node_record,
@@ -97,6 +100,34 @@ async def test_events_land_and_a_replay_changes_nothing(
 async def snapshot(db: asyncpg.Pool) -> list[list[tuple[object, ...]]]:
     tables = ("jobs ORDER BY job_id", "job_events ORDER BY event_id", "nodes ORDER BY node_id")
     return [[tuple(r) for r in await db.fetch(f"SELECT * FROM {t}")] for t in tables]
+
+
+async def test_accepted_keeps_its_spec_and_one_without_still_folds(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t = time.time()
+    events: list[Event] = [
+        accepted("old", ts=t, seq=3),  # a node from before the spec travelled with `accepted`
+        completed("old", ts=t + 1),
+        accepted("new", ts=t, seq=4, spec=job_spec("new")),
+        failed("new", "input unreadable", ts=t + 1),
+        # A second attempt's `accepted` (here with another spec) keeps the first one.
+        accepted("new", attempt=2, ts=t + 2, seq=4, spec=replace(job_spec("new"), tenant="x")),
+    ]
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=1, fetch_timeout=0.2)
+        async with running(ingestor):
+            await publish(js, subjects, events[:4])
+            await wait_until(lambda: events_in(db, 4), "events")
+            await publish(js, subjects, events[4:])
+            await wait_until(lambda: events_in(db, 5), "the second attempt")
+        old = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'old'")
+        assert (old["state"], old["tenant"], old["stream_seq"]) == ("completed", "acme", 3)
+        assert old["spec"] is None
+        new = await db.fetchrow("SELECT *, spec::text AS spec FROM jobs WHERE job_id = 'new'")
+        assert (new["state"], new["operation"]) == ("failed", "probe")
+        assert JOB_DECODER.decode(new["spec"]) == job_spec("new")
 
 
 async def test_out_of_order_delivery_gives_the_right_final_state(
