@@ -82,31 +82,6 @@ FROM unnest($1::text[], $2::text[]) AS s(job_id, spec)
 WHERE j.job_id = s.job_id AND j.spec IS NULL
 """
 
-# -- ingest: node events ----------------------------------------------------------------------
-NODE_CAPABILITIES = """
-INSERT INTO nodes AS n (node_id, capabilities, capabilities_at, pools)
-VALUES ($1, $2::jsonb, $3, $4::text[])
-ON CONFLICT (node_id) DO UPDATE SET
-    capabilities = EXCLUDED.capabilities, capabilities_at = EXCLUDED.capabilities_at,
-    pools = EXCLUDED.pools, updated_at = now()
-WHERE n.capabilities_at IS NULL OR n.capabilities_at < EXCLUDED.capabilities_at
-"""
-
-NODE_REPORTED_STATE = """
-INSERT INTO nodes AS n (node_id, reported_state, reported_at, draining, state_reason)
-VALUES ($1, $2, $3, $2 = 'draining', $4)
-ON CONFLICT (node_id) DO UPDATE SET
-    reported_state = EXCLUDED.reported_state, reported_at = EXCLUDED.reported_at,
-    draining = EXCLUDED.draining, state_reason = EXCLUDED.state_reason, updated_at = now()
-WHERE n.reported_at IS NULL OR n.reported_at < EXCLUDED.reported_at
-"""
-
-NODE_ENCODER_HEALTH = """
-INSERT INTO nodes AS n (node_id, encoders) VALUES ($1, jsonb_build_object($2::text, $3::jsonb))
-ON CONFLICT (node_id) DO UPDATE SET encoders = n.encoders || EXCLUDED.encoders, updated_at = now()
-WHERE COALESCE((n.encoders -> $2::text ->> 'ts')::float8, 0) < ($3::jsonb ->> 'ts')::float8
-"""
-
 # -- retention --------------------------------------------------------------------------------
 PRUNE_EVENTS = """
 DELETE FROM job_events WHERE event_id IN (

@@ -1,10 +1,10 @@
-"""Write a batch of events to Postgres and fold the new ones into `jobs` and `nodes`.
+"""Write a batch of events to Postgres and fold the new job events into `jobs`.
 
 `store_batch` runs inside the caller's transaction: COPY into a staging table, one
 `INSERT … SELECT … ON CONFLICT (event_id) DO NOTHING`, then only the events that were really
 new are folded, so a replayed or duplicated event changes nothing. Job rows are locked in job id
 order before folding, so concurrent batches touching the same job serialise instead of losing
-an update.
+an update. Node events are kept as they came; node state is the node tracker's (control/nodes.py).
 """
 
 from __future__ import annotations
@@ -20,17 +20,7 @@ import msgspec
 
 from control.db import queries
 from control.fold import FOLD_COLUMNS, JobRow, at, fold_job
-from schemas.events import (
-    Accepted,
-    CapabilitiesChanged,
-    EncoderHealth,
-    Event,
-    JobEvent,
-    NodeEvent,
-    NodeStateChanged,
-    is_job_event,
-    kind_of,
-)
+from schemas.events import Accepted, Event, JobEvent, is_job_event, kind_of
 from schemas.jobs import JobSpec
 
 
@@ -56,15 +46,10 @@ class StoreResult:
     inserted: int = 0
     duplicates: int = 0
     jobs_changed: int = 0
-    node_events: int = 0
 
 
 def _is_job(ev: Event) -> TypeGuard[JobEvent]:
     return is_job_event(ev)
-
-
-def _is_node(ev: Event) -> TypeGuard[NodeEvent]:
-    return not is_job_event(ev)
 
 
 def _stage_row(item: Incoming) -> tuple[object, ...]:
@@ -92,12 +77,8 @@ async def store_batch(
         result.inserted = len(fresh)
         result.duplicates = len(items) - len(fresh)
         job_events = [e for e in fresh if _is_job(e)]
-        node_events = [e for e in fresh if _is_node(e)]
         result.jobs_changed = await fold_jobs(conn, job_events)
         await keep_specs(conn, job_events)
-        for ev in sorted(node_events, key=lambda e: e.ts):
-            await apply_node_event(conn, ev)
-        result.node_events = len(node_events)
     if bad:
         await conn.executemany(
             queries.INSERT_BAD_EVENT,
@@ -141,23 +122,6 @@ async def keep_specs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> No
     }
     if specs:
         await conn.execute(queries.SET_MISSING_SPECS, list(specs), list(specs.values()))
-
-
-async def apply_node_event(conn: asyncpg.Connection, ev: NodeEvent) -> None:
-    """Node events move `nodes` columns forward by the node's clock; liveness is nodes.py's."""
-    match ev:
-        case CapabilitiesChanged():
-            caps = ev.capabilities
-            body = msgspec.json.encode(caps).decode()
-            await conn.execute(queries.NODE_CAPABILITIES, ev.node_id, body, at(ev.ts), caps.pools)
-        case NodeStateChanged():
-            await conn.execute(
-                queries.NODE_REPORTED_STATE, ev.node_id, ev.state, at(ev.ts), ev.reason
-            )
-        case EncoderHealth():
-            health = {"healthy": ev.healthy, "reason": ev.reason, "ts": ev.ts}
-            body = msgspec.json.encode(health).decode()
-            await conn.execute(queries.NODE_ENCODER_HEALTH, ev.node_id, ev.encoder, body)
 
 
 async def record_submission(
