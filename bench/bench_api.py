@@ -31,6 +31,7 @@ from control.db import create_pool
 from control.db.migrate import migrate
 from control.db.store import Incoming, store_batch
 from control.devstack.stack import EmbeddedStack
+from control.nodes import NodeTracker
 from schemas.codec import encode
 from schemas.events import Accepted, Completed, Event, Failed
 from schemas.results import JobResult
@@ -95,7 +96,9 @@ async def measure(url: str, dsn: str, jobs: int) -> list[str]:
     await fill(db, jobs)
     nc = await nats.connect(url)
     subjects = Subjects("bench")
-    api = ApiService(nc, subjects, ApiSettings(pools=["cpu"]), db)
+    # job.get and job.list never read the fleet: a tracker that is not running will do.
+    fleet = NodeTracker(nc.jetstream(), subjects)
+    api = ApiService(nc, subjects, ApiSettings(pools=["cpu"]), fleet, db)
     await api.start()
     rng = random.Random(7)
     ids = [f"job-{rng.randrange(jobs):06d}" for _ in range(GETS + WARMUP)]

@@ -19,6 +19,9 @@ Positive = Annotated[float, msgspec.Meta(gt=0)]
 class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds without a heartbeat after which a node counts as offline.
     node_offline_after: Positive = 30.0
+    #: Seconds a node whose bucket entry is gone (it stopped, or expired) stays listed as offline,
+    #: and alerting, before the control plane forgets it.
+    node_forget_after: Positive = 86400.0
     #: Alert `queue_depth` when more jobs than this wait in one pool.
     queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 100
     #: Alert `oldest_wait` when a pool's oldest waiting job is older than this.

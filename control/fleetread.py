@@ -1,50 +1,26 @@
-"""Read the live fleet from NATS: node records from the KV bucket, queue depth from consumers."""
+"""Read the live fleet from NATS: the node bucket's keys, and queue depth from the consumers.
+
+Node records themselves are the node tracker's (control/nodes.py).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 
-import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from schemas.common import PRIORITIES
-from schemas.nodes import NodeRecord
-from schemas.registry import NODE_RECORD_DECODER
 from schemas.subjects import Subjects
-
-MAX_NODES = 10_000
-
-
-async def read_nodes(
-    js: JetStreamContext, subjects: Subjects, offline_after: float, now: float | None = None
-) -> list[NodeRecord]:
-    """Every node record, with `heartbeat.state` forced to offline when it is stale."""
-    now = time.time() if now is None else now
-    kv = await js.key_value(subjects.nodes_bucket)
-    out: list[NodeRecord] = []
-    for key in (await node_keys(js, subjects))[:MAX_NODES]:
-        try:
-            entry = await kv.get(key)
-        except NotFoundError:  # deleted, or expired between listing and get()
-            continue
-        if not entry.value:
-            continue
-        rec = NODE_RECORD_DECODER.decode(entry.value)
-        if now - rec.heartbeat.ts > offline_after:
-            rec = msgspec.structs.replace(
-                rec, heartbeat=msgspec.structs.replace(rec.heartbeat, state="offline")
-            )
-        out.append(rec)
-    return sorted(out, key=lambda r: r.capabilities.node_id)
 
 
 async def node_keys(js: JetStreamContext, subjects: Subjects) -> list[str]:
     """The bucket's keys from the stream's subject list, in one request.
 
     Not `kv.keys()`: its watcher can end early while nodes write heartbeats, and then the whole
-    fleet reads as empty (seen 3 times in 300 calls with 3 writers).
+    fleet reads as empty (seen 3 times in 300 calls with 3 writers). A key whose last message is
+    a DEL or PURGE marker is listed too, while the marker lasts.
     """
     bucket = subjects.nodes_bucket
     head = f"$KV.{bucket}."

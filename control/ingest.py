@@ -22,7 +22,6 @@ from nats.js import JetStreamContext
 
 from control.db import DATA_ERRORS, is_transient
 from control.db.store import BadMessage, Incoming, StoreResult, store_batch
-from control.jobspecs import capture_specs
 from schemas.codec import DecodeError
 from schemas.events import kind_of
 from schemas.registry import EVENT_DECODER
@@ -74,15 +73,12 @@ class Ingestor:
         durable: str | None = None,
         max_backoff: float = 5.0,
         keepalive_interval: float = 15.0,
-        specs: bool = True,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         self.js, self.db, self.subjects = js, db, subjects
         self.batch, self.fetch_timeout = batch, fetch_timeout
         self.durable = durable or subjects.ingest_consumer
         self.max_backoff, self.keepalive_interval = max_backoff, keepalive_interval
-        #: Read each newly accepted job's spec from the jobs stream (kept for dead letters).
-        self.specs = specs
         #: Called after each commit with (batch size, lag seconds), e.g. to fill histograms.
         self.on_batch = on_batch
         self.stats = IngestStats()
@@ -126,8 +122,6 @@ class Ingestor:
         self.stats.bad_events += len(bad)
         await _dispose(msgs, {b.stream_seq for b in bad})
         self._account(good, len(msgs))
-        if self.specs and result.accepted:
-            await capture_specs(self.js, self.db, self.subjects, result.accepted)
         return result
 
     async def _commit(
@@ -169,7 +163,6 @@ class Ingestor:
                 continue
             total.inserted += one.inserted
             total.duplicates += one.duplicates
-            total.accepted = (total.accepted or {}) | (one.accepted or {})
         await self._commit(msgs, [], bad)
         return total
 

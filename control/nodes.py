@@ -1,12 +1,16 @@
-"""Fleet state: mirror the node KV bucket into `nodes` and decide online, draining or offline.
+"""The fleet as this instance sees it: the node KV bucket kept in memory, and the one rule that
+calls a node online, draining or offline (`node_state`).
 
-Each daemon puts its NodeRecord (capabilities + latest heartbeat) under its node id; the bucket's
-TTL and limit markers turn a silent node into a PURGE marker, a clean exit into a DEL. A KV
-watcher goes blind for a while after a server restart and may skip intermediate values, so the
-watcher is re-created periodically and on reconnect (`resync()`), and every re-creation first
-reads the whole bucket (its initial snapshot) and marks nodes missing from it as expired. A
-separate sweep recomputes each node's state from its last sighting, so a node whose heartbeats
-stop goes offline after `offline_after` seconds even when no marker ever arrives.
+Each daemon puts its NodeRecord (capabilities + latest heartbeat) under its node id; a clean
+exit deletes it (a DEL marker) and the bucket's TTL turns a silent node into a PURGE marker. The
+tracker keeps a node's last record after such a marker, so a node that went away stays listed,
+offline, until it comes back or has been gone for `forget_after` seconds. The API, the alert
+snapshot and the canaries read this view; every control-plane instance runs its own tracker.
+
+A KV watcher goes blind for a while after a server restart and may skip intermediate values, so
+it is re-created periodically and on reconnect (`resync()`). The end of its initial snapshot is
+not trusted (nats-py may signal it before the values arrive): the bucket's key list, read in one
+request once the watcher runs, says which remembered nodes have no entry left.
 """
 
 from __future__ import annotations
@@ -16,23 +20,72 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
-import asyncpg
-import msgspec
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from control.db import queries
-from control.fold import at
+from control.fleetread import node_keys
 from schemas.codec import DecodeError
+from schemas.nodes import Heartbeat, NodeCapabilities, NodeRecord, NodeState
 from schemas.registry import NODE_RECORD_DECODER
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.nodes")
 
 _MARKERS = ("DEL", "PURGE")
+#: Longest wait for a watcher update, so a resync request is seen soon.
+_POLL = 0.5
+
+
+def node_state(hb: Heartbeat, gone: bool, now: float, offline_after: float) -> NodeState:
+    """The one rule: offline when the node's entry is gone, when it says so, or when its last
+    heartbeat is older than `offline_after`; otherwise what it reports (online or draining)."""
+    if gone or hb.state == "offline" or now - hb.ts > offline_after:
+        return "offline"
+    return hb.state
+
+
+@dataclass(frozen=True, slots=True)
+class FleetNode:
+    """A node's last record as it sent it, and the state `node_state` gave it."""
+
+    record: NodeRecord
+    state: NodeState
+
+    @property
+    def node_id(self) -> str:
+        return self.record.capabilities.node_id
+
+    @property
+    def capabilities(self) -> NodeCapabilities:
+        return self.record.capabilities
+
+    @property
+    def heartbeat(self) -> Heartbeat:
+        return self.record.heartbeat
+
+
+class Fleet(Protocol):
+    """What the API, the alert snapshot and the canaries read."""
+
+    @property
+    def synced(self) -> bool:
+        """False until the whole bucket has been read once: the view may miss nodes."""
+        ...
+
+    def nodes(self, now: float | None = None) -> list[FleetNode]:
+        """Every known node, by node id."""
+        ...
+
+
+@dataclass(slots=True)
+class _Known:
+    record: NodeRecord
+    #: When this instance learnt that the node's entry is gone (None while it is there).
+    gone_at: float | None = None
+    #: The state last logged, to log changes once.
+    logged: NodeState | None = None
 
 
 @dataclass(slots=True)
@@ -40,34 +93,72 @@ class NodeStats:
     records: int = 0
     expiries: int = 0
     resyncs: int = 0
+    #: Known nodes found with no entry at all when the bucket was listed.
+    unlisted: int = 0
     bad_records: int = 0
     state_changes: int = 0
+    forgotten: int = 0
 
 
 class NodeTracker:
     def __init__(
         self,
         js: JetStreamContext,
-        db: asyncpg.Pool,
         subjects: Subjects,
         *,
         offline_after: float = 30.0,
+        forget_after: float = 86400.0,
         resync_interval: float = 60.0,
         sweep_interval: float | None = None,
+        snapshot_timeout: float = 10.0,
     ) -> None:
-        self.js, self.db, self.subjects = js, db, subjects
-        self.offline_after = offline_after
-        self.resync_interval = resync_interval
+        self.js, self.subjects = js, subjects
+        self.offline_after, self.forget_after = offline_after, forget_after
+        self.resync_interval, self.snapshot_timeout = resync_interval, snapshot_timeout
         self.sweep_interval = sweep_interval or max(0.2, min(5.0, offline_after / 3))
         self.stats = NodeStats()
+        self._known: dict[str, _Known] = {}
         self._resync = asyncio.Event()
+        self._synced = asyncio.Event()
+        self._revision = 0
+        self._moved = asyncio.Condition()
 
+    # -- reading ------------------------------------------------------------------------------
+    def nodes(self, now: float | None = None) -> list[FleetNode]:
+        now = time.time() if now is None else now
+        known = self._known
+        return [FleetNode(known[n].record, self._state(known[n], now)) for n in sorted(known)]
+
+    def _state(self, known: _Known, now: float) -> NodeState:
+        return node_state(
+            known.record.heartbeat, known.gone_at is not None, now, self.offline_after
+        )
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self, within: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._synced.wait()
+        return self.synced
+
+    async def wait_revision(self, revision: int, within: float) -> bool:
+        """True once the bucket's entries up to `revision` (a put's return value) are applied."""
+        async with self._moved:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(within):
+                    await self._moved.wait_for(lambda: self._revision >= revision)
+            return self._revision >= revision
+
+    # -- running ------------------------------------------------------------------------------
     def resync(self) -> None:
         """Re-create the watcher and re-read the bucket (call it from the reconnected callback)."""
         self._resync.set()
 
     async def run(self) -> None:
-        """Watch and sweep until cancelled; errors (NATS or Postgres away) restart the watch."""
+        """Watch and sweep until cancelled; errors (NATS away) restart the watch."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._sweep_loop(), name="nodes-sweep")
             tg.create_task(self._watch_loop(), name="nodes-watch")
@@ -86,74 +177,95 @@ class NodeTracker:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval)
-            try:
-                await self.sweep()
-            except Exception as exc:
-                log.warning("node sweep failed: %s", exc)
+            self.sweep()
 
     async def watch_once(self) -> None:
-        """One watcher's life: the full snapshot, then live updates until the next resync."""
+        """One watcher's life: the whole bucket, then live updates until the next resync."""
         kv = await self.js.key_value(self.subjects.nodes_bucket)
         self._resync.clear()
         # nats-py's KeyWatcher is untyped.
         watcher: Any = await kv.watchall()
         try:
-            seen: list[str] = []
-            while (entry := await watcher.updates(timeout=10.0)) is not None:
-                seen.append(entry.key)
-                await self.apply(entry)
-            await self.db.execute(queries.NODES_MISSING, seen)
-            await self.sweep()
-            self.stats.resyncs += 1
+            # Listed after the watcher started: a node missing here and writing later is seen.
+            listed = set(await node_keys(self.js, self.subjects))
+            for node_id, known in self._known.items():
+                if node_id not in listed and known.gone_at is None:
+                    self.stats.unlisted += 1
+                    self._gone(known)
+            waiting: set[str] | None = listed
+            snapshot_until = time.monotonic() + self.snapshot_timeout
             until = time.monotonic() + self.resync_interval
             while not self._resync.is_set() and time.monotonic() < until:
+                if waiting is not None and (not waiting or time.monotonic() >= snapshot_until):
+                    self._snapshot_read(waiting)
+                    waiting = None
+                # Not watcher.updates(): its asyncio.wait_for (Python 3.11) swallows a
+                # cancellation that meets an entry, and the tracker would never stop.
                 try:
-                    entry = await watcher.updates(timeout=self.sweep_interval)
-                except TimeoutError:  # = asyncio.TimeoutError (nats-py raises both kinds)
+                    async with asyncio.timeout(_POLL):
+                        entry = await anext(watcher)
+                except TimeoutError:
                     continue
-                if entry is not None:
+                if entry is not None:  # None: nats-py's end of the initial values
                     await self.apply(entry)
+                    if waiting is not None:
+                        waiting.discard(entry.key)
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()
 
+    def _snapshot_read(self, unseen: set[str]) -> None:
+        if unseen:  # their last message aged out before the watcher delivered it
+            log.info("node entries listed but not delivered: %s", ", ".join(sorted(unseen)))
+        self.stats.resyncs += 1
+        self._synced.set()
+        self.sweep()
+
     async def apply(self, entry: KeyValue.Entry) -> None:
-        """One KV entry (a put or a DEL/PURGE marker) into the node's row, then its state."""
+        """One KV entry: a put replaces the node's record, a DEL/PURGE marker marks it gone."""
         node_id = entry.key
-        seen_at = entry.created or datetime.now(UTC)
+        known = self._known.get(node_id)
         if entry.operation in _MARKERS:
             self.stats.expiries += 1
-            await self.db.execute(queries.NODE_EXPIRED, node_id, seen_at)
+            if known is not None:
+                self._gone(known)
         else:
             try:
                 record = NODE_RECORD_DECODER.decode(entry.value or b"")
+                if record.capabilities.node_id != node_id:
+                    raise DecodeError("node record", f"names {record.capabilities.node_id!r}")
             except DecodeError as exc:
                 self.stats.bad_records += 1
                 log.warning("node %s: unreadable KV record: %s", node_id, exc)
-                return
-            caps, hb = record.capabilities, record.heartbeat
-            await self.db.execute(
-                queries.NODE_RECORD,
-                node_id,
-                msgspec.json.encode(caps).decode(),
-                at(hb.ts),
-                caps.pools,
-                msgspec.json.encode(hb).decode(),
-                seen_at,
-                hb.state,
-            )
-            self.stats.records += 1
-        changed = await self.db.fetch(queries.SWEEP_NODE, self.offline_after, node_id)
-        self._log_changes(changed)
+            else:
+                logged = None if known is None else known.logged
+                self._known[node_id] = _Known(record, logged=logged)
+                self.stats.records += 1
+        async with self._moved:
+            self._revision = max(self._revision, entry.revision or 0)
+            self._moved.notify_all()
 
-    async def sweep(self) -> list[tuple[str, str]]:
-        """Recompute every node's state; returns the (node id, new state) pairs that changed."""
-        changed = await self.db.fetch(queries.SWEEP_NODES, self.offline_after)
-        return self._log_changes(changed)
+    @staticmethod
+    def _gone(known: _Known) -> None:
+        if known.gone_at is None:
+            known.gone_at = time.time()
 
-    def _log_changes(self, rows: list[asyncpg.Record]) -> list[tuple[str, str]]:
-        pairs = [(r["node_id"], r["state"]) for r in rows]
-        for node_id, state in pairs:
-            log.info("node %s is %s", node_id, state)
-        self.stats.state_changes += len(pairs)
-        return pairs
+    def sweep(self, now: float | None = None) -> list[tuple[str, NodeState]]:
+        """Log state changes and forget nodes gone for `forget_after`; returns the changes."""
+        now = time.time() if now is None else now
+        changed: list[tuple[str, NodeState]] = []
+        for node_id, known in list(self._known.items()):
+            if known.gone_at is not None and now - known.gone_at > self.forget_after:
+                del self._known[node_id]
+                self.stats.forgotten += 1
+                log.info(
+                    "node %s forgotten: gone from the bucket for %gs", node_id, self.forget_after
+                )
+                continue
+            state = self._state(known, now)
+            if state != known.logged:
+                known.logged = state
+                changed.append((node_id, state))
+                log.info("node %s is %s", node_id, state)
+        self.stats.state_changes += len(changed)
+        return changed

@@ -23,8 +23,8 @@ from control.config import ControlConfig, load_control_config
 
 log = logging.getLogger("flotilla.control")
 LIVE = frozenset({"alerts", "alert_interval", "canary_interval", "canary_timeout", "log_json"})
-#: Read once at start by the snapshot and the node tracker, though under `alerts`.
-STARTUP_ALERT_KEYS = ("node_offline_after", "failure_rate_window")
+#: Read once at start by the node tracker and the snapshot, though under `alerts`.
+STARTUP_ALERT_KEYS = ("node_offline_after", "node_forget_after", "failure_rate_window")
 Apply = Callable[[ControlConfig], list[str]]
 
 

@@ -20,7 +20,7 @@ from common.sdnotify import Notifier, watchdog_task
 from common.supervise import Supervisor
 from control.alerts.canary import CanaryRunner
 from control.alerts.rules import AlertEngine, Snapshot, nats_sink
-from control.alerts.snapshot import finished_since, nats_snapshot, with_db
+from control.alerts.snapshot import finished_since, fleet_snapshot, with_db
 from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
@@ -43,6 +43,9 @@ from schemas.subjects import Subjects
 log = logging.getLogger("flotilla.control")
 #: Crashes in a row after which ingest counts as unhealthy (about 15 s of back-off).
 INGEST_CRASH_LIMIT = 5
+#: Seconds start() waits for the node tracker's first full read before serving the API anyway
+#: (its fleet calls answer 503 until then).
+NODES_SYNC_WAIT = 10.0
 
 
 class ControlPlane:
@@ -57,6 +60,7 @@ class ControlPlane:
         self.nc: NATS | None = None
         self.db: asyncpg.Pool | None = None
         self.api: ApiService | None = None
+        self.nodes: NodeTracker | None = None
         self.http: HttpServer | None = None
         self.metrics_port = 0
         self._ingest: Ingestor | None = None
@@ -85,16 +89,25 @@ class ControlPlane:
             js, db, subjects, batch=cfg.ingest_batch, fetch_timeout=cfg.ingest_fetch_timeout,
             on_batch=lambda n, lag: self.metrics.ingest_batch.observe(n),
         )  # fmt: skip
-        nodes = NodeTracker(js, db, subjects, offline_after=th.node_offline_after)
+        # This instance's view of the fleet: what the API, alerts and canaries read.
+        nodes = self.nodes = NodeTracker(
+            js, subjects, offline_after=th.node_offline_after, forget_after=th.node_forget_after
+        )
         trackers.append(nodes)
+        stop = self.stop_event
+        self.tasks["nodes"] = asyncio.create_task(
+            self.supervisor.supervise("nodes", nodes.run, stop), name="nodes"
+        )
+        if not await nodes.wait_synced(NODES_SYNC_WAIT):
+            log.warning("node bucket not read within %gs; serving anyway", NODES_SYNC_WAIT)
         dead_letters = DeadLetters(js, db, subjects)
         self.api = ApiService(
-            nc, subjects, ApiSettings(pools=pools, offline_after=th.node_offline_after,
-                                      require_api_keys=cfg.require_api_keys), db,
+            nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys), nodes,
+            db,
         )  # fmt: skip
         await self.api.start()
         canary = CanaryRunner(
-            js, db, subjects, pools, th.node_offline_after, cfg.canary_timeout, cfg.canary_interval
+            js, db, subjects, pools, nodes, cfg.canary_timeout, cfg.canary_interval
         )
 
         mark = datetime.now(UTC)
@@ -102,9 +115,7 @@ class ControlPlane:
 
         async def source() -> Snapshot:
             nonlocal mark, seen_events
-            snap = await nats_snapshot(
-                js, subjects, pools, th.node_offline_after, canary.failed_pools()
-            )
+            snap = await fleet_snapshot(js, subjects, pools, nodes, canary.failed_pools())
             self.metrics.ingest_lag.set(ingest.stats.lag_seconds)
             self.metrics.ingest_events.inc(max(0, ingest.stats.events_ingested - seen_events))
             seen_events = ingest.stats.events_ingested
@@ -123,10 +134,8 @@ class ControlPlane:
         self._live = (engine, watcher, canary)
         self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, lambda: nc.is_connected)
         self.metrics_port = await self.http.start()
-        stop = self.stop_event
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "ingest": ingest.run,
-            "nodes": nodes.run,
             "watcher": lambda: watcher.run(stop),
             "webhooks": lambda: WebhookSender(db).run(stop),
             # A shared durable hands each advisory to one instance: safe on all of them.

@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import msgspec
 import psutil
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -115,9 +116,17 @@ class Advertiser:
                 self._kv = None
 
     async def remove(self) -> None:
-        """On a clean exit: delete the entry so the fleet sees the node gone at once."""
+        """On a clean exit: a last record whose heartbeat says `offline` (so the fleet can tell
+        a stop from a crash), then delete the entry so the fleet sees the node gone at once."""
         try:
             kv = self._kv or await self.js.key_value(self.subjects.nodes_bucket)
+            if self.last is not None:
+                hb = msgspec.structs.replace(
+                    self.last, ts=time.time(), state="offline",
+                    running_jobs=self.sources.running.ids(),
+                )  # fmt: skip
+                record = NodeRecord(capabilities=self.caps, heartbeat=hb)
+                await kv.put(self.caps.node_id, encode(record))
             await kv.delete(self.caps.node_id)
         except Exception as exc:
             log.debug("kv delete: %s", exc)

@@ -10,8 +10,10 @@ from schemas.common import WIRE_VERSION
 
 T = TypeVar("T")
 
-#: Largest message any decoder accepts; job specs and events are a few KiB at most.
+#: Largest message a decoder accepts by default; job specs and events are a few KiB at most.
 MAX_MESSAGE_BYTES = 256 * 1024
+#: Largest event: an `accepted` event carries a whole job spec, and then its own fields.
+MAX_EVENT_BYTES = 2 * MAX_MESSAGE_BYTES
 
 
 class DecodeError(ValueError):
@@ -26,13 +28,16 @@ class DecodeError(ValueError):
 class Decoder(Generic[T]):
     """A JSON decoder for one wire type, built once and reused."""
 
-    def __init__(self, tp: Any, name: str | None = None) -> None:
+    def __init__(
+        self, tp: Any, name: str | None = None, *, max_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
         self._decoder: msgspec.json.Decoder[T] = msgspec.json.Decoder(tp)
         self.name: str = name or str(getattr(tp, "__name__", "message"))
+        self.max_bytes = max_bytes
 
     def decode(self, data: bytes | bytearray | memoryview | str) -> T:
-        if len(data) > MAX_MESSAGE_BYTES:
-            raise DecodeError(self.name, f"{len(data)} bytes is over the {MAX_MESSAGE_BYTES} limit")
+        if len(data) > self.max_bytes:
+            raise DecodeError(self.name, f"{len(data)} bytes is over the {self.max_bytes} limit")
         try:
             return self._decoder.decode(data)
         except msgspec.ValidationError as exc:

@@ -19,6 +19,7 @@ from schemas.common import (
     Token,
     Wire,
 )
+from schemas.jobs import JobSpec
 from schemas.nodes import NodeCapabilities, NodeState
 from schemas.results import JobResult, OutputFile
 
@@ -41,6 +42,9 @@ class Accepted(_JobEvent, kw_only=True, tag="accepted"):
     operation: Token
     stream_seq: NonNegInt = 0
     submitted_ts: float | None = None
+    #: The job as the node decoded it: a job published straight to NATS is known to the control
+    #: plane only through its events. Absent from nodes older than this field.
+    spec: JobSpec | None = None
 
 
 class Started(_JobEvent, kw_only=True, tag="started"):

@@ -6,7 +6,7 @@ from typing import Any
 
 from schemas import api
 from schemas.alerts import Alert
-from schemas.codec import Decoder
+from schemas.codec import MAX_EVENT_BYTES, Decoder
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.events import Event
 from schemas.jobs import JobSpec
@@ -39,7 +39,7 @@ WIRE_TYPES: dict[str, Any] = {
 }
 
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec, "job")
-EVENT_DECODER: Decoder[Event] = Decoder(Event, "event")
+EVENT_DECODER: Decoder[Event] = Decoder(Event, "event", max_bytes=MAX_EVENT_BYTES)
 CAPABILITIES_DECODER: Decoder[NodeCapabilities] = Decoder(NodeCapabilities, "node capabilities")
 HEARTBEAT_DECODER: Decoder[Heartbeat] = Decoder(Heartbeat, "heartbeat")
 NODE_RECORD_DECODER: Decoder[NodeRecord] = Decoder(NodeRecord, "node record")

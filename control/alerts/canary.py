@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from nats.js import JetStreamContext
 
-from control.fleetread import read_nodes
+from control.nodes import Fleet
 from schemas.codec import encode
 from schemas.jobs import JobSpec, Requirements
 from schemas.operations import Canary
@@ -33,7 +33,7 @@ class CanaryRunner:
     db: asyncpg.Pool
     subjects: Subjects
     pools: list[str]
-    offline_after: float
+    fleet: Fleet
     timeout: float
     interval: float
     pending: dict[str, _Pending] = field(default_factory=dict)
@@ -61,8 +61,10 @@ class CanaryRunner:
                 log.warning("canary %s in pool %s did not complete (%s)", p.job_id, pool, state)
                 self.failed.add(pool)
                 del self.pending[pool]
-        nodes = await read_nodes(self.js, self.subjects, self.offline_after, now)
-        live = {p for n in nodes if n.heartbeat.state == "online" for p in n.capabilities.pools}
+        if not self.fleet.synced:  # an empty fleet would clear failed pools
+            return
+        nodes = self.fleet.nodes(now)
+        live = {p for n in nodes if n.state == "online" for p in n.capabilities.pools}
         self.failed &= live  # a pool with no nodes is pool_offline_with_work's business
         for pool in self.pools:
             if pool in live and pool not in self.pending:

@@ -1,4 +1,5 @@
-"""Build the fleet snapshot the alert rules and metrics read, from the live NATS state."""
+"""Build the fleet snapshot the alert rules and metrics read: nodes from the node tracker, queues
+from NATS, job figures from Postgres."""
 
 from __future__ import annotations
 
@@ -10,19 +11,19 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from control.alerts.rules import NodeView, PoolView, Snapshot
-from control.fleetread import pool_queue, read_nodes
-from schemas.nodes import NodeRecord
+from control.fleetread import pool_queue
+from control.nodes import Fleet, FleetNode
 from schemas.subjects import Subjects
 
 
-def node_view(rec: NodeRecord) -> NodeView:
-    caps, hb = rec.capabilities, rec.heartbeat
+def node_view(node: FleetNode) -> NodeView:
+    caps, hb = node.capabilities, node.heartbeat
     free = hb.disk_free_bytes or caps.disk_free_bytes
     disk = 100.0 * (1.0 - free / caps.disk_total_bytes) if caps.disk_total_bytes else 0.0
     temps = tuple(g.temperature_c for g in hb.gpus if g.temperature_c is not None)
     return NodeView(
         node_id=caps.node_id,
-        state=hb.state,
+        state=node.state,
         pools=tuple(caps.pools),
         disk_percent=disk,
         memory_percent=hb.memory_percent,
@@ -30,15 +31,17 @@ def node_view(rec: NodeRecord) -> NodeView:
     )
 
 
-async def nats_snapshot(
+async def fleet_snapshot(
     js: JetStreamContext,
     subjects: Subjects,
     pools: list[str],
-    offline_after: float,
+    fleet: Fleet,
     canary_failed: tuple[str, ...] = (),
 ) -> Snapshot:
+    if not fleet.synced:  # an empty fleet would fire false alerts
+        raise RuntimeError("the node bucket has not been read yet")
     now = time.time()
-    nodes = await read_nodes(js, subjects, offline_after, now)
+    nodes = fleet.nodes(now)
     queues = [await pool_queue(js, subjects, p, now) for p in pools]
     return Snapshot(
         nodes=tuple(node_view(n) for n in nodes),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from control.nodes import FleetNode
 from schemas.jobs import JobSpec
-from schemas.nodes import NodeRecord
 from schemas.operations import Transcode
 
 #: Software encoders per codec; hardware ones are named `<codec>_<family>` by ffmpeg.
@@ -31,11 +31,11 @@ def encoders_for(job: JobSpec) -> tuple[str, ...] | None:
     return soft + tuple(f"{op.codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
 
 
-def why_not(job: JobSpec, rec: NodeRecord) -> str | None:
+def why_not(job: JobSpec, node: FleetNode) -> str | None:
     """The reason this node cannot run the job, or None when it can."""
-    caps, hb = rec.capabilities, rec.heartbeat
-    if hb.state != "online":
-        return f"{caps.node_id} is {hb.state}"
+    caps, hb = node.capabilities, node.heartbeat
+    if node.state != "online":
+        return f"{caps.node_id} is {node.state}"
     if job.pool not in caps.pools:
         return f"{caps.node_id} does not serve pool {job.pool!r}"
     wanted = encoders_for(job)
@@ -52,11 +52,11 @@ def why_not(job: JobSpec, rec: NodeRecord) -> str | None:
     return None
 
 
-def rejection(job: JobSpec, records: Iterable[NodeRecord]) -> str | None:
+def rejection(job: JobSpec, nodes: Iterable[FleetNode]) -> str | None:
     """None when some node fits; otherwise one line naming why each node does not."""
     reasons: list[str] = []
-    for rec in records:
-        reason = why_not(job, rec)
+    for node in nodes:
+        reason = why_not(job, node)
         if reason is None:
             return None
         reasons.append(reason)

@@ -23,7 +23,8 @@ from control.api.ratelimit import TenantLimiter
 from control.db import TRANSIENT_ERRORS
 from control.db.store import record_submission
 from control.deadletters.retry import DeadLetterNotFound, retry_dead_letter
-from control.fleetread import pool_queue, read_nodes
+from control.fleetread import pool_queue
+from control.nodes import Fleet, FleetNode
 from schemas import api
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
@@ -47,7 +48,6 @@ class ApiFailure(Exception):
 @dataclass(slots=True)
 class ApiSettings:
     pools: list[str]
-    offline_after: float = 30.0
     command_timeout: float = 5.0
     submit_rate: float = 50.0  # per tenant, per second (token bucket)
     submit_burst: int = 100
@@ -59,10 +59,15 @@ Handler = Callable[[Request], Awaitable[bytes]]
 
 class ApiService:
     def __init__(
-        self, nc: NATS, subjects: Subjects, settings: ApiSettings, db: asyncpg.Pool | None = None
+        self,
+        nc: NATS,
+        subjects: Subjects,
+        settings: ApiSettings,
+        fleet: Fleet,
+        db: asyncpg.Pool | None = None,
     ) -> None:
         self.nc, self.js, self.subjects, self.s = nc, nc.jetstream(), subjects, settings
-        self.db = db
+        self.fleet, self.db = fleet, db
         self.limiter = TenantLimiter(settings.submit_rate, settings.submit_burst)
         self._svc: Service | None = None
 
@@ -124,6 +129,11 @@ class ApiService:
             raise ApiFailure(401, f"a valid {tenants.KEY_HEADER} header is required")
         return tenant
 
+    def _nodes(self, now: float | None = None) -> list[FleetNode]:
+        if not self.fleet.synced:
+            raise ApiFailure(503, "this instance has not read the node bucket yet; try again")
+        return self.fleet.nodes(now)
+
     def _need_db(self) -> asyncpg.Pool:
         if self.db is None:
             raise ApiFailure(503, "this control-plane instance has no database")
@@ -144,8 +154,7 @@ class ApiService:
             queued = await tenants.queued_count(self.db, tenant.tenant)
             if queued >= tenant.max_queued:
                 raise ApiFailure(429, f"tenant {job.tenant!r} has {tenant.max_queued} jobs queued")
-        nodes = await read_nodes(self.js, self.subjects, self.s.offline_after)
-        reason = rejection(job, nodes)
+        reason = rejection(job, self._nodes())
         if reason is not None:
             raise ApiFailure(409, reason)
         subject = self.subjects.submit(job.pool, job.priority, job.job_id)
@@ -171,8 +180,9 @@ class ApiService:
 
     async def cancel(self, req: Request) -> bytes:
         ask = CANCEL.decode(req.data)
-        nodes = await read_nodes(self.js, self.subjects, self.s.offline_after)
-        runner = next((n for n in nodes if ask.job_id in n.heartbeat.running_jobs), None)
+        # An offline node's last heartbeat may still list a job that now runs elsewhere.
+        live = (n for n in self._nodes() if n.state != "offline")
+        runner = next((n for n in live if ask.job_id in n.heartbeat.running_jobs), None)
         if runner is None and await delete_queued(self.js, self.subjects, self.s.pools, ask.job_id):
             if self.db is not None:
                 await mark_cancelled(self.db, ask.job_id, ask.reason)
@@ -182,7 +192,7 @@ class ApiService:
         await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), encode(cmd))
         if runner is None:
             return encode(api.AckReply(ok=False, message="not queued; cancel broadcast to all"))
-        return await self._command(runner.capabilities.node_id, cmd)
+        return await self._command(runner.node_id, cmd)
 
     async def job_get(self, req: Request) -> bytes:
         ref = JOB_REF.decode(req.data)
@@ -208,16 +218,15 @@ class ApiService:
 
     # -- nodes ----------------------------------------------------------------------------
     async def node_list(self, req: Request) -> bytes:
-        nodes = await read_nodes(self.js, self.subjects, self.s.offline_after)
         infos = [
             api.NodeInfo(
-                node_id=n.capabilities.node_id,
-                state=n.heartbeat.state,
+                node_id=n.node_id,
+                state=n.state,
                 last_seen=n.heartbeat.ts,
                 capabilities=n.capabilities,
                 heartbeat=n.heartbeat,
             )
-            for n in nodes
+            for n in self._nodes()
         ]
         return encode(api.NodeListReply(nodes=infos))
 
@@ -243,16 +252,14 @@ class ApiService:
     # -- fleet ----------------------------------------------------------------------------
     async def summary(self, req: Request) -> bytes:
         now = time.time()
-        nodes = await read_nodes(self.js, self.subjects, self.s.offline_after, now)
+        nodes = self._nodes(now)
         by_state: dict[str, int] = {}
         for n in nodes:
-            by_state[n.heartbeat.state] = by_state.get(n.heartbeat.state, 0) + 1
+            by_state[n.state] = by_state.get(n.state, 0) + 1
         pools = []
         for pool in self.s.pools:
             q = await pool_queue(self.js, self.subjects, pool, now)
-            online = sum(
-                1 for n in nodes if n.heartbeat.state == "online" and pool in n.capabilities.pools
-            )
+            online = sum(1 for n in nodes if n.state == "online" and pool in n.capabilities.pools)
             pools.append(
                 api.PoolSummary(
                     pool=pool, queued=q.queued, oldest_wait_s=q.oldest_wait_s, nodes_online=online

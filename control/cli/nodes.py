@@ -108,9 +108,16 @@ async def list_nodes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stopped(node: api.NodeInfo) -> bool:
+    """Offline after saying so: a daemon's last heartbeat on a clean exit says `offline`."""
+    return (
+        node.state == "offline" and node.heartbeat is not None and node.heartbeat.state == "offline"
+    )
+
+
 async def _find(c: ApiClient, node_id: str, tries: int = MISSING_POLLS) -> api.NodeInfo | None:
-    """The node as node.list shows it. A miss is asked again: the control plane reads the node
-    bucket with nats-py's `kv.keys()`, which now and then returns no keys under concurrent puts."""
+    """The node as node.list shows it. A miss is asked again: a daemon that has just started
+    may not be in the answering instance's view of the node bucket yet."""
     listed: list[api.NodeInfo] = []
     for i in range(tries):
         listed = (await c.call("node.list", api.EmptyRequest(), api.NodeListReply)).nodes
@@ -163,14 +170,15 @@ async def _wait_drained(args: argparse.Namespace) -> int:
         while True:
             # Gone for good only if several reads in a row miss it (see _find).
             node = await _find(c, args.node_id)
-            if node is not None and node.state == "offline":
+            if node is not None and node.state == "offline" and not _stopped(node):
                 watch.done(f"{args.node_id}: went offline while draining")
                 raise CliError(
                     f"{args.node_id} went offline while draining; "
                     "its jobs are redelivered after the ack wait"
                 )
-            if node is None or drained(node):
-                why = "left the fleet (stopped)" if node is None else "drained, no job running"
+            if node is None or _stopped(node) or drained(node):
+                left = node is None or _stopped(node)
+                why = "left the fleet (stopped)" if left else "drained, no job running"
                 watch.done(f"{args.node_id}: {why}")
                 return 0
             watch.show(node_status(node))

@@ -20,9 +20,9 @@ from control.cli.apiclient import ApiClient
 from control.cli.format import duration, print_json
 from control.errors import NotFound
 from schemas import api, events
-from schemas.codec import DecodeError, Decoder
+from schemas.codec import MAX_EVENT_BYTES, DecodeError, Decoder
 
-EVENT: Decoder[events.JobEvent] = Decoder(events.JobEvent, "job event")
+EVENT: Decoder[events.JobEvent] = Decoder(events.JobEvent, "job event", max_bytes=MAX_EVENT_BYTES)
 EXIT_BY_STATE = {"completed": 0, "failed": 1, "cancelled": 1}
 
 

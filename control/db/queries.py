@@ -1,4 +1,4 @@
-"""The SQL the ingest, fleet-state and dead-letter code runs, as named constants.
+"""The SQL the ingest, retention and dead-letter code runs, as named constants.
 
 Staging tables are session-local temp tables emptied at each commit, created on first use by
 each pooled connection.
@@ -58,7 +58,7 @@ UPDATE jobs AS j SET
 FROM jobs_stage AS s WHERE j.job_id = s.job_id
 """
 
-#: The API's submit (or a spec read from the jobs stream): never moves a job's state.
+#: The API's submit (or a dead letter's spec): never moves a job's state.
 UPSERT_SUBMITTED = """
 INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
                        queued_at, spec)
@@ -75,90 +75,11 @@ ON CONFLICT (job_id) DO UPDATE SET
     updated_at = now()
 """
 
-JOBS_WITHOUT_SPEC = """
-SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND spec IS NULL
-"""
-
-# -- ingest: node events ----------------------------------------------------------------------
-NODE_CAPABILITIES = """
-INSERT INTO nodes AS n (node_id, capabilities, capabilities_at, pools)
-VALUES ($1, $2::jsonb, $3, $4::text[])
-ON CONFLICT (node_id) DO UPDATE SET
-    capabilities = EXCLUDED.capabilities, capabilities_at = EXCLUDED.capabilities_at,
-    pools = EXCLUDED.pools, updated_at = now()
-WHERE n.capabilities_at IS NULL OR n.capabilities_at < EXCLUDED.capabilities_at
-"""
-
-NODE_REPORTED_STATE = """
-INSERT INTO nodes AS n (node_id, reported_state, reported_at, draining, state_reason)
-VALUES ($1, $2, $3, $2 = 'draining', $4)
-ON CONFLICT (node_id) DO UPDATE SET
-    reported_state = EXCLUDED.reported_state, reported_at = EXCLUDED.reported_at,
-    draining = EXCLUDED.draining, state_reason = EXCLUDED.state_reason, updated_at = now()
-WHERE n.reported_at IS NULL OR n.reported_at < EXCLUDED.reported_at
-"""
-
-NODE_ENCODER_HEALTH = """
-INSERT INTO nodes AS n (node_id, encoders) VALUES ($1, jsonb_build_object($2::text, $3::jsonb))
-ON CONFLICT (node_id) DO UPDATE SET encoders = n.encoders || EXCLUDED.encoders, updated_at = now()
-WHERE COALESCE((n.encoders -> $2::text ->> 'ts')::float8, 0) < ($3::jsonb ->> 'ts')::float8
-"""
-
-# -- fleet state: the node KV bucket ----------------------------------------------------------
-#: A KV record: each group of columns moves only forward, by its own clock.
-NODE_RECORD = """
-INSERT INTO nodes AS n (node_id, capabilities, capabilities_at, pools, heartbeat, last_seen,
-                        reported_state, reported_at, draining)
-VALUES ($1, $2::jsonb, $3, $4::text[], $5::jsonb, $6, $7, $3, $7 = 'draining')
-ON CONFLICT (node_id) DO UPDATE SET
-    heartbeat = CASE WHEN n.last_seen IS NULL OR n.last_seen <= EXCLUDED.last_seen
-                     THEN EXCLUDED.heartbeat ELSE n.heartbeat END,
-    last_seen = GREATEST(n.last_seen, EXCLUDED.last_seen),
-    capabilities = CASE WHEN n.capabilities_at IS NULL
-                          OR n.capabilities_at <= EXCLUDED.capabilities_at
-                        THEN EXCLUDED.capabilities ELSE n.capabilities END,
-    pools = CASE WHEN n.capabilities_at IS NULL OR n.capabilities_at <= EXCLUDED.capabilities_at
-                 THEN EXCLUDED.pools ELSE n.pools END,
-    capabilities_at = GREATEST(n.capabilities_at, EXCLUDED.capabilities_at),
-    reported_state = CASE WHEN n.reported_at IS NULL OR n.reported_at <= EXCLUDED.reported_at
-                          THEN EXCLUDED.reported_state ELSE n.reported_state END,
-    draining = CASE WHEN n.reported_at IS NULL OR n.reported_at <= EXCLUDED.reported_at
-                    THEN EXCLUDED.draining ELSE n.draining END,
-    reported_at = GREATEST(n.reported_at, EXCLUDED.reported_at),
-    updated_at = now()
-"""
-
-#: A DEL or PURGE marker (clean exit or TTL expiry) at the server's time $2.
-NODE_EXPIRED = """
-UPDATE nodes SET expired_at = GREATEST(expired_at, $2), updated_at = now() WHERE node_id = $1
-"""
-
-#: Nodes absent from a full KV snapshot expired at their last sighting.
-NODES_MISSING = """
-UPDATE nodes SET expired_at = last_seen, updated_at = now()
-WHERE last_seen IS NOT NULL AND NOT (node_id = ANY($1::text[]))
-  AND (expired_at IS NULL OR expired_at < last_seen)
-"""
-
-#: The one rule for a node's state; $1 is the offline threshold in seconds.
-_NODE_STATE = """
-CASE WHEN last_seen IS NULL
-       OR last_seen < now() - make_interval(secs => $1)
-       OR (expired_at IS NOT NULL AND expired_at >= last_seen)
-       OR reported_state = 'offline'
-     THEN 'offline'
-     WHEN draining THEN 'draining'
-     ELSE 'online' END
-"""
-SWEEP_NODES = f"""
-UPDATE nodes SET state = {_NODE_STATE}, updated_at = now()
-WHERE state IS DISTINCT FROM ({_NODE_STATE})
-RETURNING node_id, state
-"""
-SWEEP_NODE = f"""
-UPDATE nodes SET state = {_NODE_STATE}, updated_at = now()
-WHERE node_id = $2 AND state IS DISTINCT FROM ({_NODE_STATE})
-RETURNING node_id, state
+#: Specs carried by `accepted` events ($1 job ids, $2 spec JSON): the first one kept, as on submit.
+SET_MISSING_SPECS = """
+UPDATE jobs AS j SET spec = s.spec::jsonb, updated_at = now()
+FROM unnest($1::text[], $2::text[]) AS s(job_id, spec)
+WHERE j.job_id = s.job_id AND j.spec IS NULL
 """
 
 # -- retention --------------------------------------------------------------------------------

@@ -1,30 +1,8 @@
 -- The schema after every migration in migrations/, for reading and for the test that the
 -- migrations end here (tests/test_migrations.py). Change both together. (schema_migrations,
 -- the runner's own table, is left out.)
--- Times are timestamptz (UTC); the API turns them into epoch seconds.
-
--- Nodes: written by the KV reconciler (liveness, heartbeat) and by ingest (node events).
--- `state` is owned by the reconciler's sweep: offline when the heartbeat is older than the
--- configured time or the KV entry expired, else draining or online as the node reports.
-CREATE TABLE nodes (
-    node_id          text PRIMARY KEY,
-    state            text NOT NULL DEFAULT 'offline'
-                     CHECK (state IN ('online', 'draining', 'offline')),
-    reported_state   text,
-    reported_at      timestamptz,
-    draining         boolean NOT NULL DEFAULT false,
-    state_reason     text NOT NULL DEFAULT '',
-    pools            text[] NOT NULL DEFAULT '{}',
-    capabilities     jsonb,
-    capabilities_at  timestamptz,
-    heartbeat        jsonb,
-    last_seen        timestamptz,
-    expired_at       timestamptz,
-    encoders         jsonb NOT NULL DEFAULT '{}',
-    updated_at       timestamptz NOT NULL DEFAULT now()
-);
-CREATE INDEX nodes_state_idx ON nodes (state);
-CREATE INDEX nodes_pools_idx ON nodes USING gin (pools);
+-- Times are timestamptz (UTC); the API turns them into epoch seconds. Node state is not here:
+-- each instance keeps it in memory from the node KV bucket (control/nodes.py).
 
 -- Jobs: the current state of each job, folded monotonically from its events (control/fold.py).
 -- state_rank: 0 submitted, 1 queued (accepted by a node), 2 running, 3 queued again (retrying,

@@ -1,10 +1,10 @@
-"""Write a batch of events to Postgres and fold the new ones into `jobs` and `nodes`.
+"""Write a batch of events to Postgres and fold the new job events into `jobs`.
 
 `store_batch` runs inside the caller's transaction: COPY into a staging table, one
 `INSERT … SELECT … ON CONFLICT (event_id) DO NOTHING`, then only the events that were really
 new are folded, so a replayed or duplicated event changes nothing. Job rows are locked in job id
 order before folding, so concurrent batches touching the same job serialise instead of losing
-an update.
+an update. Node events are kept as they came; node state is the node tracker's (control/nodes.py).
 """
 
 from __future__ import annotations
@@ -20,17 +20,7 @@ import msgspec
 
 from control.db import queries
 from control.fold import FOLD_COLUMNS, JobRow, at, fold_job
-from schemas.events import (
-    Accepted,
-    CapabilitiesChanged,
-    EncoderHealth,
-    Event,
-    JobEvent,
-    NodeEvent,
-    NodeStateChanged,
-    is_job_event,
-    kind_of,
-)
+from schemas.events import Accepted, Event, JobEvent, is_job_event, kind_of
 from schemas.jobs import JobSpec
 
 
@@ -56,17 +46,10 @@ class StoreResult:
     inserted: int = 0
     duplicates: int = 0
     jobs_changed: int = 0
-    node_events: int = 0
-    #: Job ids with a new `accepted` event, mapped to the job's jobs-stream sequence.
-    accepted: dict[str, int] | None = None
 
 
 def _is_job(ev: Event) -> TypeGuard[JobEvent]:
     return is_job_event(ev)
-
-
-def _is_node(ev: Event) -> TypeGuard[NodeEvent]:
-    return not is_job_event(ev)
 
 
 def _stage_row(item: Incoming) -> tuple[object, ...]:
@@ -94,14 +77,8 @@ async def store_batch(
         result.inserted = len(fresh)
         result.duplicates = len(items) - len(fresh)
         job_events = [e for e in fresh if _is_job(e)]
-        node_events = [e for e in fresh if _is_node(e)]
         result.jobs_changed = await fold_jobs(conn, job_events)
-        result.accepted = {
-            e.job_id: e.stream_seq for e in job_events if isinstance(e, Accepted) and e.stream_seq
-        }
-        for ev in sorted(node_events, key=lambda e: e.ts):
-            await apply_node_event(conn, ev)
-        result.node_events = len(node_events)
+        await keep_specs(conn, job_events)
     if bad:
         await conn.executemany(
             queries.INSERT_BAD_EVENT,
@@ -136,21 +113,15 @@ async def fold_jobs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> int
     return len(changed)
 
 
-async def apply_node_event(conn: asyncpg.Connection, ev: NodeEvent) -> None:
-    """Node events move `nodes` columns forward by the node's clock; liveness is nodes.py's."""
-    match ev:
-        case CapabilitiesChanged():
-            caps = ev.capabilities
-            body = msgspec.json.encode(caps).decode()
-            await conn.execute(queries.NODE_CAPABILITIES, ev.node_id, body, at(ev.ts), caps.pools)
-        case NodeStateChanged():
-            await conn.execute(
-                queries.NODE_REPORTED_STATE, ev.node_id, ev.state, at(ev.ts), ev.reason
-            )
-        case EncoderHealth():
-            health = {"healthy": ev.healthy, "reason": ev.reason, "ts": ev.ts}
-            body = msgspec.json.encode(health).decode()
-            await conn.execute(queries.NODE_ENCODER_HEALTH, ev.node_id, ev.encoder, body)
+async def keep_specs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> None:
+    """Store the spec `accepted` events carry for jobs that have none; the rows are locked."""
+    specs = {
+        e.job_id: msgspec.json.encode(e.spec).decode()
+        for e in events
+        if isinstance(e, Accepted) and e.spec is not None and e.spec.job_id == e.job_id
+    }
+    if specs:
+        await conn.execute(queries.SET_MISSING_SPECS, list(specs), list(specs.values()))
 
 
 async def record_submission(
@@ -161,8 +132,8 @@ async def record_submission(
     stream_seq: int | None = None,
     queued_at: datetime | None = None,
 ) -> None:
-    """Record a job as submitted with its spec (the API on submit, or ingest reading the jobs
-    stream); a job already further along keeps its state."""
+    """Record a job as submitted with its spec (the API on submit, or a dead letter read from
+    the jobs stream); a job already further along keeps its state."""
     await conn.execute(
         queries.UPSERT_SUBMITTED,
         spec.job_id,

@@ -95,6 +95,7 @@ async def _accept(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> tuple
         operation=spec.operation_name,
         stream_seq=msg.metadata.sequence.stream,
         submitted_ts=submitted,
+        spec=spec,
     )
     await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data)
     scratch = deps.cfg.work_dir / f"{spec.job_id}.{attempt}.{uuid.uuid4().hex[:8]}"

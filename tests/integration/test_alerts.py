@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 
 from control.alerts import rules as A
 from control.alerts.rules import AlertEngine, NodeView, PoolView, Snapshot, nats_sink
-from control.alerts.snapshot import nats_snapshot
+from control.alerts.snapshot import fleet_snapshot
 from control.config import AlertThresholds
 from control.topology import TopologySettings, ensure_topology
 from schemas.alerts import Alert
@@ -20,7 +20,7 @@ from schemas.jobs import JobSpec
 from schemas.operations import Canary
 from schemas.registry import ALERT_DECODER
 from schemas.subjects import Subjects
-from tests.support.noderecords import node_record, put_node
+from tests.support.noderecords import node_record, put_node, tracking
 
 T = AlertThresholds(
     queue_depth=10, oldest_wait_seconds=60, failure_rate=0.5, failure_rate_min_jobs=4
@@ -142,35 +142,36 @@ async def test_node_offline_and_backlog_over_nats(nc: NATS, prefix: str) -> None
 
     sub = await nc.subscribe(f"{prefix}.alerts.>", cb=on_alert)
     engine = AlertEngine(AlertThresholds(hysteresis=1, queue_depth=2), nats_sink(nc, subjects))
+    async with tracking(js, subjects, offline_after=5.0) as fleet:
 
-    async def tick() -> list[Alert]:
-        snap = await nats_snapshot(js, subjects, ["cpu"], offline_after=5.0)
-        return await engine.evaluate(snap)
+        async def tick() -> list[Alert]:
+            snap = await fleet_snapshot(js, subjects, ["cpu"], fleet)
+            return await engine.evaluate(snap)
 
-    # The node's last heartbeat is older than offline_after: it stopped beating.
-    await put_node(js, subjects, node_record("n1", ts=time.time() - 60))
-    assert [(a.rule, a.subject) for a in await tick()] == [("node_offline", "n1")]
-    await put_node(js, subjects, node_record("n1"))  # it comes back
-    assert [(a.rule, a.state) for a in await tick()] == [("node_offline", "resolved")]
+        # The node's last heartbeat is older than offline_after: it stopped beating.
+        await put_node(js, subjects, node_record("n1", ts=time.time() - 60), seen_by=fleet)
+        assert [(a.rule, a.subject) for a in await tick()] == [("node_offline", "n1")]
+        await put_node(js, subjects, node_record("n1"), seen_by=fleet)  # it comes back
+        assert [(a.rule, a.state) for a in await tick()] == [("node_offline", "resolved")]
 
-    for i in range(3):
-        job = JobSpec(job_id=f"b{i}", input="file:///x", operation=Canary())
-        await js.publish(subjects.submit("cpu", "normal", job.job_id), encode(job))
-    assert [(a.rule, a.subject, a.value) for a in await tick()] == [("queue_depth", "cpu", 3.0)]
-    snap = await nats_snapshot(js, subjects, ["cpu"], offline_after=5.0)
-    wait = snap.pools[0].oldest_wait_s
-    assert wait is not None and 0.0 <= wait < 3600.0  # the first job's age, from the stream
-    await js.purge_stream(subjects.jobs_stream)
-    assert [(a.rule, a.state) for a in await tick()] == [("queue_depth", "resolved")]
-    await nc.flush()
-    for _ in range(50):  # bounded wait for the four published alerts to arrive
-        if len(got) >= 4:
-            break
-        await asyncio.sleep(0.05)
-    await sub.unsubscribe()
-    assert [(a.rule, a.state) for a in got] == [
-        ("node_offline", "firing"),
-        ("node_offline", "resolved"),
-        ("queue_depth", "firing"),
-        ("queue_depth", "resolved"),
-    ]
+        for i in range(3):
+            job = JobSpec(job_id=f"b{i}", input="file:///x", operation=Canary())
+            await js.publish(subjects.submit("cpu", "normal", job.job_id), encode(job))
+        assert [(a.rule, a.subject, a.value) for a in await tick()] == [("queue_depth", "cpu", 3.0)]
+        snap = await fleet_snapshot(js, subjects, ["cpu"], fleet)
+        wait = snap.pools[0].oldest_wait_s
+        assert wait is not None and 0.0 <= wait < 3600.0  # the first job's age, from the stream
+        await js.purge_stream(subjects.jobs_stream)
+        assert [(a.rule, a.state) for a in await tick()] == [("queue_depth", "resolved")]
+        await nc.flush()
+        for _ in range(50):  # bounded wait for the four published alerts to arrive
+            if len(got) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        await sub.unsubscribe()
+        assert [(a.rule, a.state) for a in got] == [
+            ("node_offline", "firing"),
+            ("node_offline", "resolved"),
+            ("queue_depth", "firing"),
+            ("queue_depth", "resolved"),
+        ]

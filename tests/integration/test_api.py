@@ -12,21 +12,28 @@ from nats.js.errors import NotFoundError
 
 from control.api.ratelimit import TenantLimiter
 from control.api.service import ApiService, ApiSettings
+from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas import api
 from schemas.codec import encode
 from schemas.subjects import Subjects
 from tests.support.api import job
-from tests.support.noderecords import node_record, put_node
+from tests.support.noderecords import node_record, put_node, tracking
 
 POOLS = ["cpu", "nvenc"]
 
 
 @pytest_asyncio.fixture
-async def service(nc: NATS, prefix: str) -> AsyncIterator[ApiService]:
+async def fleet(nc: NATS, prefix: str) -> AsyncIterator[NodeTracker]:
     subjects = Subjects(prefix)
     await ensure_topology(nc.jetstream(), subjects, TopologySettings(pools=POOLS))
-    svc = ApiService(nc, subjects, ApiSettings(pools=POOLS))
+    async with tracking(nc.jetstream(), subjects) as tracker:
+        yield tracker
+
+
+@pytest_asyncio.fixture
+async def service(nc: NATS, prefix: str, fleet: NodeTracker) -> AsyncIterator[ApiService]:
+    svc = ApiService(nc, Subjects(prefix), ApiSettings(pools=POOLS), fleet)
     await svc.start()
     try:
         yield svc
@@ -42,13 +49,15 @@ async def call(
 
 
 async def test_submit_refused_when_no_node_can_run_it(
-    service: ApiService, nc: NATS, prefix: str
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
 ) -> None:
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("j1")})
     assert headers["Nats-Service-Error-Code"] == "409"
     assert "fleet is empty" in reply["message"]
 
-    await put_node(nc.jetstream(), service.subjects, node_record("n1", labels={"site": "a"}))
+    await put_node(
+        nc.jetstream(), service.subjects, node_record("n1", labels={"site": "a"}), seen_by=fleet
+    )
     cases = [
         (job("j2", requirements={"accel": "nvenc"}), "does not serve pool 'nvenc'"),
         (job("j3", requirements={"labels": {"site": "b"}}), "lacks label site=b"),
@@ -61,7 +70,7 @@ async def test_submit_refused_when_no_node_can_run_it(
         assert why in reply["message"]
 
     stale = node_record("n2", pools=["nvenc"], encoders=["h264_nvenc"], ts=1.0)
-    await put_node(nc.jetstream(), service.subjects, stale)
+    await put_node(nc.jetstream(), service.subjects, stale, seen_by=fleet)
     reply, headers = await call(
         nc, prefix, "job.submit", {"v": 1, "job": job("j6", requirements={"accel": "nvenc"})}
     )
@@ -75,11 +84,11 @@ async def test_submit_malformed_is_400(service: ApiService, nc: NATS, prefix: st
 
 
 async def test_valid_submit_is_stored_and_cancel_deletes_it(
-    service: ApiService, nc: NATS, prefix: str
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
 ) -> None:
     js = nc.jetstream()
     subjects = service.subjects
-    await put_node(js, subjects, node_record("n1"))
+    await put_node(js, subjects, node_record("n1"), seen_by=fleet)
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
     assert "Nats-Service-Error-Code" not in headers, reply
     sub = msgspec.convert(reply, api.SubmitReply)
@@ -103,9 +112,11 @@ async def test_valid_submit_is_stored_and_cancel_deletes_it(
         pass
 
 
-async def test_node_list_and_drain_relay(service: ApiService, nc: NATS, prefix: str) -> None:
+async def test_node_list_and_drain_relay(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
     js = nc.jetstream()
-    await put_node(js, service.subjects, node_record("n1"))
+    await put_node(js, service.subjects, node_record("n1"), seen_by=fleet)
     listed, _ = await call(nc, prefix, "node.list", {})
     assert [n["node_id"] for n in listed["nodes"]] == ["n1"]
 
@@ -124,9 +135,11 @@ async def test_node_list_and_drain_relay(service: ApiService, nc: NATS, prefix: 
     assert headers["Nats-Service-Error-Code"] == "503"
 
 
-async def test_submit_rate_limit_is_429(service: ApiService, nc: NATS, prefix: str) -> None:
+async def test_submit_rate_limit_is_429(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
     service.limiter = TenantLimiter(rate=0.001, burst=5)
-    await put_node(nc.jetstream(), service.subjects, node_record("n1"))
+    await put_node(nc.jetstream(), service.subjects, node_record("n1"), seen_by=fleet)
     codes = []
     for i in range(7):
         _, headers = await call(
@@ -145,9 +158,11 @@ def test_token_bucket_refills() -> None:
     assert encode(api.AckReply(ok=True))
 
 
-async def test_cancel_running_job_asks_its_node(service: ApiService, nc: NATS, prefix: str) -> None:
+async def test_cancel_running_job_asks_its_node(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
     subjects = service.subjects
-    await put_node(nc.jetstream(), subjects, node_record("n1", running=["run-1"]))
+    await put_node(nc.jetstream(), subjects, node_record("n1", running=["run-1"]), seen_by=fleet)
     asked: list[bytes] = []
     broadcast: list[bytes] = []
 

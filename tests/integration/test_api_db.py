@@ -13,10 +13,11 @@ from nats.aio.client import Client as NATS
 from control.api import tenants
 from control.api.service import ApiService, ApiSettings
 from control.db.migrate import migrate
+from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
 from tests.support.api import job
-from tests.support.noderecords import node_record, put_node
+from tests.support.noderecords import node_record, put_node, tracking
 
 
 @pytest_asyncio.fixture
@@ -29,11 +30,20 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         await pool.close()
 
 
-async def make_service(nc: NATS, prefix: str, db: asyncpg.Pool, keys: bool) -> ApiService:
+@pytest_asyncio.fixture
+async def fleet(nc: NATS, prefix: str) -> AsyncIterator[NodeTracker]:
     subjects = Subjects(prefix)
     await ensure_topology(nc.jetstream(), subjects, TopologySettings(pools=["cpu"]))
-    await put_node(nc.jetstream(), subjects, node_record("n1"))
-    svc = ApiService(nc, subjects, ApiSettings(pools=["cpu"], require_api_keys=keys), db)
+    async with tracking(nc.jetstream(), subjects) as tracker:
+        yield tracker
+
+
+async def make_service(
+    nc: NATS, prefix: str, db: asyncpg.Pool, keys: bool, fleet: NodeTracker
+) -> ApiService:
+    subjects = Subjects(prefix)
+    await put_node(nc.jetstream(), subjects, node_record("n1"), seen_by=fleet)
+    svc = ApiService(nc, subjects, ApiSettings(pools=["cpu"], require_api_keys=keys), fleet, db)
     await svc.start()
     return svc
 
@@ -49,8 +59,10 @@ async def call(
     return msgspec.json.decode(msg.data), code
 
 
-async def test_get_list_events_cancel(nc: NATS, prefix: str, db: asyncpg.Pool) -> None:
-    svc = await make_service(nc, prefix, db, keys=False)
+async def test_get_list_events_cancel(
+    nc: NATS, prefix: str, db: asyncpg.Pool, fleet: NodeTracker
+) -> None:
+    svc = await make_service(nc, prefix, db, keys=False, fleet=fleet)
     try:
         for i in range(5):
             _, code = await call(nc, prefix, "job.submit", {"v": 1, "job": job(f"j{i}")})
@@ -94,11 +106,13 @@ async def test_get_list_events_cancel(nc: NATS, prefix: str, db: asyncpg.Pool) -
         await svc.stop()
 
 
-async def test_api_keys_and_queued_limit(nc: NATS, prefix: str, db: asyncpg.Pool) -> None:
+async def test_api_keys_and_queued_limit(
+    nc: NATS, prefix: str, db: asyncpg.Pool, fleet: NodeTracker
+) -> None:
     await tenants.create_tenant(db, "acme", max_queued=2)
     key = await tenants.create_key(db, "acme")
     assert key not in str(await db.fetch("SELECT * FROM api_keys"))  # only the hash is kept
-    svc = await make_service(nc, prefix, db, keys=True)
+    svc = await make_service(nc, prefix, db, keys=True, fleet=fleet)
     try:
         body = {"v": 1, "job": job("k0", tenant="acme")}
         _, code = await call(nc, prefix, "job.submit", body)

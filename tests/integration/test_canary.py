@@ -11,14 +11,14 @@ from nats.aio.client import Client as NATS
 
 from control.alerts.canary import CanaryRunner
 from control.alerts.rules import canary_failed
-from control.alerts.snapshot import nats_snapshot
+from control.alerts.snapshot import fleet_snapshot
 from control.config import AlertThresholds
 from control.db.migrate import migrate
 from control.db.store import record_submission
 from control.topology import TopologySettings, ensure_topology
 from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
-from tests.support.noderecords import node_record, put_node
+from tests.support.noderecords import node_record, put_node, tracking
 
 
 @pytest_asyncio.fixture
@@ -35,22 +35,25 @@ async def test_canary_latency_and_timeout(nc: NATS, prefix: str, db: asyncpg.Poo
     subjects = Subjects(prefix)
     js = nc.jetstream()
     await ensure_topology(js, subjects, TopologySettings(pools=["cpu", "nvenc"]))
-    await put_node(js, subjects, node_record("n1"))
-    runner = CanaryRunner(js, db, subjects, ["cpu", "nvenc"], 30.0, timeout=10.0, interval=1.0)
-    await runner.tick(now=1000.0)
-    assert list(runner.pending) == ["cpu"]  # nvenc has no online node
-    job_id = runner.pending["cpu"].job_id
-    stored = await js.get_last_msg(subjects.jobs_stream, subjects.job_stored("cpu", "high", job_id))
-    spec = JOB_DECODER.decode(stored.data or b"")
-    assert spec.operation_name == "canary" and spec.pool == "cpu"
+    async with tracking(js, subjects) as fleet:
+        await put_node(js, subjects, node_record("n1"), seen_by=fleet)
+        runner = CanaryRunner(js, db, subjects, ["cpu", "nvenc"], fleet, timeout=10.0, interval=1.0)
+        await runner.tick(now=1000.0)
+        assert list(runner.pending) == ["cpu"]  # nvenc has no online node
+        job_id = runner.pending["cpu"].job_id
+        stored = await js.get_last_msg(
+            subjects.jobs_stream, subjects.job_stored("cpu", "high", job_id)
+        )
+        spec = JOB_DECODER.decode(stored.data or b"")
+        assert spec.operation_name == "canary" and spec.pool == "cpu"
 
-    async with db.acquire() as conn:  # the daemon ran it and ingest folded its completion
-        await record_submission(conn, spec, submitted_at=datetime.now(UTC))
-    await db.execute("UPDATE jobs SET state = 'completed' WHERE job_id = $1", job_id)
-    await runner.tick(now=1002.5)
-    assert runner.latency == {"cpu": 2.5} and runner.failed_pools() == ()
+        async with db.acquire() as conn:  # the daemon ran it and ingest folded its completion
+            await record_submission(conn, spec, submitted_at=datetime.now(UTC))
+        await db.execute("UPDATE jobs SET state = 'completed' WHERE job_id = $1", job_id)
+        await runner.tick(now=1002.5)
+        assert runner.latency == {"cpu": 2.5} and runner.failed_pools() == ()
 
-    await runner.tick(now=1020.0)  # the next canary (sent at 1002.5) never completes
-    assert runner.failed_pools() == ("cpu",)
-    snap = await nats_snapshot(js, subjects, ["cpu"], 30.0, runner.failed_pools())
-    assert [f[0] for f in canary_failed(snap, AlertThresholds())] == ["cpu"]
+        await runner.tick(now=1020.0)  # the next canary (sent at 1002.5) never completes
+        assert runner.failed_pools() == ("cpu",)
+        snap = await fleet_snapshot(js, subjects, ["cpu"], fleet, runner.failed_pools())
+        assert [f[0] for f in canary_failed(snap, AlertThresholds())] == ["cpu"]

@@ -163,12 +163,12 @@ async def test_a_terminated_job_is_dead_lettered_once_ingest_knows_it_failed(
     await submit(js, subjects, "term-2")
     first, second = await take(js, subjects), await take(js, subjects)
     seqs = {m.subject.rsplit(".", 1)[-1]: m.metadata.sequence.stream for m in (first, second)}
-    await publish(js, subjects, [accepted(j, seq=s) for j, s in seqs.items()])
+    await publish(js, subjects, [accepted(j, seq=s, spec=job_spec(j)) for j, s in seqs.items()])
     async with migrated_pool(database_url) as db:
         dead = DeadLetters(js, db, subjects, fetch_timeout=0.2, wait_delay=0.2)
         async with running(dead):
             async with running(Ingestor(js, db, subjects, fetch_timeout=0.2)):
-                # Read from the jobs stream while the node holds the message.
+                # Kept from the `accepted` events: the control plane never read the stream.
                 spec_sql = "SELECT count(*) FROM jobs WHERE spec IS NOT NULL"
                 await wait_until(lambda: _at_least(db, spec_sql, 2), "specs")
             # Ingest is stopped: the node fails one job and cancels the other, then terminates.

@@ -3,41 +3,62 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from control.fleetread import node_keys, read_nodes
+from control.fleetread import node_keys
+from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
-from tests.support.noderecords import node_record, put_node
+from tests.support.ingest import wait_until
+from tests.support.noderecords import node_record, put_node, tracking
+
+NAMES = ["n1", "n2", "n3"]
 
 
-async def test_concurrent_heartbeats_never_hide_a_node(nc: NATS, prefix: str) -> None:
+@pytest_asyncio.fixture
+async def beating(nc: NATS, prefix: str) -> AsyncIterator[Subjects]:
+    """Three nodes writing heartbeats as fast as they can, for the test's length (bounded)."""
     subjects = Subjects(prefix)
     js = nc.jetstream()
     await ensure_topology(js, subjects, TopologySettings())
-    names = ["n1", "n2", "n3"]
-    for name in names:
+    for name in NAMES:
         await put_node(js, subjects, node_record(name))
     stop = asyncio.Event()
 
     async def writer(name: str) -> None:
-        for _ in range(2000):  # bounded; stopped early once the reads are done
+        for _ in range(20000):  # bounded; stopped early once the test is done
             if stop.is_set():
                 return
             await put_node(js, subjects, node_record(name))
 
-    writers = [asyncio.create_task(writer(n)) for n in names]
+    writers = [asyncio.create_task(writer(n)) for n in NAMES]
     try:
-        seen = [len(await read_nodes(js, subjects, offline_after=60.0)) for _ in range(150)]
+        yield subjects
     finally:
         stop.set()
         await asyncio.gather(*writers)
-    assert set(seen) == {3}
-    assert await node_keys(js, subjects) == names
 
 
-async def test_deleted_node_is_left_out(nc: NATS, prefix: str) -> None:
+async def test_concurrent_heartbeats_never_hide_a_key(nc: NATS, beating: Subjects) -> None:
+    js = nc.jetstream()
+    seen = [await node_keys(js, beating) for _ in range(150)]
+    assert all(keys == NAMES for keys in seen)
+
+
+async def test_resyncs_under_heartbeats_never_lose_a_node(nc: NATS, beating: Subjects) -> None:
+    async with tracking(nc.jetstream(), beating) as fleet:
+        for _ in range(30):
+            resyncs = fleet.stats.resyncs
+            fleet.resync()
+            await wait_until(_more(lambda: fleet.stats.resyncs, resyncs), "a resync")
+            assert [(n.node_id, n.state) for n in fleet.nodes()] == [(n, "online") for n in NAMES]
+        assert fleet.stats.unlisted == 0 and fleet.stats.expiries == 0
+
+
+async def test_a_deleted_node_stays_listed_offline(nc: NATS, prefix: str) -> None:
     subjects = Subjects(prefix)
     js = nc.jetstream()
     await ensure_topology(js, subjects, TopologySettings())
@@ -45,5 +66,28 @@ async def test_deleted_node_is_left_out(nc: NATS, prefix: str) -> None:
         await put_node(js, subjects, node_record(name))
     kv = await js.key_value(subjects.nodes_bucket)
     await kv.delete("a")
-    nodes = await read_nodes(js, subjects, offline_after=60.0)
-    assert [n.capabilities.node_id for n in nodes] == ["b"]
+    # A tracker started after the delete never knew the node; one that saw it go lists it.
+    async with tracking(js, subjects) as late:
+        assert [(n.node_id, n.state) for n in late.nodes()] == [("b", "online")]
+    async with tracking(js, subjects) as watching:
+        await put_node(js, subjects, node_record("a"), seen_by=watching)
+        await kv.delete("a")
+        await wait_until(_gone(watching, "a"), "the delete")
+        assert [(n.node_id, n.state) for n in watching.nodes()] == [
+            ("a", "offline"),
+            ("b", "online"),
+        ]
+
+
+def _more(value: Callable[[], int], before: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return value() > before
+
+    return check
+
+
+def _gone(fleet: NodeTracker, node_id: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return any(n.node_id == node_id and n.state == "offline" for n in fleet.nodes())
+
+    return check

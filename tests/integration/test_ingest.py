@@ -7,13 +7,13 @@ import dataclasses
 import time
 
 import asyncpg
+from msgspec.structs import replace
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
-from control.nodes import NodeTracker
 from control.retention import prune_events
 from control.topology import TopologySettings, ensure_topology, ingest_consumer_config
 from schemas.codec import encode
@@ -24,6 +24,7 @@ from schemas.events import (
     JobEvent,
     NodeStateChanged,
 )
+from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 from tests.support.ingest import (
     accepted,
@@ -31,6 +32,7 @@ from tests.support.ingest import (
     count,
     eid,
     failed,
+    job_spec,
     lifecycle,
     migrated_pool,
     node_record,
@@ -95,8 +97,36 @@ async def test_events_land_and_a_replay_changes_nothing(
 
 
 async def snapshot(db: asyncpg.Pool) -> list[list[tuple[object, ...]]]:
-    tables = ("jobs ORDER BY job_id", "job_events ORDER BY event_id", "nodes ORDER BY node_id")
+    tables = ("jobs ORDER BY job_id", "job_events ORDER BY event_id")
     return [[tuple(r) for r in await db.fetch(f"SELECT * FROM {t}")] for t in tables]
+
+
+async def test_accepted_keeps_its_spec_and_one_without_still_folds(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t = time.time()
+    events: list[Event] = [
+        accepted("old", ts=t, seq=3),  # a node from before the spec travelled with `accepted`
+        completed("old", ts=t + 1),
+        accepted("new", ts=t, seq=4, spec=job_spec("new")),
+        failed("new", "input unreadable", ts=t + 1),
+        # A second attempt's `accepted` (here with another spec) keeps the first one.
+        accepted("new", attempt=2, ts=t + 2, seq=4, spec=replace(job_spec("new"), tenant="x")),
+    ]
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=1, fetch_timeout=0.2)
+        async with running(ingestor):
+            await publish(js, subjects, events[:4])
+            await wait_until(lambda: events_in(db, 4), "events")
+            await publish(js, subjects, events[4:])
+            await wait_until(lambda: events_in(db, 5), "the second attempt")
+        old = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'old'")
+        assert (old["state"], old["tenant"], old["stream_seq"]) == ("completed", "acme", 3)
+        assert old["spec"] is None
+        new = await db.fetchrow("SELECT *, spec::text AS spec FROM jobs WHERE job_id = 'new'")
+        assert (new["state"], new["operation"]) == ("failed", "probe")
+        assert JOB_DECODER.decode(new["spec"]) == job_spec("new")
 
 
 async def test_out_of_order_delivery_gives_the_right_final_state(
@@ -221,63 +251,23 @@ async def test_old_events_are_pruned_in_batches(nc: NATS, prefix: str, database_
         assert await count(db, "SELECT count(*) FROM jobs") == 3  # job state outlives events
 
 
-async def node_state(db: asyncpg.Pool, node_id: str) -> str | None:
-    state = await db.fetchval("SELECT state FROM nodes WHERE node_id = $1", node_id)
-    return None if state is None else str(state)
-
-
-async def test_fleet_state_from_the_kv_bucket_and_node_events(
-    nc: NATS, prefix: str, database_url: str
-) -> None:
+async def test_node_events_are_kept_as_events(nc: NATS, prefix: str, database_url: str) -> None:
     js, subjects = await setup(nc, prefix)
-    kv = await js.key_value(subjects.nodes_bucket)
-    await kv.put("n1", encode(node_record("n1")))
     caps = node_record("n2").capabilities
     t = time.time()
     node_events: list[Event] = [
         CapabilitiesChanged(event_id=eid(), node_id="n2", ts=t, capabilities=caps),
         EncoderHealth(event_id=eid(), node_id="n2", ts=t, encoder="h264_nvenc", healthy=False),
         NodeStateChanged(event_id=eid(), node_id="n2", ts=t + 1, state="draining"),
-        NodeStateChanged(event_id=eid(), node_id="n2", ts=t - 1, state="online"),  # late, older
     ]
     await publish(js, subjects, node_events)
     async with migrated_pool(database_url) as db:
-        await db.execute(
-            "INSERT INTO nodes (node_id, state, last_seen) VALUES ('ghost', 'online', now())"
+        async with running(Ingestor(js, db, subjects, fetch_timeout=0.2)):
+            await wait_until(lambda: events_in(db, len(node_events)), "node events")
+        rows = await db.fetch(
+            "SELECT kind, job_id FROM job_events WHERE node_id = 'n2' ORDER BY kind"
         )
-        tracker = NodeTracker(js, db, subjects, offline_after=1.0, sweep_interval=0.1)
-        ingestor = Ingestor(js, db, subjects, fetch_timeout=0.2)
-        async with running(ingestor), asyncio.TaskGroup() as tg:
-            task = tg.create_task(tracker.run())
-            try:
-                await wait_until(lambda: is_state(db, "n1", "online"), "n1 online")
-                # Gone from the bucket when the tracker read it: expired, so offline.
-                assert await node_state(db, "ghost") == "offline"
-                row = await db.fetchrow("SELECT * FROM nodes WHERE node_id = 'n1'")
-                assert row["pools"] == ["cpu"] and '"slots"' in row["capabilities"]
-                await kv.put("n1", encode(node_record("n1", state="draining")))
-                await wait_until(lambda: is_state(db, "n1", "draining"), "n1 draining")
-                await kv.delete("n1")  # a clean exit
-                await wait_until(lambda: is_state(db, "n1", "offline"), "n1 offline")
-                await kv.put("n1", encode(node_record("n1")))
-                await wait_until(lambda: is_state(db, "n1", "online"), "n1 back")
-                tracker.resync()  # as on reconnect: a new watcher, the bucket re-read
-                resyncs = tracker.stats.resyncs
-                await wait_until(lambda: _more(tracker.stats.resyncs, resyncs), "resync")
-                # No more heartbeats: offline after `offline_after`, with no marker at all.
-                await wait_until(lambda: is_state(db, "n1", "offline"), "n1 silent")
-                await wait_until(lambda: events_in(db, len(node_events)), "node events")
-            finally:
-                task.cancel()
-        n2 = await db.fetchrow("SELECT * FROM nodes WHERE node_id = 'n2'")
-        assert n2["reported_state"] == "draining" and n2["draining"] is True
-        assert '"healthy": false' in n2["encoders"] and n2["capabilities"] is not None
-        assert n2["state"] == "offline"  # never seen in the bucket: no liveness
-
-
-async def is_state(db: asyncpg.Pool, node_id: str, state: str) -> bool:
-    return await node_state(db, node_id) == state
-
-
-async def _more(now: int, before: int) -> bool:
-    return now > before
+        assert [tuple(r) for r in rows] == [
+            ("capabilities", None), ("encoder_health", None), ("node_state", None)
+        ]  # fmt: skip
+        assert await count(db, "SELECT count(*) FROM jobs") == 0

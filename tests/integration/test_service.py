@@ -36,7 +36,7 @@ async def test_control_plane_end_to_end(
     try:
         js = nc.jetstream()
         subjects = Subjects(prefix)
-        await put_node(js, subjects, node_record("n1"))
+        await put_node(js, subjects, node_record("n1"), seen_by=plane.nodes)
         msg = await nc.request(
             f"{prefix}.api.job.submit", msgspec.json.encode({"v": 1, "job": job("s1")}), timeout=5
         )

@@ -91,11 +91,17 @@ def _base(job_id: str, node: str, attempt: int, ts: float | None) -> dict[str, A
 
 
 def accepted(
-    job_id: str, node: str = "n1", attempt: int = 1, ts: float | None = None, seq: int = 0
+    job_id: str,
+    node: str = "n1",
+    attempt: int = 1,
+    ts: float | None = None,
+    seq: int = 0,
+    spec: JobSpec | None = None,
 ) -> Accepted:
+    """As a node reports it; without `spec`, as a node older than that field does."""
     return Accepted(
         **_base(job_id, node, attempt, ts), pool="cpu", priority="normal", tenant="acme",
-        operation="probe", stream_seq=seq, submitted_ts=None if ts is None else ts - 1,
+        operation="probe", stream_seq=seq, submitted_ts=None if ts is None else ts - 1, spec=spec,
     )  # fmt: skip
 
 

@@ -110,6 +110,17 @@ SAMPLES: list[msgspec.Struct] = [
         tenant="t",
         operation="transcode",
     ),
+    ev.Accepted(
+        event_id="e1s",
+        job_id="job-1",
+        node_id="n1",
+        ts=NOW,
+        pool="cpu",
+        priority="normal",
+        tenant="t",
+        operation="probe",
+        spec=JobSpec(job_id="job-1", tenant="t", input="file:///a", operation=Probe()),
+    ),
     ev.Progress(event_id="e2", job_id="job-1", node_id="n1", ts=NOW, percent=50.0, fps=30.0),
     ev.Completed(
         event_id="e3",
@@ -145,6 +156,27 @@ def test_events_decode_through_the_union() -> None:
     for message in SAMPLES:
         if isinstance(message, ev.Accepted | ev.Progress | ev.Completed | ev.Failed):
             assert EVENT_DECODER.decode(encode(message)) == message
+
+
+def test_an_accepted_event_from_an_older_node_has_no_spec() -> None:
+    # What a node from before `spec` sends: a newer control plane must still fold it.
+    old = {"v": 1, "kind": "accepted", "event_id": "e1", "job_id": "j1", "node_id": "n1",
+           "attempt": 1, "ts": NOW, "pool": "cpu", "priority": "normal", "tenant": "t",
+           "operation": "probe", "stream_seq": 7, "submitted_ts": NOW}  # fmt: skip
+    event = EVENT_DECODER.decode(json.dumps(old).encode())
+    assert isinstance(event, ev.Accepted) and event.spec is None and event.stream_seq == 7
+
+
+def test_an_accepted_event_carries_the_largest_job() -> None:
+    # A job just under the job limit makes an `accepted` event over it, which must still decode.
+    spec = JobSpec(job_id="j1", input="file:///a", operation=Probe(), metadata={"k": ""})
+    pad = MAX_MESSAGE_BYTES - len(encode(spec)) - 1
+    spec = msgspec.structs.replace(spec, metadata={"k": "x" * pad})
+    assert JOB_DECODER.decode(encode(spec)) == spec
+    event = ev.Accepted(event_id="e1", job_id="j1", node_id="n1", ts=NOW, pool="cpu",
+                        priority="normal", tenant="t", operation="probe", spec=spec)  # fmt: skip
+    assert len(encode(event)) > MAX_MESSAGE_BYTES
+    assert EVENT_DECODER.decode(encode(event)) == event
 
 
 def _job_dict(**op: Any) -> dict[str, Any]:
