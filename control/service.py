@@ -31,7 +31,7 @@ from control.deadletters.advisories import DeadLetters
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.leader import LeaderLease
-from control.metrics import Metrics
+from control.metrics import Metrics, Readiness
 from control.nodes import NodeTracker
 from control.reload import apply as apply_config
 from control.reload import on_sighup
@@ -85,9 +85,18 @@ class ControlPlane:
         await ensure_topology(js, subjects, cfg.topology)
         pools = list(cfg.topology.pools)
         th = cfg.alerts
+        ready = Readiness(
+            self.metrics, lambda: nc.is_connected, max(3 * cfg.alert_interval, 30.0),
+            th.ingest_lag_seconds,
+        )  # fmt: skip
+
+        def on_batch(size: int, lag: float) -> None:
+            self.metrics.ingest_batch.observe(size)
+            ready.ingest_batch(lag)
+
         ingest = Ingestor(
             js, db, subjects, batch=cfg.ingest_batch, fetch_timeout=cfg.ingest_fetch_timeout,
-            on_batch=lambda n, lag: self.metrics.ingest_batch.observe(n),
+            on_batch=on_batch,
         )  # fmt: skip
         # This instance's view of the fleet: what the API, alerts and canaries read.
         nodes = self.nodes = NodeTracker(
@@ -125,14 +134,16 @@ class ControlPlane:
                 done, mark = await finished_since(db, mark)
                 self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
+                ready.postgres_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 self.metrics.postgres_up.set(0.0)
+                ready.postgres_ok = False
             return snap
 
         engine = AlertEngine(th, fan_out(nats_sink(nc, subjects), db_sink(db)))
         watcher = Watcher(source, engine, self.metrics, cfg.alert_interval)
         self._live = (engine, watcher, canary)
-        self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, lambda: nc.is_connected)
+        self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, ready.problems)
         self.metrics_port = await self.http.start()
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "ingest": ingest.run,
