@@ -64,6 +64,7 @@ class ControlPlane:
         self.http: HttpServer | None = None
         self.metrics_port = 0
         self._ingest: Ingestor | None = None
+        self._dead_letters: DeadLetters | None = None
         self.supervisor = Supervisor()
         self.lease: LeaderLease | None = None
         self.singletons: Singletons | None = None
@@ -165,7 +166,7 @@ class ControlPlane:
             await singletons.on_change(leading)
 
         runs["leader"] = lambda: lease.run(stop, on_change)
-        self._ingest = ingest
+        self._ingest, self._dead_letters = ingest, dead_letters
         for name, run in runs.items():
             supervised = self.supervisor.supervise(name, run, stop)
             self.tasks[name] = asyncio.create_task(supervised, name=name)
@@ -185,8 +186,11 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        if self._ingest is not None:
-            self._ingest.stop()
+        # Both loops end within one fetch timeout once asked, so cancellation (which nats-py's
+        # fetch can swallow on Python 3.11) is only the backstop.
+        for part in (self._ingest, self._dead_letters):
+            if part is not None:
+                part.stop()
         leader = self.tasks.pop("leader", None)
         if leader is not None:
             # Let it end the term and delete the lease, so a follower takes over at once.
