@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -21,18 +22,19 @@ from tests.support.noderecords import node_record, put_node
 from tests.support.scrape import http_get
 
 
+def _config(nats_url: str, prefix: str, database_url: str, **over: Any) -> ControlConfig:
+    """One cpu pool, metrics on a free port, a fast watcher: states change within the test."""
+    return ControlConfig(
+        nats=NatsSettings(url=nats_url, prefix=prefix), database_url=database_url,
+        topology=TopologySettings(pools=["cpu"]), metrics_port=0, alert_interval=0.2, **over,
+    )  # fmt: skip
+
+
 async def test_control_plane_end_to_end(
     nc: NATS, nats_url: str, prefix: str, database_url: str
 ) -> None:
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-        alert_interval=0.2,
-        canary_interval=0.2,
-        alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0),
-    )
+    alerts = AlertThresholds(hysteresis=1, node_offline_after=5.0)
+    cfg = _config(nats_url, prefix, database_url, canary_interval=0.2, alerts=alerts)
     plane = ControlPlane(cfg)
     await plane.start()
     try:
@@ -76,14 +78,7 @@ async def test_readiness_follows_a_postgres_outage(
     nats_url: str, prefix: str, database_url: str, pg_server: PostgresServer | ExternalPostgres
 ) -> None:
     assert isinstance(pg_server, PostgresServer), "this test restarts the embedded Postgres"
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-        alert_interval=0.2,
-    )
-    plane = ControlPlane(cfg)
+    plane = ControlPlane(_config(nats_url, prefix, database_url))
     await plane.start()
 
     async def readyz(want: int) -> bool:
