@@ -42,6 +42,9 @@ class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stuck_job_seconds: Positive = 900.0
     #: Alert `ingest_lag` when event ingest is this many seconds behind.
     ingest_lag_seconds: Positive = 60.0
+    #: Alert `rejected_events` for a node while an event of it was rejected within this many
+    #: seconds (it reported on a job attempt that another node holds).
+    rejected_events_window: Positive = 900.0
     #: A condition must hold (or clear) for this many evaluations before firing (or resolving).
     hysteresis: Annotated[int, msgspec.Meta(ge=1)] = 2
 

@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from control.alerts.rules import Snapshot
+from control.db.holders import NOT_HOLDER
 from control.httpserve import HttpServer
 from schemas.alerts import Alert
 
@@ -40,6 +41,14 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r,
         )  # fmt: skip
         self.ingest_events = Counter("flotilla_ingest_events", "Events ingested", registry=r)
+        self.rejected_events = Counter(
+            "flotilla_rejected_events",
+            "Job events refused: their node does not hold the job's attempt",
+            ["reason"],
+            registry=r,
+        )
+        # The series exists from the start, so that increase() sees the first rejection.
+        self.rejected_events.labels(NOT_HOLDER)
         self.postgres_up = Gauge("flotilla_postgres_up", "Postgres reachable", registry=r)
         self.nats_connected = Gauge("flotilla_nats_connected", "NATS connected", registry=r)
         self.leader = Gauge(

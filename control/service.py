@@ -98,6 +98,7 @@ class ControlPlane:
         ingest = Ingestor(
             js, db, subjects, batch=cfg.ingest_batch, fetch_timeout=cfg.ingest_fetch_timeout,
             on_batch=on_batch,
+            on_rejected=lambda r: self.metrics.rejected_events.labels(r.reason).inc(),
         )  # fmt: skip
         # This instance's view of the fleet: what the API, alerts and canaries read.
         nodes = self.nodes = NodeTracker(
@@ -131,7 +132,9 @@ class ControlPlane:
             seen_events = ingest.stats.events_ingested
             self.metrics.nats_connected.set(1.0 if nc.is_connected else 0.0)
             try:
-                snap = await with_db(snap, db, th.failure_rate_window)
+                snap = await with_db(
+                    snap, db, th.failure_rate_window, self.cfg.alerts.rejected_events_window
+                )
                 done, mark = await finished_since(db, mark)
                 self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)

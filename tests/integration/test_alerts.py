@@ -98,6 +98,12 @@ TABLE = [
     ),
     (A.ingest_lag, Snapshot(ingest_lag_s=61.0), "fleet", Snapshot(ingest_lag_s=60.0)),
     (A.canary_failed, Snapshot(canary_failed=("cpu",)), "cpu", Snapshot()),
+    (
+        A.rejected_events,
+        Snapshot(rejected_by_node={"n9": 2, "n1": 0}),
+        "n9",
+        Snapshot(rejected_by_node={"n1": 0}),
+    ),
 ]
 
 
