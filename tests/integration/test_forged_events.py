@@ -4,6 +4,7 @@ fold in any order; concurrent ingestors agree on one holder; a replay gives the 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -26,6 +27,7 @@ from control.alerts.snapshot import with_db
 from control.config import AlertThresholds
 from control.db import queries
 from control.db.holders import Rejection
+from control.db.migrate import CREATE_TABLE, load_migrations, migrate
 from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
@@ -341,6 +343,8 @@ async def fresh_database(
     pg_server: PostgresServer | ExternalPostgres, pg_template: str
 ) -> AsyncIterator[str]:
     """A second database for the replay, cloned from the same template."""
+    if isinstance(pg_server, PostgresServer):
+        await pg_server.start()  # as database_url does: survive a test that left it stopped
     name = "t_" + secrets.token_hex(6)
     await pg_server.create_database(name, template=pg_template)
     try:
@@ -442,3 +446,113 @@ async def test_a_dead_letters_rerun_claims_its_attempts_afresh(
         assert [r["event_id"] for r in await rejected_rows(db, "dl")] == [rerun[3].event_id]
         assert ingestor.stats.rejected == 1
         assert await db.fetchval("SELECT node_id FROM job_attempts WHERE job_id = 'dl'") == "dev-2"
+
+
+# -- What a node can still lie about (README, Guarantees) ------------------------------------
+
+
+async def test_a_node_that_claims_an_attempt_first_holds_it_and_the_alert_names_the_other(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    # dev-2 saw the job go by and publishes an `accepted` for attempt 1 before dev-1 (which
+    # JetStream handed it to) does; its result, like any holder's, is its word.
+    stolen: list[Event] = [
+        accepted("steal", "dev-2", ts=t0),
+        forged_result(completed("steal", "dev-2", ts=t0 + 0.5), 99.0),
+    ]
+    real: list[Event] = [
+        accepted("steal", "dev-1", ts=t0 + 0.1),
+        started("steal", "dev-1", ts=t0 + 0.2),
+        completed("steal", "dev-1", ts=t0 + 1),
+    ]
+    await in_order(js, subjects, [*stolen, *real])
+    async with migrated_pool(database_url) as db:
+        ingestor = await ingest_all(js, db, subjects, batch=2)
+        row = await job(db, "steal")
+        assert (row["state"], row["node_id"]) == ("completed", "dev-2")
+        assert json.loads(row["result"])["wall_seconds"] == 99.0
+        # Detected, not silent: every event of the real holder is rejected, and alerted on.
+        rows = await rejected_rows(db, "steal")
+        assert [r["event_id"] for r in rows] == [e.event_id for e in real]
+        assert {r["holder"] for r in rows} == {"dev-2"} and ingestor.stats.rejected == 3
+        snap = await with_db(Snapshot(), db, 900.0, 900.0)
+        assert rejected_events(snap, AlertThresholds()) == [("dev-1", 3.0, 0.0)]
+
+
+async def test_an_attempt_number_nobody_was_handed_is_not_contested(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    await in_order(js, subjects, [accepted("inv", "dev-1", ts=t0), started("inv", "dev-1", ts=t0)])
+    # dev-2 invents attempt 2 while dev-1 runs attempt 1: nobody else claims it.
+    invented: list[Event] = [
+        accepted("inv", "dev-2", attempt=2, ts=t0 + 0.1),
+        forged_result(completed("inv", "dev-2", attempt=2, ts=t0 + 0.2), 99.0),
+    ]
+    await in_order(js, subjects, [*invented, completed("inv", "dev-1", ts=t0 + 1)])
+    async with migrated_pool(database_url) as db:
+        ingestor = await ingest_all(js, db, subjects)
+        assert ingestor.stats.rejected == 0
+        row = await job(db, "inv")
+        # The earlier completion stands, as between two real attempts.
+        assert (row["state"], row["node_id"]) == ("completed", "dev-2")
+        assert json.loads(row["result"])["wall_seconds"] == 99.0
+        # The trail shows both nodes on the job.
+        nodes = await db.fetch("SELECT DISTINCT node_id FROM job_events WHERE job_id = 'inv'")
+        assert sorted(r["node_id"] for r in nodes) == ["dev-1", "dev-2"]
+
+
+@pytest_asyncio.fixture
+async def empty_database(pg_server: PostgresServer | ExternalPostgres) -> AsyncIterator[str]:
+    """A database with no schema (not cloned from the migrated template)."""
+    if isinstance(pg_server, PostgresServer):
+        await pg_server.start()  # as database_url does: survive a test that left it stopped
+    name = "m_" + secrets.token_hex(6)
+    await pg_server.create_database(name)
+    try:
+        yield pg_server.dsn(name)
+    finally:
+        await pg_server.drop_database(name)
+
+
+async def test_the_migration_gives_attempts_under_way_their_first_reporter(
+    empty_database: str,
+) -> None:
+    older = [m for m in await asyncio.to_thread(load_migrations) if m.version != 3]
+    t = datetime.now(UTC)
+    rows = [  # event_id, kind, node, attempt, stream seq
+        ("e2", "started", "dev-1", 1, 6),
+        ("e3", "completed", "dev-2", 1, 7),  # another node, later: not the holder
+        ("e1", "accepted", "dev-1", 1, 5),
+        ("e4", "handed_back", "dev-3", 2, 9),
+        ("w1", "webhook", "control", 1, None),  # written by the control plane: no claim
+    ]
+    conn = await asyncpg.connect(empty_database)
+    try:
+        await conn.execute(CREATE_TABLE)
+        for m in older:  # the database as the previous release left it
+            await conn.execute(m.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
+            )
+        await conn.executemany(
+            "INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body,"
+            " stream_seq) VALUES ($1, 'old', $2, $3, $4, $5, '{}', $6)",
+            [(e, kind, node, attempt, t, seq) for e, kind, node, attempt, seq in rows],
+        )
+    finally:
+        await conn.close()
+    assert await migrate(empty_database) == [3]
+    conn = await asyncpg.connect(empty_database)
+    try:
+        claims = await conn.fetch(
+            "SELECT job_id, attempt, node_id, event_id, kind FROM job_attempts ORDER BY attempt"
+        )
+    finally:
+        await conn.close()
+    assert [tuple(c) for c in claims] == [
+        ("old", 1, "dev-1", "e1", "accepted"), ("old", 2, "dev-3", "e4", "handed_back"),
+    ]  # fmt: skip
