@@ -5,10 +5,10 @@ JetStream hands each delivery of a job to one node and the delivery count is the
 (`accepted`, `started`…) or declines it before accepting (`handed_back`, or `failed` for a job it
 cannot decode). The first event of an attempt to be recorded claims it for its node, normally
 the `accepted`; any other node's events for that attempt are rejected. A claim is an INSERT … ON
-CONFLICT DO NOTHING, so concurrent ingestors agree on one holder. Claiming on the first event
-of any kind is what lets a decline count where nobody accepted, and lets the holder's own events
-arrive out of order; within a batch claims go in stream order, so a replay of the stream names
-the same holders.
+CONFLICT that leaves a live claim alone, so concurrent ingestors agree on one holder. Claiming on
+the first event of any kind is what lets a decline count where nobody accepted, and lets the
+holder's own events arrive out of order; within a batch claims go in stream order, so a replay
+of the stream names the same holders.
 
 Not checked: events the control plane writes itself (no stream sequence: a dead letter's
 `failed`), and echoes of a dead run (not newer than the job's `resubmitted_at`), which the fold
