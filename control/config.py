@@ -14,6 +14,8 @@ from control.topology import TopologySettings
 DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A host as a URL names it: a DNS name or an IP address (IPv6 without brackets), no port.
+HostName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 
 
 class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,7 +52,7 @@ class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Host names (exact, any case) job callbacks may reach even when they resolve to private,
     #: loopback or link-local addresses, on any port; every other host must resolve to public
     #: addresses only. Each one is trusted as much as the control plane's own network.
-    allow_hosts: list[str] = []
+    allow_hosts: list[HostName] = []
     #: File holding the fleet webhook secret (at least 32 characters), which signs callbacks of
     #: tenants without their own; unset: one is generated once and kept in Postgres.
     secret_file: str | None = None

@@ -1,9 +1,10 @@
 """Job-end webhooks: POST the job's result to its callback URL, signed, retried with back-off.
 
-Each attempt: vet the URL (control.webhooks.target), sign (control.webhooks.signing), POST to the
-vetted address (control.webhooks.post). Every attempt is a `webhook` row in job_events, which the
-submitter can read: it carries the attempt, the HTTP status when there was one, and the failure
-category, never an address, a port or error text; those go to the log, one line per failure.
+Each attempt: sign (control.webhooks.signing), then vet the URL (control.webhooks.target) and
+POST to the vetted address (control.webhooks.post), both within `webhooks.timeout`. Every
+attempt is a `webhook` row in job_events, which the submitter can read: it carries the attempt,
+the HTTP status when there was one, and the failure category, never an address, a port or error
+text; those go to the log, one line per failure.
 A `refused` callback is final at once: no later attempt would be let through either.
 """
 
@@ -19,9 +20,9 @@ import asyncpg
 
 from control.api.jobquery import get_job
 from control.config import WebhookSettings
-from control.webhooks.post import post
+from control.webhooks.post import deliver
 from control.webhooks.signing import Secrets, SecretUnavailable, sign
-from control.webhooks.target import REFUSED, DeliveryFailed, vet_target
+from control.webhooks.target import REFUSED, DeliveryFailed
 from schemas.codec import encode
 
 log = logging.getLogger("flotilla.webhooks")
@@ -82,8 +83,7 @@ class WebhookSender:
         status: int | None = None
         category: str | None = None
         try:
-            target = await vet_target(url, self.s.allow_hosts)
-            status = await post(target, body, headers, self.s.timeout)
+            status, target = await deliver(url, body, headers, self.s.allow_hosts, self.s.timeout)
             if not 200 <= status < 300:
                 category = f"http {status}"
         except DeliveryFailed as exc:

@@ -70,3 +70,29 @@ async def test_unreachable_endpoint_gives_up_after_max_attempts(db: asyncpg.Pool
     assert (row["delivered"], row["attempts"], row["done_at"] is not None) == (False, 3, True)
     events = await job_events(db, "w2")
     assert {e.body["error"] for e in events.events if e.kind == "webhook"} == {"unreachable"}
+
+
+async def test_silent_endpoint_is_a_timeout(db: asyncpg.Pool) -> None:
+    await tenants.create_tenant(db, "acme")
+    release = asyncio.Event()
+    conns: list[asyncio.StreamWriter] = []
+
+    async def silent(_r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(w)  # accepts, reads nothing, answers nothing
+        await release.wait()
+        w.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        await finished_job(db, "w3", f"http://127.0.0.1:{port}/", "acme")
+        settings = WebhookSettings(max_attempts=1, timeout=1.0, allow_hosts=LOCAL)
+        assert await WebhookSender(db, settings).tick() == 1
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert len(conns) == 1
+    events = await job_events(db, "w3")
+    [hook] = [e.body for e in events.events if e.kind == "webhook"]
+    assert (hook["error"], hook["status"], hook["final"]) == ("timeout", None, True)
