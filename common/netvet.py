@@ -52,9 +52,11 @@ def split_url(url: str, schemes: Collection[str]) -> SplitResult:
     if not parts.hostname:
         raise Refused("URL has no host")
     try:
-        parts.port  # noqa: B018 (a bad port raises ValueError here)
+        port = parts.port  # a port out of range raises ValueError here
     except ValueError as exc:
         raise Refused(f"bad port in {url[:200]!r}") from exc
+    if port == 0:
+        raise Refused(f"bad port in {url[:200]!r}")
     return parts
 
 

@@ -81,18 +81,16 @@ class WebhookSender:
         signature = sign(await self.secrets.for_tenant(info.tenant), ts, body)
         headers = {"Flotilla-Timestamp": ts, "Flotilla-Signature": signature}
         status: int | None = None
-        category: str | None = None
         try:
             status, target = await deliver(url, body, headers, self.s.allow_hosts, self.s.timeout)
-            if not 200 <= status < 300:
-                category = f"http {status}"
         except DeliveryFailed as exc:
-            category = exc.category
-            log.warning("webhook for %s attempt %d: %s: %s", job_id, attempt, category, exc)
+            category: str | None = exc.category
+            detail = str(exc)
         else:
-            if category is not None:
-                log.warning("webhook for %s attempt %d: %s from %s", job_id, attempt, category,
-                            target)  # fmt: skip
+            category = None if 200 <= status < 300 else f"http {status}"
+            detail = f"from {target}"
+        if category is not None:  # the operator's one line, with what the tenant never sees
+            log.warning("webhook for %s attempt %d: %s (%s)", job_id, attempt, category, detail)
         await self._record(job_id, attempt, status, category)
 
     async def _record(self, job_id: str, attempt: int, status: int | None, err: str | None) -> None:

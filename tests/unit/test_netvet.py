@@ -38,6 +38,7 @@ def test_public_addresses(text: str) -> None:
         ("http://u:p@example.com/", "credentials"),
         ("http:///nohost", "no host"),
         ("http://example.com:99999/", "bad port"),
+        ("http://example.com:0/", "bad port"),
         ("http://example.com/a b", "whitespace"),
         ("http://example.com/a\r\nX-Evil: 1", "whitespace"),
         ("http://exämple.com/", "ASCII"),
