@@ -14,6 +14,8 @@ from control.topology import TopologySettings
 DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A host as a URL names it: a DNS name or an IP address (IPv6 without brackets), no port.
+HostName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 
 
 class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -47,6 +49,24 @@ class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rejected_events_window: Positive = 900.0
     #: A condition must hold (or clear) for this many evaluations before firing (or resolving).
     hysteresis: Annotated[int, msgspec.Meta(ge=1)] = 2
+
+
+class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Host names (exact, any case) job callbacks may reach even when they resolve to private,
+    #: loopback or link-local addresses, on any port; every other host must resolve to public
+    #: addresses only. Each one is trusted as much as the control plane's own network.
+    allow_hosts: list[HostName] = []
+    #: File holding the fleet webhook secret (at least 32 characters), which signs callbacks of
+    #: tenants without their own; unset: one is generated once and kept in Postgres.
+    secret_file: str | None = None
+    #: Seconds one delivery attempt may take in all (resolve, connect, send, status line).
+    timeout: Positive = 10.0
+    #: Attempts per callback before it is given up.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
+    #: Seconds before the second attempt; doubles with each further one.
+    backoff: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    #: Seconds between looks for finished jobs and due retries.
+    interval: Positive = 2.0
 
 
 class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -83,6 +103,8 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leader_lease_ttl: Annotated[float, msgspec.Meta(ge=1)] = 15.0
     #: This instance's name in the leader lease; empty: host name and process id.
     instance_id: str = ""
+    #: Job-end callbacks (`callback_url`): where they may go, how they are signed and retried.
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     #: API keys are required on every API request when true.
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.

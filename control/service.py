@@ -152,7 +152,7 @@ class ControlPlane:
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "ingest": ingest.run,
             "watcher": lambda: watcher.run(stop),
-            "webhooks": lambda: WebhookSender(db).run(stop),
+            "webhooks": lambda: WebhookSender(db, cfg.webhooks).run(stop),
             # A shared durable hands each advisory to one instance: safe on all of them.
             "dead-letters": dead_letters.run,
         }

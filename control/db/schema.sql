@@ -185,3 +185,11 @@ CREATE TABLE webhook_deliveries (
     done_at       timestamptz
 );
 CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (next_at) WHERE done_at IS NULL;
+
+-- The fleet webhook secret: signs callbacks of tenants without a tenants row when
+-- `webhooks.secret_file` is unset. One row at most, generated on first use.
+CREATE TABLE webhook_fleet_secret (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    secret      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

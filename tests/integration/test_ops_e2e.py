@@ -357,8 +357,6 @@ HOSTILE: list[tuple[str, Callable[[Fleet], str], str]] = [
     ("encoded", lambda f: f"file://{f.root}/%2e%2e/outside/x.mp4", "contains '..'"),
     ("outside", lambda f: "file:///etc/passwd", "outside the allowed roots"),
     ("symlink", _symlink, "outside the allowed roots"),
-    ("protocol", lambda f: "concat:/etc/passwd|/etc/hosts", "not supported"),
-    ("lavfi", lambda f: "lavfi:testsrc=size=64x64", "not supported"),
     ("huge", _y4m, "12000x12000 (144000000 pixels), over the limit"),
 ]
 
@@ -374,6 +372,21 @@ async def test_hostile_input_fails_cleanly(
     assert "longer than" not in failed["reason"]  # refused, not stuck on a trap
     assert not out.exists()
     assert fleet.command(f"hostile-{name}") == []  # refused before any encode began
+
+
+@pytest.mark.parametrize(
+    ("name", "src"),
+    [("protocol", "concat:/etc/passwd|/etc/hosts"), ("lavfi", "lavfi:testsrc=size=64x64")],
+)
+async def test_other_input_schemes_fail_at_decode(fleet: Fleet, name: str, src: str) -> None:
+    out = fleet.root / "out" / f"scheme-{name}.mp4"
+    op = {"op": "transcode", "codec": "h264", "preset": "ultrafast"}
+    evts = await fleet.run(f"scheme-{name}", src, op, out.as_uri())
+    failed = [e for e in evts if e["kind"] == "failed"]
+    assert failed and failed[-1]["final"] and failed[-1]["error_kind"] == "permanent", failed
+    assert "at `$.input`" in failed[-1]["reason"], failed[-1]["reason"]
+    assert "accepted" not in kinds(evts)  # the job schema refused it: no node ever took it
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("name", ["-y.mp4", "concat:x|y.mp4", "-i 'a b';$(x).mp4"])
