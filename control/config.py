@@ -80,7 +80,8 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leader_lease_ttl: Annotated[float, msgspec.Meta(ge=1)] = 15.0
     #: This instance's name in the leader lease; empty: host name and process id.
     instance_id: str = ""
-    #: API keys are required on every API request when true.
+    #: API keys are required on every API request when true (set it in production); when false,
+    #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None
