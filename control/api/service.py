@@ -123,6 +123,7 @@ class ApiService:
         self, verb: str, handler: Handler, operator_only: bool
     ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
+            who: Identity | None = None
             try:
                 who = await self._authenticate(req)
                 if operator_only and not who.operator:
@@ -131,6 +132,8 @@ class ApiService:
             except (DecodeError, ValueError) as exc:
                 await self._error(req, 400, str(exc))
             except ApiFailure as exc:
+                if exc.code == 403 and who is not None:  # a valid key reaching past its rights
+                    log.warning("api %s refused to key %s: %s", verb, who.key_id, exc)
                 await self._error(req, exc.code, str(exc))
             except Exception as exc:  # an endpoint must always answer
                 log.exception("api %s failed", req.subject)

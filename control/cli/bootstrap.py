@@ -19,6 +19,7 @@ import asyncpg
 
 from control.api.keys import active_operator_keys, insert_key
 from control.cli.context import read_context
+from control.cli.format import print_created
 from control.errors import BadInput, CliError, Unreachable
 from schemas import api
 
@@ -76,7 +77,6 @@ async def make_operator_key(
 
 
 async def bootstrap(args: argparse.Namespace) -> int:
-    from control.cli.keys import print_created
     from control.db.migrate import migrate
 
     if _TENANT.fullmatch(args.tenant) is None:

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from typing import Any
 
 from control.cli.apiclient import ApiClient
 from control.cli.flags import add_client_flags
-from control.cli.format import ago, print_json, table
+from control.cli.format import ago, print_created, print_json, table, when
 from control.errors import BadInput
 from schemas import api
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd]?)$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-SHOWN_ONCE = "store this key now: it is shown only this once"
 
 
 def duration_s(text: str, flag: str) -> float:
@@ -81,26 +79,6 @@ def _expires_in(args: argparse.Namespace) -> float | None:
     return None if args.expires_in is None else duration_s(args.expires_in, "--expires-in")
 
 
-def _when(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
-
-
-def print_created(created: api.KeyCreated, as_json: bool) -> None:
-    """The new key on stdout (its own last line, for scripts), the rest around it."""
-    if as_json:
-        print_json(created)
-    else:
-        info = created.info
-        print(
-            f"{info.key_id}: {info.role} key for tenant {info.tenant}, "
-            f"expires {_when(info.expires_at) or 'never'}"
-        )
-        if created.old_key_expires_at is not None:
-            print(f"{info.rotated_from}: stops working at {_when(created.old_key_expires_at)}")
-        print(created.key, flush=True)
-    print(f"flotilla: {SHOWN_ONCE}", file=sys.stderr)
-
-
 async def create_key(args: argparse.Namespace) -> int:
     req = api.KeyCreateRequest(
         tenant=args.tenant, role="operator" if args.operator else "tenant", name=args.name,
@@ -121,7 +99,7 @@ async def list_keys(args: argparse.Namespace) -> int:
     now = time.time()
     rows = [
         (k.key_id, k.tenant, k.role, k.name or None, k.state, ago(k.created_at, now),
-         _when(k.expires_at), ago(k.last_used_at, now) if k.last_used_at else None,
+         when(k.expires_at), ago(k.last_used_at, now) if k.last_used_at else None,
          k.rotated_from)
         for k in reply.keys
     ]  # fmt: skip
@@ -174,7 +152,7 @@ async def list_tenants(args: argparse.Namespace) -> int:
         return 0
     rows = [
         (t.tenant, t.max_queued, f"{t.submit_rate:g}/s", t.submit_burst, t.active_keys,
-         _when(t.created_at))
+         when(t.created_at))
         for t in reply.tenants
     ]  # fmt: skip
     print(table(["tenant", "max queued", "rate", "burst", "keys", "created"], rows))
