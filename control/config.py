@@ -105,7 +105,8 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     instance_id: str = ""
     #: Job-end callbacks (`callback_url`): where they may go, how they are signed and retried.
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
-    #: API keys are required on every API request when true.
+    #: API keys are required on every API request when true (set it in production); when false,
+    #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None

@@ -71,10 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Client commands (talk to the fleet API) register themselves, one module per area.
     from control.cli import jobs as cli_jobs
+    from control.cli import keys as cli_keys
     from control.cli import nodes as cli_nodes
 
     cli_jobs.register(sub)
     cli_nodes.register(sub)
+    cli_keys.register(sub)
     return parser
 
 

@@ -169,8 +169,16 @@ CREATE TABLE api_keys (
     tenant      text NOT NULL REFERENCES tenants (tenant) ON DELETE CASCADE,
     name        text NOT NULL DEFAULT '',
     revoked     boolean NOT NULL DEFAULT false,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- From 0101_api_keys.sql: the public id, role, expiry, lazy last use and rotation.
+    key_id        text NOT NULL CONSTRAINT api_keys_key_id_key UNIQUE,
+    role          text NOT NULL DEFAULT 'tenant' CHECK (role IN ('tenant', 'operator')),
+    expires_at    timestamptz,
+    last_used_at  timestamptz,
+    revoked_at    timestamptz,
+    rotated_from  text
 );
+CREATE INDEX api_keys_tenant_idx ON api_keys (tenant, created_at);
 
 -- One row per job whose callback has been handled (delivered or given up), plus every attempt
 -- as a `webhook` row in job_events so the job's event list shows it.
@@ -185,6 +193,13 @@ CREATE TABLE webhook_deliveries (
     done_at       timestamptz
 );
 CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (next_at) WHERE done_at IS NULL;
+
+-- From 0101_api_keys.sql: one submit token bucket per tenant, shared by every instance.
+CREATE TABLE tenant_buckets (
+    tenant       text PRIMARY KEY,
+    tokens       double precision NOT NULL,
+    refilled_at  timestamptz NOT NULL
+);
 
 -- The fleet webhook secret: signs callbacks of tenants without a tenants row when
 -- `webhooks.secret_file` is unset. One row at most, generated on first use.
