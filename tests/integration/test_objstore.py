@@ -18,7 +18,9 @@ from nats.js.object_store import ObjectStore
 
 from common.natsconn import NatsSettings
 from control.cli.upload import put_file, upload_inputs, upload_key
+from control.config import ControlConfig
 from control.objsweep import OrphanSweep, SweepStats
+from control.service import ControlPlane
 from control.topology import TopologySettings, ensure_topology, refuse_rollups
 from daemon.config import DaemonConfig, MediaSettings
 from daemon.errors import InputError, JobError, PathRefused
@@ -339,3 +341,40 @@ async def test_upload_goes_to_the_tenant_bucket_when_there_is_one(
     assert shared.input == f"nats-obj://{prefix}_media/uploads/u2/{clip_small.name}"
     info = await nc.jetstream(timeout=10).stream_info(f"OBJ_{prefix}_media")
     assert info.config.allow_rollup_hdrs is False
+
+
+@pytest.mark.timeout(180)
+async def test_the_leading_control_plane_sweeps_orphans(
+    nc: NATS, nats_url: str, prefix: str, database_url: str, tmp_path: Path
+) -> None:
+    cfg = ControlConfig(
+        nats=NatsSettings(url=nats_url, prefix=prefix),
+        database_url=database_url,
+        topology=TopologySettings(pools=["cpu"]),
+        metrics_port=0,
+        leader_lease_ttl=2.0,
+        prune_interval=0.2,
+        media_orphan_grace=0.5,
+    )
+    plane = ControlPlane(cfg)
+    await plane.start()
+    try:
+        name = f"{prefix}_media"  # made by the plane's topology, roll-ups refused
+        js = nc.jetstream(timeout=10)
+        src = tmp_path / "src"
+        src.write_bytes(b"first" * 1000)
+        await upload(js, name, "k.bin", src, within=30)
+        src.write_bytes(b"second" * 1000)
+        await upload(js, name, "k.bin", src, within=30)
+        info = await (await js.object_store(name)).get_info("k.bin")
+        live = {chunk_subject(name, str(info.nuid))}
+        for _ in range(600):
+            if await _chunk_subjects(nc, name) == live:
+                break
+            await asyncio.sleep(0.1)
+        assert await _chunk_subjects(nc, name) == live
+        back = tmp_path / "back"
+        await download(js, name, "k.bin", back, cap=10**9, within=30)
+        assert back.read_bytes() == src.read_bytes()
+    finally:
+        await plane.stop()
