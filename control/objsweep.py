@@ -116,8 +116,23 @@ class OrphanSweep:
             log.info("purged orphaned chunks %s", subject)
 
     async def _subjects(self, stream: str, filter_: str) -> dict[str, int]:
-        info = await self.js.stream_info(stream, subjects_filter=filter_)
-        return dict(info.state.subjects or {})
+        """Every subject under `filter_` with its message count, page by page: a partial list
+        of metas would make live chunks look orphaned."""
+        found: dict[str, int] = {}
+        while True:
+            req = json.dumps({"subjects_filter": filter_, "offset": len(found)}).encode()
+            reply = await self.nc.request(f"$JS.API.STREAM.INFO.{stream}", req, timeout=10)
+            body = json.loads(reply.data)
+            if "error" in body:
+                raise RuntimeError(f"stream info {stream}: {body['error']}")
+            page: dict[str, int] = (body.get("state") or {}).get("subjects") or {}
+            found.update(page)
+            total = int(body.get("total") or 0)
+            if not page or len(found) >= total:
+                break
+        if len(found) < total:
+            raise RuntimeError(f"stream info {stream}: listed {len(found)} of {total} subjects")
+        return found
 
     async def _live_nuid(self, stream: str, subject: str) -> str:
         """The nuid the name's last meta message points at; "" for a deleted or bad one."""
