@@ -300,7 +300,10 @@ async def ensure_media_bucket(
         name = f"object store {bucket}"
         try:
             await js.object_store(bucket)
-            report.unchanged.append(name)
+            if await refuse_rollups(js, bucket):
+                report.updated.append(f"{name} (allow_rollup_hdrs)")
+            else:
+                report.unchanged.append(name)
         except BucketNotFoundError:
             # nats-py overwrites config.bucket with the `bucket` argument: pass both.
             await js.create_object_store(
@@ -314,9 +317,9 @@ async def ensure_media_bucket(
                     storage=StorageType.FILE,
                 ),
             )
+            # nats-py cannot create an object store without roll-ups: turn them off at once.
+            await refuse_rollups(js, bucket)
             report.created.append(name)
-        if await refuse_rollups(js, bucket):
-            report.updated.append(f"{name} (allow_rollup_hdrs)")
 
 
 async def refuse_rollups(js: JetStreamContext, bucket: str) -> bool:

@@ -84,6 +84,15 @@ async def test_topology_creates_the_media_bucket(nc: NATS, prefix: str) -> None:
     name = f"object store {subjects.objects_bucket}"
     assert name in first.created and name in second.unchanged
     await js.object_store(subjects.objects_bucket)  # what `submit --upload` opens
+    info = await js.stream_info(f"OBJ_{subjects.objects_bucket}")
+    assert info.config.allow_rollup_hdrs is False
+    # A bucket made before roll-ups were refused (nats-py's default) is fixed in place.
+    info.config.allow_rollup_hdrs = True
+    await js.update_stream(info.config)
+    third = await ensure_topology(js, subjects, TopologySettings())
+    assert f"{name} (allow_rollup_hdrs)" in third.updated
+    info = await js.stream_info(f"OBJ_{subjects.objects_bucket}")
+    assert info.config.allow_rollup_hdrs is False
 
 
 async def test_round_trip_byte_for_byte(nc: NATS, prefix: str, clip: Path, tmp_path: Path) -> None:
