@@ -519,6 +519,27 @@ async def test_producer_uses_only_its_tenants_bucket(
         assert not info.state.subjects  # nothing it tried landed in another bucket
 
 
+def test_role_refuses_a_producer_it_cannot_confine(tmp_path: Path) -> None:
+    """A tenant that is no subject token would widen `submit.<tenant>.>`: refused up front."""
+    variables: dict[str, Any] = {
+        "nats_prefix": str(tmp_path / "prefix"),
+        "nats_install": False,
+        "nats_manage_user": False,
+        "nats_manage_packages": False,
+        "nats_manage_systemd": False,
+        "nats_user": "root",
+        "nats_group": "root",
+        "nats_server_binary": str(VENV_BIN / "nats-server"),
+        "nats_flotilla_control_password": PASSWORDS["control"],
+        "nats_system_password": "sys-pw",
+        "nats_flotilla_nodes": [{"name": "node1", "password": PASSWORDS["node1"]}],
+        "nats_flotilla_producers": [{"name": "bad", "password": "pw", "tenant": "acme.>"}],
+    }
+    with pytest.raises(AssertionError, match="producer bad needs"):
+        run_role("nats", variables, tmp_path / "run")
+    assert not (tmp_path / "prefix" / "etc" / "nats-server" / "nats-server.conf").exists()
+
+
 # --- a cluster of three with JetStream R3 -----------------------------------------------------
 
 CLUSTER = ("n1", "n2", "n3")
