@@ -82,10 +82,14 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_fetch_timeout: Positive = 1.0
     #: Job events older than this are deleted from Postgres (job rows stay).
     event_retention_days: Positive = 30.0
-    #: Seconds between retention runs.
+    #: Seconds between retention runs (event pruning and the media sweep).
     prune_interval: Positive = 3600.0
     #: Rows deleted per retention transaction.
     prune_batch: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    #: Seconds an object store chunk set no object references (left by an overwrite, a delete
+    #: or an abandoned upload) is kept before the leader's media sweep purges it; must exceed the
+    #: longest pause inside one upload and the longest read of a superseded object.
+    media_orphan_grace: Positive = 3600.0
     #: Port of /metrics, /healthz and /readyz; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     #: Address the metrics server binds.

@@ -33,6 +33,7 @@ from control.ingest import Ingestor
 from control.leader import LeaderLease
 from control.metrics import Metrics, Readiness
 from control.nodes import NodeTracker
+from control.objsweep import OrphanSweep
 from control.reload import apply as apply_config
 from control.reload import on_sighup
 from control.singletons import Singletons
@@ -157,7 +158,8 @@ class ControlPlane:
             "dead-letters": dead_letters.run,
         }
         # Only the lease holder runs these, or two instances would act twice.
-        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor)
+        sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)
+        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor, sweep)
         instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lease = self.lease = LeaderLease(
             js, f"{subjects.prefix}_leader", instance, cfg.leader_lease_ttl,
