@@ -38,6 +38,10 @@ async def test_server_computes_the_partition(nc: Client, prefix: str) -> None:
         assert stored.subject == subjects.job_stored("acme", "cpu", "low", job_id)
         tokens = stored.subject.split(".")
         assert tokens[4] == str(partition_of(job_id, 8)) and tokens[5] == "acme"
+    # README's worked example, as the server computes it.
+    ack = await js.publish(f"{prefix}.submit.acme.cpu.normal.job-0042", b"{}")
+    stored = await js.get_msg(subjects.jobs_stream, ack.seq)
+    assert stored.subject == f"{prefix}.jobs.cpu.normal.5.acme.job-0042"
 
 
 async def test_resubmit_is_deduplicated(nc: Client, prefix: str) -> None:
