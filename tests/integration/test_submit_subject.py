@@ -22,6 +22,7 @@ from nats.js.api import SubjectTransform
 from nats.js.errors import APIError, NoStreamResponseError
 
 from common.natsconn import NatsSettings
+from control.api.jobcancel import delete_queued
 from control.config import ControlConfig
 from control.service import ControlPlane
 from control.topology import TopologySettings, ensure_topology, jobs_stream_config
@@ -174,12 +175,19 @@ async def test_jobs_stored_before_the_upgrade_still_run(
     )  # fmt: skip
     stored = await js.get_msg(subjects.jobs_stream, ack.seq)
     assert stored.subject == subjects.job_stored_v1("cpu", "normal", "before")
+    await js.publish(f"{prefix}.submit.cpu.low.queued-v1", b"{}")
 
     report = await ensure_topology(js, subjects, TOPO)
     assert report.updated == [f"stream {subjects.jobs_stream} (subjects, subject_transform)"]
-    assert (await js.stream_info(subjects.jobs_stream)).state.messages == 1
+    assert (await js.stream_info(subjects.jobs_stream)).state.messages == 2
     with pytest.raises(NoStreamResponseError):  # no control plane here to explain why
         await js.publish(f"{prefix}.submit.cpu.normal.after", b"{}")
+    # Cancelling a queued job finds it under either stored form.
+    await js.publish(subjects.submit("acme", "cpu", "low", "queued-v2"), b"{}")
+    assert await delete_queued(js, subjects, ["cpu"], "queued-v1")
+    assert not await delete_queued(js, subjects, ["cpu"], "queued-v2", tenant="other")
+    assert await delete_queued(js, subjects, ["cpu"], "queued-v2", tenant="acme")
+    assert (await js.stream_info(subjects.jobs_stream)).state.messages == 1
 
     daemon = Daemon(config(nats_url, prefix, tmp_path / "n1", "n1"))
     await daemon.start()
