@@ -24,6 +24,7 @@ from control.alerts.snapshot import finished_since, fleet_snapshot, with_db
 from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
+from control.api.submitrefusal import SubmitRefusal
 from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
@@ -61,6 +62,7 @@ class ControlPlane:
         self.nc: NATS | None = None
         self.db: asyncpg.Pool | None = None
         self.api: ApiService | None = None
+        self.refusal: SubmitRefusal | None = None
         self.nodes: NodeTracker | None = None
         self.http: HttpServer | None = None
         self.metrics_port = 0
@@ -118,6 +120,9 @@ class ControlPlane:
             db,
         )  # fmt: skip
         await self.api.start()
+        # Producers still on the version 1 submit subject get an error, not silence.
+        self.refusal = SubmitRefusal(nc, subjects)
+        await self.refusal.start()
         canary = CanaryRunner(
             js, db, subjects, pools, nodes, cfg.canary_timeout, cfg.canary_interval
         )
@@ -211,6 +216,8 @@ class ControlPlane:
         closers: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if self.api is not None:
             closers.append(("api", self.api.stop))
+        if self.refusal is not None:
+            closers.append(("submit refusal", self.refusal.stop))
         if self.http is not None:
             closers.append(("http", self.http.stop))
         if self.nc is not None:

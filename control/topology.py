@@ -65,6 +65,10 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: Tenants that get their own object store `<prefix>_media_<tenant>` (same TTL and size
     #: limit), for the NATS role's per-tenant bucket rights and the daemons' `media.tenant_buckets`.
     media_tenants: list[Token] = []
+    #: Leave roll-ups on for media buckets that have them. Only while upgrading: older daemons
+    #: and CLIs upload with the client's stock put, which needs them; but anyone who may write
+    #: objects can then wipe a bucket with one roll-up message. Unset it once all are upgraded.
+    media_allow_rollups: bool = False
 
 
 class TopologyError(Exception):
@@ -300,7 +304,7 @@ async def ensure_media_bucket(
         name = f"object store {bucket}"
         try:
             await js.object_store(bucket)
-            if await refuse_rollups(js, bucket):
+            if not s.media_allow_rollups and await refuse_rollups(js, bucket):
                 report.updated.append(f"{name} (allow_rollup_hdrs)")
             else:
                 report.unchanged.append(name)

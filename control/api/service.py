@@ -179,7 +179,7 @@ class ApiService:
         reason = rejection(job, self._nodes())
         if reason is not None:
             raise ApiFailure(409, reason)
-        subject = self.subjects.submit(job.pool, job.priority, job.job_id)
+        subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
             subject, encode(job), headers={"Nats-Msg-Id": job.job_id},
             stream=self.subjects.jobs_stream,
@@ -193,7 +193,7 @@ class ApiService:
                 log.warning("job %s accepted but not recorded yet: %r", job.job_id, exc)
         reply = api.SubmitReply(
             job_id=job.job_id,
-            subject=self.subjects.job_stored(job.pool, job.priority, job.job_id),
+            subject=self.subjects.job_stored(job.tenant, job.pool, job.priority, job.job_id),
             stream=ack.stream,
             seq=ack.seq,
             duplicate=bool(ack.duplicate),

@@ -92,7 +92,7 @@ async def test_valid_submit_is_stored_and_cancel_deletes_it(
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
     assert "Nats-Service-Error-Code" not in headers, reply
     sub = msgspec.convert(reply, api.SubmitReply)
-    assert sub.subject == subjects.job_stored("cpu", "normal", "good-1")
+    assert sub.subject == subjects.job_stored("default", "cpu", "normal", "good-1")
     stored = await js.get_msg(subjects.jobs_stream, sub.seq)
     assert stored.subject == sub.subject
     again, _ = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})

@@ -90,7 +90,7 @@ SAMPLES: list[msgspec.Struct] = [
         fired_at=NOW,
     ),
     NodeCommand(verb="cancel", job_id="job-1"),
-    SubmitReply(job_id="job-1", subject="flotilla.submit.cpu.normal.job-1", stream="S", seq=1),
+    SubmitReply(job_id="job-1", subject="flotilla.jobs.cpu.low.1.acme.job-1", stream="S", seq=1),
     JobInfo(
         job_id="job-1",
         tenant="t",
