@@ -236,7 +236,8 @@ class ApiService:
         # An offline node's last heartbeat may still list a job that now runs elsewhere.
         live = (n for n in self._nodes() if n.state != "offline")
         runner = next((n for n in live if ask.job_id in n.heartbeat.running_jobs), None)
-        if runner is None and await delete_queued(self.js, self.subjects, self.s.pools, ask.job_id):
+        js, subjects, pools = self.js, self.subjects, self.s.pools
+        if runner is None and await delete_queued(js, subjects, pools, ask.job_id, who.scope):
             if self.db is not None:
                 await mark_cancelled(self.db, ask.job_id, ask.reason)
             return encode(api.AckReply(ok=True, message="cancelled while queued"))
