@@ -59,7 +59,7 @@ REFUSED_TIMEOUT = 1.0
 
 
 def submit_subject(tenant: str, pool: str, priority: str, job_id: str) -> str:
-    return f"flotilla.submit.{tenant}.{pool}.{priority}.{job_id}"
+    return SUBJECTS.submit(tenant, pool, priority, job_id)
 
 
 def _free_port() -> int:
@@ -164,23 +164,9 @@ async def _wait_for(errors: Errors, subject: str) -> list[str]:
     return []
 
 
-async def _capture_submits(js: JetStreamContext) -> None:
-    """A stream for tenant-form submits unless the jobs stream already takes them."""
-    try:
-        await js.find_stream_name_by_subject(submit_subject("t", "cpu", "normal", "j"))
-    except nats.js.errors.NotFoundError:
-        await js.add_stream(name="TEST_SUBMITS", subjects=["flotilla.submit.*.*.*.*"])
-
-
 async def _submit_job(js: JetStreamContext, pool: str, priority: str, job_id: str) -> None:
-    """Store a job in the jobs stream in whichever submit form its subjects take."""
-    info = await js.stream_info(SUBJECTS.jobs_stream)
-    tenant_form = (info.config.subjects or [""])[0].count(".") == 5
-    subject = (
-        submit_subject("acme", pool, priority, job_id)
-        if tenant_form
-        else f"flotilla.submit.{pool}.{priority}.{job_id}"
-    )
+    """Store a job in the jobs stream as tenant acme's producer would."""
+    subject = submit_subject("acme", pool, priority, job_id)
     job = json.dumps({"job_id": job_id}).encode()
     await js.publish(subject, job, headers={"Nats-Msg-Id": job_id})
 
@@ -191,7 +177,6 @@ async def control(server: str) -> AsyncIterator[Client]:
     js = nc.jetstream()
     settings = TopologySettings(pools=["cpu", "nvenc"], media_tenants=list(TENANTS.values()))
     await ensure_topology(js, SUBJECTS, settings)
-    await _capture_submits(js)
     yield nc
     await nc.close()
 
@@ -378,17 +363,15 @@ async def test_puller_wake_sees_a_refusal(node1: tuple[Client, Errors], control:
     try:
         await control.publish(submit_subject("acme", "cpu", "high", "job-perm-hint"), b"{}")
         await asyncio.wait_for(granted.event.wait(), 5)
+        assert granted.hints["high"] == 1
     finally:
         await granted.stop()
         await _drop_test_jobs(control)
 
 
 async def _drop_test_jobs(control: Client) -> None:
-    """Whatever the core publishes above left in the jobs stream (if it takes that form)."""
-    js = control.jetstream()
-    await js.purge_stream(SUBJECTS.jobs_stream, subject="flotilla.jobs.>")
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.purge_stream("TEST_SUBMITS")
+    """Whatever the core publishes above left in the jobs stream."""
+    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject="flotilla.jobs.>")
 
 
 # --- producers --------------------------------------------------------------------------------
