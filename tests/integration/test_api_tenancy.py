@@ -142,7 +142,7 @@ async def test_tenant_cannot_read_another_tenants_events(world: World) -> None:
 
 async def test_tenant_cannot_cancel_another_tenants_job(world: World) -> None:
     w = world
-    stored = w.subjects.job_stored("cpu", "normal", THEIRS)
+    stored = w.subjects.job_stored("acme", "cpu", "normal", THEIRS)
     js = w.nc.jetstream()
 
     def cancel(job_id: str) -> dict[str, Any]:
