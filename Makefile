@@ -33,7 +33,7 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m control.devstack.demo
 
-# The full fault matrix against a dev fleet (docs/chaos.md); takes about half an hour.
+# The full fault matrix against a dev fleet (docs/chaos.md); 10 to 20 minutes.
 chaos: $(STAMP)
 	$(BIN)/flotilla chaos --profile full
 
