@@ -3,9 +3,10 @@ producer would send them. Each is a JetStream publish, so the count says what th
 and what it refused at publish; the fleet's own jobs must come through it untouched.
 
 Kinds (in turn): bad JSON, JSON that is no job or event, a job whose body disagrees with its
-subject, an unknown pool, an unknown priority, a subject with a tenant token (wrong token count),
-a job of another tenant, an empty body, an oversize body (over the server's max payload), events
-spoofing another node's subject, events with invalid job ids, unknown event kinds.
+subject, an unknown pool, an unknown priority, an extra subject token, a job of another tenant,
+a tenant token that disagrees with the body, an empty body, an oversize body (over the server's
+max payload), events spoofing another node's subject, events with invalid job ids, unknown event
+kinds, bad bytes on an events subject.
 """
 
 from __future__ import annotations
@@ -58,6 +59,10 @@ MAKERS: dict[str, Maker] = {
     "extra_token": lambda p, n, r: (
         f"{p}.submit.evil.cpu.normal.extra.storm-{n}",
         _job(f"storm-{n}"),
+    ),
+    "tenant_mismatch": lambda p, n, r: (
+        f"{p}.submit.tenant-a.cpu.normal.storm-{n}",
+        _job(f"storm-{n}", tenant="tenant-b"),
     ),
     "wrong_tenant": lambda p, n, r: (
         f"{p}.submit.cpu.normal.storm-{n}",
