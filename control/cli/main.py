@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli_jobs.register(sub)
     cli_nodes.register(sub)
     cli_keys.register(sub)
+    from control.devstack.chaos import cli as cli_chaos
+
+    cli_chaos.register(sub)
     return parser
 
 
