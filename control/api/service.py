@@ -22,8 +22,9 @@ import asyncpg
 import msgspec
 from nats import micro
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
@@ -33,7 +34,7 @@ from control.api.fleetfit import rejection
 from control.api.identity import KEYLESS_OPERATOR, Identity, identity_for_key
 from control.api.jobcancel import delete_queued, mark_cancelled
 from control.api.ratelimit import TenantLimiter, take_token
-from control.db import TRANSIENT_ERRORS
+from control.db import TRANSIENT_ERRORS, is_transient
 from control.db.store import record_submission
 from control.deadletters.retry import DeadLetterNotFound, retry_dead_letter
 from control.fleetread import pool_queue
@@ -63,6 +64,15 @@ class ApiSettings:
 
 Handler = Callable[[Request, Identity], Awaitable[bytes]]
 AdminHandler = Callable[[asyncpg.Pool, bytes], Awaitable[bytes]]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A broker or database outage (leader election, restart), as opposed to a bug."""
+    broker = (
+        NatsTimeout, NoRespondersError, NoStreamResponseError, ConnectionClosedError,
+        ServiceUnavailableError,
+    )  # fmt: skip
+    return isinstance(exc, broker) or is_transient(exc)
 
 
 class ApiService:
@@ -136,6 +146,10 @@ class ApiService:
                     log.warning("api %s refused to key %s: %s", verb, who.key_id, exc)
                 await self._error(req, exc.code, str(exc))
             except Exception as exc:  # an endpoint must always answer
+                if unavailable(exc):  # not a bug: the caller may retry (a submit is idempotent)
+                    log.warning("api %s: a dependency is unavailable: %r", verb, exc)
+                    await self._error(req, 503, "the broker or database is unavailable; retry")
+                    return
                 log.exception("api %s failed", req.subject)
                 await self._error(req, 500, f"internal error: {exc}")
 

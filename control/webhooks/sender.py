@@ -20,6 +20,7 @@ import asyncpg
 
 from control.api.jobquery import get_job
 from control.config import WebhookSettings
+from control.db import is_transient
 from control.webhooks.post import deliver
 from control.webhooks.signing import Secrets, SecretUnavailable, sign
 from control.webhooks.target import REFUSED, DeliveryFailed
@@ -105,12 +106,21 @@ class WebhookSender:
                                json.dumps(event))  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
+        outage = False
         while not stop.is_set():
             try:
                 await self.tick()
+                if outage:
+                    log.info("webhooks: Postgres is back")
+                outage = False
             except SecretUnavailable as exc:  # a config problem: say it plainly, keep trying
                 log.error("webhooks paused, nothing is sent unsigned: %s", exc)
-            except Exception:  # Postgres down: try again next interval
-                log.exception("webhook tick failed")
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("webhook tick failed")
+                elif not outage:  # one line when an outage starts, one when it ends
+                    log.warning("webhooks wait for Postgres (%s); retrying every %gs", exc,
+                                self.s.interval)  # fmt: skip
+                    outage = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.s.interval)

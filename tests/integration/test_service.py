@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 
 from common.natsconn import NatsSettings
@@ -75,7 +76,11 @@ async def test_control_plane_end_to_end(
 
 
 async def test_readiness_follows_a_postgres_outage(
-    nats_url: str, prefix: str, database_url: str, pg_server: PostgresServer | ExternalPostgres
+    nats_url: str,
+    prefix: str,
+    database_url: str,
+    pg_server: PostgresServer | ExternalPostgres,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert isinstance(pg_server, PostgresServer), "this test restarts the embedded Postgres"
     plane = ControlPlane(_config(nats_url, prefix, database_url))
@@ -96,3 +101,6 @@ async def test_readiness_follows_a_postgres_outage(
         await wait_until(lambda: readyz(200), "ready again once Postgres is back")
     finally:
         await plane.stop()
+    # An outage is expected weather: lines that say so, never a traceback per loop.
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("flotilla")]
+    assert tracebacks == [], [(r.name, r.getMessage()) for r in tracebacks]
