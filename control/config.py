@@ -90,6 +90,9 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: or an abandoned upload) is kept before the leader's media sweep purges it; must exceed the
     #: longest pause inside one upload and the longest read of a superseded object.
     media_orphan_grace: Positive = 3600.0
+    #: Seconds between the leader's looks for job messages no consumer can deliver (a wildcard
+    #: character as a subject token), which it moves to the dead letters.
+    stray_sweep_interval: Positive = 60.0
     #: Port of /metrics, /healthz and /readyz; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     #: Address the metrics server binds.

@@ -29,6 +29,7 @@ from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
 from control.deadletters.advisories import DeadLetters
+from control.deadletters.strays import run_stray_sweep
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.leader import LeaderLease
@@ -164,7 +165,11 @@ class ControlPlane:
         }
         # Only the lease holder runs these, or two instances would act twice.
         sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)
-        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor, sweep)
+        every = cfg.stray_sweep_interval
+        singletons = self.singletons = Singletons(
+            cfg, db, engine, canary, self.supervisor, sweep,
+            lambda stop: run_stray_sweep(js, db, subjects, every, stop),
+        )  # fmt: skip
         instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lease = self.lease = LeaderLease(
             js, f"{subjects.prefix}_leader", instance, cfg.leader_lease_ttl,

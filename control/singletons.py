@@ -1,4 +1,4 @@
-"""What only the leader instance runs: alert evaluation, canaries, event retention, media sweep.
+"""What only the leader instance runs: alerts, canaries, event retention, media and stray sweeps.
 
 Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
 so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
@@ -7,7 +7,7 @@ so they resolve) and ends by forgetting its in-memory state, so a later term sta
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -34,6 +34,7 @@ class Singletons:
         canary: CanaryRunner,
         supervisor: Supervisor,
         sweep: OrphanSweep,
+        strays: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
     ) -> None:
         self.db, self.engine, self.canary = db, engine, canary
         engine.follow()  # until the lease says this instance leads
@@ -51,7 +52,17 @@ class Singletons:
             run = lambda: run_sweeper(sweep, cfg.prune_interval, stop)  # noqa: E731
             return supervisor.supervise("media-sweep", run, stop)
 
-        self.term = Term({"canary": canaries, "retention": pruner, "media-sweep": sweeper})
+        def stray_sweeper(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            return supervisor.supervise("stray-sweep", lambda: strays(stop), stop)
+
+        self.term = Term(
+            {
+                "canary": canaries,
+                "retention": pruner,
+                "media-sweep": sweeper,
+                "stray-sweep": stray_sweeper,
+            }
+        )
 
     async def on_change(self, leading: bool) -> None:
         if leading:

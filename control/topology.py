@@ -86,7 +86,7 @@ def jobs_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
     return StreamConfig(
         name=subjects.jobs_stream,
         description="Flotilla jobs, work queue",
-        subjects=[subjects.submit_wildcard],
+        subjects=[subjects.pool_priority_submits(p, prio) for p in s.pools for prio in PRIORITIES],
         subject_transform=SubjectTransform(
             src=subjects.submit_wildcard, dest=subjects.jobs_transform
         ),

@@ -95,6 +95,16 @@ class Subjects:
     def submit_wildcard(self) -> str:
         return f"{self.prefix}.submit.*.*.*.*"
 
+    def pool_priority_submits(self, pool: str, priority: str) -> str:
+        """What the jobs stream captures: one pattern per served pool and priority, so a job for
+        a pool or priority nothing serves is refused at publish, never stored undeliverable."""
+        return f"{self.prefix}.submit.*.{check_token(pool, 'pool')}.{priority}.*"
+
+    @property
+    def strays(self) -> str:
+        """Messages the jobs stream stored untransformed (a wildcard character as a token)."""
+        return f"{self.prefix}.submit.>"
+
     @property
     def submit_v1_wildcard(self) -> str:
         """The version 1 form: three tokens after `submit`, so it never matches version 2."""

@@ -138,7 +138,7 @@ CREATE INDEX alerts_fired_idx ON alerts (fired_at DESC);
 CREATE TABLE dead_letters (
     job_id       text NOT NULL,
     stream_seq   bigint NOT NULL,
-    source       text NOT NULL CHECK (source IN ('max_deliveries', 'terminated')),
+    source       text NOT NULL CHECK (source IN ('max_deliveries', 'terminated', 'stray')),
     reason       text NOT NULL,
     deliveries   integer NOT NULL DEFAULT 0,
     subject      text,

@@ -12,10 +12,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from control.deadletters.advisories import DeadLetterNotFound, DeadLetters, retry_dead_letter
 from control.deadletters.retry import H_REASON, H_SOURCE
+from control.deadletters.strays import sweep_strays
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology, job_consumer_config
 from schemas.codec import encode
@@ -205,3 +206,39 @@ async def _at_least(db: asyncpg.Pool, sql: str, n: int) -> bool:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_messages_no_consumer_can_deliver_end_as_dead_letters(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    """Unknown pools and priorities are refused at publish; a wildcard character as a token is
+    stored untransformed, so the leader's sweep moves it to the dead letters, payload kept."""
+    js, subjects = await setup(nc, prefix)
+    for pool, prio in (("nopool", "normal"), ("cpu", "urgent")):
+        with pytest.raises(NoStreamResponseError):
+            await js.publish(f"{prefix}.submit.default.{pool}.{prio}.j-1", b"{}")
+    payload = await submit(js, subjects, "kept-1")
+    strays = [f"{prefix}.submit.default.cpu.normal.*", f"{prefix}.submit.default.cpu.high.>"]
+    seqs = [(await js.publish(s, b'{"stray": true}')).seq for s in strays]
+    async with migrated_pool(database_url) as db:
+        assert await sweep_strays(js, db, subjects) == 2
+        assert await sweep_strays(js, db, subjects) == 0
+        for seq in seqs:
+            letter = await js.get_last_msg(subjects.dead_letter_stream, f"{prefix}.dlq.stray-{seq}")
+            assert letter.data == b'{"stray": true}'
+            headers = letter.headers or {}
+            assert headers[H_SOURCE] == "stray" and "wildcard" in headers[H_REASON]
+            row = await db.fetchrow(
+                "SELECT state, last_error, dead_lettered FROM jobs WHERE job_id = $1",
+                f"stray-{seq}",
+            )
+            assert row is not None and (row["state"], row["dead_lettered"]) == ("failed", True)
+            with pytest.raises(NotFoundError):
+                await js.get_msg(subjects.jobs_stream, seq)
+    info = await js.stream_info(subjects.jobs_stream)
+    assert info.state.messages == 1  # the valid job still waits for its node
+    kept = await js.get_last_msg(
+        subjects.jobs_stream,
+        subjects.job_stored(job_spec("kept-1").tenant, "cpu", "normal", "kept-1"),
+    )
+    assert kept.data == payload
