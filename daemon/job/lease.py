@@ -48,22 +48,30 @@ class Lease:
         self._journal, self._job_id, self._attempt = journal, job_id, attempt
         #: When JetStream last confirmed the lease (delivery, then each answered `+WPI`).
         self.alive_at = time.time()
+        #: Once set, the message may have been redelivered to another node.
+        self.lapsed = False
 
     @property
     def held(self) -> bool:
-        return lease_left(self.alive_at, self.ack_wait, time.time()) > 0
+        """The lease never lapsed: no other node can have been handed the message."""
+        return not self.lapsed and lease_left(self.alive_at, self.ack_wait, time.time()) > 0
 
     async def keep_alive(self) -> None:
-        """`+WPI`, confirmed: a lost one (NATS away) does not count as a renewed lease."""
+        """`+WPI`, confirmed: a lost one (NATS away) does not renew the lease. The server answers
+        a `+WPI` even after it redelivered the message, so a lease that lapsed once stays lapsed
+        (nor is it written to the journal, so a restart never naks a message gone elsewhere)."""
         sent = time.time()
+        self.lapsed = self.lapsed or lease_left(self.alive_at, self.ack_wait, sent) <= 0
         await self.msg._client.request(self.msg.reply, b"+WPI", timeout=2.0)
+        if self.lapsed:
+            return
         self.alive_at = sent
         if self._journal is not None:
             await self._journal.alive(self._job_id, self._attempt, sent)
 
     async def may_commit(self) -> bool:
         """Whether no other attempt can have ended the job (see the module's docstring)."""
-        if self.msg.metadata.num_delivered == 1 and self.held:
+        if self.msg.metadata.num_delivered == 1 and self.held:  # nobody else ever had it
             return True
         meta = self.msg.metadata
         js = self.msg._client.jetstream(timeout=5.0)
