@@ -4,8 +4,8 @@ The terminal event is journalled and PubAck'd before the ack or term, so an acke
 its outcome on the events stream; the ack or term is then confirmed by the server and retried
 until it is (daemon.job.lease.settle), through outages and reconnects, so a lost ack does not
 hand a finished job to another node. Retries and hand-backs nak without waiting. An attempt
-whose job another attempt already ended (daemon.ops.outputs.AlreadyEnded) leaves no output and no
-second terminal event.
+whose job another attempt already ended (daemon.ops.outputs.AlreadyEnded, or a failure found to
+follow such an end) leaves no output, no failure and no second terminal event.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.handle import JobHandle, StopKind
-from daemon.job.lease import settle
+from daemon.job.lease import Lease, settle
 from daemon.job.partials import remove_stale_partials
 from daemon.job.retry import Nak, Outcome, Term, decide
 from daemon.ops.outputs import AlreadyEnded
@@ -56,6 +56,7 @@ async def finish(
     result: JobResult | None,
     error: BaseException | None,
     deps: JobDeps,
+    lease: Lease | None = None,
 ) -> None:
     job_id, attempt = handle.job_id, handle.attempt
     wall = handle.now() - handle.started_at
@@ -82,12 +83,6 @@ async def finish(
         await settle(msg, b"+TERM")
         deps.on_finished("cancelled", spec.pool, wall, None)
         return
-    if isinstance(error, AlreadyEnded):  # the job's outcome is another attempt's: ack, quietly
-        event_e = Interrupted(**base(), reason=str(error))
-        await deps.reporter.record(job_id, "interrupted", event_e)
-        await settle(msg)
-        deps.on_finished("interrupted", spec.pool, wall, None)
-        return
     requeue = stop is not None and stop.kind < StopKind.TIMEOUT
     if requeue or isinstance(error, asyncio.CancelledError):
         # Drain deadline or shutdown: not the job's fault, so another node gets it at once.
@@ -98,6 +93,16 @@ async def finish(
         deps.on_finished("interrupted", spec.pool, wall, None)
         return
     assert error is not None
+    # A failure of an attempt whose job another attempt already ended (e.g. that one's completion
+    # removed this one's partial output) is no failure of the job: it is not reported as one.
+    if not isinstance(error, AlreadyEnded) and lease is not None and not await lease.may_commit():
+        error = AlreadyEnded()
+    if isinstance(error, AlreadyEnded):  # the job's outcome is another attempt's: ack, quietly
+        event_e = Interrupted(**base(), reason=str(error))
+        await deps.reporter.record(job_id, "interrupted", event_e)
+        await settle(msg)
+        deps.on_finished("interrupted", spec.pool, wall, None)
+        return
     kind, reason, exit_code, tail = _classify(error)
     cfg = deps.cfg
     ek = cast(ErrorKind, kind if kind in _KINDS else "transient")

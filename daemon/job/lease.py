@@ -78,7 +78,7 @@ class Lease:
         try:
             await js.get_msg(meta.stream, meta.sequence.stream)
         except NotFoundError:
-            log.warning("job ended by another attempt: not committing this one's outputs",
+            log.warning("job already ended in another attempt: this one stands down",
                         extra={"job_id": self._job_id})  # fmt: skip
             return False
         except (NatsError, TimeoutError, OSError) as exc:

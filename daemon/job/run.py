@@ -84,7 +84,7 @@ async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) ->
     keepalive = _start_watcher(lease, spec, handle, deps)
     try:
         result, error = await _execute(spec, handle, scratch, deps, lease)
-        await finish(msg, spec, handle, result, error, deps)
+        await finish(msg, spec, handle, result, error, deps, lease)
     finally:
         keepalive.cancel()
         deps.running.remove(handle)

@@ -202,3 +202,39 @@ async def test_stale_hand_back_is_never_sent(tmp_path: Path, nc: NATS, prefix: s
         assert await journal.interrupted_deliveries() == []  # each dealt with once
     finally:
         await journal.close()
+
+
+async def test_stalled_node_and_redelivery_leave_one_output_and_one_completed(
+    nc: NATS, nats_url: str, prefix: str, start_daemon: Any, long_clip: Path, tmp_path: Path,
+    spawned: list[asyncio.subprocess.Process],
+) -> None:  # fmt: skip
+    """A node stalls (SIGSTOP) past ack_wait; JetStream hands the job to a second node; the
+    first then wakes up while the second still runs it. Whichever ends last finds the job ended
+    (lapsed lease or a redelivery: it asks whether the message is still queued) and commits
+    nothing, so the output on disk is the one the single `completed` describes."""
+    js = await _topology(nc, prefix, ack_wait=5.0)
+    cfg = config(nats_url, prefix, tmp_path / "s1", "s1", ack_wait=5.0)
+    proc = await _spawn(spawned, cfg, tmp_path / "s1.toml", "daemon.main")
+    outdir = tmp_path / "stall"
+    outdir.mkdir()
+    out = outdir / "s.mp4"
+    await submit(js, prefix, job("s", long_clip, out, preset="medium", width=640, height=480))
+    await until(has(js, prefix, "s", "started"), 120.0)
+    proc.send_signal(signal.SIGSTOP)  # no more +WPI: the lease runs out after ack_wait
+    try:
+        await start_daemon("s2", ack_wait=5.0)
+        await until(has(js, prefix, "s", "started", 2), 120.0)
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    await until(has(js, prefix, "s", "completed"), 120.0)
+    await until(lambda: _gone(js, prefix), 120.0)
+    await until(has(js, prefix, "s", "interrupted"), 120.0)  # the other attempt stood down
+    evts = await events(js, prefix, "s")
+    assert kinds(evts).count("completed") == 1
+    done = next(e for e in evts if e["kind"] == "completed")
+    stood_down = [e for e in evts if e["kind"] == "interrupted"]
+    assert [e["attempt"] for e in stood_down] != [done["attempt"]]
+    assert "already ended" in stood_down[0]["reason"]
+    assert "failed" not in kinds(evts)
+    assert _sha256(out) == done["result"]["outputs"][0]["sha256"]
+    assert sorted(p.name for p in outdir.iterdir()) == ["s.mp4"]
