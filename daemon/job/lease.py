@@ -74,7 +74,7 @@ class Lease:
         if self.msg.metadata.num_delivered == 1 and self.held:  # nobody else ever had it
             return True
         meta = self.msg.metadata
-        js = self.msg._client.jetstream(timeout=5.0)
+        js = self.msg._client.jetstream(timeout=2.0)
         try:
             await js.get_msg(meta.stream, meta.sequence.stream)
         except NotFoundError:
