@@ -98,7 +98,7 @@ async def settle(msg: Msg, verb: bytes = b"+ACK", *, within: float = ACK_RETRY_S
         try:
             await msg._client.request(msg.reply, verb, timeout=2.0)
         except (NatsError, TimeoutError, OSError) as exc:
-            if time.monotonic() + delay > deadline:
+            if msg._client.is_closed or time.monotonic() + delay > deadline:
                 log.warning("%s of %s not confirmed (%s): JetStream will redeliver it",
                             verb.decode(), msg.subject, exc)  # fmt: skip
                 return False
