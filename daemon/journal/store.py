@@ -172,8 +172,12 @@ class Journal:
         if not updates and not events and delivery is None:
             return
         now = time.time()
-        terminal = [e for e in events if kind_of(e) in TERMINAL_KINDS]
-        durable = any(u.state in DURABLE_STATES for u in updates) or bool(terminal)
+        durable = any(u.state in DURABLE_STATES for u in updates) or any(
+            kind_of(e) in TERMINAL_KINDS for e in events
+        )
+        # The job's end, not an attempt's: a failure that will be retried ends nothing.
+        terminal = [e for e in events if kind_of(e) in TERMINAL_KINDS
+                    and getattr(e, "final", True)]  # fmt: skip
         extra: list[tuple[str, tuple[Any, ...]]] = []
         if delivery is not None:
             d = delivery

@@ -13,6 +13,7 @@ import pytest
 from daemon.journal.deliveries import Delivery
 from daemon.journal.rows import JobUpdate
 from daemon.journal.store import Journal
+from schemas.events import Failed
 from tests.support.journal import accepted, cancelled, completed
 
 
@@ -42,6 +43,12 @@ async def test_a_terminal_event_marks_its_attempt_ended_for_that_message_only(
     ended = await journal.ended("a", 10)
     assert ended is not None and (ended.attempt, ended.event_id) == (1, done.event_id)
     assert ended.kind == "completed"
+    # A failure that will be retried ends the attempt, not the job: a redelivery runs it.
+    await accept(journal, "r", 1, seq=20)
+    retried = Failed(event_id="r-1-failed", job_id="r", node_id="n", attempt=1, ts=time.time(),
+                     reason="timeout", error_kind="timeout", final=False)  # fmt: skip
+    await journal.record([JobUpdate("r", 1, "retrying")], [retried])
+    assert await journal.ended("r", 20) is None
     # The same job id stored again later (a new message, another sequence) is a new job.
     assert await journal.ended("a", 11) is None
     await accept(journal, "b", 1, seq=12)
