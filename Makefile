@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench clean
+.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench chaos clean
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m control.devstack.demo
+
+# The full fault matrix against a dev fleet (docs/chaos.md); 10 to 20 minutes.
+chaos: $(STAMP)
+	$(BIN)/flotilla chaos --profile full
 
 bench: $(STAMP)
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -89,7 +89,7 @@ async def sh(*argv: str) -> None:
 async def submit(js: JetStreamContext, spec: dict[str, Any], priority: str = "normal") -> float:
     """Publish a job as any producer would; returns the time just before the publish."""
     spec = {"v": 1, "priority": priority, **spec}
-    subject = f"{PREFIX}.submit.cpu.{priority}.{spec['job_id']}"
+    subject = f"{PREFIX}.submit.{spec.get('tenant', 'default')}.cpu.{priority}.{spec['job_id']}"
     sent = time.perf_counter()
     await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
     return sent

@@ -14,6 +14,8 @@ from control.topology import TopologySettings
 DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
+#: A host as a URL names it: a DNS name or an IP address (IPv6 without brackets), no port.
+HostName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 
 
 class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -42,8 +44,29 @@ class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stuck_job_seconds: Positive = 900.0
     #: Alert `ingest_lag` when event ingest is this many seconds behind.
     ingest_lag_seconds: Positive = 60.0
+    #: Alert `rejected_events` for a node while an event of it was rejected within this many
+    #: seconds (it reported on a job attempt that another node holds).
+    rejected_events_window: Positive = 900.0
     #: A condition must hold (or clear) for this many evaluations before firing (or resolving).
     hysteresis: Annotated[int, msgspec.Meta(ge=1)] = 2
+
+
+class WebhookSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Host names (exact, any case) job callbacks may reach even when they resolve to private,
+    #: loopback or link-local addresses, on any port; every other host must resolve to public
+    #: addresses only. Each one is trusted as much as the control plane's own network.
+    allow_hosts: list[HostName] = []
+    #: File holding the fleet webhook secret (at least 32 characters), which signs callbacks of
+    #: tenants without their own; unset: one is generated once and kept in Postgres.
+    secret_file: str | None = None
+    #: Seconds one delivery attempt may take in all (resolve, connect, send, status line).
+    timeout: Positive = 10.0
+    #: Attempts per callback before it is given up.
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 6
+    #: Seconds before the second attempt; doubles with each further one.
+    backoff: Annotated[float, msgspec.Meta(ge=0)] = 5.0
+    #: Seconds between looks for finished jobs and due retries.
+    interval: Positive = 2.0
 
 
 class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -59,10 +82,14 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_fetch_timeout: Positive = 1.0
     #: Job events older than this are deleted from Postgres (job rows stay).
     event_retention_days: Positive = 30.0
-    #: Seconds between retention runs.
+    #: Seconds between retention runs (event pruning and the media sweep).
     prune_interval: Positive = 3600.0
     #: Rows deleted per retention transaction.
     prune_batch: Annotated[int, msgspec.Meta(ge=1)] = 5000
+    #: Seconds an object store chunk set no object references (left by an overwrite, a delete
+    #: or an abandoned upload) is kept before the leader's media sweep purges it; must exceed the
+    #: longest pause inside one upload and the longest read of a superseded object.
+    media_orphan_grace: Positive = 3600.0
     #: Port of /metrics, /healthz and /readyz; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     #: Address the metrics server binds.
@@ -80,7 +107,10 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leader_lease_ttl: Annotated[float, msgspec.Meta(ge=1)] = 15.0
     #: This instance's name in the leader lease; empty: host name and process id.
     instance_id: str = ""
-    #: API keys are required on every API request when true.
+    #: Job-end callbacks (`callback_url`): where they may go, how they are signed and retried.
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    #: API keys are required on every API request when true (set it in production); when false,
+    #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None

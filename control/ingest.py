@@ -6,6 +6,8 @@ and acked only after the commit. While Postgres is unreachable the same batch is
 capped back-off (the messages are kept alive with in-progress acks), so nothing is lost and,
 events being idempotent by id, nothing is counted twice. A message that cannot be decoded, or
 that Postgres refuses, is recorded in `bad_events` and terminated: it never blocks the batch.
+A job event from a node that does not hold the job's attempt (control/db/holders.py) is acked
+but not folded: it is kept in `rejected_events`, counted, and logged on `flotilla.security`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from control.db import DATA_ERRORS, is_transient
+from control.db.holders import Rejection
 from control.db.store import BadMessage, Incoming, StoreResult, store_batch
 from schemas.codec import DecodeError
 from schemas.events import kind_of
@@ -28,6 +31,7 @@ from schemas.registry import EVENT_DECODER
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.ingest")
+security = logging.getLogger("flotilla.security")
 
 
 @dataclass(slots=True)
@@ -37,6 +41,8 @@ class IngestStats:
     events_ingested: int = 0  # new rows in job_events
     duplicates: int = 0  # events already stored (redelivery, replay, second instance)
     bad_events: int = 0
+    #: Events refused because their node does not hold the attempt (each counted once).
+    rejected: int = 0
     batches: int = 0
     last_batch_size: int = 0
     #: Wall time from the oldest event of the last batch to its commit.
@@ -58,7 +64,7 @@ def decode(msg: Msg) -> Incoming | BadMessage:
     if tokens[-2:] != [event.node_id, kind_of(event)]:
         reason = f"subject {msg.subject} does not match node {event.node_id!r}, {kind_of(event)}"
         return BadMessage(seq, msg.subject, reason, msg.data)
-    return Incoming(event, body, seq)
+    return Incoming(event, body, seq, msg.subject)
 
 
 class Ingestor:
@@ -74,6 +80,7 @@ class Ingestor:
         max_backoff: float = 5.0,
         keepalive_interval: float = 15.0,
         on_batch: Callable[[int, float], None] | None = None,
+        on_rejected: Callable[[Rejection], None] | None = None,
     ) -> None:
         self.js, self.db, self.subjects = js, db, subjects
         self.batch, self.fetch_timeout = batch, fetch_timeout
@@ -81,6 +88,8 @@ class Ingestor:
         self.max_backoff, self.keepalive_interval = max_backoff, keepalive_interval
         #: Called after each commit with (batch size, lag seconds), e.g. to fill histograms.
         self.on_batch = on_batch
+        #: Called once per newly rejected event, after its batch committed (e.g. a counter).
+        self.on_rejected = on_rejected
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
 
@@ -120,6 +129,7 @@ class Ingestor:
         self.stats.events_ingested += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.bad_events += len(bad)
+        self._rejected(result.rejected)
         await _dispose(msgs, {b.stream_seq for b in bad})
         self._account(good, len(msgs))
         return result
@@ -163,8 +173,20 @@ class Ingestor:
                 continue
             total.inserted += one.inserted
             total.duplicates += one.duplicates
+            total.rejected += one.rejected
         await self._commit(msgs, [], bad)
         return total
+
+    def _rejected(self, rejected: Sequence[Rejection]) -> None:
+        self.stats.rejected += len(rejected)
+        for r in rejected:
+            ev = r.event
+            security.warning(
+                "%s (stream seq %s, subject %s)", r.describe(), r.item.stream_seq, r.item.subject,
+                extra={"job_id": ev.job_id, "node_id": ev.node_id, "attempt": ev.attempt},
+            )  # fmt: skip
+            if self.on_rejected is not None:
+                self.on_rejected(r)
 
     def _account(self, good: Sequence[Incoming], size: int) -> None:
         stats = self.stats

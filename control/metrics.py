@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from control.alerts.rules import Snapshot
+from control.db.holders import NOT_HOLDER
 from control.httpserve import HttpServer
 from schemas.alerts import Alert
 
+log = logging.getLogger("flotilla.ready")
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
 
@@ -37,6 +41,14 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r,
         )  # fmt: skip
         self.ingest_events = Counter("flotilla_ingest_events", "Events ingested", registry=r)
+        self.rejected_events = Counter(
+            "flotilla_rejected_events",
+            "Job events refused: their node does not hold the job's attempt",
+            ["reason"],
+            registry=r,
+        )
+        # The series exists from the start, so that increase() sees the first rejection.
+        self.rejected_events.labels(NOT_HOLDER)
         self.postgres_up = Gauge("flotilla_postgres_up", "Postgres reachable", registry=r)
         self.nats_connected = Gauge("flotilla_nats_connected", "NATS connected", registry=r)
         self.leader = Gauge(
@@ -47,7 +59,8 @@ class Metrics:
         self.alerts_firing = Gauge(
             "flotilla_alerts_firing", "Firing alerts", ["rule", "severity"], registry=r
         )
-        self.snapshot_age_ok = False
+        #: Monotonic time of the last snapshot the gauges show (None: none yet).
+        self.updated_at: float | None = None
 
     def update(self, snap: Snapshot, firing: list[Alert]) -> None:
         """Replace the gauges with one snapshot's values (labels that vanished go too)."""
@@ -73,7 +86,7 @@ class Metrics:
             per_rule[(a.rule, a.severity)] = per_rule.get((a.rule, a.severity), 0) + 1
         for (rule, severity), count in per_rule.items():
             self.alerts_firing.labels(rule, severity).set(count)
-        self.snapshot_age_ok = True
+        self.updated_at = time.monotonic()
 
     def observe_finished(self, rows: list[tuple[float | None, float | None]]) -> None:
         """(run time, queue wait) of jobs that finished since the last snapshot."""
@@ -83,7 +96,9 @@ class Metrics:
             if wait_s is not None:
                 self.queue_wait.observe(max(0.0, wait_s))
 
-    def server(self, host: str, port: int, ready: Callable[[], bool]) -> HttpServer:
+    def server(self, host: str, port: int, ready: Callable[[], list[str]]) -> HttpServer:
+        """/metrics, /healthz and /readyz; `ready` lists what keeps the instance from serving."""
+
         async def metrics() -> tuple[int, str, bytes]:
             return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
 
@@ -91,8 +106,54 @@ class Metrics:
             return 200, "text/plain", b"ok\n"
 
         async def readyz() -> tuple[int, str, bytes]:
-            if ready() and self.snapshot_age_ok:
+            problems = ready()
+            if not problems:
                 return 200, "text/plain", b"ready\n"
-            return 503, "text/plain", b"not ready\n"
+            return 503, "text/plain", f"not ready: {'; '.join(problems)}\n".encode()
 
         return HttpServer(host, port, {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz})
+
+
+class Readiness:
+    """Whether this instance can serve: NATS, Postgres, a fresh snapshot and ingest keeping up.
+
+    Every check is re-read on each call, so readiness recovers by itself once a dependency
+    does; a change of the verdict is logged once (one line, no traceback).
+    """
+
+    def __init__(
+        self, metrics: Metrics, nats_connected: Callable[[], bool], snapshot_max_age: float,
+        ingest_max_lag: float,
+    ) -> None:  # fmt: skip
+        self.metrics, self.nats_connected = metrics, nats_connected
+        self.snapshot_max_age, self.ingest_max_lag = snapshot_max_age, ingest_max_lag
+        #: Set by whoever last talked to Postgres (the snapshot loop, ingest).
+        self.postgres_ok = False
+        self._lag, self._lag_at = 0.0, 0.0
+        self._said: list[str] | None = None
+
+    def ingest_batch(self, lag_s: float) -> None:
+        """A batch was committed `lag_s` after its oldest event."""
+        self._lag, self._lag_at = lag_s, time.monotonic()
+        self.postgres_ok = True
+
+    def problems(self, now: float | None = None) -> list[str]:
+        now = time.monotonic() if now is None else now
+        found = []
+        if not self.nats_connected():
+            found.append("nats disconnected")
+        if not self.postgres_ok:
+            found.append("postgres unreachable")
+        at = self.metrics.updated_at
+        if at is None or now - at > self.snapshot_max_age:
+            found.append("fleet snapshot stale")
+        # A lag only counts while ingest is still working through that backlog.
+        if self._lag > self.ingest_max_lag and now - self._lag_at < self.snapshot_max_age:
+            found.append(f"ingest {self._lag:.0f}s behind")
+        if found != self._said:
+            if found:
+                log.warning("not ready: %s", "; ".join(found))
+            elif self._said is not None:
+                log.info("ready again")
+            self._said = found
+        return found

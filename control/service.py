@@ -24,6 +24,7 @@ from control.alerts.snapshot import finished_since, fleet_snapshot, with_db
 from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
+from control.api.submitrefusal import SubmitRefusal
 from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
@@ -31,8 +32,9 @@ from control.deadletters.advisories import DeadLetters
 from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.leader import LeaderLease
-from control.metrics import Metrics
+from control.metrics import Metrics, Readiness
 from control.nodes import NodeTracker
+from control.objsweep import OrphanSweep
 from control.reload import apply as apply_config
 from control.reload import on_sighup
 from control.singletons import Singletons
@@ -60,10 +62,12 @@ class ControlPlane:
         self.nc: NATS | None = None
         self.db: asyncpg.Pool | None = None
         self.api: ApiService | None = None
+        self.refusal: SubmitRefusal | None = None
         self.nodes: NodeTracker | None = None
         self.http: HttpServer | None = None
         self.metrics_port = 0
         self._ingest: Ingestor | None = None
+        self._dead_letters: DeadLetters | None = None
         self.supervisor = Supervisor()
         self.lease: LeaderLease | None = None
         self.singletons: Singletons | None = None
@@ -85,9 +89,19 @@ class ControlPlane:
         await ensure_topology(js, subjects, cfg.topology)
         pools = list(cfg.topology.pools)
         th = cfg.alerts
+        ready = Readiness(
+            self.metrics, lambda: nc.is_connected, max(3 * cfg.alert_interval, 30.0),
+            th.ingest_lag_seconds,
+        )  # fmt: skip
+
+        def on_batch(size: int, lag: float) -> None:
+            self.metrics.ingest_batch.observe(size)
+            ready.ingest_batch(lag)
+
         ingest = Ingestor(
             js, db, subjects, batch=cfg.ingest_batch, fetch_timeout=cfg.ingest_fetch_timeout,
-            on_batch=lambda n, lag: self.metrics.ingest_batch.observe(n),
+            on_batch=on_batch,
+            on_rejected=lambda r: self.metrics.rejected_events.labels(r.reason).inc(),
         )  # fmt: skip
         # This instance's view of the fleet: what the API, alerts and canaries read.
         nodes = self.nodes = NodeTracker(
@@ -106,6 +120,9 @@ class ControlPlane:
             db,
         )  # fmt: skip
         await self.api.start()
+        # Producers still on the version 1 submit subject get an error, not silence.
+        self.refusal = SubmitRefusal(nc, subjects)
+        await self.refusal.start()
         canary = CanaryRunner(
             js, db, subjects, pools, nodes, cfg.canary_timeout, cfg.canary_interval
         )
@@ -121,28 +138,33 @@ class ControlPlane:
             seen_events = ingest.stats.events_ingested
             self.metrics.nats_connected.set(1.0 if nc.is_connected else 0.0)
             try:
-                snap = await with_db(snap, db, th.failure_rate_window)
+                snap = await with_db(
+                    snap, db, th.failure_rate_window, self.cfg.alerts.rejected_events_window
+                )
                 done, mark = await finished_since(db, mark)
                 self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
+                ready.postgres_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                 self.metrics.postgres_up.set(0.0)
+                ready.postgres_ok = False
             return snap
 
         engine = AlertEngine(th, fan_out(nats_sink(nc, subjects), db_sink(db)))
         watcher = Watcher(source, engine, self.metrics, cfg.alert_interval)
         self._live = (engine, watcher, canary)
-        self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, lambda: nc.is_connected)
+        self.http = self.metrics.server(cfg.metrics_host, cfg.metrics_port, ready.problems)
         self.metrics_port = await self.http.start()
         runs: dict[str, Callable[[], Awaitable[None]]] = {
             "ingest": ingest.run,
             "watcher": lambda: watcher.run(stop),
-            "webhooks": lambda: WebhookSender(db).run(stop),
+            "webhooks": lambda: WebhookSender(db, cfg.webhooks).run(stop),
             # A shared durable hands each advisory to one instance: safe on all of them.
             "dead-letters": dead_letters.run,
         }
         # Only the lease holder runs these, or two instances would act twice.
-        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor)
+        sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)
+        singletons = self.singletons = Singletons(cfg, db, engine, canary, self.supervisor, sweep)
         instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lease = self.lease = LeaderLease(
             js, f"{subjects.prefix}_leader", instance, cfg.leader_lease_ttl,
@@ -154,7 +176,7 @@ class ControlPlane:
             await singletons.on_change(leading)
 
         runs["leader"] = lambda: lease.run(stop, on_change)
-        self._ingest = ingest
+        self._ingest, self._dead_letters = ingest, dead_letters
         for name, run in runs.items():
             supervised = self.supervisor.supervise(name, run, stop)
             self.tasks[name] = asyncio.create_task(supervised, name=name)
@@ -174,8 +196,11 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        if self._ingest is not None:
-            self._ingest.stop()
+        # Both loops end within one fetch timeout once asked, so cancellation (which nats-py's
+        # fetch can swallow on Python 3.11) is only the backstop.
+        for part in (self._ingest, self._dead_letters):
+            if part is not None:
+                part.stop()
         leader = self.tasks.pop("leader", None)
         if leader is not None:
             # Let it end the term and delete the lease, so a follower takes over at once.
@@ -191,6 +216,8 @@ class ControlPlane:
         closers: list[tuple[str, Callable[[], Awaitable[object]]]] = []
         if self.api is not None:
             closers.append(("api", self.api.stop))
+        if self.refusal is not None:
+            closers.append(("submit refusal", self.refusal.stop))
         if self.http is not None:
             closers.append(("http", self.http.stop))
         if self.nc is not None:

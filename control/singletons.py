@@ -1,4 +1,4 @@
-"""What only the leader instance runs: alert evaluation, canaries and event retention.
+"""What only the leader instance runs: alert evaluation, canaries, event retention, media sweep.
 
 Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
 so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
@@ -18,6 +18,7 @@ from control.alerts.rules import AlertEngine
 from control.api.jobquery import firing_alerts
 from control.config import ControlConfig
 from control.leader import Term
+from control.objsweep import OrphanSweep, run_sweeper
 from control.retention import run_pruner
 
 #: Firing alerts a new leader adopts, at most (each is one rule on one subject).
@@ -32,6 +33,7 @@ class Singletons:
         engine: AlertEngine,
         canary: CanaryRunner,
         supervisor: Supervisor,
+        sweep: OrphanSweep,
     ) -> None:
         self.db, self.engine, self.canary = db, engine, canary
         engine.follow()  # until the lease says this instance leads
@@ -44,7 +46,12 @@ class Singletons:
         def canaries(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
             return supervisor.supervise("canary", lambda: canary.run(stop), stop)
 
-        self.term = Term({"canary": canaries, "retention": pruner})
+        def sweeper(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            sweep.reset()  # a new term waits a full grace before it purges anything
+            run = lambda: run_sweeper(sweep, cfg.prune_interval, stop)  # noqa: E731
+            return supervisor.supervise("media-sweep", run, stop)
+
+        self.term = Term({"canary": canaries, "retention": pruner, "media-sweep": sweeper})
 
     async def on_change(self, leading: bool) -> None:
         if leading:

@@ -26,7 +26,7 @@ from nats.js.api import (
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
-from schemas.common import PRIORITIES
+from schemas.common import PRIORITIES, Token
 from schemas.subjects import Subjects
 
 DEFAULT_POOLS = ("cpu", "nvenc", "qsv", "vaapi")
@@ -62,6 +62,13 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     media_ttl: float = 0.0
     #: Bytes the media object store holds at most; -1: no limit. Set on creation only.
     media_max_bytes: int = -1
+    #: Tenants that get their own object store `<prefix>_media_<tenant>` (same TTL and size
+    #: limit), for the NATS role's per-tenant bucket rights and the daemons' `media.tenant_buckets`.
+    media_tenants: list[Token] = []
+    #: Leave roll-ups on for media buckets that have them. Only while upgrading: older daemons
+    #: and CLIs upload with the client's stock put, which needs them; but anyone who may write
+    #: objects can then wipe a bucket with one roll-up message. Unset it once all are upgraded.
+    media_allow_rollups: bool = False
 
 
 class TopologyError(Exception):
@@ -283,28 +290,56 @@ async def ensure_nodes_bucket(
         report.created.append(name)
 
 
+def media_buckets(subjects: Subjects, s: TopologySettings) -> list[str]:
+    """The shared media bucket and one per tenant of `media_tenants`."""
+    base = subjects.objects_bucket
+    return [base, *(f"{base}_{t}" for t in s.media_tenants)]
+
+
 async def ensure_media_bucket(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
 ) -> None:
-    """The object store `flotilla submit --upload` writes and nats-obj:// jobs read and write."""
-    name = f"object store {subjects.objects_bucket}"
-    try:
-        await js.object_store(subjects.objects_bucket)
-        report.unchanged.append(name)
-    except BucketNotFoundError:
-        # nats-py overwrites config.bucket with the `bucket` argument: pass both.
-        await js.create_object_store(
-            bucket=subjects.objects_bucket,
-            config=ObjectStoreConfig(
-                bucket=subjects.objects_bucket,
-                description="Flotilla media: uploaded inputs and nats-obj:// outputs",
-                ttl=s.media_ttl or None,
-                max_bytes=s.media_max_bytes,
-                replicas=s.replicas,
-                storage=StorageType.FILE,
-            ),
-        )
-        report.created.append(name)
+    """The object stores `flotilla submit --upload` writes and nats-obj:// jobs read and write."""
+    for bucket in media_buckets(subjects, s):
+        name = f"object store {bucket}"
+        try:
+            await js.object_store(bucket)
+            if not s.media_allow_rollups and await refuse_rollups(js, bucket):
+                report.updated.append(f"{name} (allow_rollup_hdrs)")
+            else:
+                report.unchanged.append(name)
+        except BucketNotFoundError:
+            # nats-py overwrites config.bucket with the `bucket` argument: pass both.
+            await js.create_object_store(
+                bucket=bucket,
+                config=ObjectStoreConfig(
+                    bucket=bucket,
+                    description="Flotilla media: uploaded inputs and nats-obj:// outputs",
+                    ttl=s.media_ttl or None,
+                    max_bytes=s.media_max_bytes,
+                    replicas=s.replicas,
+                    storage=StorageType.FILE,
+                ),
+            )
+            # nats-py cannot create an object store without roll-ups: turn them off at once.
+            await refuse_rollups(js, bucket)
+            report.created.append(name)
+
+
+async def refuse_rollups(js: JetStreamContext, bucket: str) -> bool:
+    """Turn roll-up headers off on an object store's stream; True if it was on.
+
+    Anyone who may publish to `$O.<bucket>.>` could otherwise wipe the bucket with one
+    `Nats-Rollup: all` message: NATS permissions see subjects, not headers. Flotilla's writers
+    (daemon.media.objstore.put_object) need no roll-up.
+    """
+    info = await js.stream_info(f"OBJ_{bucket}")
+    if not info.config.allow_rollup_hdrs:
+        return False
+    cfg = info.config
+    cfg.allow_rollup_hdrs = False
+    await js.update_stream(cfg)
+    return True
 
 
 async def ensure_pool_consumers(

@@ -66,8 +66,12 @@ class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_backoff: Positive = 1.0
     #: Redirects followed at most (each target must be an allowed host too).
     http_max_redirects: Annotated[int, msgspec.Meta(ge=0, le=10)] = 5
-    #: Object store buckets nats-obj:// URIs may name; empty: only `<prefix>_media`.
+    #: Object store buckets nats-obj:// URIs may name; empty: only `<prefix>_media` (with
+    #: `tenant_buckets`: only the job's tenant bucket).
     object_buckets: list[str] = []
+    #: Per-tenant buckets: a job of tenant T may name only `<prefix>_media_<T>` (and only if
+    #: `object_buckets`, when set, lists it), matching the NATS role's per-tenant bucket rights.
+    tenant_buckets: bool = False
     #: Seconds one object store transfer may take in all.
     object_timeout: Positive = 3600.0
 

@@ -103,7 +103,10 @@ class NodeInfo(Wire, kw_only=True):
     state: NodeState
     last_seen: float | None = None
     capabilities: NodeCapabilities | None = None
+    #: For a tenant key, `heartbeat.running_jobs` lists only that tenant's jobs.
     heartbeat: Heartbeat | None = None
+    #: Jobs running on the node, every tenant's: the capacity a tenant may count on.
+    running: NonNegInt | None = None
 
 
 class NodeListReply(Wire, kw_only=True):
@@ -137,3 +140,93 @@ class SummaryReply(Wire, kw_only=True):
     nodes_by_state: dict[str, NonNegInt]
     pools: list[PoolSummary]
     alerts_firing: list[Alert] = []
+
+
+# -- API keys and tenants (operator keys only) ----------------------------------------------
+
+#: A key's short public id; the key itself is shown once and never stored.
+KeyId = Annotated[str, msgspec.Meta(pattern=r"^k_[0-9a-f]{12}$")]
+Role = Literal["tenant", "operator"]
+KeyName = Annotated[str, msgspec.Meta(max_length=200)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=10 * 365 * 86400)]
+GraceSeconds = Annotated[float, msgspec.Meta(ge=0, le=365 * 86400)]
+
+
+class KeyCreateRequest(Wire, kw_only=True):
+    tenant: Token
+    #: `tenant`: acts on that tenant's jobs only; `operator`: fleet-wide.
+    role: Role = "tenant"
+    name: KeyName = ""
+    #: Seconds until the key expires; None: it does not expire.
+    expires_in_s: Seconds | None = None
+
+
+class KeyRef(Wire, kw_only=True):
+    key_id: KeyId
+
+
+class KeyRotateRequest(Wire, kw_only=True):
+    key_id: KeyId
+    #: Seconds the old key keeps working, so that its users can switch; 0 ends it now.
+    grace_s: GraceSeconds = 3600.0
+    #: The new key's lifetime; None: the old key's lifetime, or none if it had none.
+    expires_in_s: Seconds | None = None
+
+
+class KeyListRequest(Wire, kw_only=True):
+    tenant: Token | None = None
+
+
+class KeyInfo(Wire, kw_only=True):
+    """A key as `key.list` shows it: never the key, never its hash."""
+
+    key_id: KeyId
+    tenant: str
+    role: Role
+    name: str = ""
+    state: Literal["active", "expired", "revoked"]
+    created_at: float
+    expires_at: float | None = None
+    last_used_at: float | None = None
+    revoked_at: float | None = None
+    rotated_from: str | None = None
+
+
+class KeyCreated(Wire, kw_only=True):
+    """The reply of `key.create` and `key.rotate`: the only time the key is shown."""
+
+    key: str
+    info: KeyInfo
+    #: On rotation: when the old key stops working.
+    old_key_expires_at: float | None = None
+
+
+class KeyListReply(Wire, kw_only=True):
+    keys: list[KeyInfo]
+
+
+class TenantCreateRequest(Wire, kw_only=True):
+    tenant: Token
+    max_queued: NonNegInt = 10_000
+    submit_rate: Annotated[float, msgspec.Meta(gt=0)] = 50.0
+    submit_burst: Annotated[int, msgspec.Meta(ge=1)] = 100
+
+
+class TenantInfo(Wire, kw_only=True):
+    tenant: Token
+    max_queued: NonNegInt
+    submit_rate: float
+    submit_burst: int
+    created_at: float
+    active_keys: NonNegInt = 0
+
+
+class TenantCreated(Wire, kw_only=True):
+    """The reply of `tenant.create`: the webhook signing secret is shown this once."""
+
+    info: TenantInfo
+    webhook_secret: str
+
+
+class TenantListReply(Wire, kw_only=True):
+    tenants: list[TenantInfo]

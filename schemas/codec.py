@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Generic, TypeVar
 
 import msgspec
 
-from schemas.common import WIRE_VERSION
+from schemas.common import URI_SCHEMES, WIRE_VERSION
 
 T = TypeVar("T")
 
@@ -46,8 +47,15 @@ class Decoder(Generic[T]):
             raise DecodeError(self.name, f"malformed JSON ({exc})") from exc
 
 
+_REGEX_MISS = re.compile(r"^Expected `str` matching regex '(?P<rx>.*)' - at `(?P<at>[^`]*)`$")
+
+
 def _explain(message: str, data: bytes | bytearray | memoryview | str) -> str:
-    """Name the version problem plainly when it is one; msgspec's message otherwise."""
+    """Name the version or URI scheme problem plainly when it is one; msgspec's message else."""
+    miss = _REGEX_MISS.match(message)
+    if miss is not None and miss["rx"] in URI_SCHEMES:
+        starts = (s + {"file": ":/", "canary": ":"}.get(s, "://") for s in URI_SCHEMES[miss["rx"]])
+        return f"expected a URI starting with {', '.join(starts)} - at `{miss['at']}`"
     if "`$.v`" in message:
         try:
             seen = msgspec.json.decode(data).get("v")

@@ -12,7 +12,6 @@ WIRE_VERSION: Literal[1] = 1
 #: Subject-safe token: job ids, node ids, pools and tenants become NATS subject tokens.
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$", max_length=128)]
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", max_length=63)]
-Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 ShortText = Annotated[str, msgspec.Meta(max_length=512)]
 LongText = Annotated[str, msgspec.Meta(max_length=16384)]
 Label = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$")]
@@ -23,6 +22,63 @@ Sha256 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 Priority = Literal["high", "normal", "low"]
 PRIORITIES: tuple[Priority, ...] = ("high", "normal", "low")
 Labels = dict[Label, Annotated[str, msgspec.Meta(max_length=256)]]
+
+#: Regex of each URI field type -> the schemes it allows, for readable decode errors
+#: (schemas.codec turns msgspec's "expected `str` matching regex ..." into them).
+URI_SCHEMES: dict[str, tuple[str, ...]] = {}
+
+
+def scheme_pattern(*schemes: str) -> str:
+    """A regex for a URI that starts with one of `schemes` (case-insensitive, as RFC 3986 says).
+
+    Spelled with character classes, not a flag: the pattern goes into the JSON Schema export,
+    whose regex dialect (ECMA-262) has no inline flags. `file` needs only `file:/` (the daemon
+    reads `file:/p`, `file:///p` and `file://localhost/p`); `canary` only its colon; the others
+    need `://` and a first character of the authority.
+    """
+    alts = []
+    for scheme in schemes:
+        letters = "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in scheme)
+        tail = {"file": ":/", "canary": ":"}.get(scheme, "://[^/?#]")
+        alts.append(letters + tail)
+    pattern = f"^({'|'.join(alts)})"
+    URI_SCHEMES[pattern] = schemes
+    return pattern
+
+
+#: Media the daemon reads (analyze's reference): what daemon.media.access can open.
+MediaUri = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=4096, pattern=scheme_pattern("file", "http", "https", "nats-obj"),
+        description="file:, http(s):// or nats-obj:// URI",
+    ),
+]  # fmt: skip
+#: A job's input: media the daemon reads, or `canary:` for the control plane's canary jobs.
+InputUri = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=4096,
+        pattern=scheme_pattern("file", "http", "https", "nats-obj", "canary"),
+        description="file:, http(s):// or nats-obj:// URI (canary: for canary jobs only)",
+    ),
+]  # fmt: skip
+#: A job's output: what the daemon can write (never a network location of the submitter's).
+OutputUri = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=4096, pattern=scheme_pattern("file", "nats-obj"),
+        description="file: or nats-obj:// URI",
+    ),
+]  # fmt: skip
+#: Where the control plane POSTs the job's end (a signed webhook).
+CallbackUrl = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1, max_length=2048, pattern=scheme_pattern("http", "https"),
+        description="http(s):// URL of the job-end webhook",
+    ),
+]  # fmt: skip
 
 
 class Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=False):

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.common import Labels, Part, Priority, Token, Uri, Wire
+from schemas.common import CallbackUrl, InputUri, Labels, OutputUri, Part, Priority, Token, Wire
 from schemas.operations import Canary, Operation, Probe
 
 Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
@@ -41,17 +41,19 @@ class JobSpec(Wire, kw_only=True):
     job_id: Token
     tenant: Token = "default"
     priority: Priority = "normal"
-    input: Uri
-    output: Uri | None = None
+    input: InputUri
+    output: OutputUri | None = None
     operation: Operation
     requirements: Requirements = msgspec.field(default_factory=Requirements)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     deadline: datetime | None = None
-    callback_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+    callback_url: CallbackUrl | None = None
     metadata: dict[Annotated[str, msgspec.Meta(max_length=64)], str] = {}
 
     def __post_init__(self) -> None:
+        if self.input[:7].lower().startswith("canary:") and not isinstance(self.operation, Canary):
+            raise ValueError("`input` canary: is for canary jobs only")
         needs_output = not isinstance(self.operation, Probe | Canary)
         if needs_output and self.output is None:
             raise ValueError(f"operation {self.operation_name!r} needs `output`")

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from schemas.common import Part
+from schemas.common import MediaUri, Part
 
 VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
@@ -68,7 +68,7 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
 class Analyze(Part, kw_only=True, tag="analyze", tag_field="op"):
     """Quality of the job's input (distorted) against `reference`."""
 
-    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
+    reference: MediaUri
     vmaf: bool = True
     psnr: bool = True
     ssim: bool = True

@@ -36,6 +36,15 @@ WIRE_TYPES: dict[str, Any] = {
     "api_cancel_request": api.CancelRequest,
     "api_ack_reply": api.AckReply,
     "api_summary_reply": api.SummaryReply,
+    "api_key_create_request": api.KeyCreateRequest,
+    "api_key_ref": api.KeyRef,
+    "api_key_rotate_request": api.KeyRotateRequest,
+    "api_key_list_request": api.KeyListRequest,
+    "api_key_list_reply": api.KeyListReply,
+    "api_key_created": api.KeyCreated,
+    "api_tenant_create_request": api.TenantCreateRequest,
+    "api_tenant_created": api.TenantCreated,
+    "api_tenant_list_reply": api.TenantListReply,
 }
 
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec, "job")

@@ -1,11 +1,19 @@
 """Subject, stream and consumer names in one place, and the job partition rule.
 
-A producer publishes a job to `<prefix>.submit.<pool>.<priority>.<job_id>` with the job id as
-`Nats-Msg-Id`. The jobs stream's subject transform stores it as
-`<prefix>.jobs.<pool>.<priority>.<partition>.<job_id>`, where the server computes
+A producer publishes a job to `<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` with the job
+id as `Nats-Msg-Id`. The jobs stream's subject transform stores it as
+`<prefix>.jobs.<pool>.<priority>.<partition>.<tenant>.<job_id>`, where the server computes
 `partition = fnv1a32(job_id) % partitions`, so producers never compute it themselves.
 Priority lives in the subject because JetStream has none per message: each (pool, priority)
-pair has its own durable consumer, and daemons drain higher priorities first.
+pair has its own durable consumer, and daemons drain higher priorities first. The tenant lives
+in the subject so NATS permissions can hold a producer to its own tenant
+(`<prefix>.submit.<tenant>.>`); a daemon fails a job whose body names another tenant.
+
+That is version 2 of the submit subject (SUBMIT_SUBJECT_VERSION). Version 1 had no tenant token
+(`<prefix>.submit.<pool>.<priority>.<job_id>`, stored as
+`<prefix>.jobs.<pool>.<priority>.<partition>.<job_id>`): the jobs stream no longer captures it,
+and the control plane answers such a publish with an error PubAck (control.submitrefusal).
+Jobs stored under the version 1 form before an upgrade are still run, tenant from the body.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from schemas.common import PRIORITIES
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ALL_NODES = "all"
+#: The submit subject's version: 2 added the tenant token. Producers of version 1 are refused.
+SUBMIT_SUBJECT_VERSION = 2
+#: `err_code` of the error PubAck that refuses a version 1 submit (Flotilla's, not the server's).
+ERR_SUBMIT_SUBJECT_V1 = 40001
 
 
 def fnv1a32(data: bytes) -> int:
@@ -39,6 +51,27 @@ def check_token(value: str, what: str) -> str:
 
 
 @dataclass(frozen=True)
+class StoredJob:
+    """A job message's place in the jobs stream, read from its stored subject."""
+
+    pool: str
+    priority: str
+    partition: int
+    #: None for a job stored under the version 1 submit subject: its body names the tenant.
+    tenant: str | None
+    job_id: str
+
+
+def parse_stored(subject: str) -> StoredJob:
+    """`<prefix>.jobs.<pool>.<priority>.<partition>[.<tenant>].<job_id>`; ValueError otherwise."""
+    tokens = subject.split(".")
+    if len(tokens) not in (6, 7) or tokens[1] != "jobs" or not tokens[4].isdigit():
+        raise ValueError(f"{subject!r} is not a stored job subject")
+    tenant = tokens[5] if len(tokens) == 7 else None
+    return StoredJob(tokens[2], tokens[3], int(tokens[4]), tenant, tokens[-1])
+
+
+@dataclass(frozen=True)
 class Subjects:
     prefix: str = "flotilla"
     partitions: int = 8
@@ -50,25 +83,47 @@ class Subjects:
             raise ValueError("partitions must be between 1 and 1024")
 
     # -- jobs ---------------------------------------------------------------------------
-    def submit(self, pool: str, priority: str, job_id: str) -> str:
+    def submit(self, tenant: str, pool: str, priority: str, job_id: str) -> str:
+        check_token(tenant, "tenant")
         check_token(pool, "pool")
         check_token(job_id, "job id")
         if priority not in PRIORITIES:
             raise ValueError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
-        return f"{self.prefix}.submit.{pool}.{priority}.{job_id}"
+        return f"{self.prefix}.submit.{tenant}.{pool}.{priority}.{job_id}"
 
     @property
     def submit_wildcard(self) -> str:
+        return f"{self.prefix}.submit.*.*.*.*"
+
+    @property
+    def submit_v1_wildcard(self) -> str:
+        """The version 1 form: three tokens after `submit`, so it never matches version 2."""
         return f"{self.prefix}.submit.*.*.*"
+
+    def pool_submits(self, pool: str) -> str:
+        """Every submit to `pool`, whatever the tenant: the daemons' wake-up subscription."""
+        return f"{self.prefix}.submit.*.{pool}.>"
+
+    def tenant_submits(self, tenant: str) -> str:
+        """Every submit of `tenant`: what a producer of that tenant may publish to."""
+        return f"{self.prefix}.submit.{check_token(tenant, 'tenant')}.>"
 
     @property
     def jobs_transform(self) -> str:
+        # Wildcards of submit_wildcard: 1 tenant, 2 pool, 3 priority, 4 job id. The partition
+        # hashes the job id token alone, as partition_of does.
         return (
-            f"{self.prefix}.jobs.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}"
-            f".{{{{partition({self.partitions},3)}}}}.{{{{wildcard(3)}}}}"
+            f"{self.prefix}.jobs.{{{{wildcard(2)}}}}.{{{{wildcard(3)}}}}"
+            f".{{{{partition({self.partitions},4)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(4)}}}}"
         )
 
-    def job_stored(self, pool: str, priority: str, job_id: str) -> str:
+    def job_stored(self, tenant: str, pool: str, priority: str, job_id: str) -> str:
+        """Where the stream keeps the job; `tenant` may be `*` to match any (a look-up)."""
+        part = partition_of(job_id, self.partitions)
+        return f"{self.prefix}.jobs.{pool}.{priority}.{part}.{tenant}.{job_id}"
+
+    def job_stored_v1(self, pool: str, priority: str, job_id: str) -> str:
+        """Where a job submitted under the version 1 subject was kept (before the upgrade)."""
         part = partition_of(job_id, self.partitions)
         return f"{self.prefix}.jobs.{pool}.{priority}.{part}.{job_id}"
 

@@ -77,7 +77,7 @@ class CanaryRunner:
                     requirements=Requirements(pool=pool),
                     max_attempts=1,
                 )
-                subject = self.subjects.submit(pool, job.priority, job.job_id)
+                subject = self.subjects.submit(job.tenant, pool, job.priority, job.job_id)
                 await self.js.publish(subject, encode(job), headers={"Nats-Msg-Id": job.job_id})
                 self.pending[pool] = _Pending(job.job_id, now)
 

@@ -45,6 +45,9 @@ class Snapshot:
     canary_failed: tuple[str, ...] = ()
     #: (state, pool) -> job count, for the flotilla_jobs gauge
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: node id -> its events rejected within the window (it reported on an attempt it does not
+    #: hold)
+    rejected_by_node: dict[str, int] = field(default_factory=dict)
 
 
 #: (subject, value, threshold)
@@ -127,6 +130,10 @@ def canary_failed(s: Snapshot, t: AlertThresholds) -> list[Finding]:
     return [(p, 1.0, 0.0) for p in s.canary_failed]
 
 
+def rejected_events(s: Snapshot, t: AlertThresholds) -> list[Finding]:
+    return [(node, float(n), 0.0) for node, n in sorted(s.rejected_by_node.items()) if n > 0]
+
+
 RULES: dict[str, tuple[Rule, Severity]] = {
     "node_offline": (node_offline, "warning"),
     "pool_offline_with_work": (pool_offline_with_work, "critical"),
@@ -139,6 +146,7 @@ RULES: dict[str, tuple[Rule, Severity]] = {
     "stuck_job": (stuck_job, "warning"),
     "ingest_lag": (ingest_lag, "warning"),
     "canary_failed": (canary_failed, "critical"),
+    "rejected_events": (rejected_events, "warning"),
 }
 
 

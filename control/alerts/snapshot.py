@@ -50,8 +50,11 @@ async def fleet_snapshot(
     )
 
 
-async def with_db(snap: Snapshot, db: asyncpg.Pool, failure_window: float) -> Snapshot:
-    """Add what only Postgres knows: failure rate over the window and idle running jobs."""
+async def with_db(
+    snap: Snapshot, db: asyncpg.Pool, failure_window: float, rejected_window: float = 900.0
+) -> Snapshot:
+    """Add what only Postgres knows: failure rate over the window, idle running jobs, and the
+    nodes whose events were rejected within `rejected_window`."""
     row = await db.fetchrow(
         "SELECT count(*) AS done, count(*) FILTER (WHERE state = 'failed') AS failed FROM jobs"
         " WHERE finished_at > now() - make_interval(secs => $1)",
@@ -64,8 +67,15 @@ async def with_db(snap: Snapshot, db: asyncpg.Pool, failure_window: float) -> Sn
     by_state = await db.fetch(
         "SELECT state, pool, count(*) AS n FROM jobs GROUP BY state, pool LIMIT 10000"
     )
+    rejected = await db.fetch(
+        "SELECT node_id, count(*) AS n FROM rejected_events"
+        " WHERE received_at > now() - make_interval(secs => $1)"
+        " GROUP BY node_id ORDER BY node_id LIMIT 1000",
+        rejected_window,
+    )
     return replace(
         snap,
+        rejected_by_node={r["node_id"]: int(r["n"]) for r in rejected},
         jobs={(r["state"], r["pool"]): int(r["n"]) for r in by_state},
         finished_in_window=int(row["done"]) if row else 0,
         failed_in_window=int(row["failed"]) if row else 0,

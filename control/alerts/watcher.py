@@ -8,6 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from control.alerts.rules import AlertEngine, Snapshot
+from control.db import is_transient
 from control.metrics import Metrics
 
 log = logging.getLogger("flotilla.watch")
@@ -28,10 +29,19 @@ class Watcher:
         self.last = snap
 
     async def run(self, stop: asyncio.Event) -> None:
+        failing = False
         while not stop.is_set():
             try:
                 await self.tick()
-            except Exception:  # one failed refresh must not end the loop
-                log.exception("snapshot/alert tick failed")
+                if failing:
+                    log.info("snapshot/alert tick works again")
+                failing = False
+            except Exception as exc:  # one failed refresh must not end the loop
+                if not is_transient(exc):
+                    log.exception("snapshot/alert tick failed")
+                elif not failing:  # an outage: one line when it starts, one when it ends
+                    log.warning("snapshot/alert tick failed: %s; retrying every %gs", exc,
+                                self.interval)  # fmt: skip
+                failing = True
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.interval)

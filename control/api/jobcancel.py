@@ -11,19 +11,28 @@ from schemas.subjects import Subjects
 
 
 async def delete_queued(
-    js: JetStreamContext, subjects: Subjects, pools: list[str], job_id: str
+    js: JetStreamContext,
+    subjects: Subjects,
+    pools: list[str],
+    job_id: str,
+    tenant: str | None = None,
 ) -> bool:
     """Remove the job's message if it is still stored; the partition follows from the id, so
-    only pool and priority are unknown: a handful of direct look-ups."""
+    only pool and priority are unknown: a handful of direct look-ups. Without `tenant` the
+    look-up matches any tenant token (the server takes a wildcard there; job ids are global),
+    and a job stored under the version 1 subject, before the upgrade, is found too."""
     for pool in pools:
         for prio in PRIORITIES:
-            stored = subjects.job_stored(pool, prio, job_id)
-            try:
-                msg = await js.get_last_msg(subjects.jobs_stream, stored)
-            except NotFoundError:
-                continue
-            if msg.seq is not None:
-                return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
+            for stored in (
+                subjects.job_stored(tenant or "*", pool, prio, job_id),
+                subjects.job_stored_v1(pool, prio, job_id),
+            ):
+                try:
+                    msg = await js.get_last_msg(subjects.jobs_stream, stored)
+                except NotFoundError:
+                    continue
+                if msg.seq is not None:
+                    return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
     return False
 
 

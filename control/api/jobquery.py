@@ -56,9 +56,28 @@ def job_info(row: asyncpg.Record) -> api.JobInfo:
     )
 
 
-async def get_job(pool: asyncpg.Pool, job_id: str) -> api.JobInfo | None:
-    row = await pool.fetchrow(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1", job_id)
+async def get_job(pool: asyncpg.Pool, job_id: str, tenant: str | None = None) -> api.JobInfo | None:
+    """The job; with `tenant`, only if it is that tenant's (else None, as for an unknown id)."""
+    row = await pool.fetchrow(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)",
+        job_id,
+        tenant,
+    )
     return None if row is None else job_info(row)
+
+
+async def owned(pool: asyncpg.Pool, job_ids: list[str], tenant: str) -> set[str]:
+    """Which of these jobs are the tenant's."""
+    rows = await pool.fetch(
+        "SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND tenant = $2", job_ids, tenant
+    )
+    return {r["job_id"] for r in rows}
+
+
+async def job_tenant(pool: asyncpg.Pool, job_id: str) -> str | None:
+    """The job's tenant as recorded; None for an unknown job, '' while its spec is unknown."""
+    value = await pool.fetchval("SELECT tenant FROM jobs WHERE job_id = $1", job_id)
+    return None if value is None else str(value)
 
 
 def encode_cursor(submitted_at: datetime, job_id: str) -> str:
@@ -74,7 +93,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError(f"bad cursor: {exc}") from exc
 
 
-async def list_jobs(pool: asyncpg.Pool, req: api.JobListRequest) -> api.JobListReply:
+async def list_jobs(
+    pool: asyncpg.Pool, req: api.JobListRequest, scope: str | None = None
+) -> api.JobListReply:
+    """One page; `scope` confines it to that tenant whatever the request's own filters say."""
     where: list[str] = []
     args: list[Any] = []
 
@@ -82,6 +104,8 @@ async def list_jobs(pool: asyncpg.Pool, req: api.JobListRequest) -> api.JobListR
         args.append(value)
         where.append(clause.format(f"${len(args)}"))
 
+    if scope is not None:
+        add("tenant = {}", scope)
     if req.state is not None:
         add("state = {}", req.state)
     if req.tenant is not None:
@@ -130,8 +154,12 @@ async def job_events(pool: asyncpg.Pool, job_id: str, limit: int = 1000) -> api.
     return api.JobEventsReply(job_id=job_id, events=events)
 
 
-async def jobs_by_state(pool: asyncpg.Pool) -> dict[str, int]:
-    rows = await pool.fetch("SELECT state, count(*) AS n FROM jobs GROUP BY state")
+async def jobs_by_state(pool: asyncpg.Pool, tenant: str | None = None) -> dict[str, int]:
+    rows = await pool.fetch(
+        "SELECT state, count(*) AS n FROM jobs WHERE $1::text IS NULL OR tenant = $1"
+        " GROUP BY state",
+        tenant,
+    )
     return {r["state"]: r["n"] for r in rows}
 
 

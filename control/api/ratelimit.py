@@ -1,9 +1,16 @@
-"""Per-tenant token buckets for the API's submit rate (in memory, per control-plane instance)."""
+"""Per-tenant token buckets for the API's submit rate.
+
+With a database, the bucket is a `tenant_buckets` row that every control-plane instance draws
+from (`take_token`), so N instances allow a tenant's rate once, not N times. `TenantLimiter`, in
+memory, serves only an instance that has no database (tests, a bare API).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+
+import asyncpg
 
 MAX_TENANTS = 100_000
 
@@ -38,3 +45,22 @@ class TenantLimiter:
             return False
         b.tokens -= 1.0
         return True
+
+
+#: Refill from the elapsed time, take one token if one is there; no row back means refused.
+#: The row lock serializes one tenant's submits across instances; time is the database's clock.
+TAKE_TOKEN = """
+INSERT INTO tenant_buckets AS b (tenant, tokens, refilled_at) VALUES ($1, $3::float8 - 1, now())
+ON CONFLICT (tenant) DO UPDATE SET
+    tokens = LEAST($3::float8, b.tokens
+        + GREATEST(0, extract(epoch FROM now() - b.refilled_at))::float8 * $2::float8) - 1,
+    refilled_at = now()
+WHERE LEAST($3::float8, b.tokens
+        + GREATEST(0, extract(epoch FROM now() - b.refilled_at))::float8 * $2::float8) >= 1
+RETURNING tokens
+"""
+
+
+async def take_token(db: asyncpg.Pool, tenant: str, rate: float, burst: int) -> bool:
+    """One submit's token from the tenant's shared bucket; False when it is empty."""
+    return await db.fetchval(TAKE_TOKEN, tenant, float(rate), float(burst)) is not None

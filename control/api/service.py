@@ -1,4 +1,14 @@
-"""The control plane's request/reply API: a nats.micro service on `<prefix>.api.*`."""
+"""The control plane's request/reply API: a nats.micro service on `<prefix>.api.*`.
+
+Every request acts as its key's identity (identity.py). A tenant key sees and acts on its own
+tenant's jobs only: another tenant's job answers exactly as an unknown id does (404, same
+message), never 403, so a key learns nothing about jobs it may not see. Node commands and key
+and tenant administration need an operator key (403 otherwise). node.list stays readable to
+tenants, who need pools, labels and capacity to submit, but shows them only their own running
+job ids (`running` still counts every tenant's). fleet.summary gives a tenant its own job
+counts with the fleet's pool queues and node counts, and leaves out the alerts (they name nodes
+and other tenants' jobs).
+"""
 
 from __future__ import annotations
 
@@ -9,18 +19,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
+import msgspec
 from nats import micro
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError
+from nats.errors import ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from control.api import jobquery, tenants
+from control.api import admin, jobquery, tenants
+from control.api.failure import ApiFailure
 from control.api.fleetfit import rejection
+from control.api.identity import KEYLESS_OPERATOR, Identity, identity_for_key
 from control.api.jobcancel import delete_queued, mark_cancelled
-from control.api.ratelimit import TenantLimiter
-from control.db import TRANSIENT_ERRORS
+from control.api.ratelimit import TenantLimiter, take_token
+from control.db import TRANSIENT_ERRORS, is_transient
 from control.db.store import record_submission
 from control.deadletters.retry import DeadLetterNotFound, retry_dead_letter
 from control.fleetread import pool_queue
@@ -39,12 +53,6 @@ NODE_REF: Decoder[api.NodeRef] = Decoder(api.NodeRef, "node ref")
 CMD_REPLY: Decoder[NodeCommandReply] = Decoder(NodeCommandReply, "node command reply")
 
 
-class ApiFailure(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 @dataclass(slots=True)
 class ApiSettings:
     pools: list[str]
@@ -54,7 +62,17 @@ class ApiSettings:
     require_api_keys: bool = False
 
 
-Handler = Callable[[Request], Awaitable[bytes]]
+Handler = Callable[[Request, Identity], Awaitable[bytes]]
+AdminHandler = Callable[[asyncpg.Pool, bytes], Awaitable[bytes]]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A broker or database outage (leader election, restart), as opposed to a bug."""
+    broker = (
+        NatsTimeout, NoRespondersError, NoStreamResponseError, ConnectionClosedError,
+        ServiceUnavailableError,
+    )  # fmt: skip
+    return isinstance(exc, broker) or is_transient(exc)
 
 
 class ApiService:
@@ -76,21 +94,34 @@ class ApiService:
             self.nc, name="flotilla-control", version="0.1.0", description="Flotilla fleet API"
         )
         group = self._svc.add_group(name=f"{self.subjects.prefix}.api")
-        routes: dict[str, Handler] = {
-            "job.submit": self.submit,
-            "job.cancel": self.cancel,
-            "job.get": self.job_get,
-            "job.list": self.job_list,
-            "job.events": self.job_events,
-            "job.retry": self.job_retry,
-            "node.list": self.node_list,
-            "node.drain": self.node_drain,
-            "node.resume": self.node_resume,
-            "fleet.summary": self.summary,
+        # verb -> (handler, needs an operator key)
+        routes: dict[str, tuple[Handler, bool]] = {
+            "job.submit": (self.submit, False),
+            "job.cancel": (self.cancel, False),
+            "job.get": (self.job_get, False),
+            "job.list": (self.job_list, False),
+            "job.events": (self.job_events, False),
+            "job.retry": (self.job_retry, False),
+            "node.list": (self.node_list, False),
+            "node.drain": (self.node_drain, True),
+            "node.resume": (self.node_resume, True),
+            "fleet.summary": (self.summary, False),
         }
-        for subject, handler in routes.items():
+        admin_routes: dict[str, AdminHandler] = {
+            "key.create": admin.key_create,
+            "key.list": admin.key_list,
+            "key.rotate": admin.key_rotate,
+            "key.revoke": admin.key_revoke,
+            "tenant.create": admin.tenant_create,
+            "tenant.list": admin.tenant_list,
+        }
+        for verb, run in admin_routes.items():
+            routes[verb] = (self._admin(run), True)
+        for subject, (handler, operator_only) in routes.items():
             await group.add_endpoint(
-                name=subject.replace(".", "_"), subject=subject, handler=self._wrap(handler)
+                name=subject.replace(".", "_"),
+                subject=subject,
+                handler=self._wrap(subject, handler, operator_only),
             )
 
     async def stop(self) -> None:
@@ -98,17 +129,27 @@ class ApiService:
             await self._svc.stop()
             self._svc = None
 
-    def _wrap(self, handler: Handler) -> Callable[[Request], Awaitable[None]]:
+    def _wrap(
+        self, verb: str, handler: Handler, operator_only: bool
+    ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
+            who: Identity | None = None
             try:
-                if handler != self.submit:  # submit authenticates itself: it needs the tenant
-                    await self._authenticate(req)
-                await req.respond(await handler(req))
+                who = await self._authenticate(req)
+                if operator_only and not who.operator:
+                    raise ApiFailure(403, f"{verb} needs an operator key")
+                await req.respond(await handler(req, who))
             except (DecodeError, ValueError) as exc:
                 await self._error(req, 400, str(exc))
             except ApiFailure as exc:
+                if exc.code == 403 and who is not None:  # a valid key reaching past its rights
+                    log.warning("api %s refused to key %s: %s", verb, who.key_id, exc)
                 await self._error(req, exc.code, str(exc))
             except Exception as exc:  # an endpoint must always answer
+                if unavailable(exc):  # not a bug: the caller may retry (a submit is idempotent)
+                    log.warning("api %s: a dependency is unavailable: %r", verb, exc)
+                    await self._error(req, 503, "the broker or database is unavailable; retry")
+                    return
                 log.exception("api %s failed", req.subject)
                 await self._error(req, 500, f"internal error: {exc}")
 
@@ -118,16 +159,22 @@ class ApiService:
         err = api.ApiError(code=code, message=message[:1000])  # type: ignore[arg-type]
         await req.respond_error(str(code), message[:200], data=encode(err))
 
-    async def _authenticate(self, req: Request) -> tenants.Tenant | None:
+    async def _authenticate(self, req: Request) -> Identity:
         key = (req.headers or {}).get(tenants.KEY_HEADER)
         if key is None and not self.s.require_api_keys:
-            return None
+            return KEYLESS_OPERATOR  # a dev or demo fleet: one trusted operator
         if self.db is None:
             raise ApiFailure(503, "API keys cannot be checked: this instance has no database")
-        tenant = None if key is None else await tenants.tenant_for_key(self.db, key)
-        if tenant is None:
+        who = None if key is None else await identity_for_key(self.db, key)
+        if who is None:
             raise ApiFailure(401, f"a valid {tenants.KEY_HEADER} header is required")
-        return tenant
+        return who
+
+    def _admin(self, run: AdminHandler) -> Handler:
+        async def handler(req: Request, who: Identity) -> bytes:
+            return await run(self._need_db(), req.data)
+
+        return handler
 
     def _nodes(self, now: float | None = None) -> list[FleetNode]:
         if not self.fleet.synced:
@@ -140,24 +187,13 @@ class ApiService:
         return self.db
 
     # -- jobs -----------------------------------------------------------------------------
-    async def submit(self, req: Request) -> bytes:
+    async def submit(self, req: Request, who: Identity) -> bytes:
         job = SUBMIT.decode(req.data).job
-        tenant = await self._authenticate(req)
-        if tenant is not None and tenant.tenant != job.tenant:
-            raise ApiFailure(
-                403, f"this key belongs to tenant {tenant.tenant!r}, not {job.tenant!r}"
-            )
-        rate, burst = (None, None) if tenant is None else (tenant.submit_rate, tenant.submit_burst)
-        if not self.limiter.allow(job.tenant, rate=rate, burst=burst):
-            raise ApiFailure(429, f"tenant {job.tenant!r} is over its submit rate")
-        if tenant is not None and self.db is not None:
-            queued = await tenants.queued_count(self.db, tenant.tenant)
-            if queued >= tenant.max_queued:
-                raise ApiFailure(429, f"tenant {job.tenant!r} has {tenant.max_queued} jobs queued")
+        await self._admit(job.tenant, job.job_id, who)
         reason = rejection(job, self._nodes())
         if reason is not None:
             raise ApiFailure(409, reason)
-        subject = self.subjects.submit(job.pool, job.priority, job.job_id)
+        subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
             subject, encode(job), headers={"Nats-Msg-Id": job.job_id},
             stream=self.subjects.jobs_stream,
@@ -171,19 +207,51 @@ class ApiService:
                 log.warning("job %s accepted but not recorded yet: %r", job.job_id, exc)
         reply = api.SubmitReply(
             job_id=job.job_id,
-            subject=self.subjects.job_stored(job.pool, job.priority, job.job_id),
+            subject=self.subjects.job_stored(job.tenant, job.pool, job.priority, job.job_id),
             stream=ack.stream,
             seq=ack.seq,
             duplicate=bool(ack.duplicate),
         )
         return encode(reply)
 
-    async def cancel(self, req: Request) -> bytes:
+    async def _admit(self, tenant: str, job_id: str, who: Identity) -> None:
+        """May `who` submit this tenant's job now: key, job id, rate and queue limits."""
+        if not who.operator and who.tenant != tenant:
+            raise ApiFailure(403, f"this key belongs to tenant {who.tenant!r}, not {tenant!r}")
+        if self.db is None:
+            if not self.limiter.allow(tenant):
+                raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
+            return
+        # Job ids are fleet-wide: another tenant's id would be deduplicated into its job.
+        owner = await jobquery.job_tenant(self.db, job_id)
+        if owner and owner != tenant:
+            raise ApiFailure(409, f"job id {job_id!r} is taken; pick another")
+        limits = who.limits if who.tenant == tenant else await tenants.get_tenant(self.db, tenant)
+        rate = self.s.submit_rate if limits is None else limits.submit_rate
+        burst = self.s.submit_burst if limits is None else limits.submit_burst
+        if not await take_token(self.db, tenant, rate, burst):
+            raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
+        if limits is not None:
+            queued = await tenants.queued_count(self.db, tenant)
+            if queued >= limits.max_queued:
+                raise ApiFailure(429, f"tenant {tenant!r} has {limits.max_queued} jobs queued")
+
+    async def _visible(self, job_id: str, who: Identity, missing: str = "") -> None:
+        """For a tenant key, 404 unless the job is its tenant's: the very answer an unknown id
+        gets (`missing` is that message), so another tenant's job looks like no job at all."""
+        if who.scope is None:
+            return
+        if await jobquery.get_job(self._need_db(), job_id, who.scope) is None:
+            raise ApiFailure(404, missing or f"no job {job_id!r}")
+
+    async def cancel(self, req: Request, who: Identity) -> bytes:
         ask = CANCEL.decode(req.data)
+        await self._visible(ask.job_id, who)
         # An offline node's last heartbeat may still list a job that now runs elsewhere.
         live = (n for n in self._nodes() if n.state != "offline")
         runner = next((n for n in live if ask.job_id in n.heartbeat.running_jobs), None)
-        if runner is None and await delete_queued(self.js, self.subjects, self.s.pools, ask.job_id):
+        js, subjects, pools = self.js, self.subjects, self.s.pools
+        if runner is None and await delete_queued(js, subjects, pools, ask.job_id, who.scope):
             if self.db is not None:
                 await mark_cancelled(self.db, ask.job_id, ask.reason)
             return encode(api.AckReply(ok=True, message="cancelled while queued"))
@@ -194,22 +262,28 @@ class ApiService:
             return encode(api.AckReply(ok=False, message="not queued; cancel broadcast to all"))
         return await self._command(runner.node_id, cmd)
 
-    async def job_get(self, req: Request) -> bytes:
+    async def job_get(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
-        info = await jobquery.get_job(self._need_db(), ref.job_id)
+        info = await jobquery.get_job(self._need_db(), ref.job_id, who.scope)
         if info is None:
             raise ApiFailure(404, f"no job {ref.job_id!r}")
         return encode(info)
 
-    async def job_list(self, req: Request) -> bytes:
-        return encode(await jobquery.list_jobs(self._need_db(), LIST_REQ.decode(req.data)))
+    async def job_list(self, req: Request, who: Identity) -> bytes:
+        ask = LIST_REQ.decode(req.data)
+        return encode(await jobquery.list_jobs(self._need_db(), ask, scope=who.scope))
 
-    async def job_events(self, req: Request) -> bytes:
+    async def job_events(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
-        return encode(await jobquery.job_events(self._need_db(), ref.job_id))
+        db = self._need_db()
+        # Unknown (or not the caller's): 404, as job.get says, rather than an empty list.
+        if await jobquery.get_job(db, ref.job_id, who.scope) is None:
+            raise ApiFailure(404, f"no job {ref.job_id!r}")
+        return encode(await jobquery.job_events(db, ref.job_id))
 
-    async def job_retry(self, req: Request) -> bytes:
+    async def job_retry(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
+        await self._visible(ref.job_id, who, str(DeadLetterNotFound(ref.job_id)))
         try:
             reply = await retry_dead_letter(self.js, self.subjects, ref.job_id, db=self.db)
         except DeadLetterNotFound as exc:
@@ -217,26 +291,38 @@ class ApiService:
         return encode(reply)
 
     # -- nodes ----------------------------------------------------------------------------
-    async def node_list(self, req: Request) -> bytes:
-        infos = [
-            api.NodeInfo(
-                node_id=n.node_id,
-                state=n.state,
-                last_seen=n.heartbeat.ts,
-                capabilities=n.capabilities,
-                heartbeat=n.heartbeat,
+    async def node_list(self, req: Request, who: Identity) -> bytes:
+        nodes = self._nodes()
+        mine: set[str] | None = None
+        if who.scope is not None:
+            running = [j for n in nodes for j in n.heartbeat.running_jobs]
+            mine = await jobquery.owned(self._need_db(), running, who.scope) if running else set()
+        infos = []
+        for n in nodes:
+            hb = n.heartbeat
+            if mine is not None:  # other tenants' job ids are theirs to know
+                hb = msgspec.structs.replace(
+                    hb, running_jobs=[j for j in hb.running_jobs if j in mine]
+                )
+            infos.append(
+                api.NodeInfo(
+                    node_id=n.node_id,
+                    state=n.state,
+                    last_seen=n.heartbeat.ts,
+                    capabilities=n.capabilities,
+                    heartbeat=hb,
+                    running=len(n.heartbeat.running_jobs),
+                )
             )
-            for n in self._nodes()
-        ]
         return encode(api.NodeListReply(nodes=infos))
 
-    async def node_drain(self, req: Request) -> bytes:
+    async def node_drain(self, req: Request, who: Identity) -> bytes:
         ref = NODE_REF.decode(req.data)
         return await self._command(
             ref.node_id, NodeCommand(verb="drain", deadline_s=ref.deadline_s)
         )
 
-    async def node_resume(self, req: Request) -> bytes:
+    async def node_resume(self, req: Request, who: Identity) -> bytes:
         ref = NODE_REF.decode(req.data)
         return await self._command(ref.node_id, NodeCommand(verb="resume"))
 
@@ -250,7 +336,7 @@ class ApiService:
         return encode(api.AckReply(ok=r.ok, message=r.message or r.state))
 
     # -- fleet ----------------------------------------------------------------------------
-    async def summary(self, req: Request) -> bytes:
+    async def summary(self, req: Request, who: Identity) -> bytes:
         now = time.time()
         nodes = self._nodes(now)
         by_state: dict[str, int] = {}
@@ -265,8 +351,11 @@ class ApiService:
                     pool=pool, queued=q.queued, oldest_wait_s=q.oldest_wait_s, nodes_online=online
                 )
             )
-        jobs = {} if self.db is None else await jobquery.jobs_by_state(self.db)
-        firing = [] if self.db is None else await jobquery.firing_alerts(self.db)
+        jobs = {} if self.db is None else await jobquery.jobs_by_state(self.db, who.scope)
+        # Alerts name nodes and other tenants' jobs: the operator's to see.
+        firing = []
+        if self.db is not None and who.operator:
+            firing = await jobquery.firing_alerts(self.db)
         reply = api.SummaryReply(
             jobs_by_state=jobs, nodes_by_state=by_state, pools=pools, alerts_firing=firing
         )

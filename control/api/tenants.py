@@ -1,12 +1,14 @@
-"""Tenants and API keys: keys are stored as sha256 hashes and map a request to its tenant."""
+"""Tenants: their limits and webhook secrets (their keys are in keys.py)."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from dataclasses import dataclass
 
 import asyncpg
+
+from control.api.keys import insert_key
+from schemas import api
 
 KEY_HEADER = "Flotilla-Api-Key"
 
@@ -18,10 +20,6 @@ class Tenant:
     max_queued: int
     submit_rate: float
     submit_burst: int
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
 
 
 async def create_tenant(
@@ -40,14 +38,44 @@ async def create_tenant(
     return secret
 
 
-async def create_key(pool: asyncpg.Pool, tenant: str, name: str = "") -> str:
+async def create_key(
+    pool: asyncpg.Pool, tenant: str, name: str = "", role: api.Role = "tenant"
+) -> str:
     """A new API key for the tenant; only its hash is kept, so return it once."""
-    key = "flk_" + secrets.token_urlsafe(32)
-    await pool.execute(
-        "INSERT INTO api_keys (key_hash, tenant, name) VALUES ($1, $2, $3)",
-        hash_key(key), tenant, name,
-    )  # fmt: skip
+    key, _ = await insert_key(pool, tenant, role=role, name=name)
     return key
+
+
+async def add_tenant(pool: asyncpg.Pool, req: api.TenantCreateRequest) -> api.TenantCreated | None:
+    """Create a tenant with a fresh webhook secret; None when it exists (its secret is kept)."""
+    secret = secrets.token_hex(32)
+    row = await pool.fetchrow(
+        "INSERT INTO tenants (tenant, webhook_secret, max_queued, submit_rate, submit_burst)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant) DO NOTHING"
+        f" RETURNING {_INFO_COLS}, 0 AS active_keys",
+        req.tenant, secret, req.max_queued, req.submit_rate, req.submit_burst,
+    )  # fmt: skip
+    return None if row is None else api.TenantCreated(info=_info(row), webhook_secret=secret)
+
+
+async def list_tenants(pool: asyncpg.Pool) -> list[api.TenantInfo]:
+    rows = await pool.fetch(
+        f"SELECT {_INFO_COLS}, (SELECT count(*) FROM api_keys k WHERE k.tenant = tenants.tenant"
+        " AND NOT k.revoked AND (k.expires_at IS NULL OR k.expires_at > now())) AS active_keys"
+        " FROM tenants ORDER BY tenant"
+    )
+    return [_info(r) for r in rows]
+
+
+_INFO_COLS = "tenant, max_queued, submit_rate, submit_burst, created_at"
+
+
+def _info(row: asyncpg.Record) -> api.TenantInfo:
+    return api.TenantInfo(
+        tenant=row["tenant"], max_queued=row["max_queued"], submit_rate=row["submit_rate"],
+        submit_burst=row["submit_burst"], created_at=row["created_at"].timestamp(),
+        active_keys=row["active_keys"],
+    )  # fmt: skip
 
 
 _COLS = "t.tenant, t.webhook_secret, t.max_queued, t.submit_rate, t.submit_burst"
@@ -58,15 +86,6 @@ def _tenant(row: asyncpg.Record) -> Tenant:
         row["tenant"], row["webhook_secret"], row["max_queued"], row["submit_rate"],
         row["submit_burst"],
     )  # fmt: skip
-
-
-async def tenant_for_key(pool: asyncpg.Pool, key: str) -> Tenant | None:
-    row = await pool.fetchrow(
-        f"SELECT {_COLS} FROM api_keys k JOIN tenants t USING (tenant)"
-        " WHERE k.key_hash = $1 AND NOT k.revoked",
-        hash_key(key),
-    )
-    return None if row is None else _tenant(row)
 
 
 async def get_tenant(pool: asyncpg.Pool, tenant: str) -> Tenant | None:

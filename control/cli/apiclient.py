@@ -31,6 +31,8 @@ def _raise_for(code: int, message: str) -> None:
         raise BadInput(message)
     if code == 503:
         raise Unreachable(message)
+    if code == 401:
+        raise CliError(f"{message} (give --api-key or set FLOTILLA_API_KEY)")
     raise CliError(message)
 
 

@@ -33,7 +33,9 @@ def add_client_flags(p: argparse.ArgumentParser, *, json_flag: bool = True) -> N
     """Flags of every command that talks to the fleet API."""
     add_nats_flags(p)
     p.add_argument(
-        "--api-key", default=_env("FLOTILLA_API_KEY"), help="tenant API key (env FLOTILLA_API_KEY)"
+        "--api-key",
+        default=_env("FLOTILLA_API_KEY"),
+        help="API key, a tenant's or an operator's (env FLOTILLA_API_KEY)",
     )
     if json_flag:
         p.add_argument("--json", action="store_true", help="one JSON document on stdout")

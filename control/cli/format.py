@@ -8,6 +8,10 @@ from collections.abc import Sequence
 
 import msgspec
 
+from schemas import api
+
+SHOWN_ONCE = "store this key now: it is shown only this once"
+
 
 def print_json(value: object) -> None:
     """One JSON document on stdout (structs, lists and dicts of them)."""
@@ -44,3 +48,24 @@ def ago(ts: float | None, now: float | None = None) -> str:
     if ts is None:
         return "-"
     return duration((time.time() if now is None else now) - ts) + " ago"
+
+
+def when(ts: float | None) -> str | None:
+    """A wall-clock timestamp as UTC date and time; None stays None."""
+    return None if ts is None else time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(ts))
+
+
+def print_created(created: api.KeyCreated, as_json: bool) -> None:
+    """The new key on stdout (its own last line, for scripts), the rest around it."""
+    if as_json:
+        print_json(created)
+    else:
+        info = created.info
+        print(
+            f"{info.key_id}: {info.role} key for tenant {info.tenant}, "
+            f"expires {when(info.expires_at) or 'never'}"
+        )
+        if created.old_key_expires_at is not None:
+            print(f"{info.rotated_from}: stops working at {when(created.old_key_expires_at)}")
+        print(created.key, flush=True)
+    print(f"flotilla: {SHOWN_ONCE}", file=sys.stderr)

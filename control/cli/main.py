@@ -71,10 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Client commands (talk to the fleet API) register themselves, one module per area.
     from control.cli import jobs as cli_jobs
+    from control.cli import keys as cli_keys
     from control.cli import nodes as cli_nodes
 
     cli_jobs.register(sub)
     cli_nodes.register(sub)
+    cli_keys.register(sub)
+    from control.devstack.chaos import cli as cli_chaos
+
+    cli_chaos.register(sub)
     return parser
 
 

@@ -62,6 +62,7 @@ def summary(n: api.NodeInfo) -> dict[str, Any]:
         "verified_encoders": caps.verified_encoders if caps else [],
         "slots": hb.slots if hb else {},
         "running_jobs": hb.running_jobs if hb else [],
+        "running": n.running if n.running is not None else len(hb.running_jobs) if hb else 0,
         "load1": hb.load1 if hb else None,
         "cpu_percent": hb.cpu_percent if hb else None,
         "capabilities": caps,
@@ -76,7 +77,8 @@ def _row(n: api.NodeInfo, now: float) -> list[object]:
     for g in caps.gpus if caps else []:
         gpus[g.name] = gpus.get(g.name, 0) + 1
     # Free slots in the heartbeat include those a waiting fetch holds: running jobs are "used".
-    used = len(hb.running_jobs) if hb else 0
+    # `running` counts every tenant's jobs; a tenant key sees only its own job ids.
+    used = n.running if n.running is not None else len(hb.running_jobs) if hb else 0
     total = sum(hb.slots.values()) if hb else 0
     return [
         n.node_id,

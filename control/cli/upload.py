@@ -1,8 +1,10 @@
-"""`submit --upload`: local inputs go to the `<prefix>_media` object store; the spec names them.
+"""`submit --upload`: local inputs go to the media object store; the spec names them.
 
-Each file is streamed in chunks (nats-py reads the file object in a worker thread), never read
-whole into memory. Keys are `uploads/<job_id>/<basename>`; the spec's URI becomes
-`nats-obj://<bucket>/<key>`, which the daemons fetch into scratch.
+The bucket is the job's tenant bucket `<prefix>_media_<tenant>` where one exists (per-tenant
+buckets, `topology.media_tenants`), else `<prefix>_media`. Each file is streamed in chunks (read
+in a worker thread), never read whole into memory, and written the way a client without purge
+rights can (daemon.media.objstore.put_object). Keys are `uploads/<job_id>/<basename>`; the spec's
+URI becomes `nats-obj://<bucket>/<key>`, which the daemons fetch into scratch.
 """
 
 from __future__ import annotations
@@ -14,23 +16,33 @@ from pathlib import Path
 
 import msgspec
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from nats.js.errors import BucketNotFoundError
-from nats.js.object_store import ObjectStore
 
 from control.cli.jobflags import local_path
 from control.errors import BadInput
+from control.topology import refuse_rollups
+from daemon.media.objstore import delete_object, put_object
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze
 from schemas.subjects import Subjects
 
 
-async def media_store(nc: NATS, subjects: Subjects) -> ObjectStore:
-    """The fleet's media bucket, created on first use."""
+async def media_bucket(nc: NATS, subjects: Subjects, tenant: str) -> str:
+    """The job's tenant bucket if the fleet has one, else the shared one (created on first use)."""
     js = nc.jetstream(timeout=10)
+    own = f"{subjects.objects_bucket}_{tenant}"
     try:
-        return await js.object_store(subjects.objects_bucket)
+        await js.object_store(own)
+        return own
     except BucketNotFoundError:
-        return await js.create_object_store(subjects.objects_bucket)
+        pass
+    try:
+        await js.object_store(subjects.objects_bucket)
+    except BucketNotFoundError:
+        await js.create_object_store(subjects.objects_bucket)
+        await refuse_rollups(js, subjects.objects_bucket)
+    return subjects.objects_bucket
 
 
 def upload_key(job_id: str, path: Path) -> str:
@@ -41,14 +53,14 @@ def _open(path: Path) -> io.BufferedReader:
     return path.open("rb")
 
 
-async def put_file(store: ObjectStore, key: str, path: Path) -> int:
-    """Stream one file into the store; returns its size."""
+async def put_file(js: JetStreamContext, bucket: str, key: str, path: Path) -> int:
+    """Stream one file into the bucket; returns its size."""
     try:
         handle = await asyncio.to_thread(_open, path)
     except OSError as exc:
         raise BadInput(f"cannot upload {path}: {exc.strerror or exc}") from exc
     try:
-        info = await store.put(key, handle)
+        info = await put_object(js, bucket, key, handle)
     finally:
         await asyncio.to_thread(handle.close)
     return int(info.size or 0)
@@ -59,8 +71,8 @@ async def upload_inputs(nc: NATS, subjects: Subjects, spec: JobSpec) -> JobSpec:
 
     Inputs that are not local files (http://, nats-obj://, …) are left as they are.
     """
-    store = await media_store(nc, subjects)
-    bucket = subjects.objects_bucket
+    bucket = await media_bucket(nc, subjects, spec.tenant)
+    js = nc.jetstream(timeout=10)
     used: set[str] = set()
 
     async def rewrite(uri: str, role: str) -> str:
@@ -73,7 +85,7 @@ async def upload_inputs(nc: NATS, subjects: Subjects, spec: JobSpec) -> JobSpec:
         if key in used:  # an analyze job's reference may share the input's basename
             key = upload_key(spec.job_id, path.with_name(f"{role}-{path.name}"))
         used.add(key)
-        await put_file(store, key, path)
+        await put_file(js, bucket, key, path)
         return f"nats-obj://{bucket}/{key}"
 
     new_input = await rewrite(spec.input, "input")
@@ -85,13 +97,14 @@ async def upload_inputs(nc: NATS, subjects: Subjects, spec: JobSpec) -> JobSpec:
 
 async def discard_uploads(nc: NATS, subjects: Subjects, spec: JobSpec) -> None:
     """Delete what `upload_inputs` put for a job the API then refused (best effort)."""
-    bucket_uri = f"nats-obj://{subjects.objects_bucket}/"
-    head = f"{bucket_uri}uploads/{spec.job_id}/"
     uris = [spec.input]
     if isinstance(spec.operation, Analyze):
         uris.append(spec.operation.reference)
-    store = await media_store(nc, subjects)
-    for uri in uris:
-        if uri.startswith(head):
-            with contextlib.suppress(Exception):  # a leftover costs space, not correctness
-                await store.delete(uri.removeprefix(bucket_uri))
+    js = nc.jetstream(timeout=10)
+    for bucket in (f"{subjects.objects_bucket}_{spec.tenant}", subjects.objects_bucket):
+        bucket_uri = f"nats-obj://{bucket}/"
+        head = f"{bucket_uri}uploads/{spec.job_id}/"
+        for uri in uris:
+            if uri.startswith(head):
+                with contextlib.suppress(Exception):  # a leftover costs space, not correctness
+                    await delete_object(js, bucket, uri.removeprefix(bucket_uri))

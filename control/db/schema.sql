@@ -81,6 +81,41 @@ CREATE TABLE bad_events (
     received_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- A node may report only on the attempts it holds. The first event recorded for (job, attempt)
+-- names its holder (normally the node's `accepted`; a node that declines before accepting
+-- reports `handed_back` or `failed` first); later events of that attempt from any other node
+-- are rejected (control/db/holders.py).
+CREATE TABLE job_attempts (
+    job_id       text NOT NULL,
+    attempt      integer NOT NULL,
+    node_id      text NOT NULL,
+    -- The claiming event, and its own time: a dead letter's re-submission starts the attempt
+    -- numbers again, so a claim older than jobs.resubmitted_at belongs to the dead run.
+    event_id     text NOT NULL,
+    kind         text NOT NULL,
+    ts           timestamptz NOT NULL,
+    claimed_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (job_id, attempt)
+);
+
+-- Job events refused because their node does not hold the attempt: never folded, kept here.
+CREATE TABLE rejected_events (
+    event_id     text PRIMARY KEY,
+    stream_seq   bigint,
+    subject      text NOT NULL,
+    node_id      text NOT NULL,
+    job_id       text NOT NULL,
+    attempt      integer NOT NULL,
+    kind         text NOT NULL,
+    reason       text NOT NULL,
+    holder       text,
+    payload      jsonb NOT NULL,
+    ts           timestamptz NOT NULL,
+    received_at  timestamptz NOT NULL DEFAULT now()
+);
+-- The `rejected_events` alert counts the recent ones.
+CREATE INDEX rejected_events_received_idx ON rejected_events (received_at);
+
 -- Alerts as the alert engine fires and resolves them; one firing alert per (rule, subject).
 CREATE TABLE alerts (
     alert_id     text PRIMARY KEY,
@@ -134,8 +169,16 @@ CREATE TABLE api_keys (
     tenant      text NOT NULL REFERENCES tenants (tenant) ON DELETE CASCADE,
     name        text NOT NULL DEFAULT '',
     revoked     boolean NOT NULL DEFAULT false,
-    created_at  timestamptz NOT NULL DEFAULT now()
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    -- From 0101_api_keys.sql: the public id, role, expiry, lazy last use and rotation.
+    key_id        text NOT NULL CONSTRAINT api_keys_key_id_key UNIQUE,
+    role          text NOT NULL DEFAULT 'tenant' CHECK (role IN ('tenant', 'operator')),
+    expires_at    timestamptz,
+    last_used_at  timestamptz,
+    revoked_at    timestamptz,
+    rotated_from  text
 );
+CREATE INDEX api_keys_tenant_idx ON api_keys (tenant, created_at);
 
 -- One row per job whose callback has been handled (delivered or given up), plus every attempt
 -- as a `webhook` row in job_events so the job's event list shows it.
@@ -150,3 +193,18 @@ CREATE TABLE webhook_deliveries (
     done_at       timestamptz
 );
 CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (next_at) WHERE done_at IS NULL;
+
+-- From 0101_api_keys.sql: one submit token bucket per tenant, shared by every instance.
+CREATE TABLE tenant_buckets (
+    tenant       text PRIMARY KEY,
+    tokens       double precision NOT NULL,
+    refilled_at  timestamptz NOT NULL
+);
+
+-- The fleet webhook secret: signs callbacks of tenants without a tenants row when
+-- `webhooks.secret_file` is unset. One row at most, generated on first use.
+CREATE TABLE webhook_fleet_secret (
+    id          boolean PRIMARY KEY DEFAULT true CHECK (id),
+    secret      text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);

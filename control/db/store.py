@@ -5,40 +5,28 @@
 new are folded, so a replayed or duplicated event changes nothing. Job rows are locked in job id
 order before folding, so concurrent batches touching the same job serialise instead of losing
 an update. Node events are kept as they came; node state is the node tracker's (control/nodes.py).
+Before any of it, a job event from a node that does not hold its attempt (control/db/holders.py)
+is taken out of the batch and kept in `rejected_events` instead: it changes nothing.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TypeGuard
 
 import asyncpg
 import msgspec
 
-from control.db import queries
+from control.db import holders, queries
+from control.db.holders import Rejection
+from control.db.incoming import BadMessage as BadMessage
+from control.db.incoming import Incoming as Incoming
 from control.fold import FOLD_COLUMNS, JobRow, at, fold_job
 from schemas.events import Accepted, Event, JobEvent, is_job_event, kind_of
 from schemas.jobs import JobSpec
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    """A decoded event with the JSON text it came as and its events-stream sequence."""
-
-    event: Event
-    body: str
-    stream_seq: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BadMessage:
-    stream_seq: int
-    subject: str
-    error: str
-    payload: bytes
 
 
 @dataclass(slots=True)
@@ -46,6 +34,8 @@ class StoreResult:
     inserted: int = 0
     duplicates: int = 0
     jobs_changed: int = 0
+    #: Events refused (their node does not hold the attempt) and recorded for the first time.
+    rejected: list[Rejection] = field(default_factory=list)
 
 
 def _is_job(ev: Event) -> TypeGuard[JobEvent]:
@@ -65,6 +55,11 @@ async def store_batch(
     """Insert `items` idempotently and fold the new ones; the caller owns the transaction."""
     result = StoreResult()
     unique = list({i.event.event_id: i for i in items}.values())
+    refused = await holders.check(conn, unique)
+    if refused:
+        result.rejected = await holders.record(conn, refused)
+        out = {r.event.event_id for r in refused}
+        unique = [i for i in unique if i.event.event_id not in out]
     if unique:
         await conn.execute(queries.STAGE_TABLES)
         await conn.copy_records_to_table(
@@ -75,7 +70,7 @@ async def store_batch(
         new_ids = {r["event_id"] for r in await conn.fetch(queries.INSERT_EVENTS)}
         fresh = [i.event for i in unique if i.event.event_id in new_ids]
         result.inserted = len(fresh)
-        result.duplicates = len(items) - len(fresh)
+        result.duplicates = len(items) - len(fresh) - len(refused)
         job_events = [e for e in fresh if _is_job(e)]
         result.jobs_changed = await fold_jobs(conn, job_events)
         await keep_specs(conn, job_events)

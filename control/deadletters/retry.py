@@ -2,7 +2,8 @@
 
 A dead letter is the job message as it was, in `<prefix>.dlq.<job_id>` on the dead-letter
 stream, with `Flotilla-Dlq-*` headers saying where it came from. A retry publishes its payload
-to `<prefix>.submit.<pool>.<priority>.<job_id>` again.
+to `<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` again, the tenant being the one its
+body names (a daemon fails a job whose subject and body disagree).
 
 The Nats-Msg-Id of a retry is `<job_id>-retry-<dlq seq>`, not the job id: the job id was used
 as the Msg-Id of the first submission, and a second publish with it inside the jobs stream's
@@ -24,7 +25,7 @@ from control.errors import NotFound
 from schemas.api import SubmitReply
 from schemas.codec import DecodeError
 from schemas.registry import JOB_DECODER
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, parse_stored
 
 H_PREFIX = "Flotilla-Dlq-"
 H_REASON = "Flotilla-Dlq-Reason"
@@ -49,16 +50,26 @@ def retry_msg_id(job_id: str, dlq_seq: int) -> str:
     return f"{job_id}-retry-{dlq_seq}"
 
 
-def _route(headers: dict[str, str], data: bytes) -> tuple[str, str]:
-    """The (pool, priority) to re-submit to: from the headers, else from the spec itself."""
+def _route(headers: dict[str, str], data: bytes) -> tuple[str, str, str]:
+    """The (tenant, pool, priority) to re-submit to: pool and priority from the headers, else
+    from the spec; the tenant from the spec, else from the stored subject, else `default`."""
     pool, priority = headers.get(H_POOL), headers.get(H_PRIORITY)
-    if pool and priority:
-        return pool, priority
     try:
         spec = JOB_DECODER.decode(data)
     except DecodeError as exc:
-        raise ValueError(f"dead letter names no pool and its payload is not a job: {exc}") from exc
-    return spec.pool, spec.priority
+        if not (pool and priority):
+            msg = f"dead letter names no pool and its payload is not a job: {exc}"
+            raise ValueError(msg) from exc
+        # Not a job: it goes back as it was, and its daemon fails it again whatever the tenant.
+        return _stored_tenant(headers.get(H_SUBJECT, "")) or "default", pool, priority
+    return spec.tenant, pool or spec.pool, priority or spec.priority
+
+
+def _stored_tenant(subject: str) -> str | None:
+    try:
+        return parse_stored(subject).tenant
+    except ValueError:
+        return None
 
 
 async def retry_dead_letter(
@@ -73,7 +84,7 @@ async def retry_dead_letter(
     data = msg.data or b""
     dlq_seq = msg.seq or 0
     original = dict(msg.headers or {})
-    pool, priority = _route(original, data)
+    tenant, pool, priority = _route(original, data)
     headers = {
         k: v
         for k, v in original.items()
@@ -81,7 +92,7 @@ async def retry_dead_letter(
     }
     headers["Nats-Msg-Id"] = retry_msg_id(job_id, dlq_seq)
     headers[H_RETRY_OF] = str(dlq_seq)
-    subject = subjects.submit(pool, priority, job_id)
+    subject = subjects.submit(tenant, pool, priority, job_id)
     if db is None:
         ack = await js.publish(subject, data, headers=headers)
     else:

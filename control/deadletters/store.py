@@ -34,7 +34,7 @@ from control.fold import CONTROL_NODE
 from schemas.codec import DecodeError, encode
 from schemas.events import Failed
 from schemas.registry import JOB_DECODER
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, parse_stored
 
 MAX_DELIVERIES_REASON = "max deliveries exceeded"
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -130,7 +130,8 @@ async def from_max_deliveries(
     except NotFoundError:
         return None
     subject, data = job.subject or "", job.data or b""
-    _, _, pool, priority, _, job_id = subject.split(".")  # <prefix>.jobs.<pool>.<prio>.<p>.<id>
+    stored = parse_stored(subject)
+    pool, priority, job_id = stored.pool, stored.priority, stored.job_id
     # The producer's headers travel along, not its Nats-* directives (meant for the jobs stream).
     kept = {k: v for k, v in (job.headers or {}).items() if not k.startswith("Nats-")}
     letter = Letter(

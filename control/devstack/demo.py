@@ -191,7 +191,7 @@ def _dir_bytes(uri: str) -> int:
 async def publish(js: Any, subjects: Subjects, tracker: Tracker, spec: dict[str, Any]) -> None:
     tracker.rows[spec["job_id"]] = {"op": spec["operation"]["op"], "output": spec.get("output")}
     tracker.expected += 1
-    subject = subjects.submit("cpu", "normal", spec["job_id"])
+    subject = subjects.submit(spec.get("tenant", "default"), "cpu", "normal", spec["job_id"])
     await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
 
 

@@ -40,6 +40,8 @@ class NodeSettings:
     media: MediaSettings | None = None
     #: Slot overrides per pool (`[slots]`); empty: measured from the machine.
     slots: Mapping[str, int] = field(default_factory=dict)
+    #: Other top-level daemon keys (say `disk_low_watermark_mb`), as TOML values.
+    options: Mapping[str, object] = field(default_factory=dict)
 
     def toml(self) -> str:
         """These settings as TOML tables, to follow the rest of a daemon's config."""
@@ -49,6 +51,10 @@ class NodeSettings:
         if self.slots:
             tables["slots"] = dict(self.slots)
         return "".join(_toml_table(name, values) for name, values in tables.items())
+
+    def top_level(self) -> str:
+        """The top-level keys, to go before any table."""
+        return "".join(f"{key} = {_json(value)}\n" for key, value in self.options.items())
 
 
 def _toml_table(name: str, values: dict[str, Any]) -> str:
@@ -74,6 +80,10 @@ class DevFleet:
     ack_wait: float = 60.0
     #: Settings every daemon gets on top of the dev defaults.
     node_settings: NodeSettings = field(default_factory=NodeSettings)
+    #: More than 1: a NATS cluster of that many servers, with streams replicated up to R3.
+    nats_servers: int = 1
+    #: NATS URL per daemon where it differs from the fleet's (say through a proxy).
+    node_nats_urls: dict[str, str] = field(default_factory=dict)
     stack: EmbeddedStack = field(init=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -81,7 +91,11 @@ class DevFleet:
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
-        self.stack = EmbeddedStack(self.data_dir)
+        self.stack = EmbeddedStack(self.data_dir, self.nats_servers)
+
+    @property
+    def replicas(self) -> int:
+        return min(3, self.nats_servers)
 
     @property
     def nats_url(self) -> str:
@@ -97,7 +111,7 @@ class DevFleet:
             await self.stack.postgres.create_database(DB_NAME)
         nc = await connect(NatsSettings(url=self.nats_url), name="flotilla-dev", reconnect=False)
         try:
-            topology = TopologySettings(ack_wait=self.ack_wait)
+            topology = TopologySettings(ack_wait=self.ack_wait, replicas=self.replicas)
             await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
         finally:
             await nc.close()
@@ -115,21 +129,26 @@ class DevFleet:
         return (
             f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
             f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
-            f"[topology]\nack_wait = {self.ack_wait}\n"
+            f"[topology]\nack_wait = {self.ack_wait}\nreplicas = {self.replicas}\n"
         )
 
     def _daemon_toml(self, node: str, port: int) -> str:
         self.metrics_ports[node] = port
         roots = ", ".join(f'"{r.resolve()}"' for r in self.roots) or f'"{self.data_dir}"'
+        url = self.node_nats_urls.get(node, self.nats_url)
         text = (
-            f'node_id = "{node}"\nstate_dir = "{self.data_dir / "nodes" / node}"\n'
+            f'node_id = "{node}"\nstate_dir = "{self.state_dir(node)}"\n'
             f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
-            f"ack_wait = {self.ack_wait}\n"
-            f'heartbeat_interval = 2.0\n[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
+            f"ack_wait = {self.ack_wait}\nheartbeat_interval = 2.0\n"
+            + self.node_settings.top_level()
+            + f'[nats]\nurl = "{url}"\nprefix = "{self.prefix}"\n'
         ) + self.node_settings.toml()
         # Refuse a config the daemon would refuse, here rather than in a node's log.
         msgspec.toml.decode(text, type=DaemonConfig)
         return text
+
+    def state_dir(self, node: str) -> Path:
+        return self.data_dir / "nodes" / node
 
     async def _spawn(self, name: str, command: list[str], config: str) -> None:
         conf = self.data_dir / f"{name}.toml"

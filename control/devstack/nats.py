@@ -26,7 +26,7 @@ def nats_server_binary() -> str:
     return found
 
 
-def render_config(name: str, port: int, http_port: int, store_dir: Path) -> str:
+def render_config(name: str, port: int, http_port: int, store_dir: Path, extra: str = "") -> str:
     # sync_interval always: JetStream otherwise acks before fsync and loses acknowledged
     # writes on power loss (Jepsen, NATS 2.12.1); Flotilla promises no lost jobs.
     return (
@@ -37,7 +37,7 @@ def render_config(name: str, port: int, http_port: int, store_dir: Path) -> str:
         f"  store_dir: {json.dumps(str(store_dir))}\n"
         "  sync_interval: always\n"
         "}\n"
-    )
+    ) + extra
 
 
 async def _healthz(http_port: int, within: float) -> bool:
@@ -68,9 +68,13 @@ class NatsServer(ServerProcess):
     server back at the same URL with its streams intact.
     """
 
-    def __init__(self, data_dir: Path, *, name: str = "flotilla-embedded") -> None:
+    def __init__(
+        self, data_dir: Path, *, name: str = "flotilla-embedded", extra_config: str = ""
+    ) -> None:
         self.data_dir = data_dir
         self.name = name
+        #: Appended to the generated config (a `cluster {}` block for devstack.natscluster).
+        self.extra_config = extra_config
         self.port = 0
         self.http_port = 0
         self._proc: asyncio.subprocess.Process | None = None
@@ -90,7 +94,7 @@ class NatsServer(ServerProcess):
             self.port, self.http_port = free_ports(2, HOST)
         conf = self.data_dir / "nats-server.conf"
         # nats-server appends "jetstream" itself: the store lands in <data_dir>/jetstream.
-        text = render_config(self.name, self.port, self.http_port, self.data_dir)
+        text = render_config(self.name, self.port, self.http_port, self.data_dir, self.extra_config)
         await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(conf.write_text, text)
         argv = [nats_server_binary(), "-c", str(conf)]

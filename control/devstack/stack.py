@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from control.devstack.nats import NatsServer, nats_server_binary
+from control.devstack.natscluster import NatsCluster
 from control.devstack.pgadmin import ExternalPostgres, create_database, drop_database, dsn_for
 from control.devstack.postgres import PostgresServer, pg_bin
 from control.devstack.proc import EmbeddedError, free_ports, pid_alive
@@ -18,6 +19,7 @@ __all__ = [
     "EmbeddedError",
     "EmbeddedStack",
     "ExternalPostgres",
+    "NatsCluster",
     "NatsServer",
     "PostgresServer",
     "create_database",
@@ -31,10 +33,16 @@ __all__ = [
 
 
 class EmbeddedStack:
-    """NATS in `<data_dir>/nats`, PostgreSQL in `<data_dir>/postgres`; an async context manager."""
+    """NATS in `<data_dir>/nats`, PostgreSQL in `<data_dir>/postgres`; an async context manager.
 
-    def __init__(self, data_dir: Path) -> None:
-        self.nats = NatsServer(data_dir / "nats")
+    `nats_servers` > 1 runs a NATS cluster of that many servers instead of one server."""
+
+    def __init__(self, data_dir: Path, nats_servers: int = 1) -> None:
+        self.nats: NatsServer | NatsCluster = (
+            NatsServer(data_dir / "nats")
+            if nats_servers == 1
+            else NatsCluster(data_dir / "nats", nats_servers)
+        )
         self.postgres = PostgresServer(data_dir / "postgres")
 
     async def start(self) -> None:

@@ -39,6 +39,7 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
+from schemas.subjects import parse_stored
 
 log = logging.getLogger("flotilla.job")
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
@@ -50,8 +51,7 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     job_id = msg.subject.rsplit(".", 1)[-1]
     try:
         spec = JOB_DECODER.decode(msg.data)
-        if (spec.pool, spec.priority, spec.job_id) != (pool, priority, job_id):
-            raise DecodeError("JobSpec", f"subject says {pool}/{priority}/{job_id}")
+        check_subject(spec, msg.subject, pool, priority)
     except DecodeError as exc:
         log.warning("invalid job: %s", exc, extra={"job_id": job_id})
         failed = Failed(
@@ -75,6 +75,23 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         await msg.nak(delay=delay)
         return
     await _run_accepted(msg, spec, attempt, deps)
+
+
+def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None:
+    """The stored subject and the body must agree. The tenant token is what NATS permissions
+    held the producer to, so a body naming another tenant is refused, never run as that one.
+    A job stored under the version 1 subject (before the upgrade) has no tenant token: it was
+    accepted under the old rules, and its body's tenant stands."""
+    try:
+        stored = parse_stored(subject)
+    except ValueError as exc:
+        raise DecodeError("JobSpec", str(exc)) from None
+    if (spec.pool, spec.priority, spec.job_id) != (pool, priority, stored.job_id):
+        raise DecodeError("JobSpec", f"subject says {pool}/{priority}/{stored.job_id}")
+    if stored.tenant is not None and stored.tenant != spec.tenant:
+        raise DecodeError(
+            "JobSpec", f"subject says tenant {stored.tenant!r}, body says tenant {spec.tenant!r}"
+        )
 
 
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:

@@ -61,11 +61,33 @@ class MediaAccess:
     limits: MediaSettings = field(default_factory=MediaSettings)
     js: JetStreamContext | None = None
     buckets: frozenset[str] = frozenset()
+    #: `<prefix>_media_` when per-tenant buckets are on: a job may use only its tenant's.
+    tenant_prefix: str = ""
 
     @classmethod
     def for_config(cls, cfg: DaemonConfig, js: JetStreamContext | None) -> MediaAccess:
+        if cfg.media.tenant_buckets:
+            tenant_prefix = f"{cfg.nats.prefix}_media_"
+            return cls(limits=cfg.media, js=js, buckets=frozenset(cfg.media.object_buckets),
+                       tenant_prefix=tenant_prefix)  # fmt: skip
         buckets = cfg.media.object_buckets or [f"{cfg.nats.prefix}_media"]
         return cls(limits=cfg.media, js=js, buckets=frozenset(buckets))
+
+    def locate(self, uri: str, tenant: str) -> tuple[str, str]:
+        """(bucket, key) of a nats-obj:// URI a job of `tenant` may use; else PathRefused.
+
+        The broker can only separate tenants by bucket, so this receiver check is what keeps
+        one tenant's job from naming another's bucket on a node that may reach them all.
+        """
+        if not self.tenant_prefix:
+            return parse_obj_uri(uri, self.buckets)
+        bucket, key = parse_obj_uri(uri, None)
+        own = self.tenant_prefix + tenant
+        if bucket != own:
+            raise PathRefused(f"bucket {bucket[:100]!r} is not tenant {tenant!r}'s ({own!r})")
+        if self.buckets and bucket not in self.buckets:
+            raise PathRefused(f"bucket {bucket[:100]!r} is not one this node may use")
+        return bucket, key
 
     def input_args(self, path: Path) -> list[str]:
         """`<guards> -i file:<path>` for one input."""
@@ -85,7 +107,7 @@ async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path
         case "http" | "https":
             await fetch_http(uri, local, limits)
         case "nats-obj":
-            bucket, key = parse_obj_uri(uri, media.buckets)
+            bucket, key = media.locate(uri, ctx.spec.tenant)
             js = _js(media)
             await download(js, bucket, key, local, cap=limits.max_input_bytes,
                            within=limits.object_timeout)  # fmt: skip
@@ -102,7 +124,7 @@ async def output_path(ctx: MediaJob, uri: str) -> Path:
     """The local path an operation writes `uri` to (staged in scratch for nats-obj://)."""
     if urlsplit(uri).scheme.lower() != SCHEME:
         return await asyncio.to_thread(resolve_output, uri, ctx.allowed_roots)
-    _, key = parse_obj_uri(uri, ctx.media.buckets)
+    _, key = ctx.media.locate(uri, ctx.spec.tenant)
     _js(ctx.media)
     if uri == ctx.spec.input:
         raise InvalidJob("output is the same object as the input")
@@ -116,7 +138,7 @@ async def publish_outputs(ctx: MediaJob, result: JobResult) -> None:
     uri = ctx.spec.output
     if uri is None or urlsplit(uri).scheme.lower() != SCHEME:
         return
-    bucket, key = parse_obj_uri(uri, ctx.media.buckets)
+    bucket, key = ctx.media.locate(uri, ctx.spec.tenant)
     js = _js(ctx.media)
     stage = ctx.scratch / _STAGE
     parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""

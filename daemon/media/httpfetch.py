@@ -4,7 +4,8 @@ Every URL (the first and each redirect target) must be http(s), carry no credent
 host on `media.http_hosts` (exact, lowercase); an empty list turns http inputs off. The host is
 resolved once, and every address it resolves to must be public (not private, loopback,
 link-local, multicast or reserved) unless `http_allow_private`; the connection then goes to that
-vetted address, so a DNS answer that changes between check and connect cannot redirect it.
+vetted address, so a DNS answer that changes between check and connect cannot redirect it. The
+shape and address checks are common.netvet's, shared with the control plane's webhooks.
 
 Retries (bounded, doubling backoff): connection errors, timeouts, protocol errors, 5xx and 429.
 Not retried here: refused URLs (PathRefused), 4xx and oversize bodies (InputError), all
@@ -17,21 +18,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import ipaddress
 import logging
 import os
-import socket
 from pathlib import Path
-from urllib.parse import SplitResult, urljoin, urlsplit
+from urllib.parse import SplitResult, urljoin
 
 import aiofiles
 
+from common.netvet import Refused, Unresolvable, split_url, vet_address
 from daemon.config import MediaSettings
 from daemon.errors import InputError, JobError, PathRefused, ResourceExhausted
 from daemon.media.httpget import BodyRefused, HttpProtocolError, Response, open_get, stream_body
 
 log = logging.getLogger("flotilla.http")
 _REDIRECTS = (301, 302, 303, 307, 308)
+_SCHEMES = ("http", "https")
 
 
 class _Retryable(Exception):
@@ -82,20 +83,13 @@ def check_url(url: str, media: MediaSettings) -> SplitResult:
     """Refuse a URL the node must not fetch (PathRefused); returns it split."""
     if not media.http_hosts:
         raise PathRefused("http(s) inputs are disabled on this node (media.http_hosts is empty)")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise PathRefused(f"redirect to scheme {parts.scheme!r} refused (http/https only)")
-    if parts.username is not None or parts.password is not None:
-        raise PathRefused("http URLs must not carry credentials")
+    try:
+        parts = split_url(url, _SCHEMES)
+    except Refused as exc:
+        raise PathRefused(f"http input refused: {exc}") from exc
     host = (parts.hostname or "").lower()
     if host not in {h.lower() for h in media.http_hosts}:
         raise PathRefused(f"host {host[:200]!r} is not on this node's http allow-list")
-    try:
-        parts.port  # noqa: B018 (a bad port raises ValueError here)
-    except ValueError as exc:
-        raise PathRefused(f"bad port in {url[:200]!r}") from exc
-    if not url.isascii() or any(c in url for c in "\r\n\t\x00 "):
-        raise PathRefused("http URL must be ASCII without whitespace (percent-encode the rest)")
     return parts
 
 
@@ -117,18 +111,11 @@ async def _connect(parts: SplitResult, media: MediaSettings) -> Response:
 async def vetted_address(host: str, port: int, media: MediaSettings) -> str:
     """The address to connect to; PathRefused if any resolved address is not public."""
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        raise _Retryable(f"cannot resolve {host}: {exc}") from exc
-    addresses = [str(info[4][0]) for info in infos]
-    if not addresses:
-        raise _Retryable(f"{host} resolved to no address")
-    for text in addresses:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
-        if not media.http_allow_private and not ip.is_global:
-            # Also catches IPv4-mapped/6to4 forms: is_global is False for them unless public.
-            raise PathRefused(f"{host} resolves to non-public address {ip}: refused")
-    return addresses[0]
+        return await vet_address(host, port, allow_private=media.http_allow_private)
+    except Refused as exc:
+        raise PathRefused(str(exc)) from exc
+    except Unresolvable as exc:
+        raise _Retryable(str(exc)) from exc
 
 
 async def _save(resp: Response, dest: Path, media: MediaSettings) -> int:

@@ -5,8 +5,14 @@ Only buckets the node is configured for are touched (default `<prefix>_media`, w
 a file in scratch through a writer that counts, caps and hashes what arrives; the size and
 SHA-256 must then match the object's metadata (nats-py checks the digest too). Object links are
 not followed: they could point into a bucket the node is not meant to read. An upload streams
-the finished local file (nats-py reads it in a worker thread); the object appears only once all
+the finished local file (read in a worker thread); the object appears only once all
 chunks are stored, so a reader never sees half an output.
+
+Writers hold no purge right and the media streams refuse roll-ups (a `Nats-Rollup: all` header
+would wipe a bucket), so nats-py's `ObjectStore.put`, which purges the old chunks and rolls the
+meta up, cannot be used: `put_object` stores the chunks under a fresh nuid and appends a new meta
+message (readers take a name's last one), and `delete_object` appends a tombstone. The superseded
+chunks and meta messages are left for the control plane's sweep (control.objsweep).
 """
 
 from __future__ import annotations
@@ -16,12 +22,14 @@ import base64
 import errno
 import hashlib
 import io
+import json
 from collections.abc import Collection
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from nats.js import JetStreamContext
+from nats.js import JetStreamContext, api
 from nats.js.errors import (
     BucketNotFoundError,
     DigestMismatchError,
@@ -29,22 +37,37 @@ from nats.js.errors import (
     ObjectNotFoundError,
 )
 from nats.js.object_store import ObjectStore
+from nats.nuid import NUID
 
 from daemon.errors import InputError, JobError, PathRefused, ResourceExhausted
 
 SCHEME = "nats-obj"
 _DIGEST_PREFIX = "SHA-256="
+#: nats-py's chunk size, so objects look the same whichever client wrote them.
+CHUNK_SIZE = 128 * 1024
+_NUID = NUID()
 
 
-def parse_obj_uri(uri: str, buckets: Collection[str]) -> tuple[str, str]:
-    """(bucket, key) of a `nats-obj://bucket/key` URI; PathRefused for anything else."""
+def chunk_subject(bucket: str, nuid: str) -> str:
+    return f"$O.{bucket}.C.{nuid}"
+
+
+def meta_subject(bucket: str, key: str) -> str:
+    return f"$O.{bucket}.M.{base64.urlsafe_b64encode(key.encode()).decode()}"
+
+
+def parse_obj_uri(uri: str, buckets: Collection[str] | None) -> tuple[str, str]:
+    """(bucket, key) of a `nats-obj://bucket/key` URI; PathRefused for anything else.
+
+    `buckets` is the allow-list; None checks the syntax only (the caller checks the bucket).
+    """
     parts = urlsplit(uri)
     if parts.scheme.lower() != SCHEME:
         raise PathRefused(f"{uri[:200]!r} is not a {SCHEME}:// URI")
     if parts.query or parts.fragment or uri.endswith(("?", "#")):
         raise PathRefused(f"{SCHEME} URI must not carry '?' or '#'")
     bucket = parts.netloc
-    if bucket not in buckets:
+    if buckets is not None and bucket not in buckets:
         raise PathRefused(f"bucket {bucket[:100]!r} is not one this node may use")
     try:
         key = unquote(parts.path.removeprefix("/"), errors="strict")
@@ -122,18 +145,53 @@ async def upload(
 ) -> tuple[int, str]:
     """Store the local file `path` as `key`; returns (size, SHA-256 hex) as the store saw them."""
     try:
-        store = await js.object_store(bucket)
+        await js.object_store(bucket)
     except (BucketNotFoundError, NotFoundError) as exc:
         raise JobError(f"object store bucket {bucket!r} does not exist") from exc
     f = await asyncio.to_thread(path.open, "rb")
     try:
         async with asyncio.timeout(within):
-            info = await store.put(key, f)
+            info = await put_object(js, bucket, key, f)
     except TimeoutError as exc:
         raise JobError(f"uploading {key!r} took longer than {within:g} s") from exc
     finally:
         await asyncio.to_thread(f.close)
     return int(info.size or 0), _hex_digest(info.digest)
+
+
+async def put_object(
+    js: JetStreamContext, bucket: str, key: str, f: io.BufferedIOBase
+) -> api.ObjectInfo:
+    """Store `key` from the open file `f` with publish rights alone (no purge, no roll-up).
+
+    The chunks go under a fresh nuid and only then does the new meta message land, so readers
+    see the old object or the new one, never a mix; the old chunks become orphans.
+    """
+    nuid = _NUID.next().decode()
+    subject = chunk_subject(bucket, nuid)
+    sha = hashlib.sha256()
+    buf = bytearray(CHUNK_SIZE)
+    size = chunks = 0
+    while n := await asyncio.to_thread(f.readinto, buf):
+        payload = bytes(buf[:n])
+        sha.update(payload)
+        await js.publish(subject, payload)
+        size, chunks = size + n, chunks + 1
+    digest = base64.urlsafe_b64encode(sha.digest()).decode()
+    info = api.ObjectInfo(
+        name=key, bucket=bucket, nuid=nuid, size=size, chunks=chunks,
+        digest=f"{_DIGEST_PREFIX}{digest}", mtime=datetime.now(UTC).isoformat(),
+        options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+    )  # fmt: skip
+    await js.publish(meta_subject(bucket, key), json.dumps(info.as_dict()).encode())
+    return info
+
+
+async def delete_object(js: JetStreamContext, bucket: str, key: str) -> None:
+    """Mark `key` deleted (a tombstone meta, as nats-py writes); the sweep takes its chunks."""
+    info = await ObjectStore(bucket, f"OBJ_{bucket}", js).get_info(key)
+    info.deleted, info.size, info.chunks, info.digest, info.mtime = True, 0, 0, "", ""
+    await js.publish(meta_subject(bucket, key), json.dumps(info.as_dict()).encode())
 
 
 def _hex_digest(digest: str | None) -> str:

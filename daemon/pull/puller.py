@@ -9,15 +9,15 @@ highest is fetched first, and at most one pull request per pool is in flight.
 
 Latency design: no pull is held open while idle (a long-poll on one tier would make a job of
 another tier wait it out). A core subscription on the pool's submit subjects
-(`<prefix>.submit.<pool>.>`, which every submitted job passes) wakes the loop for a new sweep
-within milliseconds; the body is never read, the job itself still comes through the durable
-consumer. The submit can arrive before the stream has stored the job (often, measured), so the
-tier named in the woken subject is fetched even if its peek still shows it empty: the long-poll
-returns as soon as the job is stored. A sweep that fetched nothing waits for the next wake or at
-most `fetch_timeout`, the fallback poll that finds redeliveries (nak, ack timeout), which send
-no submit, and keeps a node whose wake subscription is refused working, only slower. A job that
-arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle node
-starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
+(`<prefix>.submit.*.<pool>.>`, which every submitted job passes, whatever its tenant) wakes the
+loop for a new sweep within milliseconds; the body is never read, the job itself still comes
+through the durable consumer. The submit can arrive before the stream has stored the job (often,
+measured), so the tier named in the woken subject is fetched even if its peek still shows it empty:
+the long-poll returns as soon as the job is stored. A sweep that fetched nothing waits for the next
+wake or at most `fetch_timeout`, the fallback poll that finds redeliveries (nak, ack timeout),
+which send no submit, and keeps a node whose wake subscription is refused working, only slower. A
+job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle
+node starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
 pool fetches nothing: it waits on the slot counter instead.
 """
 
@@ -64,7 +64,7 @@ class PoolPuller:
         self.pool, self.slots, self.spawn = pool, slots, spawn
         self.fetch_timeout, self.tier_timeout = fetch_timeout, tier_timeout
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
-        self.wake = Wake(wake_source, f"{subjects.prefix}.submit.{pool}.>")
+        self.wake = Wake(wake_source, subjects.pool_submits(pool))
         self.stopping = asyncio.Event()
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
         self.idle = asyncio.Event()

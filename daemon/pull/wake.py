@@ -31,9 +31,9 @@ class Wake:
         self._sub: Subscription | None = None
 
     async def _on_submit(self, msg: Msg) -> None:
-        tokens = msg.subject.split(".")  # <prefix>.submit.<pool>.<priority>.<job_id>
-        if len(tokens) == 5 and tokens[3] in PRIORITIES:
-            self.hints[tokens[3]] += 1
+        tokens = msg.subject.split(".")  # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>
+        if len(tokens) == 6 and tokens[4] in PRIORITIES:
+            self.hints[tokens[4]] += 1
         self.event.set()
 
     async def start(self) -> bool:

@@ -1,11 +1,17 @@
-"""Per-node NATS permissions: the nats role's config, rendered by Ansible, run by a real server.
+"""Per-node and per-producer NATS permissions: the nats role's config, rendered by Ansible, run
+by a real server.
 
 One node's credentials may pull and ack its pools' job consumers, publish its own events and
-registry key, and listen on its own inbox and control subjects and on its pools' submits; it may
-not publish as another node, submit jobs, read another node's inbox or delete a stream. A refused
-publish does not raise where it is made: the server answers `-ERR Permissions Violation`
-asynchronously, so the client sees a timeout and an error_cb call, and the tests assert on that
-text.
+registry key, listen on its own inbox and control subjects and on its pools' submits, and read and
+write objects in the media buckets; it may not publish as another node, submit jobs, read another
+node's inbox, delete a stream or purge (or roll up) a media bucket. A producer may submit only its
+tenant's jobs, call the API, hear only its own inbox and, with media, use only its tenant's bucket.
+A refused publish does not raise where it is made: the server answers `-ERR Permissions
+Violation` asynchronously, so the client sees a timeout and an error_cb call, and the tests
+assert on that text.
+
+Submit subjects are written out in their tenant form, `<prefix>.submit.<tenant>.<pool>.
+<priority>.<job_id>`, which is what the role grants.
 """
 
 from __future__ import annotations
@@ -23,19 +29,37 @@ from typing import Any
 
 import nats
 import nats.errors
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
+from nats.js import JetStreamContext
 
 from common.natsconn import sync_subscriptions
+from control.cli.upload import put_file, upload_inputs
 from control.topology import TopologySettings, ensure_topology
+from daemon.media.objstore import download, upload
 from daemon.pull.wake import Wake
+from schemas.jobs import JobSpec
+from schemas.operations import Probe
 from schemas.subjects import Subjects
 from tests.support.ansible import run_role
 
 VENV_BIN = Path(sys.executable).parent
-PASSWORDS = {"control": "control-pw", "node1": "node1-pw", "node2": "node2-pw"}
+PASSWORDS = {
+    "control": "control-pw",
+    "node1": "node1-pw",
+    "node2": "node2-pw",
+    "prod-a": "prod-a-pw",
+    "prod-b": "prod-b-pw",
+}
 SUBJECTS = Subjects("flotilla")
+MEDIA = "flotilla_media"
+TENANTS = {"prod-a": "acme", "prod-b": "rival"}
 REFUSED_TIMEOUT = 1.0
+
+
+def submit_subject(tenant: str, pool: str, priority: str, job_id: str) -> str:
+    return SUBJECTS.submit(tenant, pool, priority, job_id)
 
 
 def _free_port() -> int:
@@ -69,6 +93,10 @@ def rendered_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int
         "nats_flotilla_nodes": [
             {"name": "node1", "password": PASSWORDS["node1"], "pools": ["cpu"]},
             {"name": "node2", "password": PASSWORDS["node2"], "pools": []},
+        ],
+        "nats_flotilla_producers": [
+            {"name": name, "password": PASSWORDS[name], "tenant": tenant, "media": True}
+            for name, tenant in TENANTS.items()
         ],
     }
     run_role("nats", variables, root / "run")
@@ -121,7 +149,7 @@ async def _connect(url: str, user: str, errors: Errors | None = None) -> Client:
         url,
         user=user,
         password=PASSWORDS[user],
-        inbox_prefix=f"_INBOX_{user}" if user.startswith("node") else "_INBOX",
+        inbox_prefix="_INBOX" if user == "control" else f"_INBOX_{user}",
         error_cb=(errors or Errors()).callback,
         allow_reconnect=False,
         connect_timeout=5,
@@ -136,10 +164,19 @@ async def _wait_for(errors: Errors, subject: str) -> list[str]:
     return []
 
 
+async def _submit_job(js: JetStreamContext, pool: str, priority: str, job_id: str) -> None:
+    """Store a job in the jobs stream as tenant acme's producer would."""
+    subject = submit_subject("acme", pool, priority, job_id)
+    job = json.dumps({"job_id": job_id}).encode()
+    await js.publish(subject, job, headers={"Nats-Msg-Id": job_id})
+
+
 @pytest.fixture
 async def control(server: str) -> AsyncIterator[Client]:
     nc = await _connect(server, "control")
-    await ensure_topology(nc.jetstream(), SUBJECTS, TopologySettings(pools=["cpu", "nvenc"]))
+    js = nc.jetstream()
+    settings = TopologySettings(pools=["cpu", "nvenc"], media_tenants=list(TENANTS.values()))
+    await ensure_topology(js, SUBJECTS, settings)
     yield nc
     await nc.close()
 
@@ -179,33 +216,64 @@ async def test_node_cannot_delete_a_stream(node1: tuple[Client, Errors], control
 
 
 async def test_node_reads_and_writes_media_objects(
-    node1: tuple[Client, Errors], control: Client
+    node1: tuple[Client, Errors], control: Client, tmp_path: Path
 ) -> None:
-    """nats-obj:// inputs and outputs work under a node's credentials; the bucket stays safe."""
+    """The daemon's nats-obj:// paths work under a node's credentials, overwrites included."""
     nc, errors = node1
-    bucket = f"{SUBJECTS.prefix}_media"
-    with contextlib.suppress(Exception):  # ensure_topology may already have made it
-        await control.jetstream().create_object_store(bucket)
-    upload = await control.jetstream().object_store(bucket)
-    await upload.put("uploads/job-perm-2/in.mp4", b"input bytes" * 1000)
-    store = await nc.jetstream(timeout=5).object_store(bucket)
-    try:
-        got = await store.get("uploads/job-perm-2/in.mp4")
-    except Exception:
-        raise AssertionError(errors.seen) from None
-    assert got.data == b"input bytes" * 1000
-    await store.put("outputs/job-perm-2/out.mp4", b"output bytes")
-    await store.put("outputs/job-perm-2/out.mp4", b"output bytes, again")  # overwrite purges
-    assert (await upload.get("outputs/job-perm-2/out.mp4")).data == b"output bytes, again"
+    js = nc.jetstream(timeout=5)
+    admin = control.jetstream(timeout=5)
+    for bucket in (MEDIA, f"{MEDIA}_acme", f"{MEDIA}_rival"):
+        first, second, back = tmp_path / "first", tmp_path / "second", tmp_path / "back"
+        first.write_bytes(b"output bytes" * 30_000)
+        second.write_bytes(b"output bytes, again" * 100)
+        await upload(admin, bucket, "uploads/job-perm-2/in.mp4", first, within=30)
+        size = await download(js, bucket, "uploads/job-perm-2/in.mp4", back, cap=10**9, within=30)
+        assert size == first.stat().st_size and back.read_bytes() == first.read_bytes()
+        await upload(js, bucket, "outputs/job-perm-2/out.mp4", first, within=30)
+        await upload(js, bucket, "outputs/job-perm-2/out.mp4", second, within=30)  # overwrite
+        got = await (await admin.object_store(bucket)).get("outputs/job-perm-2/out.mp4")
+        assert got.data == second.read_bytes()  # a reader gets the new bytes
     assert errors.seen == []
-    with pytest.raises(nats.errors.TimeoutError):
-        await nc.jetstream(timeout=REFUSED_TIMEOUT).delete_stream(f"OBJ_{bucket}")
-    assert await _wait_for(errors, f"$JS.API.STREAM.DELETE.OBJ_{bucket}")
+
+
+async def test_node_cannot_purge_or_wipe_the_media_store(
+    node1: tuple[Client, Errors], control: Client, tmp_path: Path
+) -> None:
+    """No purge, stream delete or message delete request, nor a roll-up header, gets through."""
+    nc, errors = node1
+    js = nc.jetstream(timeout=REFUSED_TIMEOUT)
+    admin = control.jetstream(timeout=5)
+    src = tmp_path / "keep"
+    src.write_bytes(b"keep me" * 1000)
+    for bucket in (MEDIA, f"{MEDIA}_acme"):
+        stream = f"OBJ_{bucket}"
+        await upload(admin, bucket, "keep.bin", src, within=30)
+        before = (await admin.stream_info(stream)).state.messages
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.purge_stream(stream)
+        assert await _wait_for(errors, f"$JS.API.STREAM.PURGE.{stream}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.purge_stream(stream, subject=f"$O.{bucket}.C.>")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_stream(stream)
+        assert await _wait_for(errors, f"$JS.API.STREAM.DELETE.{stream}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.delete_msg(stream, 1)
+        assert await _wait_for(errors, f"$JS.API.STREAM.MSG.DELETE.{stream}")
+        # A publish it may make, with a roll-up header: the stream itself refuses it.
+        with pytest.raises(nats.js.errors.APIError):
+            await nc.jetstream(timeout=5).publish(
+                f"$O.{bucket}.C.wipe", b"", headers={"Nats-Rollup": "all"}
+            )
+        assert (await admin.stream_info(stream)).state.messages == before
+        back = tmp_path / "back"
+        await download(admin, bucket, "keep.bin", back, cap=10**9, within=30)
+        assert back.read_bytes() == src.read_bytes()
 
 
 async def test_node_cannot_submit_jobs(node1: tuple[Client, Errors]) -> None:
     nc, errors = node1
-    subject = SUBJECTS.submit("cpu", "normal", "job-forged")
+    subject = submit_subject("acme", "cpu", "normal", "job-forged")
     with pytest.raises(nats.errors.TimeoutError):
         await nc.jetstream(timeout=REFUSED_TIMEOUT).publish(subject, b"{}")
     assert await _wait_for(errors, subject)
@@ -213,14 +281,11 @@ async def test_node_cannot_submit_jobs(node1: tuple[Client, Errors]) -> None:
 
 async def test_node_pulls_and_acks_its_pool(node1: tuple[Client, Errors], control: Client) -> None:
     nc, errors = node1
-    job = json.dumps({"job_id": "job-perm-1"}).encode()
-    await control.jetstream().publish(
-        SUBJECTS.submit("cpu", "normal", "job-perm-1"), job, headers={"Nats-Msg-Id": "job-perm-1"}
-    )
+    await _submit_job(control.jetstream(), "cpu", "normal", "job-perm-1")
     js = nc.jetstream(timeout=5)
     sub = await js.pull_subscribe_bind(SUBJECTS.consumer("cpu", "normal"), SUBJECTS.jobs_stream)
     (msg,) = await sub.fetch(1, timeout=5)
-    assert msg.data == job
+    assert json.loads(msg.data) == {"job_id": "job-perm-1"}
     await msg.in_progress()
     await msg.ack_sync(timeout=5)
     info = await js.consumer_info(SUBJECTS.jobs_stream, SUBJECTS.consumer("cpu", "normal"))
@@ -268,40 +333,194 @@ async def test_node_listens_only_on_its_own_subjects(
 async def test_node_hears_only_its_pools_submits(
     node1: tuple[Client, Errors], control: Client
 ) -> None:
-    """The idle pull loop's wake hint: node1 (pool cpu) hears cpu submits, never nvenc's."""
+    """The idle pull loop's wake hint: node1 (pool cpu) hears cpu submits of every tenant, never
+    nvenc's."""
     nc, errors = node1
     got: asyncio.Queue[str] = asyncio.Queue()
 
     async def on_msg(msg: Any) -> None:
         await got.put(msg.subject)
 
-    await nc.subscribe(f"{SUBJECTS.prefix}.submit.cpu.>", cb=on_msg)
+    await nc.subscribe("flotilla.submit.*.cpu.>", cb=on_msg)
     await sync_subscriptions(nc)
-    subject = SUBJECTS.submit("cpu", "low", "job-perm-wake")
-    await control.jetstream().publish(subject, b"{}", headers={"Nats-Msg-Id": "job-perm-wake"})
-    assert await asyncio.wait_for(got.get(), 5) == subject
+    for tenant in ("acme", "rival"):
+        subject = submit_subject(tenant, "cpu", "low", "job-perm-wake")
+        await control.publish(subject, b"{}")
+        assert await asyncio.wait_for(got.get(), 5) == subject
     assert errors.seen == []
-    await nc.subscribe(f"{SUBJECTS.prefix}.submit.nvenc.>")
-    assert await _wait_for(errors, f"{SUBJECTS.prefix}.submit.nvenc.>")
-    stored = SUBJECTS.job_stored("cpu", "low", "job-perm-wake")
-    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject=stored)
+    await nc.subscribe("flotilla.submit.*.nvenc.>")
+    assert await _wait_for(errors, "flotilla.submit.*.nvenc.>")
+    await _drop_test_jobs(control)
 
 
 async def test_puller_wake_sees_a_refusal(node1: tuple[Client, Errors], control: Client) -> None:
     """The puller's Wake notices a refused subscription (it then polls) and a granted one."""
     nc, _ = node1
-    refused = Wake(nc, f"{SUBJECTS.prefix}.submit.nvenc.>")
+    refused = Wake(nc, "flotilla.submit.*.nvenc.>")
     assert not await refused.start()
-    granted = Wake(nc, f"{SUBJECTS.prefix}.submit.cpu.>")
+    granted = Wake(nc, "flotilla.submit.*.cpu.>")
     assert await granted.start()
     try:
-        await control.publish(SUBJECTS.submit("cpu", "high", "job-perm-hint"), b"{}")
+        await control.publish(submit_subject("acme", "cpu", "high", "job-perm-hint"), b"{}")
         await asyncio.wait_for(granted.event.wait(), 5)
         assert granted.hints["high"] == 1
     finally:
         await granted.stop()
-        stored = SUBJECTS.job_stored("cpu", "high", "job-perm-hint")
-        await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject=stored)
+        await _drop_test_jobs(control)
+
+
+async def _drop_test_jobs(control: Client) -> None:
+    """Whatever the core publishes above left in the jobs stream."""
+    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject="flotilla.jobs.>")
+
+
+# --- producers --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def prod_b(server: str, control: Client) -> AsyncIterator[tuple[Client, Errors]]:
+    """Tenant rival's producer."""
+    errors = Errors()
+    nc = await _connect(server, "prod-b", errors)
+    yield nc, errors
+    with contextlib.suppress(Exception):
+        await nc.close()
+
+
+async def test_producer_submits_its_own_tenants_jobs(
+    prod_b: tuple[Client, Errors], control: Client
+) -> None:
+    nc, errors = prod_b
+    subject = submit_subject("rival", "cpu", "normal", "job-rival-1")
+    ack = await nc.jetstream(timeout=5).publish(
+        subject, b"{}", headers={"Nats-Msg-Id": "job-rival-1"}
+    )
+    assert ack.seq is not None and not ack.duplicate  # the PubAck came back on its inbox
+    assert errors.seen == []
+    await _drop_test_jobs(control)
+
+
+async def test_producer_cannot_submit_another_tenants_jobs(
+    prod_b: tuple[Client, Errors],
+) -> None:
+    nc, errors = prod_b
+    for subject in (
+        submit_subject("acme", "cpu", "normal", "job-forged"),
+        "flotilla.submit.cpu.normal.job-forged",  # the tenant-less form
+    ):
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream(timeout=REFUSED_TIMEOUT).publish(subject, b"{}")
+        assert await _wait_for(errors, subject)
+
+
+async def test_producer_calls_the_api(prod_b: tuple[Client, Errors], control: Client) -> None:
+    nc, errors = prod_b
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b"pong")
+
+    await control.subscribe("flotilla.api.ping", cb=answer)
+    await sync_subscriptions(control)
+    reply = await nc.request("flotilla.api.ping", b"", timeout=5)
+    assert reply.data == b"pong" and errors.seen == []
+
+
+async def test_producer_hears_no_events_nor_other_inboxes(
+    prod_b: tuple[Client, Errors],
+) -> None:
+    nc, errors = prod_b
+    for subject in (
+        "flotilla.events.>",
+        "flotilla.events.node1.completed",
+        "flotilla.events.*.completed",
+        "_INBOX.>",
+        "_INBOX_prod-a.>",
+        "_INBOX_node1.>",
+        "flotilla.submit.acme.>",
+        "flotilla.ctl.node1.drain",
+        ">",
+    ):
+        await nc.subscribe(subject)
+        assert await _wait_for(errors, subject), subject
+
+
+async def test_producer_cannot_touch_the_jobs_stream(prod_b: tuple[Client, Errors]) -> None:
+    nc, errors = prod_b
+    js = nc.jetstream(timeout=REFUSED_TIMEOUT)
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.stream_info(SUBJECTS.jobs_stream)
+    assert await _wait_for(errors, f"$JS.API.STREAM.INFO.{SUBJECTS.jobs_stream}")
+    with pytest.raises(nats.errors.TimeoutError):
+        await js.purge_stream(SUBJECTS.jobs_stream)
+    assert await _wait_for(errors, f"$JS.API.STREAM.PURGE.{SUBJECTS.jobs_stream}")
+    consumer = SUBJECTS.consumer("cpu", "normal")
+    sub = await js.pull_subscribe_bind(consumer, SUBJECTS.jobs_stream)
+    with pytest.raises(asyncio.TimeoutError):
+        await sub.fetch(1, timeout=REFUSED_TIMEOUT)
+    assert await _wait_for(errors, f"$JS.API.CONSUMER.MSG.NEXT.{SUBJECTS.jobs_stream}.{consumer}")
+
+
+async def test_producer_uses_only_its_tenants_bucket(
+    prod_b: tuple[Client, Errors], control: Client, tmp_path: Path
+) -> None:
+    nc, errors = prod_b
+    src = tmp_path / "in.mp4"
+    src.write_bytes(b"rival's input" * 1000)
+    spec = JobSpec(job_id="job-rival-up", input=str(src), operation=Probe(), tenant="rival")
+    # `flotilla submit --upload` under the producer's credentials: its tenant's bucket.
+    uploaded = await upload_inputs(nc, SUBJECTS, spec)
+    assert uploaded.input == f"nats-obj://{MEDIA}_rival/uploads/job-rival-up/in.mp4"
+    back = tmp_path / "back"
+    js = nc.jetstream(timeout=5)
+    await download(js, f"{MEDIA}_rival", "uploads/job-rival-up/in.mp4", back, cap=10**9, within=30)
+    assert back.read_bytes() == src.read_bytes()
+    assert errors.seen == []
+    refused = nc.jetstream(timeout=REFUSED_TIMEOUT)
+    for bucket in (f"{MEDIA}_acme", MEDIA):
+        stream = f"OBJ_{bucket}"
+        with pytest.raises(nats.errors.TimeoutError):
+            await refused.publish(f"$O.{bucket}.C.forged", b"forged")
+        assert await _wait_for(errors, f"$O.{bucket}.C.forged")
+        with pytest.raises(nats.errors.TimeoutError):  # the upload path: its first chunk
+            await put_file(refused, bucket, "forged.bin", src)
+        with pytest.raises(nats.errors.TimeoutError):
+            await refused.get_last_msg(stream, f"$O.{bucket}.M.>")
+        assert await _wait_for(errors, f"$JS.API.STREAM.MSG.GET.{stream}")
+    for bucket in (f"{MEDIA}_rival", f"{MEDIA}_acme", MEDIA):
+        stream = f"OBJ_{bucket}"
+        with pytest.raises(nats.errors.TimeoutError):
+            await refused.purge_stream(stream)
+        assert await _wait_for(errors, f"$JS.API.STREAM.PURGE.{stream}")
+        with pytest.raises(nats.errors.TimeoutError):
+            await refused.delete_stream(stream)
+        assert await _wait_for(errors, f"$JS.API.STREAM.DELETE.{stream}")
+    with pytest.raises(nats.js.errors.APIError):  # its own bucket refuses a roll-up too
+        await js.publish(f"$O.{MEDIA}_rival.C.wipe", b"", headers={"Nats-Rollup": "all"})
+    for bucket in (f"{MEDIA}_acme", MEDIA):
+        forged = f"$O.{bucket}.C.forged"
+        info = await control.jetstream().stream_info(f"OBJ_{bucket}", subjects_filter=forged)
+        assert not info.state.subjects  # nothing it tried landed in another bucket
+
+
+def test_role_refuses_a_producer_it_cannot_confine(tmp_path: Path) -> None:
+    """A tenant that is no subject token would widen `submit.<tenant>.>`: refused up front."""
+    variables: dict[str, Any] = {
+        "nats_prefix": str(tmp_path / "prefix"),
+        "nats_install": False,
+        "nats_manage_user": False,
+        "nats_manage_packages": False,
+        "nats_manage_systemd": False,
+        "nats_user": "root",
+        "nats_group": "root",
+        "nats_server_binary": str(VENV_BIN / "nats-server"),
+        "nats_flotilla_control_password": PASSWORDS["control"],
+        "nats_system_password": "sys-pw",
+        "nats_flotilla_nodes": [{"name": "node1", "password": PASSWORDS["node1"]}],
+        "nats_flotilla_producers": [{"name": "bad", "password": "pw", "tenant": "acme.>"}],
+    }
+    with pytest.raises(AssertionError, match="producer bad needs"):
+        run_role("nats", variables, tmp_path / "run")
+    assert not (tmp_path / "prefix" / "etc" / "nats-server" / "nats-server.conf").exists()
 
 
 # --- a cluster of three with JetStream R3 -----------------------------------------------------

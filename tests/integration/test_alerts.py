@@ -98,6 +98,12 @@ TABLE = [
     ),
     (A.ingest_lag, Snapshot(ingest_lag_s=61.0), "fleet", Snapshot(ingest_lag_s=60.0)),
     (A.canary_failed, Snapshot(canary_failed=("cpu",)), "cpu", Snapshot()),
+    (
+        A.rejected_events,
+        Snapshot(rejected_by_node={"n9": 2, "n1": 0}),
+        "n9",
+        Snapshot(rejected_by_node={"n1": 0}),
+    ),
 ]
 
 
@@ -156,7 +162,7 @@ async def test_node_offline_and_backlog_over_nats(nc: NATS, prefix: str) -> None
 
         for i in range(3):
             job = JobSpec(job_id=f"b{i}", input="file:///x", operation=Canary())
-            await js.publish(subjects.submit("cpu", "normal", job.job_id), encode(job))
+            await js.publish(subjects.submit(job.tenant, "cpu", "normal", job.job_id), encode(job))
         assert [(a.rule, a.subject, a.value) for a in await tick()] == [("queue_depth", "cpu", 3.0)]
         snap = await fleet_snapshot(js, subjects, ["cpu"], fleet)
         wait = snap.pools[0].oldest_wait_s

@@ -92,7 +92,7 @@ async def test_valid_submit_is_stored_and_cancel_deletes_it(
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
     assert "Nats-Service-Error-Code" not in headers, reply
     sub = msgspec.convert(reply, api.SubmitReply)
-    assert sub.subject == subjects.job_stored("cpu", "normal", "good-1")
+    assert sub.subject == subjects.job_stored("default", "cpu", "normal", "good-1")
     stored = await js.get_msg(subjects.jobs_stream, sub.seq)
     assert stored.subject == sub.subject
     again, _ = await call(nc, prefix, "job.submit", {"v": 1, "job": job("good-1")})
@@ -196,3 +196,18 @@ async def test_required_keys_without_database_refuse(
     assert headers["Nats-Service-Error-Code"] == "503" and "no database" in reply["message"]
     _, headers = await call(nc, prefix, "job.get", {"v": 1, "job_id": "x"})
     assert headers["Nats-Service-Error-Code"] == "503"
+
+
+async def test_submit_while_the_jobs_stream_is_unavailable_is_503(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
+    """A broker outage (here: no stream answers the publish) is 503, retry, not a 500 bug."""
+    js = nc.jetstream()
+    await put_node(js, service.subjects, node_record("n1"), seen_by=fleet)
+    await js.delete_stream(service.subjects.jobs_stream)
+    reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("later-1")})
+    assert headers["Nats-Service-Error-Code"] == "503"
+    assert reply["message"] == "the broker or database is unavailable; retry"
+    await ensure_topology(js, service.subjects, TopologySettings(pools=POOLS))
+    reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("later-1")})
+    assert "Nats-Service-Error-Code" not in headers, reply

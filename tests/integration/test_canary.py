@@ -42,7 +42,7 @@ async def test_canary_latency_and_timeout(nc: NATS, prefix: str, db: asyncpg.Poo
         assert list(runner.pending) == ["cpu"]  # nvenc has no online node
         job_id = runner.pending["cpu"].job_id
         stored = await js.get_last_msg(
-            subjects.jobs_stream, subjects.job_stored("cpu", "high", job_id)
+            subjects.jobs_stream, subjects.job_stored("canary", "cpu", "high", job_id)
         )
         spec = JOB_DECODER.decode(stored.data or b"")
         assert spec.operation_name == "canary" and spec.pool == "cpu"

@@ -76,7 +76,7 @@ async def test_daemon_serves_a_custom_pool(
         assert d.node.pools == ["batch"] and d.slots.capacity("batch") >= 1
         spec = job("in-batch", clip, tmp_path / "batch.mp4")
         spec["requirements"] = {"pool": "batch"}
-        subject = f"{prefix}.submit.batch.normal.in-batch"
+        subject = f"{prefix}.submit.default.batch.normal.in-batch"
         await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": "in-batch"})
         await until(has(js, prefix, "in-batch", "completed"))
         evts = await events(js, prefix, "in-batch")

@@ -47,9 +47,10 @@ async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
 
 
 async def submit(js: JetStreamContext, subjects: Subjects, job_id: str) -> bytes:
-    payload = encode(job_spec(job_id))
+    spec = job_spec(job_id)
+    payload = encode(spec)
     await js.publish(
-        subjects.submit("cpu", "normal", job_id),
+        subjects.submit(spec.tenant, "cpu", "normal", job_id),
         payload,
         headers={"Nats-Msg-Id": job_id, "X-Producer": "test-suite"},
     )
@@ -110,7 +111,7 @@ async def test_a_poison_job_is_dead_lettered_and_retried(
 
         reply = await retry_dead_letter(js, subjects, "poison-1", db=db)
         assert not reply.duplicate and reply.stream == subjects.jobs_stream
-        assert reply.subject == subjects.submit("cpu", "normal", "poison-1")
+        assert reply.subject == subjects.submit("acme", "cpu", "normal", "poison-1")
         again = await js.get_msg(subjects.jobs_stream, reply.seq)
         assert again.data == payload and (again.headers or {})["X-Producer"] == "test-suite"
         assert (again.headers or {})["Nats-Msg-Id"] == f"poison-1-retry-{dlq.seq}"

@@ -123,7 +123,7 @@ def config(nats_url: str, prefix: str, database_url: str, name: str) -> ControlC
 def runs_singletons(plane: ControlPlane) -> bool:
     s = plane.singletons
     assert s is not None
-    return s.engine.active and set(s.term.tasks) == {"canary", "retention"}
+    return s.engine.active and set(s.term.tasks) == {"canary", "retention", "media-sweep"}
 
 
 def idle(plane: ControlPlane) -> bool:

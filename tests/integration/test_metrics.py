@@ -8,7 +8,7 @@ from control.alerts.rules import AlertEngine, NodeView, Snapshot
 from control.alerts.snapshot import fleet_snapshot
 from control.alerts.watcher import Watcher
 from control.config import AlertThresholds
-from control.metrics import Metrics
+from control.metrics import Metrics, Readiness
 from control.topology import TopologySettings, ensure_topology
 from schemas.alerts import Alert
 from schemas.subjects import Subjects
@@ -34,11 +34,13 @@ async def test_scrape_health_and_ready(nc: NATS, prefix: str) -> None:
             return await fleet_snapshot(js, subjects, ["cpu"], fleet)
 
         watcher = Watcher(source, engine, metrics, interval=0.1)
-        server = metrics.server("127.0.0.1", 0, ready=lambda: nc.is_connected)
+        ready = Readiness(metrics, lambda: nc.is_connected, 60.0, 60.0)
+        ready.postgres_ok = True
+        server = metrics.server("127.0.0.1", 0, ready=ready.problems)
         port = await server.start()
         try:
             assert await http_get(port, "/healthz") == (200, "ok\n")
-            assert (await http_get(port, "/readyz"))[0] == 503  # no snapshot yet
+            assert await http_get(port, "/readyz") == (503, "not ready: fleet snapshot stale\n")
             await watcher.tick()
             assert await http_get(port, "/readyz") == (200, "ready\n")
             status, body = await http_get(port, "/metrics")
@@ -58,3 +60,24 @@ def test_update_drops_vanished_labels() -> None:
     m.update(Snapshot(nodes=(NodeView("a", "offline", ("cpu",)),)), [])
     samples = {(s.labels["state"], s.value) for fam in m.nodes.collect() for s in fam.samples}
     assert samples == {("offline", 1.0)}
+
+
+def test_readiness_names_each_dependency_and_recovers() -> None:
+    m = Metrics()
+    connected = [True]
+    ready = Readiness(m, lambda: connected[0], snapshot_max_age=30.0, ingest_max_lag=60.0)
+    assert ready.problems() == ["postgres unreachable", "fleet snapshot stale"]
+    ready.postgres_ok = True
+    m.update(Snapshot(), [])
+    assert ready.problems() == []
+    connected[0] = False
+    assert ready.problems() == ["nats disconnected"]
+    connected[0] = True
+    ready.ingest_batch(lag_s=300.0)  # working through a backlog
+    assert ready.problems() == ["ingest 300s behind"]
+    assert m.updated_at is not None
+    later = m.updated_at + 31.0  # no snapshot since, and the lag report is as old
+    assert ready.problems(now=later) == ["fleet snapshot stale"]
+    ready.ingest_batch(lag_s=1.0)
+    m.update(Snapshot(), [])
+    assert ready.problems() == []

@@ -53,7 +53,7 @@ async def node_nc(nats_url: str) -> AsyncIterator[NATS]:
 
 
 async def submit(js: JetStreamContext, prefix: str, priority: str, job_id: str) -> None:
-    subject = Subjects(prefix).submit("cpu", priority, job_id)
+    subject = Subjects(prefix).submit("default", "cpu", priority, job_id)
     await js.publish(subject, b"{}", headers={"Nats-Msg-Id": job_id})
 
 
@@ -192,7 +192,7 @@ async def test_daemon_is_woken_by_a_submit(
         await asyncio.wait_for(puller.idle.wait(), WITHIN)
         spec = {"v": 1, "job_id": "wake-d", "input": "canary://", "operation": {"op": "canary"},
                 "max_attempts": 1}  # fmt: skip
-        subject = Subjects(prefix).submit("cpu", "normal", "wake-d")
+        subject = Subjects(prefix).submit("default", "cpu", "normal", "wake-d")
         await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": "wake-d"})
         await until(has(js, prefix, "wake-d", "completed"), WITHIN)
         assert puller.polled == 0 and puller.woken >= 1

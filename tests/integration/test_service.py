@@ -4,33 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 from nats.aio.client import Client as NATS
 
 from common.natsconn import NatsSettings
 from control.config import AlertThresholds, ControlConfig
+from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.service import ControlPlane
 from control.topology import TopologySettings
 from schemas.subjects import Subjects
 from tests.support.api import job
+from tests.support.ingest import wait_until
 from tests.support.noderecords import node_record, put_node
 from tests.support.scrape import http_get
+
+
+def _config(nats_url: str, prefix: str, database_url: str, **over: Any) -> ControlConfig:
+    """One cpu pool, metrics on a free port, a fast watcher: states change within the test."""
+    return ControlConfig(
+        nats=NatsSettings(url=nats_url, prefix=prefix), database_url=database_url,
+        topology=TopologySettings(pools=["cpu"]), metrics_port=0, alert_interval=0.2, **over,
+    )  # fmt: skip
 
 
 async def test_control_plane_end_to_end(
     nc: NATS, nats_url: str, prefix: str, database_url: str
 ) -> None:
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-        alert_interval=0.2,
-        canary_interval=0.2,
-        alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0),
-    )
+    alerts = AlertThresholds(hysteresis=1, node_offline_after=5.0)
+    cfg = _config(nats_url, prefix, database_url, canary_interval=0.2, alerts=alerts)
     plane = ControlPlane(cfg)
     await plane.start()
     try:
@@ -68,3 +73,34 @@ async def test_control_plane_end_to_end(
     finally:
         await plane.stop()
     assert plane.tasks == {}
+
+
+async def test_readiness_follows_a_postgres_outage(
+    nats_url: str,
+    prefix: str,
+    database_url: str,
+    pg_server: PostgresServer | ExternalPostgres,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert isinstance(pg_server, PostgresServer), "this test restarts the embedded Postgres"
+    plane = ControlPlane(_config(nats_url, prefix, database_url))
+    await plane.start()
+
+    async def readyz(want: int) -> bool:
+        return (await http_get(plane.metrics_port, "/readyz"))[0] == want
+
+    try:
+        await wait_until(lambda: readyz(200), "ready")
+        try:
+            await pg_server.stop()
+            await wait_until(lambda: readyz(503), "not ready while Postgres is down")
+            status, body = await http_get(plane.metrics_port, "/readyz")
+            assert status == 503 and "postgres unreachable" in body, body
+        finally:
+            await pg_server.start()
+        await wait_until(lambda: readyz(200), "ready again once Postgres is back")
+    finally:
+        await plane.stop()
+    # An outage is expected weather: lines that say so, never a traceback per loop.
+    tracebacks = [r for r in caplog.records if r.exc_info and r.name.startswith("flotilla")]
+    assert tracebacks == [], [(r.name, r.getMessage()) for r in tracebacks]

@@ -30,20 +30,25 @@ async def test_server_computes_the_partition(nc: Client, prefix: str) -> None:
         job_id = f"job-{n:04d}"
         # A producer with no project code: plain publish with the job id as Nats-Msg-Id.
         ack = await js.publish(
-            f"{prefix}.submit.cpu.low.{job_id}",
+            f"{prefix}.submit.acme.cpu.low.{job_id}",
             json.dumps({"job_id": job_id}).encode(),
             headers={"Nats-Msg-Id": job_id},
         )
         stored = await js.get_msg(subjects.jobs_stream, ack.seq)
-        assert stored.subject == subjects.job_stored("cpu", "low", job_id)
-        assert stored.subject.split(".")[4] == str(partition_of(job_id, 8))
+        assert stored.subject == subjects.job_stored("acme", "cpu", "low", job_id)
+        tokens = stored.subject.split(".")
+        assert tokens[4] == str(partition_of(job_id, 8)) and tokens[5] == "acme"
+    # README's worked example, as the server computes it.
+    ack = await js.publish(f"{prefix}.submit.acme.cpu.normal.job-0042", b"{}")
+    stored = await js.get_msg(subjects.jobs_stream, ack.seq)
+    assert stored.subject == f"{prefix}.jobs.cpu.normal.5.acme.job-0042"
 
 
 async def test_resubmit_is_deduplicated(nc: Client, prefix: str) -> None:
     js = nc.jetstream()
     subjects = Subjects(prefix)
     await ensure_topology(js, subjects, TopologySettings(pools=["cpu"]))
-    subject = subjects.submit("cpu", "normal", "dup-1")
+    subject = subjects.submit("default", "cpu", "normal", "dup-1")
     first = await js.publish(subject, b"{}", headers={"Nats-Msg-Id": "dup-1"})
     again = await js.publish(subject, b"{}", headers={"Nats-Msg-Id": "dup-1"})
     assert again.duplicate and again.seq == first.seq

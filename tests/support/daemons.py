@@ -70,8 +70,8 @@ def job(job_id: str, src: Path, out: Path | None, **op: Any) -> dict[str, Any]:
 
 
 async def submit(js: JetStreamContext, prefix: str, spec: dict[str, Any]) -> None:
-    priority = spec.get("priority", "normal")
-    subject = f"{prefix}.submit.cpu.{priority}.{spec['job_id']}"
+    tenant, priority = spec.get("tenant", "default"), spec.get("priority", "normal")
+    subject = f"{prefix}.submit.{tenant}.cpu.{priority}.{spec['job_id']}"
     await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
 
 

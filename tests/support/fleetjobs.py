@@ -45,7 +45,8 @@ async def nats_of(fleet: DevFleet) -> NATS:
 
 
 async def submit(nc: NATS, fleet: DevFleet, spec: dict[str, Any]) -> None:
-    subject = Subjects(fleet.prefix).submit("cpu", "normal", spec["job_id"])
+    tenant = spec.get("tenant", "default")
+    subject = Subjects(fleet.prefix).submit(tenant, "cpu", "normal", spec["job_id"])
     body = msgspec.json.encode(spec)
     await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": spec["job_id"]})
 

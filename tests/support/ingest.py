@@ -155,7 +155,7 @@ async def publish(js: JetStreamContext, subjects: Subjects, events: Sequence[Eve
 
 
 def job_spec(job_id: str) -> JobSpec:
-    return JobSpec(job_id=job_id, tenant="acme", input="/media/in.mp4", operation=Probe())
+    return JobSpec(job_id=job_id, tenant="acme", input="file:///media/in.mp4", operation=Probe())
 
 
 def node_record(node_id: str, *, state: str = "online", ts: float | None = None) -> NodeRecord:

@@ -90,7 +90,7 @@ SAMPLES: list[msgspec.Struct] = [
         fired_at=NOW,
     ),
     NodeCommand(verb="cancel", job_id="job-1"),
-    SubmitReply(job_id="job-1", subject="flotilla.submit.cpu.normal.job-1", stream="S", seq=1),
+    SubmitReply(job_id="job-1", subject="flotilla.jobs.cpu.low.1.acme.job-1", stream="S", seq=1),
     JobInfo(
         job_id="job-1",
         tenant="t",
@@ -224,6 +224,69 @@ def test_bad_jobs_name_the_problem(mutate: Any, needle: str) -> None:
     with pytest.raises(DecodeError) as info:
         JOB_DECODER.decode(json.dumps(data).encode())
     assert needle in str(info.value)
+
+
+def _with_uri(field: str, value: str) -> dict[str, Any]:
+    data = _job_dict()
+    if field == "operation.reference":
+        data["operation"] = {"op": "analyze", "reference": value}
+    else:
+        data[field] = value
+    return data
+
+
+BAD_SCHEMES = [
+    "gopher://127.0.0.1:70/_x", "javascript:alert(1)", "ftp://h/x",
+    "data:text/plain,x", "concat:/etc/passwd|/etc/hosts", "lavfi:testsrc", "pipe:0", "/etc/passwd",
+    "relative/path.mp4", " http://h/x", "http:/h/x", "http://", "dict://127.0.0.1:11211/",
+]  # fmt: skip
+#: field -> URIs it takes (each scheme, in any case, in the forms the daemon reads).
+URI_FIELDS: dict[str, list[str]] = {
+    "callback_url": ["http://h/hook", "HTTPS://h:8443/hook?x=1", "http://[::1]/", "http://10.0.0.1/"],
+    "input": ["file:///srv/a.mp4", "FILE:///a", "file:/a", "file://localhost/a", "http://h/a.mp4",
+              "https://h/a.mp4", "nats-obj://flotilla_media/a.mp4", "Nats-Obj://b/k"],
+    "output": ["file:///srv/b.mp4", "file:/b", "nats-obj://flotilla_media/b.mp4"],
+    "operation.reference": ["file:///r.mp4", "https://h/r.mp4", "nats-obj://b/r.mp4"],
+}  # fmt: skip
+#: field -> schemes that are fine elsewhere but not here.
+WRONG_HERE = {
+    "callback_url": ["file:///etc/passwd", "FILE:/etc/passwd", "nats-obj://b/k", "canary:"],
+    "input": [],
+    "output": ["http://h/b.mp4", "https://h/b.mp4", "canary:"],
+    "operation.reference": ["canary:"],
+}
+
+
+@pytest.mark.parametrize("field", list(URI_FIELDS))
+def test_uri_fields_refuse_other_schemes_naming_the_field(field: str) -> None:
+    for value in BAD_SCHEMES + WRONG_HERE[field]:
+        with pytest.raises(DecodeError) as info:
+            JOB_DECODER.decode(json.dumps(_with_uri(field, value)).encode())
+        assert f"at `$.{field}`" in str(info.value), value
+        assert "expected a URI starting with" in str(info.value), value
+
+
+@pytest.mark.parametrize("field", list(URI_FIELDS))
+def test_uri_fields_take_their_schemes(field: str) -> None:
+    for value in URI_FIELDS[field]:
+        job = JOB_DECODER.decode(json.dumps(_with_uri(field, value)).encode())
+        ref = getattr(job.operation, "reference", None)
+        assert value in (job.input, job.output, job.callback_url, ref)
+
+
+def test_canary_input_is_for_canary_jobs_only() -> None:
+    with pytest.raises(DecodeError, match="canary jobs only"):
+        JOB_DECODER.decode(json.dumps(_with_uri("input", "canary:")).encode())
+    doc = {"job_id": "c", "input": "canary://", "operation": {"op": "canary"}}
+    assert JOB_DECODER.decode(json.dumps(doc).encode()).input == "canary://"
+
+
+def test_exported_job_schema_carries_the_scheme_patterns() -> None:
+    schema = json.loads(render_all()["job.schema.json"])
+    props = schema["$defs"]["JobSpec"]["properties"]
+    callback = next(t for t in props["callback_url"]["anyOf"] if t.get("type") == "string")
+    assert "pattern" in props["input"] and "pattern" in callback
+    assert "pattern" in schema["$defs"]["Analyze"]["properties"]["reference"]
 
 
 def test_oversized_and_truncated_messages() -> None:

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.subjects import Subjects, fnv1a32, partition_of
+from daemon.job.run import check_subject
+from schemas.codec import DecodeError
+from schemas.jobs import Canary, JobSpec
+from schemas.subjects import (
+    SUBMIT_SUBJECT_VERSION,
+    StoredJob,
+    Subjects,
+    fnv1a32,
+    parse_stored,
+    partition_of,
+)
 
 # Known values: job-0042 -> 5, 01J9ZK3YQ8 -> 1, job-0001 -> 0 for 8 partitions, as the server
 # computes them (verified against nats-server in the team notes and in test_topology).
@@ -24,24 +34,87 @@ def test_fnv_reference_vectors() -> None:
 
 def test_subject_names() -> None:
     s = Subjects("flotilla", 8)
-    assert s.submit("cpu", "high", "job-0042") == "flotilla.submit.cpu.high.job-0042"
-    assert s.job_stored("cpu", "high", "job-0042") == "flotilla.jobs.cpu.high.5.job-0042"
+    assert s.submit("acme", "cpu", "high", "job-0042") == "flotilla.submit.acme.cpu.high.job-0042"
+    assert s.submit_wildcard == "flotilla.submit.*.*.*.*"
+    assert s.submit_v1_wildcard == "flotilla.submit.*.*.*"
+    assert s.pool_submits("nvenc") == "flotilla.submit.*.nvenc.>"
+    assert s.tenant_submits("acme") == "flotilla.submit.acme.>"
+    assert s.job_stored("acme", "cpu", "high", "job-0042") == (
+        "flotilla.jobs.cpu.high.5.acme.job-0042"
+    )
+    assert s.job_stored_v1("cpu", "high", "job-0042") == "flotilla.jobs.cpu.high.5.job-0042"
+    # Wildcards of the submit subject: 1 tenant, 2 pool, 3 priority, 4 job id.
     assert s.jobs_transform == (
-        "flotilla.jobs.{{wildcard(1)}}.{{wildcard(2)}}.{{partition(8,3)}}.{{wildcard(3)}}"
+        "flotilla.jobs.{{wildcard(2)}}.{{wildcard(3)}}.{{partition(8,4)}}"
+        ".{{wildcard(1)}}.{{wildcard(4)}}"
     )
     assert s.jobs_stream == "FLOTILLA_JOBS"
     assert s.consumer("nvenc", "low") == "jobs-nvenc-low"
 
 
+def test_version_1_form_is_disjoint_from_version_2() -> None:
+    # The refusal listens on the version 1 wildcard: it must never catch a version 2 submit.
+    s = Subjects("flotilla")
+    assert len(s.submit_v1_wildcard.split(".")) != len(s.submit("t", "cpu", "low", "j").split("."))
+    assert SUBMIT_SUBJECT_VERSION == 2
+
+
+def test_parse_stored_both_versions() -> None:
+    s = Subjects("flotilla", 8)
+    now = parse_stored(s.job_stored("acme", "cpu", "high", "job-0042"))
+    assert now == StoredJob("cpu", "high", 5, "acme", "job-0042")
+    before = parse_stored(s.job_stored_v1("cpu", "high", "job-0042"))
+    assert before == StoredJob("cpu", "high", 5, None, "job-0042")
+
+
 @pytest.mark.parametrize(
-    ("pool", "priority", "job_id"),
-    [("cpu", "urgent", "j"), ("c.pu", "high", "j"), ("cpu", "high", "a.b"), ("cpu", "high", "*")],
-)
-def test_unsafe_tokens_refused(pool: str, priority: str, job_id: str) -> None:
+    "subject",
+    ["flotilla.submit.acme.cpu.high.j", "flotilla.jobs.cpu.high.j", "flotilla.jobs.cpu.high.x.a.j",
+     "flotilla.jobs.cpu.high.5.a.b.j"],
+)  # fmt: skip
+def test_parse_stored_refuses_other_shapes(subject: str) -> None:
     with pytest.raises(ValueError):
-        Subjects().submit(pool, priority, job_id)
+        parse_stored(subject)
+
+
+@pytest.mark.parametrize(
+    ("tenant", "pool", "priority", "job_id"),
+    [
+        ("t", "cpu", "urgent", "j"),
+        ("t", "c.pu", "high", "j"),
+        ("t", "cpu", "high", "a.b"),
+        ("t", "cpu", "high", "*"),
+        ("a.b", "cpu", "high", "j"),
+        ("*", "cpu", "high", "j"),
+        (">", "cpu", "high", "j"),
+        ("", "cpu", "high", "j"),
+    ],
+)
+def test_unsafe_tokens_refused(tenant: str, pool: str, priority: str, job_id: str) -> None:
+    with pytest.raises(ValueError):
+        Subjects().submit(tenant, pool, priority, job_id)
 
 
 def test_bad_prefix() -> None:
     with pytest.raises(ValueError):
         Subjects("Bad.Prefix")
+
+
+def _spec(tenant: str) -> JobSpec:
+    return JobSpec(job_id="j-1", tenant=tenant, input="file:///x", operation=Canary())
+
+
+def test_daemon_refuses_a_body_naming_another_tenant() -> None:
+    s = Subjects("flotilla")
+    check_subject(_spec("acme"), s.job_stored("acme", "cpu", "normal", "j-1"), "cpu", "normal")
+    with pytest.raises(DecodeError) as refused:
+        check_subject(_spec("other"), s.job_stored("acme", "cpu", "normal", "j-1"), "cpu", "normal")
+    assert "'acme'" in str(refused.value) and "'other'" in str(refused.value)
+
+
+def test_daemon_takes_the_body_tenant_of_a_version_1_job() -> None:
+    # Stored before the upgrade, accepted under the old rules: any tenant in its body stands.
+    stored = Subjects("flotilla").job_stored_v1("cpu", "normal", "j-1")
+    check_subject(_spec("other"), stored, "cpu", "normal")
+    with pytest.raises(DecodeError, match="subject says cpu/high/j-1"):
+        check_subject(_spec("other"), stored, "cpu", "high")

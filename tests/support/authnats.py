@@ -1,0 +1,64 @@
+"""A nats-server whose users hold permissions: what a producer restricted to its tenant meets.
+
+The embedded server (control.devstack.nats) runs without authorization; tests that show what
+the broker refuses start one of these, with the same JetStream settings and an `authorization`
+block of users.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from control.devstack.nats import NatsServer, nats_server_binary, render_config
+from control.devstack.proc import free_ports, spawn
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    password: str
+    #: Subjects the user may publish to and subscribe on; None: everything.
+    publish: list[str] | None = None
+    subscribe: list[str] | None = field(default_factory=lambda: ["_INBOX.>"])
+
+    def render(self) -> str:
+        entry = f"user: {json.dumps(self.name)}, password: {json.dumps(self.password)}"
+        if self.publish is None:
+            return "{ " + entry + " }"
+        perms = (
+            f"publish: {{ allow: {json.dumps(self.publish)} }}, "
+            f"subscribe: {{ allow: {json.dumps(self.subscribe or [])} }}"
+        )
+        return "{ " + entry + ", permissions: { " + perms + " } }"
+
+
+class AuthNatsServer(NatsServer):
+    def __init__(self, data_dir: Path, users: list[User]) -> None:
+        super().__init__(data_dir, name="flotilla-auth")
+        self.users = users
+
+    def url_of(self, user: User) -> str:
+        return f"nats://{user.name}:{user.password}@127.0.0.1:{self.port}"
+
+    async def start(self, within: float = 20.0) -> None:
+        if self._proc is not None and self._proc.returncode is None:
+            return
+        if not self.port:
+            self.port, self.http_port = free_ports(2)
+        text = render_config(self.name, self.port, self.http_port, self.data_dir)
+        users = "\n".join(f"    {u.render()}" for u in self.users)
+        text += f"authorization {{\n  users = [\n{users}\n  ]\n}}\n"
+        conf = self.data_dir / "nats-server.conf"
+        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(conf.write_text, text)
+        self._proc = await spawn(
+            [nats_server_binary(), "-c", str(conf)], self.log_path, self.data_dir
+        )
+        try:
+            await self._wait_ready(self._proc, within)
+        except BaseException:
+            await self.kill()
+            raise
