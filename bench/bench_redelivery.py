@@ -106,7 +106,8 @@ async def main() -> None:
                     "operation": {"op": "transcode", "codec": "h264", "preset": "slow"},
                 }  # fmt: skip
                 proc = await spawn(cfg_path)
-                await js.publish(f"{prefix}.submit.cpu.normal.{job_id}", json.dumps(spec).encode(),
+                subject = f"{prefix}.submit.default.cpu.normal.{job_id}"
+                await js.publish(subject, json.dumps(spec).encode(),
                                  headers={"Nats-Msg-Id": job_id})  # fmt: skip
                 await seen.wait(job_id, "started", 1)
                 proc.send_signal(signal.SIGKILL)
