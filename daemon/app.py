@@ -29,6 +29,7 @@ from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps
 from daemon.job.handle import StopKind
+from daemon.job.redelivery import hand_back_interrupted
 from daemon.job.requirements import NodeView
 from daemon.job.run import run_job
 from daemon.job.running import RunningJobs
@@ -159,6 +160,8 @@ class Daemon:
         self._watch("watchdog", lambda: watchdog_task(self.notifier, alive), FATAL)
         if cfg.metrics_port:
             self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+        # The last run's interrupted attempts go back to JetStream now, not after ack_wait.
+        await hand_back_interrupted(b.raw_journal, b.nc, cfg.ack_wait)
         await self.start_pullers()
         self.notifier.ready(self.status_line())
         log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())

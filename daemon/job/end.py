@@ -1,7 +1,11 @@
 """How an attempt ends: completed, cancelled, interrupted, retried or failed, then ack/nak/term.
 
-The terminal event is journalled and PubAck'd before `ack_sync` or `term`, so an acked job always
-has its outcome on the events stream; retries and hand-backs nak without waiting.
+The terminal event is journalled and PubAck'd before the ack or term, so an acked job always has
+its outcome on the events stream; the ack or term is then confirmed by the server and retried
+until it is (daemon.job.lease.settle), through outages and reconnects, so a lost ack does not
+hand a finished job to another node. Retries and hand-backs nak without waiting. An attempt
+whose job another attempt already ended (daemon.ops.outputs.AlreadyEnded, or a failure found to
+follow such an end) leaves no output, no failure and no second terminal event.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from nats.aio.msg import Msg
 
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.handle import JobHandle, StopKind
+from daemon.job.lease import Lease, settle
 from daemon.job.partials import remove_stale_partials
 from daemon.job.retry import Nak, Outcome, Term, decide
+from daemon.ops.outputs import AlreadyEnded
 from schemas.events import (
     Cancelled,
     Completed,
@@ -50,6 +56,7 @@ async def finish(
     result: JobResult | None,
     error: BaseException | None,
     deps: JobDeps,
+    lease: Lease | None = None,
 ) -> None:
     job_id, attempt = handle.job_id, handle.attempt
     wall = handle.now() - handle.started_at
@@ -64,7 +71,7 @@ async def finish(
         await deps.reporter.record_and_wait(job_id, "succeeded", done)
         # A crashed earlier attempt (on any node) may have left partials next to the output.
         await remove_stale_partials(spec, deps.cfg.allowed_roots)
-        await msg.ack_sync()
+        await settle(msg)
         deps.on_finished("completed", spec.pool, wall, result)
         return
     # A stop request ends the attempt however the operation surfaced it (JobCancelled, a killed
@@ -73,7 +80,7 @@ async def finish(
     if stop is not None and stop.kind is StopKind.CANCEL:
         event = Cancelled(**base(), reason=stop.reason)
         await deps.reporter.record_and_wait(job_id, "cancelled", event)
-        await msg.term()
+        await settle(msg, b"+TERM")
         deps.on_finished("cancelled", spec.pool, wall, None)
         return
     requeue = stop is not None and stop.kind < StopKind.TIMEOUT
@@ -86,6 +93,16 @@ async def finish(
         deps.on_finished("interrupted", spec.pool, wall, None)
         return
     assert error is not None
+    # A failure of an attempt whose job another attempt already ended (e.g. that one's completion
+    # removed this one's partial output) is no failure of the job: it is not reported as one.
+    if not isinstance(error, AlreadyEnded) and lease is not None and not await lease.may_commit():
+        error = AlreadyEnded()
+    if isinstance(error, AlreadyEnded):  # the job's outcome is another attempt's: ack, quietly
+        event_e = Interrupted(**base(), reason=str(error))
+        await deps.reporter.record(job_id, "interrupted", event_e)
+        await settle(msg)
+        deps.on_finished("interrupted", spec.pool, wall, None)
+        return
     kind, reason, exit_code, tail = _classify(error)
     cfg = deps.cfg
     ek = cast(ErrorKind, kind if kind in _KINDS else "transient")
@@ -104,5 +121,5 @@ async def finish(
         deps.on_finished("retried", spec.pool, wall, None)
         return
     await deps.reporter.record_and_wait(job_id, "failed", failed)
-    await msg.term()
+    await settle(msg, b"+TERM")
     deps.on_finished("failed", spec.pool, wall, None)

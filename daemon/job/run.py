@@ -23,9 +23,12 @@ from nats.aio.msg import Msg
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.end import finish
 from daemon.job.handle import JobHandle, StopKind
+from daemon.job.lease import Lease
+from daemon.job.redelivery import settle_if_ended
 from daemon.job.requirements import unmet_requirement
 from daemon.job.retry import backoff
 from daemon.job.watch import WatchHooks, progress_event, watch_job
+from daemon.journal.deliveries import Delivery
 from daemon.ops.context import JobContext
 from schemas.codec import DecodeError, Decoder
 from schemas.events import (
@@ -61,6 +64,8 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         await msg.term()
         deps.on_finished("invalid", pool, 0.0, None)
         return
+    if await settle_if_ended(msg, job_id, deps.reporter):  # its ack was lost: do not run twice
+        return
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
@@ -90,19 +95,24 @@ def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None
 
 
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
-    handle, scratch = await _accept(msg, spec, attempt, deps)
-    keepalive = _start_watcher(msg, spec, handle, deps)
+    lease = Lease(msg, deps.cfg.ack_wait, journal=deps.reporter.journal, job_id=spec.job_id,
+                  attempt=attempt)  # fmt: skip
+    handle, scratch = await _accept(msg, spec, attempt, deps, lease)
+    keepalive = _start_watcher(lease, spec, handle, deps)
     try:
-        result, error = await _execute(spec, handle, scratch, deps)
-        await finish(msg, spec, handle, result, error, deps)
+        result, error = await _execute(spec, handle, scratch, deps, lease)
+        await finish(msg, spec, handle, result, error, deps, lease)
     finally:
         keepalive.cancel()
         deps.running.remove(handle)
         await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
 
 
-async def _accept(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> tuple[JobHandle, Path]:
-    """Journal the job as received, make its scratch dir and register its handle."""
+async def _accept(
+    msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps, lease: Lease
+) -> tuple[JobHandle, Path]:
+    """Journal the job as received (with its delivery: daemon.job.redelivery reads it), make its
+    scratch dir and register its handle."""
     submitted = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
     accepted = Accepted(
         **base_fields(deps, spec.job_id, attempt),
@@ -114,7 +124,10 @@ async def _accept(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> tuple
         submitted_ts=submitted,
         spec=spec,
     )
-    await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data)
+    delivery = Delivery(spec.job_id, attempt, msg.metadata.sequence.stream, msg.reply,
+                        lease.alive_at)  # fmt: skip
+    await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data,
+                               delivery=delivery)  # fmt: skip
     scratch = deps.cfg.work_dir / f"{spec.job_id}.{attempt}.{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
     handle = JobHandle(spec.job_id, spec.pool, attempt)
@@ -123,7 +136,7 @@ async def _accept(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> tuple
 
 
 async def _execute(
-    spec: JobSpec, handle: JobHandle, scratch: Path, deps: JobDeps
+    spec: JobSpec, handle: JobHandle, scratch: Path, deps: JobDeps, lease: Lease
 ) -> tuple[JobResult | None, BaseException | None]:
     """Run the operation in its context; tell encoder health how its encoders did."""
 
@@ -139,6 +152,7 @@ async def _execute(
 
     withdrawn = frozenset(deps.node.withdrawn_encoders)
     ctx = deps.new_context(handle, spec, scratch, withdrawn=withdrawn, on_command=on_command)
+    ctx.may_commit = lease.may_commit  # outputs go into place only if no other attempt ended it
     result, error = await _run_operation(ctx, deps)
     if not handle.started:  # an operation that ran no ffmpeg (or failed before it)
         await on_command(None, [])
@@ -180,7 +194,9 @@ async def _report_slow(handle: JobHandle, deps: JobDeps) -> None:
     await deps.reporter.record(None, None, event)
 
 
-def _start_watcher(msg: Msg, spec: JobSpec, handle: JobHandle, deps: JobDeps) -> asyncio.Task[None]:
+def _start_watcher(
+    lease: Lease, spec: JobSpec, handle: JobHandle, deps: JobDeps
+) -> asyncio.Task[None]:
     """The job's watcher, supervised until the job's end cancels it."""
 
     async def slow() -> None:
@@ -188,7 +204,7 @@ def _start_watcher(msg: Msg, spec: JobSpec, handle: JobHandle, deps: JobDeps) ->
         if handle.started:  # else `started` reports it, in order
             await _report_slow(handle, deps)
 
-    hooks = WatchHooks(in_progress=msg.in_progress, slow=slow)
+    hooks = WatchHooks(in_progress=lease.keep_alive, slow=slow)
     cfg, soft = deps.cfg, spec.timeouts.soft_seconds
 
     def watch() -> Coroutine[Any, Any, None]:

@@ -17,7 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
@@ -63,6 +63,8 @@ class WriteOp:
     events: list[tuple[Any, ...]]
     sent: list[int]
     durable: bool
+    #: Further statements (sql, params) of the same transaction, run after the job rows.
+    extra: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
     future: asyncio.Future[None] | None = None
 
 
@@ -190,6 +192,8 @@ class GroupCommitter:
         inserted = marked = dropped = 0
         if jobs:
             await conn.executemany(UPSERT_JOB, jobs)
+        for sql, params in (item for op in ops for item in op.extra):
+            await conn.execute(sql, params)
         if events:
             inserted = (await conn.executemany(INSERT_EVENT, events)).rowcount
         if sent:

@@ -53,8 +53,26 @@ CREATE INDEX outbox_unsent_kind ON outbox (kind, seq) WHERE sent_at IS NULL;
 CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
 """
 
+# The JetStream delivery behind each attempt: its ack subject (a restarted daemon naks it to hand
+# the job back at once), when JetStream last confirmed it still held the message for us, the
+# attempt's terminal event (a redelivery of a finished job re-sends it instead of running again)
+# and when the node settled the message (ack, nak, term; or a restart's nak).
+_V2 = """
+CREATE TABLE deliveries (
+    job_id         TEXT    NOT NULL,
+    attempt        INTEGER NOT NULL,
+    stream_seq     INTEGER NOT NULL,
+    reply          TEXT    NOT NULL,
+    alive_at       REAL    NOT NULL,
+    terminal_event TEXT,
+    settled_at REAL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX deliveries_seq ON deliveries (job_id, stream_seq) WHERE terminal_event IS NOT NULL;
+"""
+
 #: Migration n (1-based) is MIGRATIONS[n - 1].
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SET_VERSION = (

@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 
 from daemon.journal.commit import Writer
+from daemon.journal.deliveries import PRUNE as PRUNE_DELIVERIES
 
 log = logging.getLogger("flotilla.journal")
 
@@ -42,6 +43,8 @@ async def _delete(writer: Writer, sql: str, cutoff: float, batch: int, max_batch
     for _ in range(max_batches):
         async with writer.transaction(durable=False) as conn:
             deleted = int((await conn.execute(sql, (cutoff, batch))).rowcount)
+            if sql is PRUNE_JOBS and deleted:  # their deliveries go with them
+                await conn.execute(PRUNE_DELIVERIES, (deleted,))
         total += deleted
         if deleted < batch:
             break

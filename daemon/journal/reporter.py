@@ -11,6 +11,7 @@ import time
 import uuid
 from typing import Any, Protocol, cast
 
+from daemon.journal.deliveries import Delivery
 from daemon.journal.rows import JobState, JobUpdate
 from daemon.journal.store import Journal
 from schemas.events import Accepted, Event
@@ -39,9 +40,15 @@ class Reporter:
         self.node_id = node_id
 
     async def record(
-        self, job_id: str | None, state: str | None, *events: Event, spec: bytes | None = None
+        self,
+        job_id: str | None,
+        state: str | None,
+        *events: Event,
+        spec: bytes | None = None,
+        delivery: Delivery | None = None,
     ) -> None:
-        """`state` None records events only; `spec` is kept for recovery's partial cleanup."""
+        """`state` None records events only; `spec` is kept for recovery's partial cleanup;
+        `delivery` is the JetStream delivery behind an accepted attempt."""
         updates = []
         if job_id is not None and state is not None:
             first = events[0] if events else None
@@ -53,7 +60,7 @@ class Reporter:
                 extra["spec"] = spec.decode(errors="replace")
             attempt = int(getattr(first, "attempt", 1))
             updates.append(JobUpdate(job_id, attempt, cast(JobState, state), **extra))
-        await self.journal.record(updates, list(events))
+        await self.journal.record(updates, list(events), delivery=delivery)
         self.outbox.notify()
 
     async def record_and_wait(self, job_id: str | None, state: str, event: Event) -> None:

@@ -44,3 +44,19 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_unsent ON outbox (seq) WHERE sent_at IS NULL;
 CREATE INDEX outbox_unsent_kind ON outbox (kind, seq) WHERE sent_at IS NULL;
 CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
+
+-- The JetStream delivery behind each attempt: its ack subject (naked at start-up to hand an
+-- interrupted job back at once), when JetStream last confirmed it held the message for us, the
+-- attempt's terminal event (re-sent, not re-run, on a redelivery) and when the node settled the
+-- message (ack, nak, term; or a restart's nak).
+CREATE TABLE deliveries (
+    job_id         TEXT    NOT NULL,
+    attempt        INTEGER NOT NULL,
+    stream_seq     INTEGER NOT NULL,
+    reply          TEXT    NOT NULL,
+    alive_at       REAL    NOT NULL,
+    terminal_event TEXT,
+    settled_at REAL,
+    PRIMARY KEY (job_id, attempt)
+);
+CREATE INDEX deliveries_seq ON deliveries (job_id, stream_seq) WHERE terminal_event IS NOT NULL;

@@ -18,12 +18,14 @@ from typing import Any
 import aiosqlite
 
 from daemon.config import DaemonConfig
+from daemon.journal import deliveries as dl
 from daemon.journal.commit import GroupCommitter, WriteOp, Writer
 from daemon.journal.dbfile import open_connection
 from daemon.journal.migrations import migrate
 from daemon.journal.prune import PruneResult, checkpoint, prune
 from daemon.journal.rows import (
     DURABLE_STATES,
+    FINISHED_STATES,
     JobRow,
     JobState,
     JobUpdate,
@@ -151,22 +153,60 @@ class Journal:
             listener()
 
     # -- writes ----------------------------------------------------------------------------
-    async def record(self, updates: Sequence[JobUpdate] = (), events: Sequence[Event] = ()) -> None:
+    async def record(
+        self,
+        updates: Sequence[JobUpdate] = (),
+        events: Sequence[Event] = (),
+        *,
+        delivery: dl.Delivery | None = None,
+        settles: bool = True,
+    ) -> None:
         """Job rows and their events in one transaction; returns once committed (with FULL
         sync when it holds a finished state or terminal event). Raises what SQLite raised if
-        the commit failed. A cancelled caller does not withdraw its write: it still commits."""
-        if not updates and not events:
+        the commit failed. A cancelled caller does not withdraw its write: it still commits.
+
+        `delivery` (at accept) is the JetStream delivery behind the attempt; a terminal event
+        is noted on its attempt's delivery, so a redelivery finds it (`ended`). A finished
+        state means the caller settles the message next (ack, nak, term): its delivery is
+        marked settled, so a restart never naks it (`settles=False`: recovery's own marks)."""
+        if not updates and not events and delivery is None:
             return
         now = time.time()
         durable = any(u.state in DURABLE_STATES for u in updates) or any(
             kind_of(e) in TERMINAL_KINDS for e in events
         )
+        # The job's end, not an attempt's: a failure that will be retried ends nothing.
+        terminal = [e for e in events if kind_of(e) in TERMINAL_KINDS
+                    and getattr(e, "final", True)]  # fmt: skip
+        extra: list[tuple[str, tuple[Any, ...]]] = []
+        if delivery is not None:
+            d = delivery
+            extra.append((dl.INSERT, (d.job_id, d.attempt, d.stream_seq, d.reply, d.alive_at)))
+        if settles:
+            extra += [(dl.SETTLED, (now, u.job_id, u.attempt)) for u in updates
+                      if u.state in FINISHED_STATES]  # fmt: skip
+        for e in terminal:
+            job_id, attempt = getattr(e, "job_id", None), getattr(e, "attempt", None)
+            if job_id is not None and attempt is not None:
+                extra.append((dl.TERMINAL, (e.event_id, job_id, attempt)))
         op = WriteOp(
             jobs=[u.params(now) for u in updates],
             events=[self._event_params(e, now) for e in events],
             sent=[],
             durable=durable,
+            extra=extra,
         )
+        await self._committer.submit(op)
+
+    async def alive(self, job_id: str, attempt: int, at: float) -> None:
+        """JetStream confirmed (at `at`) that it still holds the attempt's message for us."""
+        op = WriteOp([], [], [], durable=False, extra=[(dl.ALIVE, (at, job_id, attempt))])
+        await self._committer.submit(op)
+
+    async def settled(self, job_id: str, attempt: int) -> None:
+        """A restart dealt with this interrupted attempt (nak sent, or left to JetStream)."""
+        params = (time.time(), job_id, attempt)
+        op = WriteOp([], [], [], durable=True, extra=[(dl.SETTLED, params)])
         await self._committer.submit(op)
 
     async def job_received(
@@ -230,7 +270,7 @@ class Journal:
             )
             for r in rows
         ]
-        await self.record(updates, events)
+        await self.record(updates, events, settles=False)
         log.warning("journal recovery: %d job attempt(s) marked interrupted", len(rows))
         return rows
 
@@ -259,6 +299,18 @@ class Journal:
     async def job(self, job_id: str, attempt: int) -> JobRow | None:
         rows = await self._rows(SELECT_JOB, (job_id, attempt))
         return JobRow.from_row(rows[0]) if rows else None
+
+    async def ended(self, job_id: str, stream_seq: int) -> dl.Ended | None:
+        """The attempt of this stream message that already ended here, if any."""
+        rows = await self._rows(dl.SELECT_ENDED, (job_id, stream_seq))
+        if not rows:
+            return None
+        attempt, event_id, kind = rows[0]
+        return dl.Ended(int(attempt), str(event_id), None if kind is None else str(kind))
+
+    async def interrupted_deliveries(self) -> list[dl.Delivery]:
+        """Interrupted attempts (see `recover`) whose message was not handed back yet."""
+        return [dl.Delivery.from_row(r) for r in await self._rows(dl.SELECT_INTERRUPTED)]
 
     async def running_jobs(self) -> list[JobRow]:
         """Attempts received, running or paused."""

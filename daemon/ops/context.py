@@ -17,6 +17,7 @@ from daemon.ffmpeg.run import ffmpeg_argv
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
+from daemon.ops.outputs import CommitGate
 from schemas.jobs import JobSpec
 
 __all__ = ["CommandSink", "JobContext", "JobHandle", "ProgressSink"]
@@ -51,6 +52,8 @@ class JobContext:
     encoder_failures: list[EncoderError] = field(default_factory=list)
     #: Input limits and remote storage (http allow-list, object store); defaults: file:// only.
     media: MediaAccess = field(default_factory=MediaAccess)
+    #: Asked before outputs are renamed into place (daemon.ops.outputs); None: always commit.
+    may_commit: CommitGate | None = None
 
     @property
     def attempt(self) -> int:

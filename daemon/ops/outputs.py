@@ -5,6 +5,10 @@ rename is atomic on one filesystem); on success the file is fsynced, hashed, ren
 final name and the directory fsynced, so a reader sees either no file, the previous one, or the
 whole new one. On any failure or cancellation the partials are removed. A crash can still leave a
 partial behind: `stale_partials` finds them by job id for the journal's recovery.
+
+Before the first rename the attempt asks its gate (daemon.job.lease.Lease.may_commit) whether
+another attempt may already have ended the job; if so, nothing is renamed (AlreadyEnded), so a
+second run never replaces the file the first one's `completed` describes.
 """
 
 from __future__ import annotations
@@ -13,16 +17,31 @@ import asyncio
 import contextlib
 import hashlib
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from daemon.errors import JobError, ResourceExhausted
+from daemon.errors import DaemonError, JobError, ResourceExhausted
 from daemon.media.paths import uri_of
 from schemas.results import OutputFile
 
 NAME_MAX = 255
 _CHUNK = 1 << 20
+#: True when the attempt may put its outputs in place (no other attempt ended the job).
+CommitGate = Callable[[], Awaitable[bool]]
+
+
+class AlreadyEnded(DaemonError):
+    """Another attempt of this job (on any node) already ended it: this one commits nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("the job already ended in another attempt; outputs left to it")
+
+
+async def check_gate(gate: CommitGate | None) -> None:
+    if gate is not None and not await gate():
+        raise AlreadyEnded()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +71,8 @@ def stale_partials(final: Path, job_id: str) -> list[Path]:
 class OutputSet:
     """The outputs of one attempt: `async with OutputSet(...) as outs:` then `stage`, `commit`."""
 
-    def __init__(self, job_id: str, attempt: int) -> None:
-        self._job_id, self._attempt = job_id, attempt
+    def __init__(self, job_id: str, attempt: int, gate: CommitGate | None = None) -> None:
+        self._job_id, self._attempt, self._gate = job_id, attempt, gate
         self._staged: list[Staged] = []
         self._committed = False
 
@@ -68,6 +87,7 @@ class OutputSet:
         return partial
 
     async def commit(self) -> list[OutputFile]:
+        await check_gate(self._gate)
         files = []
         for item in self._staged:
             try:

@@ -28,7 +28,7 @@ from daemon.ffmpeg.run import run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.media.paths import ffmpeg_arg, uri_of
 from daemon.ops.context import JobContext
-from daemon.ops.outputs import partial_path
+from daemon.ops.outputs import check_gate, partial_path
 from schemas.operations import Package, Rung
 from schemas.results import JobResult, OutputFile, Rendition
 
@@ -80,6 +80,7 @@ async def run_package(ctx: JobContext) -> JobResult:
             encoder=ENCODERS[kept[0].codec],
         )
         ctx.handle.check()
+        await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
     finally:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
