@@ -286,6 +286,9 @@ async def test_node_pulls_and_acks_its_pool(node1: tuple[Client, Errors], contro
     sub = await js.pull_subscribe_bind(SUBJECTS.consumer("cpu", "normal"), SUBJECTS.jobs_stream)
     (msg,) = await sub.fetch(1, timeout=5)
     assert json.loads(msg.data) == {"job_id": "job-perm-1"}
+    # Before committing outputs, a redelivered attempt reads whether its message is still queued.
+    seq = msg.metadata.sequence.stream
+    assert (await js.get_msg(SUBJECTS.jobs_stream, seq)).data == msg.data
     await msg.in_progress()
     await msg.ack_sync(timeout=5)
     info = await js.consumer_info(SUBJECTS.jobs_stream, SUBJECTS.consumer("cpu", "normal"))
