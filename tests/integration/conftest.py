@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -15,6 +16,7 @@ from daemon.app import Daemon
 from daemon.ffmpeg.tools import FfmpegTools
 from schemas.subjects import Subjects
 from tests.support.daemons import TOPO, config
+from tests.support.ingest import migrated_pool
 from tests.support.media import make_clip
 
 
@@ -23,6 +25,13 @@ async def js(nc: NATS, prefix: str) -> JetStreamContext:
     ctx = nc.jetstream(timeout=5)
     await ensure_topology(ctx, Subjects(prefix), TOPO)
     return ctx
+
+
+@pytest_asyncio.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's own migrated database."""
+    async with migrated_pool(database_url) as pool:
+        yield pool
 
 
 @pytest_asyncio.fixture(scope="session")

@@ -12,22 +12,11 @@ from nats.aio.client import Client as NATS
 
 from control.api import tenants
 from control.api.service import ApiService, ApiSettings
-from control.db.migrate import migrate
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
 from tests.support.api import job
 from tests.support.noderecords import node_record, put_node, tracking
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest_asyncio.fixture

@@ -16,7 +16,6 @@ from nats.aio.client import Client as NATS
 
 from control.api import keys, tenants
 from control.api.service import ApiService, ApiSettings
-from control.db.migrate import migrate
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
@@ -51,16 +50,6 @@ class Admin:
     def service(self) -> ApiService:
         settings = ApiSettings(pools=["cpu"], require_api_keys=True)
         return ApiService(self.nc, self.subjects, settings, self.fleet, self.db)
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest_asyncio.fixture

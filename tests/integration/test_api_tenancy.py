@@ -17,7 +17,6 @@ from nats.js.errors import NotFoundError
 
 from control.api import tenants
 from control.api.service import ApiService, ApiSettings
-from control.db.migrate import migrate
 from control.deadletters.retry import H_POOL, H_PRIORITY
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
@@ -46,16 +45,6 @@ class World:
     async def ask(self, verb: str, body: Any, key: str | None) -> tuple[dict[str, Any], str]:
         reply, headers = await call(self.nc, self.prefix, verb, body, key)
         return reply, code(headers)
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest_asyncio.fixture

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import pytest_asyncio
 from nats.aio.client import Client as NATS
 
 from control.alerts.canary import CanaryRunner
 from control.alerts.rules import canary_failed
 from control.alerts.snapshot import fleet_snapshot
 from control.config import AlertThresholds
-from control.db.migrate import migrate
 from control.db.store import record_submission
 from control.topology import TopologySettings, ensure_topology
 from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 from tests.support.noderecords import node_record, put_node, tracking
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_canary_latency_and_timeout(nc: NATS, prefix: str, db: asyncpg.Pool) -> None:

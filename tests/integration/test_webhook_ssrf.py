@@ -21,20 +21,9 @@ import pytest_asyncio
 from control.api import tenants
 from control.api.jobquery import job_events
 from control.config import WebhookSettings
-from control.db.migrate import migrate
 from control.webhooks import WebhookSender
 from control.webhooks.signing import SecretUnavailable
 from tests.support.webhooks import Receiver, finished_job, signed_by
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest_asyncio.fixture

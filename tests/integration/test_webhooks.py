@@ -7,30 +7,17 @@ test setup would; tests/integration/test_webhook_ssrf.py covers what is refused 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
 import msgspec
-import pytest_asyncio
 
 from control.api import tenants
 from control.api.jobquery import job_events
 from control.config import WebhookSettings
-from control.db.migrate import migrate
 from control.webhooks import WebhookSender
 from tests.support.webhooks import Receiver, finished_job, signed_by
 
 LOCAL = ["127.0.0.1"]
-
-
-@pytest_asyncio.fixture
-async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(database_url)
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 async def test_signed_post_retried_until_delivered(db: asyncpg.Pool) -> None:
