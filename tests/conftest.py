@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from control.db.migrate import migrate
 from control.devstack.stack import ExternalPostgres, NatsServer, PostgresServer
 from daemon.ffmpeg.tools import FfmpegTools, find_tools
+from tests.support.databases import fresh_database
 from tests.support.media import make_clip
 
 
@@ -165,14 +166,8 @@ async def database_url(
     pg_server: PostgresServer | ExternalPostgres, pg_template: str
 ) -> AsyncIterator[str]:
     """A fresh database for this test, cloned from the template and dropped afterwards."""
-    if isinstance(pg_server, PostgresServer):
-        await pg_server.start()  # as for nats_url: survive a test that left it stopped
-    name = "t_" + secrets.token_hex(6)
-    await pg_server.create_database(name, template=pg_template)
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        await pg_server.drop_database(name)
+    async with fresh_database(pg_server, pg_template) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

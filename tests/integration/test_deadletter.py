@@ -18,12 +18,13 @@ from control.deadletters.advisories import DeadLetterNotFound, DeadLetters, retr
 from control.deadletters.retry import H_REASON, H_SOURCE
 from control.deadletters.strays import sweep_strays
 from control.ingest import Ingestor
-from control.topology import TopologySettings, ensure_topology, job_consumer_config
+from control.topology import job_consumer_config
 from schemas.codec import encode
 from schemas.events import Cancelled, Event, Interrupted
 from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 from tests.support.ingest import (
+    SETTINGS,
     accepted,
     completed,
     count,
@@ -33,18 +34,12 @@ from tests.support.ingest import (
     migrated_pool,
     publish,
     running,
+    setup,
     started,
     wait_until,
 )
 
-SETTINGS = TopologySettings(pools=["cpu"])
 CONSUMER = "jobs-cpu-normal"
-
-
-async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
-    js, subjects = nc.jetstream(), Subjects(prefix)
-    await ensure_topology(js, subjects, SETTINGS)
-    return js, subjects
 
 
 async def submit(js: JetStreamContext, subjects: Subjects, job_id: str) -> bytes:

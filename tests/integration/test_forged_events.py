@@ -32,13 +32,15 @@ from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
 from control.metrics import Metrics
-from control.topology import TopologySettings, ensure_topology, ingest_consumer_config
+from control.topology import ingest_consumer_config
 from schemas.alerts import Alert
 from schemas.codec import encode
 from schemas.events import Cancelled, Event, HandedBack, JobEvent
 from schemas.results import JobResult
 from schemas.subjects import Subjects
+from tests.support import databases
 from tests.support.ingest import (
+    SETTINGS,
     accepted,
     completed,
     count,
@@ -48,17 +50,10 @@ from tests.support.ingest import (
     progress,
     publish,
     running,
+    setup,
     started,
     wait_until,
 )
-
-SETTINGS = TopologySettings(pools=["cpu"])
-
-
-async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
-    js, subjects = nc.jetstream(), Subjects(prefix)
-    await ensure_topology(js, subjects, SETTINGS)
-    return js, subjects
 
 
 async def drained(js: JetStreamContext, subjects: Subjects, durable: str) -> bool:
@@ -343,14 +338,8 @@ async def fresh_database(
     pg_server: PostgresServer | ExternalPostgres, pg_template: str
 ) -> AsyncIterator[str]:
     """A second database for the replay, cloned from the same template."""
-    if isinstance(pg_server, PostgresServer):
-        await pg_server.start()  # as database_url does: survive a test that left it stopped
-    name = "t_" + secrets.token_hex(6)
-    await pg_server.create_database(name, template=pg_template)
-    try:
-        yield pg_server.dsn(name)
-    finally:
-        await pg_server.drop_database(name)
+    async with databases.fresh_database(pg_server, pg_template) as url:
+        yield url
 
 
 TABLES = {

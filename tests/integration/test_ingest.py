@@ -15,7 +15,7 @@ from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
 from control.retention import prune_events
-from control.topology import TopologySettings, ensure_topology, ingest_consumer_config
+from control.topology import ingest_consumer_config
 from schemas.codec import encode
 from schemas.events import (
     CapabilitiesChanged,
@@ -27,6 +27,7 @@ from schemas.events import (
 from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 from tests.support.ingest import (
+    SETTINGS,
     accepted,
     completed,
     count,
@@ -39,17 +40,10 @@ from tests.support.ingest import (
     progress,
     publish,
     running,
+    setup,
     started,
     wait_until,
 )
-
-SETTINGS = TopologySettings(pools=["cpu"])
-
-
-async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
-    js, subjects = nc.jetstream(), Subjects(prefix)
-    await ensure_topology(js, subjects, SETTINGS)
-    return js, subjects
 
 
 async def events_in(db: asyncpg.Pool, n: int) -> bool:

@@ -11,10 +11,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import asyncpg
+from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
 from control.db import create_pool
 from control.db.migrate import migrate
+from control.topology import TopologySettings, ensure_topology
 from schemas.codec import encode
 from schemas.events import (
     Accepted,
@@ -48,6 +50,16 @@ async def migrated_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield pool
     finally:
         await pool.close()
+
+
+#: One cpu pool: what the ingest and dead-letter tests need of the topology.
+SETTINGS = TopologySettings(pools=["cpu"])
+
+
+async def setup(nc: NATS, prefix: str) -> tuple[JetStreamContext, Subjects]:
+    js, subjects = nc.jetstream(), Subjects(prefix)
+    await ensure_topology(js, subjects, SETTINGS)
+    return js, subjects
 
 
 @contextlib.asynccontextmanager
