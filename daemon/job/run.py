@@ -39,7 +39,7 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
-from schemas.subjects import parse_stored
+from schemas.subjects import check_token, parse_stored
 
 log = logging.getLogger("flotilla.job")
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
@@ -48,7 +48,7 @@ JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
 async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     """Never raises for a job's own failure; the message always leaves with a disposition."""
     attempt = msg.metadata.num_delivered
-    job_id = msg.subject.rsplit(".", 1)[-1]
+    job_id = reported_id(msg.subject.rsplit(".", 1)[-1], msg.metadata.sequence.stream)
     try:
         spec = JOB_DECODER.decode(msg.data)
         check_subject(spec, msg.subject, pool, priority)
@@ -75,6 +75,16 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         await msg.nak(delay=delay)
         return
     await _run_accepted(msg, spec, attempt, deps)
+
+
+def reported_id(token: str, stream_seq: int) -> str:
+    """The id a job's events carry: its subject's, or, when that is no valid id (the control
+    plane would refuse every event naming it), `invalid-<stream seq>`, so the failure still
+    reaches Postgres and the operator finds it by the message's place in the stream."""
+    try:
+        return check_token(token, "job id")
+    except ValueError:
+        return f"invalid-{stream_seq}"
 
 
 def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None:

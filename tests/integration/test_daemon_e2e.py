@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
 from daemon.ffmpeg.tools import FfmpegTools
+from schemas.registry import EVENT_DECODER
 from tests.support.daemons import (
     ACK_WAIT,
     config,
@@ -335,3 +336,18 @@ async def test_reload_changes_slots_and_labels(
         assert record["heartbeat"]["slots"] == {"cpu": 2}
     finally:
         await d.stop()
+
+
+async def test_an_invalid_job_id_is_reported_by_its_stream_sequence(
+    js: JetStreamContext, prefix: str, start_daemon: Any, clip: Path, tmp_path: Path
+) -> None:
+    """A job-id token no event may carry still ends in a failed event the control plane can
+    store: named after the message's stream sequence."""
+    await start_daemon()
+    spec = job("bad:id", clip, tmp_path / "bad.mp4")
+    ack = await js.publish(f"{prefix}.submit.default.cpu.normal.bad:id", json.dumps(spec).encode())
+    await until(has(js, prefix, f"invalid-{ack.seq}", "failed"))
+    (failed,) = await events(js, prefix, f"invalid-{ack.seq}")
+    assert failed["final"] and failed["error_kind"] == "permanent"
+    assert "job_id" in failed["reason"]
+    EVENT_DECODER.decode(json.dumps(failed).encode())  # what ingest does: it is accepted
