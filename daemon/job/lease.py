@@ -34,6 +34,9 @@ MARGIN_S = 5.0
 #: How long unconfirmed acks are retried (`+WPI` keeps the lease meanwhile); after that the
 #: message is redelivered and the redelivery finds the job ended (journal or stream).
 ACK_RETRY_S = 600.0
+#: How long a redelivered attempt keeps asking whether its message is still queued, and the
+#: bound of one try: a broker restarting answers late, and a commit on "unknown" risks a rerun.
+CHECK_S, CHECK_TRY_S = 30.0, 5.0
 
 
 def lease_left(alive_at: float, ack_wait: float, now: float) -> float:
@@ -74,19 +77,26 @@ class Lease:
         if self.msg.metadata.num_delivered == 1 and self.held:  # nobody else ever had it
             return True
         meta = self.msg.metadata
-        js = self.msg._client.jetstream(timeout=2.0)
-        try:
-            await js.get_msg(meta.stream, meta.sequence.stream)
-        except NotFoundError:
-            log.warning("job already ended in another attempt: this one stands down",
-                        extra={"job_id": self._job_id})  # fmt: skip
-            return False
-        except (NatsError, TimeoutError, OSError) as exc:
-            # Unknown (NATS away, or no right to read the jobs stream): commit, as before; the
-            # control plane keeps the first `completed` and stops at one.
-            log.warning("cannot tell whether the job ended elsewhere (%s): committing", exc,
-                        extra={"job_id": self._job_id})  # fmt: skip
-        return True
+        js = self.msg._client.jetstream(timeout=CHECK_TRY_S)
+        deadline, delay = time.monotonic() + CHECK_S, 0.5
+        while True:
+            try:
+                await js.get_msg(meta.stream, meta.sequence.stream)
+                return True
+            except NotFoundError:
+                log.warning("job already ended in another attempt: this one stands down",
+                            extra={"job_id": self._job_id})  # fmt: skip
+                return False
+            except (NatsError, TimeoutError, OSError) as exc:
+                # A broker just back from a restart answers late: ask again for a while. Still
+                # unknown (NATS away, or no right to read the jobs stream): commit, as before;
+                # the control plane keeps the first `completed` and stops at one.
+                if time.monotonic() + delay > deadline:
+                    log.warning("cannot tell whether the job ended elsewhere (%s): committing",
+                                exc, extra={"job_id": self._job_id})  # fmt: skip
+                    return True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 async def settle(msg: Msg, verb: bytes = b"+ACK", *, within: float = ACK_RETRY_S) -> bool:
