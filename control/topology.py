@@ -49,8 +49,10 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     events_dedup_window: float = 2 * 3600.0
     #: Seconds dead letters and captured advisories are kept.
     dead_letter_max_age: float = 30 * 86400.0
-    #: Consumer ack wait; daemons send in-progress acks at a quarter of it.
-    ack_wait: float = 60.0
+    #: Consumer ack wait; daemons send in-progress acks at a quarter of it. A node cut off from
+    #: NATS for less than this (minus one keep-alive interval) loses its jobs to nobody; one down
+    #: longer (power lost, not restarted) has its jobs redelivered after it.
+    ack_wait: float = 120.0
     #: Global ceiling for crash loops; per-job attempts are the daemon's decision.
     max_deliver: int = 20
     #: Fixed at creation by the server: sized for the largest fleet.

@@ -114,7 +114,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     heartbeat_interval: Positive = 5.0
     #: Ack wait the daemon assumes (in-progress acks go every quarter of it); keep it equal to
     #: the control plane's topology.ack_wait, which the pool consumers are created with.
-    ack_wait: Positive = 60.0
+    ack_wait: Positive = 120.0
     #: Idle fallback poll interval: an idle node holds no pull open; a submit to its pools wakes
     #: it at once, and it looks at its job consumers at least this often anyway, to find
     #: redelivered jobs (they send no submit) or when the wake subscription is refused.

@@ -77,7 +77,7 @@ class DevFleet:
     roots: list[Path] = field(default_factory=list)
     prefix: str = "flotilla"
     #: JetStream ack wait (consumers and daemons): how soon a crashed node's jobs are redelivered.
-    ack_wait: float = 60.0
+    ack_wait: float = 120.0
     #: Settings every daemon gets on top of the dev defaults.
     node_settings: NodeSettings = field(default_factory=NodeSettings)
     #: More than 1: a NATS cluster of that many servers, with streams replicated up to R3.

@@ -30,7 +30,7 @@ class Profile:
     settle_s: float = 600.0
     #: JetStream ack wait of the fleet; the shipped default except in `short`, which must stay
     #: within a few minutes while a crashed node's jobs still wait for it.
-    ack_wait: float = 60.0
+    ack_wait: float = 120.0
 
     @property
     def nats_restarts(self) -> int:
