@@ -69,13 +69,10 @@ def _free_port() -> int:
         return port
 
 
-@pytest.fixture(scope="module")
-def rendered_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
-    """The nats role applied locally (config only), with nats-server's own -t as validate."""
-    root = tmp_path_factory.mktemp("nats-role")
-    port = _free_port()
-    variables: dict[str, Any] = {
-        "nats_prefix": str(root / "prefix"),
+def _local_role_vars(prefix: Path) -> dict[str, Any]:
+    """The role applied locally as root: config files only, under `prefix`."""
+    return {
+        "nats_prefix": str(prefix),
         "nats_install": False,
         "nats_manage_user": False,
         "nats_manage_packages": False,
@@ -83,6 +80,16 @@ def rendered_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int
         "nats_user": "root",
         "nats_group": "root",
         "nats_server_binary": str(VENV_BIN / "nats-server"),
+    }
+
+
+@pytest.fixture(scope="module")
+def rendered_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """The nats role applied locally (config only), with nats-server's own -t as validate."""
+    root = tmp_path_factory.mktemp("nats-role")
+    port = _free_port()
+    variables: dict[str, Any] = {
+        **_local_role_vars(root / "prefix"),
         "nats_server_name": "perm-test",
         "nats_listen_address": "127.0.0.1",
         "nats_client_port": port,
@@ -508,14 +515,7 @@ async def test_producer_uses_only_its_tenants_bucket(
 def test_role_refuses_a_producer_it_cannot_confine(tmp_path: Path) -> None:
     """A tenant that is no subject token would widen `submit.<tenant>.>`: refused up front."""
     variables: dict[str, Any] = {
-        "nats_prefix": str(tmp_path / "prefix"),
-        "nats_install": False,
-        "nats_manage_user": False,
-        "nats_manage_packages": False,
-        "nats_manage_systemd": False,
-        "nats_user": "root",
-        "nats_group": "root",
-        "nats_server_binary": str(VENV_BIN / "nats-server"),
+        **_local_role_vars(tmp_path / "prefix"),
         "nats_flotilla_control_password": PASSWORDS["control"],
         "nats_system_password": "sys-pw",
         "nats_flotilla_nodes": [{"name": "node1", "password": PASSWORDS["node1"]}],
