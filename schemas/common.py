@@ -46,39 +46,32 @@ def scheme_pattern(*schemes: str) -> str:
     return pattern
 
 
+def _uri(*schemes: str, description: str, max_length: int = 4096) -> msgspec.Meta:
+    return msgspec.Meta(
+        min_length=1, max_length=max_length, pattern=scheme_pattern(*schemes),
+        description=description,
+    )  # fmt: skip
+
+
 #: Media the daemon reads (analyze's reference): what daemon.media.access can open.
 MediaUri = Annotated[
     str,
-    msgspec.Meta(
-        min_length=1, max_length=4096, pattern=scheme_pattern("file", "http", "https", "nats-obj"),
-        description="file:, http(s):// or nats-obj:// URI",
-    ),
-]  # fmt: skip
+    _uri("file", "http", "https", "nats-obj", description="file:, http(s):// or nats-obj:// URI"),
+]
 #: A job's input: media the daemon reads, or `canary:` for the control plane's canary jobs.
 InputUri = Annotated[
     str,
-    msgspec.Meta(
-        min_length=1, max_length=4096,
-        pattern=scheme_pattern("file", "http", "https", "nats-obj", "canary"),
+    _uri(
+        "file", "http", "https", "nats-obj", "canary",
         description="file:, http(s):// or nats-obj:// URI (canary: for canary jobs only)",
     ),
 ]  # fmt: skip
 #: A job's output: what the daemon can write (never a network location of the submitter's).
-OutputUri = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1, max_length=4096, pattern=scheme_pattern("file", "nats-obj"),
-        description="file: or nats-obj:// URI",
-    ),
-]  # fmt: skip
+OutputUri = Annotated[str, _uri("file", "nats-obj", description="file: or nats-obj:// URI")]
 #: Where the control plane POSTs the job's end (a signed webhook).
 CallbackUrl = Annotated[
-    str,
-    msgspec.Meta(
-        min_length=1, max_length=2048, pattern=scheme_pattern("http", "https"),
-        description="http(s):// URL of the job-end webhook",
-    ),
-]  # fmt: skip
+    str, _uri("http", "https", description="http(s):// URL of the job-end webhook", max_length=2048)
+]
 
 
 class Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=False):

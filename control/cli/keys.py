@@ -11,6 +11,8 @@ import re
 import time
 from typing import Any
 
+import msgspec
+
 from control.cli.apiclient import ApiClient
 from control.cli.flags import add_client_flags
 from control.cli.format import ago, print_created, print_json, table, when
@@ -79,15 +81,20 @@ def _expires_in(args: argparse.Namespace) -> float | None:
     return None if args.expires_in is None else duration_s(args.expires_in, "--expires-in")
 
 
+async def _issue(args: argparse.Namespace, verb: str, req: msgspec.Struct) -> int:
+    """Ask for a new key and print it: the only time it is ever shown."""
+    async with ApiClient.from_args(args) as c:
+        created = await c.call(verb, req, api.KeyCreated)
+    print_created(created, args.json)
+    return 0
+
+
 async def create_key(args: argparse.Namespace) -> int:
     req = api.KeyCreateRequest(
         tenant=args.tenant, role="operator" if args.operator else "tenant", name=args.name,
         expires_in_s=_expires_in(args),
     )  # fmt: skip
-    async with ApiClient.from_args(args) as c:
-        created = await c.call("key.create", req, api.KeyCreated)
-    print_created(created, args.json)
-    return 0
+    return await _issue(args, "key.create", req)
 
 
 async def list_keys(args: argparse.Namespace) -> int:
@@ -113,10 +120,7 @@ async def rotate_key(args: argparse.Namespace) -> int:
         key_id=args.key_id, grace_s=duration_s(args.grace, "--grace"),
         expires_in_s=_expires_in(args),
     )  # fmt: skip
-    async with ApiClient.from_args(args) as c:
-        created = await c.call("key.rotate", req, api.KeyCreated)
-    print_created(created, args.json)
-    return 0
+    return await _issue(args, "key.rotate", req)
 
 
 async def revoke_key(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ from common.natsconn import NatsSettings
 from common.sdnotify import Notifier, watchdog_task
 from control.config import AlertThresholds, ControlConfig
 from control.service import ControlPlane
-from control.topology import TopologySettings
+from tests.support.controlplane import control_config
 from tests.support.notify import recv_with_pid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,13 +105,7 @@ async def test_no_watchdog_once_ingest_is_gone(
     nats_url: str, prefix: str, database_url: str, listener: tuple[socket.socket, str]
 ) -> None:
     """The watchdog feeds on `ControlPlane.healthy`: without ingest, systemd should restart us."""
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-    )
-    plane = ControlPlane(cfg)
+    plane = ControlPlane(control_config(nats_url, prefix, database_url))
     await plane.start()
     sock, path = listener
     notifier = Notifier(env={"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "100000"})

@@ -14,12 +14,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from common.natsconn import NatsSettings
 from control.config import AlertThresholds, ControlConfig
 from control.leader import LeaderLease, LeaseError
 from control.service import ControlPlane
-from control.topology import TopologySettings
 from schemas.subjects import Subjects
+from tests.support.controlplane import control_config
 from tests.support.noderecords import node_record, put_node
 
 TTL = 2.0
@@ -107,17 +106,11 @@ async def test_a_dead_leader_is_replaced_after_its_lease_expires(
 
 
 def config(nats_url: str, prefix: str, database_url: str, name: str) -> ControlConfig:
-    return ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-        alert_interval=0.2,
-        canary_interval=0.2,
-        alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0),
-        leader_lease_ttl=TTL,
+    return control_config(
+        nats_url, prefix, database_url, alert_interval=0.2, canary_interval=0.2,
+        alerts=AlertThresholds(hysteresis=1, node_offline_after=5.0), leader_lease_ttl=TTL,
         instance_id=name,
-    )
+    )  # fmt: skip
 
 
 def runs_singletons(plane: ControlPlane) -> bool:

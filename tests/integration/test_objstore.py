@@ -18,7 +18,6 @@ from nats.js.object_store import ObjectStore
 
 from common.natsconn import NatsSettings
 from control.cli.upload import put_file, upload_inputs, upload_key
-from control.config import ControlConfig
 from control.objsweep import OrphanSweep, SweepStats
 from control.service import ControlPlane
 from control.topology import TopologySettings, ensure_topology, refuse_rollups
@@ -41,6 +40,7 @@ from daemon.ops.context import JobContext
 from schemas.jobs import JobSpec
 from schemas.operations import Operation, Package, Probe, Rung, Thumbnail, Transcode
 from schemas.subjects import Subjects
+from tests.support.controlplane import control_config
 from tests.support.media import media_duration
 
 
@@ -356,15 +356,10 @@ async def test_upload_goes_to_the_tenant_bucket_when_there_is_one(
 async def test_the_leading_control_plane_sweeps_orphans(
     nc: NATS, nats_url: str, prefix: str, database_url: str, tmp_path: Path
 ) -> None:
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-        leader_lease_ttl=2.0,
-        prune_interval=0.2,
+    cfg = control_config(
+        nats_url, prefix, database_url, leader_lease_ttl=2.0, prune_interval=0.2,
         media_orphan_grace=0.5,
-    )
+    )  # fmt: skip
     plane = ControlPlane(cfg)
     await plane.start()
     try:

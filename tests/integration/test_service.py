@@ -11,24 +11,20 @@ import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from common.natsconn import NatsSettings
 from control.config import AlertThresholds, ControlConfig
 from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.service import ControlPlane
-from control.topology import TopologySettings
 from schemas.subjects import Subjects
 from tests.support.api import job
+from tests.support.controlplane import control_config
 from tests.support.ingest import wait_until
 from tests.support.noderecords import node_record, put_node
 from tests.support.scrape import http_get
 
 
 def _config(nats_url: str, prefix: str, database_url: str, **over: Any) -> ControlConfig:
-    """One cpu pool, metrics on a free port, a fast watcher: states change within the test."""
-    return ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix), database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]), metrics_port=0, alert_interval=0.2, **over,
-    )  # fmt: skip
+    """A fast watcher: states change within the test."""
+    return control_config(nats_url, prefix, database_url, alert_interval=0.2, **over)
 
 
 async def test_control_plane_end_to_end(

@@ -21,14 +21,13 @@ from nats.js import JetStreamContext
 from nats.js.api import SubjectTransform
 from nats.js.errors import APIError, NoStreamResponseError
 
-from common.natsconn import NatsSettings
 from control.api.jobcancel import delete_queued
-from control.config import ControlConfig
 from control.service import ControlPlane
-from control.topology import TopologySettings, ensure_topology, jobs_stream_config
+from control.topology import ensure_topology, jobs_stream_config
 from daemon.app import Daemon
 from schemas.subjects import ERR_SUBMIT_SUBJECT_V1, Subjects
 from tests.support.authnats import AuthNatsServer, User
+from tests.support.controlplane import control_config
 from tests.support.daemons import TOPO, config, events, has, job, kinds, until
 
 FLEET = User("fleet", "fleet-pw")
@@ -119,13 +118,7 @@ async def _gone(js: JetStreamContext, subjects: Subjects, job_id: str) -> bool:
 async def test_a_version_1_submit_gets_a_clear_refusal(
     nc: NATS, nats_url: str, prefix: str, database_url: str
 ) -> None:
-    cfg = ControlConfig(
-        nats=NatsSettings(url=nats_url, prefix=prefix),
-        database_url=database_url,
-        topology=TopologySettings(pools=["cpu"]),
-        metrics_port=0,
-    )
-    plane = ControlPlane(cfg)
+    plane = ControlPlane(control_config(nats_url, prefix, database_url))
     await plane.start()
     try:
         subjects = Subjects(prefix)
