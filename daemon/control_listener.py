@@ -15,6 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from common.natsconn import sync_subscriptions
 from daemon.job.running import RunningJobs
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
@@ -46,6 +47,7 @@ class ControlListener:
         for target in (self.node_id, ALL_NODES):
             subject = self.subjects.ctl(target, "*")
             self._subs.append(await self.nc.subscribe(subject, cb=self._on_msg))
+        await sync_subscriptions(self.nc)  # a drain sent right after start must find us
 
     async def stop(self) -> None:
         subs, self._subs = self._subs, []

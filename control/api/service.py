@@ -28,6 +28,7 @@ from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from common.natsconn import sync_subscriptions
 from control.api import admin, jobquery, tenants
 from control.api.failure import ApiFailure
 from control.api.fleetfit import rejection
@@ -123,6 +124,7 @@ class ApiService:
                 subject=subject,
                 handler=self._wrap(subject, handler, operator_only),
             )
+        await sync_subscriptions(self.nc)  # started means answering, even a request made next
 
     async def stop(self) -> None:
         if self._svc is not None:

@@ -18,6 +18,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from common.natsconn import sync_subscriptions
 from schemas.subjects import ERR_SUBMIT_SUBJECT_V1, SUBMIT_SUBJECT_VERSION, Subjects
 
 log = logging.getLogger("flotilla.submitrefusal")
@@ -48,6 +49,8 @@ class SubmitRefusal:
         self._sub = await self.nc.subscribe(
             self.subjects.submit_v1_wildcard, queue=QUEUE, cb=self._refuse
         )
+        # Started means answering: a producer's publish right after must not see no responders.
+        await sync_subscriptions(self.nc)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
