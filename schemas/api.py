@@ -40,6 +40,9 @@ class SubmitReply(Wire, kw_only=True):
 
 class JobRef(Wire, kw_only=True):
     job_id: Token
+    #: Whose job: ignored for a tenant key (always its own tenant); an operator key must name it
+    #: when two tenants use the same job id.
+    tenant: Token | None = None
 
 
 class JobInfo(Wire, kw_only=True):
@@ -95,6 +98,7 @@ class JobEventRecord(Wire, kw_only=True):
 
 class JobEventsReply(Wire, kw_only=True):
     job_id: Token
+    tenant: str = ""
     events: list[JobEventRecord]
 
 
@@ -120,6 +124,7 @@ class NodeRef(Wire, kw_only=True):
 
 class CancelRequest(Wire, kw_only=True):
     job_id: Token
+    tenant: Token | None = None  # as in JobRef
     reason: str = "cancelled by operator"
 
 

@@ -11,6 +11,8 @@ WIRE_VERSION: Literal[1] = 1
 
 #: Subject-safe token: job ids, node ids, pools and tenants become NATS subject tokens.
 Token = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,128}$", max_length=128)]
+#: A tenant token, or "" where the sender predates the field (the receiver then looks it up).
+TenantOrBlank = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{0,128}$", max_length=128)]
 NodeId = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", max_length=63)]
 ShortText = Annotated[str, msgspec.Meta(max_length=512)]
 LongText = Annotated[str, msgspec.Meta(max_length=16384)]

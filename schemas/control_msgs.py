@@ -12,6 +12,9 @@ CtlVerb = Literal["drain", "resume", "cancel", "pause", "unpause", "status"]
 class NodeCommand(Wire, kw_only=True):
     verb: CtlVerb
     job_id: Token | None = None
+    #: With job_id: the job's tenant. None (control planes older than this field) matches the
+    #: job id under any tenant.
+    tenant: Token | None = None
     reason: ShortText = ""
     #: Drain only: seconds running jobs may take before they are stopped and handed back.
     deadline_s: float | None = None

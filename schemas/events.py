@@ -16,6 +16,7 @@ from schemas.common import (
     Percent,
     Priority,
     ShortText,
+    TenantOrBlank,
     Token,
     Wire,
 )
@@ -30,6 +31,9 @@ TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled"})
 class _JobEvent(Wire, kw_only=True, tag_field="kind"):
     event_id: Token
     job_id: Token
+    #: A job is named by (tenant, job_id): two tenants may use the same job id. "" from nodes
+    #: older than this field; the control plane then takes the one tenant that has the id.
+    tenant: TenantOrBlank = ""
     node_id: NodeId
     attempt: NonNegInt = 1
     ts: float
@@ -38,7 +42,7 @@ class _JobEvent(Wire, kw_only=True, tag_field="kind"):
 class Accepted(_JobEvent, kw_only=True, tag="accepted"):
     pool: Token
     priority: Priority
-    tenant: Token
+    tenant: Token  # required here since the first version
     operation: Token
     stream_seq: NonNegInt = 0
     submitted_ts: float | None = None

@@ -88,6 +88,8 @@ class Heartbeat(Wire, kw_only=True):
     slots: dict[str, NonNegInt] = {}
     free_slots: dict[str, NonNegInt] = {}
     running_jobs: list[str] = []
+    #: The tenant of each of running_jobs, in the same order (absent from older nodes).
+    running_tenants: list[str] = []
     gpus: list[GpuLoad] = []
     withdrawn_encoders: list[str] = []
     outbox_depth: NonNegInt = 0

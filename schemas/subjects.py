@@ -1,7 +1,8 @@
 """Subject, stream and consumer names in one place, and the job partition rule.
 
-A producer publishes a job to `<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` with the job
-id as `Nats-Msg-Id`. The jobs stream's subject transform stores it as
+A producer publishes a job to `<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` with
+`<tenant>.<job_id>` as `Nats-Msg-Id` (job_msg_id): a job is named by its tenant and its id, so two
+tenants may use the same job id. The jobs stream's subject transform stores it as
 `<prefix>.jobs.<pool>.<priority>.<partition>.<tenant>.<job_id>`, where the server computes
 `partition = fnv1a32(job_id) % partitions`, so producers never compute it themselves.
 Priority lives in the subject because JetStream has none per message: each (pool, priority)
@@ -48,6 +49,31 @@ def check_token(value: str, what: str) -> str:
     if not _TOKEN.match(value):
         raise ValueError(f"{what} {value!r} is not a subject-safe token ([A-Za-z0-9_-], 1-128)")
     return value
+
+
+def job_msg_id(tenant: str, job_id: str) -> str:
+    """A job's `Nats-Msg-Id`: scoped by tenant, so one tenant's id never dedups another's job."""
+    return f"{check_token(tenant, 'tenant')}.{check_token(job_id, 'job id')}"
+
+
+def retry_msg_id(tenant: str, job_id: str, dlq_seq: int) -> str:
+    """The `Nats-Msg-Id` of a dead letter's re-submission: its own, so the job's id in the dedup
+    window does not swallow it, and still the job's (job_msg_id_fits)."""
+    return f"{job_msg_id(tenant, job_id)}.retry.{dlq_seq}"
+
+
+def job_msg_id_fits(msg_id: str | None, tenant: str, job_id: str) -> bool:
+    """Whether a job message's `Nats-Msg-Id` is its own: `<tenant>.<job_id>` or a retry of it.
+
+    NATS dedups on the header alone, stream-wide, whoever set it: a producer that sends another
+    tenant's id makes that tenant's own publish of it, within the window, a duplicate. Its job is
+    refused for that (daemon.job.run), so a forged id is seen, never run. An absent id (no dedup)
+    and one without a dot (a producer of before tenant-scoped ids) name nobody else's job.
+    """
+    if not msg_id or "." not in msg_id:
+        return True
+    own = job_msg_id(tenant, job_id)
+    return msg_id == own or msg_id.startswith(own + ".")
 
 
 @dataclass(frozen=True)
