@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from schemas.common import PRIORITIES
 
 _PREFIX = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 ALL_NODES = "all"
 #: The submit subject's version: 2 added the tenant token. Producers of version 1 are refused.
 SUBMIT_SUBJECT_VERSION = 2
@@ -46,7 +46,7 @@ def partition_of(job_id: str, partitions: int) -> int:
 
 
 def check_token(value: str, what: str) -> str:
-    if not _TOKEN.match(value):
+    if not TOKEN.match(value):
         raise ValueError(f"{what} {value!r} is not a subject-safe token ([A-Za-z0-9_-], 1-128)")
     return value
 
@@ -206,7 +206,12 @@ class Subjects:
     def events_wildcard(self) -> str:
         return f"{self.prefix}.events.>"
 
-    def dead_letter(self, job_id: str) -> str:
+    def dead_letter(self, tenant: str, job_id: str) -> str:
+        # "": a stray message whose tenant token is not one (control.deadletters.strays).
+        return f"{self.prefix}.dlq.{tenant or '_'}.{job_id}"
+
+    def dead_letter_v1(self, job_id: str) -> str:
+        """Where a dead letter was kept before job ids were per tenant (its tenant: the body's)."""
         return f"{self.prefix}.dlq.{job_id}"
 
     def ctl(self, node_id: str, verb: str) -> str:

@@ -16,7 +16,7 @@ from control.nodes import Fleet
 from schemas.codec import encode
 from schemas.jobs import JobSpec, Requirements
 from schemas.operations import Canary
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, job_msg_id
 
 log = logging.getLogger("flotilla.canary")
 
@@ -52,7 +52,9 @@ class CanaryRunner:
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
         for pool, p in list(self.pending.items()):
-            state = await self.db.fetchval("SELECT state FROM jobs WHERE job_id = $1", p.job_id)
+            state = await self.db.fetchval(
+                "SELECT state FROM jobs WHERE tenant = 'canary' AND job_id = $1", p.job_id
+            )
             if state == "completed":
                 self.latency[pool] = now - p.sent_at
                 self.failed.discard(pool)
@@ -78,7 +80,8 @@ class CanaryRunner:
                     max_attempts=1,
                 )
                 subject = self.subjects.submit(job.tenant, pool, job.priority, job.job_id)
-                await self.js.publish(subject, encode(job), headers={"Nats-Msg-Id": job.job_id})
+                msg_id = job_msg_id(job.tenant, job.job_id)
+                await self.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
                 self.pending[pool] = _Pending(job.job_id, now)
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncpg
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from schemas.codec import DecodeError
 from schemas.common import PRIORITIES
+from schemas.registry import JOB_DECODER
 from schemas.subjects import Subjects
 
 
@@ -17,29 +20,41 @@ async def delete_queued(
     job_id: str,
     tenant: str | None = None,
 ) -> bool:
-    """Remove the job's message if it is still stored; the partition follows from the id, so
-    only pool and priority are unknown: a handful of direct look-ups. Without `tenant` the
-    look-up matches any tenant token (the server takes a wildcard there; job ids are global),
-    and a job stored under the version 1 subject, before the upgrade, is found too."""
+    """Remove the tenant's job message if it is still stored; the partition follows from the id,
+    so only pool and priority are unknown: a handful of direct look-ups. Without `tenant` (an
+    operator's cancel of a job not recorded yet) the look-up matches any tenant token. A job
+    stored under the version 1 subject, before the upgrade, is found too: its body names the
+    tenant."""
     for pool in pools:
         for prio in PRIORITIES:
-            for stored in (
-                subjects.job_stored(tenant or "*", pool, prio, job_id),
-                subjects.job_stored_v1(pool, prio, job_id),
+            for stored, tenant_in_subject in (
+                (subjects.job_stored(tenant or "*", pool, prio, job_id), True),
+                (subjects.job_stored_v1(pool, prio, job_id), False),
             ):
                 try:
                     msg = await js.get_last_msg(subjects.jobs_stream, stored)
                 except NotFoundError:
                     continue
-                if msg.seq is not None:
-                    return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
+                if msg.seq is None or not (tenant_in_subject or _body_is(msg, tenant)):
+                    continue
+                return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
     return False
 
 
-async def mark_cancelled(db: asyncpg.Pool, job_id: str, reason: str) -> None:
+def _body_is(msg: RawStreamMsg, tenant: str | None) -> bool:
+    if tenant is None:
+        return True
+    try:
+        return JOB_DECODER.decode(msg.data or b"").tenant == tenant
+    except DecodeError:
+        return False
+
+
+async def mark_cancelled(db: asyncpg.Pool, tenant: str, job_id: str, reason: str) -> None:
     """Terminal in Postgres; state_rank 4 keeps a late event from reviving it (see fold)."""
     await db.execute(
         "UPDATE jobs SET state = 'cancelled', state_rank = 4, finished_at = now(),"
-        " last_error = $2, updated_at = now() WHERE job_id = $1 AND state_rank < 4",
-        job_id, reason,
+        " last_error = $3, updated_at = now()"
+        " WHERE tenant = $1 AND job_id = $2 AND state_rank < 4",
+        tenant, job_id, reason,
     )  # fmt: skip

@@ -1,4 +1,7 @@
-"""The API's Postgres reads: one job, a filtered keyset-paged list, a job's events."""
+"""The API's Postgres reads: one job, a filtered keyset-paged list, a job's events.
+
+A job is named by (tenant, job_id): two tenants may use the same job id.
+"""
 
 from __future__ import annotations
 
@@ -56,39 +59,36 @@ def job_info(row: asyncpg.Record) -> api.JobInfo:
     )
 
 
-async def get_job(pool: asyncpg.Pool, job_id: str, tenant: str | None = None) -> api.JobInfo | None:
-    """The job; with `tenant`, only if it is that tenant's (else None, as for an unknown id)."""
+async def get_job(pool: asyncpg.Pool, tenant: str, job_id: str) -> api.JobInfo | None:
     row = await pool.fetchrow(
-        f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 AND ($2::text IS NULL OR tenant = $2)",
-        job_id,
-        tenant,
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE tenant = $1 AND job_id = $2", tenant, job_id
     )
     return None if row is None else job_info(row)
 
 
+async def tenants_of(pool: asyncpg.Pool, job_id: str) -> list[str]:
+    """The tenants that have a job with this id, sorted."""
+    rows = await pool.fetch("SELECT tenant FROM jobs WHERE job_id = $1 ORDER BY tenant", job_id)
+    return [str(r["tenant"]) for r in rows]
+
+
 async def owned(pool: asyncpg.Pool, job_ids: list[str], tenant: str) -> set[str]:
-    """Which of these jobs are the tenant's."""
+    """Which of these job ids the tenant has (for nodes too old to say whose jobs they run)."""
     rows = await pool.fetch(
         "SELECT job_id FROM jobs WHERE job_id = ANY($1::text[]) AND tenant = $2", job_ids, tenant
     )
     return {r["job_id"] for r in rows}
 
 
-async def job_tenant(pool: asyncpg.Pool, job_id: str) -> str | None:
-    """The job's tenant as recorded; None for an unknown job, '' while its spec is unknown."""
-    value = await pool.fetchval("SELECT tenant FROM jobs WHERE job_id = $1", job_id)
-    return None if value is None else str(value)
-
-
-def encode_cursor(submitted_at: datetime, job_id: str) -> str:
-    raw = f"{submitted_at.isoformat()}|{job_id}".encode()
+def encode_cursor(submitted_at: datetime, job_id: str, tenant: str) -> str:
+    raw = f"{submitted_at.isoformat()}|{job_id}|{tenant}".encode()
     return base64.urlsafe_b64encode(raw).decode()
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str, str]:
     try:
-        ts, _, job_id = base64.urlsafe_b64decode(cursor.encode()).decode().partition("|")
-        return datetime.fromisoformat(ts), job_id
+        ts, job_id, tenant = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
+        return datetime.fromisoformat(ts), job_id, tenant
     except (ValueError, UnicodeDecodeError) as exc:
         raise ValueError(f"bad cursor: {exc}") from exc
 
@@ -117,26 +117,35 @@ async def list_jobs(
     if req.until is not None:
         add("submitted_at < {}", datetime.fromtimestamp(req.until, UTC))
     if req.cursor is not None:
-        ts, job_id = decode_cursor(req.cursor)
-        args.extend([ts, job_id])
-        where.append(f"(submitted_at, job_id) < (${len(args) - 1}, ${len(args)})")
+        ts, job_id, tenant = decode_cursor(req.cursor)
+        args.extend([ts, job_id, tenant])
+        n = len(args)
+        where.append(f"(submitted_at, job_id, tenant) < (${n - 2}, ${n - 1}, ${n})")
     args.append(req.limit + 1)
     sql = (
         f"SELECT {JOB_COLUMNS} FROM jobs"
         + (" WHERE " + " AND ".join(where) if where else "")
-        + f" ORDER BY submitted_at DESC, job_id DESC LIMIT ${len(args)}"
+        + f" ORDER BY submitted_at DESC, job_id DESC, tenant DESC LIMIT ${len(args)}"
     )
     rows = await pool.fetch(sql, *args)
     page = rows[: req.limit]
     more = len(rows) > req.limit
-    cursor = encode_cursor(page[-1]["submitted_at"], page[-1]["job_id"]) if more else None
+    last = page[-1] if more else None
+    cursor = (
+        None
+        if last is None
+        else encode_cursor(last["submitted_at"], last["job_id"], last["tenant"])
+    )
     return api.JobListReply(jobs=[job_info(r) for r in page], next_cursor=cursor)
 
 
-async def job_events(pool: asyncpg.Pool, job_id: str, limit: int = 1000) -> api.JobEventsReply:
+async def job_events(
+    pool: asyncpg.Pool, tenant: str, job_id: str, limit: int = 1000
+) -> api.JobEventsReply:
     rows = await pool.fetch(
         "SELECT event_id, kind, node_id, attempt, ts, body::text AS body FROM job_events"
-        " WHERE job_id = $1 ORDER BY ts, event_id LIMIT $2",
+        " WHERE tenant = $1 AND job_id = $2 ORDER BY ts, event_id LIMIT $3",
+        tenant,
         job_id,
         limit,
     )
@@ -151,7 +160,7 @@ async def job_events(pool: asyncpg.Pool, job_id: str, limit: int = 1000) -> api.
         )
         for r in rows
     ]
-    return api.JobEventsReply(job_id=job_id, events=events)
+    return api.JobEventsReply(job_id=job_id, tenant=tenant, events=events)
 
 
 async def jobs_by_state(pool: asyncpg.Pool, tenant: str | None = None) -> dict[str, int]:

@@ -43,7 +43,8 @@ from control.nodes import Fleet, FleetNode
 from schemas import api
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
-from schemas.subjects import ALL_NODES, Subjects
+from schemas.nodes import Heartbeat
+from schemas.subjects import ALL_NODES, Subjects, job_msg_id
 
 log = logging.getLogger("flotilla.api")
 SUBMIT: Decoder[api.SubmitRequest] = Decoder(api.SubmitRequest, "submit request")
@@ -197,7 +198,7 @@ class ApiService:
             raise ApiFailure(409, reason)
         subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
-            subject, encode(job), headers={"Nats-Msg-Id": job.job_id},
+            subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},
             stream=self.subjects.jobs_stream,
         )  # fmt: skip
         if self.db is not None:
@@ -224,10 +225,6 @@ class ApiService:
             if not self.limiter.allow(tenant):
                 raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
             return
-        # Job ids are fleet-wide: another tenant's id would be deduplicated into its job.
-        owner = await jobquery.job_tenant(self.db, job_id)
-        if owner and owner != tenant:
-            raise ApiFailure(409, f"job id {job_id!r} is taken; pick another")
         limits = who.limits if who.tenant == tenant else await tenants.get_tenant(self.db, tenant)
         rate = self.s.submit_rate if limits is None else limits.submit_rate
         burst = self.s.submit_burst if limits is None else limits.submit_burst
@@ -238,26 +235,49 @@ class ApiService:
             if queued >= limits.max_queued:
                 raise ApiFailure(429, f"tenant {tenant!r} has {limits.max_queued} jobs queued")
 
-    async def _visible(self, job_id: str, who: Identity, missing: str = "") -> None:
-        """For a tenant key, 404 unless the job is its tenant's: the very answer an unknown id
-        gets (`missing` is that message), so another tenant's job looks like no job at all."""
-        if who.scope is None:
-            return
-        if await jobquery.get_job(self._need_db(), job_id, who.scope) is None:
+    async def _owner(
+        self, job_id: str, asked: str | None, who: Identity, missing: str = ""
+    ) -> str | None:
+        """Whose job `job_id` is, for this caller. A tenant key sees only its own tenant's: any
+        other answers 404 exactly as an unknown id does (`missing` is that message). An operator
+        names the tenant, or gets the one tenant that has the id (409 when several do); None
+        when nothing is recorded under the id (a job published straight to the stream and not
+        ingested yet)."""
+        missing = missing or f"no job {job_id!r}"
+        if who.scope is not None:
+            found = asked in (None, who.scope)
+            if not found or await jobquery.get_job(self._need_db(), who.scope, job_id) is None:
+                raise ApiFailure(404, missing)
+            return who.scope
+        if asked is not None:
+            return asked
+        if self.db is None:
+            return None
+        tenants_with_id = await jobquery.tenants_of(self.db, job_id)
+        if len(tenants_with_id) > 1:
+            named = ", ".join(tenants_with_id)
+            raise ApiFailure(409, f"job id {job_id!r} is used by tenants {named}: name the tenant")
+        return tenants_with_id[0] if tenants_with_id else None
+
+    async def _known(self, job_id: str, asked: str | None, who: Identity, missing: str = "") -> str:
+        """As _owner, for a job that must be recorded: 404 when it is not."""
+        tenant = await self._owner(job_id, asked, who, missing)
+        if tenant is None:
             raise ApiFailure(404, missing or f"no job {job_id!r}")
+        return tenant
 
     async def cancel(self, req: Request, who: Identity) -> bytes:
         ask = CANCEL.decode(req.data)
-        await self._visible(ask.job_id, who)
+        tenant = await self._owner(ask.job_id, ask.tenant, who)
         # An offline node's last heartbeat may still list a job that now runs elsewhere.
         live = (n for n in self._nodes() if n.state != "offline")
-        runner = next((n for n in live if ask.job_id in n.heartbeat.running_jobs), None)
+        runner = next((n for n in live if runs(n.heartbeat, tenant, ask.job_id)), None)
         js, subjects, pools = self.js, self.subjects, self.s.pools
-        if runner is None and await delete_queued(js, subjects, pools, ask.job_id, who.scope):
-            if self.db is not None:
-                await mark_cancelled(self.db, ask.job_id, ask.reason)
+        if runner is None and await delete_queued(js, subjects, pools, ask.job_id, tenant):
+            if self.db is not None and tenant is not None:
+                await mark_cancelled(self.db, tenant, ask.job_id, ask.reason)
             return encode(api.AckReply(ok=True, message="cancelled while queued"))
-        cmd = NodeCommand(verb="cancel", job_id=ask.job_id, reason=ask.reason[:200])
+        cmd = NodeCommand(verb="cancel", job_id=ask.job_id, tenant=tenant, reason=ask.reason[:200])
         # A broadcast reaches a node that picked the job up after we read the bucket.
         await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), encode(cmd))
         if runner is None:
@@ -266,7 +286,8 @@ class ApiService:
 
     async def job_get(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
-        info = await jobquery.get_job(self._need_db(), ref.job_id, who.scope)
+        tenant = await self._known(ref.job_id, ref.tenant, who)
+        info = await jobquery.get_job(self._need_db(), tenant, ref.job_id)
         if info is None:
             raise ApiFailure(404, f"no job {ref.job_id!r}")
         return encode(info)
@@ -279,15 +300,16 @@ class ApiService:
         ref = JOB_REF.decode(req.data)
         db = self._need_db()
         # Unknown (or not the caller's): 404, as job.get says, rather than an empty list.
-        if await jobquery.get_job(db, ref.job_id, who.scope) is None:
+        tenant = await self._known(ref.job_id, ref.tenant, who)
+        if await jobquery.get_job(db, tenant, ref.job_id) is None:
             raise ApiFailure(404, f"no job {ref.job_id!r}")
-        return encode(await jobquery.job_events(db, ref.job_id))
+        return encode(await jobquery.job_events(db, tenant, ref.job_id))
 
     async def job_retry(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
-        await self._visible(ref.job_id, who, str(DeadLetterNotFound(ref.job_id)))
+        tenant = await self._known(ref.job_id, ref.tenant, who, str(DeadLetterNotFound(ref.job_id)))
         try:
-            reply = await retry_dead_letter(self.js, self.subjects, ref.job_id, db=self.db)
+            reply = await retry_dead_letter(self.js, self.subjects, tenant, ref.job_id, db=self.db)
         except DeadLetterNotFound as exc:
             raise ApiFailure(404, str(exc)) from exc
         return encode(reply)
@@ -296,15 +318,15 @@ class ApiService:
     async def node_list(self, req: Request, who: Identity) -> bytes:
         nodes = self._nodes()
         mine: set[str] | None = None
-        if who.scope is not None:
-            running = [j for n in nodes for j in n.heartbeat.running_jobs]
+        if who.scope is not None:  # for nodes too old to say whose jobs they run
+            running = [j for n in nodes if unowned(n.heartbeat) for j in n.heartbeat.running_jobs]
             mine = await jobquery.owned(self._need_db(), running, who.scope) if running else set()
         infos = []
         for n in nodes:
             hb = n.heartbeat
-            if mine is not None:  # other tenants' job ids are theirs to know
+            if who.scope is not None and mine is not None:  # others' job ids are theirs to know
                 hb = msgspec.structs.replace(
-                    hb, running_jobs=[j for j in hb.running_jobs if j in mine]
+                    hb, running_jobs=own_running(hb, who.scope, mine), running_tenants=[]
                 )
             infos.append(
                 api.NodeInfo(
@@ -362,3 +384,23 @@ class ApiService:
             jobs_by_state=jobs, nodes_by_state=by_state, pools=pools, alerts_firing=firing
         )
         return encode(reply)
+
+
+def unowned(hb: Heartbeat) -> bool:
+    """A heartbeat of a node older than `running_tenants`: it names job ids only."""
+    return len(hb.running_tenants) != len(hb.running_jobs)
+
+
+def runs(hb: Heartbeat, tenant: str | None, job_id: str) -> bool:
+    """Whether the node runs this job (any tenant's with that id when `tenant` is None, or when
+    the node is too old to say)."""
+    if tenant is None or unowned(hb):
+        return job_id in hb.running_jobs
+    return (tenant, job_id) in zip(hb.running_tenants, hb.running_jobs, strict=True)
+
+
+def own_running(hb: Heartbeat, tenant: str, legacy_owned: set[str]) -> list[str]:
+    """The tenant's jobs among those the node runs."""
+    if unowned(hb):
+        return [j for j in hb.running_jobs if j in legacy_owned]
+    return [j for t, j in zip(hb.running_tenants, hb.running_jobs, strict=True) if t == tenant]

@@ -18,7 +18,9 @@ MAX_PAGES = 1000
 
 async def status(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
-        info = await client.call("job.get", api.JobRef(job_id=args.job_id), api.JobInfo)
+        info = await client.call(
+            "job.get", api.JobRef(job_id=args.job_id, tenant=args.tenant), api.JobInfo
+        )
     if args.json:
         print_json(info)
         return 0
@@ -97,7 +99,7 @@ async def list_jobs(args: argparse.Namespace) -> int:
 
 async def job_events(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
-        ref = api.JobRef(job_id=args.job_id)
+        ref = api.JobRef(job_id=args.job_id, tenant=args.tenant)
         await client.call("job.get", ref, api.JobInfo)  # an unknown job is a 404, not no events
         reply = await client.call("job.events", ref, api.JobEventsReply)
     if args.json:
@@ -129,10 +131,12 @@ def _detail(e: api.JobEventRecord) -> str:
 
 async def cancel(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
-        info = await client.call("job.get", api.JobRef(job_id=args.job_id), api.JobInfo)
+        info = await client.call(
+            "job.get", api.JobRef(job_id=args.job_id, tenant=args.tenant), api.JobInfo
+        )
         if info.state in api.TERMINAL_STATES:
             raise BadInput(f"job {args.job_id} already {info.state}")
-        req = api.CancelRequest(job_id=args.job_id, reason=args.reason)
+        req = api.CancelRequest(job_id=args.job_id, tenant=args.tenant, reason=args.reason)
         reply = await client.call("job.cancel", req, api.AckReply)
     if args.json:
         print_json(reply)
@@ -143,7 +147,9 @@ async def cancel(args: argparse.Namespace) -> int:
 
 async def retry(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
-        reply = await client.call("job.retry", api.JobRef(job_id=args.job_id), api.SubmitReply)
+        reply = await client.call(
+            "job.retry", api.JobRef(job_id=args.job_id, tenant=args.tenant), api.SubmitReply
+        )
     if args.json:
         print_json(reply)
     else:

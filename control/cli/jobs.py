@@ -27,6 +27,13 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=submit)
 
 
+def _tenant_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--tenant",
+        help="the job's tenant (an operator key names it when two tenants use the job id)",
+    )
+
+
 def register(sub: Any) -> None:
     """Add the job commands to the `flotilla` parser (`sub` is its subparsers action)."""
     jobflags.add_submit(sub, _submit_flags)
@@ -38,6 +45,7 @@ def register(sub: Any) -> None:
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("job_id", metavar="JOB")
+        _tenant_flag(p)
         client_flags(p)
         p.set_defaults(handler=handler)
         if name == "cancel":
@@ -57,6 +65,7 @@ def register(sub: Any) -> None:
     jsub = p.add_subparsers(dest="jobs_cmd", required=False, metavar="retry")
     r = jsub.add_parser("retry", help="put a dead-lettered job back on the stream")
     r.add_argument("job_id", metavar="JOB")
+    _tenant_flag(r)
     client_flags(r)
     r.set_defaults(handler=retry)
 
@@ -93,7 +102,9 @@ async def submit(args: argparse.Namespace) -> int:
         display = (
             cli_watch.Display.for_stdout(reply.job_id) if args.watch and not args.json else None
         )
-        info = await cli_watch.follow(client, reply.job_id, display, grace_s=10.0)
+        info = await cli_watch.follow(
+            client, reply.job_id, display, grace_s=10.0, tenant=spec.tenant
+        )
     if args.json:
         print_json(info)
     else:

@@ -3,8 +3,8 @@
 The bucket is the job's tenant bucket `<prefix>_media_<tenant>` where one exists (per-tenant
 buckets, `topology.media_tenants`), else `<prefix>_media`. Each file is streamed in chunks (read
 in a worker thread), never read whole into memory, and written the way a client without purge
-rights can (daemon.media.objstore.put_object). Keys are `uploads/<job_id>/<basename>`; the spec's
-URI becomes `nats-obj://<bucket>/<key>`, which the daemons fetch into scratch.
+rights can (daemon.media.objstore.put_object). Keys are `uploads/<tenant>/<job_id>/<basename>`;
+the spec's URI becomes `nats-obj://<bucket>/<key>`, which the daemons fetch into scratch.
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ async def media_bucket(nc: NATS, subjects: Subjects, tenant: str) -> str:
     return subjects.objects_bucket
 
 
-def upload_key(job_id: str, path: Path) -> str:
-    return f"uploads/{job_id}/{path.name}"
+def upload_key(tenant: str, job_id: str, path: Path) -> str:
+    return f"uploads/{tenant}/{job_id}/{path.name}"
 
 
 def _open(path: Path) -> io.BufferedReader:
@@ -81,9 +81,9 @@ async def upload_inputs(nc: NATS, subjects: Subjects, spec: JobSpec) -> JobSpec:
             return uri
         if not await asyncio.to_thread(path.is_file):
             raise BadInput(f"cannot upload {path}: not a file")
-        key = upload_key(spec.job_id, path)
+        key = upload_key(spec.tenant, spec.job_id, path)
         if key in used:  # an analyze job's reference may share the input's basename
-            key = upload_key(spec.job_id, path.with_name(f"{role}-{path.name}"))
+            key = upload_key(spec.tenant, spec.job_id, path.with_name(f"{role}-{path.name}"))
         used.add(key)
         await put_file(js, bucket, key, path)
         return f"nats-obj://{bucket}/{key}"

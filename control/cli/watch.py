@@ -104,12 +104,15 @@ class Display:
             self.out.flush()
 
 
-async def _get(client: ApiClient, job_id: str, grace_s: float) -> api.JobInfo:
+async def _get(
+    client: ApiClient, job_id: str, grace_s: float, tenant: str | None = None
+) -> api.JobInfo:
     """job.get; a job submitted a moment ago may need a little while to be recorded."""
     deadline = time.monotonic() + grace_s
+    ref = api.JobRef(job_id=job_id, tenant=tenant)
     while True:
         try:
-            return await client.call("job.get", api.JobRef(job_id=job_id), api.JobInfo)
+            return await client.call("job.get", ref, api.JobInfo)
         except NotFound:
             if time.monotonic() >= deadline:
                 raise
@@ -149,8 +152,11 @@ async def follow(
     *,
     poll_s: float = 2.0,
     grace_s: float = 0.0,
+    tenant: str | None = None,
 ) -> api.JobInfo:
-    """Until the job is terminal; returns its final JobInfo (from the database when it has it)."""
+    """Until the job is terminal; returns its final JobInfo (from the database when it has it).
+    Without `tenant` the job is the one tenant's the key may see (an operator's: the only one
+    with that id)."""
     queue: asyncio.Queue[events.JobEvent] = asyncio.Queue(maxsize=1000)
     needle = f'"{job_id}"'.encode()
 
@@ -161,33 +167,37 @@ async def follow(
             ev = EVENT.decode(msg.data)
         except DecodeError:
             return
-        if ev.job_id == job_id and not queue.full():
+        # Another tenant's job with the same id is not this one ("" from older nodes).
+        if ev.job_id == job_id and ev.tenant in (tenant, "") and not queue.full():
             queue.put_nowait(ev)
 
     sub = await client.nc.subscribe(f"{client.subjects.prefix}.events.*.*", cb=on_msg)
     try:
-        info = await _get(client, job_id, grace_s)
+        info = await _get(client, job_id, grace_s, tenant)
+        tenant = tenant or info.tenant
         while info.state not in api.TERMINAL_STATES:
             if display is not None:
                 display.show(info)
             try:
                 ev = await asyncio.wait_for(queue.get(), poll_s)
             except TimeoutError:
-                info = await _get(client, job_id, grace_s)
+                info = await _get(client, job_id, grace_s, tenant)
                 continue
             info = _apply(info, ev)
-        return await _settle(client, info)
+        return await _settle(client, info, tenant)
     finally:
         await sub.unsubscribe()
         if display is not None:
             display.close()
 
 
-async def _settle(client: ApiClient, info: api.JobInfo, limit_s: float = 5.0) -> api.JobInfo:
+async def _settle(
+    client: ApiClient, info: api.JobInfo, tenant: str | None, limit_s: float = 5.0
+) -> api.JobInfo:
     """The database's final record once ingest has it (run time, result); else the live view."""
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
-        stored = await _get(client, info.job_id, 0.0)
+        stored = await _get(client, info.job_id, 0.0, tenant)
         if stored.state in api.TERMINAL_STATES:
             return stored
         await asyncio.sleep(0.3)
@@ -207,7 +217,7 @@ def outcome_line(info: api.JobInfo) -> str:
 async def watch(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
         display = None if args.json else Display.for_stdout(args.job_id)
-        info = await follow(client, args.job_id, display)
+        info = await follow(client, args.job_id, display, tenant=args.tenant)
     if args.json:
         print_json(info)
     else:

@@ -36,41 +36,47 @@ NOT_HOLDER = "not_holder"
 #: Rows of the batch's jobs, locked: a dead letter's re-submission (which holds the row while
 #: it resets it) is then either wholly before this batch or wholly after it.
 LOCK_RUNS = """
-SELECT job_id, resubmitted_at FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE
+SELECT tenant, job_id, resubmitted_at FROM jobs
+WHERE (tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY tenant, job_id FOR UPDATE
 """
 
 #: One claim per (job, attempt), in key order so concurrent batches wait rather than deadlock.
 CLAIM = """
-INSERT INTO job_attempts AS a (job_id, attempt, node_id, event_id, kind, ts)
-SELECT * FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-    AS c(job_id, attempt, node_id, event_id, kind, ts)
-ORDER BY job_id, attempt
-ON CONFLICT (job_id, attempt) DO UPDATE SET
+INSERT INTO job_attempts AS a (tenant, job_id, attempt, node_id, event_id, kind, ts)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                     $7::timestamptz[])
+    AS c(tenant, job_id, attempt, node_id, event_id, kind, ts)
+ORDER BY tenant, job_id, attempt
+ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
     node_id = EXCLUDED.node_id, event_id = EXCLUDED.event_id, kind = EXCLUDED.kind,
     ts = EXCLUDED.ts, claimed_at = now()
-WHERE a.ts <= (SELECT j.resubmitted_at FROM jobs AS j WHERE j.job_id = a.job_id)
+WHERE a.ts <= (SELECT j.resubmitted_at FROM jobs AS j
+               WHERE j.tenant = a.tenant AND j.job_id = a.job_id)
 """
 
 HOLDERS = """
-SELECT job_id, attempt, node_id FROM job_attempts
-JOIN unnest($1::text[], $2::int[]) AS k(job_id, attempt) USING (job_id, attempt)
+SELECT tenant, job_id, attempt, node_id FROM job_attempts
+JOIN unnest($1::text[], $2::text[], $3::int[]) AS k(tenant, job_id, attempt)
+    USING (tenant, job_id, attempt)
 """
 
 RECORD = """
 INSERT INTO rejected_events (event_id, stream_seq, subject, node_id, job_id, attempt, kind,
-                             reason, holder, payload, ts)
+                             reason, holder, payload, ts, tenant)
 SELECT event_id, stream_seq, subject, node_id, job_id, attempt, kind, reason, holder,
-       payload::jsonb, ts
+       payload::jsonb, ts, tenant
 FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[],
-            $8::text[], $9::text[], $10::text[], $11::timestamptz[])
+            $8::text[], $9::text[], $10::text[], $11::timestamptz[], $12::text[])
     AS r(event_id, stream_seq, subject, node_id, job_id, attempt, kind, reason, holder, payload,
-         ts)
+         ts, tenant)
 ORDER BY event_id
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
 """
 
-Key = tuple[str, int]
+#: (tenant, job_id, attempt)
+Key = tuple[str, str, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +94,8 @@ class Rejection:
     def describe(self) -> str:
         ev = self.event
         return (
-            f"{kind_of(ev)} from node {ev.node_id} for job {ev.job_id} attempt {ev.attempt}"
+            f"{kind_of(ev)} from node {ev.node_id} for job {ev.tenant}/{ev.job_id}"
+            f" attempt {ev.attempt}"
             f" rejected: the attempt is held by {self.holder}"
         )
 
@@ -108,14 +115,16 @@ def _job(item: Incoming) -> JobEvent:
 
 def _key(item: Incoming) -> Key:
     ev = _job(item)
-    return ev.job_id, ev.attempt
+    return ev.tenant, ev.job_id, ev.attempt
 
 
-def current_run(items: Sequence[Incoming], resubmitted: Mapping[str, datetime]) -> list[Incoming]:
+def current_run(
+    items: Sequence[Incoming], resubmitted: Mapping[tuple[str, str], datetime]
+) -> list[Incoming]:
     """The events that belong to their job's current run (newer than its re-submission)."""
     out = []
     for item in items:
-        cut = resubmitted.get(_key(item)[0])
+        cut = resubmitted.get(_key(item)[:2])
         if cut is None or at(item.event.ts) > cut:
             out.append(item)
     return out
@@ -145,9 +154,11 @@ async def check(conn: asyncpg.Connection, items: Sequence[Incoming]) -> list[Rej
     candidates = [i for i in items if checked(i)]
     if not candidates:
         return []
-    job_ids = sorted({_key(i)[0] for i in candidates})
-    rows = await conn.fetch(LOCK_RUNS, job_ids)
-    resubmitted = {r["job_id"]: r["resubmitted_at"] for r in rows if r["resubmitted_at"]}
+    jobs = sorted({_key(i)[:2] for i in candidates})
+    rows = await conn.fetch(LOCK_RUNS, [j[0] for j in jobs], [j[1] for j in jobs])
+    resubmitted = {
+        (r["tenant"], r["job_id"]): r["resubmitted_at"] for r in rows if r["resubmitted_at"]
+    }
     current = current_run(candidates, resubmitted)
     if not current:
         return []
@@ -155,6 +166,7 @@ async def check(conn: asyncpg.Connection, items: Sequence[Incoming]) -> list[Rej
     evs = [_job(c) for c in claims]
     await conn.execute(
         CLAIM,
+        [e.tenant for e in evs],
         [e.job_id for e in evs],
         [e.attempt for e in evs],
         [e.node_id for e in evs],
@@ -163,8 +175,10 @@ async def check(conn: asyncpg.Connection, items: Sequence[Incoming]) -> list[Rej
         [at(e.ts) for e in evs],
     )
     keys = [_key(c) for c in claims]
-    found = await conn.fetch(HOLDERS, [k[0] for k in keys], [k[1] for k in keys])
-    return rejections(current, {(r["job_id"], r["attempt"]): r["node_id"] for r in found})
+    found = await conn.fetch(HOLDERS, *([k[n] for k in keys] for n in range(3)))
+    return rejections(
+        current, {(r["tenant"], r["job_id"], r["attempt"]): r["node_id"] for r in found}
+    )
 
 
 async def record(conn: asyncpg.Connection, rejected: Sequence[Rejection]) -> list[Rejection]:
@@ -185,6 +199,7 @@ async def record(conn: asyncpg.Connection, rejected: Sequence[Rejection]) -> lis
         [r.holder for r in rejected],
         [r.item.body for r in rejected],
         [at(e.ts) for e in evs],
+        [e.tenant for e in evs],
     )
     ids = {r["event_id"] for r in new}
     return [r for r in rejected if r.event.event_id in ids]

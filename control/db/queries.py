@@ -18,13 +18,13 @@ CREATE TEMP TABLE IF NOT EXISTS jobs_stage (LIKE jobs INCLUDING DEFAULTS)
     ON COMMIT DELETE ROWS;
 """
 STAGE_EVENT_COLUMNS = (
-    "event_id", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq",
+    "event_id", "tenant", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq",
 )  # fmt: skip
 
 #: One statement for the whole batch; ordered so that concurrent batches lock keys in one order.
 INSERT_EVENTS = """
-INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body, stream_seq)
-SELECT event_id, job_id, kind, node_id, attempt, ts, body, stream_seq
+INSERT INTO job_events (event_id, tenant, job_id, kind, node_id, attempt, ts, body, stream_seq)
+SELECT event_id, tenant, job_id, kind, node_id, attempt, ts, body, stream_seq
 FROM ingest_stage ORDER BY event_id
 ON CONFLICT (event_id) DO NOTHING
 RETURNING event_id
@@ -38,24 +38,27 @@ ON CONFLICT (stream_seq) DO NOTHING
 # -- ingest: jobs -----------------------------------------------------------------------------
 #: Rows for jobs first seen in this batch, so that every job can be locked before folding.
 INSERT_JOB_PLACEHOLDERS = """
-INSERT INTO jobs (job_id, submitted_at)
-SELECT job_id, submitted_at FROM unnest($1::text[], $2::timestamptz[]) AS t(job_id, submitted_at)
-ORDER BY job_id
-ON CONFLICT (job_id) DO NOTHING
+INSERT INTO jobs (tenant, job_id, submitted_at)
+SELECT tenant, job_id, submitted_at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t(tenant, job_id, submitted_at)
+ORDER BY tenant, job_id
+ON CONFLICT (tenant, job_id) DO NOTHING
 """
 
 _select_cols = ", ".join("NULL::text AS result" if c == "result" else c for c in FOLD_COLUMNS)
 LOCK_JOBS = f"""
-SELECT {_select_cols} FROM jobs WHERE job_id = ANY($1::text[]) ORDER BY job_id FOR UPDATE
+SELECT {_select_cols} FROM jobs
+WHERE (tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
+ORDER BY tenant, job_id FOR UPDATE
 """
 
-_set_cols = [c for c in FOLD_COLUMNS if c not in ("job_id", "result")]
+_set_cols = [c for c in FOLD_COLUMNS if c not in ("tenant", "job_id", "result")]
 UPDATE_JOBS_FROM_STAGE = f"""
 UPDATE jobs AS j SET
     ({", ".join(_set_cols)}) = ({", ".join("s." + c for c in _set_cols)}),
     result = COALESCE(s.result, j.result),
     updated_at = now()
-FROM jobs_stage AS s WHERE j.job_id = s.job_id
+FROM jobs_stage AS s WHERE j.tenant = s.tenant AND j.job_id = s.job_id
 """
 
 #: The API's submit (or a dead letter's spec): never moves a job's state.
@@ -63,8 +66,7 @@ UPSERT_SUBMITTED = """
 INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
                        queued_at, spec)
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-ON CONFLICT (job_id) DO UPDATE SET
-    tenant = CASE WHEN j.tenant = '' THEN EXCLUDED.tenant ELSE j.tenant END,
+ON CONFLICT (tenant, job_id) DO UPDATE SET
     pool = CASE WHEN j.pool = '' THEN EXCLUDED.pool ELSE j.pool END,
     priority = CASE WHEN j.priority = '' THEN EXCLUDED.priority ELSE j.priority END,
     operation = CASE WHEN j.operation = '' THEN EXCLUDED.operation ELSE j.operation END,
@@ -75,11 +77,12 @@ ON CONFLICT (job_id) DO UPDATE SET
     updated_at = now()
 """
 
-#: Specs carried by `accepted` events ($1 job ids, $2 spec JSON): the first one kept, as on submit.
+#: Specs carried by `accepted` events ($1 tenants, $2 job ids, $3 spec JSON): the first one kept,
+#: as on submit.
 SET_MISSING_SPECS = """
 UPDATE jobs AS j SET spec = s.spec::jsonb, updated_at = now()
-FROM unnest($1::text[], $2::text[]) AS s(job_id, spec)
-WHERE j.job_id = s.job_id AND j.spec IS NULL
+FROM unnest($1::text[], $2::text[], $3::text[]) AS s(tenant, job_id, spec)
+WHERE j.tenant = s.tenant AND j.job_id = s.job_id AND j.spec IS NULL
 """
 
 # -- retention --------------------------------------------------------------------------------
@@ -91,26 +94,24 @@ DELETE FROM job_events WHERE event_id IN (
 
 # -- dead letters -----------------------------------------------------------------------------
 JOB_BY_STREAM_SEQ = """
-SELECT job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered
+SELECT tenant, job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered
 FROM jobs WHERE stream_seq = $1 ORDER BY updated_at DESC LIMIT 1
 """
 
 INSERT_DEAD_LETTER = """
-INSERT INTO dead_letters (job_id, stream_seq, source, reason, deliveries, subject, pool, priority,
-                          payload, dlq_seq, created_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-ON CONFLICT (job_id, stream_seq) DO NOTHING
+INSERT INTO dead_letters (tenant, job_id, stream_seq, source, reason, deliveries, subject, pool,
+                          priority, payload, dlq_seq, created_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+ON CONFLICT (tenant, job_id, stream_seq) DO NOTHING
 """
-
-DEAD_LETTER_EXISTS = "SELECT 1 FROM dead_letters WHERE job_id = $1 AND stream_seq = $2"
 
 MARK_DEAD_LETTERED = """
-UPDATE jobs SET dead_lettered = true, updated_at = now() WHERE job_id = $1
+UPDATE jobs SET dead_lettered = true, updated_at = now() WHERE tenant = $1 AND job_id = $2
 """
 
-#: Re-submitting a dead letter starts a new run of the same job id at $2 (now). Events older
-#: than the cut-off belong to the dead run: its end, but at most $3 seconds before now (node
-#: clocks may lag ours a little; the dead run's events all precede its end).
+#: Re-submitting a dead letter ($4 tenant, $1 job id) starts a new run of the job at $2 (now).
+#: Events older than the cut-off belong to the dead run: its end, but at most $3 seconds before
+#: now (node clocks may lag ours a little; the dead run's events all precede its end).
 RESET_FOR_RETRY = """
 UPDATE jobs SET state = 'submitted', state_rank = 0, state_ts = $2, state_event_id = NULL,
     node_id = NULL, attempts = 0, queued_at = $2, started_at = NULL, finished_at = NULL,
@@ -118,11 +119,14 @@ UPDATE jobs SET state = 'submitted', state_rank = 0, state_ts = $2, state_event_
     result = NULL, dead_lettered = false, updated_at = now(),
     resubmitted_at = LEAST($2::timestamptz,
                            GREATEST(finished_at, $2::timestamptz - make_interval(secs => $3)))
-WHERE job_id = $1
+WHERE tenant = $4 AND job_id = $1
 """
 
-SET_STREAM_SEQ = "UPDATE jobs SET stream_seq = $2 WHERE job_id = $1"
+LOCK_JOB = "SELECT 1 FROM jobs WHERE tenant = $1 AND job_id = $2 FOR UPDATE"
+
+SET_STREAM_SEQ = "UPDATE jobs SET stream_seq = $2 WHERE tenant = $3 AND job_id = $1"
 
 MARK_RETRIED = """
-UPDATE dead_letters SET retried_at = now() WHERE job_id = $1 AND retried_at IS NULL
+UPDATE dead_letters SET retried_at = now()
+WHERE tenant = $2 AND job_id = $1 AND retried_at IS NULL
 """

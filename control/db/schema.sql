@@ -8,8 +8,9 @@
 -- state_rank: 0 submitted, 1 queued (accepted by a node), 2 running, 3 queued again (retrying,
 -- handed back, interrupted), 4 terminal. (attempts, state_rank, state_ts, state_event_id) is
 -- the claim a newer non-terminal event must beat.
+-- A job is named by (tenant, job_id): two tenants may use one job id (0120_tenant_job_ids.sql).
 CREATE TABLE jobs (
-    job_id            text PRIMARY KEY,
+    job_id            text NOT NULL,
     tenant            text NOT NULL DEFAULT '',
     pool              text NOT NULL DEFAULT '',
     priority          text NOT NULL DEFAULT '',
@@ -40,7 +41,8 @@ CREATE TABLE jobs (
     dead_lettered     boolean NOT NULL DEFAULT false,
     -- Set when a dead letter is re-submitted: events older than this belong to the old run.
     resubmitted_at    timestamptz,
-    updated_at        timestamptz NOT NULL DEFAULT now()
+    updated_at        timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT jobs_pkey PRIMARY KEY (tenant, job_id)
 );
 -- Listing newest first with keyset paging on (submitted_at, job_id), alone or by one filter.
 CREATE INDEX jobs_submitted_idx ON jobs (submitted_at DESC, job_id DESC);
@@ -65,9 +67,12 @@ CREATE TABLE job_events (
     ts           timestamptz NOT NULL,
     body         jsonb NOT NULL,
     stream_seq   bigint,
-    ingested_at  timestamptz NOT NULL DEFAULT now()
+    ingested_at  timestamptz NOT NULL DEFAULT now(),
+    -- The job's tenant (NULL with job_id for node events).
+    tenant       text
 );
-CREATE INDEX job_events_job_idx ON job_events (job_id, ts, event_id) WHERE job_id IS NOT NULL;
+CREATE INDEX job_events_job_idx ON job_events (tenant, job_id, ts, event_id)
+    WHERE job_id IS NOT NULL;
 CREATE INDEX job_events_node_idx ON job_events (node_id, ts);
 -- Retention pruning deletes the oldest events in bounded batches.
 CREATE INDEX job_events_ts_idx ON job_events (ts);
@@ -95,7 +100,8 @@ CREATE TABLE job_attempts (
     kind         text NOT NULL,
     ts           timestamptz NOT NULL,
     claimed_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (job_id, attempt)
+    tenant       text NOT NULL DEFAULT '',
+    CONSTRAINT job_attempts_pkey PRIMARY KEY (tenant, job_id, attempt)
 );
 
 -- Job events refused because their node does not hold the attempt: never folded, kept here.
@@ -111,7 +117,8 @@ CREATE TABLE rejected_events (
     holder       text,
     payload      jsonb NOT NULL,
     ts           timestamptz NOT NULL,
-    received_at  timestamptz NOT NULL DEFAULT now()
+    received_at  timestamptz NOT NULL DEFAULT now(),
+    tenant       text NOT NULL DEFAULT ''
 );
 -- The `rejected_events` alert counts the recent ones.
 CREATE INDEX rejected_events_received_idx ON rejected_events (received_at);
@@ -148,7 +155,8 @@ CREATE TABLE dead_letters (
     dlq_seq      bigint,
     created_at   timestamptz NOT NULL DEFAULT now(),
     retried_at   timestamptz,
-    PRIMARY KEY (job_id, stream_seq)
+    tenant       text NOT NULL DEFAULT '',
+    CONSTRAINT dead_letters_pkey PRIMARY KEY (tenant, job_id, stream_seq)
 );
 CREATE INDEX dead_letters_created_idx ON dead_letters (created_at DESC);
 
@@ -183,14 +191,16 @@ CREATE INDEX api_keys_tenant_idx ON api_keys (tenant, created_at);
 -- One row per job whose callback has been handled (delivered or given up), plus every attempt
 -- as a `webhook` row in job_events so the job's event list shows it.
 CREATE TABLE webhook_deliveries (
-    job_id        text PRIMARY KEY,
+    job_id        text NOT NULL,
     url           text NOT NULL,
     attempts      integer NOT NULL DEFAULT 0,
     delivered     boolean NOT NULL DEFAULT false,
     last_status   integer,
     last_error    text,
     next_at       timestamptz NOT NULL DEFAULT now(),
-    done_at       timestamptz
+    done_at       timestamptz,
+    tenant        text NOT NULL DEFAULT '',
+    CONSTRAINT webhook_deliveries_pkey PRIMARY KEY (tenant, job_id)
 );
 CREATE INDEX webhook_deliveries_pending_idx ON webhook_deliveries (next_at) WHERE done_at IS NULL;
 

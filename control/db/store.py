@@ -2,9 +2,11 @@
 
 `store_batch` runs inside the caller's transaction: COPY into a staging table, one
 `INSERT … SELECT … ON CONFLICT (event_id) DO NOTHING`, then only the events that were really
-new are folded, so a replayed or duplicated event changes nothing. Job rows are locked in job id
-order before folding, so concurrent batches touching the same job serialise instead of losing
-an update. Node events are kept as they came; node state is the node tracker's (control/nodes.py).
+new are folded, so a replayed or duplicated event changes nothing. A job is named by (tenant,
+job_id); events of nodes that predate the tenant field get theirs first
+(control/db/blanktenant.py). Job rows are locked in key order before folding, so concurrent
+batches touching the same job serialise instead of losing an update. Node events are kept as
+they came; node state is the node tracker's (control/nodes.py).
 Before any of it, a job event from a node that does not hold its attempt (control/db/holders.py)
 is taken out of the batch and kept in `rejected_events` instead: it changes nothing.
 """
@@ -21,6 +23,7 @@ import asyncpg
 import msgspec
 
 from control.db import holders, queries
+from control.db.blanktenant import fill_tenants
 from control.db.holders import Rejection
 from control.db.incoming import BadMessage as BadMessage
 from control.db.incoming import Incoming as Incoming
@@ -44,8 +47,8 @@ def _is_job(ev: Event) -> TypeGuard[JobEvent]:
 
 def _stage_row(item: Incoming) -> tuple[object, ...]:
     ev = item.event
-    job_id, attempt = (ev.job_id, ev.attempt) if _is_job(ev) else (None, 0)
-    return (ev.event_id, job_id, kind_of(ev), ev.node_id, attempt, at(ev.ts), item.body,
+    tenant, job_id, attempt = (ev.tenant, ev.job_id, ev.attempt) if _is_job(ev) else (None, None, 0)
+    return (ev.event_id, tenant, job_id, kind_of(ev), ev.node_id, attempt, at(ev.ts), item.body,
             item.stream_seq)  # fmt: skip
 
 
@@ -54,7 +57,7 @@ async def store_batch(
 ) -> StoreResult:
     """Insert `items` idempotently and fold the new ones; the caller owns the transaction."""
     result = StoreResult()
-    unique = list({i.event.event_id: i for i in items}.values())
+    unique = await fill_tenants(conn, list({i.event.event_id: i for i in items}.values()))
     refused = await holders.check(conn, unique)
     if refused:
         result.rejected = await holders.record(conn, refused)
@@ -86,16 +89,17 @@ async def fold_jobs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> int
     """Fold new job events into their rows; returns how many rows changed."""
     if not events:
         return 0
-    by_job: dict[str, list[JobEvent]] = defaultdict(list)
+    by_job: dict[tuple[str, str], list[JobEvent]] = defaultdict(list)
     for ev in events:
-        by_job[ev.job_id].append(ev)
-    job_ids = sorted(by_job)
-    first_seen: list[datetime] = [at(min(e.ts for e in by_job[j])) for j in job_ids]
-    await conn.execute(queries.INSERT_JOB_PLACEHOLDERS, job_ids, first_seen)
+        by_job[ev.tenant, ev.job_id].append(ev)
+    keys = sorted(by_job)
+    tenants, job_ids = [k[0] for k in keys], [k[1] for k in keys]
+    first_seen: list[datetime] = [at(min(e.ts for e in by_job[k])) for k in keys]
+    await conn.execute(queries.INSERT_JOB_PLACEHOLDERS, tenants, job_ids, first_seen)
     changed: list[JobRow] = []
-    for record in await conn.fetch(queries.LOCK_JOBS, job_ids):
+    for record in await conn.fetch(queries.LOCK_JOBS, tenants, job_ids):
         row = JobRow(**dict(record))
-        if fold_job(row, by_job[row.job_id]):
+        if fold_job(row, by_job[row.tenant, row.job_id]):
             changed.append(row)
     if changed:
         await conn.execute(queries.STAGE_TABLES)
@@ -111,12 +115,20 @@ async def fold_jobs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> int
 async def keep_specs(conn: asyncpg.Connection, events: Sequence[JobEvent]) -> None:
     """Store the spec `accepted` events carry for jobs that have none; the rows are locked."""
     specs = {
-        e.job_id: msgspec.json.encode(e.spec).decode()
+        (e.tenant, e.job_id): msgspec.json.encode(e.spec).decode()
         for e in events
-        if isinstance(e, Accepted) and e.spec is not None and e.spec.job_id == e.job_id
+        if isinstance(e, Accepted)
+        and e.spec is not None
+        and (e.spec.tenant, e.spec.job_id) == (e.tenant, e.job_id)
     }
     if specs:
-        await conn.execute(queries.SET_MISSING_SPECS, list(specs), list(specs.values()))
+        keys = list(specs)
+        await conn.execute(
+            queries.SET_MISSING_SPECS,
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            list(specs.values()),
+        )
 
 
 async def record_submission(

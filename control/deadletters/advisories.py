@@ -5,8 +5,8 @@ nobody listens); the shared durable `control-advisories` hands each to one insta
 
 - MAX_DELIVERIES: the message exhausted the consumer's deliveries (a node crash loop) and,
   work-queue retention keeping such messages, is still in the stream. It is copied into
-  `<prefix>.dlq.<job_id>` (original headers and payload), the job is failed in Postgres with
-  "max deliveries exceeded" (a `failed` event of node `control`, folded like any other), and
+  `<prefix>.dlq.<tenant>.<job_id>` (original headers and payload), the job is failed in Postgres
+  with "max deliveries exceeded" (a `failed` event of node `control`, folded like any other), and
   the message is deleted from the jobs stream.
 - MSG_TERMINATED: a node terminated the message, which is gone. Nodes terminate after reporting
   the outcome, so the advisory is handled once ingest has folded that outcome (nak'd with a delay

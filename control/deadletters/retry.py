@@ -1,12 +1,13 @@
 """Re-submit a dead letter (`flotilla jobs retry JOB`), and the headers dead letters carry.
 
-A dead letter is the job message as it was, in `<prefix>.dlq.<job_id>` on the dead-letter
-stream, with `Flotilla-Dlq-*` headers saying where it came from. A retry publishes its payload
-to `<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` again, the tenant being the one its
-body names (a daemon fails a job whose subject and body disagree).
+A dead letter is the job message as it was, in `<prefix>.dlq.<tenant>.<job_id>` on the
+dead-letter stream (`<prefix>.dlq.<job_id>` before job ids were per tenant), with
+`Flotilla-Dlq-*` headers saying where it came from. A retry publishes its payload to
+`<prefix>.submit.<tenant>.<pool>.<priority>.<job_id>` again: the job's own tenant (a daemon fails
+a job whose subject and body disagree).
 
-The Nats-Msg-Id of a retry is `<job_id>-retry-<dlq seq>`, not the job id: the job id was used
-as the Msg-Id of the first submission, and a second publish with it inside the jobs stream's
+The Nats-Msg-Id of a retry is `<tenant>.<job_id>.retry.<dlq seq>`, not the job's own: that was
+used for the first submission, and a second publish with it inside the jobs stream's
 duplicate window would be dropped as a duplicate. Keying it on the dead letter's sequence makes
 a double-clicked retry of the same dead letter a duplicate (stored once), while a job that dies
 again gets a new dead letter and can be retried again.
@@ -14,10 +15,12 @@ again gets a new dead letter and can be retried again.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 
 import asyncpg
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from control.db import queries
@@ -25,7 +28,7 @@ from control.errors import NotFound
 from schemas.api import SubmitReply
 from schemas.codec import DecodeError
 from schemas.registry import JOB_DECODER
-from schemas.subjects import Subjects, parse_stored
+from schemas.subjects import Subjects, parse_stored, retry_msg_id
 
 H_PREFIX = "Flotilla-Dlq-"
 H_REASON = "Flotilla-Dlq-Reason"
@@ -44,10 +47,6 @@ class DeadLetterNotFound(NotFound):
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no dead letter for job {job_id}")
         self.job_id = job_id
-
-
-def retry_msg_id(job_id: str, dlq_seq: int) -> str:
-    return f"{job_id}-retry-{dlq_seq}"
 
 
 def _route(headers: dict[str, str], data: bytes) -> tuple[str, str, str]:
@@ -72,25 +71,44 @@ def _stored_tenant(subject: str) -> str | None:
         return None
 
 
-async def retry_dead_letter(
-    js: JetStreamContext, subjects: Subjects, job_id: str, *, db: asyncpg.Pool | None = None
-) -> SubmitReply:
-    """Re-publish the job's latest dead letter; with `db`, restart the job's row and mark the
-    dead letter retried. Raises DeadLetterNotFound when the job has none."""
-    try:
-        msg = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter(job_id))
+async def _last_letter(
+    js: JetStreamContext, subjects: Subjects, tenant: str, job_id: str
+) -> tuple[RawStreamMsg, str, str]:
+    """The job's latest dead letter and where to re-submit it: (message, pool, priority)."""
+    stream = subjects.dead_letter_stream
+    with contextlib.suppress(NotFoundError):
+        msg = await js.get_last_msg(stream, subjects.dead_letter(tenant, job_id))
+        _, pool, priority = _route(dict(msg.headers or {}), msg.data or b"")
+        return msg, pool, priority
+    try:  # kept before job ids were per tenant: the letter is this tenant's if its body says so
+        msg = await js.get_last_msg(stream, subjects.dead_letter_v1(job_id))
     except NotFoundError:
         raise DeadLetterNotFound(job_id) from None
+    owner, pool, priority = _route(dict(msg.headers or {}), msg.data or b"")
+    if owner != tenant:
+        raise DeadLetterNotFound(job_id)
+    return msg, pool, priority
+
+
+async def retry_dead_letter(
+    js: JetStreamContext,
+    subjects: Subjects,
+    tenant: str,
+    job_id: str,
+    *,
+    db: asyncpg.Pool | None = None,
+) -> SubmitReply:
+    """Re-publish the latest dead letter of the tenant's job; with `db`, restart the job's row
+    and mark the dead letter retried. Raises DeadLetterNotFound when the job has none."""
+    msg, pool, priority = await _last_letter(js, subjects, tenant, job_id)
     data = msg.data or b""
     dlq_seq = msg.seq or 0
-    original = dict(msg.headers or {})
-    tenant, pool, priority = _route(original, data)
     headers = {
         k: v
-        for k, v in original.items()
+        for k, v in dict(msg.headers or {}).items()
         if not k.startswith((H_PREFIX, "Nats-Expected-")) and k != "Nats-Msg-Id"
     }
-    headers["Nats-Msg-Id"] = retry_msg_id(job_id, dlq_seq)
+    headers["Nats-Msg-Id"] = retry_msg_id(tenant, job_id, dlq_seq)
     headers[H_RETRY_OF] = str(dlq_seq)
     subject = subjects.submit(tenant, pool, priority, job_id)
     if db is None:
@@ -98,13 +116,15 @@ async def retry_dead_letter(
     else:
         async with db.acquire() as conn, conn.transaction():
             # The row lock holds back ingest of the new run's first events until the reset.
-            await conn.execute("SELECT 1 FROM jobs WHERE job_id = $1 FOR UPDATE", job_id)
+            await conn.execute(queries.LOCK_JOB, tenant, job_id)
             now = datetime.now(UTC)
             ack = await js.publish(subject, data, headers=headers)
             if not ack.duplicate:
-                await conn.execute(queries.RESET_FOR_RETRY, job_id, now, RETRY_CUTOFF_SECONDS)
-                await conn.execute(queries.SET_STREAM_SEQ, job_id, ack.seq)
-                await conn.execute(queries.MARK_RETRIED, job_id)
+                await conn.execute(
+                    queries.RESET_FOR_RETRY, job_id, now, RETRY_CUTOFF_SECONDS, tenant
+                )
+                await conn.execute(queries.SET_STREAM_SEQ, job_id, ack.seq, tenant)
+                await conn.execute(queries.MARK_RETRIED, job_id, tenant)
     return SubmitReply(
         job_id=job_id,
         subject=subject,

@@ -1,6 +1,7 @@
 """Dead-letter a job: copy it into the dead-letter stream and record it as failed in Postgres.
 
-A letter is published as `<prefix>.dlq.<job_id>` with Nats-Msg-Id `dlq-<job_id>-<stream_seq>`
+A letter is published as `<prefix>.dlq.<tenant>.<job_id>` with Nats-Msg-Id
+`dlq-<job_id>-<stream_seq>` (the jobs stream's sequence: unique whatever the tenant)
 and `Flotilla-Dlq-*` headers (reason, origin, pool and priority for a retry). In Postgres the
 job gets a `failed` event of node `control` (folded like any other event, so the job's event
 list says why it ended), a `dead_letters` row and `dead_lettered = true`. Every step is
@@ -66,6 +67,7 @@ ADVISORY_DECODER = msgspec.json.Decoder(Advisory)
 
 @dataclass(slots=True)
 class Letter:
+    tenant: str
     job_id: str
     stream_seq: int
     source: str
@@ -98,7 +100,8 @@ async def publish(js: JetStreamContext, subjects: Subjects, letter: Letter) -> i
     }
     if letter.subject:
         headers[H_SUBJECT] = letter.subject
-    subject, stream = subjects.dead_letter(letter.job_id), subjects.dead_letter_stream
+    subject = subjects.dead_letter(letter.tenant, letter.job_id)
+    stream = subjects.dead_letter_stream
     return (await js.publish(subject, letter.payload, headers=headers, stream=stream)).seq
 
 
@@ -106,17 +109,17 @@ async def record(conn: asyncpg.Connection, letter: Letter, dlq_seq: int | None, 
     """In the caller's transaction: fail the job (when `fail`) and keep the dead letter."""
     if fail:
         failed = Failed(
-            event_id=letter.msg_id, job_id=letter.job_id, node_id=CONTROL_NODE,
-            attempt=letter.adv.deliveries, ts=letter.adv.at.timestamp(), reason=letter.reason,
-            error_kind="permanent", final=True,
+            event_id=letter.msg_id, job_id=letter.job_id, tenant=letter.tenant,
+            node_id=CONTROL_NODE, attempt=letter.adv.deliveries, ts=letter.adv.at.timestamp(),
+            reason=letter.reason, error_kind="permanent", final=True,
         )  # fmt: skip
         await store_batch(conn, [Incoming(failed, encode(failed).decode())])
     await conn.execute(
-        queries.INSERT_DEAD_LETTER, letter.job_id, letter.stream_seq, letter.source,
+        queries.INSERT_DEAD_LETTER, letter.tenant, letter.job_id, letter.stream_seq, letter.source,
         letter.reason, letter.adv.deliveries, letter.subject, letter.pool, letter.priority,
         letter.payload, dlq_seq, letter.adv.at,
     )  # fmt: skip
-    await conn.execute(queries.MARK_DEAD_LETTERED, letter.job_id)
+    await conn.execute(queries.MARK_DEAD_LETTERED, letter.tenant, letter.job_id)
 
 
 async def from_max_deliveries(
@@ -134,17 +137,19 @@ async def from_max_deliveries(
     pool, priority, job_id = stored.pool, stored.priority, stored.job_id
     # The producer's headers travel along, not its Nats-* directives (meant for the jobs stream).
     kept = {k: v for k, v in (job.headers or {}).items() if not k.startswith("Nats-")}
-    letter = Letter(
-        job_id, seq, "max_deliveries", MAX_DELIVERIES_REASON, adv, pool, priority, data,
-        subject, kept,
-    )  # fmt: skip
-    dlq_seq = await publish(js, subjects, letter)
     try:
         spec = JOB_DECODER.decode(data)
     except DecodeError:
         spec = None  # a malformed job: kept in the dead-letter stream as it was
+    # Stored under the version 1 subject, a job's tenant is its body's.
+    tenant = stored.tenant or (spec.tenant if spec is not None else "")
+    letter = Letter(
+        tenant, job_id, seq, "max_deliveries", MAX_DELIVERIES_REASON, adv, pool, priority, data,
+        subject, kept,
+    )  # fmt: skip
+    dlq_seq = await publish(js, subjects, letter)
     async with db.acquire() as conn, conn.transaction():
-        if spec is not None and spec.job_id == job_id:
+        if spec is not None and (spec.tenant, spec.job_id) == (tenant, job_id):
             at = job.time or adv.at
             await record_submission(conn, spec, submitted_at=at, stream_seq=seq, queued_at=at)
         await record(conn, letter, dlq_seq, fail=True)
@@ -161,8 +166,8 @@ async def from_terminated(
     spec = job["spec"]
     payload = spec.encode() if spec is not None else None
     letter = Letter(
-        job["job_id"], adv.stream_seq, "terminated", reason, adv, job["pool"], job["priority"],
-        payload,
+        job["tenant"], job["job_id"], adv.stream_seq, "terminated", reason, adv, job["pool"],
+        job["priority"], payload,
     )  # fmt: skip
     dlq_seq = await publish(js, subjects, letter)
     async with db.acquire() as conn, conn.transaction():

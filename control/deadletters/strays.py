@@ -21,7 +21,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from control.deadletters.store import Advisory, Letter, publish, record
-from schemas.subjects import Subjects
+from schemas.subjects import TOKEN, Subjects
 
 log = logging.getLogger("flotilla.deadletters")
 STRAY_REASON = "stored under a subject no consumer reads (a wildcard character as a token)"
@@ -42,12 +42,13 @@ async def sweep_strays(
         subject, tokens = msg.subject or "", (msg.subject or "").split(".")
         # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>, where it has that many tokens
         pool, priority = (tokens[3], tokens[4]) if len(tokens) == 6 else ("", "")
+        tenant = tokens[2] if len(tokens) == 6 and TOKEN.match(tokens[2]) else ""
         adv = Advisory(
             type="stray", stream=stream, consumer="", stream_seq=found, timestamp=at.isoformat()
         )
         kept = {k: v for k, v in (msg.headers or {}).items() if not k.startswith("Nats-")}
         letter = Letter(
-            f"stray-{found}", found, "stray", STRAY_REASON, adv, pool, priority,
+            tenant, f"stray-{found}", found, "stray", STRAY_REASON, adv, pool, priority,
             msg.data or b"", subject, kept,
         )  # fmt: skip
         dlq_seq = await publish(js, subjects, letter)

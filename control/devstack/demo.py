@@ -21,7 +21,7 @@ from control.devstack.fleet import DevFleet
 from daemon.ffmpeg.tools import find_tools
 from schemas.events import Completed, Event, Failed, kind_of
 from schemas.registry import EVENT_DECODER
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, job_msg_id
 
 OUT = Path("demo-output")
 TIMEOUT = 600.0
@@ -192,7 +192,8 @@ async def publish(js: Any, subjects: Subjects, tracker: Tracker, spec: dict[str,
     tracker.rows[spec["job_id"]] = {"op": spec["operation"]["op"], "output": spec.get("output")}
     tracker.expected += 1
     subject = subjects.submit(spec.get("tenant", "default"), "cpu", "normal", spec["job_id"])
-    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
+    msg_id = job_msg_id(spec.get("tenant", "default"), spec["job_id"])
+    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": msg_id})
 
 
 def _fresh_output_dir() -> Path:

@@ -34,27 +34,28 @@ LOOKBACK_S = 86400.0
 BATCH = 50
 
 ENQUEUE = """
-INSERT INTO webhook_deliveries (job_id, url)
-SELECT job_id, spec->>'callback_url' FROM jobs
+INSERT INTO webhook_deliveries (tenant, job_id, url)
+SELECT tenant, job_id, spec->>'callback_url' FROM jobs
 WHERE state IN ('completed', 'failed', 'cancelled') AND spec->>'callback_url' IS NOT NULL
   AND finished_at > now() - make_interval(secs => $1)
-ON CONFLICT (job_id) DO NOTHING
+ON CONFLICT (tenant, job_id) DO NOTHING
 """
 # Claim due deliveries by pushing next_at out by a lease, so instances do not double-send.
 CLAIM = """
 UPDATE webhook_deliveries SET next_at = now() + make_interval(secs => $2)
-WHERE job_id IN (SELECT job_id FROM webhook_deliveries WHERE done_at IS NULL AND next_at <= now()
-                 ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED)
-RETURNING job_id, url, attempts
+WHERE (tenant, job_id) IN (
+    SELECT tenant, job_id FROM webhook_deliveries WHERE done_at IS NULL AND next_at <= now()
+    ORDER BY next_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING tenant, job_id, url, attempts
 """
 RECORD = """
 UPDATE webhook_deliveries SET attempts = $2, delivered = $3, last_status = $4, last_error = $5,
     next_at = now() + make_interval(secs => $6), done_at = CASE WHEN $7 THEN now() END
-WHERE job_id = $1
+WHERE tenant = $8 AND job_id = $1
 """
 EVENT = """
-INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body)
-VALUES ($1, $2, 'webhook', 'control', $3, now(), $4::jsonb)
+INSERT INTO job_events (event_id, tenant, job_id, kind, node_id, attempt, ts, body)
+VALUES ($1, $5, $2, 'webhook', 'control', $3, now(), $4::jsonb)
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -69,11 +70,11 @@ class WebhookSender:
         await self.db.execute(ENQUEUE, LOOKBACK_S)
         rows = await self.db.fetch(CLAIM, BATCH, self.s.timeout * 3)
         for row in rows:
-            await self._deliver(row["job_id"], row["url"], row["attempts"] + 1)
+            await self._deliver(row["tenant"], row["job_id"], row["url"], row["attempts"] + 1)
         return len(rows)
 
-    async def _deliver(self, job_id: str, url: str, attempt: int) -> None:
-        info = await get_job(self.db, job_id)
+    async def _deliver(self, tenant: str, job_id: str, url: str, attempt: int) -> None:
+        info = await get_job(self.db, tenant, job_id)
         if info is None:
             return
         body = encode(info)
@@ -91,19 +92,22 @@ class WebhookSender:
             category = None if 200 <= status < 300 else f"http {status}"
             detail = f"from {target}"
         if category is not None:  # the operator's one line, with what the tenant never sees
-            log.warning("webhook for %s attempt %d: %s (%s)", job_id, attempt, category, detail)
-        await self._record(job_id, attempt, status, category)
+            log.warning("webhook for %s/%s attempt %d: %s (%s)", tenant, job_id, attempt, category,
+                        detail)  # fmt: skip
+        await self._record(tenant, job_id, attempt, status, category)
 
-    async def _record(self, job_id: str, attempt: int, status: int | None, err: str | None) -> None:
+    async def _record(
+        self, tenant: str, job_id: str, attempt: int, status: int | None, err: str | None
+    ) -> None:
         ok = err is None
         final = ok or err == REFUSED or attempt >= self.s.max_attempts
         delay = self.s.backoff * 2 ** (attempt - 1)
         event = {"attempt": attempt, "status": status, "error": err, "delivered": ok,
                  "final": final}  # fmt: skip
         async with self.db.acquire() as conn, conn.transaction():
-            await conn.execute(RECORD, job_id, attempt, ok, status, err, delay, final)
-            await conn.execute(EVENT, f"webhook-{job_id}-{attempt}", job_id, attempt,
-                               json.dumps(event))  # fmt: skip
+            await conn.execute(RECORD, job_id, attempt, ok, status, err, delay, final, tenant)
+            await conn.execute(EVENT, f"webhook-{tenant}-{job_id}-{attempt}", job_id, attempt,
+                               json.dumps(event), tenant)  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         outage = False

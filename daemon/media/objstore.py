@@ -1,7 +1,7 @@
 """`nats-obj://BUCKET/KEY` media: streamed from and to the JetStream object store, digest-checked.
 
 Only buckets the node is configured for are touched (default `<prefix>_media`, where
-`flotilla submit --upload` puts `uploads/<job_id>/<name>`). A download goes chunk by chunk into
+`flotilla submit --upload` puts `uploads/<tenant>/<job_id>/<name>`). A download goes chunk by chunk into
 a file in scratch through a writer that counts, caps and hashes what arrives; the size and
 SHA-256 must then match the object's metadata (nats-py checks the digest too). Object links are
 not followed: they could point into a bucket the node is not meant to read. An upload streams

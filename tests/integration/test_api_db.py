@@ -76,8 +76,9 @@ async def test_get_list_events_cancel(
         assert code == "400"
 
         await db.execute(
-            "INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body)"
-            " VALUES ('e1', 'j3', 'started', 'n1', 1, now(), '{\"x\": 1}')"
+            "INSERT INTO job_events (event_id, tenant, job_id, kind, node_id, attempt, ts, body)"
+            " SELECT 'e1', tenant, 'j3', 'started', 'n1', 1, now(), '{\"x\": 1}' FROM jobs"
+            " WHERE job_id = 'j3'"
         )
         events, _ = await call(nc, prefix, "job.events", {"v": 1, "job_id": "j3"})
         assert [(e["event_id"], e["body"]) for e in events["events"]] == [("e1", {"x": 1})]

@@ -120,8 +120,8 @@ async def test_tenant_cannot_list_another_tenants_jobs(world: World) -> None:
 
 async def test_tenant_cannot_read_another_tenants_events(world: World) -> None:
     await world.db.execute(
-        "INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body)"
-        " VALUES ('e1', $1, 'started', 'n1', 1, now(), '{\"x\": 1}')",
+        "INSERT INTO job_events (event_id, tenant, job_id, kind, node_id, attempt, ts, body)"
+        " VALUES ('e1', 'acme', $1, 'started', 'n1', 1, now(), '{\"x\": 1}')",
         THEIRS,
     )
     await refused_like_unknown(world, "job.events", ref)
@@ -155,7 +155,9 @@ async def test_tenant_cannot_retry_another_tenants_dead_letter(world: World) -> 
     js = w.nc.jetstream()
     spec = JOB_DECODER.decode(msgspec.json.encode(job(THEIRS, tenant="acme")))
     await js.publish(
-        w.subjects.dead_letter(THEIRS), encode(spec), headers={H_POOL: "cpu", H_PRIORITY: "normal"}
+        w.subjects.dead_letter("acme", THEIRS),
+        encode(spec),
+        headers={H_POOL: "cpu", H_PRIORITY: "normal"},
     )
     before = (await js.stream_info(w.subjects.jobs_stream)).state.last_seq
     await refused_like_unknown(w, "job.retry", ref)
@@ -230,12 +232,36 @@ async def test_submit_for_another_tenant_needs_an_operator_key(world: World) -> 
     assert info["tenant"] == "acme"
 
 
-async def test_another_tenants_job_id_is_not_merged_into_theirs(world: World) -> None:
+async def test_a_job_id_used_by_one_tenant_is_free_for_another(world: World) -> None:
     w = world
-    err, status = await w.ask("job.submit", {"v": 1, "job": job(THEIRS, tenant="bravo")}, w.bravo)
-    assert status == "409" and "taken" in err["message"]
-    info, _ = await w.ask("job.get", ref(THEIRS), w.acme)
-    assert info["tenant"] == "acme"
+    theirs = job(THEIRS, tenant="bravo")
+    reply, status = await w.ask("job.submit", {"v": 1, "job": theirs}, w.bravo)
+    # Its own message (the dedup id is per tenant), not a duplicate of acme's.
+    assert status == "ok" and reply["duplicate"] is False
+    js = w.nc.jetstream()
+    for tenant in ("acme", "bravo"):
+        stored = w.subjects.job_stored(tenant, "cpu", "normal", THEIRS)
+        assert (await js.get_last_msg(w.subjects.jobs_stream, stored)).data
+    for key, tenant in ((w.acme, "acme"), (w.bravo, "bravo")):
+        info, _ = await w.ask("job.get", ref(THEIRS), key)
+        assert info["tenant"] == tenant
+        # Naming the other tenant does not reach its job: the answer for an unknown id.
+        other = "bravo" if tenant == "acme" else "acme"
+        _, status = await w.ask("job.get", {**ref(THEIRS), "tenant": other}, key)
+        assert status == "404"
+    # The operator names the tenant once two have the id.
+    err, status = await w.ask("job.get", ref(THEIRS), w.operator)
+    assert status == "409" and "acme, bravo" in err["message"]
+    info, _ = await w.ask("job.get", {**ref(THEIRS), "tenant": "bravo"}, w.operator)
+    assert info["tenant"] == "bravo"
+    # Bravo cancels its own job; acme's stays queued.
+    ack, status = await w.ask("job.cancel", {**ref(THEIRS), "reason": "mine"}, w.bravo)
+    assert status == "ok" and ack["ok"] is True
+    acme_stored = w.subjects.job_stored("acme", "cpu", "normal", THEIRS)
+    assert (await js.get_last_msg(w.subjects.jobs_stream, acme_stored)).data
+    states = {t: (await w.ask("job.get", ref(THEIRS), k))[0]["state"]
+              for t, k in (("acme", w.acme), ("bravo", w.bravo))}  # fmt: skip
+    assert states == {"acme": "submitted", "bravo": "cancelled"}
 
 
 async def test_every_verb_needs_a_key_when_keys_are_required(world: World) -> None:

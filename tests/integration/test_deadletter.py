@@ -22,7 +22,7 @@ from control.topology import job_consumer_config
 from schemas.codec import encode
 from schemas.events import Cancelled, Event, Interrupted
 from schemas.registry import JOB_DECODER
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, job_msg_id
 from tests.support.ingest import (
     SETTINGS,
     accepted,
@@ -48,7 +48,7 @@ async def submit(js: JetStreamContext, subjects: Subjects, job_id: str) -> bytes
     await js.publish(
         subjects.submit(spec.tenant, "cpu", "normal", job_id),
         payload,
-        headers={"Nats-Msg-Id": job_id, "X-Producer": "test-suite"},
+        headers={"Nats-Msg-Id": job_msg_id(spec.tenant, job_id), "X-Producer": "test-suite"},
     )
     return payload
 
@@ -96,7 +96,9 @@ async def test_a_poison_job_is_dead_lettered_and_retried(
         kinds = await db.fetch("SELECT kind, node_id FROM job_events WHERE job_id = 'poison-1'")
         assert [tuple(k) for k in kinds] == [("failed", "control")]
 
-        dlq = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter("poison-1"))
+        dlq = await js.get_last_msg(
+            subjects.dead_letter_stream, subjects.dead_letter("acme", "poison-1")
+        )
         headers = dlq.headers or {}
         assert dlq.data == payload and headers["X-Producer"] == "test-suite"
         assert headers[H_REASON] == "max deliveries exceeded"
@@ -105,12 +107,12 @@ async def test_a_poison_job_is_dead_lettered_and_retried(
         # Work-queue retention keeps a max-delivered message: it was deleted by hand.
         assert (await js.stream_info(subjects.jobs_stream)).state.messages == 0
 
-        reply = await retry_dead_letter(js, subjects, "poison-1", db=db)
+        reply = await retry_dead_letter(js, subjects, "acme", "poison-1", db=db)
         assert not reply.duplicate and reply.stream == subjects.jobs_stream
         assert reply.subject == subjects.submit("acme", "cpu", "normal", "poison-1")
         again = await js.get_msg(subjects.jobs_stream, reply.seq)
         assert again.data == payload and (again.headers or {})["X-Producer"] == "test-suite"
-        assert (again.headers or {})["Nats-Msg-Id"] == f"poison-1-retry-{dlq.seq}"
+        assert (again.headers or {})["Nats-Msg-Id"] == f"acme.poison-1.retry.{dlq.seq}"
         assert not any(k.startswith("Flotilla-Dlq-") for k in again.headers or {})
         job = await db.fetchrow("SELECT * FROM jobs WHERE job_id = 'poison-1'")
         assert (job["state"], job["dead_lettered"], job["stream_seq"]) == (
@@ -133,10 +135,10 @@ async def test_a_poison_job_is_dead_lettered_and_retried(
             await publish(js, subjects, [completed("poison-1", ts=t + 0.2)])
             await wait_until(lambda: job_state(db, "poison-1", "completed"), "its completion")
         # A second retry of the same dead letter is a duplicate and resets nothing.
-        assert (await retry_dead_letter(js, subjects, "poison-1", db=db)).duplicate
+        assert (await retry_dead_letter(js, subjects, "acme", "poison-1", db=db)).duplicate
         assert await job_state(db, "poison-1", "completed")
     with pytest.raises(DeadLetterNotFound):
-        await retry_dead_letter(js, subjects, "never-dead")
+        await retry_dead_letter(js, subjects, "acme", "never-dead")
 
 
 async def job_state(db: asyncpg.Pool, job_id: str, state: str) -> bool:
@@ -185,11 +187,15 @@ async def test_a_terminated_job_is_dead_lettered_once_ingest_knows_it_failed(
         assert (job["state"], job["dead_lettered"]) == ("failed", True)
         assert await db.fetchval("SELECT state FROM jobs WHERE job_id = 'term-2'") == "cancelled"
 
-        dlq = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter("term-1"))
+        dlq = await js.get_last_msg(
+            subjects.dead_letter_stream, subjects.dead_letter("acme", "term-1")
+        )
         assert JOB_DECODER.decode(dlq.data or b"") == job_spec("term-1")
         with pytest.raises(NotFoundError):
-            await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter("term-2"))
-        reply = await retry_dead_letter(js, subjects, "term-1", db=db)
+            await js.get_last_msg(
+                subjects.dead_letter_stream, subjects.dead_letter("acme", "term-2")
+            )
+        reply = await retry_dead_letter(js, subjects, "acme", "term-1", db=db)
         resubmitted = await js.get_msg(subjects.jobs_stream, reply.seq)
         assert msgspec.json.decode(resubmitted.data or b"")["job_id"] == "term-1"
         assert await job_state(db, "term-1", "submitted")
@@ -219,7 +225,9 @@ async def test_messages_no_consumer_can_deliver_end_as_dead_letters(
         assert await sweep_strays(js, db, subjects) == 2
         assert await sweep_strays(js, db, subjects) == 0
         for seq in seqs:
-            letter = await js.get_last_msg(subjects.dead_letter_stream, f"{prefix}.dlq.stray-{seq}")
+            letter = await js.get_last_msg(
+                subjects.dead_letter_stream, f"{prefix}.dlq.default.stray-{seq}"
+            )
             assert letter.data == b'{"stray": true}'
             headers = letter.headers or {}
             assert headers[H_SOURCE] == "stray" and "wildcard" in headers[H_REASON]

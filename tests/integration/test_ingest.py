@@ -265,3 +265,58 @@ async def test_node_events_are_kept_as_events(nc: NATS, prefix: str, database_ur
             ("capabilities", None), ("encoder_health", None), ("node_state", None)
         ]  # fmt: skip
         assert await count(db, "SELECT count(*) FROM jobs") == 0
+
+
+async def test_two_tenants_jobs_with_one_id_fold_apart(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    """A job is named by (tenant, job_id): acme's "same" completes on n1 while bravo's "same"
+    fails on n2, and neither's events touch the other's row or count as forged."""
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    bravo: list[Event] = [
+        accepted("same", "n2", ts=t0, tenant="bravo"),
+        failed("same", "bad input", "n2", ts=t0 + 0.2, tenant="bravo"),
+    ]
+    await publish(js, subjects, [*lifecycle("same", t0, "n1", tenant="acme"), *bravo])
+    async with migrated_pool(database_url) as db:
+        async with running(Ingestor(js, db, subjects, batch=3, fetch_timeout=0.2)):
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "ingest")
+        rows = await db.fetch("SELECT tenant, state, node_id FROM jobs ORDER BY tenant")
+        assert [tuple(r) for r in rows] == [("acme", "completed", "n1"), ("bravo", "failed", "n2")]
+        assert await count(db, "SELECT count(*) FROM rejected_events") == 0
+        per_tenant = await db.fetch(
+            "SELECT tenant, count(*) FROM job_events GROUP BY tenant ORDER BY tenant"
+        )
+        assert [tuple(r) for r in per_tenant] == [("acme", 4), ("bravo", 2)]
+
+
+async def test_events_of_nodes_older_than_the_tenant_field_find_their_job(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    """An older node names the tenant only in `accepted`: its other events take the tenant of
+    the one job with that id, from the same batch or from Postgres; an id two tenants use
+    cannot be told apart and is kept under tenant "" (and logged)."""
+    js, subjects = await setup(nc, prefix)
+    t0 = time.time()
+    first: list[Event] = [accepted("old-1", ts=t0), accepted("old-2", ts=t0)]
+    later: list[Event] = [
+        completed("old-1", ts=t0 + 1, tenant=""),
+        started("old-2", ts=t0 + 0.5, tenant=""),
+    ]
+    shared: list[Event] = [
+        accepted("both", "n1", ts=t0, tenant="acme"),
+        accepted("both", "n2", ts=t0, tenant="bravo"),
+    ]
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=50, fetch_timeout=0.2)
+        async with running(ingestor):
+            await publish(js, subjects, [*first, *shared])
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "first")
+            await publish(js, subjects, [*later, completed("both", "n1", ts=t0 + 1, tenant="")])
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "later")
+        rows = await db.fetch("SELECT tenant, job_id, state FROM jobs ORDER BY job_id, tenant")
+        assert [tuple(r) for r in rows] == [
+            ("", "both", "completed"), ("acme", "both", "queued"), ("bravo", "both", "queued"),
+            ("acme", "old-1", "completed"), ("acme", "old-2", "running"),
+        ]  # fmt: skip

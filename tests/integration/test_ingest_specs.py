@@ -56,7 +56,9 @@ async def test_specs_of_jobs_published_straight_to_nats(
             want = JOB_DECODER.decode(json.dumps(spec).encode())
             assert JOB_DECODER.decode(row["spec"]) == want
         # Terminated: re-published from that spec, so `flotilla jobs retry` can run it again.
-        letter = await js.get_last_msg(subjects.dead_letter_stream, subjects.dead_letter("dies"))
+        letter = await js.get_last_msg(
+            subjects.dead_letter_stream, subjects.dead_letter("acme", "dies")
+        )
         assert JOB_DECODER.decode(letter.data or b"").metadata == {"batch": "b7"}
 
 

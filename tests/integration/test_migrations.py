@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest_asyncio
 
-from control.db.migrate import load_migrations, migrate
+from control.db.migrate import CREATE_TABLE, load_migrations, migrate
 from control.devstack.stack import ExternalPostgres, PostgresServer
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "control" / "db" / "schema.sql"
@@ -99,3 +99,45 @@ async def test_migrate_takes_a_pool(empty_db: str) -> None:
             assert await migrate(conn) == []
     finally:
         await pool.close()
+
+
+async def test_job_ids_become_per_tenant_keeping_every_row(empty_db: str) -> None:
+    """0120: rows written when job ids were fleet-wide take their job's tenant, and the same
+    id is then free for another tenant."""
+    older = [m for m in await asyncio.to_thread(load_migrations) if m.version < 120]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await conn.execute(CREATE_TABLE)
+        for m in older:  # the database as the previous release left it
+            await conn.execute(m.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
+            )
+        await conn.execute(
+            """
+            INSERT INTO jobs (job_id, tenant, state) VALUES ('j1', 'acme', 'failed');
+            INSERT INTO job_events (event_id, job_id, kind, node_id, ts, body)
+                VALUES ('e1', 'j1', 'accepted', 'n1', now(), '{}'),
+                       ('n-e', NULL, 'heartbeat', 'n1', now(), '{}');
+            INSERT INTO job_attempts (job_id, attempt, node_id, event_id, kind, ts)
+                VALUES ('j1', 1, 'n1', 'e1', 'accepted', now());
+            INSERT INTO dead_letters (job_id, stream_seq, source, reason)
+                VALUES ('j1', 7, 'terminated', 'boom');
+            INSERT INTO webhook_deliveries (job_id, url) VALUES ('j1', 'https://example.com/');
+            """
+        )
+    finally:
+        await conn.close()
+    assert await migrate(empty_db) == [120]
+    conn = await asyncpg.connect(empty_db)
+    try:
+        for table in ("jobs", "job_attempts", "dead_letters", "webhook_deliveries"):
+            got = await conn.fetch(f"SELECT tenant, job_id FROM {table}")
+            assert [tuple(r) for r in got] == [("acme", "j1")], table
+        events = await conn.fetch("SELECT event_id, tenant FROM job_events ORDER BY event_id")
+        assert [tuple(r) for r in events] == [("e1", "acme"), ("n-e", None)]
+        # Another tenant may now have a job j1 of its own.
+        await conn.execute("INSERT INTO jobs (job_id, tenant) VALUES ('j1', 'bravo')")
+        assert await conn.fetchval("SELECT count(*) FROM jobs WHERE job_id = 'j1'") == 2
+    finally:
+        await conn.close()

@@ -148,7 +148,7 @@ async def test_transcode_from_and_to_the_object_store(
     nc: NATS, prefix: str, ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path
 ) -> None:
     name, _ = await _bucket(nc, prefix)
-    key = upload_key("o1", clip_small)  # where `flotilla submit --upload` puts it
+    key = upload_key("default", "o1", clip_small)  # where `flotilla submit --upload` puts it
     await put_file(nc.jetstream(timeout=10), name, key, clip_small)
     src = f"nats-obj://{name}/{key}"
     out = f"nats-obj://{name}/outputs/o1/small.mp4"

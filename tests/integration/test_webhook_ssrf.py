@@ -83,7 +83,7 @@ async def test_non_public_callbacks_are_refused_without_a_connection(
     assert rx.connections == 0 and rx.got == []
 
     for name in attacks:
-        events = await job_events(db, f"ssrf-{name}")
+        events = await job_events(db, "default", f"ssrf-{name}")
         [hook] = [e.body for e in events.events if e.kind == "webhook"]
         # Every target reads the same: open and closed ports, names and addresses alike.
         assert hook == {"attempt": 1, "status": None, "error": "refused", "delivered": False,
@@ -104,7 +104,7 @@ async def test_allow_listed_name_gets_a_pinned_signed_post(db: asyncpg.Pool, rx:
     [(headers, body)] = rx.got
     assert signed_by(secret, headers, body)
     assert headers["host"] == f"localhost:{rx.port}"  # the name, though the address was pinned
-    events = await job_events(db, "ok-1")
+    events = await job_events(db, "acme", "ok-1")
     [hook] = [e.body for e in events.events if e.kind == "webhook"]
     assert (hook["status"], hook["delivered"], hook["error"]) == (200, True, None)
 
@@ -163,7 +163,7 @@ async def test_redirect_is_a_failure_and_not_followed(db: asyncpg.Pool) -> None:
     finally:
         await rx.stop()
     assert len(rx.got) == 1
-    events = await job_events(db, "redir-1")
+    events = await job_events(db, "acme", "redir-1")
     [hook] = [e.body for e in events.events if e.kind == "webhook"]
     assert (hook["error"], hook["delivered"], hook["final"]) == ("http 302", False, True)
 
@@ -179,7 +179,7 @@ async def test_only_the_status_line_is_read(db: asyncpg.Pool) -> None:
         assert await sender.tick() == 1
     finally:
         await rx.stop()
-    events = await job_events(db, "hold-1")
+    events = await job_events(db, "acme", "hold-1")
     [hook] = [e.body for e in events.events if e.kind == "webhook"]
     assert (hook["status"], hook["delivered"]) == (204, True)
 
@@ -219,7 +219,7 @@ async def test_https_verifies_the_url_host_while_connecting_to_the_pinned_addres
     assert len(rx.got) == 1 and "localhost" in rx.sni
     outcomes = {}
     for job_id in ("tls-name", "tls-addr"):
-        events = await job_events(db, job_id)
+        events = await job_events(db, "acme", job_id)
         [hook] = [e.body for e in events.events if e.kind == "webhook"]
         outcomes[job_id] = (hook["delivered"], hook["error"])
     assert outcomes == {"tls-name": (True, None), "tls-addr": (False, "unreachable")}

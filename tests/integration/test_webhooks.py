@@ -36,7 +36,7 @@ async def test_signed_post_retried_until_delivered(db: asyncpg.Pool) -> None:
     headers, body = rx.got[1]
     assert signed_by(secret, headers, body)
     assert msgspec.json.decode(body)["job_id"] == "w1"
-    events = await job_events(db, "w1")
+    events = await job_events(db, "acme", "w1")
     hooks = [(e.body["status"], e.body["error"], e.body["delivered"])
              for e in events.events if e.kind == "webhook"]  # fmt: skip
     assert sorted(hooks, key=str) == [(200, None, True), (500, "http 500", False)]
@@ -55,7 +55,7 @@ async def test_unreachable_endpoint_gives_up_after_max_attempts(db: asyncpg.Pool
     row = await db.fetchrow("SELECT delivered, attempts, done_at FROM webhook_deliveries")
     assert row is not None
     assert (row["delivered"], row["attempts"], row["done_at"] is not None) == (False, 3, True)
-    events = await job_events(db, "w2")
+    events = await job_events(db, "acme", "w2")
     assert {e.body["error"] for e in events.events if e.kind == "webhook"} == {"unreachable"}
 
 
@@ -80,6 +80,6 @@ async def test_silent_endpoint_is_a_timeout(db: asyncpg.Pool) -> None:
         server.close()
         await server.wait_closed()
     assert len(conns) == 1
-    events = await job_events(db, "w3")
+    events = await job_events(db, "acme", "w3")
     [hook] = [e.body for e in events.events if e.kind == "webhook"]
     assert (hook["error"], hook["status"], hook["final"]) == ("timeout", None, True)

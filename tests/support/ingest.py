@@ -97,9 +97,13 @@ def eid() -> str:
     return f"ev-{next(_ids)}-{time.monotonic_ns()}"
 
 
-def _base(job_id: str, node: str, attempt: int, ts: float | None) -> dict[str, Any]:
+def _base(
+    job_id: str, node: str, attempt: int, ts: float | None, tenant: str = "acme"
+) -> dict[str, Any]:
+    """As a current node sends it; tenant "" as a node older than the events' tenant field."""
     when = time.time() if ts is None else ts
-    return {"event_id": eid(), "job_id": job_id, "node_id": node, "attempt": attempt, "ts": when}
+    return {"event_id": eid(), "job_id": job_id, "tenant": tenant, "node_id": node,
+            "attempt": attempt, "ts": when}  # fmt: skip
 
 
 def accepted(
@@ -109,45 +113,62 @@ def accepted(
     ts: float | None = None,
     seq: int = 0,
     spec: JobSpec | None = None,
+    tenant: str = "acme",
 ) -> Accepted:
     """As a node reports it; without `spec`, as a node older than that field does."""
     return Accepted(
-        **_base(job_id, node, attempt, ts), pool="cpu", priority="normal", tenant="acme",
+        **_base(job_id, node, attempt, ts, tenant), pool="cpu", priority="normal",
         operation="probe", stream_seq=seq, submitted_ts=None if ts is None else ts - 1, spec=spec,
     )  # fmt: skip
 
 
-def started(job_id: str, node: str = "n1", attempt: int = 1, ts: float | None = None) -> Started:
-    return Started(**_base(job_id, node, attempt, ts))
+def started(
+    job_id: str, node: str = "n1", attempt: int = 1, ts: float | None = None, tenant: str = "acme"
+) -> Started:
+    return Started(**_base(job_id, node, attempt, ts, tenant))
 
 
 def progress(
-    job_id: str, pct: float, node: str = "n1", attempt: int = 1, ts: float | None = None
+    job_id: str,
+    pct: float,
+    node: str = "n1",
+    attempt: int = 1,
+    ts: float | None = None,
+    tenant: str = "acme",
 ) -> Progress:
-    return Progress(**_base(job_id, node, attempt, ts), percent=pct, fps=30.0, speed=2.0)
+    return Progress(**_base(job_id, node, attempt, ts, tenant), percent=pct, fps=30.0, speed=2.0)
 
 
 def completed(
-    job_id: str, node: str = "n1", attempt: int = 1, ts: float | None = None
+    job_id: str,
+    node: str = "n1",
+    attempt: int = 1,
+    ts: float | None = None,
+    tenant: str = "acme",
 ) -> Completed:
-    return Completed(**_base(job_id, node, attempt, ts), result=JobResult(wall_seconds=1.5))
+    return Completed(**_base(job_id, node, attempt, ts, tenant), result=JobResult(wall_seconds=1.5))
 
 
 def failed(
-    job_id: str, reason: str, node: str = "n1", attempt: int = 1, ts: float | None = None
+    job_id: str,
+    reason: str,
+    node: str = "n1",
+    attempt: int = 1,
+    ts: float | None = None,
+    tenant: str = "acme",
 ) -> Failed:
     return Failed(
-        **_base(job_id, node, attempt, ts), reason=reason, error_kind="permanent", final=True,
-        stderr_tail="last lines",
+        **_base(job_id, node, attempt, ts, tenant), reason=reason, error_kind="permanent",
+        final=True, stderr_tail="last lines",
     )  # fmt: skip
 
 
-def lifecycle(job_id: str, t0: float, node: str = "n1") -> list[Event]:
+def lifecycle(job_id: str, t0: float, node: str = "n1", tenant: str = "acme") -> list[Event]:
     return [
-        accepted(job_id, node, ts=t0),
-        started(job_id, node, ts=t0 + 0.1),
-        progress(job_id, 50.0, node, ts=t0 + 0.2),
-        completed(job_id, node, ts=t0 + 0.3),
+        accepted(job_id, node, ts=t0, tenant=tenant),
+        started(job_id, node, ts=t0 + 0.1, tenant=tenant),
+        progress(job_id, 50.0, node, ts=t0 + 0.2, tenant=tenant),
+        completed(job_id, node, ts=t0 + 0.3, tenant=tenant),
     ]
 
 
@@ -166,8 +187,8 @@ async def publish(js: JetStreamContext, subjects: Subjects, events: Sequence[Eve
         )
 
 
-def job_spec(job_id: str) -> JobSpec:
-    return JobSpec(job_id=job_id, tenant="acme", input="file:///media/in.mp4", operation=Probe())
+def job_spec(job_id: str, tenant: str = "acme") -> JobSpec:
+    return JobSpec(job_id=job_id, tenant=tenant, input="file:///media/in.mp4", operation=Probe())
 
 
 def node_record(node_id: str, *, state: str = "online", ts: float | None = None) -> NodeRecord:

@@ -97,7 +97,8 @@ async def finished_job(db: asyncpg.Pool, job_id: str, url: str, tenant: str) -> 
         await record_submission(conn, spec, submitted_at=datetime.now(UTC))
     await db.execute(
         "UPDATE jobs SET state = 'completed', state_rank = 4, finished_at = now()"
-        " WHERE job_id = $1",
+        " WHERE tenant = $1 AND job_id = $2",
+        tenant,
         job_id,
     )
 

@@ -45,9 +45,11 @@ def test_a_dead_runs_echoes_are_left_out() -> None:
     old, new, other = (
         item(started("j", "n1", ts=t)), item(started("j", "n2", ts=t + 1)), item(started("k"))
     )  # fmt: skip
-    cut = {"j": at(t)}
+    cut = {("acme", "j"): at(t)}
     assert current_run([old, new, other], cut) == [new, other]
-    assert current_run([old], {"j": at(t) - timedelta(seconds=1)}) == [old]
+    assert current_run([old], {("acme", "j"): at(t) - timedelta(seconds=1)}) == [old]
+    # Another tenant's job with the same id has runs of its own.
+    assert current_run([item(started("j", "n1", ts=t, tenant="other"))], cut) != []
 
 
 def test_the_first_event_in_stream_order_claims_each_attempt() -> None:
@@ -56,14 +58,16 @@ def test_the_first_event_in_stream_order_claims_each_attempt() -> None:
     forged = item(completed("j", "n2"), seq=11)
     second = item(accepted("j", "n3", attempt=2), seq=3)
     k = item(accepted("k", "n2"), seq=1)
-    claims = first_claims([forged, a1, second, k, s1])
-    assert claims == [s1, second, k]  # one per (job, attempt), in key order
+    theirs = item(accepted("j", "n4", tenant="other"), seq=12)  # another tenant's job "j"
+    claims = first_claims([forged, a1, second, k, s1, theirs])
+    assert claims == [s1, second, k, theirs]  # one per (tenant, job, attempt), in key order
 
 
 def test_rejections_name_the_holder() -> None:
     mine, theirs = item(completed("j", "n1")), item(completed("j", "n2"))
     unclaimed = item(completed("j", "n3", attempt=5))
-    out = rejections([mine, theirs, unclaimed], {("j", 1): "n1"})
+    other_tenant = item(completed("j", "n2", tenant="other"))  # its own job: not held by n1
+    out = rejections([mine, theirs, unclaimed, other_tenant], {("acme", "j", 1): "n1"})
     assert out == [Rejection(theirs, "n1")]
     assert out[0].reason == NOT_HOLDER
     assert "node n2" in out[0].describe() and "held by n1" in out[0].describe()
