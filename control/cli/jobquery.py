@@ -119,6 +119,9 @@ def _detail(e: api.JobEventRecord) -> str:
         return (
             f"{body['percent']:.0f}%  {body.get('fps') or 0:.1f} fps  {body.get('speed') or 0:.2f}x"
         )
+    if e.kind == "webhook":  # the control plane's own rows: outcome of one callback attempt
+        outcome = "delivered" if body.get("delivered") else str(body.get("error") or "failed")
+        return outcome + (" (final)" if body.get("final") and not body.get("delivered") else "")
     if e.kind == "output" and isinstance(body.get("output"), dict):
         return str(body["output"].get("uri", ""))[-80:]
     for key in ("reason", "encoder"):
