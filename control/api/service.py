@@ -256,7 +256,9 @@ class ApiService:
         tenants_with_id = await jobquery.tenants_of(self.db, job_id)
         if len(tenants_with_id) > 1:
             named = ", ".join(tenants_with_id)
-            raise ApiFailure(409, f"job id {job_id!r} is used by tenants {named}: name the tenant")
+            raise ApiFailure(
+                409, f"job id {job_id!r} is used by tenants {named}: name one (--tenant)"
+            )
         return tenants_with_id[0] if tenants_with_id else None
 
     async def _known(self, job_id: str, asked: str | None, who: Identity, missing: str = "") -> str:

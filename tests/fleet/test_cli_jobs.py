@@ -9,7 +9,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import nats
@@ -205,6 +205,37 @@ async def cpu_slots(fleet: DevFleet) -> int:
     caps = nodes.nodes[0].capabilities
     assert caps is not None
     return caps.slots["cpu"]
+
+
+async def test_two_tenants_run_jobs_with_one_id(
+    fleet: DevFleet, clip_small: Path, work: Path
+) -> None:
+    """A job id one tenant uses is free for another: both jobs run on the fleet and complete
+    with their own outputs and events; the operator names the tenant once two have the id."""
+    outs = {t: work / "out" / f"same-{t}.mp4" for t in ("acme", "bravo")}
+
+    def submit(tenant: str) -> Awaitable[CliResult]:
+        return run_cli(
+            "submit", "transcode", str(clip_small), str(outs[tenant]), "--height", "96",
+            "--preset", "ultrafast", "--job-id", "same-1", "--tenant", tenant, "--wait", "--json",
+        )  # fmt: skip
+
+    runs = [submit(t) for t in ("acme", "bravo")]
+    for tenant, res in zip(("acme", "bravo"), await asyncio.gather(*runs), strict=True):
+        assert res.rc == 0, res
+        info = json.loads(res.out)
+        assert (info["tenant"], info["state"]) == (tenant, "completed")
+        [produced] = info["result"]["outputs"]
+        assert produced["uri"] == outs[tenant].as_uri() and outs[tenant].stat().st_size > 0
+    res = await run_cli("status", "same-1")
+    one_error_line(res, 2)
+    assert "used by tenants acme, bravo" in res.err
+    for tenant in ("acme", "bravo"):
+        res = await run_cli("events", "same-1", "--tenant", tenant, "--json")
+        assert res.rc == 0, res
+        events = json.loads(res.out)["events"]
+        assert [e["kind"] for e in events].count("completed") == 1
+        assert {e["body"].get("tenant") for e in events if e["node_id"] != "control"} == {tenant}
 
 
 async def test_cancel_queued_and_running_jobs(
