@@ -280,10 +280,13 @@ class ApiService:
                 await mark_cancelled(self.db, tenant, ask.job_id, ask.reason)
             return encode(api.AckReply(ok=True, message="cancelled while queued"))
         cmd = NodeCommand(verb="cancel", job_id=ask.job_id, tenant=tenant, reason=ask.reason[:200])
-        # A broadcast reaches a node that picked the job up after we read the bucket.
-        await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), encode(cmd))
+        # A broadcast reaches a node that picked the job up after we read the bucket. It names
+        # the tenant, so no node cancels another tenant's job with the same id.
+        await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), command_bytes(cmd))
         if runner is None:
             return encode(api.AckReply(ok=False, message="not queued; cancel broadcast to all"))
+        if unowned(runner.heartbeat):  # a node older than the tenant field refuses it
+            cmd = msgspec.structs.replace(cmd, tenant=None)
         return await self._command(runner.node_id, cmd)
 
     async def job_get(self, req: Request, who: Identity) -> bytes:
@@ -355,7 +358,7 @@ class ApiService:
     async def _command(self, node_id: str, cmd: NodeCommand) -> bytes:
         subject = self.subjects.ctl(node_id, cmd.verb)
         try:
-            msg = await self.nc.request(subject, encode(cmd), timeout=self.s.command_timeout)
+            msg = await self.nc.request(subject, command_bytes(cmd), timeout=self.s.command_timeout)
         except (NoRespondersError, NatsTimeout) as exc:
             raise ApiFailure(503, f"node {node_id} did not answer {cmd.verb}: {exc!r}") from exc
         r = CMD_REPLY.decode(msg.data)
@@ -406,3 +409,12 @@ def own_running(hb: Heartbeat, tenant: str, legacy_owned: set[str]) -> list[str]
     if unowned(hb):
         return [j for j in hb.running_jobs if j in legacy_owned]
     return [j for t, j in zip(hb.running_tenants, hb.running_jobs, strict=True) if t == tenant]
+
+
+def command_bytes(cmd: NodeCommand) -> bytes:
+    """The command as sent: without `tenant` when it names none, which a node older than the
+    field would refuse (its decoder forbids unknown fields, even as null)."""
+    fields = msgspec.to_builtins(cmd)
+    if fields.get("tenant") is None:
+        fields.pop("tenant", None)
+    return msgspec.json.encode(fields)
