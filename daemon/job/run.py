@@ -30,6 +30,7 @@ from daemon.job.retry import backoff
 from daemon.job.watch import WatchHooks, progress_event, watch_job
 from daemon.journal.deliveries import Delivery
 from daemon.ops.context import JobContext
+from daemon.ops.outputs import job_key
 from schemas.codec import DecodeError, Decoder
 from schemas.events import (
     Accepted,
@@ -39,7 +40,7 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
-from schemas.subjects import check_token, parse_stored
+from schemas.subjects import check_token, job_msg_id, job_msg_id_fits, parse_stored
 
 log = logging.getLogger("flotilla.job")
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
@@ -49,13 +50,16 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     """Never raises for a job's own failure; the message always leaves with a disposition."""
     attempt = msg.metadata.num_delivered
     job_id = reported_id(msg.subject.rsplit(".", 1)[-1], msg.metadata.sequence.stream)
+    spec: JobSpec | None = None
     try:
         spec = JOB_DECODER.decode(msg.data)
         check_subject(spec, msg.subject, pool, priority)
+        check_msg_id(spec, (msg.headers or {}).get("Nats-Msg-Id"))
     except DecodeError as exc:
-        log.warning("invalid job: %s", exc, extra={"job_id": job_id})
+        tenant = reported_tenant(msg.subject, spec)
+        log.warning("invalid job: %s", exc, extra={"job_id": job_id, "tenant": tenant})
         failed = Failed(
-            **base_fields(deps, job_id, attempt),
+            **base_fields(deps, job_id, attempt, tenant),
             reason=str(exc)[:512],
             error_kind="permanent",
             final=True,
@@ -64,13 +68,17 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         await msg.term()
         deps.on_finished("invalid", pool, 0.0, None)
         return
-    if await settle_if_ended(msg, job_id, deps.reporter):  # its ack was lost: do not run twice
+    # Past check_subject, the body's tenant is the subject's (or, stored under the version 1
+    # subject, the only one there is).
+    tenant = spec.tenant
+    if await settle_if_ended(msg, tenant, job_id, deps.reporter):  # its ack was lost: not twice
         return
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
-        log.info("handing back: %s", reason, extra={"job_id": job_id})
-        event = HandedBack(**base_fields(deps, job_id, attempt), reason=reason, delay_s=delay)
+        log.info("handing back: %s", reason, extra={"job_id": job_id, "tenant": tenant})
+        event = HandedBack(**base_fields(deps, job_id, attempt, tenant), reason=reason,
+                           delay_s=delay)  # fmt: skip
         await deps.reporter.record(job_id, "handed_back", event)
         await msg.nak(delay=delay)
         return
@@ -85,6 +93,31 @@ def reported_id(token: str, stream_seq: int) -> str:
         return check_token(token, "job id")
     except ValueError:
         return f"invalid-{stream_seq}"
+
+
+def reported_tenant(subject: str, spec: JobSpec | None) -> str:
+    """The tenant an invalid job's failure names: its stored subject's; under the version 1
+    subject (none there) the body's, if it decoded; else "" (the control plane looks it up)."""
+    try:
+        stored = parse_stored(subject).tenant
+    except ValueError:
+        return ""
+    tenant = stored if stored is not None else (spec.tenant if spec is not None else "")
+    try:
+        return check_token(tenant, "tenant")
+    except ValueError:
+        return ""
+
+
+def check_msg_id(spec: JobSpec, msg_id: str | None) -> None:
+    """JetStream dedups on `Nats-Msg-Id` alone, whoever set it: a job under another tenant's id
+    makes that tenant's own submit of it a duplicate, dropped unseen. Such a job is refused
+    (never run), so the forgery shows as its failure. `spec.tenant` is the subject's by now."""
+    if not job_msg_id_fits(msg_id, spec.tenant, spec.job_id):
+        expected = job_msg_id(spec.tenant, spec.job_id)
+        raise DecodeError(
+            "JobSpec", f"header Nats-Msg-Id {msg_id!r} is not this job's: expected {expected!r}"
+        )
 
 
 def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None:
@@ -106,7 +139,7 @@ def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None
 
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
     lease = Lease(msg, deps.cfg.ack_wait, journal=deps.reporter.journal, job_id=spec.job_id,
-                  attempt=attempt)  # fmt: skip
+                  attempt=attempt, tenant=spec.tenant)  # fmt: skip
     handle, scratch = await _accept(msg, spec, attempt, deps, lease)
     keepalive = _start_watcher(lease, spec, handle, deps)
     try:
@@ -125,22 +158,23 @@ async def _accept(
     scratch dir and register its handle."""
     submitted = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
     accepted = Accepted(
-        **base_fields(deps, spec.job_id, attempt),
+        **base_fields(deps, spec.job_id, attempt, spec.tenant),
         pool=spec.pool,
         priority=spec.priority,
-        tenant=spec.tenant,
         operation=spec.operation_name,
         stream_seq=msg.metadata.sequence.stream,
         submitted_ts=submitted,
         spec=spec,
     )
     delivery = Delivery(spec.job_id, attempt, msg.metadata.sequence.stream, msg.reply,
-                        lease.alive_at)  # fmt: skip
+                        lease.alive_at, spec.tenant)  # fmt: skip
     await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data,
                                delivery=delivery)  # fmt: skip
-    scratch = deps.cfg.work_dir / f"{spec.job_id}.{attempt}.{uuid.uuid4().hex[:8]}"
+    # Two tenants' jobs of one id may run here at once: the dir is named by both.
+    key = job_key(spec.tenant, spec.job_id)
+    scratch = deps.cfg.work_dir / f"{key}.{attempt}.{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
-    handle = JobHandle(spec.job_id, spec.pool, attempt)
+    handle = JobHandle(spec.job_id, spec.pool, attempt, tenant=spec.tenant)
     deps.running.add(handle)
     return handle, scratch
 
@@ -154,8 +188,8 @@ async def _execute(
         # `started` names the encoder and command, so it waits for the first ffmpeg run.
         if not handle.started:
             handle.started = True
-            event = Started(**base_fields(deps, handle.job_id, handle.attempt), encoder=encoder,
-                            command=argv)  # fmt: skip
+            event = Started(**base_fields(deps, handle.job_id, handle.attempt, handle.tenant),
+                            encoder=encoder, command=argv)  # fmt: skip
             await deps.reporter.record(handle.job_id, "running", event)
             if handle.slow:  # the soft timeout passed before the first ffmpeg run
                 await _report_slow(handle, deps)
@@ -179,7 +213,8 @@ async def _run_operation(
     handle = ctx.handle
     if handle.stopped is not None:  # cancelled or drained before it started
         return None, asyncio.CancelledError(handle.stopped.reason)
-    op = asyncio.create_task(deps.run_operation(ctx), name=f"op-{handle.job_id}")
+    key = job_key(handle.tenant, handle.job_id)
+    op = asyncio.create_task(deps.run_operation(ctx), name=f"op-{key}")
     handle.run_in(op)
     t = ctx.spec.timeouts
     # The handle enforces the hard timeout itself (paused time excluded); this is the backstop
@@ -221,7 +256,7 @@ def _start_watcher(
         return watch_job(handle, hooks, ack_wait=cfg.ack_wait, pause_limit=cfg.pause_limit,
                          soft_s=soft)  # fmt: skip
 
-    name = f"watch-{handle.job_id}"
+    name = f"watch-{job_key(handle.tenant, handle.job_id)}"  # the supervisor counts by name
     # Never set: the job's end cancels the watcher, whatever it is doing.
     run = deps.supervisor.supervise(name, watch, asyncio.Event(), deps.watcher_policy)
     return asyncio.create_task(run, name=name)
