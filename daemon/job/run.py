@@ -20,6 +20,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from daemon.job.admit import check_msg_id, check_subject, reported_id, reported_tenant
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.end import finish
 from daemon.job.handle import JobHandle, StopKind
@@ -40,7 +41,6 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
-from schemas.subjects import check_token, job_msg_id, job_msg_id_fits, parse_stored
 
 log = logging.getLogger("flotilla.job")
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
@@ -57,7 +57,7 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         check_msg_id(spec, (msg.headers or {}).get("Nats-Msg-Id"))
     except DecodeError as exc:
         tenant = reported_tenant(msg.subject, spec)
-        log.warning("invalid job: %s", exc, extra={"job_id": job_id, "tenant": tenant})
+        log.warning("invalid job: %s", exc, extra={"job_id": job_id})
         failed = Failed(
             **base_fields(deps, job_id, attempt, tenant),
             reason=str(exc)[:512],
@@ -76,65 +76,13 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
-        log.info("handing back: %s", reason, extra={"job_id": job_id, "tenant": tenant})
+        log.info("handing back: %s", reason, extra={"job_id": job_id})
         event = HandedBack(**base_fields(deps, job_id, attempt, tenant), reason=reason,
                            delay_s=delay)  # fmt: skip
         await deps.reporter.record(job_id, "handed_back", event)
         await msg.nak(delay=delay)
         return
     await _run_accepted(msg, spec, attempt, deps)
-
-
-def reported_id(token: str, stream_seq: int) -> str:
-    """The id a job's events carry: its subject's, or, when that is no valid id (the control
-    plane would refuse every event naming it), `invalid-<stream seq>`, so the failure still
-    reaches Postgres and the operator finds it by the message's place in the stream."""
-    try:
-        return check_token(token, "job id")
-    except ValueError:
-        return f"invalid-{stream_seq}"
-
-
-def reported_tenant(subject: str, spec: JobSpec | None) -> str:
-    """The tenant an invalid job's failure names: its stored subject's; under the version 1
-    subject (none there) the body's, if it decoded; else "" (the control plane looks it up)."""
-    try:
-        stored = parse_stored(subject).tenant
-    except ValueError:
-        return ""
-    tenant = stored if stored is not None else (spec.tenant if spec is not None else "")
-    try:
-        return check_token(tenant, "tenant")
-    except ValueError:
-        return ""
-
-
-def check_msg_id(spec: JobSpec, msg_id: str | None) -> None:
-    """JetStream dedups on `Nats-Msg-Id` alone, whoever set it: a job under another tenant's id
-    makes that tenant's own submit of it a duplicate, dropped unseen. Such a job is refused
-    (never run), so the forgery shows as its failure. `spec.tenant` is the subject's by now."""
-    if not job_msg_id_fits(msg_id, spec.tenant, spec.job_id):
-        expected = job_msg_id(spec.tenant, spec.job_id)
-        raise DecodeError(
-            "JobSpec", f"header Nats-Msg-Id {msg_id!r} is not this job's: expected {expected!r}"
-        )
-
-
-def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None:
-    """The stored subject and the body must agree. The tenant token is what NATS permissions
-    held the producer to, so a body naming another tenant is refused, never run as that one.
-    A job stored under the version 1 subject (before the upgrade) has no tenant token: it was
-    accepted under the old rules, and its body's tenant stands."""
-    try:
-        stored = parse_stored(subject)
-    except ValueError as exc:
-        raise DecodeError("JobSpec", str(exc)) from None
-    if (spec.pool, spec.priority, spec.job_id) != (pool, priority, stored.job_id):
-        raise DecodeError("JobSpec", f"subject says {pool}/{priority}/{stored.job_id}")
-    if stored.tenant is not None and stored.tenant != spec.tenant:
-        raise DecodeError(
-            "JobSpec", f"subject says tenant {stored.tenant!r}, body says tenant {spec.tenant!r}"
-        )
 
 
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
