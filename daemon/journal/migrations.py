@@ -13,7 +13,11 @@ from collections.abc import Awaitable, Callable
 
 import aiosqlite
 
+from schemas.codec import DecodeError, Decoder
+from schemas.jobs import JobSpec
 from schemas.subjects import parse_stored
+
+_SPEC: Decoder[JobSpec] = Decoder(JobSpec)
 
 _V1 = """
 CREATE TABLE meta (
@@ -141,15 +145,18 @@ DROP TABLE temp.tenants;
 
 
 def tenant_of_row(subject: str | None, spec: str | None) -> str:
-    """An old row's tenant: its stored subject's, else its spec's, else ""."""
+    """An old row's tenant: its stored subject's, else its spec's (as the daemon reads it, so a
+    body without one is JobSpec's default tenant), else ""."""
     if subject:
         with contextlib.suppress(ValueError):
             stored = parse_stored(subject).tenant
             if stored is not None:
                 return stored
     if spec:
+        with contextlib.suppress(DecodeError):
+            return _SPEC.decode(spec).tenant
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            tenant = json.loads(spec).get("tenant")
+            tenant = json.loads(spec).get("tenant")  # a spec this build no longer takes
             if isinstance(tenant, str):
                 return tenant
     return ""

@@ -78,7 +78,9 @@ def _old_rows(path: Path) -> None:
         ("v1-subject", "succeeded", "p.jobs.cpu.normal.3.v1-subject", '{"tenant": "bolt"}'),
         ("no-subject", "received", None, '{"job_id": "no-subject", "tenant": "cargo"}'),
         ("nothing", "failed", None, "not json"),
-    ]
+        ("untold", "succeeded", None, '{"v": 1, "job_id": "untold", "input": "canary://", '
+         '"operation": {"op": "canary"}}'),  # the body's tenant is the default one
+    ]  # fmt: skip
     with closing(sqlite3.connect(path)) as conn, conn:
         for n, (job_id, state, subject, spec) in enumerate(jobs):
             conn.execute(
@@ -102,21 +104,24 @@ async def test_journal_of_the_previous_version_gets_tenants(tmp_path: Path) -> N
     j = await Journal.open(path)  # migrates
     try:
         rows = {}
-        for job_id in ("v2-subject", "v1-subject", "no-subject", "nothing"):
-            found = [t for t in ("acme", "bolt", "cargo", "") if await j.job(job_id, 1, tenant=t)]
+        for job_id in ("v2-subject", "v1-subject", "no-subject", "nothing", "untold"):
+            tenants = ("acme", "bolt", "cargo", "default", "")
+            found = [t for t in tenants if await j.job(job_id, 1, tenant=t)]
             rows[job_id] = found
         assert rows == {
             "v2-subject": ["acme"],  # the stored subject's, not the spec's
             "v1-subject": ["bolt"],  # no tenant token: the spec's
             "no-subject": ["cargo"],
             "nothing": [""],
+            "untold": ["default"],
         }
         with closing(sqlite3.connect(path)) as conn:
             deliveries = conn.execute(
                 "SELECT job_id, tenant FROM deliveries ORDER BY stream_seq"
             ).fetchall()
         assert deliveries == [
-            ("v2-subject", "acme"), ("v1-subject", "bolt"), ("no-subject", "cargo"), ("nothing", "")
+            ("v2-subject", "acme"), ("v1-subject", "bolt"), ("no-subject", "cargo"),
+            ("nothing", ""), ("untold", "default"),
         ]  # fmt: skip
         # The rows stay usable: the attempts in hand are recovered under their tenants.
         recovered = await j.recover("node-a")
