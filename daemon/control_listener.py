@@ -3,6 +3,10 @@
 Subscribes to `<prefix>.ctl.<node_id>.*` and `<prefix>.ctl.all.*` (a broadcast cancel for a job
 id reaches whichever node runs it). Every request gets a `NodeCommandReply`; a malformed one gets
 `ok=false` with the decode error, never a crash.
+
+A job is named by (tenant, job_id). A command with a tenant acts on that job alone; one without
+(a control plane older than the field) acts on the job of that id if only one tenant's runs here,
+and is refused, asking for the tenant, when several do: it must not stop the wrong one.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from common.natsconn import sync_subscriptions
+from daemon.job.handle import JobHandle
 from daemon.job.running import RunningJobs
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
@@ -61,27 +66,29 @@ class ControlListener:
         # Not a task of ours: nats-py runs this per message and survives its exceptions, so the
         # listener cannot die; a bug still gets its traceback logged and the requester a reply.
         broadcast = msg.subject.split(".")[-2] == ALL_NODES
+        concerns = False
         try:
             cmd = _DECODER.decode(msg.data)
             reply = self.handle(cmd)
+            # An ambiguous job id concerns this node: the requester must hear why it was refused.
+            concerns = reply.ok or self._ambiguous(cmd)
         except DecodeError as exc:
             reply = self._reply(False, str(exc)[:512])
         except Exception as exc:
             log.exception("control request on %s failed", msg.subject)
             reply = self._reply(False, f"internal error: {type(exc).__name__}")
-        if broadcast and not reply.ok:
+        if broadcast and not concerns:
             return  # a broadcast is answered only by the nodes it concerns
         if msg.reply:
             await self.nc.publish(msg.reply, encode(reply))
 
     def handle(self, cmd: NodeCommand) -> NodeCommandReply:
-        running = self.node.running
         handlers: dict[str, Callable[[], tuple[bool, str]]] = {
             "drain": lambda: self._drain(cmd),
             "resume": self._resume,
-            "cancel": lambda: self._with_job(cmd, lambda j: running.cancel(j, cmd.reason)),
-            "pause": lambda: self._with_job(cmd, lambda j: running.pause(j, True)),
-            "unpause": lambda: self._with_job(cmd, lambda j: running.pause(j, False)),
+            "cancel": lambda: self._with_job(cmd, lambda h: h.cancel(cmd.reason)),
+            "pause": lambda: self._with_job(cmd, lambda h: h.pause()),
+            "unpause": lambda: self._with_job(cmd, lambda h: h.resume()),
             "status": lambda: (True, ""),
         }
         ok, message = handlers[cmd.verb]()
@@ -96,13 +103,25 @@ class ControlListener:
         self.node.request_resume()
         return True, "resumed"
 
-    @staticmethod
-    def _with_job(cmd: NodeCommand, act: Callable[[str], bool]) -> tuple[bool, str]:
+    def _with_job(self, cmd: NodeCommand, act: Callable[[JobHandle], None]) -> tuple[bool, str]:
         if cmd.job_id is None:
             return False, f"{cmd.verb} needs job_id"
-        if act(cmd.job_id):
-            return True, f"{cmd.verb} {cmd.job_id}"
-        return False, f"job {cmd.job_id} is not running here"
+        found = self.node.running.matching(cmd.job_id, cmd.tenant)
+        if not found:
+            whose = "" if cmd.tenant is None else f" of tenant {cmd.tenant}"
+            return False, f"job {cmd.job_id}{whose} is not running here"
+        if len(found) > 1:
+            tenants = ", ".join(h.tenant for h in found)
+            return False, (
+                f"job id {cmd.job_id} runs here for several tenants ({tenants}): "
+                f"name the tenant to {cmd.verb} one"
+            )[:512]
+        act(found[0])
+        return True, f"{cmd.verb} {found[0].tenant}/{cmd.job_id}"
+
+    def _ambiguous(self, cmd: NodeCommand) -> bool:
+        jobs = self.node.running
+        return cmd.job_id is not None and cmd.tenant is None and len(jobs.matching(cmd.job_id)) > 1
 
     def _reply(self, ok: bool, message: str) -> NodeCommandReply:
         return NodeCommandReply(

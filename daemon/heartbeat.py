@@ -61,6 +61,7 @@ def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) ->
         slots={p: src.slots.capacity(p) for p in src.slots.pools},
         free_slots=src.slots.free_all(),
         running_jobs=src.running.ids(),
+        running_tenants=src.running.tenants(),  # same order: (tenant, job_id) names a job
         gpus=gpus,
         withdrawn_encoders=src.withdrawn(),
         outbox_depth=src.outbox_depth(),
@@ -124,6 +125,7 @@ class Advertiser:
                 hb = msgspec.structs.replace(
                     self.last, ts=time.time(), state="offline",
                     running_jobs=self.sources.running.ids(),
+                    running_tenants=self.sources.running.tenants(),
                 )  # fmt: skip
                 record = NodeRecord(capabilities=self.caps, heartbeat=hb)
                 await kv.put(self.caps.node_id, encode(record))

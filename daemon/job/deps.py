@@ -56,10 +56,12 @@ class JobDeps:
     watcher_policy: Policy = RESTART
 
 
-def base_fields(deps: JobDeps, job_id: str, attempt: int) -> dict[str, Any]:
+def base_fields(deps: JobDeps, job_id: str, attempt: int, tenant: str) -> dict[str, Any]:
+    """What every event of the job carries: (tenant, job_id) names the job."""
     return {
         "event_id": new_event_id(),
         "job_id": job_id,
+        "tenant": tenant,
         "node_id": deps.cfg.node_id,
         "attempt": attempt,
         "ts": now(),

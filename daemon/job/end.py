@@ -62,7 +62,7 @@ async def finish(
     wall = handle.now() - handle.started_at
 
     def base() -> dict[str, Any]:
-        return base_fields(deps, job_id, attempt)
+        return base_fields(deps, job_id, attempt, handle.tenant)
 
     if result is not None:
         outputs = [OutputWritten(**base(), output=o) for o in result.outputs]

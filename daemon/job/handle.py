@@ -79,10 +79,13 @@ class JobHandle:
         pool: str = "cpu",
         attempt: int = 1,
         *,
+        tenant: str = "",
         grace_s: float = 10.0,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
         self.job_id, self.pool, self.attempt = job_id, pool, attempt
+        #: Whose job: two tenants may use one job id, so (tenant, job_id) names it.
+        self.tenant = tenant
         #: How long a graceful stop of ffmpeg (SIGINT) may take before SIGKILL.
         self.grace_s = grace_s
         #: The clock every timer of this job reads (the watcher's too).

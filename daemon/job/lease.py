@@ -46,9 +46,10 @@ def lease_left(alive_at: float, ack_wait: float, now: float) -> float:
 
 class Lease:
     def __init__(self, msg: Msg, ack_wait: float, *, journal: Journal | None = None,
-                 job_id: str = "", attempt: int = 0) -> None:  # fmt: skip
+                 job_id: str = "", attempt: int = 0, tenant: str = "") -> None:  # fmt: skip
         self.msg, self.ack_wait = msg, ack_wait
         self._journal, self._job_id, self._attempt = journal, job_id, attempt
+        self._tenant = tenant
         #: When JetStream last confirmed the lease (delivery, then each answered `+WPI`).
         self.alive_at = time.time()
         #: Once set, the message may have been redelivered to another node.
@@ -70,7 +71,7 @@ class Lease:
             return
         self.alive_at = sent
         if self._journal is not None:
-            await self._journal.alive(self._job_id, self._attempt, sent)
+            await self._journal.alive(self._job_id, self._attempt, sent, tenant=self._tenant)
 
     async def may_commit(self) -> bool:
         """Whether no other attempt can have ended the job (see the module's docstring)."""

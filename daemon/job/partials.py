@@ -1,7 +1,8 @@
 """Remove the partial outputs a crashed attempt of a job left next to its final output.
 
 A SIGKILLed node cannot clean up; whichever node completes the job (or the crashed node when it
-restarts) removes every `.<name>.<job_id>.<attempt>.partial` so no partial output remains.
+restarts) removes every `.<name>.<tenant>.<job_id>.<attempt>.partial` so no partial output
+remains; another tenant's job of the same id keeps its own.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from pathlib import Path
 
 from daemon.errors import DaemonError
 from daemon.media.paths import resolve_output
-from daemon.ops.outputs import stale_partials
+from daemon.ops.outputs import job_key, stale_partials
 from schemas.jobs import JobSpec
 
 log = logging.getLogger("flotilla.job")
 
 
-def _remove(output: str, roots: list[str], job_id: str) -> int:
+def _remove(output: str, roots: list[str], key: str) -> int:
     final = resolve_output(output, [Path(r) for r in roots])
     removed = 0
-    for path in stale_partials(final, job_id):
+    for path in stale_partials(final, key):
         with contextlib.suppress(OSError):
             path.unlink()
             removed += 1
@@ -34,7 +35,8 @@ async def remove_stale_partials(spec: JobSpec, roots: list[str]) -> int:
     if spec.output is None:
         return 0
     try:
-        removed = await asyncio.to_thread(_remove, spec.output, roots, spec.job_id)
+        key = job_key(spec.tenant, spec.job_id)
+        removed = await asyncio.to_thread(_remove, spec.output, roots, key)
     except (DaemonError, ValueError, OSError) as exc:
         log.debug("no partial cleanup for %s: %s", spec.job_id, exc)
         return 0

@@ -27,9 +27,9 @@ from daemon.journal.store import Journal
 log = logging.getLogger("flotilla.job")
 
 
-async def settle_if_ended(msg: Msg, job_id: str, reporter: Reporter) -> bool:
+async def settle_if_ended(msg: Msg, tenant: str, job_id: str, reporter: Reporter) -> bool:
     """True when an attempt of this very message (same stream sequence) already ended here."""
-    ended = await reporter.journal.ended(job_id, msg.metadata.sequence.stream)
+    ended = await reporter.journal.ended(job_id, msg.metadata.sequence.stream, tenant=tenant)
     if ended is None:
         return False
     log.info("redelivered after attempt %d ended (%s): not running it again", ended.attempt,
@@ -56,7 +56,7 @@ async def hand_back_interrupted(journal: Journal, nc: Client, ack_wait: float) -
         else:
             log.info("interrupted attempt %d is past its lease: JetStream redelivers it",
                      d.attempt, extra={"job_id": d.job_id})  # fmt: skip
-        await journal.settled(d.job_id, d.attempt)
+        await journal.settled(d.job_id, d.attempt, tenant=d.tenant)
     if naked:
         log.info("handed %d interrupted job(s) back for redelivery now", naked)
     return naked

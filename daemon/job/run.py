@@ -20,6 +20,7 @@ from typing import Any
 
 from nats.aio.msg import Msg
 
+from daemon.job.admit import check_msg_id, check_subject, reported_id, reported_tenant
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.end import finish
 from daemon.job.handle import JobHandle, StopKind
@@ -30,6 +31,7 @@ from daemon.job.retry import backoff
 from daemon.job.watch import WatchHooks, progress_event, watch_job
 from daemon.journal.deliveries import Delivery
 from daemon.ops.context import JobContext
+from daemon.ops.outputs import job_key
 from schemas.codec import DecodeError, Decoder
 from schemas.events import (
     Accepted,
@@ -39,7 +41,6 @@ from schemas.events import (
 )
 from schemas.jobs import JobSpec
 from schemas.results import JobResult
-from schemas.subjects import check_token, parse_stored
 
 log = logging.getLogger("flotilla.job")
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec)
@@ -49,13 +50,16 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     """Never raises for a job's own failure; the message always leaves with a disposition."""
     attempt = msg.metadata.num_delivered
     job_id = reported_id(msg.subject.rsplit(".", 1)[-1], msg.metadata.sequence.stream)
+    spec: JobSpec | None = None
     try:
         spec = JOB_DECODER.decode(msg.data)
         check_subject(spec, msg.subject, pool, priority)
+        check_msg_id(spec, (msg.headers or {}).get("Nats-Msg-Id"))
     except DecodeError as exc:
+        tenant = reported_tenant(msg.subject, spec)
         log.warning("invalid job: %s", exc, extra={"job_id": job_id})
         failed = Failed(
-            **base_fields(deps, job_id, attempt),
+            **base_fields(deps, job_id, attempt, tenant),
             reason=str(exc)[:512],
             error_kind="permanent",
             final=True,
@@ -64,49 +68,26 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         await msg.term()
         deps.on_finished("invalid", pool, 0.0, None)
         return
-    if await settle_if_ended(msg, job_id, deps.reporter):  # its ack was lost: do not run twice
+    # Past check_subject, the body's tenant is the subject's (or, stored under the version 1
+    # subject, the only one there is).
+    tenant = spec.tenant
+    if await settle_if_ended(msg, tenant, job_id, deps.reporter):  # its ack was lost: not twice
         return
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
         log.info("handing back: %s", reason, extra={"job_id": job_id})
-        event = HandedBack(**base_fields(deps, job_id, attempt), reason=reason, delay_s=delay)
+        event = HandedBack(**base_fields(deps, job_id, attempt, tenant), reason=reason,
+                           delay_s=delay)  # fmt: skip
         await deps.reporter.record(job_id, "handed_back", event)
         await msg.nak(delay=delay)
         return
     await _run_accepted(msg, spec, attempt, deps)
 
 
-def reported_id(token: str, stream_seq: int) -> str:
-    """The id a job's events carry: its subject's, or, when that is no valid id (the control
-    plane would refuse every event naming it), `invalid-<stream seq>`, so the failure still
-    reaches Postgres and the operator finds it by the message's place in the stream."""
-    try:
-        return check_token(token, "job id")
-    except ValueError:
-        return f"invalid-{stream_seq}"
-
-
-def check_subject(spec: JobSpec, subject: str, pool: str, priority: str) -> None:
-    """The stored subject and the body must agree. The tenant token is what NATS permissions
-    held the producer to, so a body naming another tenant is refused, never run as that one.
-    A job stored under the version 1 subject (before the upgrade) has no tenant token: it was
-    accepted under the old rules, and its body's tenant stands."""
-    try:
-        stored = parse_stored(subject)
-    except ValueError as exc:
-        raise DecodeError("JobSpec", str(exc)) from None
-    if (spec.pool, spec.priority, spec.job_id) != (pool, priority, stored.job_id):
-        raise DecodeError("JobSpec", f"subject says {pool}/{priority}/{stored.job_id}")
-    if stored.tenant is not None and stored.tenant != spec.tenant:
-        raise DecodeError(
-            "JobSpec", f"subject says tenant {stored.tenant!r}, body says tenant {spec.tenant!r}"
-        )
-
-
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
     lease = Lease(msg, deps.cfg.ack_wait, journal=deps.reporter.journal, job_id=spec.job_id,
-                  attempt=attempt)  # fmt: skip
+                  attempt=attempt, tenant=spec.tenant)  # fmt: skip
     handle, scratch = await _accept(msg, spec, attempt, deps, lease)
     keepalive = _start_watcher(lease, spec, handle, deps)
     try:
@@ -125,22 +106,23 @@ async def _accept(
     scratch dir and register its handle."""
     submitted = msg.metadata.timestamp.timestamp() if msg.metadata.timestamp else None
     accepted = Accepted(
-        **base_fields(deps, spec.job_id, attempt),
+        **base_fields(deps, spec.job_id, attempt, spec.tenant),
         pool=spec.pool,
         priority=spec.priority,
-        tenant=spec.tenant,
         operation=spec.operation_name,
         stream_seq=msg.metadata.sequence.stream,
         submitted_ts=submitted,
         spec=spec,
     )
     delivery = Delivery(spec.job_id, attempt, msg.metadata.sequence.stream, msg.reply,
-                        lease.alive_at)  # fmt: skip
+                        lease.alive_at, spec.tenant)  # fmt: skip
     await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data,
                                delivery=delivery)  # fmt: skip
-    scratch = deps.cfg.work_dir / f"{spec.job_id}.{attempt}.{uuid.uuid4().hex[:8]}"
+    # Two tenants' jobs of one id may run here at once: the dir is named by both.
+    key = job_key(spec.tenant, spec.job_id)
+    scratch = deps.cfg.work_dir / f"{key}.{attempt}.{uuid.uuid4().hex[:8]}"
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
-    handle = JobHandle(spec.job_id, spec.pool, attempt)
+    handle = JobHandle(spec.job_id, spec.pool, attempt, tenant=spec.tenant)
     deps.running.add(handle)
     return handle, scratch
 
@@ -154,8 +136,8 @@ async def _execute(
         # `started` names the encoder and command, so it waits for the first ffmpeg run.
         if not handle.started:
             handle.started = True
-            event = Started(**base_fields(deps, handle.job_id, handle.attempt), encoder=encoder,
-                            command=argv)  # fmt: skip
+            event = Started(**base_fields(deps, handle.job_id, handle.attempt, handle.tenant),
+                            encoder=encoder, command=argv)  # fmt: skip
             await deps.reporter.record(handle.job_id, "running", event)
             if handle.slow:  # the soft timeout passed before the first ffmpeg run
                 await _report_slow(handle, deps)
@@ -179,7 +161,8 @@ async def _run_operation(
     handle = ctx.handle
     if handle.stopped is not None:  # cancelled or drained before it started
         return None, asyncio.CancelledError(handle.stopped.reason)
-    op = asyncio.create_task(deps.run_operation(ctx), name=f"op-{handle.job_id}")
+    key = job_key(handle.tenant, handle.job_id)
+    op = asyncio.create_task(deps.run_operation(ctx), name=f"op-{key}")
     handle.run_in(op)
     t = ctx.spec.timeouts
     # The handle enforces the hard timeout itself (paused time excluded); this is the backstop
@@ -221,7 +204,7 @@ def _start_watcher(
         return watch_job(handle, hooks, ack_wait=cfg.ack_wait, pause_limit=cfg.pause_limit,
                          soft_s=soft)  # fmt: skip
 
-    name = f"watch-{handle.job_id}"
+    name = f"watch-{job_key(handle.tenant, handle.job_id)}"  # the supervisor counts by name
     # Never set: the job's end cancels the watcher, whatever it is doing.
     run = deps.supervisor.supervise(name, watch, asyncio.Event(), deps.watcher_policy)
     return asyncio.create_task(run, name=name)

@@ -81,7 +81,8 @@ def progress_event(node_id: str, handle: JobHandle, update: ProgressUpdate | Non
     """A progress event from `update` (None: nothing measured yet) and the job's paused/slow."""
     u = update or ProgressUpdate()
     return Progress(
-        event_id=new_event_id(), job_id=handle.job_id, node_id=node_id, attempt=handle.attempt,
+        event_id=new_event_id(), job_id=handle.job_id, tenant=handle.tenant, node_id=node_id,
+        attempt=handle.attempt,
         ts=now(), percent=u.percent, fps=u.fps, speed=u.speed, out_time_s=u.out_time_s,
         frame=u.frame, paused=handle.paused, slow=handle.slow,
     )  # fmt: skip

@@ -27,10 +27,10 @@ from daemon.journal.rows import DROPPABLE_KINDS
 log = logging.getLogger("flotilla.journal")
 
 UPSERT_JOB = """
-INSERT INTO jobs (job_id, attempt, state, stream_seq, subject, pool, priority, spec, error,
-                  scratch_dir, temp_paths, received_at, started_at, finished_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, '[]'), ?, ?, ?, ?)
-ON CONFLICT (job_id, attempt) DO UPDATE SET
+INSERT INTO jobs (tenant, job_id, attempt, state, stream_seq, subject, pool, priority, spec,
+                  error, scratch_dir, temp_paths, received_at, started_at, finished_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE(?, '[]'), ?, ?, ?, ?)
+ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
     state       = excluded.state,
     stream_seq  = COALESCE(excluded.stream_seq, jobs.stream_seq),
     subject     = COALESCE(excluded.subject, jobs.subject),
@@ -39,7 +39,7 @@ ON CONFLICT (job_id, attempt) DO UPDATE SET
     spec        = COALESCE(excluded.spec, jobs.spec),
     error       = COALESCE(excluded.error, jobs.error),
     scratch_dir = COALESCE(excluded.scratch_dir, jobs.scratch_dir),
-    temp_paths  = COALESCE(?11, jobs.temp_paths), -- ?11 is the raw value: NULL keeps the list
+    temp_paths  = COALESCE(?12, jobs.temp_paths), -- ?12 is the raw value: NULL keeps the list
     started_at  = COALESCE(jobs.started_at, excluded.started_at),
     finished_at = COALESCE(excluded.finished_at, jobs.finished_at),
     updated_at  = excluded.updated_at

@@ -16,32 +16,36 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+# Every statement names the attempt by (tenant, job_id, attempt): two tenants may use one job id.
 INSERT = """
-INSERT INTO deliveries (job_id, attempt, stream_seq, reply, alive_at) VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (job_id, attempt) DO UPDATE SET
+INSERT INTO deliveries (tenant, job_id, attempt, stream_seq, reply, alive_at)
+VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
     stream_seq = excluded.stream_seq, reply = excluded.reply, alive_at = excluded.alive_at
 """
-ALIVE = "UPDATE deliveries SET alive_at = ? WHERE job_id = ? AND attempt = ?"
-TERMINAL = """
-UPDATE deliveries SET terminal_event = ? WHERE job_id = ? AND attempt = ? AND terminal_event IS NULL
+_ATTEMPT = "tenant = ? AND job_id = ? AND attempt = ?"
+ALIVE = f"UPDATE deliveries SET alive_at = ? WHERE {_ATTEMPT}"
+TERMINAL = f"""
+UPDATE deliveries SET terminal_event = ? WHERE {_ATTEMPT} AND terminal_event IS NULL
 """
-SETTLED = "UPDATE deliveries SET settled_at = ? WHERE job_id = ? AND attempt = ?"
+SETTLED = f"UPDATE deliveries SET settled_at = ? WHERE {_ATTEMPT}"
 SELECT_ENDED = """
 SELECT d.attempt, d.terminal_event, o.kind FROM deliveries d
 LEFT JOIN outbox o ON o.event_id = d.terminal_event
-WHERE d.job_id = ? AND d.stream_seq = ? AND d.terminal_event IS NOT NULL
+WHERE d.tenant = ? AND d.job_id = ? AND d.stream_seq = ? AND d.terminal_event IS NOT NULL
 ORDER BY d.attempt DESC LIMIT 1
 """
+_SAME_ATTEMPT = "j.tenant = d.tenant AND j.job_id = d.job_id AND j.attempt = d.attempt"
 # Attempts recovery found in hand (interrupted) whose message nobody has settled since.
-SELECT_INTERRUPTED = """
-SELECT d.job_id, d.attempt, d.stream_seq, d.reply, d.alive_at FROM deliveries d
-JOIN jobs j ON j.job_id = d.job_id AND j.attempt = d.attempt
+SELECT_INTERRUPTED = f"""
+SELECT d.job_id, d.attempt, d.stream_seq, d.reply, d.alive_at, d.tenant FROM deliveries d
+JOIN jobs j ON {_SAME_ATTEMPT}
 WHERE j.state = 'interrupted' AND d.settled_at IS NULL AND d.terminal_event IS NULL
 ORDER BY d.alive_at
 """
 # Deliveries outlive no attempt: prune removes them with (after) their jobs row.
-PRUNE = """DELETE FROM deliveries WHERE rowid IN (SELECT d.rowid FROM deliveries d
-    LEFT JOIN jobs j ON j.job_id = d.job_id AND j.attempt = d.attempt
+PRUNE = f"""DELETE FROM deliveries WHERE rowid IN (SELECT d.rowid FROM deliveries d
+    LEFT JOIN jobs j ON {_SAME_ATTEMPT}
     WHERE j.job_id IS NULL LIMIT ?)"""
 
 
@@ -54,6 +58,8 @@ class Delivery:
     reply: str
     #: When JetStream last confirmed (accept or a `+WPI` it answered) it held the message for us.
     alive_at: float
+    #: Whose job: with job_id, what names it.
+    tenant: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Delivery:

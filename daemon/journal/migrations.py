@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 
 import aiosqlite
+
+from daemon.journal.migration_v3 import migrate_v3
 
 _V1 = """
 CREATE TABLE meta (
@@ -71,8 +74,10 @@ CREATE TABLE deliveries (
 CREATE INDEX deliveries_seq ON deliveries (job_id, stream_seq) WHERE terminal_event IS NOT NULL;
 """
 
-#: Migration n (1-based) is MIGRATIONS[n - 1].
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+#: Migration n (1-based) is MIGRATIONS[n - 1]: a script, or a step that runs its statements
+#: itself (inside the migration's transaction) where SQL alone cannot say it.
+Step = str | Callable[[aiosqlite.Connection], Awaitable[None]]
+MIGRATIONS: tuple[Step, ...] = (_V1, _V2, migrate_v3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _SET_VERSION = (
@@ -102,10 +107,18 @@ async def migrate(conn: aiosqlite.Connection, *, upto: int = SCHEMA_VERSION) -> 
             f"journal schema v{current} is newer than this build's v{SCHEMA_VERSION}"
         )
     for n in range(current + 1, upto + 1):
-        # executescript commits any open transaction first, so the script carries its own.
-        script = f"BEGIN IMMEDIATE;\n{MIGRATIONS[n - 1]}\n{_SET_VERSION.format(n=n)}\nCOMMIT;"
+        step = MIGRATIONS[n - 1]
         try:
-            await conn.executescript(script)
+            if isinstance(step, str):
+                # executescript commits any open transaction first, so the script carries its own.
+                await conn.executescript(
+                    f"BEGIN IMMEDIATE;\n{step}\n{_SET_VERSION.format(n=n)}\nCOMMIT;"
+                )
+            else:
+                await conn.execute("BEGIN IMMEDIATE")
+                await step(conn)
+                await conn.execute(_SET_VERSION.format(n=n).rstrip(";"))
+                await conn.execute("COMMIT")
         except sqlite3.Error:
             with contextlib.suppress(sqlite3.Error):
                 await conn.execute("ROLLBACK")

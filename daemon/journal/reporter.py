@@ -59,6 +59,8 @@ class Reporter:
             if spec is not None:
                 extra["spec"] = spec.decode(errors="replace")
             attempt = int(getattr(first, "attempt", 1))
+            # Every job event names its tenant: with the job id, what names the journal's row.
+            extra["tenant"] = str(getattr(first, "tenant", ""))
             updates.append(JobUpdate(job_id, attempt, cast(JobState, state), **extra))
         await self.journal.record(updates, list(events), delivery=delivery)
         self.outbox.notify()

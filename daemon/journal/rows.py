@@ -32,9 +32,15 @@ DURABLE_STATES: frozenset[str] = FINISHED_STATES - {"interrupted"}
 DROPPABLE_KINDS: tuple[str, ...] = ("progress",)
 
 
-def derived_event_id(job_id: str, attempt: int, what: str) -> str:
-    """A deterministic event id (a Token: at most 128 characters) so a replay dedups."""
-    event_id = f"{job_id}-{attempt}-{what}"
+def derived_event_id(tenant: str, job_id: str, attempt: int, what: str) -> str:
+    """A deterministic event id (a Token: at most 128 characters) so a replay dedups.
+
+    The tenant is in it: two tenants' jobs of one id are two jobs. `-` may occur in tenants and
+    job ids alike, so the tenant's length ends the id (`-t<n>`): that keeps every pair apart,
+    and apart from the ids of before (which end in `-<what>`). Too long: a hash of it stands in,
+    and 40 hex characters never end like either form.
+    """
+    event_id = f"{job_id}-{attempt}-{what}-{tenant}-t{len(tenant)}"
     if len(event_id) <= 128:
         return event_id
     digest = hashlib.sha256(event_id.encode()).hexdigest()[:40]
@@ -56,12 +62,15 @@ class JobUpdate:
     error: str | None = None
     scratch_dir: str | None = None
     temp_paths: list[str] | None = None
+    #: Whose job: (tenant, job_id, attempt) names the row.
+    tenant: str = ""
 
     def params(self, now: float) -> tuple[Any, ...]:
         started = now if self.state == "running" else None
         finished = now if self.state in FINISHED_STATES else None
         temp = None if self.temp_paths is None else json.dumps(self.temp_paths)
         return (
+            self.tenant,
             self.job_id,
             self.attempt,
             self.state,
@@ -97,6 +106,7 @@ class JobRow:
     finished_at: float | None
     updated_at: float
     temp_paths: list[str] = field(default_factory=list)
+    tenant: str = ""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> JobRow:

@@ -6,8 +6,10 @@ CREATE TABLE meta (
     value TEXT NOT NULL
 );
 
--- One row per delivery attempt of a job; `state` follows the daemon's lifecycle.
+-- One row per delivery attempt of a job, named by (tenant, job_id); `state` follows the daemon's
+-- lifecycle.
 CREATE TABLE jobs (
+    tenant      TEXT    NOT NULL DEFAULT '',
     job_id      TEXT    NOT NULL,
     attempt     INTEGER NOT NULL,
     stream_seq  INTEGER,
@@ -25,7 +27,7 @@ CREATE TABLE jobs (
     started_at  REAL,
     finished_at REAL,
     updated_at  REAL    NOT NULL,
-    PRIMARY KEY (job_id, attempt)
+    PRIMARY KEY (tenant, job_id, attempt)
 );
 CREATE INDEX jobs_active ON jobs (state) WHERE state IN ('received', 'running', 'paused');
 CREATE INDEX jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
@@ -50,6 +52,7 @@ CREATE INDEX outbox_sent ON outbox (sent_at) WHERE sent_at IS NOT NULL;
 -- attempt's terminal event (re-sent, not re-run, on a redelivery) and when the node settled the
 -- message (ack, nak, term; or a restart's nak).
 CREATE TABLE deliveries (
+    tenant         TEXT    NOT NULL DEFAULT '',
     job_id         TEXT    NOT NULL,
     attempt        INTEGER NOT NULL,
     stream_seq     INTEGER NOT NULL,
@@ -57,6 +60,7 @@ CREATE TABLE deliveries (
     alive_at       REAL    NOT NULL,
     terminal_event TEXT,
     settled_at REAL,
-    PRIMARY KEY (job_id, attempt)
+    PRIMARY KEY (tenant, job_id, attempt)
 );
-CREATE INDEX deliveries_seq ON deliveries (job_id, stream_seq) WHERE terminal_event IS NOT NULL;
+CREATE INDEX deliveries_seq ON deliveries (tenant, job_id, stream_seq)
+    WHERE terminal_event IS NOT NULL;

@@ -39,12 +39,12 @@ from schemas.subjects import Subjects
 log = logging.getLogger("flotilla.journal")
 
 _JOB_COLUMNS = (
-    "job_id, attempt, state, stream_seq, subject, pool, priority, spec, error, scratch_dir, "
-    "received_at, started_at, finished_at, updated_at, temp_paths"
+    "tenant, job_id, attempt, state, stream_seq, subject, pool, priority, spec, error, "
+    "scratch_dir, received_at, started_at, finished_at, updated_at, temp_paths"
 )
 # Spelled exactly as in the partial index jobs_active, so SQLite uses it.
 _ACTIVE = "'received', 'running', 'paused'"
-SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ? AND attempt = ?"
+SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND job_id = ? AND attempt = ?"
 SELECT_ACTIVE = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({_ACTIVE}) ORDER BY received_at"
 SELECT_PENDING = (
     "SELECT seq, event_id, subject, payload, kind, terminal, created_at, sent_at "
@@ -181,14 +181,16 @@ class Journal:
         extra: list[tuple[str, tuple[Any, ...]]] = []
         if delivery is not None:
             d = delivery
-            extra.append((dl.INSERT, (d.job_id, d.attempt, d.stream_seq, d.reply, d.alive_at)))
+            extra.append((dl.INSERT, (d.tenant, d.job_id, d.attempt, d.stream_seq, d.reply,
+                                      d.alive_at)))  # fmt: skip
         if settles:
-            extra += [(dl.SETTLED, (now, u.job_id, u.attempt)) for u in updates
+            extra += [(dl.SETTLED, (now, u.tenant, u.job_id, u.attempt)) for u in updates
                       if u.state in FINISHED_STATES]  # fmt: skip
         for e in terminal:
             job_id, attempt = getattr(e, "job_id", None), getattr(e, "attempt", None)
             if job_id is not None and attempt is not None:
-                extra.append((dl.TERMINAL, (e.event_id, job_id, attempt)))
+                tenant = getattr(e, "tenant", "")
+                extra.append((dl.TERMINAL, (e.event_id, tenant, job_id, attempt)))
         op = WriteOp(
             jobs=[u.params(now) for u in updates],
             events=[self._event_params(e, now) for e in events],
@@ -198,14 +200,15 @@ class Journal:
         )
         await self._committer.submit(op)
 
-    async def alive(self, job_id: str, attempt: int, at: float) -> None:
+    async def alive(self, job_id: str, attempt: int, at: float, *, tenant: str = "") -> None:
         """JetStream confirmed (at `at`) that it still holds the attempt's message for us."""
-        op = WriteOp([], [], [], durable=False, extra=[(dl.ALIVE, (at, job_id, attempt))])
+        params = (at, tenant, job_id, attempt)
+        op = WriteOp([], [], [], durable=False, extra=[(dl.ALIVE, params)])
         await self._committer.submit(op)
 
-    async def settled(self, job_id: str, attempt: int) -> None:
+    async def settled(self, job_id: str, attempt: int, *, tenant: str = "") -> None:
         """A restart dealt with this interrupted attempt (nak sent, or left to JetStream)."""
-        params = (time.time(), job_id, attempt)
+        params = (time.time(), tenant, job_id, attempt)
         op = WriteOp([], [], [], durable=True, extra=[(dl.SETTLED, params)])
         await self._committer.submit(op)
 
@@ -221,11 +224,12 @@ class Journal:
         spec: bytes | str,
         events: Sequence[Event] = (),
         scratch_dir: str | None = None,
+        tenant: str = "",
     ) -> None:
         text = spec.decode() if isinstance(spec, bytes) else spec
         update = JobUpdate(
             job_id, attempt, "received", stream_seq, subject, pool, priority, text,
-            scratch_dir=scratch_dir,
+            scratch_dir=scratch_dir, tenant=tenant,
         )  # fmt: skip
         await self.record([update], events)
 
@@ -239,10 +243,12 @@ class Journal:
         error: str | None = None,
         scratch_dir: str | None = None,
         temp_paths: list[str] | None = None,
+        tenant: str = "",
     ) -> None:
         update = JobUpdate(
-            job_id, attempt, state, error=error, scratch_dir=scratch_dir, temp_paths=temp_paths
-        )
+            job_id, attempt, state, error=error, scratch_dir=scratch_dir, temp_paths=temp_paths,
+            tenant=tenant,
+        )  # fmt: skip
         await self.record([update], events)
 
     async def mark_sent(self, seqs: Iterable[int]) -> None:
@@ -258,11 +264,15 @@ class Journal:
             return []
         now = time.time()
         reason = "daemon restarted while the job ran"
-        updates = [JobUpdate(r.job_id, r.attempt, "interrupted", error=reason) for r in rows]
+        updates = [
+            JobUpdate(r.job_id, r.attempt, "interrupted", error=reason, tenant=r.tenant)
+            for r in rows
+        ]
         events: list[Event] = [
             Interrupted(
-                event_id=derived_event_id(r.job_id, r.attempt, "interrupted"),
+                event_id=derived_event_id(r.tenant, r.job_id, r.attempt, "interrupted"),
                 job_id=r.job_id,
+                tenant=r.tenant,
                 node_id=node_id,
                 attempt=r.attempt,
                 ts=now,
@@ -296,13 +306,13 @@ class Journal:
         rows = await self._rows(SELECT_SENT, (event_id,))
         return None if not rows else rows[0][0] is not None
 
-    async def job(self, job_id: str, attempt: int) -> JobRow | None:
-        rows = await self._rows(SELECT_JOB, (job_id, attempt))
+    async def job(self, job_id: str, attempt: int, *, tenant: str = "") -> JobRow | None:
+        rows = await self._rows(SELECT_JOB, (tenant, job_id, attempt))
         return JobRow.from_row(rows[0]) if rows else None
 
-    async def ended(self, job_id: str, stream_seq: int) -> dl.Ended | None:
+    async def ended(self, job_id: str, stream_seq: int, *, tenant: str = "") -> dl.Ended | None:
         """The attempt of this stream message that already ended here, if any."""
-        rows = await self._rows(dl.SELECT_ENDED, (job_id, stream_seq))
+        rows = await self._rows(dl.SELECT_ENDED, (tenant, job_id, stream_seq))
         if not rows:
             return None
         attempt, event_id, kind = rows[0]

@@ -85,7 +85,7 @@ async def run_analyze(ctx: JobContext) -> JobResult:
         scores = await asyncio.to_thread(read_vmaf_log, log_path)
         result.vmaf = vmaf_scores(scores, model)
     if op.frame_log:
-        async with OutputSet(spec.job_id, ctx.attempt, ctx.may_commit) as outputs:
+        async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
             partial = await outputs.stage(dest, uri=spec.output, role="frame_log")
             await asyncio.to_thread(shutil.copyfile, log_path, partial)
             result.outputs = await outputs.commit()

@@ -17,7 +17,7 @@ from daemon.ffmpeg.run import ffmpeg_argv
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
-from daemon.ops.outputs import CommitGate
+from daemon.ops.outputs import CommitGate, job_key
 from schemas.jobs import JobSpec
 
 __all__ = ["CommandSink", "JobContext", "JobHandle", "ProgressSink"]
@@ -58,6 +58,11 @@ class JobContext:
     @property
     def attempt(self) -> int:
         return self.handle.attempt
+
+    @property
+    def job_key(self) -> str:
+        """The job's name in file names (tenant and id: daemon.ops.outputs.job_key)."""
+        return job_key(self.spec.tenant, self.spec.job_id)
 
     async def announce(self, encoder: str | None, args: Sequence[str]) -> None:
         """Tell `on_command` about the ffmpeg run about to start; call it before each run, so

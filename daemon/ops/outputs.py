@@ -1,10 +1,11 @@
 """Outputs written under a temporary name and moved into place only when complete.
 
-ffmpeg writes `.<name>.<job_id>.<attempt>.partial` next to the final path (same directory, so the
-rename is atomic on one filesystem); on success the file is fsynced, hashed, renamed over the
-final name and the directory fsynced, so a reader sees either no file, the previous one, or the
-whole new one. On any failure or cancellation the partials are removed. A crash can still leave a
-partial behind: `stale_partials` finds them by job id for the journal's recovery.
+ffmpeg writes `.<name>.<tenant>.<job_id>.<attempt>.partial` (job_key) next to the final path
+(same directory, so the rename is atomic on one filesystem); on success the file is fsynced,
+hashed, renamed over the final name and the directory fsynced, so a reader sees either no file,
+the previous one, or the whole new one. On any failure or cancellation the partials are removed.
+A crash can still leave a partial behind: `stale_partials` finds them by (tenant, job id) for
+the journal's recovery.
 
 Before the first rename the attempt asks its gate (daemon.job.lease.Lease.may_commit) whether
 another attempt may already have ended the job; if so, nothing is renamed (AlreadyEnded), so a
@@ -52,16 +53,28 @@ class Staged:
     role: str
 
 
-def partial_path(final: Path, job_id: str, attempt: int) -> Path:
-    tail = f".{job_id}.{attempt}.partial"
+def job_key(tenant: str, job_id: str) -> str:
+    """A job's name in file names: tenant and job id, `.` apart (no token holds one), so two
+    tenants' jobs of one id never share a partial or scratch dir. A pair too long to leave room
+    for the rest of a name is shortened with a hash of it (`~` marks that: no token holds one)."""
+    key = f"{tenant}.{job_id}"
+    if len(key) <= 120:
+        return key
+    return f"{key[:80]}~{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def partial_path(final: Path, key: str, attempt: int) -> Path:
+    """`key` is the job's job_key."""
+    tail = f".{key}.{attempt}.partial"
     room = NAME_MAX - 1 - len(tail.encode())
     name = final.name.encode()[:room].decode(errors="ignore")  # never split a UTF-8 sequence
     return final.with_name(f".{name}{tail}")
 
 
-def stale_partials(final: Path, job_id: str) -> list[Path]:
-    """Partials any attempt of `job_id` left next to `final` (blocking: call in a thread)."""
-    probe = partial_path(final, job_id, 0)
+def stale_partials(final: Path, key: str) -> list[Path]:
+    """Partials any attempt of the job (its job_key) left next to `final` (blocking: call in a
+    thread)."""
+    probe = partial_path(final, key, 0)
     prefix = probe.name.removesuffix(".0.partial")
     with contextlib.suppress(OSError):
         return sorted(p for p in final.parent.glob(f"{_glob_escape(prefix)}.*.partial"))
@@ -71,14 +84,15 @@ def stale_partials(final: Path, job_id: str) -> list[Path]:
 class OutputSet:
     """The outputs of one attempt: `async with OutputSet(...) as outs:` then `stage`, `commit`."""
 
-    def __init__(self, job_id: str, attempt: int, gate: CommitGate | None = None) -> None:
-        self._job_id, self._attempt, self._gate = job_id, attempt, gate
+    def __init__(self, key: str, attempt: int, gate: CommitGate | None = None) -> None:
+        """`key` is the job's job_key."""
+        self._key, self._attempt, self._gate = key, attempt, gate
         self._staged: list[Staged] = []
         self._committed = False
 
     async def stage(self, final: Path, *, uri: str | None = None, role: str = "main") -> Path:
         """Create the parent directory and return the partial path ffmpeg should write."""
-        partial = partial_path(final, self._job_id, self._attempt)
+        partial = partial_path(final, self._key, self._attempt)
         try:
             await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:

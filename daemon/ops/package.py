@@ -65,7 +65,7 @@ async def run_package(ctx: JobContext) -> JobResult:
         raise InvalidJob(f"every rung is taller than the {video.height}p source")
     kept.sort(key=lambda r: -r.height)
     gop = max(1, round((video.fps or 25.0) * op.segment_seconds))
-    tmp = partial_path(dest, spec.job_id, ctx.attempt)
+    tmp = partial_path(dest, ctx.job_key, ctx.attempt)
     await asyncio.to_thread(_fresh_dir, tmp)
     try:
         args = package_args(op, kept, src, tmp, gop, has_audio, ctx.threads, ctx.media.guard())

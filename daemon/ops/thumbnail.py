@@ -40,7 +40,7 @@ async def run_thumbnail(ctx: JobContext) -> JobResult:
         raise InvalidJob("output is the same file as the input")
     src_w, src_h, duration = _video_facts(info)
     tile_h = max(2, round(op.width * src_h / src_w / 2) * 2)
-    async with OutputSet(spec.job_id, ctx.attempt, ctx.may_commit) as outputs:
+    async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         if op.sprite:
             if duration is None or duration <= 0:

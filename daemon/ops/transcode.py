@@ -37,7 +37,7 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         raise InvalidJob("output is the same file as the input")
     ten_bit = _check_video_stream(info, op)
     notes: list[str] = []
-    async with OutputSet(spec.job_id, ctx.attempt, ctx.may_commit) as outputs:
+    async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, info, ten_bit, notes)
         ctx.handle.check()  # a cancel that raced the last frame still wins

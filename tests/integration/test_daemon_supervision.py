@@ -108,7 +108,7 @@ async def test_job_watcher_crash_is_restarted_and_the_job_ends_once(
     d: Daemon = await start_daemon()
     await submit(js, prefix, job("sup-watch", clip, tmp_path / "sup-watch.mp4"))
     await until(has(js, prefix, "sup-watch", "completed"))
-    assert fired and d.supervisor.restarts["watch-sup-watch"] == 1
+    assert fired and d.supervisor.restarts["watch-default.sup-watch"] == 1
     await ended_once(js, prefix, "sup-watch")
 
 

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 
 from control.topology import TopologySettings
 from daemon.config import DaemonConfig
+from schemas.subjects import job_msg_id
 
 ACK_WAIT = 3.0
 
@@ -72,7 +73,8 @@ def job(job_id: str, src: Path, out: Path | None, **op: Any) -> dict[str, Any]:
 async def submit(js: JetStreamContext, prefix: str, spec: dict[str, Any]) -> None:
     tenant, priority = spec.get("tenant", "default"), spec.get("priority", "normal")
     subject = f"{prefix}.submit.{tenant}.cpu.{priority}.{spec['job_id']}"
-    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
+    msg_id = job_msg_id(tenant, spec["job_id"])  # tenant-scoped, as producers now send it
+    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": msg_id})
 
 
 async def events(js: JetStreamContext, prefix: str, job_id: str | None = None) -> list[Event]:

@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from daemon.journal.migrations import SCHEMA_VERSION, migrate
-from daemon.journal.rows import JobState, JobUpdate
+from daemon.journal.rows import JobState, JobUpdate, derived_event_id
 from daemon.journal.store import Journal
 from tests.support.journal import accepted, cancelled, completed, progress, started
 
@@ -115,7 +115,7 @@ async def test_recovery_marks_jobs_in_hand_interrupted_once(tmp_path: Path) -> N
         assert [r.job_id for r in await j.recover("node-a")] == ["r2"]
         rows = await j.pending_outbox(100)
         interrupted = sorted(r.event_id for r in rows if r.kind == "interrupted")
-        assert interrupted == ["r1-1-interrupted", "r2-1-interrupted", "r3-1-interrupted"]
+        assert interrupted == [derived_event_id("", f"r{n}", 1, "interrupted") for n in (1, 2, 3)]
         assert await j.running_jobs() == []
     finally:
         await j.close()

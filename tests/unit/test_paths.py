@@ -9,7 +9,7 @@ import pytest
 
 from daemon.errors import InvalidJob, PathRefused
 from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
-from daemon.ops.outputs import NAME_MAX, partial_path, stale_partials
+from daemon.ops.outputs import NAME_MAX, job_key, partial_path, stale_partials
 
 
 @pytest.fixture
@@ -122,14 +122,28 @@ def test_option_like_and_odd_names_stay_file_arguments(root: Path) -> None:
 
 def test_partial_names_are_hidden_per_attempt_and_bounded(root: Path) -> None:
     final = root / "out.mp4"
-    assert partial_path(final, "job-1", 2) == root / ".out.mp4.job-1.2.partial"
+    key = job_key("acme", "job-1")
+    assert partial_path(final, key, 2) == root / ".out.mp4.acme.job-1.2.partial"
     long_final = root / (("é" * 120) + ".mp4")
-    assert len(partial_path(long_final, "j" * 128, 20).name.encode()) <= NAME_MAX
+    longest = job_key("t" * 128, "j" * 128)
+    assert len(partial_path(long_final, longest, 20).name.encode()) <= NAME_MAX
     for attempt in (1, 2):
-        partial_path(final, "job-1", attempt).write_bytes(b"p")
-    partial_path(final, "job-2", 1).write_bytes(b"p")
-    assert [p.name for p in stale_partials(final, "job-1")] == [
-        ".out.mp4.job-1.1.partial",
-        ".out.mp4.job-1.2.partial",
+        partial_path(final, key, attempt).write_bytes(b"p")
+    partial_path(final, job_key("acme", "job-2"), 1).write_bytes(b"p")
+    assert [p.name for p in stale_partials(final, key)] == [
+        ".out.mp4.acme.job-1.1.partial",
+        ".out.mp4.acme.job-1.2.partial",
     ]
-    assert os.path.exists(partial_path(final, "job-2", 1))
+    assert os.path.exists(partial_path(final, job_key("acme", "job-2"), 1))
+
+
+def test_two_tenants_same_job_id_keep_their_own_partials(root: Path) -> None:
+    final = root / "shared.mp4"
+    for tenant in ("a", "b", "a-b"):
+        partial_path(final, job_key(tenant, "j"), 1).write_bytes(b"p")
+    # A tenant's cleanup takes its own partials, never another tenant's of the same job id.
+    assert [p.name for p in stale_partials(final, job_key("a", "j"))] == [
+        ".shared.mp4.a.j.1.partial"
+    ]
+    keys = {job_key(t * 128, "j" * 128) for t in "ab"} | {job_key("a", "b-c"), job_key("a-b", "c")}
+    assert len(keys) == 4

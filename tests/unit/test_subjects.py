@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.job.run import check_subject
+from daemon.job.admit import check_msg_id, check_subject, reported_tenant
 from schemas.codec import DecodeError
 from schemas.jobs import Canary, JobSpec
 from schemas.subjects import (
@@ -118,3 +118,27 @@ def test_daemon_takes_the_body_tenant_of_a_version_1_job() -> None:
     check_subject(_spec("other"), stored, "cpu", "normal")
     with pytest.raises(DecodeError, match="subject says cpu/high/j-1"):
         check_subject(_spec("other"), stored, "cpu", "high")
+
+
+@pytest.mark.parametrize(
+    "msg_id",
+    [None, "", "j-1", "acme.j-1", "acme.j-1.retry.7"],  # none, pre-tenant ids, its own, a retry
+)
+def test_daemon_takes_a_job_under_its_own_msg_id(msg_id: str | None) -> None:
+    check_msg_id(_spec("acme"), msg_id)
+
+
+@pytest.mark.parametrize("msg_id", ["other.j-1", "acme.j-2", "acme.j-1x", "other.j-1.retry.1"])
+def test_daemon_refuses_a_job_under_another_jobs_msg_id(msg_id: str) -> None:
+    with pytest.raises(DecodeError) as refused:
+        check_msg_id(_spec("acme"), msg_id)
+    assert f"Nats-Msg-Id {msg_id!r}" in str(refused.value) and "'acme.j-1'" in str(refused.value)
+
+
+def test_an_invalid_jobs_tenant_is_its_subjects() -> None:
+    s = Subjects("flotilla")
+    assert reported_tenant(s.job_stored("acme", "cpu", "normal", "j-1"), _spec("other")) == "acme"
+    v1 = s.job_stored_v1("cpu", "normal", "j-1")
+    assert reported_tenant(v1, _spec("other")) == "other"  # no tenant token: the body's
+    assert reported_tenant(v1, None) == ""
+    assert reported_tenant("flotilla.submit.x", None) == ""
