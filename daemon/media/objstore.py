@@ -1,11 +1,11 @@
 """`nats-obj://BUCKET/KEY` media: streamed from and to the JetStream object store, digest-checked.
 
 Only buckets the node is configured for are touched (default `<prefix>_media`, where
-`flotilla submit --upload` puts `uploads/<tenant>/<job_id>/<name>`). A download goes chunk by chunk into
-a file in scratch through a writer that counts, caps and hashes what arrives; the size and
-SHA-256 must then match the object's metadata (nats-py checks the digest too). Object links are
-not followed: they could point into a bucket the node is not meant to read. An upload streams
-the finished local file (read in a worker thread); the object appears only once all
+`flotilla submit --upload` puts `uploads/<tenant>/<job_id>/<name>`). A download goes chunk by
+chunk into a file in scratch through a writer that counts, caps and hashes what arrives; the
+size and SHA-256 must then match the object's metadata (nats-py checks the digest too). Object
+links are not followed: they could point into a bucket the node is not meant to read. An upload
+streams the finished local file (read in a worker thread); the object appears only once all
 chunks are stored, so a reader never sees half an output.
 
 Writers hold no purge right and the media streams refuse roll-ups (a `Nats-Rollup: all` header
