@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 #: `extra=` keys copied into JSON lines (and appended to human lines) when present.
-CONTEXT_FIELDS = ("job_id", "node_id", "attempt", "pool", "event")
+CONTEXT_FIELDS = ("tenant", "job_id", "node_id", "attempt", "pool", "event")
 
 
 class JsonFormatter(logging.Formatter):

@@ -28,11 +28,11 @@ async def test_server_computes_the_partition(nc: Client, prefix: str) -> None:
     await ensure_topology(js, subjects, TopologySettings(pools=["cpu"]))
     for n in range(40):
         job_id = f"job-{n:04d}"
-        # A producer with no project code: plain publish with the job id as Nats-Msg-Id.
+        # A producer with no project code: plain publish, `<tenant>.<job_id>` as Nats-Msg-Id.
         ack = await js.publish(
             f"{prefix}.submit.acme.cpu.low.{job_id}",
             json.dumps({"job_id": job_id}).encode(),
-            headers={"Nats-Msg-Id": job_id},
+            headers={"Nats-Msg-Id": f"acme.{job_id}"},
         )
         stored = await js.get_msg(subjects.jobs_stream, ack.seq)
         assert stored.subject == subjects.job_stored("acme", "cpu", "low", job_id)

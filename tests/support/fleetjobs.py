@@ -23,7 +23,7 @@ from control.cli.apiclient import ApiClient
 from control.devstack.fleet import DevFleet
 from control.errors import NotFound
 from schemas import api
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, job_msg_id
 
 MAX_EVENTS = 20_000
 
@@ -48,7 +48,8 @@ async def submit(nc: NATS, fleet: DevFleet, spec: dict[str, Any]) -> None:
     tenant = spec.get("tenant", "default")
     subject = Subjects(fleet.prefix).submit(tenant, "cpu", "normal", spec["job_id"])
     body = msgspec.json.encode(spec)
-    await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": spec["job_id"]})
+    msg_id = job_msg_id(tenant, spec["job_id"])
+    await nc.jetstream().publish(subject, body, headers={"Nats-Msg-Id": msg_id})
 
 
 async def events_of(nc: NATS, fleet: DevFleet, kind: str) -> list[dict[str, Any]]:
