@@ -288,7 +288,7 @@ async def test_upload_puts_input_in_object_store(fleet: DevFleet, clip_small: Pa
         res = await run_cli("submit", "probe", str(clip_small), "--upload", "--job-id", "up-1")
         assert res.rc == 0, res
         spec: JobSpec = Decoder(JobSpec).decode(await asyncio.wait_for(seen.get(), 10))
-        key = "uploads/up-1/clip_small.mp4"
+        key = "uploads/default/up-1/clip_small.mp4"
         assert spec.input == f"nats-obj://{fleet.prefix}_media/{key}"
         store = await nc.jetstream().object_store(f"{fleet.prefix}_media")
         got = await store.get(key)
@@ -307,7 +307,7 @@ async def test_refused_upload_leaves_no_object(fleet: DevFleet, clip_small: Path
     try:
         store = await nc.jetstream().object_store(f"{fleet.prefix}_media")
         with pytest.raises(nats.js.errors.ObjectNotFoundError):
-            await store.get_info("uploads/up-refused/clip_small.mp4")
+            await store.get_info("uploads/default/up-refused/clip_small.mp4")
     finally:
         await nc.close()
 

@@ -345,9 +345,9 @@ async def test_upload_goes_to_the_tenant_bucket_when_there_is_one(
     other = msgspec.structs.replace(acme, job_id="u2", tenant="rival")
     assert (
         await upload_inputs(nc, subjects, acme)
-    ).input == f"nats-obj://{own}/uploads/u1/{clip_small.name}"
+    ).input == f"nats-obj://{own}/uploads/acme/u1/{clip_small.name}"
     shared = await upload_inputs(nc, subjects, other)  # no rival bucket: the shared one
-    assert shared.input == f"nats-obj://{prefix}_media/uploads/u2/{clip_small.name}"
+    assert shared.input == f"nats-obj://{prefix}_media/uploads/rival/u2/{clip_small.name}"
     info = await nc.jetstream(timeout=10).stream_info(f"OBJ_{prefix}_media")
     assert info.config.allow_rollup_hdrs is False
 
