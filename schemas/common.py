@@ -84,3 +84,22 @@ class Wire(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaul
 
 class Part(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Base of nested structs: strict, unversioned (the enclosing message carries `v`)."""
+
+
+#: What a node speaks, beyond `v`: each revision adds fields, so a reader knows which to expect.
+#: 1: the first release (absent means 1). 2: a job is named by (tenant, job_id): job events name
+#: the tenant, heartbeats `running_tenants`, commands may name `tenant`.
+PROTOCOL = 2
+
+
+class Report(Wire, kw_only=True, forbid_unknown_fields=False):
+    """Base of what nodes report and are told (events, node records, commands and replies).
+
+    A reader ignores fields it does not know, so a node (or control plane) of a newer minor
+    release, which only adds fields, cannot break the fleet for the others during a rolling
+    upgrade. What producers send (jobs, API requests) stays strict: a typo there is refused.
+    """
+
+
+class ReportPart(Part, kw_only=True, forbid_unknown_fields=False):
+    """Nested in a Report: as lenient (see Report)."""

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from schemas.common import ShortText, Token, Wire
+from schemas.common import Report, ShortText, Token
 
 CtlVerb = Literal["drain", "resume", "cancel", "pause", "unpause", "status"]
 
 
-class NodeCommand(Wire, kw_only=True):
+class NodeCommand(Report, kw_only=True):
     verb: CtlVerb
     job_id: Token | None = None
     #: With job_id: the job's tenant. None (control planes older than this field) matches the
@@ -20,7 +20,7 @@ class NodeCommand(Wire, kw_only=True):
     deadline_s: float | None = None
 
 
-class NodeCommandReply(Wire, kw_only=True):
+class NodeCommandReply(Report, kw_only=True):
     ok: bool
     node_id: str
     message: ShortText = ""

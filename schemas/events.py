@@ -15,10 +15,10 @@ from schemas.common import (
     NonNegInt,
     Percent,
     Priority,
+    Report,
     ShortText,
     TenantOrBlank,
     Token,
-    Wire,
 )
 from schemas.jobs import JobSpec
 from schemas.nodes import NodeCapabilities, NodeState
@@ -28,7 +28,7 @@ ErrorKind = Literal["transient", "permanent", "timeout", "resource", "interrupte
 TERMINAL_KINDS = frozenset({"completed", "failed", "cancelled"})
 
 
-class _JobEvent(Wire, kw_only=True, tag_field="kind"):
+class _JobEvent(Report, kw_only=True, tag_field="kind"):
     event_id: Token
     job_id: Token
     #: A job is named by (tenant, job_id): two tenants may use the same job id. "" from nodes
@@ -106,7 +106,7 @@ class HandedBack(_JobEvent, kw_only=True, tag="handed_back"):
     delay_s: NonNegFloat = 0.0
 
 
-class _NodeEvent(Wire, kw_only=True, tag_field="kind"):
+class _NodeEvent(Report, kw_only=True, tag_field="kind"):
     event_id: Token
     node_id: NodeId
     ts: float

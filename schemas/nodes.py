@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from typing import Literal
 
-from schemas.common import Labels, NodeId, NonNegFloat, NonNegInt, Part, Percent, Wire
+from schemas.common import Labels, NodeId, NonNegFloat, NonNegInt, Percent, Report, ReportPart
 
 NodeState = Literal["online", "draining", "offline"]
 
 
-class CpuInfo(Part, kw_only=True):
+class CpuInfo(ReportPart, kw_only=True):
     model: str
     physical_cores: NonNegInt
     logical_cores: NonNegInt
 
 
-class GpuInfo(Part, kw_only=True):
+class GpuInfo(ReportPart, kw_only=True):
     index: NonNegInt
     name: str
     uuid: str
@@ -33,7 +33,7 @@ class GpuInfo(Part, kw_only=True):
     notes: list[str] = []
 
 
-class FfmpegInfo(Part, kw_only=True):
+class FfmpegInfo(ReportPart, kw_only=True):
     path: str
     version: str
     encoders: list[str] = []
@@ -41,15 +41,17 @@ class FfmpegInfo(Part, kw_only=True):
     filters: list[str] = []
 
 
-class DroppedEncoder(Part, kw_only=True):
+class DroppedEncoder(ReportPart, kw_only=True):
     name: str
     reason: str
 
 
-class NodeCapabilities(Wire, kw_only=True):
+class NodeCapabilities(Report, kw_only=True):
     node_id: NodeId
     hostname: str
     daemon_version: str
+    #: schemas.common.PROTOCOL of the node's release (1 for nodes older than the field).
+    protocol: NonNegInt = 1
     cpu: CpuInfo
     memory_total_bytes: NonNegInt
     disk_total_bytes: NonNegInt
@@ -67,7 +69,7 @@ class NodeCapabilities(Wire, kw_only=True):
     labels: Labels = {}
 
 
-class GpuLoad(Part, kw_only=True):
+class GpuLoad(ReportPart, kw_only=True):
     index: NonNegInt
     utilization_percent: Percent | None = None
     encoder_utilization_percent: Percent | None = None
@@ -76,7 +78,7 @@ class GpuLoad(Part, kw_only=True):
     temperature_c: float | None = None
 
 
-class Heartbeat(Wire, kw_only=True):
+class Heartbeat(Report, kw_only=True):
     node_id: NodeId
     ts: float
     state: NodeState = "online"
@@ -95,7 +97,7 @@ class Heartbeat(Wire, kw_only=True):
     outbox_depth: NonNegInt = 0
 
 
-class NodeRecord(Wire, kw_only=True):
+class NodeRecord(Report, kw_only=True):
     """The node KV bucket's value: capabilities plus the latest heartbeat."""
 
     capabilities: NodeCapabilities

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from schemas.common import NonNegFloat, NonNegInt, Part, Sha256
+from schemas.common import NonNegFloat, NonNegInt, ReportPart, Sha256
 
 
-class OutputFile(Part, kw_only=True):
+class OutputFile(ReportPart, kw_only=True):
     uri: str
     size_bytes: NonNegInt
     sha256: Sha256
     role: str = "main"
 
 
-class VmafScores(Part, kw_only=True):
+class VmafScores(ReportPart, kw_only=True):
     mean: float
     min: float
     harmonic_mean: float
@@ -22,14 +22,14 @@ class VmafScores(Part, kw_only=True):
     model: str
 
 
-class PlaneScores(Part, kw_only=True):
+class PlaneScores(ReportPart, kw_only=True):
     y: float
     u: float
     v: float
     average: float
 
 
-class StreamInfo(Part, kw_only=True):
+class StreamInfo(ReportPart, kw_only=True):
     index: NonNegInt
     type: str
     codec: str
@@ -45,7 +45,7 @@ class StreamInfo(Part, kw_only=True):
     duration_s: NonNegFloat | None = None
 
 
-class ProbeInfo(Part, kw_only=True):
+class ProbeInfo(ReportPart, kw_only=True):
     container: str
     duration_s: NonNegFloat | None
     size_bytes: NonNegInt | None = None
@@ -55,14 +55,14 @@ class ProbeInfo(Part, kw_only=True):
     decode_error_lines: list[str] = []
 
 
-class Rendition(Part, kw_only=True):
+class Rendition(ReportPart, kw_only=True):
     height: NonNegInt
     width: NonNegInt
     bitrate_kbps: NonNegInt
     codec: str
 
 
-class JobResult(Part, kw_only=True):
+class JobResult(ReportPart, kw_only=True):
     wall_seconds: NonNegFloat = 0.0
     media_seconds: NonNegFloat | None = None
     realtime_factor: NonNegFloat | None = None

@@ -285,7 +285,7 @@ class ApiService:
         await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), command_bytes(cmd))
         if runner is None:
             return encode(api.AckReply(ok=False, message="not queued; cancel broadcast to all"))
-        if unowned(runner.heartbeat):  # a node older than the tenant field refuses it
+        if runner.capabilities.protocol < TENANT_JOB_IDS:  # it would refuse the field
             cmd = msgspec.structs.replace(cmd, tenant=None)
         return await self._command(runner.node_id, cmd)
 
@@ -409,6 +409,10 @@ def own_running(hb: Heartbeat, tenant: str, legacy_owned: set[str]) -> list[str]
     if unowned(hb):
         return [j for j in hb.running_jobs if j in legacy_owned]
     return [j for t, j in zip(hb.running_tenants, hb.running_jobs, strict=True) if t == tenant]
+
+
+#: The protocol revision (schemas.common.PROTOCOL) from which nodes read `NodeCommand.tenant`.
+TENANT_JOB_IDS = 2
 
 
 def command_bytes(cmd: NodeCommand) -> bytes:

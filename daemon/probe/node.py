@@ -15,6 +15,7 @@ from daemon.probe.ffmpeg_caps import probe_ffmpeg
 from daemon.probe.gpu import Nvml, probe_gpus
 from daemon.probe.host import probe_host
 from daemon.probe.verify import verify_encoders
+from schemas.common import PROTOCOL
 from schemas.nodes import NodeCapabilities
 
 
@@ -53,6 +54,7 @@ async def probe_node(
         node_id=cfg.node_id,
         hostname=host.hostname,
         daemon_version=daemon_version,
+        protocol=PROTOCOL,
         cpu=host.cpu,
         memory_total_bytes=host.memory_total_bytes,
         disk_total_bytes=host.disk_total_bytes,

@@ -482,7 +482,9 @@ async def test_producer_uses_only_its_tenants_bucket(
     assert uploaded.input == f"nats-obj://{MEDIA}_rival/uploads/rival/job-rival-up/in.mp4"
     back = tmp_path / "back"
     js = nc.jetstream(timeout=5)
-    await download(js, f"{MEDIA}_rival", "uploads/rival/job-rival-up/in.mp4", back, cap=10**9, within=30)
+    await download(
+        js, f"{MEDIA}_rival", "uploads/rival/job-rival-up/in.mp4", back, cap=10**9, within=30
+    )
     assert back.read_bytes() == src.read_bytes()
     assert errors.seen == []
     refused = nc.jetstream(timeout=REFUSED_TIMEOUT)

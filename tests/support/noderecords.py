@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 
 from control.nodes import NodeTracker
 from schemas.codec import encode
+from schemas.common import PROTOCOL
 from schemas.nodes import (
     CpuInfo,
     FfmpegInfo,
@@ -40,6 +41,7 @@ def node_record(
         node_id=node_id,
         hostname=node_id,
         daemon_version="0.1.0",
+        protocol=PROTOCOL,  # as a node of this release says
         cpu=CpuInfo(model="test", physical_cores=4, logical_cores=8),
         memory_total_bytes=8 << 30,
         disk_total_bytes=100 << 30,
