@@ -45,8 +45,12 @@ async def media_bucket(nc: NATS, subjects: Subjects, tenant: str) -> str:
     return subjects.objects_bucket
 
 
+def upload_prefix(tenant: str, job_id: str) -> str:
+    return f"uploads/{tenant}/{job_id}/"
+
+
 def upload_key(tenant: str, job_id: str, path: Path) -> str:
-    return f"uploads/{tenant}/{job_id}/{path.name}"
+    return upload_prefix(tenant, job_id) + path.name
 
 
 def _open(path: Path) -> io.BufferedReader:
@@ -103,7 +107,7 @@ async def discard_uploads(nc: NATS, subjects: Subjects, spec: JobSpec) -> None:
     js = nc.jetstream(timeout=10)
     for bucket in (f"{subjects.objects_bucket}_{spec.tenant}", subjects.objects_bucket):
         bucket_uri = f"nats-obj://{bucket}/"
-        head = f"{bucket_uri}uploads/{spec.job_id}/"
+        head = bucket_uri + upload_prefix(spec.tenant, spec.job_id)
         for uri in uris:
             if uri.startswith(head):
                 with contextlib.suppress(Exception):  # a leftover costs space, not correctness

@@ -84,6 +84,9 @@ class DevFleet:
     nats_servers: int = 1
     #: NATS URL per daemon where it differs from the fleet's (say through a proxy).
     node_nats_urls: dict[str, str] = field(default_factory=dict)
+    #: Source tree of another release to run a daemon from (a mixed-version fleet); a node not
+    #: named runs this one. Read at each (re)start, so an upgrade is: drop it, restart.
+    node_release: dict[str, Path] = field(default_factory=dict)
     stack: EmbeddedStack = field(init=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
@@ -158,9 +161,11 @@ class DevFleet:
 
     async def _launch(self, name: str) -> None:
         log = (self.data_dir / f"{name}.log").open("ab")
+        # `python -m` puts the working directory first on the path: that release's packages.
         self.procs[name] = await asyncio.create_subprocess_exec(
-            *self.argv[name], stdout=log, stderr=log, start_new_session=True
-        )
+            *self.argv[name], stdout=log, stderr=log, start_new_session=True,
+            cwd=self.node_release.get(name),
+        )  # fmt: skip
         log.close()
 
     async def restart_node(self, name: str, *, crash: bool = False, grace: float = 60.0) -> None:

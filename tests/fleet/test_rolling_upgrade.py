@@ -2,6 +2,10 @@
 restarted and resumed in turn by the same CLI steps `ansible/rolling-upgrade.yml` runs, then a
 crash-restart (SIGKILL, no drain). Every job must complete, and complete exactly once.
 
+Two of the three daemons start on the previous release (support.release), beside this release's
+control plane and third daemon, and are upgraded by the restart step: jobs of two tenants flow
+through a mixed-version fleet, and each old node's journal is taken over by the new release.
+
 The steps are read from the playbook itself, so the test breaks if the playbook and the CLI
 drift apart.
 
@@ -28,10 +32,12 @@ from nats.aio.client import Client as NATS
 
 from control.devstack.fleet import DevFleet
 from daemon.ffmpeg.tools import FfmpegTools
+from schemas.common import PROTOCOL
 from tests.support.devfleet import CliResult, open_dir, run_cli, wait_nodes
 from tests.support.fleetjobs import (
     Tally,
     nats_of,
+    node_list,
     running_on,
     slots_of,
     submit,
@@ -44,9 +50,13 @@ from tests.support.fleetjobs import (
 )
 from tests.support.heldmedia import HeldMedia, held_media, node_settings
 from tests.support.media import make_clip
+from tests.support.release import extract_release
 
 PLAYBOOK = Path(__file__).resolve().parents[2] / "ansible" / "rolling-upgrade.yml"
 NODES = ["dev-1", "dev-2", "dev-3"]
+#: Nodes that start on the previous release (protocol 1) and are upgraded by the roll.
+OLD_NODES = ["dev-2", "dev-3"]
+TENANTS = ("acme", "bravo")
 #: Slots per node, fixed so the held jobs that fill the fleet are few on any machine.
 SLOTS = 2
 DRAIN_TIMEOUT_S = 240
@@ -102,6 +112,7 @@ def _ok(step: Step, node: str, res: CliResult) -> bool:
 async def run_step(fleet: DevFleet, node: str, step: Step) -> CliResult | None:
     """One task as Ansible runs it: once, or retried while its `until` is false."""
     if not step.argv:
+        fleet.node_release.pop(node, None)  # the new release's package, then the restart
         await fleet.restart_node(node)
         return None
     res = await run_cli(*step.argv, limit_s=DRAIN_TIMEOUT_S + 60)
@@ -149,7 +160,9 @@ async def media(src: Path) -> AsyncIterator[HeldMedia]:
 
 @pytest_asyncio.fixture(scope="module")
 async def fleet(work: Path, media_dir: Path, media: HeldMedia) -> AsyncIterator[DevFleet]:
-    """Three daemons (as support.devfleet.dev_fleet, short ack wait), taking held inputs."""
+    """Three daemons (as support.devfleet.dev_fleet, short ack wait), taking held inputs; those
+    of OLD_NODES run the previous release."""
+    previous = await extract_release(work / "previous")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FLOTILLA_CONTEXT", str(work / "context.json"))
         f = DevFleet(
@@ -158,6 +171,7 @@ async def fleet(work: Path, media_dir: Path, media: HeldMedia) -> AsyncIterator[
             roots=[media_dir, work],
             ack_wait=ACK_WAIT_S,
             node_settings=node_settings(slots=SLOTS),
+            node_release=dict.fromkeys(OLD_NODES, previous),
         )
         try:
             await f.start()
@@ -213,11 +227,22 @@ async def test_rolling_upgrade_loses_nothing(
     held = await held_ids(fleet, "roll-held")
     job_ids = set(held)
 
+    tenant_of: dict[str, str] = {}
+
     async def add(job_id: str) -> None:
         job_ids.add(job_id)
-        await submit(nc, fleet, transcode(job_id, src, work / "out"))
+        tenant_of[job_id] = TENANTS[len(job_ids) % 2]
+        spec = transcode(job_id, src, work / "out")
+        await submit(nc, fleet, {**spec, "tenant": tenant_of[job_id]})
+
+    async def protocols() -> dict[str, int]:
+        return {
+            n.node_id: n.capabilities.protocol for n in await node_list(fleet) if n.capabilities
+        }
 
     try:
+        old = {n: 1 if n in OLD_NODES else PROTOCOL for n in NODES}
+        assert await protocols() == old  # two releases side by side, for real
         for i in range(12):
             await add(f"roll-{i:02d}")
         holds = await fill_with_held(fleet, media, nc, held, work / "out")
@@ -242,6 +267,7 @@ async def test_rolling_upgrade_loses_nothing(
         roll_s = time.monotonic() - started
         assert all(media.released(j) for j in held)
         infos = await wait_finished(fleet, job_ids, limit_s=FINISH_LIMIT_S)
+        assert await protocols() == dict.fromkeys(NODES, PROTOCOL)
         t = await tally(nc, fleet, job_ids)
     finally:
         media.release(held)
@@ -252,6 +278,9 @@ async def test_rolling_upgrade_loses_nothing(
     )
     print("drain --wait printed:", drain_out)
     check_exactly_once(t, job_ids, infos)
+    # Old nodes name the tenant only in `accepted`: the control plane still files every event
+    # of theirs under the job's own tenant (under another, the job would not read completed).
+    assert {j: infos[j].tenant for j in tenant_of} == tenant_of
     # A drain lets running jobs finish where they are: nothing was interrupted or handed over.
     assert not t.interrupted, t.interrupted
     assert all(at_drain.values()), at_drain
