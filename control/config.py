@@ -80,9 +80,22 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     #: Seconds one ingest fetch waits for events.
     ingest_fetch_timeout: Positive = 1.0
-    #: Job events older than this are deleted from Postgres (job rows stay).
+    #: Job events older than this are deleted from Postgres (job rows follow
+    #: `job_retention_days`).
     event_retention_days: Positive = 30.0
-    #: Seconds between retention runs (event pruning and the media sweep).
+    #: Finished jobs (completed, failed, cancelled) are deleted, with their attempts, events and
+    #: webhook delivery, this many days after they finished; unfinished jobs are never deleted.
+    job_retention_days: Positive = 90.0
+    #: The same for the canary tenant's jobs, which only feed the `canary_failed` alert.
+    canary_retention_days: Positive = 1.0
+    #: Rejected events (`rejected_events` table) older than this are deleted.
+    rejected_event_retention_days: Positive = 30.0
+    #: Webhook deliveries that ended (delivered or given up) this long ago are deleted; at least
+    #: 1, since a job that finished within the last day with no delivery row gets a webhook.
+    webhook_retention_days: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    #: Dead letters that were re-submitted (`flotilla jobs retry`) this long ago are deleted.
+    dead_letter_retention_days: Positive = 30.0
+    #: Seconds between retention runs (pruning rows and the media sweep).
     prune_interval: Positive = 3600.0
     #: Rows deleted per retention transaction.
     prune_batch: Annotated[int, msgspec.Meta(ge=1)] = 5000

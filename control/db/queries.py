@@ -92,6 +92,53 @@ DELETE FROM job_events WHERE event_id IN (
 )
 """
 
+#: Finished jobs ($1 cut-off on finished_at, $2 batch), with their attempts, events and webhook
+#: delivery, in one statement: no job loses half its rows. A job locked by ingest (a late event,
+#: a retry) is skipped this round; FOR UPDATE re-checks the state, so a job that a dead-letter
+#: retry made unfinished again is never taken.
+_PRUNE_JOBS = """
+WITH doomed AS (
+    SELECT tenant, job_id FROM jobs
+    WHERE {where} finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
+    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
+), attempts AS (
+    DELETE FROM job_attempts AS a USING doomed AS d
+    WHERE a.tenant = d.tenant AND a.job_id = d.job_id
+), events AS (
+    DELETE FROM job_events AS e USING doomed AS d
+    WHERE e.job_id IS NOT NULL AND e.tenant = d.tenant AND e.job_id = d.job_id
+), hooks AS (
+    DELETE FROM webhook_deliveries AS w USING doomed AS d
+    WHERE w.tenant = d.tenant AND w.job_id = d.job_id
+)
+DELETE FROM jobs AS j USING doomed AS d WHERE j.tenant = d.tenant AND j.job_id = d.job_id
+"""
+#: Every tenant's (jobs_finished_idx).
+PRUNE_JOBS = _PRUNE_JOBS.format(where="")
+#: One tenant's ($3), for the canary's shorter retention (jobs_tenant_finished_idx).
+PRUNE_TENANT_JOBS = _PRUNE_JOBS.format(where="tenant = $3 AND")
+
+PRUNE_REJECTED_EVENTS = """
+DELETE FROM rejected_events WHERE event_id IN (
+    SELECT event_id FROM rejected_events WHERE received_at < $1 ORDER BY received_at LIMIT $2
+)
+"""
+
+#: Deliveries that ended (delivered or given up) before $1.
+PRUNE_WEBHOOK_DELIVERIES = """
+DELETE FROM webhook_deliveries WHERE (tenant, job_id) IN (
+    SELECT tenant, job_id FROM webhook_deliveries WHERE done_at < $1 ORDER BY done_at LIMIT $2
+)
+"""
+
+#: Dead letters re-submitted before $1; those never retried stay for `flotilla jobs retry`.
+PRUNE_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE (tenant, job_id, stream_seq) IN (
+    SELECT tenant, job_id, stream_seq FROM dead_letters WHERE retried_at < $1
+    ORDER BY retried_at LIMIT $2
+)
+"""
+
 # -- dead letters -----------------------------------------------------------------------------
 JOB_BY_STREAM_SEQ = """
 SELECT tenant, job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered
