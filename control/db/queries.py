@@ -92,31 +92,29 @@ DELETE FROM job_events WHERE event_id IN (
 )
 """
 
-#: Finished jobs ($1 cut-off on finished_at, $2 batch), with their attempts, events and webhook
-#: delivery, in one statement: no job loses half its rows. A job locked by ingest (a late event,
-#: a retry) is skipped this round; FOR UPDATE re-checks the state, so a job that a dead-letter
-#: retry made unfinished again is never taken.
-_PRUNE_JOBS = """
-WITH doomed AS (
-    SELECT tenant, job_id FROM jobs
-    WHERE {where} finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
-    ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
-), attempts AS (
-    DELETE FROM job_attempts AS a USING doomed AS d
-    WHERE a.tenant = d.tenant AND a.job_id = d.job_id
-), events AS (
-    DELETE FROM job_events AS e USING doomed AS d
-    WHERE e.job_id IS NOT NULL AND e.tenant = d.tenant AND e.job_id = d.job_id
-), hooks AS (
-    DELETE FROM webhook_deliveries AS w USING doomed AS d
-    WHERE w.tenant = d.tenant AND w.job_id = d.job_id
-)
-DELETE FROM jobs AS j USING doomed AS d WHERE j.tenant = d.tenant AND j.job_id = d.job_id
+#: Finished jobs to delete ($1 cut-off on finished_at, $2 batch), locked. A job ingest holds (a
+#: late event, a retry) is skipped this round; FOR UPDATE re-checks the state, so a job a
+#: dead-letter retry made unfinished again is never taken. By age through jobs_finished_idx.
+DOOMED_JOBS = """
+SELECT tenant, job_id FROM jobs
+WHERE finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
+ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
 """
-#: Every tenant's (jobs_finished_idx).
-PRUNE_JOBS = _PRUNE_JOBS.format(where="")
-#: One tenant's ($3), for the canary's shorter retention (jobs_tenant_finished_idx).
-PRUNE_TENANT_JOBS = _PRUNE_JOBS.format(where="tenant = $3 AND")
+#: The same for one tenant ($3), the canary, through jobs_tenant_finished_idx. No ORDER BY: by
+#: finished_at the planner may walk jobs_finished_idx past every other tenant's older jobs.
+DOOMED_TENANT_JOBS = """
+SELECT tenant, job_id FROM jobs
+WHERE tenant = $3 AND finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
+LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+#: A job's rows ($1 tenants, $2 job ids), each table by its key; the jobs last.
+_JOB_KEYS = "(tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+DELETE_JOB_ROWS = (
+    f"DELETE FROM job_attempts WHERE {_JOB_KEYS}",
+    f"DELETE FROM job_events WHERE job_id IS NOT NULL AND {_JOB_KEYS}",
+    f"DELETE FROM webhook_deliveries WHERE {_JOB_KEYS}",
+    f"DELETE FROM jobs WHERE {_JOB_KEYS}",
+)
 
 PRUNE_REJECTED_EVENTS = """
 DELETE FROM rejected_events WHERE event_id IN (
