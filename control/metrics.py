@@ -21,7 +21,13 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.jobs = Gauge("flotilla_jobs", "Jobs by state and pool", ["state", "pool"], registry=r)
+        self.jobs = Gauge(
+            "flotilla_jobs",
+            "Unfinished jobs by state and pool; for completed, failed and cancelled, those that"
+            " finished within alerts.failure_rate_window",
+            ["state", "pool"],
+            registry=r,
+        )
         self.queue_depth = Gauge("flotilla_queue_depth", "Jobs waiting", ["pool"], registry=r)
         self.oldest_wait = Gauge(
             "flotilla_queue_oldest_wait_seconds", "Oldest waiting job age", ["pool"], registry=r
