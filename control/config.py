@@ -15,6 +15,7 @@ DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 #: A host as a URL names it: a DNS name or an IP address (IPv6 without brackets), no port.
+PoolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 HostName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 
 
@@ -24,6 +25,9 @@ class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds a node whose bucket entry is gone (it stopped, or expired) stays listed as offline,
     #: and alerting, before the control plane forgets it.
     node_forget_after: Positive = 86400.0
+    #: Pools that must always have an online node: `pool_offline` (critical) fires for one that
+    #: has none, even with an empty queue. Unset: every pool of `topology.pools`; `[]`: none.
+    required_pools: list[PoolName] | None = None
     #: Alert `queue_depth` when more jobs than this wait in one pool.
     queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 100
     #: Alert `oldest_wait` when a pool's oldest waiting job is older than this.

@@ -69,7 +69,7 @@ class CanaryRunner:
             return
         nodes = self.fleet.nodes(now)
         live = {p for n in nodes if n.state == "online" for p in n.capabilities.pools}
-        self.failed &= live  # a pool with no nodes is pool_offline_with_work's business
+        self.failed &= live  # a pool with no online node is pool_offline's business
         for pool in self.pools:
             if pool in live and pool not in self.pending:
                 job = JobSpec(

@@ -67,6 +67,13 @@ def pool_offline_with_work(s: Snapshot, t: AlertThresholds) -> list[Finding]:
     ]
 
 
+def pool_offline(s: Snapshot, t: AlertThresholds) -> list[Finding]:
+    """A pool that must be served has no online node, whether or not work waits."""
+    online = {p for n in s.nodes if n.state == "online" for p in n.pools}
+    pools = [p.pool for p in s.pools] if t.required_pools is None else t.required_pools
+    return [(p, 0.0, 1.0) for p in sorted(set(pools)) if p not in online]
+
+
 def queue_depth(s: Snapshot, t: AlertThresholds) -> list[Finding]:
     return [
         (p.pool, float(p.queued), float(t.queue_depth)) for p in s.pools if p.queued > t.queue_depth
@@ -138,6 +145,7 @@ def rejected_events(s: Snapshot, t: AlertThresholds) -> list[Finding]:
 RULES: dict[str, tuple[Rule, Severity]] = {
     "node_offline": (node_offline, "warning"),
     "pool_offline_with_work": (pool_offline_with_work, "critical"),
+    "pool_offline": (pool_offline, "critical"),
     "queue_depth": (queue_depth, "warning"),
     "oldest_wait": (oldest_wait, "warning"),
     "failure_rate": (failure_rate, "critical"),
