@@ -90,7 +90,8 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Finished jobs (completed, failed, cancelled) are deleted, with their attempts, events and
     #: webhook delivery, this many days after they finished; unfinished jobs are never deleted.
     job_retention_days: Positive = 90.0
-    #: The same for the canary tenant's jobs, which only feed the `canary_failed` alert.
+    #: The same for the canary tenant's jobs, which only feed the `canary_failed` alert; must
+    #: outlast `canary_timeout` + `canary_interval`.
     canary_retention_days: Positive = 1.0
     #: Rejected events (`rejected_events` table) older than this are deleted.
     rejected_event_retention_days: Positive = 30.0
@@ -134,6 +135,12 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A canary deleted before the runner reads its outcome would count as failed.
+        if self.canary_retention_days * 86400 <= self.canary_timeout + self.canary_interval:
+            msg = "canary_retention_days must outlast canary_timeout + canary_interval"
+            raise ValueError(msg)
 
 
 def load_control_config(path: Path | None, *, required: bool = False) -> ControlConfig:

@@ -39,6 +39,8 @@ def test_defaults_and_overrides_reach_the_policy(tmp_path: Path) -> None:
         ("dead_letter_retention_days = 0\n", "dead_letter_retention_days"),
         ("prune_batch = 0\n", "prune_batch"),
         ("job_retention = 5\n", "unknown key `job_retention`"),
+        # Deleted before the canary runner reads its outcome, a canary would count as failed.
+        ("canary_retention_days = 0.001\ncanary_timeout = 90\n", "canary_retention_days"),
     ],
 )
 def test_a_bad_retention_setting_names_the_key(tmp_path: Path, text: str, key: str) -> None:
