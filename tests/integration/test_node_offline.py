@@ -89,6 +89,8 @@ async def test_a_silent_node_fires_node_offline_in_time_and_resolves(
         rec = node_record("n1")
         await put_node(js, subjects, rec, seen_by=plane.nodes)
         await wait_until(lambda: _true(bool(published)), "node_offline to fire")
+        # Published during the evaluation; it is recorded once the evaluation returns.
+        await wait_until(lambda: _true(changes_of(evals, "node_offline")), "the evaluation")
         fired = published[0]
         assert (fired.state, fired.subject, fired.severity) == ("firing", "n1", "warning")
 
@@ -117,6 +119,7 @@ async def test_a_silent_node_fires_node_offline_in_time_and_resolves(
         back = len(evals)
         await put_node(js, subjects, node_record("n1"), seen_by=plane.nodes)
         await wait_until(lambda: _true(len(published) == 2), "node_offline to resolve")
+        await wait_until(lambda: _true(len(changes_of(evals, "node_offline")) == 2), "its record")
         assert (published[1].state, published[1].alert_id) == ("resolved", fired.alert_id)
         tail = evals[back:]
         first_on = next(i for i, e in enumerate(tail) if e.state == "online")
