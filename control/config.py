@@ -15,6 +15,7 @@ DEFAULT_PATH = Path("/etc/flotilla/control.toml")
 ENV_PREFIX = "FLOTILLA_CONTROL_"
 Positive = Annotated[float, msgspec.Meta(gt=0)]
 #: A host as a URL names it: a DNS name or an IP address (IPv6 without brackets), no port.
+PoolName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 HostName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,253}$")]
 
 
@@ -24,6 +25,9 @@ class AlertThresholds(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds a node whose bucket entry is gone (it stopped, or expired) stays listed as offline,
     #: and alerting, before the control plane forgets it.
     node_forget_after: Positive = 86400.0
+    #: Pools that must always have an online node: `pool_offline` (critical) fires for one that
+    #: has none, even with an empty queue. Unset: every pool of `topology.pools`; `[]`: none.
+    required_pools: list[PoolName] | None = None
     #: Alert `queue_depth` when more jobs than this wait in one pool.
     queue_depth: Annotated[int, msgspec.Meta(ge=1)] = 100
     #: Alert `oldest_wait` when a pool's oldest waiting job is older than this.
@@ -80,9 +84,23 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ingest_batch: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 500
     #: Seconds one ingest fetch waits for events.
     ingest_fetch_timeout: Positive = 1.0
-    #: Job events older than this are deleted from Postgres (job rows stay).
+    #: Job events older than this are deleted from Postgres (job rows follow
+    #: `job_retention_days`).
     event_retention_days: Positive = 30.0
-    #: Seconds between retention runs (event pruning and the media sweep).
+    #: Finished jobs (completed, failed, cancelled) are deleted, with their attempts, events and
+    #: webhook delivery, this many days after they finished; unfinished jobs are never deleted.
+    job_retention_days: Positive = 90.0
+    #: The same for the canary tenant's jobs, which only feed the `canary_failed` alert; must
+    #: outlast `canary_timeout` + `canary_interval`.
+    canary_retention_days: Positive = 1.0
+    #: Rejected events (`rejected_events` table) older than this are deleted.
+    rejected_event_retention_days: Positive = 30.0
+    #: Webhook deliveries that ended (delivered or given up) this long ago are deleted; at least
+    #: 1, since a job that finished within the last day with no delivery row gets a webhook.
+    webhook_retention_days: Annotated[float, msgspec.Meta(ge=1)] = 30.0
+    #: Dead letters that were re-submitted (`flotilla jobs retry`) this long ago are deleted.
+    dead_letter_retention_days: Positive = 30.0
+    #: Seconds between retention runs (pruning rows and the media sweep).
     prune_interval: Positive = 3600.0
     #: Rows deleted per retention transaction.
     prune_batch: Annotated[int, msgspec.Meta(ge=1)] = 5000
@@ -117,6 +135,12 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     require_api_keys: bool = False
     #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
     log_json: bool | None = None
+
+    def __post_init__(self) -> None:
+        # A canary deleted before the runner reads its outcome would count as failed.
+        if self.canary_retention_days * 86400 <= self.canary_timeout + self.canary_interval:
+            msg = "canary_retention_days must outlast canary_timeout + canary_interval"
+            raise ValueError(msg)
 
 
 def load_control_config(path: Path | None, *, required: bool = False) -> ControlConfig:

@@ -21,7 +21,13 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        self.jobs = Gauge("flotilla_jobs", "Jobs by state and pool", ["state", "pool"], registry=r)
+        self.jobs = Gauge(
+            "flotilla_jobs",
+            "Unfinished jobs by state and pool; for completed, failed and cancelled, those that"
+            " finished within alerts.failure_rate_window",
+            ["state", "pool"],
+            registry=r,
+        )
         self.queue_depth = Gauge("flotilla_queue_depth", "Jobs waiting", ["pool"], registry=r)
         self.oldest_wait = Gauge(
             "flotilla_queue_oldest_wait_seconds", "Oldest waiting job age", ["pool"], registry=r
@@ -62,31 +68,46 @@ class Metrics:
         #: Monotonic time of the last snapshot the gauges show (None: none yet).
         self.updated_at: float | None = None
 
-    def update(self, snap: Snapshot, firing: list[Alert]) -> None:
-        """Replace the gauges with one snapshot's values (labels that vanished go too)."""
-        self.queue_depth.clear()
-        self.oldest_wait.clear()
+    def lead(self, leading: bool) -> None:
+        """This instance gained or lost the leader lease: a former leader drops its fleet gauges
+        at once, or a scrape would keep reading its last values beside the new leader's."""
+        self.leader.set(1.0 if leading else 0.0)
+        if not leading:
+            self._clear_fleet()
+
+    def _clear_fleet(self) -> None:
+        for gauge in (self.queue_depth, self.oldest_wait, self.jobs, self.nodes):
+            gauge.clear()
+        self.alerts_firing.clear()
+
+    def update(self, snap: Snapshot, firing: list[Alert], *, leading: bool = True) -> None:
+        """Replace the gauges with one snapshot's values (labels that vanished go too).
+
+        Fleet-wide gauges (queues, jobs, nodes, firing alerts) are the leader's alone: every
+        instance sees the same fleet, so a dashboard's sum() over instances would count it once
+        per instance. A follower exports none of them.
+        """
+        self.ingest_lag.set(snap.ingest_lag_s)
+        self.updated_at = time.monotonic()
+        self._clear_fleet()
+        if not leading:
+            return
         for p in snap.pools:
             self.queue_depth.labels(p.pool).set(p.queued)
             self.oldest_wait.labels(p.pool).set(p.oldest_wait_s or 0.0)
-        self.jobs.clear()
         for (state, pool), count in snap.jobs.items():
             self.jobs.labels(state, pool).set(count)
-        self.nodes.clear()
         counts: dict[tuple[str, str], int] = {}
         for n in snap.nodes:
             for pool in n.pools or ("none",):
                 counts[(n.state, pool)] = counts.get((n.state, pool), 0) + 1
         for (state, pool), count in counts.items():
             self.nodes.labels(state, pool).set(count)
-        self.ingest_lag.set(snap.ingest_lag_s)
-        self.alerts_firing.clear()
         per_rule: dict[tuple[str, str], int] = {}
         for a in firing:
             per_rule[(a.rule, a.severity)] = per_rule.get((a.rule, a.severity), 0) + 1
         for (rule, severity), count in per_rule.items():
             self.alerts_firing.labels(rule, severity).set(count)
-        self.updated_at = time.monotonic()
 
     def observe_finished(self, rows: list[tuple[float | None, float | None]]) -> None:
         """(run time, queue wait) of jobs that finished since the last snapshot."""

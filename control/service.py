@@ -143,7 +143,8 @@ class ControlPlane:
                     snap, db, th.failure_rate_window, self.cfg.alerts.rejected_events_window
                 )
                 done, mark = await finished_since(db, mark)
-                self.metrics.observe_finished(done)
+                if engine.active:  # the leader's alone, like the fleet gauges
+                    self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
                 ready.postgres_ok = True
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -177,8 +178,8 @@ class ControlPlane:
         )  # fmt: skip
 
         async def on_change(leading: bool) -> None:
-            self.metrics.leader.set(1.0 if leading else 0.0)
             await singletons.on_change(leading)
+            self.metrics.lead(leading)
 
         runs["leader"] = lambda: lease.run(stop, on_change)
         self._ingest, self._dead_letters = ingest, dead_letters

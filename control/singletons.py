@@ -1,4 +1,4 @@
-"""What only the leader instance runs: alerts, canaries, event retention, media and stray sweeps.
+"""What only the leader instance runs: alerts, canaries, retention, media and stray sweeps.
 
 Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
 so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
@@ -19,7 +19,7 @@ from control.api.jobquery import firing_alerts
 from control.config import ControlConfig
 from control.leader import Term
 from control.objsweep import OrphanSweep, run_sweeper
-from control.retention import run_pruner
+from control.retention import Policy, run_pruner
 
 #: Firing alerts a new leader adopts, at most (each is one rule on one subject).
 FIRING_LIMIT = 100_000
@@ -40,8 +40,8 @@ class Singletons:
         engine.follow()  # until the lease says this instance leads
 
         def pruner(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
-            days, batch, every = cfg.event_retention_days, cfg.prune_batch, cfg.prune_interval
-            run = lambda: run_pruner(db, days, batch, every, stop)  # noqa: E731
+            policy, every = Policy.of(cfg), cfg.prune_interval
+            run = lambda: run_pruner(db, policy, every, stop)  # noqa: E731
             return supervisor.supervise("retention", run, stop)
 
         def canaries(stop: asyncio.Event) -> Coroutine[Any, Any, None]:

@@ -19,6 +19,8 @@ from schemas.operations import Canary
 from schemas.subjects import Subjects, job_msg_id
 
 log = logging.getLogger("flotilla.canary")
+#: The tenant canary jobs run under (retention keeps them a shorter time).
+CANARY_TENANT = "canary"
 
 
 @dataclass(slots=True)
@@ -53,7 +55,7 @@ class CanaryRunner:
         now = time.time() if now is None else now
         for pool, p in list(self.pending.items()):
             state = await self.db.fetchval(
-                "SELECT state FROM jobs WHERE tenant = 'canary' AND job_id = $1", p.job_id
+                "SELECT state FROM jobs WHERE tenant = $1 AND job_id = $2", CANARY_TENANT, p.job_id
             )
             if state == "completed":
                 self.latency[pool] = now - p.sent_at
@@ -67,12 +69,12 @@ class CanaryRunner:
             return
         nodes = self.fleet.nodes(now)
         live = {p for n in nodes if n.state == "online" for p in n.capabilities.pools}
-        self.failed &= live  # a pool with no nodes is pool_offline_with_work's business
+        self.failed &= live  # a pool with no online node is pool_offline's business
         for pool in self.pools:
             if pool in live and pool not in self.pending:
                 job = JobSpec(
                     job_id=f"canary-{pool}-{secrets.token_hex(6)}",
-                    tenant="canary",
+                    tenant=CANARY_TENANT,
                     priority="high",
                     input="canary://",
                     operation=Canary(),

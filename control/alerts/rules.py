@@ -43,7 +43,8 @@ class Snapshot:
     ingest_lag_s: float = 0.0
     #: pools whose latest canary did not complete in time
     canary_failed: tuple[str, ...] = ()
-    #: (state, pool) -> job count, for the flotilla_jobs gauge
+    #: (state, pool) -> job count, for the flotilla_jobs gauge: every unfinished job, and the
+    #: finished ones of the failure-rate window
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)
     #: node id -> its events rejected within the window (it reported on an attempt it does not
     #: hold)
@@ -64,6 +65,13 @@ def pool_offline_with_work(s: Snapshot, t: AlertThresholds) -> list[Finding]:
     return [
         (p.pool, float(p.queued), 0.0) for p in s.pools if p.queued > 0 and p.pool not in online
     ]
+
+
+def pool_offline(s: Snapshot, t: AlertThresholds) -> list[Finding]:
+    """A pool that must be served has no online node, whether or not work waits."""
+    online = {p for n in s.nodes if n.state == "online" for p in n.pools}
+    pools = [p.pool for p in s.pools] if t.required_pools is None else t.required_pools
+    return [(p, 0.0, 1.0) for p in sorted(set(pools)) if p not in online]
 
 
 def queue_depth(s: Snapshot, t: AlertThresholds) -> list[Finding]:
@@ -137,6 +145,7 @@ def rejected_events(s: Snapshot, t: AlertThresholds) -> list[Finding]:
 RULES: dict[str, tuple[Rule, Severity]] = {
     "node_offline": (node_offline, "warning"),
     "pool_offline_with_work": (pool_offline_with_work, "critical"),
+    "pool_offline": (pool_offline, "critical"),
     "queue_depth": (queue_depth, "warning"),
     "oldest_wait": (oldest_wait, "warning"),
     "failure_rate": (failure_rate, "critical"),

@@ -50,22 +50,33 @@ async def fleet_snapshot(
     )
 
 
+#: Unfinished jobs by state and pool: the partial index jobs_active_idx holds exactly these, so
+#: the count reads the backlog, never the finished history.
+ACTIVE_BY_STATE = """
+SELECT state, pool, count(*) AS n FROM jobs
+WHERE state IN ('submitted', 'queued', 'running') GROUP BY state, pool LIMIT 10000
+"""
+#: Finished jobs by state and pool over the last $1 seconds (jobs_finished_idx): a count of
+#: every finished job would scan the whole table each interval, and grow with it.
+FINISHED_BY_STATE = """
+SELECT state, pool, count(*) AS n FROM jobs
+WHERE finished_at > now() - make_interval(secs => $1)
+  AND state IN ('completed', 'failed', 'cancelled')
+GROUP BY state, pool LIMIT 10000
+"""
+
+
 async def with_db(
     snap: Snapshot, db: asyncpg.Pool, failure_window: float, rejected_window: float = 900.0
 ) -> Snapshot:
-    """Add what only Postgres knows: failure rate over the window, idle running jobs, and the
-    nodes whose events were rejected within `rejected_window`."""
-    row = await db.fetchrow(
-        "SELECT count(*) AS done, count(*) FILTER (WHERE state = 'failed') AS failed FROM jobs"
-        " WHERE finished_at > now() - make_interval(secs => $1)",
-        failure_window,
-    )
+    """Add what only Postgres knows: job counts (unfinished ones all, finished ones over
+    `failure_window`, which the failure rate reads too), idle running jobs, and the nodes whose
+    events were rejected within `rejected_window`."""
+    active = await db.fetch(ACTIVE_BY_STATE)
+    finished = await db.fetch(FINISHED_BY_STATE, failure_window)
     idle = await db.fetch(
         "SELECT job_id, extract(epoch FROM now() - coalesce(progress_at, started_at, updated_at))"
         " AS idle FROM jobs WHERE state = 'running' LIMIT 10000"
-    )
-    by_state = await db.fetch(
-        "SELECT state, pool, count(*) AS n FROM jobs GROUP BY state, pool LIMIT 10000"
     )
     rejected = await db.fetch(
         "SELECT node_id, count(*) AS n FROM rejected_events"
@@ -76,9 +87,9 @@ async def with_db(
     return replace(
         snap,
         rejected_by_node={r["node_id"]: int(r["n"]) for r in rejected},
-        jobs={(r["state"], r["pool"]): int(r["n"]) for r in by_state},
-        finished_in_window=int(row["done"]) if row else 0,
-        failed_in_window=int(row["failed"]) if row else 0,
+        jobs={(r["state"], r["pool"]): int(r["n"]) for r in (*active, *finished)},
+        finished_in_window=sum(int(r["n"]) for r in finished),
+        failed_in_window=sum(int(r["n"]) for r in finished if r["state"] == "failed"),
         running_idle_s={r["job_id"]: float(r["idle"]) for r in idle},
     )
 

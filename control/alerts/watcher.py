@@ -25,7 +25,8 @@ class Watcher:
     async def tick(self) -> None:
         snap = await self.source()
         await self.engine.evaluate(snap)
-        self.metrics.update(snap, self.engine.firing())
+        # Only the leader evaluates, and only it exports the fleet-wide gauges.
+        self.metrics.update(snap, self.engine.firing(), leading=self.engine.active)
         self.last = snap
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -92,6 +92,51 @@ DELETE FROM job_events WHERE event_id IN (
 )
 """
 
+#: Finished jobs to delete ($1 cut-off on finished_at, $2 batch), locked. A job ingest holds (a
+#: late event, a retry) is skipped this round; FOR UPDATE re-checks the state, so a job a
+#: dead-letter retry made unfinished again is never taken. By age through jobs_finished_idx.
+DOOMED_JOBS = """
+SELECT tenant, job_id FROM jobs
+WHERE finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
+ORDER BY finished_at LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+#: The same for one tenant ($3), the canary, through jobs_tenant_finished_idx. No ORDER BY: by
+#: finished_at the planner may walk jobs_finished_idx past every other tenant's older jobs.
+DOOMED_TENANT_JOBS = """
+SELECT tenant, job_id FROM jobs
+WHERE tenant = $3 AND finished_at < $1 AND state IN ('completed', 'failed', 'cancelled')
+LIMIT $2 FOR UPDATE SKIP LOCKED
+"""
+#: A job's rows ($1 tenants, $2 job ids), each table by its key; the jobs last.
+_JOB_KEYS = "(tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+DELETE_JOB_ROWS = (
+    f"DELETE FROM job_attempts WHERE {_JOB_KEYS}",
+    f"DELETE FROM job_events WHERE job_id IS NOT NULL AND {_JOB_KEYS}",
+    f"DELETE FROM webhook_deliveries WHERE {_JOB_KEYS}",
+    f"DELETE FROM jobs WHERE {_JOB_KEYS}",
+)
+
+PRUNE_REJECTED_EVENTS = """
+DELETE FROM rejected_events WHERE event_id IN (
+    SELECT event_id FROM rejected_events WHERE received_at < $1 ORDER BY received_at LIMIT $2
+)
+"""
+
+#: Deliveries that ended (delivered or given up) before $1.
+PRUNE_WEBHOOK_DELIVERIES = """
+DELETE FROM webhook_deliveries WHERE (tenant, job_id) IN (
+    SELECT tenant, job_id FROM webhook_deliveries WHERE done_at < $1 ORDER BY done_at LIMIT $2
+)
+"""
+
+#: Dead letters re-submitted before $1; those never retried stay for `flotilla jobs retry`.
+PRUNE_DEAD_LETTERS = """
+DELETE FROM dead_letters WHERE (tenant, job_id, stream_seq) IN (
+    SELECT tenant, job_id, stream_seq FROM dead_letters WHERE retried_at < $1
+    ORDER BY retried_at LIMIT $2
+)
+"""
+
 # -- dead letters -----------------------------------------------------------------------------
 JOB_BY_STREAM_SEQ = """
 SELECT tenant, job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered

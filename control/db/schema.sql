@@ -218,3 +218,9 @@ CREATE TABLE webhook_fleet_secret (
     secret      text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- From 0130_row_retention.sql: retention walks each table by the age of its finished rows.
+CREATE INDEX jobs_tenant_finished_idx ON jobs (tenant, finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX webhook_deliveries_done_idx ON webhook_deliveries (done_at)
+    WHERE done_at IS NOT NULL;
+CREATE INDEX dead_letters_retried_idx ON dead_letters (retried_at) WHERE retried_at IS NOT NULL;

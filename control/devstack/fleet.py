@@ -133,6 +133,8 @@ class DevFleet:
             f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
             f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
             f"[topology]\nack_wait = {self.ack_wait}\nreplicas = {self.replicas}\n"
+            # Dev nodes serve cpu; the GPU pools are there for machines that have one.
+            '[alerts]\nrequired_pools = ["cpu"]\n'
         )
 
     def _daemon_toml(self, node: str, port: int) -> str:

@@ -43,6 +43,13 @@ TABLE = [
         "gpu",
         Snapshot(pools=(PoolView("gpu", 0),)),
     ),
+    # Every pool the topology names, queue or no queue; a draining node does not count.
+    (
+        A.pool_offline,
+        Snapshot(nodes=(OFF, NodeView("n3", "draining", ("cpu",))), pools=(PoolView("cpu", 0),)),
+        "cpu",
+        Snapshot(nodes=(ON, OFF), pools=(PoolView("cpu", 0),)),
+    ),
     (
         A.queue_depth,
         Snapshot(pools=(PoolView("cpu", 11),)),
@@ -113,6 +120,18 @@ def test_rule_table(rule: A.Rule, fires: Snapshot, subject: str, quiet: Snapshot
     assert rule(quiet, T) == []
 
 
+def test_required_pools_replace_the_topology_pools() -> None:
+    snap = Snapshot(nodes=(ON,), pools=(PoolView("cpu"), PoolView("nvenc")))
+    assert [f[0] for f in A.pool_offline(snap, T)] == ["nvenc"]
+    only_cpu = AlertThresholds(required_pools=["cpu"])
+    assert A.pool_offline(snap, only_cpu) == []
+    # A required pool the topology does not list is still watched.
+    assert [f[0] for f in A.pool_offline(snap, AlertThresholds(required_pools=["qsv"]))] == ["qsv"]
+    assert (
+        A.pool_offline(Snapshot(pools=(PoolView("cpu"),)), AlertThresholds(required_pools=[])) == []
+    )
+
+
 def test_every_rule_is_in_the_table() -> None:
     assert {fn for fn, _ in A.RULES.values()} == {row[0] for row in TABLE}
 
@@ -156,9 +175,15 @@ async def test_node_offline_and_backlog_over_nats(nc: NATS, prefix: str) -> None
 
         # The node's last heartbeat is older than offline_after: it stopped beating.
         await put_node(js, subjects, node_record("n1", ts=time.time() - 60), seen_by=fleet)
-        assert [(a.rule, a.subject) for a in await tick()] == [("node_offline", "n1")]
+        assert [(a.rule, a.subject) for a in await tick()] == [
+            ("node_offline", "n1"),
+            ("pool_offline", "cpu"),  # its only node: the pool has none online
+        ]
         await put_node(js, subjects, node_record("n1"), seen_by=fleet)  # it comes back
-        assert [(a.rule, a.state) for a in await tick()] == [("node_offline", "resolved")]
+        assert [(a.rule, a.state) for a in await tick()] == [
+            ("node_offline", "resolved"),
+            ("pool_offline", "resolved"),
+        ]
 
         for i in range(3):
             job = JobSpec(job_id=f"b{i}", input="file:///x", operation=Canary())
@@ -170,14 +195,16 @@ async def test_node_offline_and_backlog_over_nats(nc: NATS, prefix: str) -> None
         await js.purge_stream(subjects.jobs_stream)
         assert [(a.rule, a.state) for a in await tick()] == [("queue_depth", "resolved")]
         await nc.flush()
-        for _ in range(50):  # bounded wait for the four published alerts to arrive
-            if len(got) >= 4:
+        for _ in range(50):  # bounded wait for the six published alerts to arrive
+            if len(got) >= 6:
                 break
             await asyncio.sleep(0.05)
         await sub.unsubscribe()
         assert [(a.rule, a.state) for a in got] == [
             ("node_offline", "firing"),
+            ("pool_offline", "firing"),
             ("node_offline", "resolved"),
+            ("pool_offline", "resolved"),
             ("queue_depth", "firing"),
             ("queue_depth", "resolved"),
         ]

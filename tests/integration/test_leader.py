@@ -126,11 +126,25 @@ def idle(plane: ControlPlane) -> bool:
     return not s.engine.active and not s.term.tasks
 
 
-@pytest.mark.timeout(120)
 def leading(plane: ControlPlane) -> float | None:
     return plane.metrics.registry.get_sample_value("flotilla_control_leader")
 
 
+def fleet_series(plane: ControlPlane) -> set[str]:
+    """The fleet-wide series this instance exports."""
+    fleet = {"flotilla_nodes", "flotilla_jobs", "flotilla_queue_depth",
+             "flotilla_queue_oldest_wait_seconds", "flotilla_alerts_firing"}  # fmt: skip
+    families = plane.metrics.registry.collect()
+    return {s.name for fam in families for s in fam.samples if s.name in fleet}
+
+
+async def ticked(plane: ControlPlane) -> None:
+    """Wait for the instance's next snapshot to reach its metrics."""
+    before = plane.metrics.updated_at
+    await until(lambda: plane.metrics.updated_at != before)
+
+
+@pytest.mark.timeout(120)
 async def test_two_control_planes_share_one_leader(
     nc: NATS, nats_url: str, prefix: str, database_url: str
 ) -> None:
@@ -150,6 +164,10 @@ async def test_two_control_planes_share_one_leader(
         assert idle(follower)
         # Which instance leads is visible in each one's metrics.
         assert (leading(leader), leading(follower)) == (1.0, 0.0)
+        # Fleet-wide gauges come from the leader alone, so a sum over instances counts once.
+        await until(lambda: "flotilla_queue_depth" in fleet_series(leader))
+        await ticked(follower)
+        assert fleet_series(follower) == set()
 
         # An offline node: both instances see it, only one fires.
         await put_node(nc.jetstream(), Subjects(prefix), node_record("gone", ts=time.time() - 60))
@@ -163,6 +181,11 @@ async def test_two_control_planes_share_one_leader(
         await until(lambda: runs_singletons(follower))
         await until(lambda: idle(leader))
         assert leading(follower) == 1.0
+        # The deposed leader stopped exporting them (its snapshots fail without NATS, so it
+        # dropped them when its term ended); the new leader exports them.
+        assert fleet_series(leader) == set()
+        await until(lambda: "flotilla_queue_depth" in fleet_series(follower))
+        assert "flotilla_nodes" in fleet_series(follower)
         # The new leader adopted the firing alert instead of firing it again...
         await asyncio.sleep(1.0)
         assert [a["state"] for a in fired if a["subject"] == "gone"] == ["firing"]

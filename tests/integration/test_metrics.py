@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from control.alerts.rules import AlertEngine, NodeView, Snapshot
+from control.alerts.rules import AlertEngine, NodeView, PoolView, Snapshot
 from control.alerts.snapshot import fleet_snapshot
 from control.alerts.watcher import Watcher
 from control.config import AlertThresholds
@@ -60,6 +60,37 @@ def test_update_drops_vanished_labels() -> None:
     m.update(Snapshot(nodes=(NodeView("a", "offline", ("cpu",)),)), [])
     samples = {(s.labels["state"], s.value) for fam in m.nodes.collect() for s in fam.samples}
     assert samples == {("offline", 1.0)}
+
+
+FLEET = {
+    "flotilla_nodes", "flotilla_jobs", "flotilla_queue_depth",
+    "flotilla_queue_oldest_wait_seconds", "flotilla_alerts_firing",
+}  # fmt: skip
+
+
+def fleet_series(m: Metrics) -> set[str]:
+    return {s.name for fam in m.registry.collect() for s in fam.samples if s.name in FLEET}
+
+
+def test_fleet_gauges_are_the_leaders_alone() -> None:
+    hot = Alert(alert_id="a", rule="gpu_temperature", severity="warning", state="firing",
+                subject="n1", summary="hot", fired_at=0.0)  # fmt: skip
+    snap = Snapshot(
+        nodes=(NodeView("a", "online", ("cpu",)),), pools=(PoolView("cpu", 2, 5.0),),
+        jobs={("queued", "cpu"): 2}, ingest_lag_s=3.0,
+    )  # fmt: skip
+    m = Metrics()
+    m.lead(True)
+    m.update(snap, [hot], leading=True)
+    assert fleet_series(m) == FLEET
+    # Deposed: the gauges go at once, before its next snapshot...
+    m.lead(False)
+    assert fleet_series(m) == set()
+    assert m.registry.get_sample_value("flotilla_control_leader") == 0.0
+    # ...and a follower's snapshots export none, though its own figures stay.
+    m.update(snap, [hot], leading=False)
+    assert fleet_series(m) == set() and m.updated_at is not None
+    assert m.registry.get_sample_value("flotilla_ingest_lag_seconds") == 3.0
 
 
 def test_readiness_names_each_dependency_and_recovers() -> None:

@@ -87,13 +87,21 @@ async def test_an_expired_node_is_offline_for_the_api_and_the_alerts(nc: NATS, p
             assert fleet.stats.expiries == 1
             # It stays offline past the expiry: the second evaluation fires the alert.
             assert await seen() == ("offline", "offline", [])
-            assert await seen() == ("offline", "offline", ["node_offline firing"])
+            assert await seen() == (
+                "offline",
+                "offline",
+                ["node_offline firing", "pool_offline firing"],
+            )
             reply = await call(nc, prefix, "job.submit", {"v": 1, "job": job("j1")})
             assert "n1 is offline" in reply["message"]
 
             await put_node(js, subjects, node_record("n1"), seen_by=fleet)  # it comes back
             assert await seen() == ("online", "online", [])
-            assert await seen() == ("online", "online", ["node_offline resolved"])
+            assert await seen() == (
+                "online",
+                "online",
+                ["node_offline resolved", "pool_offline resolved"],
+            )
             reply = await call(nc, prefix, "job.submit", {"v": 1, "job": job("j2")})
             assert reply["job_id"] == "j2"
         finally:

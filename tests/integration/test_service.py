@@ -59,9 +59,17 @@ async def test_control_plane_end_to_end(
             assert rule == "node_offline"
         finally:
             await db.close()
-        status, body = await http_get(plane.metrics_port, "/metrics")
-        assert status == 200 and 'flotilla_jobs{pool="cpu",state="submitted"} 1.0' in body
-        assert 'flotilla_alerts_firing{rule="node_offline",severity="warning"} 1.0' in body
+        # The alert is stored during an evaluation; the gauges follow when that tick ends.
+        want = (
+            'flotilla_jobs{pool="cpu",state="submitted"} 1.0',
+            'flotilla_alerts_firing{rule="node_offline",severity="warning"} 1.0',
+        )
+
+        async def scraped() -> bool:
+            status, body = await http_get(plane.metrics_port, "/metrics")
+            return status == 200 and all(line in body for line in want)
+
+        await wait_until(scraped, "the gauges of the snapshot that fired the alert")
         assert (await http_get(plane.metrics_port, "/readyz"))[0] == 200
         msg = await nc.request(f"{prefix}.api.fleet.summary", b"{}", timeout=5)
         firing = msgspec.json.decode(msg.data)["alerts_firing"]
