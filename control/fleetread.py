@@ -63,3 +63,23 @@ async def pool_queue(
                 age = max(0.0, now - msg.time.timestamp())
                 oldest = age if oldest is None else max(oldest, age)
     return PoolQueue(pool, queued, oldest)
+
+
+async def ingest_backlog_age(
+    js: JetStreamContext, subjects: Subjects, now: float | None = None
+) -> float:
+    """How long the oldest event not yet ingested has waited (0 with none): the ingest lag as
+    it is now, not as the last batch left it. The consumer's ack floor marks what is done."""
+    now = time.time() if now is None else now
+    stream, durable = subjects.events_stream, subjects.ingest_consumer
+    try:
+        info = await js.consumer_info(stream, durable)
+    except NotFoundError:
+        return 0.0
+    if not (info.num_pending or info.num_ack_pending) or info.ack_floor is None:
+        return 0.0
+    try:
+        msg = await js.get_msg(stream, seq=(info.ack_floor.stream_seq or 0) + 1, next=True)
+    except NotFoundError:
+        return 0.0
+    return 0.0 if msg.time is None else max(0.0, now - msg.time.timestamp())

@@ -134,7 +134,6 @@ class ControlPlane:
         async def source() -> Snapshot:
             nonlocal mark, seen_events
             snap = await fleet_snapshot(js, subjects, pools, nodes, canary.failed_pools())
-            self.metrics.ingest_lag.set(ingest.stats.lag_seconds)
             self.metrics.ingest_events.inc(max(0, ingest.stats.events_ingested - seen_events))
             seen_events = ingest.stats.events_ingested
             self.metrics.nats_connected.set(1.0 if nc.is_connected else 0.0)

@@ -11,7 +11,7 @@ import asyncpg
 from nats.js import JetStreamContext
 
 from control.alerts.rules import NodeView, PoolView, Snapshot
-from control.fleetread import pool_queue
+from control.fleetread import ingest_backlog_age, pool_queue
 from control.nodes import Fleet, FleetNode
 from schemas.subjects import Subjects
 
@@ -47,6 +47,7 @@ async def fleet_snapshot(
         nodes=tuple(node_view(n) for n in nodes),
         pools=tuple(PoolView(q.pool, q.queued, q.oldest_wait_s) for q in queues),
         canary_failed=canary_failed,
+        ingest_lag_s=await ingest_backlog_age(js, subjects, now),
     )
 
 

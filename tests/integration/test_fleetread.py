@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from control.fleetread import node_keys
+from control.fleetread import ingest_backlog_age, node_keys
+from control.ingest import Ingestor
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
-from tests.support.ingest import wait_until
+from tests.support.ingest import lifecycle, migrated_pool, publish, running, setup, wait_until
 from tests.support.noderecords import node_record, put_node, tracking
 
 NAMES = ["n1", "n2", "n3"]
@@ -91,3 +93,24 @@ def _gone(fleet: NodeTracker, node_id: str) -> Callable[[], Awaitable[bool]]:
         return any(n.node_id == node_id and n.state == "offline" for n in fleet.nodes())
 
     return check
+
+
+async def test_ingest_lag_is_the_age_of_the_oldest_event_not_yet_ingested(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    """Not the last batch's lag, which stays put once ingest goes idle: the backlog as it is."""
+    js, subjects = await setup(nc, prefix)
+    assert await ingest_backlog_age(js, subjects) == 0.0  # nothing ever published
+    await publish(js, subjects, lifecycle("lag-1", time.time()))
+    first = await js.get_msg(subjects.events_stream, seq=1)
+    assert first.time is not None
+    later = first.time.timestamp() + 100.0
+    assert await ingest_backlog_age(js, subjects, later) >= 100.0  # waits since it was stored
+
+    async def caught_up() -> bool:
+        return await ingest_backlog_age(js, subjects, later) == 0.0
+
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(js, db, subjects, batch=10, fetch_timeout=0.2)
+        async with running(ingestor):
+            await wait_until(caught_up, "ingest to catch up")
