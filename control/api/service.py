@@ -12,6 +12,7 @@ and other tenants' jobs).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,10 @@ class ApiSettings:
     submit_rate: float = 50.0  # per tenant, per second (token bucket)
     submit_burst: int = 100
     require_api_keys: bool = False
+    #: Requests handled at once by this instance, over every verb. nats.micro calls a verb's
+    #: handler one request at a time, so one slow request (a lock, a slow node) held up every
+    #: other of that verb; past the bound a request waits in its subscription's buffer.
+    max_in_flight: int = 64
 
 
 Handler = Callable[[Request, Identity], Awaitable[bytes]]
@@ -90,6 +95,8 @@ class ApiService:
         self.fleet, self.db = fleet, db
         self.limiter = TenantLimiter(settings.submit_rate, settings.submit_burst)
         self._svc: Service | None = None
+        self._slots = asyncio.Semaphore(settings.max_in_flight)
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._svc = await micro.add_service(
@@ -127,15 +134,37 @@ class ApiService:
             )
         await sync_subscriptions(self.nc)  # started means answering, even a request made next
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 10.0) -> None:
         if self._svc is not None:
-            await self._svc.stop()
+            await self._svc.stop()  # no new requests; those under way may answer
             self._svc = None
+        if self._in_flight:
+            _, late = await asyncio.wait(set(self._in_flight), timeout=grace)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            # Only the answer itself can fail here (say the connection closed mid-reply).
+            log.warning("%s could not answer: %r", task.get_name(), exc)
 
     def _wrap(
         self, verb: str, handler: Handler, operator_only: bool
     ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
+            await self._slots.acquire()  # backpressure: the subscription waits when all are busy
+            try:
+                task = asyncio.create_task(answer(req), name=f"api-{verb}")
+            except BaseException:
+                self._slots.release()
+                raise
+            self._in_flight.add(task)
+            task.add_done_callback(self._finished)
+
+        async def answer(req: Request) -> None:
             who: Identity | None = None
             try:
                 who = await self._authenticate(req)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +17,7 @@ from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
 from tests.support.api import job
+from tests.support.ingest import wait_until
 from tests.support.noderecords import node_record, put_node, tracking
 
 
@@ -122,3 +124,34 @@ async def test_api_keys_and_queued_limit(
         assert code == "ok" and len(listed["nodes"]) == 1
     finally:
         await svc.stop()
+
+
+async def test_a_request_stuck_on_a_lock_does_not_hold_up_the_next(
+    nc: NATS, prefix: str, db: asyncpg.Pool, fleet: NodeTracker
+) -> None:
+    """Requests of one verb are answered concurrently: a submit that waits for its tenant's
+    rate bucket (locked here by another transaction) does not delay another tenant's submit."""
+    svc = await make_service(nc, prefix, db, keys=False, fleet=fleet)
+    try:
+        _, code = await call(nc, prefix, "job.submit", {"v": 1, "job": job("s-0", tenant="slow")})
+        assert code == "ok"  # the slow tenant's bucket row exists now
+        async with db.acquire() as locker, locker.transaction():
+            await locker.execute("SELECT 1 FROM tenant_buckets WHERE tenant = 'slow' FOR UPDATE")
+            stuck = asyncio.create_task(
+                call(nc, prefix, "job.submit", {"v": 1, "job": job("s-1", tenant="slow")})
+            )
+            await wait_until(lambda: _waiting_on_a_lock(db), "the slow submit to block")
+            _, code = await call(nc, prefix, "job.submit", {"v": 1, "job": job("f-1")})
+            assert code == "ok" and not stuck.done()
+        _, code = await stuck  # the lock is gone: it goes through
+        assert code == "ok"
+    finally:
+        await svc.stop()
+
+
+async def _waiting_on_a_lock(db: asyncpg.Pool) -> bool:
+    n = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return bool(n)
