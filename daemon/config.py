@@ -116,8 +116,9 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: the control plane's topology.ack_wait, which the pool consumers are created with.
     ack_wait: Positive = 120.0
     #: Idle fallback poll interval: an idle node holds no pull open; a submit to its pools wakes
-    #: it at once, and it looks at its job consumers at least this often anyway, to find
-    #: redelivered jobs (they send no submit) or when the wake subscription is refused.
+    #: one idle node of the pool at once, and each looks at its job consumers at least this
+    #: often anyway, to find redelivered jobs (they send no submit) or when the wake
+    #: subscription is refused.
     fetch_timeout: Positive = 5.0
     #: On drain or SIGTERM, running jobs get this long to finish before they are
     #: handed back.

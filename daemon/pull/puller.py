@@ -9,7 +9,8 @@ highest is fetched first, and at most one pull request per pool is in flight.
 
 Latency design: no pull is held open while idle (a long-poll on one tier would make a job of
 another tier wait it out). A core subscription on the pool's submit subjects
-(`<prefix>.submit.*.<pool>.>`, which every submitted job passes, whatever its tenant) wakes the
+(`<prefix>.submit.*.<pool>.>`, which every submitted job passes, whatever its tenant), shared
+in one queue group by the pool's nodes with a free slot (daemon.pull.wake), wakes one node's
 loop for a new sweep within milliseconds; the body is never read, the job itself still comes
 through the durable consumer. The submit can arrive before the stream has stored the job (often,
 measured), so the tier named in the woken subject is fetched even if its peek still shows it empty:
@@ -112,11 +113,14 @@ class PoolPuller:
         """Until `stopping` is set; broker errors back off and rebind, so reconnects are survived.
         Anything else is a bug, for the supervisor (PullerSet) to log and restart after."""
         delay = 0.5
-        await self.wake.start()
+        await self.wake.resume()
         try:
             while not self.stopping.is_set():
-                if not await self.slots.wait_free(self.pool, 1.0):
-                    continue
+                if self.slots.free(self.pool) == 0:
+                    await self.wake.pause()  # a hint to a full node would wake nobody useful
+                    if not await self.slots.wait_free(self.pool, 1.0):
+                        continue
+                await self.wake.resume()
                 try:
                     await self._bind()
                     again = await self._sweep()

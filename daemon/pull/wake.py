@@ -2,6 +2,13 @@
 
 The job itself always comes through the durable consumer; the hint only ends an idle wait, so
 an idle node starts a new job in milliseconds instead of at its next fallback poll.
+
+Every node of the pool subscribes in one queue group (QUEUE), so a submit wakes one node, not
+the whole pool (at a thousand nodes, a thousand consumer-info requests per job). A node with no
+free slot leaves the group (`pause`) and rejoins when one frees (`resume`), so a hint never goes
+to a node that could not take the job; with every node full the hint reaches nobody, and the
+first node to free a slot sweeps anyway. Nodes of releases before the group subscribe without
+it and still hear every submit.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from common.natsconn import sync_subscriptions
 from schemas.common import PRIORITIES
 
 log = logging.getLogger("flotilla.puller")
+#: The queue group of every node's wake subscription (per subject, so per pool and prefix).
+QUEUE = "wake"
 
 
 class Wake:
@@ -29,12 +38,33 @@ class Wake:
         self.event = asyncio.Event()
         self.hints: Counter[str] = Counter()
         self._sub: Subscription | None = None
+        self._refused = False
+        self._unsubscribed = False
 
     async def _on_submit(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")  # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>
         if len(tokens) == 6 and tokens[4] in PRIORITIES:
             self.hints[tokens[4]] += 1
         self.event.set()
+
+    @property
+    def paused(self) -> bool:
+        return self._sub is None
+
+    @property
+    def received(self) -> int:
+        """Hints the server has delivered to this subscription (since it last joined)."""
+        return 0 if self._sub is None else self._sub.delivered
+
+    async def pause(self) -> None:
+        """Leave the group: the node has no free slot, so a hint is better spent elsewhere."""
+        await self.stop()
+
+    async def resume(self) -> bool:
+        """Join the group again (a no-op while in it, or once the server refused it)."""
+        if self._sub is not None or self._refused:
+            return self._sub is not None
+        return await self.start()
 
     async def start(self) -> bool:
         """Subscribe; False (logged here, once) without a connection or when the server refuses.
@@ -46,10 +76,13 @@ class Wake:
             return False
         before = self.nc.last_error
         try:
-            self._sub = await self.nc.subscribe(self.subject, cb=self._on_submit)
+            self._sub = await self.nc.subscribe(self.subject, queue=QUEUE, cb=self._on_submit)
         except Exception as exc:  # a closed connection: the puller's own retries report it
-            log.warning("no wake on %s (%s): polling every fetch_timeout", self.subject, exc)
+            level = logging.DEBUG if self._unsubscribed else logging.WARNING
+            self._unsubscribed = True  # once: `resume` tries again at every sweep
+            log.log(level, "no wake on %s (%s): polling every fetch_timeout", self.subject, exc)
             return False
+        self._unsubscribed = False
         try:
             await sync_subscriptions(self.nc)
         except Exception as exc:  # reconnecting: the subscription is sent again on reconnect
@@ -59,6 +92,7 @@ class Wake:
         if err is not before and f'"{self.subject.lower()}"' in str(err).lower():
             log.warning("wake on %s refused (%s): polling every fetch_timeout", self.subject, err)
             await self.stop()  # else every reconnect would subscribe, and be refused, again
+            self._refused = True
             return False
         return True
 

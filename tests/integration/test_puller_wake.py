@@ -20,10 +20,12 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from common.natsconn import sync_subscriptions
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from daemon.pull.puller import PoolPuller
 from daemon.pull.slots import Slots
+from daemon.pull.wake import Wake
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
 from tests.support.daemons import config, has, until
@@ -157,9 +159,9 @@ async def test_never_more_in_flight_than_slots(
             await submit(js, prefix, PRIORITIES[i % 3], f"cap-{i}")
         for _ in range(2):
             held.append((await asyncio.wait_for(fetched.get(), WITHIN))[0])
-        # Full: a further submit wakes the puller (its hint arrives) but nothing is fetched.
+        # Full: the puller leaves the wake group, and a further submit fetches nothing.
+        await until(_paused(puller), WITHIN)
         await submit(js, prefix, "high", "cap-extra")
-        await until(_heard(puller, "high"), WITHIN)
         assert fetched.empty() and await ack_pending(js, prefix) == 2
         done, taken = 0, 2
         while held:
@@ -172,11 +174,53 @@ async def test_never_more_in_flight_than_slots(
     assert done == 7 and fetched.empty()
 
 
-def _heard(puller: PoolPuller, prio: str) -> Callable[[], Awaitable[bool]]:
+def _paused(puller: PoolPuller) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return puller.wake.hints[prio] > 0
+        return puller.wake.paused
 
     return check
+
+
+@contextlib.asynccontextmanager
+async def wakes(nats_url: str, prefix: str, n: int) -> AsyncIterator[list[Wake]]:
+    """`n` nodes' wake subscriptions on a pool no stream stores, each on its own connection."""
+    conns = [await nats.connect(nats_url, connect_timeout=5) for _ in range(n)]
+    subject = Subjects(prefix).pool_submits("wakepool")
+    out = [Wake(c, subject) for c in conns]
+    try:
+        for w in out:
+            assert await w.start()
+        yield out
+    finally:
+        for w in out:
+            await w.stop()
+        for c in conns:
+            await c.close()
+
+
+async def _hints(nc: NATS, prefix: str, count: int, ws: list[Wake]) -> list[int]:
+    """Publish `count` submits; what each wake was delivered (server-side, not callback time):
+    the producer's flush puts them in the subscribers' buffers, each one's own round trip
+    after that reads them."""
+    for i in range(count):
+        await nc.publish(f"{prefix}.submit.default.wakepool.normal.w-{i}", b"{}")
+    await nc.flush(timeout=5)
+    for w in ws:
+        assert w.nc is not None
+        await sync_subscriptions(w.nc)
+    return [w.received for w in ws]
+
+
+async def test_a_submit_wakes_one_node_not_the_pool(nc: NATS, nats_url: str, prefix: str) -> None:
+    async with wakes(nats_url, prefix, 3) as ws:
+        got = await _hints(nc, prefix, 30, ws)
+        assert sum(got) == 30, got  # each submit reached one node of the group
+        # A node with no free slot leaves the group: the others get every hint.
+        await ws[0].pause()
+        before = [w.received for w in ws[1:]]
+        got = await _hints(nc, prefix, 10, ws[1:])
+        assert ws[0].paused and sum(got) - sum(before) == 10
+        assert await ws[0].resume() and not ws[0].paused
 
 
 async def test_daemon_is_woken_by_a_submit(
