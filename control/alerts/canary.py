@@ -1,4 +1,9 @@
-"""Synthetic canaries: a `canary` job per pool with online nodes; late ones raise canary_failed."""
+"""Synthetic canaries: a `canary` job per pool with online nodes; late ones raise canary_failed.
+
+A canary takes a slot like any job, so in a pool busy with long jobs it waits its turn. That is
+the pool working, not failing: a canary that no node has taken yet while no online node of the
+pool had a free slot, at any tick since it was sent, is starved, not late, and waits on.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ CANARY_TENANT = "canary"
 class _Pending:
     job_id: str
     sent_at: float
+    #: Some online node of the pool had a free slot (or did not say) since it was sent.
+    had_room: bool = False
 
 
 @dataclass(slots=True)
@@ -53,6 +60,9 @@ class CanaryRunner:
 
     async def tick(self, now: float | None = None) -> None:
         now = time.time() if now is None else now
+        if self.fleet.synced:
+            for pool, p in self.pending.items():
+                p.had_room = p.had_room or self._has_room(pool, now)
         for pool, p in list(self.pending.items()):
             state = await self.db.fetchval(
                 "SELECT state FROM jobs WHERE tenant = $1 AND job_id = $2", CANARY_TENANT, p.job_id
@@ -61,6 +71,8 @@ class CanaryRunner:
                 self.latency[pool] = now - p.sent_at
                 self.failed.discard(pool)
                 del self.pending[pool]
+            elif state in (None, "submitted") and not p.had_room and now - p.sent_at > self.timeout:
+                log.info("canary %s waits for a free slot in pool %s", p.job_id, pool)
             elif state in ("failed", "cancelled") or now - p.sent_at > self.timeout:
                 log.warning("canary %s in pool %s did not complete (%s)", p.job_id, pool, state)
                 self.failed.add(pool)
@@ -85,6 +97,14 @@ class CanaryRunner:
                 msg_id = job_msg_id(job.tenant, job.job_id)
                 await self.js.publish(subject, encode(job), headers={"Nats-Msg-Id": msg_id})
                 self.pending[pool] = _Pending(job.job_id, now)
+
+    def _has_room(self, pool: str, now: float) -> bool:
+        for n in self.fleet.nodes(now):
+            if n.state == "online" and pool in n.capabilities.pools:
+                free = n.heartbeat.free_slots.get(pool)
+                if free is None or free > 0:  # a node that does not say counts as room
+                    return True
+        return False
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
