@@ -214,12 +214,23 @@ def outcome_line(info: api.JobInfo) -> str:
     return f"{info.job_id} {info.state}: {info.last_error or 'no reason given'}"
 
 
+def report(info: api.JobInfo, as_json: bool) -> int:
+    """The end of a watch: the JobInfo (--json), the outcome line on stdout for a completed
+    job, else one `flotilla: error:` line on stderr; the exit code by the job's state."""
+    if as_json:
+        print_json(info)
+    elif info.state == "completed":
+        print(outcome_line(info), flush=True)
+    else:
+        line = outcome_line(info)
+        if "outside the allowed roots" in (info.last_error or ""):
+            line += "; put the file under one of them, or submit with --upload"
+        print(f"flotilla: error: {line}", file=sys.stderr, flush=True)
+    return EXIT_BY_STATE.get(info.state, 1)
+
+
 async def watch(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
         display = None if args.json else Display.for_stdout(args.job_id)
         info = await follow(client, args.job_id, display, tenant=args.tenant)
-    if args.json:
-        print_json(info)
-    else:
-        print(outcome_line(info), flush=True)
-    return EXIT_BY_STATE.get(info.state, 1)
+    return report(info, args.json)
