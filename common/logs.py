@@ -93,6 +93,12 @@ def journal_stream(stream: TextIO, environ: dict[str, str] | None = None) -> boo
         return False
 
 
+def error_line(message: str) -> str:
+    """A command's one error line for stderr, with the journal's error priority under systemd."""
+    prefix = "<3>" if journal_stream(sys.stderr) else ""
+    return f"{prefix}flotilla: error: {message}"
+
+
 def parse_level(text: str, source: str) -> int:
     """A level name (any case) or raise ValueError naming `source` and the allowed names."""
     level = LEVELS.get(text.strip().lower())

@@ -18,7 +18,7 @@ from pathlib import Path
 import uvloop
 
 from common.configfile import ConfigError
-from common.logs import LEVELS, env_level, setup_logging
+from common.logs import LEVELS, env_level, error_line, setup_logging
 from common.sdnotify import Notifier
 from daemon.app import Daemon
 from daemon.config import load_daemon_config
@@ -73,7 +73,7 @@ async def serve_config(
         level = env_level(logging.INFO) if log_level is None else log_level
         cfg = load_daemon_config(path, required=path is not None)
     except (ConfigError, ValueError) as exc:
-        print(f"flotilla: error: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return EX_CONFIG
     setup_logging(cfg.log_json if log_json is None else log_json, level)
     daemon = Daemon(cfg, config_path=path, notifier=Notifier.from_environ())

@@ -9,6 +9,7 @@ import sys
 import msgspec
 
 from common.configfile import ConfigError
+from common.logs import error_line
 from control.cli.apiclient import Refusals, guarded, open_nats
 from control.cli.context import Target, resolve
 from control.cli.format import print_json
@@ -105,7 +106,7 @@ async def control(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         if args.action == "migrate":
             raise
-        print(f"flotilla: error: {exc}", file=sys.stderr)
+        print(error_line(str(exc)), file=sys.stderr)
         return EX_CONFIG
     if args.action == "migrate":
         from control.db.migrate import migrate

@@ -21,7 +21,7 @@ import msgspec
 import nats.errors
 
 from common.configfile import ConfigError
-from common.logs import LEVEL_ENV, LEVELS, env_level, parse_level, setup_logging
+from common.logs import LEVEL_ENV, LEVELS, env_level, error_line, parse_level, setup_logging
 from control.cli.flags import add_json_flag, add_nats_flags
 from control.errors import CliError
 from schemas.codec import DecodeError
@@ -40,8 +40,9 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         where = self.prog.removeprefix("flotilla").strip()
         see = f"flotilla {where} --help" if where else "flotilla --help"
-        self.exit(EXIT_USAGE, f"flotilla: error: {where + ': ' if where else ''}{message} "
-                  f"(see `{see}`)\n")  # fmt: skip
+        self.exit(
+            EXIT_USAGE, error_line(f"{where + ': ' if where else ''}{message} (see `{see}`)\n")
+        )
 
 
 def package_version() -> str:
@@ -213,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"flotilla: error: {message}", file=sys.stderr)
+    print(error_line(message), file=sys.stderr)
     return code
 
 

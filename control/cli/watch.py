@@ -16,6 +16,7 @@ from typing import TextIO
 import msgspec
 from nats.aio.msg import Msg
 
+from common.logs import error_line
 from control.cli.apiclient import ApiClient
 from control.cli.format import duration, print_json
 from control.errors import NotFound
@@ -225,7 +226,7 @@ def report(info: api.JobInfo, as_json: bool) -> int:
         line = outcome_line(info)
         if "outside the allowed roots" in (info.last_error or ""):
             line += "; put the file under one of them, or submit with --upload"
-        print(f"flotilla: error: {line}", file=sys.stderr, flush=True)
+        print(error_line(line), file=sys.stderr, flush=True)
     return EXIT_BY_STATE.get(info.state, 1)
 
 
