@@ -103,7 +103,7 @@ async def discard_uploads(nc: NATS, subjects: Subjects, spec: JobSpec) -> None:
     js = nc.jetstream(timeout=10)
     for bucket in (f"{subjects.objects_bucket}_{spec.tenant}", subjects.objects_bucket):
         bucket_uri = f"nats-obj://{bucket}/"
-        head = f"{bucket_uri}uploads/{spec.job_id}/"
+        head = f"{bucket_uri}uploads/{spec.tenant}/{spec.job_id}/"  # as upload_key names them
         for uri in uris:
             if uri.startswith(head):
                 with contextlib.suppress(Exception):  # a leftover costs space, not correctness

@@ -330,7 +330,8 @@ async def test_upload_runs_from_and_to_the_object_store(fleet: DevFleet, clip_sm
     info: api.JobInfo = Decoder(api.JobInfo).decode(status.out)
     assert info.state == "completed" and info.result is not None
     assert [o.uri for o in info.result.outputs] == [out]
-    assert (info.input, info.output) == (f"nats-obj://{bucket}/uploads/up-2/{clip_small.name}", out)
+    uploaded = f"nats-obj://{bucket}/uploads/default/up-2/{clip_small.name}"
+    assert (info.input, info.output) == (uploaded, out)
     nc = await nats.connect(fleet.nats_url)
     try:
         store = await nc.jetstream().object_store(bucket)
