@@ -215,6 +215,16 @@ def outcome_line(info: api.JobInfo) -> str:
     return f"{info.job_id} {info.state}: {info.last_error or 'no reason given'}"
 
 
+def _roots_hint(info: api.JobInfo) -> str:
+    """What to do about a path a node refused as outside its allowed roots."""
+    reason = info.last_error or ""
+    if "outside the allowed roots" not in reason:
+        return ""
+    if f"{info.input!r} resolves" in reason:
+        return "; put the input under one of them, or submit with --upload"
+    return "; write the output under one of them, or to nats-obj://"
+
+
 def report(info: api.JobInfo, as_json: bool) -> int:
     """The end of a watch: the JobInfo (--json), the outcome line on stdout for a completed
     job, else one `flotilla: error:` line on stderr; the exit code by the job's state."""
@@ -223,9 +233,7 @@ def report(info: api.JobInfo, as_json: bool) -> int:
     elif info.state == "completed":
         print(outcome_line(info), flush=True)
     else:
-        line = outcome_line(info)
-        if "outside the allowed roots" in (info.last_error or ""):
-            line += "; put the file under one of them, or submit with --upload"
+        line = outcome_line(info) + _roots_hint(info)
         print(error_line(line), file=sys.stderr, flush=True)
     return EXIT_BY_STATE.get(info.state, 1)
 

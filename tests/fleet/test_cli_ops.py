@@ -202,7 +202,8 @@ async def test_a_path_outside_the_roots_names_them(
     )  # fmt: skip
     line = one_error_line(res, 1)
     assert "roots-1 failed: " in line and f"'{outside.as_uri()}' resolves outside" in line, line
-    assert f"(allowed: {roots})" in line and "--upload" in line, line
+    assert f"(allowed: {roots})" in line and "input under one of them" in line, line
+    assert "or submit with --upload" in line, line
     assert res.out == "submitted roots-1 to pool cpu\n", res
 
 
