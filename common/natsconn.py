@@ -55,16 +55,28 @@ async def connect(
     on_reconnected: Callable[[], Awaitable[None]] | None = None,
     reconnect: bool = True,
     connect_timeout: float = 2.0,
+    on_error: Callable[[Exception], None] | None = None,
 ) -> Client:
-    """Services pass `reconnect=True` (forever); CLI calls pass False and fail fast."""
+    """Services pass `reconnect=True` (forever); CLI calls pass False and fail fast.
+
+    `on_error` takes the client's asynchronous errors (a refused login or publish, a lost
+    server) instead of the log, which then has them at debug level only: a command that
+    reports them itself, as one line, passes it.
+    """
+    # A command's own connection closing is no news; a service's is.
+    routine = logging.WARNING if reconnect else logging.DEBUG
 
     async def error_cb(exc: Exception) -> None:
+        if on_error is not None:
+            on_error(exc)
+            log.debug("nats error: %s", exc)
+            return
         # Refused publishes surface only here (and as PubAck timeouts): log them loudly.
         level = logging.ERROR if "permission" in str(exc).lower() else logging.WARNING
         log.log(level, "nats error: %s", exc)
 
     async def disconnected_cb() -> None:
-        log.warning("nats disconnected")
+        log.log(routine, "nats disconnected")
 
     async def reconnected_cb() -> None:
         log.info("nats reconnected")
@@ -72,7 +84,7 @@ async def connect(
             await on_reconnected()
 
     async def closed_cb() -> None:
-        log.warning("nats connection closed")
+        log.log(routine, "nats connection closed")
         if on_closed is not None:
             await on_closed()
 

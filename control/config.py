@@ -133,7 +133,7 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: API keys are required on every API request when true (set it in production); when false,
     #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False
-    #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
+    #: JSON log lines (on stderr); unset: JSON under systemd or when stderr is not a terminal.
     log_json: bool | None = None
 
     def __post_init__(self) -> None:

@@ -158,7 +158,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
     #: Address the Prometheus exporter binds.
     metrics_host: str = "127.0.0.1"
-    #: JSON log lines; unset: JSON under systemd or when stdout is not a terminal.
+    #: JSON log lines (on stderr); unset: JSON under systemd or when stderr is not a terminal.
     log_json: bool | None = None
     #: Input limits and remote media (http(s)://, nats-obj://) settings.
     media: MediaSettings = msgspec.field(default_factory=MediaSettings)

@@ -2,7 +2,8 @@
 
 Signals: the first SIGTERM (or SIGINT) drains, a second forces; SIGHUP reloads the config.
 Exit status: 0 after a clean stop, 1 when a supervised task crashed for good, 2 when NATS closed
-for good.
+for good, 78 (EX_CONFIG) for a config it cannot use, so systemd does not restart it in a loop.
+Logs go to stderr at `--log-level` (or FLOTILLA_LOG_LEVEL; default info).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import uvloop
 
 from common.configfile import ConfigError
-from common.logs import setup_logging
+from common.logs import LEVELS, env_level, error_line, setup_logging
 from common.sdnotify import Notifier
 from daemon.app import Daemon
 from daemon.config import load_daemon_config
@@ -57,28 +58,43 @@ async def serve_daemon(daemon: Daemon) -> int:
     return daemon.exit_code
 
 
-async def serve_config(config_path: Path | str | None) -> int:
-    """Load the config and run the daemon until it stops; the exit status as the result."""
+EX_CONFIG = 78  # systemd's RestartPreventExitStatus names it
+
+
+async def serve_config(
+    config_path: Path | str | None, *, log_level: int | None = None, log_json: bool | None = None
+) -> int:
+    """Load the config and run the daemon until it stops; the exit status as the result.
+
+    `log_level` None: FLOTILLA_LOG_LEVEL, else info. `log_json` None: the config's `log_json`.
+    """
     path = Path(config_path) if config_path is not None else None
     try:
+        level = env_level(logging.INFO) if log_level is None else log_level
         cfg = load_daemon_config(path, required=path is not None)
-    except ConfigError as exc:
-        print(f"flotilla daemon: {exc}", file=sys.stderr)
-        return 78  # EX_CONFIG: systemd's RestartPreventExitStatus can name it
-    setup_logging(cfg.log_json)
+    except (ConfigError, ValueError) as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return EX_CONFIG
+    setup_logging(cfg.log_json if log_json is None else log_json, level)
     daemon = Daemon(cfg, config_path=path, notifier=Notifier.from_environ())
     return await serve_daemon(daemon)
 
 
-def run_daemon(config_path: Path | None) -> int:
-    return uvloop.run(serve_config(config_path))
+def run_daemon(config_path: Path | None, log_level: int | None = None) -> int:
+    return uvloop.run(serve_config(config_path, log_level=log_level))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="flotilla-daemon", description=__doc__)
     parser.add_argument("--config", type=Path, default=None, help="daemon.toml path")
+    parser.add_argument(
+        "--log-level",
+        choices=list(LEVELS),
+        type=str.lower,
+        help="default: FLOTILLA_LOG_LEVEL, else info",
+    )
     args = parser.parse_args(argv)
-    return run_daemon(args.config)
+    return run_daemon(args.config, None if args.log_level is None else LEVELS[args.log_level])
 
 
 if __name__ == "__main__":

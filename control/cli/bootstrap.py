@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 
 from control.api.keys import active_operator_keys, insert_key
-from control.cli.context import read_context
+from control.cli.apiclient import open_nats
+from control.cli.context import Target, load_context, resolve
 from control.cli.format import print_created
 from control.errors import BadInput, CliError, Unreachable
 from schemas import api
@@ -36,6 +37,10 @@ def add_bootstrap(ksub: Any) -> None:
         "database_url, else the dev fleet's)",
     )  # fmt: skip
     b.add_argument("--config", type=Path, help="control.toml whose database_url to use")
+    b.add_argument(
+        "--context", default=os.environ.get("FLOTILLA_CONTEXT") or None, metavar="NAME|FILE",
+        help="the dev fleet context whose database to use (default: the current one)",
+    )  # fmt: skip
     b.add_argument("--tenant", default="operators", help="tenant of the key (made if missing)")
     b.add_argument("--name", default="bootstrap", help="what the key is for")
     b.add_argument("--force", action="store_true", help="even if an operator key exists")
@@ -43,16 +48,20 @@ def add_bootstrap(ksub: Any) -> None:
     b.set_defaults(handler=bootstrap)
 
 
-def database_url(args: argparse.Namespace) -> str:
+async def database_url(args: argparse.Namespace) -> str:
     if args.db_url:
         return str(args.db_url)
     if args.config is not None:
         from control.config import load_control_config
 
         return load_control_config(args.config, required=True).database_url
-    url = read_context().get("database_url")
-    if not url:
+    ctx = load_context(getattr(args, "context", None))
+    url = None if ctx is None else ctx.get("database_url")
+    if ctx is None or not url:
         raise BadInput("no database: give --db-url or --config (or run `flotilla dev`)")
+    # The context's database is trusted only while its fleet answers as itself.
+    target = resolve(args)
+    await (await open_nats(Target(target.settings, ctx))).close()
     return url
 
 
@@ -81,7 +90,7 @@ async def bootstrap(args: argparse.Namespace) -> int:
 
     if _TENANT.fullmatch(args.tenant) is None:
         raise BadInput(f"--tenant {args.tenant!r}: letters, digits, '-' and '_' only")
-    url = database_url(args)
+    url = await database_url(args)
     try:
         conn = await asyncpg.connect(url, timeout=10)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:

@@ -8,8 +8,11 @@ import sys
 
 import msgspec
 
-from common.natsconn import connect
-from control.cli.context import nats_settings
+from common.configfile import ConfigError
+from common.logs import error_line
+from control.cli.apiclient import Refusals, guarded, open_nats
+from control.cli.context import Target, resolve
+from control.cli.format import print_json
 from control.config import load_control_config
 from control.topology import TopologySettings, ensure_topology
 from schemas.subjects import Subjects
@@ -18,22 +21,30 @@ from schemas.subjects import Subjects
 async def schema_export(args: argparse.Namespace) -> int:
     from schemas.export import export
 
-    for path in export(args.dir):
-        print(path)
+    written = [str(path) for path in export(args.dir)]
+    if args.json:
+        print_json({"written": written})
+    else:
+        for path in written:
+            print(path)
     return 0
 
 
 async def nats_init(args: argparse.Namespace) -> int:
-    settings = nats_settings(args)
+    target = resolve(args)
     topology = TopologySettings()
     if args.config is not None:
         cfg = load_control_config(args.config, required=True)
         topology = cfg.topology
-        settings = cfg.nats if not args.nats_url else settings
-    nc = await connect(settings, name="flotilla-cli", reconnect=False)
+        target = Target(cfg.nats) if not args.nats_url else target
+    settings = target.settings
+    refusals = Refusals(settings)
+    nc = await open_nats(target, refusals)
     try:
         subjects = Subjects(settings.prefix, settings.partitions)
-        report = await ensure_topology(nc.jetstream(timeout=5), subjects, topology)
+        report = await guarded(
+            refusals, ensure_topology(nc.jetstream(timeout=5), subjects, topology)
+        )
     finally:
         await nc.close()
     if args.json:
@@ -79,25 +90,48 @@ async def probe(args: argparse.Namespace) -> int:
 async def daemon(args: argparse.Namespace) -> int:
     from daemon.main import serve_config
 
-    return await serve_config(args.config)
+    # --log-json given: it wins over the config's log_json; not given: the config decides.
+    return await serve_config(
+        args.config, log_level=args.log_level_no, log_json=True if args.log_json else None
+    )
+
+
+#: A config the service cannot use: systemd's RestartPreventExitStatus=78 stops the loop.
+EX_CONFIG = 78
 
 
 async def control(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_control_config(args.config)
+    except ConfigError as exc:
+        if args.action == "migrate":
+            raise
+        print(error_line(str(exc)), file=sys.stderr)
+        return EX_CONFIG
     if args.action == "migrate":
         from control.db.migrate import migrate
 
-        cfg = load_control_config(args.config)
         applied = await migrate(cfg.database_url)
-        print(f"applied migrations: {applied or 'none (up to date)'}")
+        if args.json:
+            print_json({"applied": applied})
+        else:
+            print(f"applied migrations: {applied or 'none (up to date)'}")
         return 0
+    from common.logs import setup_logging
     from control.service import serve
 
+    # The config's log_json applies unless --log-json was given.
+    setup_logging(True if args.log_json else cfg.log_json, args.log_level_no)
     return await serve(args.config)
 
 
 async def dev(args: argparse.Namespace) -> int:
+    from control.cli.context import check_name
     from control.devstack.fleet import run_dev
 
     if args.nodes < 1 or args.nodes > 16:
         raise ValueError("--nodes must be between 1 and 16")
-    return await run_dev(args.data, args.nodes, args.root or [args.data.resolve() / "media"])
+    check_name(args.context)
+    return await run_dev(
+        args.data, args.nodes, args.root or [args.data.resolve() / "media"], args.context
+    )

@@ -8,7 +8,7 @@ import time
 
 from control.cli.apiclient import ApiClient
 from control.cli.format import ago, duration, print_json, table
-from control.errors import BadInput
+from control.errors import BadInput, CliError
 from schemas import api
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
@@ -141,11 +141,42 @@ async def cancel(args: argparse.Namespace) -> int:
             raise BadInput(f"job {args.job_id} already {info.state}")
         req = api.CancelRequest(job_id=args.job_id, tenant=args.tenant, reason=args.reason)
         reply = await client.call("job.cancel", req, api.AckReply)
+    outcome, line = cancel_outcome(info, reply)
     if args.json:
-        print_json(reply)
+        print_json(
+            {"job_id": info.job_id, "tenant": info.tenant, "ok": reply.ok, "outcome": outcome,
+             "node_id": info.node_id if outcome == "sent" else None, "message": reply.message}
+        )  # fmt: skip
+        return 0 if reply.ok else 1
+    if reply.ok:
+        print(f"{info.job_id}: {line}", flush=True)
     else:
-        print(f"{args.job_id}: {reply.message or ('cancelled' if reply.ok else 'not cancelled')}")
-    return 0 if reply.ok else 1
+        raise CliError(f"{info.job_id}: {line}")
+    return 0
+
+
+#: The control plane's answer when the job was still in the stream (control/api/service.py).
+QUEUED_MESSAGE = "cancelled while queued"
+
+
+def cancel_outcome(info: api.JobInfo, reply: api.AckReply) -> tuple[str, str]:
+    """(`queued` | `sent` | `not_found`, what happened in words) for a cancel's answer.
+
+    The API answers `cancelled while queued` when it removed the job from the stream; else it
+    relays the running node's answer, or says it found the job neither queued nor running and
+    broadcast the cancel to every node."""
+    message = reply.message or ""
+    if reply.ok and message == QUEUED_MESSAGE:
+        return "queued", QUEUED_MESSAGE
+    if reply.ok:
+        node = info.node_id or "the node running it"
+        return "sent", f"cancel sent to {node}; it stops ffmpeg and reports the job cancelled"
+    if message.startswith("not queued"):
+        return "not_found", (
+            f"neither queued nor running on a node the control plane sees ({info.state}); "
+            "the cancel was broadcast to every node"
+        )
+    return "refused", f"cancel refused: {message or 'no reason given'}"
 
 
 async def retry(args: argparse.Namespace) -> int:

@@ -105,8 +105,4 @@ async def submit(args: argparse.Namespace) -> int:
         info = await cli_watch.follow(
             client, reply.job_id, display, grace_s=10.0, tenant=spec.tenant
         )
-    if args.json:
-        print_json(info)
-    else:
-        print(cli_watch.outcome_line(info), flush=True)
-    return cli_watch.EXIT_BY_STATE.get(info.state, 1)
+    return cli_watch.report(info, args.json)

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from control.cli.apiclient import ApiClient
-from control.cli.flags import add_client_flags
+from control.cli.flags import add_client_flags, add_json_flag
 from control.cli.format import ago, print_json, table
 from control.cli.nodewait import DrainWatch, drained, node_status
 from control.errors import CliError, NotFound
@@ -24,12 +24,13 @@ def register(sub: Any) -> None:
     """Add the node commands to the `flotilla` parser (`sub` is its subparsers action)."""
     p = sub.add_parser("nodes", help="the fleet's nodes: state, pools, GPUs, encoders, slots")
     add_client_flags(p, json_flag=False)
-    p.add_argument("--json", action="store_true", help='one JSON document: {"nodes": [...]}')
+    add_json_flag(p, 'one JSON document: {"nodes": [...]}')
     p.set_defaults(handler=list_nodes)
 
     p = sub.add_parser("drain", help="stop a node pulling; running jobs finish or are handed back")
     p.add_argument("node_id", metavar="NODE")
     add_client_flags(p, json_flag=False)
+    add_json_flag(p, 'one JSON document at the end: {"node_id", "ok", "message", "outcome"}')
     p.add_argument(
         "--deadline",
         type=float,
@@ -47,6 +48,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("resume", help="let a drained node pull jobs again")
     p.add_argument("node_id", metavar="NODE")
     add_client_flags(p, json_flag=False)
+    add_json_flag(p, 'one JSON document: {"node_id", "ok", "message"}')
     p.set_defaults(handler=resume)
 
 
@@ -140,33 +142,49 @@ async def _known(c: ApiClient, node_id: str) -> api.NodeInfo:
     return node
 
 
-async def _command(args: argparse.Namespace, verb: str, request: api.NodeRef) -> None:
+async def _command(args: argparse.Namespace, verb: str, request: api.NodeRef) -> api.AckReply:
     """Check the node exists (exit 4 if not), then send the command; ok=false is exit 1."""
     async with ApiClient.from_args(args) as c:
         await _known(c, request.node_id)
         ack = await c.call(f"node.{verb}", request, api.AckReply)
     if not ack.ok:
         raise CliError(f"{request.node_id} refused {verb}: {ack.message or 'no reason given'}")
-    print(f"{request.node_id}: {ack.message or verb}", flush=True)
+    if not args.json:
+        print(f"{request.node_id}: {ack.message or verb}", flush=True)
+    return ack
+
+
+def _result(node_id: str, ack: api.AckReply, **more: object) -> dict[str, object]:
+    return {"node_id": node_id, "ok": ack.ok, "message": ack.message, **more}
 
 
 async def resume(args: argparse.Namespace) -> int:
-    await _command(args, "resume", api.NodeRef(node_id=args.node_id))
+    ack = await _command(args, "resume", api.NodeRef(node_id=args.node_id))
+    if args.json:
+        print_json(_result(args.node_id, ack))
     return 0
 
 
 async def drain(args: argparse.Namespace) -> int:
     if args.deadline is not None and args.deadline < 0:
         raise ValueError("--deadline must be 0 or more seconds")
-    await _command(args, "drain", api.NodeRef(node_id=args.node_id, deadline_s=args.deadline))
+    if args.timeout < 0:
+        raise ValueError("--timeout must be 0 or more seconds")
+    ack = await _command(args, "drain", api.NodeRef(node_id=args.node_id, deadline_s=args.deadline))
     if not args.wait:
+        if args.json:
+            print_json(_result(args.node_id, ack, outcome="draining"))
         return 0
-    return await _wait_drained(args)
+    outcome = await _wait_drained(args)
+    if args.json:
+        print_json(_result(args.node_id, ack, outcome=outcome))
+    return 0
 
 
-async def _wait_drained(args: argparse.Namespace) -> int:
-    """Poll node.list until the node's heartbeat says draining, nothing running or fetching."""
-    watch = DrainWatch(args.node_id, sys.stdout, sys.stdout.isatty())
+async def _wait_drained(args: argparse.Namespace) -> str:
+    """Poll node.list until the node's heartbeat says draining, nothing running or fetching.
+    Returns `drained` or `stopped`; with --json the wait shows nothing on stdout."""
+    watch = DrainWatch(args.node_id, sys.stdout, sys.stdout.isatty(), quiet=args.json)
     deadline = time.monotonic() + args.timeout
     async with ApiClient.from_args(args) as c:
         while True:
@@ -182,7 +200,7 @@ async def _wait_drained(args: argparse.Namespace) -> int:
                 left = node is None or _stopped(node)
                 why = "left the fleet (stopped)" if left else "drained, no job running"
                 watch.done(f"{args.node_id}: {why}")
-                return 0
+                return "stopped" if left else "drained"
             watch.show(node_status(node))
             if time.monotonic() >= deadline:
                 watch.done("")

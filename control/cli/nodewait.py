@@ -35,12 +35,12 @@ def node_status(node: api.NodeInfo) -> str:
 class DrainWatch:
     """On a TTY one line rewritten in place; elsewhere a plain line each time the status changes."""
 
-    def __init__(self, node_id: str, out: TextIO, tty: bool) -> None:
-        self.node_id, self.out, self.tty = node_id, out, tty
+    def __init__(self, node_id: str, out: TextIO, tty: bool, *, quiet: bool = False) -> None:
+        self.node_id, self.out, self.tty, self.quiet = node_id, out, tty, quiet
         self._last = ""
 
     def show(self, status: str) -> None:
-        if status == self._last:
+        if status == self._last or self.quiet:
             return
         self._last = status
         line = f"{self.node_id}: {status}"
@@ -52,6 +52,8 @@ class DrainWatch:
 
     def done(self, line: str) -> None:
         """The final line (empty: only end the in-place line)."""
+        if self.quiet:
+            return
         if self.tty and self._last:
             self.out.write("\r\x1b[2K")
         if line:

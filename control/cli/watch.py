@@ -16,6 +16,7 @@ from typing import TextIO
 import msgspec
 from nats.aio.msg import Msg
 
+from common.logs import error_line
 from control.cli.apiclient import ApiClient
 from control.cli.format import duration, print_json
 from control.errors import NotFound
@@ -214,12 +215,31 @@ def outcome_line(info: api.JobInfo) -> str:
     return f"{info.job_id} {info.state}: {info.last_error or 'no reason given'}"
 
 
+def _roots_hint(info: api.JobInfo) -> str:
+    """What to do about a path a node refused as outside its allowed roots."""
+    reason = info.last_error or ""
+    if "outside the allowed roots" not in reason:
+        return ""
+    if f"{info.input!r} resolves" in reason:
+        return "; put the input under one of them, or submit with --upload"
+    return "; write the output under one of them, or to nats-obj://"
+
+
+def report(info: api.JobInfo, as_json: bool) -> int:
+    """The end of a watch: the JobInfo (--json), the outcome line on stdout for a completed
+    job, else one `flotilla: error:` line on stderr; the exit code by the job's state."""
+    if as_json:
+        print_json(info)
+    elif info.state == "completed":
+        print(outcome_line(info), flush=True)
+    else:
+        line = outcome_line(info) + _roots_hint(info)
+        print(error_line(line), file=sys.stderr, flush=True)
+    return EXIT_BY_STATE.get(info.state, 1)
+
+
 async def watch(args: argparse.Namespace) -> int:
     async with ApiClient.from_args(args) as client:
         display = None if args.json else Display.for_stdout(args.job_id)
         info = await follow(client, args.job_id, display, tenant=args.tenant)
-    if args.json:
-        print_json(info)
-    else:
-        print(outcome_line(info), flush=True)
-    return EXIT_BY_STATE.get(info.state, 1)
+    return report(info, args.json)

@@ -209,7 +209,10 @@ async def demo() -> int:
     tools = find_tools()
     print(f"generating a 3 s 1080p sample with {tools.ffmpeg} …", flush=True)
     await make_source(tools.ffmpeg, media / "source-1080p.mp4")
-    fleet = DevFleet(OUT / "fleet", nodes=2, roots=[media])
+    # Its own context, not the current one: a `flotilla dev` fleet stays the default.
+    fleet = DevFleet(
+        OUT / "fleet", nodes=2, roots=[media], context_name="demo", context_current=False
+    )
     print(
         "starting the dev fleet (nats-server, PostgreSQL, control plane, 2 daemons) …", flush=True
     )

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from common.natsconn import NatsSettings, connect
-from control.cli.context import write_context
+from control.cli.context import save_fleet_context
 from control.devstack.stack import EmbeddedStack, free_ports
 from control.topology import TopologySettings, ensure_topology
 from daemon.config import DaemonConfig, MediaSettings
@@ -87,10 +87,15 @@ class DevFleet:
     #: Source tree of another release to run a daemon from (a mixed-version fleet); a node not
     #: named runs this one. Read at each (re)start, so an upgrade is: drop it, restart.
     node_release: dict[str, Path] = field(default_factory=dict)
+    #: The CLI context written for this fleet (FLOTILLA_CONTEXT overrides); None writes none.
+    context_name: str | None = "dev"
+    #: Make that context the current one, which commands use when told no other.
+    context_current: bool = True
     stack: EmbeddedStack = field(init=False)
     procs: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
     argv: dict[str, list[str]] = field(default_factory=dict)
+    context_path: Path | None = None
 
     def __post_init__(self) -> None:
         self.data_dir = self.data_dir.resolve()
@@ -112,20 +117,25 @@ class DevFleet:
         await self.stack.start()
         with contextlib.suppress(Exception):  # already there on a second run of the same data
             await self.stack.postgres.create_database(DB_NAME)
-        nc = await connect(NatsSettings(url=self.nats_url), name="flotilla-dev", reconnect=False)
+        settings = NatsSettings(url=self.nats_url, prefix=self.prefix)
+        nc = await connect(settings, name="flotilla-dev", reconnect=False)
         try:
             topology = TopologySettings(ack_wait=self.ack_wait, replicas=self.replicas)
             await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
+            ports = free_ports(self.nodes + 1)
+            await self._spawn("control", ["control", "run"], self._control_toml(ports[0]))
+            for i in range(1, self.nodes + 1):
+                node = f"dev-{i}"
+                await self._spawn(node, ["daemon"], self._daemon_toml(node, ports[i]))
+            if self.context_name is not None:
+                # The context names this fleet by its jobs stream, so a CLI never takes
+                # another fleet that later listens on the same port for this one.
+                extra = {"database_url": self.database_url, "data_dir": str(self.data_dir)}
+                self.context_path = await save_fleet_context(
+                    nc, settings, extra, self.context_name, make_current=self.context_current
+                )
         finally:
             await nc.close()
-        ports = free_ports(self.nodes + 1)
-        await self._spawn("control", ["control", "run"], self._control_toml(ports[0]))
-        for i in range(1, self.nodes + 1):
-            node = f"dev-{i}"
-            await self._spawn(node, ["daemon"], self._daemon_toml(node, ports[i]))
-        write_context(
-            {"nats_url": self.nats_url, "prefix": self.prefix, "database_url": self.database_url}
-        )
 
     def _control_toml(self, port: int) -> str:
         self.metrics_ports["control"] = port
@@ -212,8 +222,8 @@ class DevFleet:
         ]
 
 
-async def run_dev(data_dir: Path, nodes: int, roots: list[Path]) -> int:
-    fleet = DevFleet(data_dir, nodes, roots)
+async def run_dev(data_dir: Path, nodes: int, roots: list[Path], context: str = "dev") -> int:
+    fleet = DevFleet(data_dir, nodes, roots, context_name=context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -224,6 +234,8 @@ async def run_dev(data_dir: Path, nodes: int, roots: list[Path]) -> int:
         print(f"Postgres  {fleet.database_url}")
         for name, port in fleet.metrics_ports.items():
             print(f"metrics   {name}: http://127.0.0.1:{port}/metrics")
+        if fleet.context_path is not None:
+            print(f"context   {fleet.context_path}   (other commands use it by default)")
         print(f"logs      {fleet.data_dir}/*.log   (Ctrl-C stops the fleet)", flush=True)
         while not stop.is_set():
             if fleet.failed():

@@ -101,4 +101,12 @@ def _confine(path: PurePosixPath, roots: Sequence[Path], uri: str) -> Path:
             break
         if resolved.is_relative_to(real_root):
             return resolved
-    raise PathRefused(f"{uri[:200]!r} resolves outside the allowed roots")
+    raise PathRefused(f"{uri[:200]!r} resolves outside the allowed roots ({_named(roots)})")
+
+
+def _named(roots: Sequence[Path], limit: int = 240) -> str:
+    """The roots a path may lie under, for the refusal: the producer learns where to put it."""
+    if not roots:
+        return "none are configured"
+    shown = ", ".join(str(r) for r in roots)
+    return "allowed: " + (shown if len(shown) <= limit else shown[:limit] + " …")

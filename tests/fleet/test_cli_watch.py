@@ -113,9 +113,11 @@ async def test_failed_job_exits_1_with_its_reason(fleet: DevFleet, work: Path) -
     (work / "fail.json").write_text(json.dumps(doc))
     res = await run_cli("submit", str(work / "fail.json"), "--wait")
     assert res.rc == 1, res
-    assert "fail-1 failed: " in res.out
+    # The outcome of a job that did not complete is the command's error: one line on stderr.
+    assert res.err.startswith("flotilla: error: fail-1 failed: "), res
+    assert len(res.err.splitlines()) == 1 and res.out == "submitted fail-1 to pool cpu\n", res
     res = await run_cli("watch", "fail-1")
-    assert res.rc == 1 and "fail-1 failed: " in res.out
+    assert res.rc == 1 and res.err.startswith("flotilla: error: fail-1 failed: "), res
     # A finally failed job becomes a dead letter (asynchronously); `jobs retry` re-runs it.
     for _ in range(100):
         status = json.loads((await run_cli("status", "fail-1", "--json")).out)
@@ -126,6 +128,6 @@ async def test_failed_job_exits_1_with_its_reason(fleet: DevFleet, work: Path) -
     res = await run_cli("jobs", "retry", "fail-1")
     assert res.rc == 0 and "fail-1 is back on the stream" in res.out, res
     res = await run_cli("watch", "fail-1")
-    assert res.rc == 1 and "fail-1 failed: " in res.out, res
+    assert res.rc == 1 and "fail-1 failed: " in res.err, res
     events = json.loads((await run_cli("events", "fail-1", "--json")).out)["events"]
     assert [e["kind"] for e in events].count("failed") >= 2

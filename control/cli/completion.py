@@ -1,0 +1,226 @@
+"""`flotilla completion bash|zsh`: a shell completion script, generated from the parser itself.
+
+The script knows every command path (`submit transcode`, `keys rotate`), its options, which
+options take a value and the choices of those that have some; anything else completes file
+names. Install it once:
+
+    flotilla completion bash > ~/.local/share/bash-completion/completions/flotilla
+    flotilla completion zsh > "${fpath[1]}/_flotilla"
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+SHELLS = ("bash", "zsh")
+
+
+@dataclass
+class Level:
+    """What completes after one command path."""
+
+    subs: dict[str, str] = field(default_factory=dict)  # name -> help
+    options: dict[str, str] = field(default_factory=dict)  # flag -> help
+    valued: dict[str, list[str]] = field(default_factory=dict)  # flag -> choices ([] = any)
+    words: list[str] = field(default_factory=list)  # positional choices
+    files: bool = False  # a positional that is no choice: offer file names
+
+
+def _help(action: argparse.Action) -> str:
+    text = action.help if isinstance(action.help, str) and action.help != argparse.SUPPRESS else ""
+    return " ".join(text.split())[:80]
+
+
+def levels(parser: argparse.ArgumentParser, path: str = "") -> dict[str, Level]:
+    """Every command path of `parser` ("" is the top) and what completes after it."""
+    here = Level()
+    found = {path: here}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: _help(a) for a in action._choices_actions}
+            for name, child in action.choices.items():
+                here.subs[name] = helps.get(name, "")
+                found.update(levels(child, f"{path} {name}".strip()))
+        elif action.option_strings:
+            for flag in action.option_strings:
+                if flag.startswith("--"):
+                    here.options[flag] = _help(action)
+                    if action.nargs != 0:
+                        here.valued[flag] = [str(c) for c in action.choices or ()]
+        elif action.choices:
+            here.words.extend(str(c) for c in action.choices)
+        else:
+            here.files = True
+    return found
+
+
+def _merged(parser: argparse.ArgumentParser) -> dict[str, Level]:
+    found = levels(parser)
+    # `submit FILE` is the hidden `submit file FILE` (see jobflags.submit_argv): offer its
+    # file names and flags right after `submit` too.
+    submit, as_file = found.get("submit"), found.get("submit file")
+    if submit is not None and as_file is not None:
+        submit.options |= as_file.options
+        submit.valued |= as_file.valued
+        submit.files = True
+        submit.subs.pop("file", None)
+    return found
+
+
+def _case(name: str, rows: dict[str, str], args: str = '"$1"') -> str:
+    lines = [f"{name}() {{", f"    case {args} in"]
+    for key, value in rows.items():
+        if value:
+            lines.append(f"        {_sq(key)}) printf '%s\\n' {value} ;;")
+    lines += ["    esac", "}"]
+    return "\n".join(lines)
+
+
+def _sq(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _words(items: list[str]) -> str:
+    return " ".join(_sq(i) for i in items)
+
+
+def _tables(found: dict[str, Level], described: bool) -> str:
+    """Shell functions answering, per command path: subcommands, options, valued options,
+    the choices of one option, plain words, and whether file names complete."""
+
+    def desc(name: str, text: str) -> str:
+        return f"{name}:{text.replace(':', chr(92) + ':')}" if described else name
+
+    subs = {p: _words([desc(n, h) for n, h in lv.subs.items()]) for p, lv in found.items()}
+    opts = {p: _words([desc(n, h) for n, h in lv.options.items()]) for p, lv in found.items()}
+    valued = {p: _words(list(lv.valued)) for p, lv in found.items()}
+    words = {p: _words(lv.words) for p, lv in found.items()}
+    files = {p: "yes" for p, lv in found.items() if lv.files}
+    choices = {
+        f"{p}|{flag}": _words(ch) for p, lv in found.items() for flag, ch in lv.valued.items()
+    }
+    return "\n".join(
+        [
+            _case("_flotilla_subs", subs),
+            _case("_flotilla_opts", opts),
+            _case("_flotilla_valued", valued),
+            _case("_flotilla_words", words),
+            _case("_flotilla_files", files),
+            _case("_flotilla_choices", choices, '"$1|$2"'),
+        ]
+    )
+
+
+_WALK = """\
+    local cmdpath="" w skip=0 i
+    for ((i = FIRST; i < LAST; i++)); do
+        w="${WORDS[i]}"
+        if ((skip)); then skip=0; continue; fi
+        case "$w" in
+            --*=*) continue ;;
+            -*) _flotilla_valued "$cmdpath" | grep -qxF -- "$w" && skip=1; continue ;;
+        esac
+        if _flotilla_subs "$cmdpath" | cut -d: -f1 | grep -qxF -- "$w"; then
+            cmdpath="${cmdpath:+$cmdpath }$w"
+        fi
+    done"""
+
+BASH = """\
+# bash completion for flotilla; generated by `flotilla completion bash`.
+# Install: flotilla completion bash > ~/.local/share/bash-completion/completions/flotilla
+TABLES
+
+_flotilla() {
+    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}"
+WALK
+    COMPREPLY=()
+    if ((COMP_CWORD > 1)) && [[ "$prev" == --* ]] \\
+        && _flotilla_valued "$cmdpath" | grep -qxF -- "$prev"; then
+        local choices
+        choices="$(_flotilla_choices "$cmdpath" "$prev")"
+        if [[ -n "$choices" ]]; then
+            mapfile -t COMPREPLY < <(compgen -W "$choices" -- "$cur")
+        else
+            mapfile -t COMPREPLY < <(compgen -f -- "$cur")
+        fi
+        return 0
+    fi
+    if [[ "$cur" == -* ]]; then
+        mapfile -t COMPREPLY < <(compgen -W "$(_flotilla_opts "$cmdpath")" -- "$cur")
+        return 0
+    fi
+    mapfile -t COMPREPLY < <(compgen -W \\
+        "$(_flotilla_subs "$cmdpath") $(_flotilla_words "$cmdpath")" -- "$cur")
+    if [[ -n "$(_flotilla_files "$cmdpath")" ]]; then
+        local more
+        mapfile -t more < <(compgen -f -- "$cur")
+        COMPREPLY+=("${more[@]}")
+    fi
+    return 0
+}
+complete -o filenames -F _flotilla flotilla
+"""
+
+ZSH = """\
+#compdef flotilla
+# zsh completion for flotilla; generated by `flotilla completion zsh`.
+# Install: flotilla completion zsh > "${fpath[1]}/_flotilla" (then start a new shell)
+TABLES
+
+_flotilla() {
+    local cur="${words[CURRENT]}" prev="${words[CURRENT-1]}"
+WALK
+    local -a items
+    if ((CURRENT > 2)) && [[ "$prev" == --* ]] \\
+        && _flotilla_valued "$cmdpath" | grep -qxF -- "$prev"; then
+        items=("${(@f)$(_flotilla_choices "$cmdpath" "$prev")}")
+        if [[ -n "${items[1]}" ]]; then
+            compadd -a items
+        else
+            _files
+        fi
+        return
+    fi
+    if [[ "$cur" == -* ]]; then
+        items=("${(@f)$(_flotilla_opts "$cmdpath")}")
+        [[ -n "${items[1]}" ]] && _describe -t options option items
+        return
+    fi
+    items=("${(@f)$(_flotilla_subs "$cmdpath")}")
+    [[ -n "${items[1]}" ]] && _describe -t commands command items
+    items=("${(@f)$(_flotilla_words "$cmdpath")}")
+    [[ -n "${items[1]}" ]] && compadd -a items
+    [[ -n "$(_flotilla_files "$cmdpath")" ]] && _files
+}
+
+if [[ "$funcstack[1]" == "_flotilla" ]]; then
+    _flotilla "$@"
+else
+    compdef _flotilla flotilla
+fi
+"""
+
+
+def script(shell: str, parser: argparse.ArgumentParser) -> str:
+    found = _merged(parser)
+    if shell == "bash":
+        walk = _WALK.replace("FIRST", "1").replace("LAST", "COMP_CWORD")
+        walk = walk.replace("WORDS", "COMP_WORDS")
+        return BASH.replace("TABLES", _tables(found, False)).replace("WALK", walk)
+    walk = _WALK.replace("FIRST", "2").replace("LAST", "CURRENT").replace("WORDS", "words")
+    return ZSH.replace("TABLES", _tables(found, True)).replace("WALK", walk)
+
+
+def register(sub: Any, build: Callable[[], argparse.ArgumentParser]) -> None:
+    """Add `completion`; `build` makes the whole parser the script describes."""
+    p = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    p.add_argument("shell", choices=SHELLS, help="the shell to complete in")
+    p.set_defaults(handler=completion, build_parser=build)
+
+
+async def completion(args: argparse.Namespace) -> int:
+    print(script(args.shell, args.build_parser()), end="")
+    return 0

@@ -1,0 +1,62 @@
+"""`flotilla completion bash|zsh`: the scripts come from the parser, and bash really completes
+with the bash one (run in a real bash)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from control.cli.completion import levels, script
+from control.cli.main import build_parser
+
+
+def test_every_command_path_is_known() -> None:
+    found = levels(build_parser())
+    for path in ("", "submit", "submit transcode", "jobs retry", "keys rotate", "completion"):
+        assert path in found, path
+    assert {"drain", "resume", "nodes", "completion", "submit"} <= set(found[""].subs)
+    assert found["submit transcode"].valued["--codec"] == ["h264", "hevc", "av1", "vp9"]
+    assert "--json" in found["drain"].options and "--user" in found["drain"].options
+
+
+def _bash_complete(script_path: Path, *words: str) -> list[str]:
+    code = (
+        f"source {script_path}\n"
+        'COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))\n'
+        '_flotilla; printf "%s\\n" "${COMPREPLY[@]}"\n'
+    )
+    proc = subprocess.run(
+        ["bash", "-c", code, "bash", *words], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc
+    return [w for w in proc.stdout.splitlines() if w]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
+def test_bash_completes_commands_options_and_choices(tmp_path: Path) -> None:
+    path = tmp_path / "flotilla.bash"
+    path.write_text(script("bash", build_parser()))
+    assert _bash_complete(path, "flotilla", "dra") == ["drain"]
+    assert _bash_complete(path, "flotilla", "keys", "ro") == ["rotate"]
+    assert _bash_complete(path, "flotilla", "drain", "--js") == ["--json"]
+    assert _bash_complete(path, "flotilla", "submit", "transcode", "a", "b", "--codec", "h") == [
+        "h264",
+        "hevc",
+    ]
+    # An option's value is skipped: `--nats-url URL` does not end the command path.
+    assert _bash_complete(path, "flotilla", "--log-level", "debug", "nodes", "--nats-url", "x",
+                          "--j") == ["--json"]  # fmt: skip
+    assert _bash_complete(path, "flotilla", "--log-level", "e") == ["error"]
+    assert _bash_complete(path, "flotilla", "completion", "z") == ["zsh"]
+
+
+def test_zsh_script_describes_commands() -> None:
+    text = script("zsh", build_parser())
+    assert text.startswith("#compdef flotilla\n")
+    assert "'drain:stop a node pulling; running jobs finish or are handed back'" in text
+    if shutil.which("zsh"):
+        proc = subprocess.run(["zsh", "-n"], input=text, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
