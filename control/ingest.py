@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -81,6 +81,7 @@ class Ingestor:
         keepalive_interval: float = 15.0,
         on_batch: Callable[[int, float], None] | None = None,
         on_rejected: Callable[[Rejection], None] | None = None,
+        on_fresh: Callable[[Sequence[Incoming]], Awaitable[None]] | None = None,
     ) -> None:
         self.js, self.db, self.subjects = js, db, subjects
         self.batch, self.fetch_timeout = batch, fetch_timeout
@@ -90,6 +91,9 @@ class Ingestor:
         self.on_batch = on_batch
         #: Called once per newly rejected event, after its batch committed (e.g. a counter).
         self.on_rejected = on_rejected
+        #: Awaited with the job events a batch stored for the first time, after the commit
+        #: (the live per-job updates `flotilla watch` follows).
+        self.on_fresh = on_fresh
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
 
@@ -131,6 +135,11 @@ class Ingestor:
         self.stats.bad_events += len(bad)
         self._rejected(result.rejected)
         await _dispose(msgs, {b.stream_seq for b in bad})
+        if self.on_fresh is not None and result.fresh:
+            try:
+                await self.on_fresh(result.fresh)
+            except Exception as exc:  # live updates only: the events are stored either way
+                log.debug("job updates not sent: %s", exc)
         self._account(good, len(msgs))
         return result
 
@@ -174,6 +183,7 @@ class Ingestor:
             total.inserted += one.inserted
             total.duplicates += one.duplicates
             total.rejected += one.rejected
+            total.fresh += one.fresh
         await self._commit(msgs, [], bad)
         return total
 

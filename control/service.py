@@ -25,6 +25,7 @@ from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
 from control.api.submitrefusal import SubmitRefusal
+from control.api.updates import publish_updates
 from control.config import ControlConfig, load_control_config
 from control.db import create_pool
 from control.db.migrate import migrate
@@ -103,6 +104,7 @@ class ControlPlane:
             js, db, subjects, batch=cfg.ingest_batch, fetch_timeout=cfg.ingest_fetch_timeout,
             on_batch=on_batch,
             on_rejected=lambda r: self.metrics.rejected_events.labels(r.reason).inc(),
+            on_fresh=lambda items: publish_updates(nc, subjects, items),
         )  # fmt: skip
         # This instance's view of the fleet: what the API, alerts and canaries read.
         nodes = self.nodes = NodeTracker(

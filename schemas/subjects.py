@@ -206,6 +206,12 @@ class Subjects:
     def events_wildcard(self) -> str:
         return f"{self.prefix}.events.>"
 
+    def job_updates(self, tenant: str, job_id: str, kind: str = "*") -> str:
+        """Live copies of one job's events, published by the control plane once stored (core
+        NATS, not kept): what `flotilla watch` follows, and a producer may read for its own
+        tenant (`<prefix>.updates.<tenant>.>`) without seeing the fleet's events."""
+        return f"{self.prefix}.updates.{tenant or '_'}.{job_id}.{kind}"
+
     def dead_letter(self, tenant: str, job_id: str) -> str:
         # "": a stray message whose tenant token is not one (control.deadletters.strays).
         return f"{self.prefix}.dlq.{tenant or '_'}.{job_id}"

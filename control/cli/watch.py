@@ -157,25 +157,22 @@ async def follow(
 ) -> api.JobInfo:
     """Until the job is terminal; returns its final JobInfo (from the database when it has it).
     Without `tenant` the job is the one tenant's the key may see (an operator's: the only one
-    with that id)."""
+    with that id). Live updates come on the job's own subject (control.api.updates), not from
+    the fleet's whole event stream; between them the API is polled every `poll_s`."""
     queue: asyncio.Queue[events.JobEvent] = asyncio.Queue(maxsize=1000)
-    needle = f'"{job_id}"'.encode()
 
     async def on_msg(msg: Msg) -> None:
-        if needle not in msg.data:  # cheap filter: the subject does not name the job
-            return
         try:
             ev = EVENT.decode(msg.data)
         except DecodeError:
             return
-        # Another tenant's job with the same id is not this one ("" from older nodes).
-        if ev.job_id == job_id and ev.tenant in (tenant, "") and not queue.full():
+        if ev.job_id == job_id and not queue.full():
             queue.put_nowait(ev)
 
-    sub = await client.nc.subscribe(f"{client.subjects.prefix}.events.*.*", cb=on_msg)
+    info = await _get(client, job_id, grace_s, tenant)
+    tenant = tenant or info.tenant
+    sub = await client.nc.subscribe(client.subjects.job_updates(tenant, job_id), cb=on_msg)
     try:
-        info = await _get(client, job_id, grace_s, tenant)
-        tenant = tenant or info.tenant
         while info.state not in api.TERMINAL_STATES:
             if display is not None:
                 display.show(info)

@@ -39,6 +39,8 @@ class StoreResult:
     jobs_changed: int = 0
     #: Events refused (their node does not hold the attempt) and recorded for the first time.
     rejected: list[Rejection] = field(default_factory=list)
+    #: The job events stored for the first time by this batch (a replay or duplicate is not).
+    fresh: list[Incoming] = field(default_factory=list)
 
 
 def _is_job(ev: Event) -> TypeGuard[JobEvent]:
@@ -72,6 +74,7 @@ async def store_batch(
         )
         new_ids = {r["event_id"] for r in await conn.fetch(queries.INSERT_EVENTS)}
         fresh = [i.event for i in unique if i.event.event_id in new_ids]
+        result.fresh = [i for i in unique if i.event.event_id in new_ids and _is_job(i.event)]
         result.inserted = len(fresh)
         result.duplicates = len(items) - len(fresh) - len(refused)
         job_events = [e for e in fresh if _is_job(e)]

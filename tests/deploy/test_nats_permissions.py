@@ -448,10 +448,28 @@ async def test_producer_hears_no_events_nor_other_inboxes(
         "_INBOX_node1.>",
         "flotilla.submit.acme.>",
         "flotilla.ctl.node1.drain",
+        "flotilla.updates.>",
+        "flotilla.updates.acme.>",
+        "flotilla.updates.*.job-1.*",
         ">",
     ):
         await nc.subscribe(subject)
         assert await _wait_for(errors, subject), subject
+
+
+async def test_producer_follows_its_own_tenants_job_updates(
+    prod_b: tuple[Client, Errors], control: Client
+) -> None:
+    nc, errors = prod_b
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_update(msg: Any) -> None:
+        got.put_nowait(msg.data)
+
+    await nc.subscribe(SUBJECTS.job_updates("rival", "job-rival-7"), cb=on_update)
+    await sync_subscriptions(nc)
+    await control.publish(SUBJECTS.job_updates("rival", "job-rival-7", "progress"), b"50%")
+    assert await asyncio.wait_for(got.get(), 10) == b"50%" and errors.seen == []
 
 
 async def test_producer_cannot_touch_the_jobs_stream(prod_b: tuple[Client, Errors]) -> None:
