@@ -9,8 +9,11 @@ import time
 import asyncpg
 from msgspec.structs import replace
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+from common.natsconn import sync_subscriptions
+from control.api.updates import publish_updates
 from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
@@ -320,3 +323,40 @@ async def test_events_of_nodes_older_than_the_tenant_field_find_their_job(
             ("", "both", "completed"), ("acme", "both", "queued"), ("bravo", "both", "queued"),
             ("acme", "old-1", "completed"), ("acme", "old-2", "running"),
         ]  # fmt: skip
+
+
+async def test_each_stored_job_event_is_copied_to_its_jobs_updates_once(
+    nc: NATS, prefix: str, database_url: str
+) -> None:
+    js, subjects = await setup(nc, prefix)
+    heard: list[str] = []
+
+    async def on_update(msg: Msg) -> None:
+        heard.append(msg.subject)
+
+    await nc.subscribe(subjects.job_updates("acme", "up-1", ">"), cb=on_update)
+    await sync_subscriptions(nc)
+    events = lifecycle("up-1", time.time())
+    await publish(js, subjects, events)
+    async with migrated_pool(database_url) as db:
+        ingestor = Ingestor(
+            js, db, subjects, batch=2, fetch_timeout=0.2,
+            on_fresh=lambda items: publish_updates(nc, subjects, items),
+        )  # fmt: skip
+        async with running(ingestor):
+            await wait_until(lambda: drained(js, subjects, subjects.ingest_consumer), "ingest")
+            await ingestor.ingest([])  # an empty batch sends nothing
+        # A replay of stored events (a redelivery) is not news: nothing more is sent.
+        replay = await js.pull_subscribe(subjects.events_wildcard, durable=None,
+                                         stream=subjects.events_stream)  # fmt: skip
+        again = await replay.fetch(len(events), timeout=5)
+        await ingestor.ingest(again)
+    # One subscription delivers in order: once this marker is heard, so is all before it.
+    await nc.publish(subjects.job_updates("acme", "up-1", "marker"), b"")
+
+    async def marked() -> bool:
+        return bool(heard) and heard[-1].endswith(".marker")
+
+    await wait_until(marked, "the marker")
+    kinds = [s.rsplit(".", 1)[-1] for s in heard]
+    assert kinds == ["accepted", "started", "progress", "completed", "marker"]
