@@ -20,11 +20,13 @@ async def delete_queued(
     job_id: str,
     tenant: str | None = None,
 ) -> bool:
-    """Remove the tenant's job message if it is still stored; the partition follows from the id,
-    so only pool and priority are unknown: a handful of direct look-ups. Without `tenant` (an
-    operator's cancel of a job not recorded yet) the look-up matches any tenant token. A job
-    stored under the version 1 subject, before the upgrade, is found too: its body names the
-    tenant."""
+    """Remove the tenant's job message if it is still queued: stored, and not yet handed to a
+    node. The partition follows from the id, so only pool and priority are unknown: a handful
+    of direct look-ups. Without `tenant` (an operator's cancel of a job not recorded yet) the
+    look-up matches any tenant token. A job stored under the version 1 subject, before the
+    upgrade, is found too: its body names the tenant. A message its consumer has delivered is
+    left alone, even before the node's first heartbeat lists the job: deleting it would not stop
+    the node, and the job would be reported cancelled while it ran on."""
     for pool in pools:
         for prio in PRIORITIES:
             for stored, tenant_in_subject in (
@@ -37,8 +39,23 @@ async def delete_queued(
                     continue
                 if msg.seq is None or not (tenant_in_subject or _body_is(msg, tenant)):
                     continue
+                if await _handed_out(js, subjects, pool, prio, msg.seq):
+                    return False
                 return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
     return False
+
+
+async def _handed_out(
+    js: JetStreamContext, subjects: Subjects, pool: str, prio: str, seq: int
+) -> bool:
+    """Whether the pool and priority's consumer has delivered the message at `seq` (it delivers
+    in stream order, so everything up to its delivered sequence has gone to some node)."""
+    try:
+        info = await js.consumer_info(subjects.jobs_stream, subjects.consumer(pool, prio))
+    except NotFoundError:
+        return False
+    delivered = info.delivered.stream_seq if info.delivered is not None else 0
+    return seq <= (delivered or 0)
 
 
 def _body_is(msg: RawStreamMsg, tenant: str | None) -> bool:

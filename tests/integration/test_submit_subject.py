@@ -181,6 +181,14 @@ async def test_jobs_stored_before_the_upgrade_still_run(
     assert not await delete_queued(js, subjects, ["cpu"], "queued-v2", tenant="other")
     assert await delete_queued(js, subjects, ["cpu"], "queued-v2", tenant="acme")
     assert (await js.stream_info(subjects.jobs_stream)).state.messages == 1
+    # A job a node has been handed is not queued any more, even before any heartbeat says so:
+    # deleting its message would not stop the node.
+    await js.publish(subjects.submit("acme", "cpu", "high", "taken-1"), b"{}")
+    node = await js.pull_subscribe_bind(subjects.consumer("cpu", "high"), subjects.jobs_stream)
+    [taken] = await node.fetch(1, timeout=10)
+    assert not await delete_queued(js, subjects, ["cpu"], "taken-1", tenant="acme")
+    assert (await js.stream_info(subjects.jobs_stream)).state.messages == 2
+    await taken.term()
 
     daemon = Daemon(config(nats_url, prefix, tmp_path / "n1", "n1"))
     await daemon.start()
