@@ -9,9 +9,9 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from common.httpserve import HttpServer
 from control.alerts.rules import Snapshot
 from control.db.holders import NOT_HOLDER
-from control.httpserve import HttpServer
 from schemas.alerts import Alert
 
 log = logging.getLogger("flotilla.ready")

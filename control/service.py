@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 from nats.aio.client import Client as NATS
 
+from common.httpserve import HttpServer
 from common.natsconn import connect
 from common.sdnotify import Notifier, watchdog_task
 from common.supervise import Supervisor
@@ -31,7 +32,6 @@ from control.db import create_pool
 from control.db.migrate import migrate
 from control.deadletters.advisories import DeadLetters
 from control.deadletters.strays import run_stray_sweep
-from control.httpserve import HttpServer
 from control.ingest import Ingestor
 from control.leader import LeaderLease
 from control.metrics import Metrics, Readiness

@@ -159,12 +159,25 @@ class Daemon:
         alive = lambda: not self.stopped.is_set()  # noqa: E731
         self._watch("watchdog", lambda: watchdog_task(self.notifier, alive), FATAL)
         if cfg.metrics_port:
-            self.metrics.serve(cfg.metrics_host, cfg.metrics_port)
+            await self.metrics.serve(cfg.metrics_host, cfg.metrics_port, self.problems)
         # The last run's interrupted attempts go back to JetStream now, not after ack_wait.
         await hand_back_interrupted(b.raw_journal, b.nc, cfg.ack_wait)
         await self.start_pullers()
         self.notifier.ready(self.status_line())
         log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())
+
+    def problems(self) -> list[str]:
+        """Why the node takes no new jobs now (/readyz): none while it serves its pools."""
+        found = []
+        if self.stopped.is_set():
+            found.append("stopping")
+        elif self.draining:
+            found.append("draining")
+        if not self.backend.nc.is_connected:
+            found.append("nats disconnected")
+        if self.disk.low:
+            found.append("disk low")
+        return found
 
     def apply_pools(self, cfg: DaemonConfig) -> None:
         caps = self.backend.caps
@@ -305,7 +318,7 @@ class Daemon:
         for task in self._side.values():
             task.cancel()
         await asyncio.gather(*self._side.values(), return_exceptions=True)
-        self.metrics.close()
+        await self.metrics.close()
         await b.close()
 
     async def _nats_closed(self) -> None:

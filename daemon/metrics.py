@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from common.httpserve import HttpServer, Route
 
 log = logging.getLogger("flotilla.metrics")
 
@@ -53,18 +56,31 @@ class Metrics:
         self.gpu_enc_util = Gauge(
             "flotilla_gpu_encoder_utilization_ratio", "NVENC use 0..1", ["gpu"], registry=r
         )
-        self._server: Any = None
+        self._server: HttpServer | None = None
 
-    def serve(self, host: str, port: int) -> int:
-        """Start the HTTP exporter; port 0 picks a free port. Returns the bound port."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        self._server = server
-        bound = int(server.server_port)
+    async def serve(self, host: str, port: int, problems: Callable[[], list[str]] = list) -> int:
+        """Serve /metrics, /healthz (the process answers) and /readyz (200 while `problems`
+        names none, else 503 with them); port 0 picks a free port. Returns the bound port."""
+
+        async def metrics() -> tuple[int, str, bytes]:
+            return 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
+
+        async def healthz() -> tuple[int, str, bytes]:
+            return 200, "text/plain", b"ok\n"
+
+        async def readyz() -> tuple[int, str, bytes]:
+            found = problems()
+            if found:
+                return 503, "text/plain", ("not ready: " + "; ".join(found) + "\n").encode()
+            return 200, "text/plain", b"ready\n"
+
+        routes: dict[str, Route] = {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+        self._server = HttpServer(host, port, routes)
+        bound = await self._server.start()
         log.info("metrics on http://%s:%d/metrics", host, bound)
         return bound
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            await self._server.stop()
             self._server = None
