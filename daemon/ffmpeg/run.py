@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 
 from daemon.errors import JobCancelled, JobError, JobTimeout
-from daemon.ffmpeg.proc import child_options, signal_group
+from daemon.ffmpeg.proc import child_options, expendable, signal_group
 from daemon.ffmpeg.progress import ProgressParser, ProgressUpdate, Throttle
 from daemon.ffmpeg.stderr import MAX_LINE, StderrTail, classify
 from daemon.job.handle import JobHandle
@@ -78,6 +78,7 @@ async def run_ffmpeg(
         )
     except OSError as exc:
         raise JobError(f"cannot start ffmpeg {ffmpeg!r}: {exc.strerror or exc}") from exc
+    expendable(proc.pid)
     assert proc.stdout is not None and proc.stderr is not None
     tail = StderrTail()
     pump = _ProgressPump(ProgressParser(duration_s, span), on_progress, progress_interval)

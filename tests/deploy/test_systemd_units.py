@@ -124,6 +124,12 @@ def test_daemon_unit_lets_the_drain_finish() -> None:
     ]
 
 
+def test_out_of_memory_kills_a_job_not_the_daemon() -> None:
+    d = _directives(UNITS / "flotilla-daemon.service")
+    assert d["OOMPolicy"] == ["continue"]  # an ffmpeg killed for memory leaves the unit up
+    assert int(d["OOMScoreAdjust"][0]) < 0  # and the daemon is the last to go
+
+
 @pytest.mark.parametrize("name", ["flotilla-daemon.service", "flotilla-control.service"])
 def test_units_are_hardened(name: str) -> None:
     d = _directives(UNITS / name)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import EncoderError, InputError, JobCancelled, JobError, JobTimeout
+from daemon.ffmpeg.proc import OOM_FIRST, child_options, expendable
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.run import BASE_ARGS, run_ffmpeg
 from daemon.ffmpeg.tools import FfmpegTools
@@ -252,3 +253,16 @@ async def test_control_sleep_honours_cancel_and_timeout() -> None:
     cancelled.cancel("stop")
     with pytest.raises(JobCancelled):
         await asyncio.wait_for(sleeper, 10)
+
+
+async def test_children_are_the_first_to_go_out_of_memory() -> None:
+    """Every ffmpeg and probe the daemon starts is marked for the OOM killer before the daemon."""
+    proc = await asyncio.create_subprocess_exec("sleep", "30", **child_options())
+    try:
+        expendable(proc.pid)
+        score = await asyncio.to_thread(Path(f"/proc/{proc.pid}/oom_score_adj").read_text)
+        assert int(score) == OOM_FIRST
+    finally:
+        proc.kill()
+        await proc.wait()
+    expendable(proc.pid)  # gone: nothing to do, and no error
