@@ -46,6 +46,8 @@ async def test_scrape_health_and_ready(nc: NATS, prefix: str) -> None:
             status, body = await http_get(port, "/metrics")
             assert status == 200
             assert 'flotilla_nodes{pool="cpu",state="online"} 1.0' in body
+            assert 'flotilla_fleet_nodes{state="online"} 1.0' in body
+            assert 'flotilla_build_info{component="control",version="' in body
             assert 'flotilla_queue_depth{pool="cpu"} 0.0' in body
             assert 'flotilla_alerts_firing{rule="gpu_temperature",severity="warning"} 1.0' in body
             assert (await http_get(port, "/nope"))[0] == 404
@@ -63,7 +65,7 @@ def test_update_drops_vanished_labels() -> None:
 
 
 FLEET = {
-    "flotilla_nodes", "flotilla_jobs", "flotilla_queue_depth",
+    "flotilla_nodes", "flotilla_fleet_nodes", "flotilla_fleet_jobs", "flotilla_queue_depth",
     "flotilla_queue_oldest_wait_seconds", "flotilla_alerts_firing",
 }  # fmt: skip
 
