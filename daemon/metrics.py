@@ -53,7 +53,7 @@ class Metrics:
         self.slots_free = Gauge("flotilla_slots_free", "Free slots", ["pool"], registry=r)
         self.job_duration = Histogram(
             "flotilla_daemon_job_duration_seconds",
-            "Wall time of a job on this node, start to result",
+            "Wall time on this node of each job that produced a result",
             buckets=_DURATION_BUCKETS,
             registry=r,
         )
