@@ -6,10 +6,18 @@ import logging
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.httpserve import HttpServer
+from common.version import VERSION
 from control.alerts.rules import Snapshot
 from control.db.holders import NOT_HOLDER
 from schemas.alerts import Alert
@@ -21,8 +29,15 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_* series (CPU, memory, open files, start time) where the platform has /proc.
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "flotilla_build_info", "Always 1: this process's release", ["version", "component"],
+            registry=r,
+        )  # fmt: skip
+        self.build_info.labels(VERSION, "control").set(1)
         self.jobs = Gauge(
-            "flotilla_jobs",
+            "flotilla_fleet_jobs",
             "Unfinished jobs by state and pool; for completed, failed and cancelled, those that"
             " finished within alerts.failure_rate_window",
             ["state", "pool"],
@@ -33,10 +48,17 @@ class Metrics:
             "flotilla_queue_oldest_wait_seconds", "Oldest waiting job age", ["pool"], registry=r
         )
         self.nodes = Gauge(
-            "flotilla_nodes", "Nodes by state and pool", ["state", "pool"], registry=r
+            "flotilla_nodes", "Nodes by state and pool (once per pool served)", ["state", "pool"],
+            registry=r,
+        )  # fmt: skip
+        self.fleet_nodes = Gauge(
+            "flotilla_fleet_nodes", "Nodes by state, each counted once", ["state"], registry=r
         )
         self.job_duration = Histogram(
-            "flotilla_job_duration_seconds", "Run time", buckets=WAIT_BUCKETS, registry=r
+            "flotilla_control_job_duration_seconds",
+            "Run time (start to finish, as recorded in Postgres) of jobs that finished",
+            buckets=WAIT_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "flotilla_job_queue_wait_seconds", "Queue wait", buckets=WAIT_BUCKETS, registry=r
@@ -76,7 +98,7 @@ class Metrics:
             self._clear_fleet()
 
     def _clear_fleet(self) -> None:
-        for gauge in (self.queue_depth, self.oldest_wait, self.jobs, self.nodes):
+        for gauge in (self.queue_depth, self.oldest_wait, self.jobs, self.nodes, self.fleet_nodes):
             gauge.clear()
         self.alerts_firing.clear()
 
@@ -98,11 +120,15 @@ class Metrics:
         for (state, pool), count in snap.jobs.items():
             self.jobs.labels(state, pool).set(count)
         counts: dict[tuple[str, str], int] = {}
+        per_state: dict[str, int] = {}
         for n in snap.nodes:
+            per_state[n.state] = per_state.get(n.state, 0) + 1
             for pool in n.pools or ("none",):
                 counts[(n.state, pool)] = counts.get((n.state, pool), 0) + 1
         for (state, pool), count in counts.items():
             self.nodes.labels(state, pool).set(count)
+        for state, count in per_state.items():
+            self.fleet_nodes.labels(state).set(count)
         per_rule: dict[tuple[str, str], int] = {}
         for a in firing:
             per_rule[(a.rule, a.severity)] = per_rule.get((a.rule, a.severity), 0) + 1

@@ -5,10 +5,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.httpserve import HttpServer, Route
+from common.version import VERSION
 
 log = logging.getLogger("flotilla.metrics")
 
@@ -22,6 +30,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* series (CPU, memory, open files, start time) where the platform has /proc.
+        ProcessCollector(registry=r)
+        self.build_info = Gauge(
+            "flotilla_build_info", "Always 1: this process's release", ["version", "component"],
+            registry=r,
+        )  # fmt: skip
+        self.build_info.labels(VERSION, "daemon").set(1)
         self.jobs_total = Counter(
             "flotilla_jobs_total", "Jobs finished by outcome", ["outcome", "pool"], registry=r
         )
@@ -37,7 +52,10 @@ class Metrics:
         self.jobs_running = Gauge("flotilla_jobs_running", "Jobs running now", registry=r)
         self.slots_free = Gauge("flotilla_slots_free", "Free slots", ["pool"], registry=r)
         self.job_duration = Histogram(
-            "flotilla_job_duration_seconds", "Job wall time", buckets=_DURATION_BUCKETS, registry=r
+            "flotilla_daemon_job_duration_seconds",
+            "Wall time on this node of each job that produced a result",
+            buckets=_DURATION_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "flotilla_queue_wait_seconds",

@@ -18,6 +18,7 @@ import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
+from control.alerts.rules import NodeView, Snapshot
 from control.metrics import Metrics as ControlMetrics
 from daemon.metrics import Metrics as DaemonMetrics
 
@@ -95,9 +96,14 @@ def test_the_extractor_reads_promql() -> None:
 
 def test_exported_names_come_from_the_registries() -> None:
     names = exported()
-    assert {"flotilla_jobs_total", "flotilla_job_duration_seconds_bucket"} <= names
+    assert {"flotilla_jobs_total", "flotilla_daemon_job_duration_seconds_bucket"} <= names
     assert "flotilla_ingest_events_total" in names and "flotilla_ingest_events" not in names
-    assert "flotilla_job_duration_seconds" not in names  # a histogram has no bare sample
+    assert "flotilla_daemon_job_duration_seconds" not in names  # a histogram has no bare sample
+    # One meaning per name: the control plane's gauge of jobs by state is not the daemon's
+    # counter (whose family is `flotilla_jobs`), and each side's run-time histogram has its own.
+    assert "flotilla_jobs" not in names and "flotilla_fleet_jobs" in names
+    assert "flotilla_control_job_duration_seconds_bucket" in names
+    assert "flotilla_job_duration_seconds_bucket" not in names
 
 
 def test_every_query_names_an_exported_metric() -> None:
@@ -148,3 +154,71 @@ def test_provisioning_points_at_a_folder() -> None:
     assert doc["apiVersion"] == 1
     (provider,) = doc["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
+
+
+def panel(title: str) -> dict[str, Any]:
+    (found,) = (p for p in all_panels(dashboard()["panels"]) if p["title"] == title)
+    return found
+
+
+def defaults(dash: dict[str, Any]) -> dict[str, str]:
+    """Each variable's value as the dashboard opens: a textbox's text, `All`'s regex."""
+    values = {}
+    for v in dash["templating"]["list"]:
+        if v["type"] == "textbox":
+            values[v["name"]] = v["query"]
+        elif v.get("includeAll"):
+            values[v["name"]] = v["allValue"]
+    return values
+
+
+SUM = re.compile(r"^sum\((\w+)\{([^}]*)\}\)$")
+
+
+def evaluate_sum(expr: str, scraped: list[tuple[str, dict[str, str], float]]) -> float:
+    """`sum(name{matchers})` over scraped samples, the variables at their defaults."""
+    for name, value in defaults(dashboard()).items():
+        expr = expr.replace(f"${name}", value)
+    match = SUM.match(expr)
+    assert match, f"not a sum over one selector: {expr}"
+    name, sel = match.groups()
+    total = 0.0
+    for sname, labels, value in scraped:
+        ok = sname == name
+        for key, op, want in re.findall(r'(\w+)\s*(=~|=)\s*"([^"]*)"', sel):
+            have = labels.get(key, "")
+            ok = ok and (have == want if op == "=" else re.fullmatch(want, have) is not None)
+        total += value if ok else 0.0
+    return total
+
+
+def scrape_control(snap: Snapshot) -> list[tuple[str, dict[str, str], float]]:
+    """The control plane's samples as Prometheus stores them: with the scrape's `job` label."""
+    m = ControlMetrics()
+    m.update(snap, [])
+    return [
+        (s.name, {**s.labels, "job": "flotilla-control"}, s.value)
+        for family in m.registry.collect()
+        for s in family.samples
+    ]
+
+
+def test_node_counts_count_each_node_once() -> None:
+    # Two online nodes, one of them in three pools; one draining node in two; one offline.
+    snap = Snapshot(
+        nodes=(
+            NodeView("a", "online", ("cpu", "nvenc", "qsv")),
+            NodeView("b", "online", ("cpu",)),
+            NodeView("c", "draining", ("cpu", "nvenc")),
+            NodeView("d", "offline", ("nvenc",)),
+        )
+    )
+    scraped = scrape_control(snap)
+    (online,) = panel("Nodes online")["targets"]
+    assert evaluate_sum(online["expr"], scraped) == 2
+    draining, offline = panel("Nodes draining / offline")["targets"]
+    assert evaluate_sum(draining["expr"], scraped) == 1
+    assert evaluate_sum(offline["expr"], scraped) == 1
+    # The per-pool gauge would have said 4 online: what the panel read before.
+    per_pool = 'sum(flotilla_nodes{job=~"$control_job", state="online", pool=~"$pool"})'
+    assert evaluate_sum(per_pool, scraped) == 4

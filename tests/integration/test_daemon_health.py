@@ -6,12 +6,16 @@ from pathlib import Path
 
 from nats.aio.client import Client as NATS
 
+from common.version import VERSION
 from control.devstack.proc import free_ports
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from schemas.subjects import Subjects
 from tests.support.daemons import config, until
 from tests.support.scrape import http_get
+
+#: The process collector exports process_* where the platform has /proc (Linux).
+HAS_PROC = Path("/proc/self/stat").exists()
 
 
 async def test_health_readiness_and_metrics(
@@ -26,6 +30,8 @@ async def test_health_readiness_and_metrics(
         assert await http_get(port, "/readyz") == (200, "ready\n")
         status, body = await http_get(port, "/metrics")
         assert status == 200 and "flotilla_jobs_running" in body
+        assert f'flotilla_build_info{{component="daemon",version="{VERSION}"}} 1.0' in body
+        assert ("process_cpu_seconds_total" in body) == HAS_PROC
         assert (await http_get(port, "/anything-else"))[0] == 404  # not the metrics page
         d.request_drain(None, "maintenance")
 

@@ -132,8 +132,9 @@ def leading(plane: ControlPlane) -> float | None:
 
 def fleet_series(plane: ControlPlane) -> set[str]:
     """The fleet-wide series this instance exports."""
-    fleet = {"flotilla_nodes", "flotilla_jobs", "flotilla_queue_depth",
-             "flotilla_queue_oldest_wait_seconds", "flotilla_alerts_firing"}  # fmt: skip
+    fleet = {"flotilla_nodes", "flotilla_fleet_nodes", "flotilla_fleet_jobs",
+             "flotilla_queue_depth", "flotilla_queue_oldest_wait_seconds",
+             "flotilla_alerts_firing"}  # fmt: skip
     families = plane.metrics.registry.collect()
     return {s.name for fam in families for s in fam.samples if s.name in fleet}
 

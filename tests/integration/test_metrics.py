@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from nats.aio.client import Client as NATS
 
+from common.version import VERSION
 from control.alerts.rules import AlertEngine, NodeView, PoolView, Snapshot
 from control.alerts.snapshot import fleet_snapshot
 from control.alerts.watcher import Watcher
@@ -14,6 +17,9 @@ from schemas.alerts import Alert
 from schemas.subjects import Subjects
 from tests.support.noderecords import node_record, put_node, tracking
 from tests.support.scrape import http_get
+
+#: The process collector exports process_* where the platform has /proc (Linux).
+HAS_PROC = Path("/proc/self/stat").exists()
 
 
 async def test_scrape_health_and_ready(nc: NATS, prefix: str) -> None:
@@ -46,6 +52,9 @@ async def test_scrape_health_and_ready(nc: NATS, prefix: str) -> None:
             status, body = await http_get(port, "/metrics")
             assert status == 200
             assert 'flotilla_nodes{pool="cpu",state="online"} 1.0' in body
+            assert 'flotilla_fleet_nodes{state="online"} 1.0' in body
+            assert f'flotilla_build_info{{component="control",version="{VERSION}"}} 1.0' in body
+            assert ("process_cpu_seconds_total" in body) == HAS_PROC
             assert 'flotilla_queue_depth{pool="cpu"} 0.0' in body
             assert 'flotilla_alerts_firing{rule="gpu_temperature",severity="warning"} 1.0' in body
             assert (await http_get(port, "/nope"))[0] == 404
@@ -63,7 +72,7 @@ def test_update_drops_vanished_labels() -> None:
 
 
 FLEET = {
-    "flotilla_nodes", "flotilla_jobs", "flotilla_queue_depth",
+    "flotilla_nodes", "flotilla_fleet_nodes", "flotilla_fleet_jobs", "flotilla_queue_depth",
     "flotilla_queue_oldest_wait_seconds", "flotilla_alerts_firing",
 }  # fmt: skip
 

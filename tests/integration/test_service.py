@@ -61,7 +61,7 @@ async def test_control_plane_end_to_end(
             await db.close()
         # The alert is stored during an evaluation; the gauges follow when that tick ends.
         want = (
-            'flotilla_jobs{pool="cpu",state="submitted"} 1.0',
+            'flotilla_fleet_jobs{pool="cpu",state="submitted"} 1.0',
             'flotilla_alerts_firing{rule="node_offline",severity="warning"} 1.0',
         )
 

@@ -49,5 +49,5 @@ async def test_counts_read_the_backlog_and_the_window(db: asyncpg.Pool) -> None:
     metrics = Metrics()
     metrics.update(snap, [])
     sample = metrics.registry.get_sample_value
-    assert sample("flotilla_jobs", {"state": "queued", "pool": "cpu"}) == 2.0
-    assert sample("flotilla_jobs", {"state": "completed", "pool": "cpu"}) == 1.0
+    assert sample("flotilla_fleet_jobs", {"state": "queued", "pool": "cpu"}) == 2.0
+    assert sample("flotilla_fleet_jobs", {"state": "completed", "pool": "cpu"}) == 1.0
