@@ -43,7 +43,7 @@ class Snapshot:
     ingest_lag_s: float = 0.0
     #: pools whose latest canary did not complete in time
     canary_failed: tuple[str, ...] = ()
-    #: (state, pool) -> job count, for the flotilla_jobs gauge: every unfinished job, and the
+    #: (state, pool) -> job count, for the flotilla_fleet_jobs gauge: every unfinished job, and the
     #: finished ones of the failure-rate window
     jobs: dict[tuple[str, str], int] = field(default_factory=dict)
     #: node id -> its events rejected within the window (it reported on an attempt it does not
