@@ -11,13 +11,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.httpserve import HttpServer
-from common.version import VERSION
+from common.procmetrics import identify
 from control.alerts.rules import Snapshot
 from control.db.holders import NOT_HOLDER
 from schemas.alerts import Alert
@@ -29,13 +28,7 @@ WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
-        # process_* series (CPU, memory, open files, start time) where the platform has /proc.
-        ProcessCollector(registry=r)
-        self.build_info = Gauge(
-            "flotilla_build_info", "Always 1: this process's release", ["version", "component"],
-            registry=r,
-        )  # fmt: skip
-        self.build_info.labels(VERSION, "control").set(1)
+        self.build_info = identify(r, "control")
         self.jobs = Gauge(
             "flotilla_fleet_jobs",
             "Unfinished jobs by state and pool; for completed, failed and cancelled, those that"

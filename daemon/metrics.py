@@ -10,13 +10,12 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
-    ProcessCollector,
     generate_latest,
 )
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from common.httpserve import HttpServer, Route
-from common.version import VERSION
+from common.procmetrics import identify
 
 log = logging.getLogger("flotilla.metrics")
 
@@ -30,13 +29,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        # process_* series (CPU, memory, open files, start time) where the platform has /proc.
-        ProcessCollector(registry=r)
-        self.build_info = Gauge(
-            "flotilla_build_info", "Always 1: this process's release", ["version", "component"],
-            registry=r,
-        )  # fmt: skip
-        self.build_info.labels(VERSION, "daemon").set(1)
+        self.build_info = identify(r, "daemon")
         self.jobs_total = Counter(
             "flotilla_jobs_total", "Jobs finished by outcome", ["outcome", "pool"], registry=r
         )
