@@ -4,7 +4,6 @@ fold in any order; concurrent ingestors agree on one holder; a replay gives the 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -27,7 +26,7 @@ from control.alerts.snapshot import with_db
 from control.config import AlertThresholds
 from control.db import queries
 from control.db.holders import Rejection
-from control.db.migrate import CREATE_TABLE, load_migrations, migrate
+from control.db.migrate import migrate
 from control.devstack.stack import ExternalPostgres, PostgresServer
 from control.fold import JobRow, at, fold_job
 from control.ingest import Ingestor
@@ -39,6 +38,7 @@ from schemas.events import Cancelled, Event, HandedBack, JobEvent
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 from tests.support import databases
+from tests.support.databases import migrated_before
 from tests.support.ingest import (
     SETTINGS,
     accepted,
@@ -510,7 +510,6 @@ async def empty_database(pg_server: PostgresServer | ExternalPostgres) -> AsyncI
 async def test_the_migration_gives_attempts_under_way_their_first_reporter(
     empty_database: str,
 ) -> None:
-    older = [m for m in await asyncio.to_thread(load_migrations) if m.version < 3]
     t = datetime.now(UTC)
     rows = [  # event_id, kind, node, attempt, stream seq
         ("e2", "started", "dev-1", 1, 6),
@@ -519,14 +518,9 @@ async def test_the_migration_gives_attempts_under_way_their_first_reporter(
         ("e4", "handed_back", "dev-3", 2, 9),
         ("w1", "webhook", "control", 1, None),  # written by the control plane: no claim
     ]
+    await migrated_before(empty_database, 3)  # the database as the previous release left it
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute(CREATE_TABLE)
-        for m in older:  # the database as the previous release left it
-            await conn.execute(m.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
-            )
         await conn.executemany(
             "INSERT INTO job_events (event_id, job_id, kind, node_id, attempt, ts, body,"
             " stream_seq) VALUES ($1, 'old', $2, $3, $4, $5, '{}', $6)",

@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncpg
 import pytest_asyncio
 
-from control.db.migrate import CREATE_TABLE, load_migrations, migrate
+from control.db.migrate import load_migrations, migrate
 from control.devstack.stack import ExternalPostgres, PostgresServer
+from tests.support.databases import migrated_before
 
 SCHEMA_FILE = Path(__file__).resolve().parents[2] / "control" / "db" / "schema.sql"
 Server = PostgresServer | ExternalPostgres
@@ -105,15 +106,9 @@ async def test_job_ids_become_per_tenant_keeping_every_row(empty_db: str) -> Non
     """0120: rows written when job ids were fleet-wide take their job's tenant, and the same
     id is then free for another tenant."""
     every = await asyncio.to_thread(load_migrations)
-    older = [m for m in every if m.version < 120]
+    await migrated_before(empty_db, 120)  # the database as the previous release left it
     conn = await asyncpg.connect(empty_db)
     try:
-        await conn.execute(CREATE_TABLE)
-        for m in older:  # the database as the previous release left it
-            await conn.execute(m.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
-            )
         await conn.execute(
             """
             INSERT INTO jobs (job_id, tenant, state) VALUES ('j1', 'acme', 'failed');
