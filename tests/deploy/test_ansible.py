@@ -10,6 +10,7 @@ rendered daemon.toml, and a second run must change nothing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_argument_specs_cover_every_default(role: str) -> None:
 
 
 def test_rolling_upgrade_drains_in_bounded_batches() -> None:
-    (play,) = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())
+    *_, play = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())  # the upgrade
     assert "serial" in play and "max_fail_percentage" in play
     steps = [t["name"] for t in play["pre_tasks"] + play["post_tasks"]]
     assert steps[0].startswith("Drain") and steps[-1].startswith("Wait until")
@@ -183,3 +184,33 @@ def test_daemon_role_refuses_bad_input(tmp_path: Path, release_wheel: Path) -> N
     with pytest.raises(AssertionError, match="must match"):
         run_role("flotilla_daemon", variables, tmp_path / "run")
     assert not (tmp_path / "prefix").exists()
+
+
+def test_rolling_upgrade_batches_follow_the_inventory(tmp_path: Path) -> None:
+    """The batch size set in group_vars is the one used (a play's keywords do not see inventory
+    variables: the playbook's first play reads them); an extra var still overrides it."""
+    *reads, play = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())
+    hosts = {f"d{i}": {"ansible_connection": "local"} for i in range(5)}
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "hosts.yml").write_text(
+        yaml.safe_dump({"all": {"children": {"flotilla_daemons": {"hosts": hosts}}}})
+    )
+    (tmp_path / "group_vars" / "flotilla_daemons.yml").write_text('flotilla_upgrade_batch: "40%"\n')
+    probe = [*reads, {
+        "hosts": "flotilla_daemons", "gather_facts": False, "serial": play["serial"],
+        "max_fail_percentage": play["max_fail_percentage"],
+        "tasks": [{"ansible.builtin.debug": {"msg": "batch {{ ansible_play_batch | length }}"},
+                   "run_once": True}],
+    }]  # fmt: skip
+    (tmp_path / "probe.yml").write_text(yaml.safe_dump(probe))
+
+    def batches(*extra: str) -> list[int]:
+        proc = subprocess.run(
+            [str(VENV_BIN / "ansible-playbook"), "-i", "hosts.yml", "probe.yml", *extra],
+            cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [int(n) for n in re.findall(r'"msg": "batch (\d+)"', proc.stdout)]
+
+    assert batches() == [2, 2, 1]  # 40 % of 5, from group_vars
+    assert batches("-e", "flotilla_upgrade_batch=60%") == [3, 2]

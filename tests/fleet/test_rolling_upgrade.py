@@ -77,7 +77,7 @@ class Step:
 
 def playbook_steps(node: str) -> list[Step]:
     """The per-node tasks of the playbook, in order, with the node and timeout filled in."""
-    (play,) = yaml.safe_load(PLAYBOOK.read_text())
+    *_, play = yaml.safe_load(PLAYBOOK.read_text())  # the upgrade play (the first reads vars)
     assert play["serial"] and "max_fail_percentage" in play
     fill = {"{{ _flotilla_node }}": node, "{{ _flotilla_drain_timeout }}": str(DRAIN_TIMEOUT_S)}
     steps = []
