@@ -11,6 +11,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# A venv made before the distribution was renamed holds it under its old name.
+	$(BIN)/pip uninstall -q -y flotilla 2>/dev/null || true
 	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 

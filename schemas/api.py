@@ -17,6 +17,10 @@ TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
 Limit = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 
 
+#: The request header that carries an API key (checked by the control plane's API).
+KEY_HEADER = "Flotilla-Api-Key"
+
+
 class ApiError(Wire, kw_only=True):
     code: Literal[400, 401, 403, 404, 409, 429, 500, 503]
     message: str

@@ -10,7 +10,7 @@ import asyncpg
 from control.api.keys import insert_key
 from schemas import api
 
-KEY_HEADER = "Flotilla-Api-Key"
+KEY_HEADER = api.KEY_HEADER  # the wire contract's; kept here for the API's own code
 
 
 @dataclass(frozen=True, slots=True)

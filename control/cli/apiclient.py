@@ -21,7 +21,6 @@ from nats.errors import NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from common.natsconn import NatsSettings, connect
-from control.api.tenants import KEY_HEADER
 from control.cli.context import Target, gone, redact, resolve, verify_context
 from control.errors import BadInput, CliError, NotFound, Unreachable
 from schemas import api
@@ -206,7 +205,7 @@ class ApiClient:
     async def call(self, verb: str, request: msgspec.Struct, reply_type: type[T]) -> T:
         """Send one API request; a reply carrying an error becomes the matching CliError."""
         subject = f"{self.subjects.prefix}.api.{verb}"
-        headers = {KEY_HEADER: self.api_key} if self.api_key else None
+        headers = {api.KEY_HEADER: self.api_key} if self.api_key else None
         try:
             msg = await guarded(
                 self.refusals,

@@ -13,16 +13,16 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import asyncpg
-
-from control.api.keys import active_operator_keys, insert_key
 from control.cli.apiclient import open_nats
 from control.cli.context import Target, load_context, resolve
 from control.cli.format import print_created
 from control.errors import BadInput, CliError, Unreachable
 from schemas import api
+
+if TYPE_CHECKING:
+    import asyncpg
 
 #: Two bootstraps at once make one key: they queue on this transaction lock ("FlBs").
 LOCK_KEY = 0x466C4273
@@ -68,6 +68,8 @@ async def database_url(args: argparse.Namespace) -> str:
 async def make_operator_key(
     conn: asyncpg.Connection, tenant: str, name: str, force: bool
 ) -> tuple[str, api.KeyInfo]:
+    from control.api.keys import active_operator_keys, insert_key
+
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_KEY)
         existing = await active_operator_keys(conn)
@@ -86,6 +88,9 @@ async def make_operator_key(
 
 
 async def bootstrap(args: argparse.Namespace) -> int:
+    # Here, not at the top: the `flotilla` of a daemon-only install has no Postgres driver.
+    import asyncpg
+
     from control.db.migrate import migrate
 
     if _TENANT.fullmatch(args.tenant) is None:

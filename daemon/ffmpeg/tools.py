@@ -35,8 +35,12 @@ def _configured(path: str, what: str) -> str:
 
 
 def wheel_ffmpeg() -> str:
-    """The static ffmpeg build shipped in the imageio-ffmpeg wheel."""
-    import imageio_ffmpeg
+    """The static ffmpeg build shipped in the imageio-ffmpeg wheel (the `ffmpeg` extra)."""
+    try:
+        import imageio_ffmpeg
+    except ImportError as exc:
+        msg = "no ffmpeg on PATH: install the host's ffmpeg, or set ffmpeg in daemon.toml"
+        raise FfmpegNotFound(msg + " (or install the 'ffmpeg' extra for a static build)") from exc
 
     try:
         return str(imageio_ffmpeg.get_ffmpeg_exe())

