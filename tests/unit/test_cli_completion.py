@@ -7,8 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-
 from control.cli.completion import levels, script
 from control.cli.main import build_parser
 
@@ -35,7 +33,6 @@ def _bash_complete(script_path: Path, *words: str) -> list[str]:
     return [w for w in proc.stdout.splitlines() if w]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="no bash")
 def test_bash_completes_commands_options_and_choices(tmp_path: Path) -> None:
     path = tmp_path / "flotilla.bash"
     path.write_text(script("bash", build_parser()))
