@@ -8,11 +8,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
+# A venv made before the distribution was renamed (flotilla -> flotilla-fleet) holds the old one.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# A venv made before the distribution was renamed holds it under its old name.
-	$(BIN)/pip uninstall -q -y flotilla 2>/dev/null || true
+	@$(BIN)/pip uninstall -q -y flotilla 2>/dev/null || true
 	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
 	touch $(STAMP)
 

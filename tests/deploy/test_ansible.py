@@ -196,6 +196,14 @@ def test_daemon_role_refuses_bad_input(tmp_path: Path, release_wheel: Path) -> N
     with pytest.raises(AssertionError, match="must match"):
         run_role("flotilla_daemon", variables, tmp_path / "run")
     assert not (tmp_path / "prefix").exists()
+    # An interpreter older than 3.11 (say Ubuntu jammy's python3) is refused, naming it.
+    old = tmp_path / "python3.10"
+    old.write_text("#!/bin/sh\necho 3.10\n")
+    old.chmod(0o755)
+    variables |= {"flotilla_daemon_node_id": "edge-1", "flotilla_daemon_python": str(old)}
+    with pytest.raises(AssertionError, match=r"is Python 3\.10; Flotilla needs 3\.11 or newer"):
+        run_role("flotilla_daemon", variables, tmp_path / "run2")
+    assert not (tmp_path / "prefix").exists()
 
 
 def test_rolling_upgrade_batches_follow_the_inventory(tmp_path: Path) -> None:
