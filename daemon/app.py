@@ -28,6 +28,7 @@ from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps
+from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
 from daemon.job.redelivery import hand_back_interrupted
 from daemon.job.requirements import NodeView
@@ -119,6 +120,7 @@ class Daemon:
             on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
             supervisor=self.supervisor,
             watcher_policy=RESTART,  # its state is the job's handle, which outlives a crash
+            failures=FailureCounts(b.js, self.subjects),
         )
         sources = HeartbeatSources(
             self.slots,
