@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.common import CallbackUrl, InputUri, Labels, OutputUri, Part, Priority, Token, Wire
-from schemas.operations import Canary, Operation, Probe
+from schemas.operations import Canary, Operation, Probe, Transcode
 
 Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
 HW_POOLS: tuple[str, ...] = ("nvenc", "qsv", "vaapi")
@@ -57,6 +57,8 @@ class JobSpec(Wire, kw_only=True):
         needs_output = not isinstance(self.operation, Probe | Canary)
         if needs_output and self.output is None:
             raise ValueError(f"operation {self.operation_name!r} needs `output`")
+        if isinstance(self.operation, Transcode) and self.output is not None:
+            self.operation.for_output(self.output)
         req = self.requirements
         if req.pool is not None and req.accel in HW_POOLS and req.pool != req.accel:
             raise ValueError(f"`requirements.pool` {req.pool!r} contradicts accel {req.accel!r}")

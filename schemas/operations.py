@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -30,6 +32,17 @@ CONTAINER_CODECS: dict[str, frozenset[str]] = {
     "webm": frozenset({"vp9", "av1"}),
 }
 CRF_MAX = {"h264": 51, "hevc": 51, "av1": 63, "vp9": 63}
+#: Output file extensions a transcode writes, and the container each names.
+EXTENSIONS: dict[str, Container] = {
+    "mp4": "mp4", "m4v": "mp4", "mkv": "mkv", "webm": "webm", "mov": "mov",
+}  # fmt: skip
+#: The audio codec a container gets when the job names none.
+DEFAULT_AUDIO: dict[str, AudioCodec] = {"mp4": "aac", "mov": "aac", "mkv": "aac", "webm": "opus"}
+
+
+def output_extension(uri: str) -> str:
+    """The lowercase extension (no dot) of the last path segment of `uri`; "" when it has none."""
+    return PurePosixPath(unquote(urlsplit(uri).path)).suffix.lstrip(".").lower()
 
 
 def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> None:
@@ -50,18 +63,59 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     width: Width | None = None
     height: Height | None = None
     fps: Fps | None = None
-    audio_codec: AudioCodec = "aac"
+    #: Default: the container's usual codec (`opus` for webm, else `aac`).
+    audio_codec: AudioCodec | None = None
     audio_bitrate_kbps: AudioKbps = 128
-    container: Container = "mp4"
+    #: Default: the one the output's extension names (`mp4` for a name without one). A value
+    #: that disagrees with the extension is refused.
+    container: Container | None = None
     video_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     audio_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = 0
     hw_decode: bool = True
 
     def __post_init__(self) -> None:
         _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
-        if self.codec not in CONTAINER_CODECS[self.container]:
-            raise ValueError(f"codec {self.codec!r} cannot go in container {self.container!r}")
-        if self.container == "webm" and self.audio_codec not in ("opus", "none"):
+        if self.container is not None:
+            self._check_container(self.container)
+
+    def for_output(self, output: str) -> None:
+        """Settle `container` (and the default audio codec) from the output's extension.
+
+        JobSpec calls it, so every decoded job has both set and re-encodes them explicitly
+        (a reader of an older release then sees the same values).
+        """
+        ext = output_extension(output)
+        if ext:
+            named = EXTENSIONS.get(ext)
+            if named is None:
+                known = ", ".join(f".{e}" for e in EXTENSIONS)
+                raise ValueError(f"output extension .{ext} names no container a transcode "
+                                 f"writes; use one of {known}")  # fmt: skip
+            if self.container is not None and self.container != named:
+                raise ValueError(
+                    f"`container` {self.container!r} contradicts the output's extension .{ext} "
+                    f"({named}): leave `container` out or rename the output"
+                )
+            self.container = named
+        elif self.container is None:
+            self.container = "mp4"
+        self._check_container(self.container)
+
+    @property
+    def settled_container(self) -> Container:
+        """`container` once settled (`for_output`); mp4 for a Transcode outside a JobSpec."""
+        return self.container or "mp4"
+
+    @property
+    def settled_audio(self) -> AudioCodec:
+        return self.audio_codec or DEFAULT_AUDIO[self.settled_container]
+
+    def _check_container(self, container: Container) -> None:
+        if self.audio_codec is None:
+            self.audio_codec = DEFAULT_AUDIO[container]
+        if self.codec not in CONTAINER_CODECS[container]:
+            raise ValueError(f"codec {self.codec!r} cannot go in container {container!r}")
+        if container == "webm" and self.audio_codec not in ("opus", "none"):
             raise ValueError("webm carries only `opus` audio (or `none`)")
 
 

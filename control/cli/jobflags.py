@@ -111,11 +111,7 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         doc["output"] = file_uri(args.output)
         op |= {"codec": args.codec, "preset": args.preset}
         op |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v}
-        suffix = Path(args.output).suffix.lstrip(".").lower()
-        if suffix in ("mp4", "mkv", "webm", "mov"):
-            op["container"] = suffix
-            if suffix == "webm":
-                op["audio_codec"] = "opus"
+        # The container (and webm's opus audio) follow OUTPUT's extension: the schema settles them.
         if args.bitrate_kbps is not None:
             op["bitrate_kbps"] = args.bitrate_kbps
             op["rate_control"] = "capped_crf" if args.crf is not None else "vbr"

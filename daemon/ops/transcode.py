@@ -56,9 +56,9 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
-    name = AUDIO_ENCODERS.get(op.audio_codec)
+    name = AUDIO_ENCODERS.get(op.settled_audio)
     if name is not None and op.audio_stream is not None and name not in ctx.usable_encoders():
-        raise InvalidJob(f"no verified {op.audio_codec} audio encoder on this node")
+        raise InvalidJob(f"no verified {op.settled_audio} audio encoder on this node")
 
 
 def _check_video_stream(info: ProbeInfo, op: Transcode) -> bool:

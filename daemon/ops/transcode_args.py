@@ -59,9 +59,9 @@ def transcode_args(
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
-    if op.container in ("mp4", "mov"):
+    if op.settled_container in ("mp4", "mov"):
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
-    return [*args, "-f", MUXERS[op.container], ffmpeg_arg(dest)]
+    return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
 
 
 def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
@@ -106,11 +106,12 @@ def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
 
 
 def audio_args(op: Transcode) -> list[str]:
-    if op.audio_stream is None or op.audio_codec == "none":
+    audio = op.settled_audio
+    if op.audio_stream is None or audio == "none":
         return ["-an"]
     # The trailing `?` keeps a silent input from failing the job.
     mapping = ["-map", f"0:a:{op.audio_stream}?"]
-    if op.audio_codec == "copy":
+    if audio == "copy":
         return [*mapping, "-c:a", "copy"]
-    encoder = AUDIO_ENCODERS[op.audio_codec]
+    encoder = AUDIO_ENCODERS[audio]
     return [*mapping, "-c:a", encoder, "-b:a", f"{op.audio_bitrate_kbps}k"]
