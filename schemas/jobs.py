@@ -9,6 +9,7 @@ import msgspec
 
 from schemas.common import CallbackUrl, InputUri, Labels, OutputUri, Part, Priority, Token, Wire
 from schemas.operations import Canary, Operation, Probe, Transcode
+from schemas.videoopts import chroma_420
 
 Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
 HW_POOLS: tuple[str, ...] = ("nvenc", "qsv", "vaapi")
@@ -57,9 +58,14 @@ class JobSpec(Wire, kw_only=True):
         needs_output = not isinstance(self.operation, Probe | Canary)
         if needs_output and self.output is None:
             raise ValueError(f"operation {self.operation_name!r} needs `output`")
-        if isinstance(self.operation, Transcode) and self.output is not None:
-            self.operation.for_output(self.output)
         req = self.requirements
+        if isinstance(self.operation, Transcode):
+            if self.output is not None:
+                self.operation.for_output(self.output)
+            pix = self.operation.pix_fmt
+            if pix is not None and not chroma_420(pix) and req.accel in HW_POOLS:
+                raise ValueError(f"`pix_fmt` {pix!r} is software-only; accel {req.accel!r} "
+                                 "encodes 4:2:0 (yuv420p, yuv420p10le)")  # fmt: skip
         if req.pool is not None and req.accel in HW_POOLS and req.pool != req.accel:
             raise ValueError(f"`requirements.pool` {req.pool!r} contradicts accel {req.accel!r}")
 

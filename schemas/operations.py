@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from schemas.common import MediaUri, Part
+from schemas.videoopts import Crop, Level, Overlay, PixFmt, Profile, check_picture
 
 VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
@@ -23,6 +24,7 @@ AudioKbps = Annotated[int, msgspec.Meta(ge=8, le=1024)]
 Crf = Annotated[int, msgspec.Meta(ge=0, le=63)]
 Fps = Annotated[float, msgspec.Meta(gt=0, le=240)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 24 * 3600)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 
 # Containers that can carry each codec; webm takes only VP9/AV1 with Opus.
 CONTAINER_CODECS: dict[str, frozenset[str]] = {
@@ -72,9 +74,31 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     video_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     audio_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = 0
     hw_decode: bool = True
+    #: Trim: start this far into the input (an input-side seek, frame-accurate when encoding).
+    start_seconds: Seconds | None = None
+    #: Trim: at most this much of the output (from `start_seconds`, else from the start).
+    duration_seconds: PositiveSeconds | None = None
+    #: Keep only this window of the picture (before scaling).
+    crop: Crop | None = None
+    #: Deinterlace frames flagged interlaced (bwdif); progressive frames pass untouched.
+    deinterlace: bool = False
+    #: A keyframe exactly every this many frames (scene cuts add none), e.g. 2 s for packaging.
+    gop_size: Annotated[int, msgspec.Meta(ge=1, le=1200)] | None = None
+    #: GOPs reference no frame of the one before (IDR, not CRA, keyframes in HEVC).
+    closed_gop: bool = False
+    profile: Profile | None = None
+    level: Level | None = None
+    #: Default: `yuv420p`, or `yuv420p10le` for a deeper source and a codec other than h264.
+    pix_fmt: PixFmt | None = None
+    #: A still image (watermark) drawn over every frame; its URI is checked like `input`.
+    overlay: Overlay | None = None
 
     def __post_init__(self) -> None:
         _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
+        check_picture(
+            self.codec, profile=self.profile, level=self.level, pix_fmt=self.pix_fmt,
+            gop_size=self.gop_size, closed_gop=self.closed_gop,
+        )  # fmt: skip
         if self.container is not None:
             self._check_container(self.container)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from control.nodes import FleetNode
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
+from schemas.videoopts import chroma_420
 
 #: Software encoders per codec; hardware ones are named `<codec>_<family>` by ffmpeg.
 SOFTWARE_ENCODERS: dict[str, tuple[str, ...]] = {
@@ -26,8 +27,8 @@ def encoders_for(job: JobSpec) -> tuple[str, ...] | None:
     if accel in ("nvenc", "qsv", "vaapi"):
         return (f"{op.codec}_{accel}",)
     soft = SOFTWARE_ENCODERS[op.codec]
-    if accel == "software":
-        return soft
+    if accel == "software" or (op.pix_fmt is not None and not chroma_420(op.pix_fmt)):
+        return soft  # 4:2:2 and 4:4:4 are software-only
     return soft + tuple(f"{op.codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
 
 

@@ -9,12 +9,13 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from control.errors import BadInput
 from schemas.jobs import JobSpec
+from schemas.videoopts import Level, PixFmt, Position, Profile
 
 FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
 # Typical H.264 ladder bitrates (kbps) for `--ladder 1080,720`; `HEIGHT:KBPS` overrides one.
@@ -102,6 +103,36 @@ def _ladder(text: str) -> list[dict[str, int]]:
     return rungs
 
 
+def _crop(text: str) -> dict[str, int]:
+    try:
+        width, height, *corner = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise BadInput(f"--crop {text!r}: write W:H or W:H:X:Y (pixels)") from None
+    if len(corner) not in (0, 2):
+        raise BadInput(f"--crop {text!r}: write W:H or W:H:X:Y (pixels)")
+    x, y = corner or (0, 0)
+    return {"width": width, "height": height, "x": x, "y": y}
+
+
+def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The transcode form's picture flags, named as in the schema (it validates them)."""
+    op: dict[str, Any] = {}
+    for flag, key in (("start", "start_seconds"), ("duration", "duration_seconds"),
+                      ("gop", "gop_size"), ("profile", "profile"), ("level", "level"),
+                      ("pix_fmt", "pix_fmt"), ("fps", "fps")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            op[key] = getattr(args, flag)
+    if args.crop is not None:
+        op["crop"] = _crop(args.crop)
+    if args.deinterlace:
+        op["deinterlace"] = True
+    if args.closed_gop:
+        op["closed_gop"] = True
+    if args.overlay is not None:
+        op["overlay"] = {"image": file_uri(args.overlay), "position": args.overlay_position}
+    return op
+
+
 def flag_document(args: argparse.Namespace) -> dict[str, Any]:
     """The job document a flag form describes (paths become file:// URIs)."""
     form = args.form
@@ -112,6 +143,7 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         op |= {"codec": args.codec, "preset": args.preset}
         op |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v}
         # The container (and webm's opus audio) follow OUTPUT's extension: the schema settles them.
+        op |= _picture_options(args)
         if args.bitrate_kbps is not None:
             op["bitrate_kbps"] = args.bitrate_kbps
             op["rate_control"] = "capped_crf" if args.crf is not None else "vbr"
@@ -155,6 +187,18 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t.add_argument("--crf", type=int)
     t.add_argument("--preset", default="medium")
     t.add_argument("--bitrate-kbps", type=int)
+    t.add_argument("--start", type=float, metavar="SECONDS", help="trim: start this far in")
+    t.add_argument("--duration", type=float, metavar="SECONDS", help="trim: keep this much")
+    t.add_argument("--crop", metavar="W:H[:X:Y]", help="keep this window (source pixels)")
+    t.add_argument("--deinterlace", action="store_true")
+    t.add_argument("--fps", type=float)
+    t.add_argument("--gop", type=int, metavar="FRAMES", help="a keyframe every FRAMES frames")
+    t.add_argument("--closed-gop", action="store_true")
+    t.add_argument("--profile", choices=get_args(Profile))
+    t.add_argument("--level", choices=get_args(Level))
+    t.add_argument("--pix-fmt", choices=get_args(PixFmt))
+    t.add_argument("--overlay", metavar="IMAGE", help="draw this still image over the video")
+    t.add_argument("--overlay-position", default="top-right", choices=get_args(Position))
     a = forms.add_parser("analyze", help="VMAF/PSNR/SSIM of DISTORTED against REFERENCE")
     a.add_argument("input", metavar="DISTORTED")
     a.add_argument("reference", metavar="REFERENCE")

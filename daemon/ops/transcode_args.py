@@ -14,6 +14,7 @@ from pathlib import Path
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
 from schemas.operations import Transcode
+from schemas.videoopts import is_ten_bit
 
 MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
@@ -34,6 +35,14 @@ class Node:
     input_guard: tuple[str, ...] = ("-protocol_whitelist", "file")
 
 
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """A second input (the overlay image) and the guard options that go right before its `-i`."""
+
+    path: Path
+    guard: tuple[str, ...]
+
+
 def transcode_args(
     op: Transcode,
     encoder: str,
@@ -44,18 +53,26 @@ def transcode_args(
     ten_bit: bool = False,
     pass_no: int | None = None,
     passlog: Path = Path("/nonexistent/passlog"),
+    overlay: Extra | None = None,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer."""
     family = family_of(encoder)
     threads = str(node.threads)
     args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
+    if op.start_seconds:
+        args += ["-ss", repr(op.start_seconds)]  # before -i: seek, then decode from there
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
-    args += ["-map", f"0:v:{op.video_stream}", "-vf", ",".join(video_filters(op, family, ten_bit))]
+    if overlay is not None:
+        args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
+    args += video_graph(op, family, ten_bit)
     args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
     args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
-    args += ["-threads", threads]
+    args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
     if encoder == "libx265":  # x265 sizes its own thread pool; -threads does not bound it
-        args += ["-x265-params", f"pools={node.threads}:log-level=warning"]
+        args += ["-x265-params", ":".join([f"pools={node.threads}", "log-level=warning",
+                                           *x265_params(op)])]  # fmt: skip
+    if op.duration_seconds is not None:
+        args += ["-t", repr(op.duration_seconds)]
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
@@ -64,8 +81,26 @@ def transcode_args(
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
 
 
-def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:
+    """The software pixel format of the output: asked for, implied by the profile, else 4:2:0
+    at the source's depth (10-bit H.264 plays almost nowhere, so H.264 stays 8-bit)."""
+    if op.pix_fmt is not None:
+        return op.pix_fmt
+    if op.profile == "main10":
+        return "yuv420p10le"
+    if op.profile is not None:
+        return "yuv420p"
+    return "yuv420p10le" if ten_bit and op.codec != "h264" else "yuv420p"
+
+
+def picture_filters(op: Transcode) -> list[str]:
+    """Deinterlace, crop, scale, frame rate: in that order (crop counts source pixels)."""
     filters = []
+    if op.deinterlace:
+        filters.append("bwdif=mode=send_frame:parity=auto:deint=interlaced")
+    if op.crop is not None:
+        c = op.crop
+        filters.append(f"crop={c.width}:{c.height}:{c.x}:{c.y}:exact=1")
     if op.width and op.height:
         fit = "force_original_aspect_ratio=decrease:force_divisible_by=2"
         filters.append(f"scale={op.width}:{op.height}:{fit}")
@@ -75,18 +110,91 @@ def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
         filters.append(f"scale={op.width}:-2")
     if op.fps:
         filters.append(f"fps={op.fps!r}")
-    # 10-bit H.264 plays almost nowhere; other codecs keep a 10-bit source's depth.
-    deep = ten_bit and op.codec != "h264"
+    return filters
+
+
+def format_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+    deep = is_ten_bit(output_pix_fmt(op, ten_bit))
     match family:
         case "qsv":
-            filters += [f"format={'p010le' if deep else 'nv12'}", "hwupload=extra_hw_frames=64"]
+            return [f"format={'p010le' if deep else 'nv12'}", "hwupload=extra_hw_frames=64"]
         case "vaapi":
-            filters += [f"format={'p010' if deep else 'nv12'}", "hwupload"]
+            return [f"format={'p010' if deep else 'nv12'}", "hwupload"]
         case "nvenc":
-            filters.append(f"format={'p010le' if deep else 'yuv420p'}")
-        case _:
-            filters.append(f"format={'yuv420p10le' if deep else 'yuv420p'}")
-    return filters
+            return [f"format={'p010le' if deep else 'yuv420p'}"]
+    return [f"format={output_pix_fmt(op, ten_bit)}"]
+
+
+def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+    return [*picture_filters(op), *format_filters(op, family, ten_bit)]
+
+
+_CORNERS = {
+    "top-left": ("{m}", "{m}"),
+    "top-right": ("W-w-{m}", "{m}"),
+    "bottom-left": ("{m}", "H-h-{m}"),
+    "bottom-right": ("W-w-{m}", "H-h-{m}"),
+    "center": ("(W-w)/2", "(H-h)/2"),
+}
+
+
+def video_graph(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+    """`-vf` for one input; with an overlay, a complex graph whose second input is the image
+    (one frame, repeated to the end by overlay's default eof_action)."""
+    if op.overlay is None:
+        return [
+            "-map",
+            f"0:v:{op.video_stream}",
+            "-vf",
+            ",".join(video_filters(op, family, ten_bit)),
+        ]
+    o = op.overlay
+    x, y = (part.format(m=o.margin) for part in _CORNERS[o.position])
+    base = ",".join(picture_filters(op)) or "null"
+    image = f"scale={o.width}:-1," if o.width else ""
+    after = ",".join(format_filters(op, family, ten_bit))
+    graph = (
+        f"[0:v:{op.video_stream}]{base}[base];[1:v]{image}format=rgba[mark];"
+        f"[base][mark]overlay=x={x}:y={y}:format=auto,{after}[vout]"
+    )
+    return ["-filter_complex", graph, "-map", "[vout]"]
+
+
+def gop_args(encoder: str, op: Transcode) -> list[str]:
+    """A fixed keyframe interval: max and min distance both `gop_size`, scene cuts add none."""
+    if op.gop_size is None or encoder == "libx265":  # x265 takes them in -x265-params
+        return []
+    n = str(op.gop_size)
+    args = ["-g", n]
+    match encoder:
+        case "libx264":
+            args += ["-keyint_min", n, "-sc_threshold", "0"]
+            args += ["-flags", "+cgop"] if op.closed_gop else []
+        case "libvpx-vp9":
+            args += ["-keyint_min", n]
+        case _ if family_of(encoder) == "nvenc":
+            args += ["-no-scenecut", "1"]  # NVENC's GOPs are closed already
+    return args
+
+
+def x265_params(op: Transcode) -> list[str]:
+    params = []
+    if op.gop_size is not None:
+        params += [f"keyint={op.gop_size}", f"min-keyint={op.gop_size}", "scenecut=0"]
+        params += ["open-gop=0"] if op.closed_gop else []
+    if op.level is not None:
+        params.append(f"level-idc={op.level}")
+    return params
+
+
+def profile_args(encoder: str, op: Transcode) -> list[str]:
+    args = []
+    if op.profile is not None:
+        vaapi_baseline = family_of(encoder) == "vaapi" and op.profile == "baseline"
+        args += ["-profile:v", "constrained_baseline" if vaapi_baseline else op.profile]
+    if op.level is not None and encoder != "libx265":
+        args += ["-level:v", op.level]
+    return args
 
 
 def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:

@@ -11,6 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+import pytest_asyncio
+
+from daemon.errors import InputError, InvalidJob, PathRefused
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
@@ -18,6 +22,15 @@ from daemon.ops import run_operation
 from daemon.ops.context import JobContext, JobHandle
 from schemas.registry import JOB_DECODER
 from schemas.results import JobResult
+from tests.support.media import run_ffmpeg
+from tests.support.probing import (
+    frame_count,
+    header_values,
+    idet_counts,
+    keyframes,
+    mean_rgb,
+    video_line,
+)
 
 SOFTWARE = frozenset({"libx264", "libx265", "libvpx-vp9", "libsvtav1", "aac", "libopus",
                       "libmp3lame"})  # fmt: skip
@@ -30,7 +43,7 @@ async def run_job(
            "operation": {"op": "transcode", "preset": "ultrafast", **op}}  # fmt: skip
     spec = JOB_DECODER.decode(json.dumps(doc).encode())
     scratch = tmp_path / "scratch"
-    scratch.mkdir(exist_ok=True)
+    scratch.mkdir(parents=True, exist_ok=True)
 
     async def progress(_: Any) -> None:
         pass
@@ -53,3 +66,171 @@ async def test_a_json_job_to_webm_writes_webm(
     assert [s.codec for s in info.streams] == ["vp9", "opus"]
     # WebM is Matroska with an EBML doctype of "webm": the bytes say so, not only the name.
     assert b"webm" in (await asyncio.to_thread(out.read_bytes))[:64]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def interlaced(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    """2 s of real interlaced pictures (50p woven into 25i, top field first)."""
+    out = media_dir / "interlaced.mp4"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=50:duration=2",
+        "-vf", "interlace=scan=tff", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18",
+        "-flags", "+ildct+ilme", "-pix_fmt", "yuv420p", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+@pytest_asyncio.fixture(scope="module")
+async def red_png(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    out = media_dir / "mark.png"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y", "-f", "lavfi",
+        "-i", "color=c=red:s=32x16,format=rgba", "-frames:v", "1", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+async def test_trim_keeps_the_asked_window(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "t.mp4"
+    result = await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out,
+                           start_seconds=0.5, duration_seconds=1.0)  # fmt: skip
+    info = await probe_media(ffmpeg_tools, out)
+    assert info.duration_s is not None and abs(info.duration_s - 1.0) < 0.06
+    # 1 s at 25 fps; ffmpeg's own `-ss 0.5 -t 1` on this clip keeps 24 (the seek lands on the
+    # frame just after the start), so one frame either way is ffmpeg's rounding, not the trim.
+    assert await frame_count(ffmpeg_tools.ffmpeg, out) in (24, 25)
+    assert [s.type for s in info.streams] == ["video", "audio"]
+    assert result.media_seconds == 1.0
+
+
+async def test_trim_to_the_end_when_no_duration_is_given(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "t.mp4"
+    result = await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, start_seconds=1.2)
+    assert await frame_count(ffmpeg_tools.ffmpeg, out) in (19, 20)  # 0.8 s at 25 fps
+    assert result.media_seconds is not None and abs(result.media_seconds - 0.8) < 1e-9
+
+
+async def test_a_start_past_the_end_is_refused(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "t.mp4"
+    with pytest.raises(InvalidJob, match=r"`start_seconds` 5 is at or past the input's end"):
+        await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, start_seconds=5)
+    assert not out.exists()
+
+
+async def test_crop_then_scale(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path, red_png: Path
+) -> None:
+    out = tmp_path / "out" / "c.mp4"
+    crop = {"width": 160, "height": 120, "x": 160, "y": 120}
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, crop=crop, width=80)
+    video = (await probe_media(ffmpeg_tools, out)).streams[0]
+    assert (video.width, video.height) == (80, 60)
+    with pytest.raises(InvalidJob, match=r"crop 160x120 at \(200, 0\) falls outside the 320x240"):
+        await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out,
+                      crop={**crop, "x": 200, "y": 0})  # fmt: skip
+
+
+async def test_deinterlace_removes_the_combing(
+    ffmpeg_tools: FfmpegTools, interlaced: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    ffmpeg = ffmpeg_tools.ffmpeg
+    plain, woven = tmp_path / "out" / "plain.mp4", tmp_path / "out" / "d.mp4"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], interlaced, plain, crf=18)
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], interlaced, woven, crf=18, deinterlace=True)
+    combed, _ = await idet_counts(ffmpeg, plain)
+    assert combed >= 40  # without the option the fields stay woven
+    combed, progressive = await idet_counts(ffmpeg, woven)
+    assert progressive >= 40 and combed <= 10
+    assert "progressive" in await video_line(ffmpeg, woven)
+
+
+async def test_fixed_gop_and_closed_gop(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    ffmpeg = ffmpeg_tools.ffmpeg
+    h264, open_hevc, closed_hevc = (tmp_path / "out" / n for n in ("g.mp4", "o.mp4", "c.mp4"))
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, h264, gop_size=12)
+    assert await keyframes(ffmpeg, h264) == [0, 12, 24, 36, 48]
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, open_hevc, codec="hevc", gop_size=10)
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, closed_hevc, codec="hevc",
+                  gop_size=10, closed_gop=True)  # fmt: skip
+    assert await keyframes(ffmpeg, closed_hevc) == [0, 10, 20, 30, 40]
+    # HEVC keyframes after the first: CRA (21) in an open GOP, IDR (19, 20) in a closed one.
+    assert 21 in await header_values(ffmpeg, open_hevc, "nal_unit_type")
+    closed = set(await header_values(ffmpeg, closed_hevc, "nal_unit_type"))
+    assert 21 not in closed and closed & {19, 20}
+
+
+async def test_profile_level_and_pixel_format(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    ffmpeg = ffmpeg_tools.ffmpeg
+    main, hevc10, full = (tmp_path / "out" / n for n in ("m.mp4", "h.mp4", "f.mkv"))
+    # x264 takes the profile as a ceiling: `ultrafast` fits Constrained Baseline, `fast` does not.
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, main, profile="main", level="3.1",
+                  preset="fast")  # fmt: skip
+    assert "h264 (Main)" in await video_line(ffmpeg, main)
+    assert set(await header_values(ffmpeg, main, "level_idc")) == {31}
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, hevc10, codec="hevc",
+                  profile="main10", level="4.1")  # fmt: skip
+    line = await video_line(ffmpeg, hevc10)
+    assert "hevc (Main 10)" in line and "yuv420p10le" in line
+    assert set(await header_values(ffmpeg, hevc10, "general_level_idc")) == {123}  # 4.1 x 30
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, full, pix_fmt="yuv444p")
+    video = (await probe_media(ffmpeg_tools, full)).streams[0]
+    assert (video.codec, video.pix_fmt) == ("h264", "yuv444p")
+    assert "High 4:4:4" in await video_line(ffmpeg, full)
+
+
+async def test_frame_rate_change(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "r.mp4"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, fps=10)
+    video = (await probe_media(ffmpeg_tools, out)).streams[0]
+    assert video.fps == 10.0
+    assert await frame_count(ffmpeg_tools.ffmpeg, out) == 20
+
+
+async def test_overlay_draws_the_image_where_asked(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path, red_png: Path
+) -> None:
+    ffmpeg = ffmpeg_tools.ffmpeg
+    out = tmp_path / "out" / "w.mp4"
+    overlay = {"image": uri_of(red_png), "position": "bottom-right", "margin": 8, "width": 64}
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, crf=18, overlay=overlay)
+    # 64x32 of red ends 8 px from the right and bottom edges of 320x240: (248, 200)-(312, 232).
+    r, g, b = await mean_rgb(ffmpeg, out, "48:16:256:208")
+    assert r > 200 and g < 60 and b < 60
+    r, g, b = await mean_rgb(ffmpeg, out, "48:16:256:208", at=1.9)  # on the last frames too
+    assert r > 200 and g < 60 and b < 60
+    r, g, b = await mean_rgb(ffmpeg, out, "48:16:8:8")  # the opposite corner is untouched
+    assert not (r > 200 and g < 60 and b < 60)
+
+
+async def test_an_overlay_outside_the_roots_is_refused(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path, red_png: Path
+) -> None:
+    out = tmp_path / "out" / "w.mp4"
+    with pytest.raises(PathRefused):
+        await run_job(ffmpeg_tools, tmp_path / "jail", [], clip, out,
+                      overlay={"image": "file:///etc/hostname"})  # fmt: skip
+    assert not out.exists()
+
+
+async def test_an_overlay_that_is_not_an_image_is_refused(
+    ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "w.mp4"
+    with pytest.raises(InputError):
+        await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out,
+                      overlay={"image": uri_of(clip)})  # fmt: skip

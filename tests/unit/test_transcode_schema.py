@@ -71,3 +71,53 @@ def test_a_codec_the_extensions_container_cannot_carry_is_refused() -> None:
     assert "webm carries only `opus` audio" in _refused(
         "file:///o/x.webm", codec="vp9", audio_codec="aac"
     )
+
+
+@pytest.mark.parametrize(
+    ("op", "needle"),
+    [
+        ({"crop": {"width": 101, "height": 100}}, "crop `width` and `height` must be even"),
+        ({"crop": {"width": 8, "height": 100}}, "$.operation.crop.width"),
+        ({"start_seconds": -1}, "$.operation.start_seconds"),
+        ({"duration_seconds": 0}, "$.operation.duration_seconds"),
+        ({"gop_size": 0}, "$.operation.gop_size"),
+        ({"closed_gop": True}, "`closed_gop` needs `gop_size`"),
+        ({"codec": "av1", "profile": "main"}, "`profile` 'main' is not one av1 has"),
+        ({"profile": "main10"}, "`profile` 'main10' is not one h264 has (baseline, high, main)"),
+        ({"codec": "hevc", "level": "4.2"}, "`level` '4.2' is not settable for hevc"),
+        ({"codec": "vp9", "level": "4.1"}, "`level` '4.1' is not settable for vp9"),
+        ({"level": "9.9"}, "$.operation.level"),
+        ({"codec": "av1", "pix_fmt": "yuv444p"}, "`pix_fmt` 'yuv444p' is not one av1 encodes"),
+        ({"profile": "high", "pix_fmt": "yuv420p10le"}, "`profile` 'high' is 8-bit 4:2:0 only"),
+        ({"codec": "hevc", "profile": "main10", "pix_fmt": "yuv422p10le"},
+         "`profile` 'main10' is 4:2:0 only"),
+        ({"pix_fmt": "rgb24"}, "$.operation.pix_fmt"),
+        ({"overlay": {"image": "/etc/passwd"}}, "$.operation.overlay.image"),
+        ({"overlay": {"image": "file:///m.png", "position": "left"}},
+         "$.operation.overlay.position"),
+        ({"overlay": {"image": "file:///m.png", "margin": -1}}, "$.operation.overlay.margin"),
+        ({"fps": 0}, "$.operation.fps"),
+    ],
+)  # fmt: skip
+def test_bad_picture_options_name_the_problem(op: dict[str, Any], needle: str) -> None:
+    assert needle in _refused("file:///o/x.mp4", **op)
+
+
+def test_software_only_pixel_formats_refuse_a_hardware_accel() -> None:
+    doc = {"job_id": "j1", "input": "file:///in.mp4", "output": "file:///o/x.mp4",
+           "operation": {"op": "transcode", "pix_fmt": "yuv444p"},
+           "requirements": {"accel": "nvenc"}}  # fmt: skip
+    with pytest.raises(DecodeError, match="`pix_fmt` 'yuv444p' is software-only"):
+        JOB_DECODER.decode(json.dumps(doc).encode())
+    doc["requirements"] = {"accel": "auto"}
+    assert JOB_DECODER.decode(json.dumps(doc).encode()).operation.pix_fmt == "yuv444p"
+
+
+def test_every_picture_option_round_trips() -> None:
+    job = _decode(
+        "file:///o/x.mkv", codec="hevc", start_seconds=1.5, duration_seconds=10,
+        crop={"width": 640, "height": 360, "x": 8, "y": 4}, deinterlace=True, gop_size=48,
+        closed_gop=True, profile="main10", level="4.1", pix_fmt="yuv420p10le", fps=30,
+        overlay={"image": "file:///m/logo.png", "position": "center", "margin": 0, "width": 100},
+    )  # fmt: skip
+    assert JOB_DECODER.decode(encode(job)) == job

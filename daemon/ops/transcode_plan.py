@@ -1,0 +1,100 @@
+"""What a transcode settles against its probed input before any encode: the video stream, the
+trim and crop against the picture and duration, the encoders the pixel format allows, and the
+overlay image (opened like an input: under the roots or downloaded, then probed within limits).
+
+Every refusal here is permanent (InvalidJob/InputError): no node would answer differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import msgspec
+
+from daemon.errors import InputError, InvalidJob
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.handle import JobHandle
+from daemon.media.access import MediaAccess, MediaJob, open_input
+from daemon.media.limits import guard_args
+from daemon.ops.encoders import family_of
+from daemon.ops.transcode_args import Extra
+from schemas.jobs import JobSpec
+from schemas.operations import Transcode
+from schemas.results import ProbeInfo, StreamInfo
+from schemas.videoopts import chroma_420
+
+#: Demuxers an overlay image may be read with: still-image formats only.
+IMAGE_DEMUXERS = ["png_pipe", "jpeg_pipe", "webp_pipe"]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    video: StreamInfo
+    #: Seconds of output, for progress and the result (the trimmed length when trimmed).
+    duration_s: float | None
+    ten_bit: bool
+    overlay: Extra | None = None
+
+
+def plan(op: Transcode, info: ProbeInfo) -> Plan:
+    videos = [s for s in info.streams if s.type == "video"]
+    if op.video_stream >= len(videos):
+        raise InputError(f"input has no video stream #{op.video_stream} ({len(videos)} found)")
+    video = videos[op.video_stream]
+    if op.crop is not None and video.width and video.height:
+        c = op.crop
+        if c.x + c.width > video.width or c.y + c.height > video.height:
+            raise InvalidJob(f"crop {c.width}x{c.height} at ({c.x}, {c.y}) falls outside the "
+                             f"{video.width}x{video.height} picture")  # fmt: skip
+    return Plan(video, trimmed(op, info.duration_s), (video.bit_depth or 8) > 8)
+
+
+def trimmed(op: Transcode, duration: float | None) -> float | None:
+    start = op.start_seconds or 0.0
+    if duration is None:
+        return op.duration_seconds
+    if start >= duration:
+        raise InvalidJob(
+            f"`start_seconds` {start:g} is at or past the input's end ({duration:g} s)"
+        )
+    left = duration - start
+    return min(left, op.duration_seconds) if op.duration_seconds is not None else left
+
+
+def allowed_encoders(op: Transcode, chain: list[str]) -> list[str]:
+    """4:2:2 and 4:4:4 are software-only: hardware encoders take NV12/P010."""
+    if op.pix_fmt is None or chroma_420(op.pix_fmt):
+        return chain
+    soft = [e for e in chain if family_of(e) == "software"]
+    if not soft:
+        raise InvalidJob(f"`pix_fmt` {op.pix_fmt!r} needs a software encoder; none is usable here")
+    return soft
+
+
+async def open_overlay(ctx: MediaJob, op: Transcode) -> Extra | None:
+    """The overlay image as a local file, checked like an input but read by image demuxers."""
+    if op.overlay is None:
+        return None
+    limits = msgspec.structs.replace(
+        ctx.media.limits, demuxers=IMAGE_DEMUXERS, require_duration=False
+    )
+    image_ctx = _ImageJob(ctx.spec, ctx.scratch, ctx.tools, ctx.allowed_roots, ctx.handle,
+                          replace(ctx.media, limits=limits))  # fmt: skip
+    path, info = await open_input(image_ctx, op.overlay.image, role="overlay")
+    if [s.type for s in info.streams] != ["video"]:
+        raise InputError("the overlay image must hold exactly one picture stream")
+    return Extra(path, tuple(guard_args(limits)))
+
+
+@dataclass(frozen=True, slots=True)
+class _ImageJob:
+    """The attempt as media access sees it, with the image demuxer allow-list."""
+
+    spec: JobSpec
+    scratch: Path
+    tools: FfmpegTools
+    allowed_roots: Sequence[Path]
+    handle: JobHandle
+    media: MediaAccess
