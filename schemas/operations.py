@@ -9,7 +9,16 @@ from urllib.parse import unquote, urlsplit
 import msgspec
 
 from schemas.common import MediaUri, Part
-from schemas.videoopts import Crop, Level, Overlay, PixFmt, Profile, check_picture
+from schemas.videoopts import (
+    Crop,
+    HdrMode,
+    Level,
+    Overlay,
+    PixFmt,
+    Profile,
+    check_hdr_keep,
+    check_picture,
+)
 
 VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
@@ -92,6 +101,10 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     pix_fmt: PixFmt | None = None
     #: A still image (watermark) drawn over every frame; its URI is checked like `input`.
     overlay: Overlay | None = None
+    #: An HDR (PQ or HLG) source: `auto` keeps it HDR when the output is 10-bit and refuses an
+    #: 8-bit output (it would stay tagged HDR); `keep` insists on HDR; `tonemap` makes SDR
+    #: (BT.709). An SDR source ignores it.
+    hdr: HdrMode = "auto"
 
     def __post_init__(self) -> None:
         _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
@@ -99,6 +112,8 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
             self.codec, profile=self.profile, level=self.level, pix_fmt=self.pix_fmt,
             gop_size=self.gop_size, closed_gop=self.closed_gop,
         )  # fmt: skip
+        if self.hdr == "keep":
+            check_hdr_keep(self.codec, self.profile, self.pix_fmt)
         if self.container is not None:
             self._check_container(self.container)
 

@@ -14,6 +14,7 @@ PixFmt = Literal["yuv420p", "yuv420p10le", "yuv422p", "yuv422p10le", "yuv444p", 
 Profile = Literal["baseline", "main", "high", "main10"]
 Level = Literal["3.0", "3.1", "4.0", "4.1", "4.2", "5.0", "5.1", "5.2", "6.0", "6.1", "6.2"]
 Position = Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"]
+HdrMode = Literal["auto", "keep", "tonemap"]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=8192)]
 
 #: Profiles each codec takes; ffmpeg's names for them.
@@ -66,6 +67,19 @@ class Overlay(Part, kw_only=True):
     margin: Annotated[int, msgspec.Meta(ge=0, le=4096)] = 16
     #: Scale the image to this width first (height follows its aspect ratio).
     width: Annotated[int, msgspec.Meta(ge=2, le=8192)] | None = None
+
+
+#: Codecs that carry 10-bit HDR here (10-bit H.264 plays almost nowhere).
+HDR_CODECS = ("hevc", "av1", "vp9")
+
+
+def check_hdr_keep(codec: str, profile: str | None, pix_fmt: str | None) -> None:
+    if codec not in HDR_CODECS:
+        raise ValueError(f"`hdr` 'keep' needs a 10-bit {', '.join(HDR_CODECS)} output, not "
+                         f"{codec}; ask `hdr` 'tonemap' for SDR instead")  # fmt: skip
+    if (pix_fmt is not None and not is_ten_bit(pix_fmt)) or profile == "main":
+        raise ValueError("`hdr` 'keep' needs 10-bit pictures: leave out `pix_fmt` (or ask a "
+                         "10-bit one) and `profile` 'main'")  # fmt: skip
 
 
 def check_picture(

@@ -15,7 +15,7 @@ import msgspec
 
 from control.errors import BadInput
 from schemas.jobs import JobSpec
-from schemas.videoopts import Level, PixFmt, Position, Profile
+from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
 
 FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
 # Typical H.264 ladder bitrates (kbps) for `--ladder 1080,720`; `HEIGHT:KBPS` overrides one.
@@ -128,6 +128,8 @@ def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
         op["deinterlace"] = True
     if args.closed_gop:
         op["closed_gop"] = True
+    if args.hdr is not None:
+        op["hdr"] = args.hdr
     if args.overlay is not None:
         op["overlay"] = {"image": file_uri(args.overlay), "position": args.overlay_position}
     return op
@@ -197,6 +199,9 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t.add_argument("--profile", choices=get_args(Profile))
     t.add_argument("--level", choices=get_args(Level))
     t.add_argument("--pix-fmt", choices=get_args(PixFmt))
+    t.add_argument(
+        "--hdr", choices=get_args(HdrMode), help="an HDR source: keep, or tone-map to SDR"
+    )
     t.add_argument("--overlay", metavar="IMAGE", help="draw this still image over the video")
     t.add_argument("--overlay-position", default="top-right", choices=get_args(Position))
     a = forms.add_parser("analyze", help="VMAF/PSNR/SSIM of DISTORTED against REFERENCE")

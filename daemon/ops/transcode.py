@@ -39,7 +39,7 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
     if src == dest:
         raise InvalidJob("output is the same file as the input")
     settled = replace(plan(op, info), overlay=await open_overlay(ctx, op))
-    notes: list[str] = []
+    notes: list[str] = list(settled.notes)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
@@ -102,7 +102,7 @@ async def _encode(
         args = transcode_args(
             op, encoder, src, dest, node,
             ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
-            overlay=settled.overlay,
+            overlay=settled.overlay, colour=settled.colour,
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))

@@ -43,6 +43,24 @@ class Extra:
     guard: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Colour:
+    """What the output's colour must say: kept HDR tags, or SDR made by tone-mapping."""
+
+    primaries: str
+    transfer: str
+    matrix: str
+    tonemap: bool = False
+
+
+SDR = Colour("bt709", "bt709", "bt709", tonemap=True)
+#: PQ/HLG to linear light, tone-mapped (hable) into BT.709 primaries, back to a BT.709 curve.
+TONEMAP = (
+    "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
+    "zscale=t=bt709:m=bt709:r=tv"
+)
+
+
 def transcode_args(
     op: Transcode,
     encoder: str,
@@ -54,6 +72,7 @@ def transcode_args(
     pass_no: int | None = None,
     passlog: Path = Path("/nonexistent/passlog"),
     overlay: Extra | None = None,
+    colour: Colour | None = None,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer."""
     family = family_of(encoder)
@@ -64,7 +83,7 @@ def transcode_args(
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     if overlay is not None:
         args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
-    args += video_graph(op, family, ten_bit)
+    args += video_graph(op, family, ten_bit, colour)
     args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
     args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
     args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
@@ -83,7 +102,8 @@ def transcode_args(
 
 def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:
     """The software pixel format of the output: asked for, implied by the profile, else 4:2:0
-    at the source's depth (10-bit H.264 plays almost nowhere, so H.264 stays 8-bit)."""
+    at the source's depth (10-bit H.264 plays almost nowhere, so H.264 stays 8-bit; tone-mapped
+    SDR is 8-bit)."""
     if op.pix_fmt is not None:
         return op.pix_fmt
     if op.profile == "main10":
@@ -93,14 +113,17 @@ def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:
     return "yuv420p10le" if ten_bit and op.codec != "h264" else "yuv420p"
 
 
-def picture_filters(op: Transcode) -> list[str]:
-    """Deinterlace, crop, scale, frame rate: in that order (crop counts source pixels)."""
+def picture_filters(op: Transcode, colour: Colour | None) -> list[str]:
+    """Deinterlace, crop, tone-map, scale, frame rate: in that order (crop counts source pixels;
+    tone-mapping the cropped picture costs less, and scaling after it filters SDR values)."""
     filters = []
     if op.deinterlace:
         filters.append("bwdif=mode=send_frame:parity=auto:deint=interlaced")
     if op.crop is not None:
         c = op.crop
         filters.append(f"crop={c.width}:{c.height}:{c.x}:{c.y}:exact=1")
+    if colour is not None and colour.tonemap:
+        filters.append(TONEMAP)
     if op.width and op.height:
         fit = "force_original_aspect_ratio=decrease:force_divisible_by=2"
         filters.append(f"scale={op.width}:{op.height}:{fit}")
@@ -113,20 +136,30 @@ def picture_filters(op: Transcode) -> list[str]:
     return filters
 
 
-def format_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+def format_filters(
+    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
+) -> list[str]:
+    """Tags, then the encoder's pixel format. The frames' tags are what the encoder writes:
+    ffmpeg takes colour properties from the frames, so they are set here, not as options."""
+    tags = []
+    if colour is not None:
+        tags.append(f"setparams=color_primaries={colour.primaries}:color_trc={colour.transfer}"
+                    f":colorspace={colour.matrix}")  # fmt: skip
     deep = is_ten_bit(output_pix_fmt(op, ten_bit))
     match family:
         case "qsv":
-            return [f"format={'p010le' if deep else 'nv12'}", "hwupload=extra_hw_frames=64"]
+            return [*tags, f"format={'p010le' if deep else 'nv12'}", "hwupload=extra_hw_frames=64"]
         case "vaapi":
-            return [f"format={'p010' if deep else 'nv12'}", "hwupload"]
+            return [*tags, f"format={'p010' if deep else 'nv12'}", "hwupload"]
         case "nvenc":
-            return [f"format={'p010le' if deep else 'yuv420p'}"]
-    return [f"format={output_pix_fmt(op, ten_bit)}"]
+            return [*tags, f"format={'p010le' if deep else 'yuv420p'}"]
+    return [*tags, f"format={output_pix_fmt(op, ten_bit)}"]
 
 
-def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
-    return [*picture_filters(op), *format_filters(op, family, ten_bit)]
+def video_filters(
+    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
+) -> list[str]:
+    return [*picture_filters(op, colour), *format_filters(op, family, ten_bit, colour)]
 
 
 _CORNERS = {
@@ -138,7 +171,9 @@ _CORNERS = {
 }
 
 
-def video_graph(op: Transcode, family: str, ten_bit: bool) -> list[str]:
+def video_graph(
+    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
+) -> list[str]:
     """`-vf` for one input; with an overlay, a complex graph whose second input is the image
     (one frame, repeated to the end by overlay's default eof_action)."""
     if op.overlay is None:
@@ -146,13 +181,13 @@ def video_graph(op: Transcode, family: str, ten_bit: bool) -> list[str]:
             "-map",
             f"0:v:{op.video_stream}",
             "-vf",
-            ",".join(video_filters(op, family, ten_bit)),
+            ",".join(video_filters(op, family, ten_bit, colour)),
         ]
     o = op.overlay
     x, y = (part.format(m=o.margin) for part in _CORNERS[o.position])
-    base = ",".join(picture_filters(op)) or "null"
+    base = ",".join(picture_filters(op, colour)) or "null"
     image = f"scale={o.width}:-1," if o.width else ""
-    after = ",".join(format_filters(op, family, ten_bit))
+    after = ",".join(format_filters(op, family, ten_bit, colour))
     graph = (
         f"[0:v:{op.video_stream}]{base}[base];[1:v]{image}format=rgba[mark];"
         f"[base][mark]overlay=x={x}:y={y}:format=auto,{after}[vout]"

@@ -19,11 +19,11 @@ from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess, MediaJob, open_input
 from daemon.media.limits import guard_args
 from daemon.ops.encoders import family_of
-from daemon.ops.transcode_args import Extra
+from daemon.ops.transcode_args import SDR, Colour, Extra, output_pix_fmt
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 from schemas.results import ProbeInfo, StreamInfo
-from schemas.videoopts import chroma_420
+from schemas.videoopts import HDR_CODECS, chroma_420, is_ten_bit
 
 #: Demuxers an overlay image may be read with: still-image formats only.
 IMAGE_DEMUXERS = ["png_pipe", "jpeg_pipe", "webp_pipe"]
@@ -36,6 +36,8 @@ class Plan:
     duration_s: float | None
     ten_bit: bool
     overlay: Extra | None = None
+    colour: Colour | None = None
+    notes: tuple[str, ...] = ()
 
 
 def plan(op: Transcode, info: ProbeInfo) -> Plan:
@@ -48,7 +50,38 @@ def plan(op: Transcode, info: ProbeInfo) -> Plan:
         if c.x + c.width > video.width or c.y + c.height > video.height:
             raise InvalidJob(f"crop {c.width}x{c.height} at ({c.x}, {c.y}) falls outside the "
                              f"{video.width}x{video.height} picture")  # fmt: skip
-    return Plan(video, trimmed(op, info.duration_s), (video.bit_depth or 8) > 8)
+    ten_bit = (video.bit_depth or 8) > 8
+    colour, notes = hdr_colour(op, video, ten_bit)
+    if colour is not None and colour.tonemap:
+        ten_bit = False  # tone-mapped SDR is 8-bit unless `pix_fmt` asks otherwise
+    return Plan(video, trimmed(op, info.duration_s), ten_bit, colour=colour, notes=notes)
+
+
+#: The transfer each HDR kind is tagged with (Dolby Vision's base layer is PQ here).
+HDR_TRANSFER = {"hdr10": "smpte2084", "hlg": "arib-std-b67", "dolby_vision": "smpte2084"}
+HDR_NAMES = {"hdr10": "HDR10 (PQ)", "hlg": "HLG", "dolby_vision": "Dolby Vision"}
+
+
+def hdr_colour(
+    op: Transcode, video: StreamInfo, ten_bit: bool
+) -> tuple[Colour | None, tuple[str, ...]]:
+    """The output's colour for an HDR source; InvalidJob for the silent wrong combination (HDR
+    tags on 8-bit pictures). An SDR source: None (ffmpeg passes its tags through)."""
+    if video.hdr not in HDR_TRANSFER:
+        return None, ()
+    if op.hdr == "tonemap":
+        return SDR, (f"{HDR_NAMES[video.hdr]} input tone-mapped to SDR (BT.709)",)
+    pix = output_pix_fmt(op, ten_bit)
+    if not is_ten_bit(pix):
+        raise InvalidJob(
+            f"the input is {HDR_NAMES[video.hdr]} but the output would be 8-bit {op.codec} "
+            f"({pix}) still tagged HDR, which plays washed out or wrong: ask `hdr` 'tonemap' "
+            f"for SDR, or keep HDR with a 10-bit {'/'.join(HDR_CODECS)} output"
+        )
+    keep = Colour("bt2020", HDR_TRANSFER[video.hdr], "bt2020nc")
+    if video.hdr == "dolby_vision":
+        return keep, ("Dolby Vision metadata is not carried over: the output is its HDR10 base",)
+    return keep, ()
 
 
 def trimmed(op: Transcode, duration: float | None) -> float | None:

@@ -234,3 +234,96 @@ async def test_an_overlay_that_is_not_an_image_is_refused(
     with pytest.raises(InputError):
         await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out,
                       overlay={"image": uri_of(clip)})  # fmt: skip
+
+
+async def _hdr_clip(ffmpeg: str, out: Path, transfer: str, encoder: str) -> Path:
+    """1 s of 10-bit BT.2020 with `transfer` (smpte2084: HDR10, arib-std-b67: HLG), tagged on
+    the frames (this ffmpeg writes primaries and transfer from the frames, not from options)."""
+    tags = f"setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc"
+    quiet = ["-x265-params", "log-level=error"] if encoder == "libx265" else ["-preset", "12"]
+    code, err = await run_ffmpeg(
+        ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1",
+        "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=1",
+        "-vf", f"{tags},format=yuv420p10le", "-c:v", encoder, *quiet,
+        "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc",
+        "-c:a", "aac", "-shortest", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hdr10(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    return await _hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "hdr10.mp4", "smpte2084", "libx265")
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hlg(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    return await _hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "hlg.mkv", "arib-std-b67", "libsvtav1")
+
+
+async def test_the_hdr_test_media_are_what_they_claim(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, hlg: Path
+) -> None:
+    for clip, kind, transfer in ((hdr10, "hdr10", "smpte2084"), (hlg, "hlg", "arib-std-b67")):
+        video = (await probe_media(ffmpeg_tools, clip)).streams[0]
+        assert (video.pix_fmt, video.hdr) == ("yuv420p10le", kind)
+        assert f"bt2020nc/bt2020/{transfer}" in await video_line(ffmpeg_tools.ffmpeg, clip)
+
+
+async def test_hdr_to_an_8_bit_output_is_refused_with_the_ways_out(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "x.mp4"
+    with pytest.raises(InvalidJob) as info:
+        await run_job(ffmpeg_tools, tmp_path, [media_dir], hdr10, out)  # h264 by default
+    reason = str(info.value)
+    assert "the input is HDR10 (PQ) but the output would be 8-bit h264" in reason
+    assert "`hdr` 'tonemap'" in reason and "10-bit hevc/av1/vp9" in reason
+    with pytest.raises(InvalidJob, match="would be 8-bit hevc"):
+        await run_job(ffmpeg_tools, tmp_path, [media_dir], hdr10, out, codec="hevc",
+                      pix_fmt="yuv420p")  # fmt: skip
+    assert not out.exists()
+
+
+async def test_hdr10_stays_hdr10_in_10_bit_hevc(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "x.mp4"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], hdr10, out, codec="hevc", height=120)
+    video = (await probe_media(ffmpeg_tools, out)).streams[0]
+    assert (video.codec, video.pix_fmt, video.bit_depth, video.hdr) == (
+        "hevc", "yuv420p10le", 10, "hdr10",
+    )  # fmt: skip
+    line = await video_line(ffmpeg_tools.ffmpeg, out)
+    assert "Main 10" in line and "bt2020nc/bt2020/smpte2084" in line
+    # The bitstream itself signals it (VUI), not only the container.
+    assert await header_values(ffmpeg_tools.ffmpeg, out, "transfer_characteristics") == [16]
+    assert await header_values(ffmpeg_tools.ffmpeg, out, "colour_primaries") == [9]
+
+
+async def test_hlg_kept_in_10_bit_av1(
+    ffmpeg_tools: FfmpegTools, hlg: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "x.mkv"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], hlg, out, codec="av1", hdr="keep",
+                  preset="ultrafast", crf=50, audio_codec="opus")  # fmt: skip
+    video = (await probe_media(ffmpeg_tools, out)).streams[0]
+    assert (video.codec, video.pix_fmt, video.hdr) == ("av1", "yuv420p10le", "hlg")
+    assert "bt2020nc/bt2020/arib-std-b67" in await video_line(ffmpeg_tools.ffmpeg, out)
+
+
+async def test_tonemap_makes_8_bit_bt709_sdr(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, hlg: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    for clip in (hdr10, hlg):
+        out = tmp_path / "out" / f"sdr-{clip.stem}.mp4"
+        result = await run_job(ffmpeg_tools, tmp_path, [media_dir], clip, out, hdr="tonemap")
+        video = (await probe_media(ffmpeg_tools, out)).streams[0]
+        assert (video.codec, video.pix_fmt, video.hdr) == ("h264", "yuv420p", None)
+        assert "yuv420p(tv, bt709, progressive)" in await video_line(ffmpeg_tools.ffmpeg, out)
+        assert any("tone-mapped to SDR (BT.709)" in n for n in result.notes)
+        # Not a blank picture: testsrc2's colour bars survive the mapping.
+        r, g, b = await mean_rgb(ffmpeg_tools.ffmpeg, out, "320:240:0:0")
+        assert 20 < (r + g + b) / 3 < 235

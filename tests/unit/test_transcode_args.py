@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from daemon.ops.transcode_args import Extra, Node, transcode_args
+import pytest
+
+from daemon.errors import InvalidJob
+from daemon.ops.transcode_args import SDR, TONEMAP, Colour, Extra, Node, transcode_args
+from daemon.ops.transcode_plan import hdr_colour
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
+from schemas.results import StreamInfo
 from schemas.videoopts import Crop, Overlay
 
 NODE = Node(threads=2, hwaccels=frozenset({"cuda"}), render_node="/dev/dri/renderD129")
@@ -80,3 +85,40 @@ def test_overlay_makes_a_two_input_graph() -> None:
         "[base][mark]overlay=x=W-w-4:y=4:format=auto,format=yuv420p[vout]"
     )
     assert _value(args, "-map") == "[vout]" and "-vf" not in args
+
+
+def _video(hdr: str | None, depth: int = 10) -> StreamInfo:
+    pix = "yuv420p10le" if depth == 10 else "yuv420p"
+    return StreamInfo(index=0, type="video", codec="hevc", pix_fmt=pix, bit_depth=depth, hdr=hdr)
+
+
+def test_hdr_sources_keep_their_tags_or_are_tone_mapped() -> None:
+    hevc = Transcode(codec="hevc")
+    assert hdr_colour(hevc, _video("hdr10"), True) == (
+        Colour("bt2020", "smpte2084", "bt2020nc"),
+        (),
+    )
+    assert hdr_colour(hevc, _video("hlg"), True)[0] == Colour("bt2020", "arib-std-b67", "bt2020nc")
+    colour, notes = hdr_colour(hevc, _video("dolby_vision"), True)
+    assert colour is not None and colour.transfer == "smpte2084" and "not carried" in notes[0]
+    assert hdr_colour(Transcode(hdr="tonemap"), _video("hdr10"), True)[0] == SDR
+    # An SDR source: nothing to keep or map, whatever `hdr` says.
+    assert hdr_colour(Transcode(hdr="tonemap"), _video(None, 8), False) == (None, ())
+    with pytest.raises(InvalidJob, match=r"HDR10 \(PQ\) but the output would be 8-bit h264"):
+        hdr_colour(Transcode(), _video("hdr10"), True)
+    with pytest.raises(InvalidJob, match="HLG but the output would be 8-bit vp9"):
+        hdr_colour(Transcode(codec="vp9", pix_fmt="yuv420p"), _video("hlg"), True)
+
+
+def test_colour_tags_go_on_the_frames_before_the_format() -> None:
+    op = Transcode(codec="hevc", height=720)
+    keep = Colour("bt2020", "smpte2084", "bt2020nc")
+    args = transcode_args(op, "libx265", Path("/i"), Path("/o"), NODE, ten_bit=True, colour=keep)
+    assert _value(args, "-vf") == (
+        "scale=-2:720,setparams=color_primaries=bt2020:color_trc=smpte2084:colorspace=bt2020nc,"
+        "format=yuv420p10le"
+    )
+    args = transcode_args(Transcode(), "h264_nvenc", Path("/i"), Path("/o"), NODE, colour=SDR)
+    vf = _value(args, "-vf")
+    assert vf.startswith(TONEMAP + ",setparams=color_primaries=bt709:color_trc=bt709")
+    assert vf.endswith(":colorspace=bt709,format=yuv420p")

@@ -27,11 +27,11 @@ def test_picture_flags_reach_the_schema(tmp_path: Path) -> None:
                "--duration", "10", "--crop", "640:360:8:4", "--deinterlace", "--fps", "30",
                "--gop", "48", "--closed-gop", "--profile", "main10", "--level", "4.1",
                "--pix-fmt", "yuv420p10le", "--overlay", str(logo),
-               "--overlay-position", "bottom-left")  # fmt: skip
+               "--overlay-position", "bottom-left", "--hdr", "keep")  # fmt: skip
     assert (op.container, op.start_seconds, op.duration_seconds) == ("mkv", 1.5, 10.0)
     assert op.crop == Crop(width=640, height=360, x=8, y=4)
     assert (op.deinterlace, op.fps, op.gop_size, op.closed_gop) == (True, 30.0, 48, True)
-    assert (op.profile, op.level, op.pix_fmt) == ("main10", "4.1", "yuv420p10le")
+    assert (op.profile, op.level, op.pix_fmt, op.hdr) == ("main10", "4.1", "yuv420p10le", "keep")
     assert op.overlay == Overlay(image=logo.as_uri(), position="bottom-left")
 
 

@@ -97,6 +97,10 @@ def test_a_codec_the_extensions_container_cannot_carry_is_refused() -> None:
          "$.operation.overlay.position"),
         ({"overlay": {"image": "file:///m.png", "margin": -1}}, "$.operation.overlay.margin"),
         ({"fps": 0}, "$.operation.fps"),
+        ({"hdr": "keep"}, "`hdr` 'keep' needs a 10-bit hevc, av1, vp9 output, not h264"),
+        ({"codec": "hevc", "hdr": "keep", "pix_fmt": "yuv420p"}, "`hdr` 'keep' needs 10-bit"),
+        ({"codec": "hevc", "hdr": "keep", "profile": "main"}, "`hdr` 'keep' needs 10-bit"),
+        ({"hdr": "hdr10"}, "$.operation.hdr"),
     ],
 )  # fmt: skip
 def test_bad_picture_options_name_the_problem(op: dict[str, Any], needle: str) -> None:
