@@ -62,6 +62,9 @@ class JobSpec(Wire, kw_only=True):
         if isinstance(self.operation, Transcode):
             if self.output is not None:
                 self.operation.for_output(self.output)
+            if self.operation.video_codec == "none" and req.accel in HW_POOLS:
+                raise ValueError(f"an output without video needs no {req.accel} encoder: "
+                                 "leave `requirements.accel` at auto or software")  # fmt: skip
             pix = self.operation.pix_fmt
             if pix is not None and not chroma_420(pix) and req.accel in HW_POOLS:
                 raise ValueError(f"`pix_fmt` {pix!r} is software-only; accel {req.accel!r} "

@@ -8,6 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from schemas.audioopts import AUDIO_ONLY, AudioLayout, Language, SampleRate, check_audio
 from schemas.common import MediaUri, Part
 from schemas.videoopts import (
     Crop,
@@ -20,9 +21,9 @@ from schemas.videoopts import (
     check_picture,
 )
 
-VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
+VideoCodec = Literal["h264", "hevc", "av1", "vp9", "none"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
-Container = Literal["mp4", "mkv", "webm", "mov"]
+Container = Literal["mp4", "mkv", "webm", "mov", "m4a", "ogg", "mp3"]
 Preset = Literal["ultrafast", "veryfast", "fast", "medium", "slow", "slower", "veryslow"]
 RateControl = Literal["crf", "cbr", "vbr", "capped_crf", "two_pass"]
 
@@ -35,20 +36,30 @@ Fps = Annotated[float, msgspec.Meta(gt=0, le=240)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 24 * 3600)]
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 
-# Containers that can carry each codec; webm takes only VP9/AV1 with Opus.
+# Containers that can carry each video codec (`none`: audio only); webm takes VP9/AV1.
 CONTAINER_CODECS: dict[str, frozenset[str]] = {
-    "mp4": frozenset({"h264", "hevc", "av1", "vp9"}),
-    "mov": frozenset({"h264", "hevc"}),
-    "mkv": frozenset({"h264", "hevc", "av1", "vp9"}),
-    "webm": frozenset({"vp9", "av1"}),
+    "mp4": frozenset({"h264", "hevc", "av1", "vp9", "none"}),
+    "mov": frozenset({"h264", "hevc", "none"}),
+    "mkv": frozenset({"h264", "hevc", "av1", "vp9", "none"}),
+    "webm": frozenset({"vp9", "av1", "none"}),
+    "m4a": frozenset({"none"}),
+    "ogg": frozenset({"none"}),
+    "mp3": frozenset({"none"}),
 }
 CRF_MAX = {"h264": 51, "hevc": 51, "av1": 63, "vp9": 63}
 #: Output file extensions a transcode writes, and the container each names.
 EXTENSIONS: dict[str, Container] = {
     "mp4": "mp4", "m4v": "mp4", "mkv": "mkv", "webm": "webm", "mov": "mov",
+    "m4a": "m4a", "ogg": "ogg", "oga": "ogg", "opus": "ogg", "mp3": "mp3",
 }  # fmt: skip
 #: The audio codec a container gets when the job names none.
-DEFAULT_AUDIO: dict[str, AudioCodec] = {"mp4": "aac", "mov": "aac", "mkv": "aac", "webm": "opus"}
+DEFAULT_AUDIO: dict[str, AudioCodec] = {
+    "mp4": "aac", "mov": "aac", "mkv": "aac", "webm": "opus", "m4a": "aac", "ogg": "opus",
+    "mp3": "mp3",
+}  # fmt: skip
+#: Options that shape pictures: refused for an output without video.
+_VIDEO_ONLY = ("width", "height", "fps", "crop", "overlay", "gop_size", "profile", "level",
+               "pix_fmt")  # fmt: skip
 
 
 def output_extension(uri: str) -> str:
@@ -66,7 +77,8 @@ def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> No
 
 
 class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
-    codec: VideoCodec = "h264"
+    #: Default: `none` (no video) for an audio-only container (m4a, ogg, mp3), else `h264`.
+    codec: VideoCodec | None = None
     rate_control: RateControl = "crf"
     crf: Crf | None = 23
     bitrate_kbps: Kbps | None = None
@@ -74,7 +86,7 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     width: Width | None = None
     height: Height | None = None
     fps: Fps | None = None
-    #: Default: the container's usual codec (`opus` for webm, else `aac`).
+    #: Default: the container's usual codec (`opus` for webm and ogg, `mp3` for mp3, else `aac`).
     audio_codec: AudioCodec | None = None
     audio_bitrate_kbps: AudioKbps = 128
     #: Default: the one the output's extension names (`mp4` for a name without one). A value
@@ -82,6 +94,12 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     container: Container | None = None
     video_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     audio_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = 0
+    #: Take the first audio track tagged with this language (ISO 639-2) instead of
+    #: `audio_stream`; an input without one fails.
+    audio_language: Language | None = None
+    #: Default: the source's.
+    audio_layout: AudioLayout | None = None
+    audio_sample_rate: SampleRate | None = None
     hw_decode: bool = True
     #: Trim: start this far into the input (an input-side seek, frame-accurate when encoding).
     start_seconds: Seconds | None = None
@@ -107,20 +125,13 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     hdr: HdrMode = "auto"
 
     def __post_init__(self) -> None:
-        _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
-        check_picture(
-            self.codec, profile=self.profile, level=self.level, pix_fmt=self.pix_fmt,
-            gop_size=self.gop_size, closed_gop=self.closed_gop,
-        )  # fmt: skip
-        if self.hdr == "keep":
-            check_hdr_keep(self.codec, self.profile, self.pix_fmt)
-        if self.container is not None:
-            self._check_container(self.container)
+        if self.codec is not None or self.container is not None:
+            self._check(self.container)
 
     def for_output(self, output: str) -> None:
-        """Settle `container` (and the default audio codec) from the output's extension.
+        """Settle `container`, then the default codecs, from the output's extension.
 
-        JobSpec calls it, so every decoded job has both set and re-encodes them explicitly
+        JobSpec calls it, so every decoded job has them set and re-encodes them explicitly
         (a reader of an older release then sees the same values).
         """
         ext = output_extension(output)
@@ -138,7 +149,8 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
             self.container = named
         elif self.container is None:
             self.container = "mp4"
-        self._check_container(self.container)
+        self.codec, self.audio_codec = self.video_codec, self.settled_audio
+        self._check(self.container)
 
     @property
     def settled_container(self) -> Container:
@@ -146,16 +158,41 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
         return self.container or "mp4"
 
     @property
+    def video_codec(self) -> VideoCodec:
+        """`codec` once settled; `none` means the output has no video."""
+        if self.codec is not None:
+            return self.codec
+        return "none" if self.settled_container in AUDIO_ONLY else "h264"
+
+    @property
     def settled_audio(self) -> AudioCodec:
         return self.audio_codec or DEFAULT_AUDIO[self.settled_container]
 
-    def _check_container(self, container: Container) -> None:
-        if self.audio_codec is None:
-            self.audio_codec = DEFAULT_AUDIO[container]
-        if self.codec not in CONTAINER_CODECS[container]:
-            raise ValueError(f"codec {self.codec!r} cannot go in container {container!r}")
-        if container == "webm" and self.audio_codec not in ("opus", "none"):
-            raise ValueError("webm carries only `opus` audio (or `none`)")
+    def _check(self, container: Container | None) -> None:
+        """Every rule between fields; those about the container only once it is known."""
+        codec = self.video_codec
+        if container is not None and codec not in CONTAINER_CODECS[container]:
+            only = " (it holds audio only)" if container in AUDIO_ONLY else ""
+            raise ValueError(f"codec {codec!r} cannot go in container {container!r}{only}")
+        if codec == "none":
+            given = [name for name in _VIDEO_ONLY if getattr(self, name) is not None]
+            given += [name for name in ("deinterlace", "closed_gop") if getattr(self, name)]
+            if given or self.hdr != "auto":
+                named = ", ".join(f"`{n}`" for n in given or ["hdr"])
+                raise ValueError(f"{named} shape video, but this output has none (codec 'none')")
+        else:
+            _check_rate(codec, self.crf, self.bitrate_kbps, self.rate_control)
+            check_picture(
+                codec, profile=self.profile, level=self.level, pix_fmt=self.pix_fmt,
+                gop_size=self.gop_size, closed_gop=self.closed_gop,
+            )  # fmt: skip
+            if self.hdr == "keep":
+                check_hdr_keep(codec, self.profile, self.pix_fmt)
+        if container is not None:
+            check_audio(
+                container, self.settled_audio, layout=self.audio_layout,
+                rate=self.audio_sample_rate, stream=self.audio_stream, video=codec != "none",
+            )  # fmt: skip
 
 
 class Analyze(Part, kw_only=True, tag="analyze", tag_field="op"):

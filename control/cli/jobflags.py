@@ -14,7 +14,9 @@ from typing import Any, get_args
 import msgspec
 
 from control.errors import BadInput
+from schemas.audioopts import AudioLayout
 from schemas.jobs import JobSpec
+from schemas.operations import AudioCodec, VideoCodec
 from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
 
 FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
@@ -119,7 +121,9 @@ def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
     op: dict[str, Any] = {}
     for flag, key in (("start", "start_seconds"), ("duration", "duration_seconds"),
                       ("gop", "gop_size"), ("profile", "profile"), ("level", "level"),
-                      ("pix_fmt", "pix_fmt"), ("fps", "fps")):  # fmt: skip
+                      ("pix_fmt", "pix_fmt"), ("fps", "fps"), ("audio_codec", "audio_codec"),
+                      ("audio_layout", "audio_layout"), ("sample_rate", "audio_sample_rate"),
+                      ("audio_language", "audio_language")):  # fmt: skip
         if getattr(args, flag) is not None:
             op[key] = getattr(args, flag)
     if args.crop is not None:
@@ -142,7 +146,7 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
     op: dict[str, Any] = {"op": form}
     if form == "transcode":
         doc["output"] = file_uri(args.output)
-        op |= {"codec": args.codec, "preset": args.preset}
+        op |= {"preset": args.preset} | ({"codec": args.codec} if args.codec else {})
         op |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v}
         # The container (and webm's opus audio) follow OUTPUT's extension: the schema settles them.
         op |= _picture_options(args)
@@ -183,7 +187,11 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t = forms.add_parser("transcode", help="re-encode INPUT into OUTPUT")
     t.add_argument("input")
     t.add_argument("output")
-    t.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "vp9"])
+    t.add_argument(
+        "--codec",
+        choices=get_args(VideoCodec),
+        help="default: h264, or none (no video) for an .m4a/.ogg/.mp3 OUTPUT",
+    )
     t.add_argument("--height", type=int)
     t.add_argument("--width", type=int)
     t.add_argument("--crf", type=int)
@@ -199,6 +207,10 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t.add_argument("--profile", choices=get_args(Profile))
     t.add_argument("--level", choices=get_args(Level))
     t.add_argument("--pix-fmt", choices=get_args(PixFmt))
+    t.add_argument("--audio-codec", choices=get_args(AudioCodec))
+    t.add_argument("--audio-layout", choices=get_args(AudioLayout))
+    t.add_argument("--sample-rate", type=int, help="audio sample rate (Hz)")
+    t.add_argument("--audio-language", metavar="LANG", help="the audio track tagged LANG (fra)")
     t.add_argument(
         "--hdr", choices=get_args(HdrMode), help="an HDR source: keep, or tone-map to SDR"
     )

@@ -32,8 +32,11 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
     spec = ctx.spec
     assert spec.output is not None  # JobSpec requires it for transcode
     dest = await output_path(ctx, spec.output)
-    chain = encoder_chain(op.codec, spec.requirements.accel, ctx.usable_encoders())
-    chain = allowed_encoders(op, chain)
+    if op.video_codec == "none":  # audio only: one run, named for its audio encoder
+        chain = [AUDIO_ENCODERS.get(op.settled_audio, "copy")]
+    else:
+        chain = encoder_chain(op.video_codec, spec.requirements.accel, ctx.usable_encoders())
+        chain = allowed_encoders(op, chain)
     _check_audio_encoder(op, ctx)
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
     if src == dest:
@@ -115,6 +118,6 @@ async def _encode(
             duration_s=settled.duration_s,
             span=(share * n, share * (n + 1)),
             progress_interval=ctx.progress_interval,
-            encoder=encoder,
+            encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
             env=ENCODER_ENV.get(encoder),
         )

@@ -13,10 +13,14 @@ from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
+from schemas.audioopts import CHANNELS
 from schemas.operations import Transcode
 from schemas.videoopts import is_ten_bit
 
-MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
+MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "m4a": "ipod",
+          "ogg": "ogg", "mp3": "mp3"}  # fmt: skip
+#: Containers of the MP4 family, whose index can go first.
+_FASTSTART = ("mp4", "mov", "m4a")
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 #: ffmpeg's hwaccel that decodes for each encoder family (QSV decode is left to a later issue).
 HW_DECODE = {"nvenc": "cuda", "vaapi": "vaapi"}
@@ -83,10 +87,13 @@ def transcode_args(
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     if overlay is not None:
         args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
-    args += video_graph(op, family, ten_bit, colour)
-    args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
-    args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
-    args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
+    if op.video_codec == "none":
+        args += ["-vn"]
+    else:
+        args += video_graph(op, family, ten_bit, colour)
+        args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
+        args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
+        args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
     if encoder == "libx265":  # x265 sizes its own thread pool; -threads does not bound it
         args += ["-x265-params", ":".join([f"pools={node.threads}", "log-level=warning",
                                            *x265_params(op)])]  # fmt: skip
@@ -95,7 +102,7 @@ def transcode_args(
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
-    if op.settled_container in ("mp4", "mov"):
+    if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
 
@@ -110,7 +117,7 @@ def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:
         return "yuv420p10le"
     if op.profile is not None:
         return "yuv420p"
-    return "yuv420p10le" if ten_bit and op.codec != "h264" else "yuv420p"
+    return "yuv420p10le" if ten_bit and op.video_codec != "h264" else "yuv420p"
 
 
 def picture_filters(op: Transcode, colour: Colour | None) -> list[str]:
@@ -136,9 +143,7 @@ def picture_filters(op: Transcode, colour: Colour | None) -> list[str]:
     return filters
 
 
-def format_filters(
-    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
-) -> list[str]:
+def format_filters(op: Transcode, family: str, ten_bit: bool, colour: Colour | None) -> list[str]:
     """Tags, then the encoder's pixel format. The frames' tags are what the encoder writes:
     ffmpeg takes colour properties from the frames, so they are set here, not as options."""
     tags = []
@@ -156,9 +161,7 @@ def format_filters(
     return [*tags, f"format={output_pix_fmt(op, ten_bit)}"]
 
 
-def video_filters(
-    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
-) -> list[str]:
+def video_filters(op: Transcode, family: str, ten_bit: bool, colour: Colour | None) -> list[str]:
     return [*picture_filters(op, colour), *format_filters(op, family, ten_bit, colour)]
 
 
@@ -171,9 +174,7 @@ _CORNERS = {
 }
 
 
-def video_graph(
-    op: Transcode, family: str, ten_bit: bool, colour: Colour | None
-) -> list[str]:
+def video_graph(op: Transcode, family: str, ten_bit: bool, colour: Colour | None) -> list[str]:
     """`-vf` for one input; with an overlay, a complex graph whose second input is the image
     (one frame, repeated to the end by overlay's default eof_action)."""
     if op.overlay is None:
@@ -252,9 +253,18 @@ def audio_args(op: Transcode) -> list[str]:
     audio = op.settled_audio
     if op.audio_stream is None or audio == "none":
         return ["-an"]
-    # The trailing `?` keeps a silent input from failing the job.
-    mapping = ["-map", f"0:a:{op.audio_stream}?"]
+    if op.audio_language is not None:
+        # No `?`: a job that names a language fails when the input has no such track.
+        mapping = ["-map", f"0:a:m:language:{op.audio_language}"]
+    else:
+        # The trailing `?` keeps a silent input from failing a job with video.
+        optional = "?" if op.video_codec != "none" else ""
+        mapping = ["-map", f"0:a:{op.audio_stream}{optional}"]
     if audio == "copy":
         return [*mapping, "-c:a", "copy"]
-    encoder = AUDIO_ENCODERS[audio]
-    return [*mapping, "-c:a", encoder, "-b:a", f"{op.audio_bitrate_kbps}k"]
+    args = [*mapping, "-c:a", AUDIO_ENCODERS[audio], "-b:a", f"{op.audio_bitrate_kbps}k"]
+    if op.audio_layout is not None:
+        args += ["-ac", str(CHANNELS[op.audio_layout])]
+    if op.audio_sample_rate is not None:
+        args += ["-ar", str(op.audio_sample_rate)]
+    return args

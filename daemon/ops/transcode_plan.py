@@ -31,7 +31,8 @@ IMAGE_DEMUXERS = ["png_pipe", "jpeg_pipe", "webp_pipe"]
 
 @dataclass(frozen=True, slots=True)
 class Plan:
-    video: StreamInfo
+    #: None for an output without video.
+    video: StreamInfo | None
     #: Seconds of output, for progress and the result (the trimmed length when trimmed).
     duration_s: float | None
     ten_bit: bool
@@ -41,9 +42,18 @@ class Plan:
 
 
 def plan(op: Transcode, info: ProbeInfo) -> Plan:
+    duration = trimmed(op, info.duration_s)
+    if op.video_codec == "none":
+        _check_audio_stream(op, info)
+        return Plan(None, duration, False)
     videos = [s for s in info.streams if s.type == "video"]
     if op.video_stream >= len(videos):
-        raise InputError(f"input has no video stream #{op.video_stream} ({len(videos)} found)")
+        hint = ""
+        if not videos and any(s.type == "audio" for s in info.streams):
+            hint = "; for audio only, name an .m4a, .ogg or .mp3 output (or set codec 'none')"
+        raise InputError(
+            f"input has no video stream #{op.video_stream} ({len(videos)} found){hint}"
+        )
     video = videos[op.video_stream]
     if op.crop is not None and video.width and video.height:
         c = op.crop
@@ -54,7 +64,15 @@ def plan(op: Transcode, info: ProbeInfo) -> Plan:
     colour, notes = hdr_colour(op, video, ten_bit)
     if colour is not None and colour.tonemap:
         ten_bit = False  # tone-mapped SDR is 8-bit unless `pix_fmt` asks otherwise
-    return Plan(video, trimmed(op, info.duration_s), ten_bit, colour=colour, notes=notes)
+    return Plan(video, duration, ten_bit, colour=colour, notes=notes)
+
+
+def _check_audio_stream(op: Transcode, info: ProbeInfo) -> None:
+    """An output without video must get audio: the stream it names must exist."""
+    audios = [s for s in info.streams if s.type == "audio"]
+    stream = op.audio_stream or 0
+    if op.audio_language is None and stream >= len(audios):
+        raise InputError(f"input has no audio stream #{stream} ({len(audios)} found)")
 
 
 #: The transfer each HDR kind is tagged with (Dolby Vision's base layer is PQ here).
@@ -74,7 +92,7 @@ def hdr_colour(
     pix = output_pix_fmt(op, ten_bit)
     if not is_ten_bit(pix):
         raise InvalidJob(
-            f"the input is {HDR_NAMES[video.hdr]} but the output would be 8-bit {op.codec} "
+            f"the input is {HDR_NAMES[video.hdr]} but the output would be 8-bit {op.video_codec} "
             f"({pix}) still tagged HDR, which plays washed out or wrong: ask `hdr` 'tonemap' "
             f"for SDR, or keep HDR with a 10-bit {'/'.join(HDR_CODECS)} output"
         )

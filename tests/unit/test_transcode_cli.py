@@ -53,3 +53,14 @@ def test_a_software_only_pixel_format_needs_a_software_encoder_at_submit() -> No
     )
     spec = to_spec(flag_document(args), args, "from flags")
     assert encoders_for(spec) == ("libx264",)
+
+
+def test_audio_flags_and_an_audio_only_output() -> None:
+    op = _spec("in.mp4", "out.mp3", "--audio-layout", "mono", "--sample-rate", "22050",
+               "--audio-language", "fra")  # fmt: skip
+    assert (op.codec, op.container, op.audio_codec) == ("none", "mp3", "mp3")
+    assert (op.audio_layout, op.audio_sample_rate, op.audio_language) == ("mono", 22050, "fra")
+    op = _spec("in.mp4", "out.mkv", "--audio-codec", "opus")
+    assert (op.codec, op.audio_codec) == ("h264", "opus")
+    with pytest.raises(BadInput, match="opus takes sample rates"):
+        _spec("in.mp4", "out.ogg", "--sample-rate", "44100")

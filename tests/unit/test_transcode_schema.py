@@ -68,7 +68,7 @@ def test_an_unknown_extension_is_refused_naming_the_known_ones() -> None:
 
 def test_a_codec_the_extensions_container_cannot_carry_is_refused() -> None:
     assert "codec 'h264' cannot go in container 'webm'" in _refused("file:///o/x.webm")
-    assert "webm carries only `opus` audio" in _refused(
+    assert "webm carries only opus audio" in _refused(
         "file:///o/x.webm", codec="vp9", audio_codec="aac"
     )
 
@@ -125,3 +125,49 @@ def test_every_picture_option_round_trips() -> None:
         overlay={"image": "file:///m/logo.png", "position": "center", "margin": 0, "width": 100},
     )  # fmt: skip
     assert JOB_DECODER.decode(encode(job)) == job
+
+
+@pytest.mark.parametrize(
+    ("output", "codec", "audio"),
+    [("file:///o/x.m4a", "none", "aac"), ("file:///o/x.ogg", "none", "opus"),
+     ("file:///o/x.opus", "none", "opus"), ("file:///o/x.mp3", "none", "mp3"),
+     ("file:///o/x.mp4", "h264", "aac")],
+)  # fmt: skip
+def test_audio_only_containers_settle_no_video(output: str, codec: str, audio: str) -> None:
+    job = _decode(output)
+    assert (job.operation.codec, job.operation.audio_codec) == (codec, audio)
+    assert JOB_DECODER.decode(encode(job)) == job
+
+
+@pytest.mark.parametrize(
+    ("output", "op", "needle"),
+    [
+        ("file:///o/x.m4a", {"codec": "h264"},
+         "codec 'h264' cannot go in container 'm4a' (it holds audio only)"),
+        ("file:///o/x.ogg", {"audio_codec": "aac"}, "ogg carries only copy, opus audio, not 'aac'"),
+        ("file:///o/x.m4a", {"audio_codec": "none"}, "an output without video needs audio"),
+        ("file:///o/x.mp3", {"audio_stream": None}, "an output without video needs audio"),
+        ("file:///o/x.mp3", {"audio_layout": "5.1"}, "mp3 carries mono or stereo only"),
+        ("file:///o/x.ogg", {"audio_sample_rate": 44100},
+         "opus takes sample rates 8000, 12000, 16000, 24000, 48000; not 44100"),
+        ("file:///o/x.m4a", {"audio_sample_rate": 44000}, "$.operation.audio_sample_rate"),
+        ("file:///o/x.mp4", {"audio_codec": "copy", "audio_layout": "mono"},
+         "need re-encoded audio, not `audio_codec` 'copy'"),
+        ("file:///o/x.m4a", {"width": 640}, "`width` shape video, but this output has none"),
+        ("file:///o/x.mp4", {"codec": "none", "deinterlace": True},
+         "`deinterlace` shape video"),
+        ("file:///o/x.mp3", {"hdr": "tonemap"}, "`hdr` shape video"),
+        ("file:///o/x.m4a", {"audio_language": "english"}, "$.operation.audio_language"),
+        ("file:///o/x.webm", {"codec": "vp9", "audio_codec": "aac"},
+         "webm carries only opus audio, not 'aac'"),
+    ],
+)  # fmt: skip
+def test_bad_audio_choices_name_the_problem(output: str, op: dict[str, Any], needle: str) -> None:
+    assert needle in _refused(output, **op)
+
+
+def test_audio_only_refuses_a_hardware_accel() -> None:
+    doc = {"job_id": "j1", "input": "file:///in.mp4", "output": "file:///o/x.m4a",
+           "operation": {"op": "transcode"}, "requirements": {"accel": "vaapi"}}  # fmt: skip
+    with pytest.raises(DecodeError, match="an output without video needs no vaapi encoder"):
+        JOB_DECODER.decode(json.dumps(doc).encode())
