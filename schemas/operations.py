@@ -76,7 +76,11 @@ def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> No
         raise ValueError(f"`crf` {crf} is above {CRF_MAX[codec]} for {codec}")
 
 
-class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
+class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaults=True):
+    """Fields at their defaults are left out when encoded, so a job that uses none of the
+    options added in a release still decodes on a node of the release before (rolling upgrade);
+    the settled `codec`, `container` and `audio_codec` always travel."""
+
     #: Default: `none` (no video) for an audio-only container (m4a, ogg, mp3), else `h264`.
     codec: VideoCodec | None = None
     rate_control: RateControl = "crf"

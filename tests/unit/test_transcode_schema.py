@@ -171,3 +171,23 @@ def test_audio_only_refuses_a_hardware_accel() -> None:
            "operation": {"op": "transcode"}, "requirements": {"accel": "vaapi"}}  # fmt: skip
     with pytest.raises(DecodeError, match="an output without video needs no vaapi encoder"):
         JOB_DECODER.decode(json.dumps(doc).encode())
+
+
+#: The transcode fields of the release before the picture and audio options.
+OLDER_FIELDS = {
+    "op", "codec", "rate_control", "crf", "bitrate_kbps", "preset", "width", "height", "fps",
+    "audio_codec", "audio_bitrate_kbps", "container", "video_stream", "audio_stream", "hw_decode",
+}  # fmt: skip
+
+
+def test_a_job_without_new_options_encodes_as_an_older_node_reads_it() -> None:
+    job = _decode("file:///o/x.webm", codec="vp9", crf=40, height=720)
+    doc = json.loads(encode(job))["operation"]
+    assert doc == {"op": "transcode", "codec": "vp9", "crf": 40, "height": 720,
+                   "audio_codec": "opus", "container": "webm"}  # fmt: skip
+    assert set(doc) <= OLDER_FIELDS
+    # Options a job does use travel, and come back the same.
+    job = _decode("file:///o/x.mp4", start_seconds=2.0, deinterlace=True, hdr="tonemap")
+    doc = json.loads(encode(job))["operation"]
+    assert (doc["start_seconds"], doc["deinterlace"], doc["hdr"]) == (2.0, True, "tonemap")
+    assert JOB_DECODER.decode(encode(job)) == job
