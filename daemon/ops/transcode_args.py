@@ -83,7 +83,7 @@ def transcode_args(
     threads = str(node.threads)
     args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
     if op.start_seconds:
-        args += ["-ss", repr(op.start_seconds)]  # before -i: seek, then decode from there
+        args += ["-ss", _clock(op.start_seconds)]  # before -i: seek, then decode from there
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     if overlay is not None:
         args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
@@ -98,13 +98,18 @@ def transcode_args(
         args += ["-x265-params", ":".join([f"pools={node.threads}", "log-level=warning",
                                            *x265_params(op)])]  # fmt: skip
     if op.duration_seconds is not None:
-        args += ["-t", repr(op.duration_seconds)]
+        args += ["-t", _clock(op.duration_seconds)]
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
     if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
+
+
+def _clock(seconds: float) -> str:
+    """Seconds as ffmpeg's time syntax takes them: fixed point (it reads no `1e-05`)."""
+    return f"{seconds:.6f}"
 
 
 def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:

@@ -31,7 +31,9 @@ def _value(args: list[str], flag: str) -> str:
 def test_trim_seeks_before_the_input_and_bounds_the_output() -> None:
     args = _args("libx264", start_seconds=2.5, duration_seconds=4.0)
     assert args.index("-ss") < args.index("-i") < args.index("-t")
-    assert (_value(args, "-ss"), _value(args, "-t")) == ("2.5", "4.0")
+    assert (_value(args, "-ss"), _value(args, "-t")) == ("2.500000", "4.000000")
+    tiny = _args("libx264", start_seconds=1e-05)
+    assert _value(tiny, "-ss") == "0.000010"  # fixed point: ffmpeg reads no exponent
     assert "-ss" not in _args("libx264") and "-t" not in _args("libx264")
 
 
