@@ -101,6 +101,8 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
     #: Take the first audio track tagged with this language (ISO 639-2) instead of
     #: `audio_stream`; an input without one fails.
     audio_language: Language | None = None
+    #: `all`: keep every audio track (each encoded alike, language tags kept) instead of one.
+    audio_tracks: Literal["one", "all"] = "one"
     #: Default: the source's.
     audio_layout: AudioLayout | None = None
     audio_sample_rate: SampleRate | None = None
@@ -192,11 +194,16 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
             )  # fmt: skip
             if self.hdr == "keep":
                 check_hdr_keep(codec, self.profile, self.pix_fmt)
+        if self.audio_tracks == "all" and self.audio_language is not None:
+            raise ValueError("`audio_tracks` 'all' keeps every track: leave out `audio_language`")
         if container is not None:
             check_audio(
                 container, self.settled_audio, layout=self.audio_layout,
                 rate=self.audio_sample_rate, stream=self.audio_stream, video=codec != "none",
             )  # fmt: skip
+            if self.audio_tracks == "all" and container == "mp3":
+                raise ValueError("mp3 holds one audio track: `audio_tracks` 'all' needs another "
+                                 "container")  # fmt: skip
 
 
 class Analyze(Part, kw_only=True, tag="analyze", tag_field="op"):

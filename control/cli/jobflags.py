@@ -128,6 +128,8 @@ def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
             op[key] = getattr(args, flag)
     if args.crop is not None:
         op["crop"] = _crop(args.crop)
+    if args.all_audio:
+        op["audio_tracks"] = "all"
     if args.deinterlace:
         op["deinterlace"] = True
     if args.closed_gop:
@@ -211,6 +213,7 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t.add_argument("--audio-layout", choices=get_args(AudioLayout))
     t.add_argument("--sample-rate", type=int, help="audio sample rate (Hz)")
     t.add_argument("--audio-language", metavar="LANG", help="the audio track tagged LANG (fra)")
+    t.add_argument("--all-audio", action="store_true", help="keep every audio track")
     t.add_argument(
         "--hdr", choices=get_args(HdrMode), help="an HDR source: keep, or tone-map to SDR"
     )

@@ -258,7 +258,9 @@ def audio_args(op: Transcode) -> list[str]:
     audio = op.settled_audio
     if op.audio_stream is None or audio == "none":
         return ["-an"]
-    if op.audio_language is not None:
+    if op.audio_tracks == "all":
+        mapping = ["-map", "0:a" if op.video_codec == "none" else "0:a?"]
+    elif op.audio_language is not None:
         # No `?`: a job that names a language fails when the input has no such track.
         mapping = ["-map", f"0:a:m:language:{op.audio_language}"]
     else:

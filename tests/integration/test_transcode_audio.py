@@ -117,3 +117,20 @@ async def test_an_audio_track_chosen_by_language(
     with pytest.raises(InputError, match="matches no streams"):
         await run_job(ffmpeg_tools, tmp_path, [media_dir], two_languages,
                       tmp_path / "out" / "de.m4a", audio_language="deu")  # fmt: skip
+
+
+async def test_every_audio_track_kept_with_its_language(
+    ffmpeg_tools: FfmpegTools, two_languages: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    out = tmp_path / "out" / "all.mkv"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], two_languages, out, audio_tracks="all",
+                  audio_codec="opus", audio_sample_rate=48000)  # fmt: skip
+    lines = await stream_lines(ffmpeg_tools.ffmpeg, out)
+    assert [line.split(": ")[1] for line in lines] == ["Video", "Audio", "Audio"]
+    assert "(eng): Audio: opus" in lines[1] and "(fra): Audio: opus" in lines[2]
+    assert "48000 Hz, mono" in lines[1] and "48000 Hz, stereo" in lines[2]
+    only_audio = tmp_path / "out" / "all.m4a"
+    await run_job(ffmpeg_tools, tmp_path, [media_dir], two_languages, only_audio,
+                  audio_tracks="all")  # fmt: skip
+    info = await probe_media(ffmpeg_tools, only_audio)
+    assert [(s.type, s.codec) for s in info.streams] == [("audio", "aac"), ("audio", "aac")]

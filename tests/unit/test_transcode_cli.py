@@ -60,7 +60,7 @@ def test_audio_flags_and_an_audio_only_output() -> None:
                "--audio-language", "fra")  # fmt: skip
     assert (op.codec, op.container, op.audio_codec) == ("none", "mp3", "mp3")
     assert (op.audio_layout, op.audio_sample_rate, op.audio_language) == ("mono", 22050, "fra")
-    op = _spec("in.mp4", "out.mkv", "--audio-codec", "opus")
-    assert (op.codec, op.audio_codec) == ("h264", "opus")
+    op = _spec("in.mp4", "out.mkv", "--audio-codec", "opus", "--all-audio")
+    assert (op.codec, op.audio_codec, op.audio_tracks) == ("h264", "opus", "all")
     with pytest.raises(BadInput, match="opus takes sample rates"):
         _spec("in.mp4", "out.ogg", "--sample-rate", "44100")
