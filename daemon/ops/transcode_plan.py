@@ -19,7 +19,8 @@ from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess, MediaJob, open_input
 from daemon.media.limits import guard_args
 from daemon.ops.encoders import family_of
-from daemon.ops.transcode_args import SDR, Colour, Extra, output_pix_fmt
+from daemon.ops.transcode_args import Extra
+from daemon.ops.videograph import SDR, Colour, output_pix_fmt
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 from schemas.results import ProbeInfo, StreamInfo

@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from daemon.errors import InvalidJob
-from daemon.ops.transcode_args import SDR, TONEMAP, Colour, Extra, Node, transcode_args
+from daemon.ops.transcode_args import Extra, Node, transcode_args
 from daemon.ops.transcode_plan import hdr_colour
+from daemon.ops.videograph import SDR, TONEMAP, Colour
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 from schemas.results import StreamInfo
