@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from control.nodes import FleetNode
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
+from schemas.videoopts import chroma_420
 
 #: Software encoders per codec; hardware ones are named `<codec>_<family>` by ffmpeg.
 SOFTWARE_ENCODERS: dict[str, tuple[str, ...]] = {
@@ -17,18 +18,25 @@ SOFTWARE_ENCODERS: dict[str, tuple[str, ...]] = {
 }
 
 
+AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
+
+
 def encoders_for(job: JobSpec) -> tuple[str, ...] | None:
     """Encoders any one of which can run the job; None when the job needs no encoder."""
     op = job.operation
     if not isinstance(op, Transcode):
         return None
+    codec = op.video_codec
+    if codec == "none":  # audio only: the audio encoder, none for a stream copy
+        audio = AUDIO_ENCODERS.get(op.settled_audio)
+        return (audio,) if audio is not None else None
     accel = job.requirements.accel
     if accel in ("nvenc", "qsv", "vaapi"):
-        return (f"{op.codec}_{accel}",)
-    soft = SOFTWARE_ENCODERS[op.codec]
-    if accel == "software":
-        return soft
-    return soft + tuple(f"{op.codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
+        return (f"{codec}_{accel}",)
+    soft = SOFTWARE_ENCODERS[codec]
+    if accel == "software" or (op.pix_fmt is not None and not chroma_420(op.pix_fmt)):
+        return soft  # 4:2:2 and 4:4:4 are software-only
+    return soft + tuple(f"{codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
 
 
 def why_not(job: JobSpec, node: FleetNode) -> str | None:

@@ -9,7 +9,8 @@ read (quality as seen at the reference's resolution).
 Decision on mismatched inputs: frame-by-frame metrics pair frame N with frame N, so inputs whose
 video durations differ by more than 0.5 s, or whose frame rates differ (more than 0.1 %), would
 compare unrelated pictures and give a meaningless number. They are rejected with InvalidJob
-(permanent) saying which measure differs; resample or trim first (a transcode job can). Within
+(permanent) saying which measure differs; a transcode job can trim (`start_seconds`,
+`duration_seconds`) or resample (`fps`) one of them first. Within
 0.5 s the shorter input decides the frame count (ffmpeg's framesync ends at the first EOF).
 
 VMAF's model is `vmaf_4k_v0.6.1` for references above 2560x1440 when `vmaf_model` is `auto`,
@@ -111,12 +112,14 @@ def check_comparable(
     if d_s is not None and r_s is not None and abs(d_s - r_s) > MAX_DURATION_GAP_S:
         raise InvalidJob(
             f"input lasts {d_s:.3f} s and reference {r_s:.3f} s (more than "
-            f"{MAX_DURATION_GAP_S} s apart): trim them to the same span first"
+            f"{MAX_DURATION_GAP_S} s apart): trim them to the same span first (a transcode "
+            "job's `start_seconds` and `duration_seconds`)"
         )
     if d.fps and r.fps and abs(d.fps - r.fps) > MAX_FPS_RATIO_GAP * max(d.fps, r.fps):
         raise InvalidJob(
             f"input runs at {d.fps:g} fps and reference at {r.fps:g} fps: frames would not "
-            "pair up; convert the input to the reference's frame rate first"
+            "pair up; convert the input to the reference's frame rate first (a transcode job's "
+            "`fps`)"
         )
 
 

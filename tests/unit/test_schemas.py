@@ -51,15 +51,18 @@ def _job(op: Any, **kw: Any) -> JobSpec:
 
 SAMPLES: list[msgspec.Struct] = [
     _job(Transcode(codec="hevc", height=720)),
-    _job(
-        Transcode(
+    JobSpec(
+        job_id="job-1",
+        input="file:///in.mp4",
+        output="file:///out.webm",
+        operation=Transcode(
             codec="vp9",
             container="webm",
             audio_codec="opus",
             crf=None,
             rate_control="vbr",
             bitrate_kbps=1500,
-        )
+        ),
     ),
     _job(Analyze(reference="file:///ref.mp4")),
     _job(
