@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nats.errors
+from nats.aio.client import Client as NATS
 
 from control.devstack.nats import NatsServer, nats_server_binary, render_config
 from control.devstack.proc import free_ports, spawn
@@ -48,12 +52,7 @@ class AuthNatsServer(NatsServer):
             return
         if not self.port:
             self.port, self.http_port = free_ports(2)
-        text = render_config(self.name, self.port, self.http_port, self.data_dir)
-        users = "\n".join(f"    {u.render()}" for u in self.users)
-        text += f"authorization {{\n  users = [\n{users}\n  ]\n}}\n"
-        conf = self.data_dir / "nats-server.conf"
-        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
-        await asyncio.to_thread(conf.write_text, text)
+        conf = await self._write_config()
         self._proc = await spawn(
             [nats_server_binary(), "-c", str(conf)], self.log_path, self.data_dir
         )
@@ -62,3 +61,44 @@ class AuthNatsServer(NatsServer):
         except BaseException:
             await self.kill()
             raise
+
+    async def _write_config(self) -> Path:
+        text = render_config(self.name, self.port, self.http_port, self.data_dir)
+        users = "\n".join(f"    {u.render()}" for u in self.users)
+        text += f"authorization {{\n  users = [\n{users}\n  ]\n}}\n"
+        conf = self.data_dir / "nats-server.conf"
+        await asyncio.to_thread(self.data_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(conf.write_text, text)
+        return conf
+
+    async def reload(self, users: list[User]) -> None:
+        """Rewrite the users and have the running server re-read its config (SIGHUP, as
+        `nats-server --signal reload` sends): clients whose login no longer holds are cut off.
+        Returns once a login with each new user's password is accepted."""
+        assert self._proc is not None and self._proc.returncode is None, "not running"
+        self.users = users
+        await self._write_config()
+        self._proc.send_signal(signal.SIGHUP)
+        for _ in range(200):  # bounded: the reload is applied within moments
+            if all([await self.accepts(u) for u in users]):
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"nats-server did not reload its users; see {self.log_path}")
+
+    async def accepts(self, user: User) -> bool:
+        """Whether a fresh login as `user` (with its password) is accepted now."""
+        nc = NATS()
+        try:
+            await nc.connect(
+                self.url_of(user), allow_reconnect=False, max_reconnect_attempts=1,
+                connect_timeout=5, error_cb=_quiet,
+            )  # fmt: skip
+        except (nats.errors.Error, OSError, TimeoutError):  # refused: how depends on timing
+            await nc.close()  # a refused first connect leaves its socket open
+            return False
+        await nc.close()
+        return True
+
+
+async def _quiet(exc: Exception) -> None:
+    """A refused login is the answer sought, not news."""
