@@ -18,7 +18,7 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, StreamConfig
 
 from common.natsconn import NatsSettings, apply_settings, connect
-from tests.support.authnats import AuthNatsServer, User
+from tests.support.authnats import AuthNatsServer, User, nkey_user
 
 
 async def until(check: Callable[[], bool], what: str) -> None:
@@ -98,5 +98,32 @@ async def test_settings_that_do_not_load_change_nothing(tmp_path: Path) -> None:
         # The same settings again are no change: the refused ones were never taken on.
         assert not await apply_settings(nc, settings)
         await nc.close()
+    finally:
+        await server.stop()
+
+
+async def test_a_seed_file_rewritten_in_place_applies(tmp_path: Path) -> None:
+    """An NKey seed rotated under the same file name: the reload sees the new contents."""
+    seed_file = tmp_path / "node.nk"
+    server = AuthNatsServer(tmp_path / "nats", [nkey_user(seed_file)])
+    await server.start()
+    try:
+        settings = NatsSettings(url=f"nats://127.0.0.1:{server.port}", nkey_seed=str(seed_file))
+        nc = await connect(settings, name="rotation-test")
+        try:
+            js = nc.jetstream(timeout=5)
+            await js.add_stream(StreamConfig(name="NK", subjects=["nk.>"]))
+            await js.publish("nk.1", b"x")
+            sub = await js.pull_subscribe("nk.>", durable="w", config=ConsumerConfig(ack_wait=600))
+            (held,) = await sub.fetch(1, timeout=10)
+            # A new key in the same file, then the broker takes it on in place of the old one.
+            await server.reload([nkey_user(seed_file)])
+            await until(lambda: not nc.is_connected, "the server cut the old key off")
+            assert await apply_settings(nc, settings)  # same settings, new file contents
+            await until(lambda: nc.is_connected, "reconnected with the new key")
+            await held.ack_sync(timeout=10)
+            assert (await js.consumer_info("NK", "w")).num_ack_pending == 0
+        finally:
+            await nc.close()
     finally:
         await server.stop()

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats.errors
+import nkeys  # type: ignore[import-untyped]
 from nats.aio.client import Client as NATS
 
 from control.devstack.nats import NatsServer, nats_server_binary, render_config
@@ -27,9 +30,13 @@ class User:
     #: Subjects the user may publish to and subscribe on; None: everything.
     publish: list[str] | None = None
     subscribe: list[str] | None = field(default_factory=lambda: ["_INBOX.>"])
+    #: An NKey seed file: the user logs in with it (`name` is then its public key), not a password.
+    seed_file: Path | None = None
 
     def render(self) -> str:
         entry = f"user: {json.dumps(self.name)}, password: {json.dumps(self.password)}"
+        if self.seed_file is not None:
+            entry = f"nkey: {json.dumps(self.name)}"
         if self.publish is None:
             return "{ " + entry + " }"
         perms = (
@@ -86,12 +93,15 @@ class AuthNatsServer(NatsServer):
         raise AssertionError(f"nats-server did not reload its users; see {self.log_path}")
 
     async def accepts(self, user: User) -> bool:
-        """Whether a fresh login as `user` (with its password) is accepted now."""
+        """Whether a fresh login as `user` (its password or seed) is accepted now."""
         nc = NATS()
         try:
+            login: dict[str, Any] = {"servers": [self.url_of(user)]}
+            if user.seed_file is not None:
+                login = {"servers": [self.url], "nkeys_seed": str(user.seed_file)}
             await nc.connect(
-                self.url_of(user), allow_reconnect=False, max_reconnect_attempts=1,
-                connect_timeout=5, error_cb=_quiet,
+                **login, allow_reconnect=False, max_reconnect_attempts=1, connect_timeout=5,
+                error_cb=_quiet,
             )  # fmt: skip
         except (nats.errors.Error, OSError, TimeoutError):  # refused: how depends on timing
             await nc.close()  # a refused first connect leaves its socket open
@@ -102,3 +112,11 @@ class AuthNatsServer(NatsServer):
 
 async def _quiet(exc: Exception) -> None:
     """A refused login is the answer sought, not news."""
+
+
+def nkey_user(seed_file: Path) -> User:
+    """A new NKey user: a fresh seed written to `seed_file` (replacing any), its public key."""
+    seed = nkeys.encode_seed(secrets.token_bytes(32), nkeys.PREFIX_BYTE_USER)
+    seed_file.write_bytes(seed)
+    public = nkeys.from_seed(bytearray(seed)).public_key.decode()
+    return User(public, "", seed_file=seed_file)
