@@ -127,3 +127,23 @@ async def test_a_seed_file_rewritten_in_place_applies(tmp_path: Path) -> None:
             await nc.close()
     finally:
         await server.stop()
+
+
+async def test_a_login_in_the_url_rotates_with_the_url(tmp_path: Path) -> None:
+    """`url = "nats://user:password@host"` (or a token as the user part) changes with the url."""
+    server = AuthNatsServer(tmp_path / "nats", [User("svc", "old-secret")])
+    await server.start()
+    try:
+        settings = NatsSettings(url=server.url_of(User("svc", "old-secret")))
+        nc = await connect(settings, name="rotation-test")
+        try:
+            await server.reload([User("svc", "new-secret")])
+            await until(lambda: not nc.is_connected, "the server cut the old login off")
+            settings = NatsSettings(url=server.url_of(User("svc", "new-secret")))
+            assert await apply_settings(nc, settings)
+            await until(lambda: nc.is_connected, "reconnected with the new url")
+            await nc.flush(timeout=5)
+        finally:
+            await nc.close()
+    finally:
+        await server.stop()
