@@ -211,6 +211,8 @@ def test_relabelling_keeps_every_daemon_apart(tmp_path: Path) -> None:
     job["static_configs"] = [{"targets": list(targets)}]
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(cfg))
-    found = json.loads(promtool("check", "service-discovery", path, "flotilla-daemon"))
+    # promtool collects what discovery sends for the whole timeout; static targets come at once.
+    sd = promtool("check", "service-discovery", "--timeout=10s", path, "flotilla-daemon")
+    found = json.loads(sd)
     got = {t["discoveredLabels"]["__address__"]: t["labels"]["instance"] for t in found}
     assert got == targets
