@@ -5,7 +5,8 @@ each job's watcher) runs under one supervisor (common.supervise), each with the 
 it (see below): a crash is logged with its traceback and the task restarted with back-off, or,
 where that cannot be right, the daemon stops with status 1 rather than limping on. The first SIGTERM
 drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
-redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools and slots.
+redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools, slots, limits
+and NATS logins.
 """
 
 from __future__ import annotations
@@ -297,7 +298,7 @@ class Daemon:
                 await asyncio.wait(pending, timeout=30.0)
 
     async def reload(self) -> None:
-        """SIGHUP: labels, pools, slots and limits from the file (see daemon.reload)."""
+        """SIGHUP: labels, pools, slots, limits, NATS logins from the file (daemon.reload)."""
         await reload_daemon(self)
 
     async def stop(self, *, force: bool = False) -> None:
