@@ -31,6 +31,39 @@ DEFAULT_DEMUXERS = [
 ]  # fmt: skip
 
 
+class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Buckets s3:// URIs may name (inputs and outputs); empty: s3:// is off on this node.
+    buckets: list[str] = []
+    #: S3-compatible endpoint (MinIO, Ceph, R2, ...), e.g. `https://minio.example:9000`;
+    #: unset: AWS (or `AWS_ENDPOINT_URL` from the environment).
+    endpoint_url: str | None = None
+    #: Region requests are signed for; unset: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
+    region: str | None = None
+    #: Access key id; unset: the environment (`AWS_ACCESS_KEY_ID`, web identity, container
+    #: credentials), else the instance profile. Never taken from a job.
+    access_key_id: str | None = None
+    #: File holding the secret access key (with `access_key_id`); keep it readable by the
+    #: daemon's user only.
+    secret_access_key_file: str | None = None
+    #: Address buckets as `<bucket>.<host>` (AWS's preferred style); false: `<host>/<bucket>`,
+    #: which most S3-compatible servers need.
+    virtual_hosted_style: bool = False
+    #: Allow plain http:// to the endpoint and for signed-URL outputs (test servers only).
+    allow_http: bool = False
+    #: Multipart part size in bytes for uploads; files larger than one part go up in parts.
+    #: S3 wants parts of at least 5 MiB (all but the last); less is for test servers only.
+    part_size: Annotated[int, msgspec.Meta(ge=1024)] = 16 << 20
+    #: Parts of one upload sent at once.
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    #: Retries of a failed request (5xx, connection errors, timeouts), with backoff.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    #: Ask the server to verify an SHA-256 checksum of every upload (and part).
+    checksums: bool = True
+    #: Hosts (exact names, lowercase) that signed-URL outputs (`https://` with a presigned
+    #: PUT) may go to; empty: signed-URL outputs are off.
+    signed_url_hosts: list[str] = []
+
+
 class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Largest picture (width x height) an input may have; also ffmpeg's `-max_pixels`.
     max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 8192 * 4320
@@ -74,6 +107,8 @@ class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tenant_buckets: bool = False
     #: Seconds one object store transfer may take in all.
     object_timeout: Positive = 3600.0
+    #: s3:// inputs and outputs, and signed-URL outputs.
+    s3: S3Settings = msgspec.field(default_factory=S3Settings)
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
