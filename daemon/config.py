@@ -48,7 +48,8 @@ class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Address buckets as `<bucket>.<host>` (AWS's preferred style); false: `<host>/<bucket>`,
     #: which most S3-compatible servers need.
     virtual_hosted_style: bool = False
-    #: Allow plain http:// to the endpoint and for signed-URL outputs (test servers only).
+    #: Allow plain http:// to the endpoint and for signed-URL outputs (a test server, or a
+    #: network you trust: the credentials' signatures and the data travel in the clear).
     allow_http: bool = False
     #: Multipart part size in bytes for uploads; files larger than one part go up in parts.
     #: S3 wants parts of at least 5 MiB (all but the last); less is for test servers only.
@@ -105,7 +106,7 @@ class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Per-tenant buckets: a job of tenant T may name only `<prefix>_media_<T>` (and only if
     #: `object_buckets`, when set, lists it), matching the NATS role's per-tenant bucket rights.
     tenant_buckets: bool = False
-    #: Seconds one object store transfer may take in all.
+    #: Seconds one object store (nats-obj:// or s3://) transfer may take in all.
     object_timeout: Positive = 3600.0
     #: s3:// inputs and outputs, and signed-URL outputs.
     s3: S3Settings = msgspec.field(default_factory=S3Settings)
@@ -195,7 +196,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_host: str = "127.0.0.1"
     #: JSON log lines (on stderr); unset: JSON under systemd or when stderr is not a terminal.
     log_json: bool | None = None
-    #: Input limits and remote media (http(s)://, nats-obj://) settings.
+    #: Input limits and remote media (http(s)://, nats-obj://, s3://) settings.
     media: MediaSettings = msgspec.field(default_factory=MediaSettings)
 
     @property
