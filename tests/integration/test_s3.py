@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -15,6 +16,7 @@ import msgspec
 import obstore
 import pytest
 import pytest_asyncio
+from nats.js import JetStreamContext
 from obstore.store import S3Store
 
 from daemon.config import MediaSettings, S3Settings
@@ -29,6 +31,7 @@ from daemon.ops.context import JobContext
 from schemas.codec import DecodeError, Decoder
 from schemas.jobs import JobSpec
 from schemas.operations import Operation, Package, Rung, Transcode
+from tests.support.daemons import events, has, submit, until
 from tests.support.media import media_duration
 from tests.support.probing import video_line
 from tests.support.s3server import PART_MIN, S3Server, s3_server
@@ -281,3 +284,66 @@ async def test_signed_url_outputs_are_refused_unless_allowed(
         assert "X-Amz-Signature" not in str(caught.value)
     listed = await asyncio.to_thread(open_server.client().list_objects_v2, Bucket=BUCKET)
     assert "signed/no.mp4" not in {o["Key"] for o in listed.get("Contents", [])}
+
+
+def _job(job_id: str, src: str, out: str) -> dict[str, Any]:
+    op = {"op": "transcode", "codec": "h264", "preset": "ultrafast", "width": 160, "height": 120}
+    return {"v": 1, "job_id": job_id, "input": src, "output": out, "operation": op,
+            "max_attempts": 2}  # fmt: skip
+
+
+async def test_daemon_end_to_end_keeps_secrets_out_of_events_and_logs(
+    js: JetStreamContext, prefix: str, start_daemon: Any, server: S3Server, secret_file: Path,
+    open_server: S3Server, ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A real daemon: an s3:// round trip and a signed-URL output; then a node whose secret is
+    wrong. Neither secret nor signature may reach an event or a log line."""
+    caplog.set_level(logging.DEBUG)
+    await _put(server, "in/e2e.mp4", clip_small)
+    s3cfg = {
+        "buckets": [BUCKET], "endpoint_url": server.endpoint, "region": server.region,
+        "access_key_id": server.access_key_id, "secret_access_key_file": str(secret_file),
+        "allow_http": True, "retries": 1, "signed_url_hosts": ["127.0.0.1"],
+    }  # fmt: skip
+    media = {"s3": s3cfg, "http_allow_private": True, "http_retries": 0}
+    good = await start_daemon("n1", media=media)
+    url = await _presign(open_server, "signed/e2e.mp4")
+    signature = url.split("X-Amz-Signature=", 1)[1].split("&", 1)[0]
+    await submit(js, prefix, _job("e2e-s3", f"s3://{BUCKET}/in/e2e.mp4",
+                                  f"s3://{BUCKET}/out/e2e.mp4"))  # fmt: skip
+    await submit(js, prefix, _job("e2e-signed", f"s3://{BUCKET}/in/e2e.mp4", url))
+    await until(has(js, prefix, "e2e-s3", "completed"))
+    await until(has(js, prefix, "e2e-signed", "completed"))
+    for key in ("out/e2e.mp4",):
+        back = tmp_path / "e2e.mp4"
+        await _fetch(server, key, back)
+        assert "h264" in await video_line(ffmpeg_tools.ffmpeg, back)
+    back = tmp_path / "e2e-signed.mp4"
+    await _fetch(open_server, "signed/e2e.mp4", back)
+    assert "160x120" in await video_line(ffmpeg_tools.ffmpeg, back)
+    done = [e for e in await events(js, prefix, "e2e-signed") if e["kind"] == "completed"]
+    assert done[0]["result"]["outputs"][0]["uri"] == url.split("?", 1)[0]
+    await good.stop()
+
+    wrong = tmp_path / "wrong"
+    wrong.write_text("wrong-secret-" + "y" * 27)
+    bad_media = {**media, "s3": {**s3cfg, "secret_access_key_file": str(wrong)}}
+    await start_daemon("n2", media=bad_media)
+    await submit(js, prefix, _job("e2e-bad", f"s3://{BUCKET}/in/e2e.mp4",
+                                  f"s3://{BUCKET}/out/bad.mp4"))  # fmt: skip
+    await until(has(js, prefix, "e2e-bad", "failed", 2))
+    failed = [e for e in await events(js, prefix, "e2e-bad") if e["kind"] == "failed"]
+    assert failed[-1]["final"] and failed[-1]["error_kind"] == "transient"
+    assert "refused this node's credentials" in failed[-1]["reason"]
+    every = await events(js, prefix)
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("flotilla"))
+    assert "refused this node's credentials" in ours  # the daemon's own lines were captured
+    for secret in (server.secret_access_key, "wrong-secret-"):
+        assert [e for e in every if secret in json.dumps(e)] == []
+        assert secret not in ours
+    # The signature is part of the job (the producer put it there): the `accepted` event's copy
+    # of the spec carries it, as the job stream does; nothing the node reports or logs does.
+    leaks = [e["kind"] for e in every if signature in json.dumps(e)]
+    assert leaks == ["accepted"]
+    assert signature not in ours
