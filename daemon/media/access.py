@@ -152,7 +152,7 @@ async def output_path(ctx: MediaJob, uri: str) -> Path:
             _js(ctx.media)
         case s3.SCHEME:
             bucket, key = ctx.media.locate_s3(uri)
-            ctx.media.s3_stores.store(bucket)  # the extra and the settings, checked up front
+            await ctx.media.s3_stores.store(bucket)  # the extra and the secret, checked up front
         case "http" | "https":
             key = check_signed_url(uri, ctx.media.limits).path or "output"
             if _writes_several(ctx.spec):

@@ -74,9 +74,12 @@ class S3Stores:
         self._stores: dict[str, S3Store] = {}
         self._secret: str | None = None
 
-    def store(self, bucket: str) -> S3Store:
+    async def store(self, bucket: str) -> S3Store:
         if bucket not in self._stores:
-            self._stores[bucket] = self._build(bucket)
+            secret = (
+                await asyncio.to_thread(self._read_secret) if self.settings.access_key_id else None
+            )
+            self._stores[bucket] = self._build(bucket, secret)
         return self._stores[bucket]
 
     def scrub(self, text: str) -> str:
@@ -85,11 +88,12 @@ class S3Stores:
             text = text.replace(self._secret, "<secret>")
         return text[:400]
 
-    def _build(self, bucket: str) -> S3Store:
+    def _build(self, bucket: str, secret: str | None) -> S3Store:
         try:
             from obstore.store import S3Store
         except ImportError as exc:
-            raise PathRefused(EXTRA_HINT) from exc
+            # The node's setup, not the job: transient, so that a node with the extra may run it.
+            raise JobError(EXTRA_HINT) from exc
         s = self.settings
         config: dict[str, Any] = {"virtual_hosted_style_request": s.virtual_hosted_style}
         if s.endpoint_url:
@@ -98,9 +102,9 @@ class S3Stores:
             config["region"] = s.region
         if s.checksums:
             config["checksum_algorithm"] = "SHA256"
-        if s.access_key_id:
+        if s.access_key_id and secret:
             config["access_key_id"] = s.access_key_id
-            config["secret_access_key"] = self._read_secret()
+            config["secret_access_key"] = secret
         client: dict[str, Any] = {
             "allow_http": s.allow_http,
             "connect_timeout": timedelta(seconds=self._connect_timeout),
@@ -109,6 +113,7 @@ class S3Stores:
         return S3Store(bucket, config=config, client_options=client, retry_config=retry)  # type: ignore[arg-type]
 
     def _read_secret(self) -> str:
+        """The secret key from its file (blocking: call it in a thread)."""
         path = self.settings.secret_access_key_file
         if not path:
             raise JobError("media.s3.access_key_id is set without secret_access_key_file")
@@ -146,7 +151,7 @@ async def download(
     import obstore
 
     what = f"s3 input {s3_uri(bucket, key)[:300]}"
-    store = stores.store(bucket)
+    store = await stores.store(bucket)
     sha = hashlib.sha256()
     size = 0
     f = await asyncio.to_thread(dest.open, "wb")
@@ -184,7 +189,7 @@ async def upload(
     import obstore
 
     what = f"s3 output {s3_uri(bucket, key)[:300]}"
-    store = stores.store(bucket)
+    store = await stores.store(bucket)
     size, digest = await asyncio.to_thread(_hash_file, path)
     s = stores.settings
     try:

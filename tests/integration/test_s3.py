@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -214,6 +215,17 @@ async def test_refusals_are_permanent(
         assert caught.value.kind == "permanent"
     listed = await asyncio.to_thread(server.client().list_objects_v2, Bucket=OTHER)
     assert listed.get("KeyCount", 0) == 0
+
+
+async def test_a_node_without_the_s3_extra_names_it(
+    server: S3Server, secret_file: Path, ffmpeg_tools: FfmpegTools, clip_small: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setitem(sys.modules, "obstore.store", None)  # as if obstore were not installed
+    spec = _spec(_local(clip_small, tmp_path), f"s3://{BUCKET}/out/noextra.mp4")
+    with pytest.raises(JobError, match=r"flotilla-fleet\[s3\]") as caught:
+        await run_operation(_ctx(ffmpeg_tools, tmp_path, spec, _settings(server, secret_file)))
+    assert caught.value.kind == "transient"  # a node with the extra may run the job
 
 
 def test_uris_in_the_wire_contract() -> None:

@@ -1,9 +1,10 @@
 """A real S3-compatible HTTP server on 127.0.0.1 for s3:// tests: moto's server, in a subprocess.
 
 moto is an emulator of the S3 API (not AWS): it checks SigV4 signatures against the IAM users it
-holds (when `auth` is on), supports multipart uploads, user metadata, conditional puts and
-SHA-256 checksums, but its authentication does not cover presigned (query-signed) requests, so a
-server for presigned PUTs runs with authentication off and accepts any signature. Its minimum
+holds (when `auth` is on) and supports multipart uploads, user metadata and conditional puts; it
+neither verifies nor keeps `x-amz-checksum-sha256`, and its authentication does not cover
+presigned (query-signed) requests, so a server for presigned PUTs runs with authentication off
+and accepts any signature. Its minimum
 part size is lowered (`S3_UPLOAD_PART_MIN_SIZE`) so that a tiny file can go up in several parts.
 The server is stopped by its process handle.
 """
