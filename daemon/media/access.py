@@ -17,6 +17,8 @@ replaces an object no `completed` event described; it never runs once the job ha
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,6 +62,7 @@ class MediaJob(Protocol):
     def media(self) -> MediaAccess: ...
 
 
+log = logging.getLogger("flotilla.media")
 _STAGE = "objout"
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -76,6 +79,9 @@ class MediaAccess:
 
     @classmethod
     def for_config(cls, cfg: DaemonConfig, js: JetStreamContext | None) -> MediaAccess:
+        if cfg.media.s3.buckets and importlib.util.find_spec("obstore") is None:
+            log.warning("media.s3.buckets is set, but %s; until then s3:// jobs fail here",
+                        s3.EXTRA_HINT)  # fmt: skip
         if cfg.media.tenant_buckets:
             tenant_prefix = f"{cfg.nats.prefix}_media_"
             return cls(limits=cfg.media, js=js, buckets=frozenset(cfg.media.object_buckets),
