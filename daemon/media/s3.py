@@ -210,10 +210,11 @@ async def upload(
 async def _holds(store: S3Store, key: str, size: int, digest: str) -> bool:
     """True when `key` already holds an object of this size and `sha256` metadata."""
     import obstore
+    from obstore.exceptions import PermissionDeniedError
 
     try:
         found = await obstore.get_async(store, key, options={"head": True})
-    except FileNotFoundError:  # obstore's "no such object"
+    except (FileNotFoundError, PermissionDeniedError):  # absent, or write-only credentials
         return False
     return int(found.meta["size"]) == size and found.attributes.get(_SHA_META) == digest
 

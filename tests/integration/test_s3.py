@@ -156,6 +156,26 @@ async def test_multipart_output_and_a_second_upload_of_the_same_bytes(
     assert (await _fetch(server, "out/mp/big.mp4", back))["ContentLength"] == 100
 
 
+async def test_package_files_go_next_to_the_key(
+    server: S3Server, secret_file: Path, ffmpeg_tools: FfmpegTools, clip_small: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    await _put(server, "in/pkg.mp4", clip_small)
+    op = Package(ladder=[Rung(height=96, bitrate_kbps=200)], segment_seconds=1.0,
+                 preset="ultrafast")  # fmt: skip
+    spec = _spec(f"s3://{BUCKET}/in/pkg.mp4", f"s3://{BUCKET}/pkg/s1", op)
+    result = await run_operation(_ctx(ffmpeg_tools, tmp_path, spec, _settings(server, secret_file)))
+    assert f"s3://{BUCKET}/pkg/s1/master.m3u8" in {o.uri for o in result.outputs}
+    listed = await asyncio.to_thread(server.client().list_objects_v2, Bucket=BUCKET, Prefix="pkg/")
+    keys = {o["Key"] for o in listed["Contents"]}
+    assert {"pkg/s1/master.m3u8", "pkg/s1/stream_0/index.m3u8"} <= keys
+    index = tmp_path / "index.m3u8"
+    await _fetch(server, "pkg/s1/stream_0/index.m3u8", index)
+    text = await asyncio.to_thread(index.read_text)
+    named = [line for line in text.splitlines() if line and line[0] != "#"]
+    assert named and {f"pkg/s1/stream_0/{n}" for n in named} <= keys  # every segment uploaded
+
+
 async def test_credentials_from_the_environment(
     server: S3Server, monkeypatch: pytest.MonkeyPatch, clip_small: Path, tmp_path: Path
 ) -> None:
