@@ -53,14 +53,14 @@ def devices_of(caps: NodeCapabilities, gpu_memory_per_job_mb: int) -> list[Devic
     node_wide = frozenset(n for n in caps.verified_encoders if n.endswith("_nvenc"))
     for gpu in caps.gpus:
         n = gpu_slots(gpu, gpu_memory_per_job_mb, tested=tested)
-        names = frozenset(gpu.verified_encoders) if tested else node_wide
+        mine = frozenset(gpu.verified_encoders) if tested else node_wide
         if n > 0:
-            found.append(Device("nvenc", gpu.index, None, n, names))
+            found.append(Device("nvenc", gpu.index, None, n, mine))
     for i, (path, names) in enumerate(sorted(caps.render_node_encoders.items())):
         for family in ("qsv", "vaapi"):
-            mine = frozenset(n for n in names if n.endswith(f"_{family}"))
-            if mine:
-                found.append(Device(family, i, path, DEFAULT_RENDER_NODE_SLOTS, mine))
+            ours = frozenset(n for n in names if n.endswith(f"_{family}"))
+            if ours:
+                found.append(Device(family, i, path, DEFAULT_RENDER_NODE_SLOTS, ours))
     return found
 
 

@@ -9,6 +9,7 @@ import imageio_ffmpeg
 import msgspec
 import pytest
 
+from daemon.ops.analyze import cuda_vmaf_args, cuda_vmaf_possible
 from daemon.ops.devices import DeviceLedger, NoDevice, devices_of, placed
 from daemon.ops.ladder_args import LadderHw, cuda_frames_possible, package_args
 from daemon.ops.transcode_args import Node, transcode_args
@@ -19,8 +20,9 @@ from daemon.probe.verify import encode_argv, per_device, summarize
 from schemas.codec import encode
 from schemas.jobs import JobSpec
 from schemas.nodes import CpuInfo, FfmpegInfo, GpuInfo, NodeCapabilities
-from schemas.operations import Package, Rung, Transcode
+from schemas.operations import Analyze, Package, Rung, Transcode
 from schemas.registry import CAPABILITIES_DECODER
+from schemas.results import StreamInfo
 from tests.unit.test_nvenc_errors import SESSION_CAP_4, SESSION_CAP_7
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
@@ -235,3 +237,51 @@ def test_a_record_from_an_older_node_reads_without_per_device_fields() -> None:
     assert old.render_node_encoders == {} and old.gpus[0].verified_encoders == []
     # Without per-GPU results, NVML's NVENC flag decides, as before.
     assert [d.index for d in devices_of(old, 1024)] == [0]
+
+
+# --- analyze: libvmaf_cuda where the build has it ---------------------------------------------
+
+GPU_BUILD = {"libvmaf_cuda", "scale_cuda", "hwdownload", "libvmaf", "scale"}
+
+
+def test_vmaf_runs_on_the_gpu_only_where_the_build_and_the_job_allow() -> None:
+    vmaf = Analyze(reference="file:///r.mp4", vmaf=True)
+    both = Analyze(reference="file:///r.mp4", vmaf=True, psnr=True)
+    ref8, ref10 = (
+        StreamInfo(index=0, type="video", codec="h264", width=1920, height=1080),
+        StreamInfo(index=0, type="video", codec="h264", width=1920, height=1080, bit_depth=10),
+    )
+    assert cuda_vmaf_possible(vmaf, ref8, {"cuda"}, GPU_BUILD)
+    assert not cuda_vmaf_possible(vmaf, ref8, {"cuda"}, {"libvmaf", "scale_cuda"})  # no cuda vmaf
+    assert not cuda_vmaf_possible(vmaf, ref8, set(), GPU_BUILD)  # no cuda hwaccel
+    assert cuda_vmaf_possible(both, ref8, {"cuda"}, GPU_BUILD)
+    assert not cuda_vmaf_possible(Analyze(reference="file:///r.mp4", vmaf=False), ref8, {"cuda"},
+                                  GPU_BUILD)  # fmt: skip
+    assert not cuda_vmaf_possible(vmaf, ref10, {"cuda"}, GPU_BUILD)
+
+
+def test_the_cuda_vmaf_graph_decodes_both_inputs_on_the_gpu() -> None:
+    op = Analyze(reference="file:///r.mp4", vmaf=True, psnr=False, ssim=False, subsample=2)
+    d = StreamInfo(index=0, type="video", codec="h264", width=1280, height=720)
+    r = StreamInfo(index=0, type="video", codec="h264", width=1920, height=1080)
+    guard = ("-protocol_whitelist", "file")
+    args = cuda_vmaf_args(op, d, r, "vmaf_v0.6.1", Path("/s/vmaf.json"), guard,
+                          ("file:/d.mp4", "file:/r.mp4", list(guard)))  # fmt: skip
+    hw = ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
+    assert args[:4] == hw and args[args.index("file:/d.mp4") + 1 :][:4] == hw
+    graph = args[args.index("-filter_complex") + 1]
+    assert "[0:v:0]setpts=PTS-STARTPTS,scale_cuda=1920:1080:format=yuv420p[dv]" in graph
+    assert graph.endswith("libvmaf_cuda=model=version=vmaf_v0.6.1:log_fmt=json:"
+                          "log_path=/s/vmaf.json:n_subsample=2[out]")  # fmt: skip
+
+
+def test_psnr_and_ssim_beside_cuda_vmaf_get_downloaded_copies() -> None:
+    op = Analyze(reference="file:///r.mp4")  # all three metrics
+    v = StreamInfo(index=0, type="video", codec="h264", width=640, height=360)
+    args = cuda_vmaf_args(op, v, v, "vmaf_v0.6.1", Path("/s/v.json"), (), ("d", "r", []))
+    graph = args[args.index("-filter_complex") + 1].split(";")
+    assert graph[0].endswith("format=yuv420p,split=2[dv][dc]")
+    assert graph[2].endswith("[vm]") and graph[3] == "[vm]nullsink"
+    assert graph[4:] == ["[dc]hwdownload,format=yuv420p[d0]",
+                         "[rc]hwdownload,format=yuv420p,split=2[r0][r1]",
+                         "[d0][r0]psnr[d1]", "[d1][r1]ssim[out]"]  # fmt: skip
