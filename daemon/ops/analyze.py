@@ -68,7 +68,7 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     notes: list[str] = []
     inputs = (ffmpeg_arg(dist), ffmpeg_arg(ref), guard_args(ctx.media.limits))
     run = None
-    if cuda_vmaf_possible(op, r, ctx.hwaccels, ctx.filters):
+    if ctx.cuda_gpus and cuda_vmaf_possible(op, r, ctx.hwaccels, ctx.filters):
         args = cuda_vmaf_args(op, d, r, model, log_path, ctx.media.guard(), inputs)
         try:
             run = await _run(ctx, args, ref_info.duration_s)

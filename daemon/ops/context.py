@@ -58,6 +58,8 @@ class JobContext:
     devices: DeviceLedger | None = None
     #: The ffmpeg build's filters (scale_cuda, libvmaf_cuda decide the GPU paths).
     filters: AbstractSet[str] = frozenset()
+    #: NVIDIA GPUs NVML found (with or without NVENC): CUDA filters are tried only where > 0.
+    cuda_gpus: int = 0
     #: Asked before outputs are renamed into place (daemon.ops.outputs); None: always commit.
     may_commit: CommitGate | None = None
 

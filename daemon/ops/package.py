@@ -87,7 +87,7 @@ async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[
             with placed(ctx.devices, family, encoders, len(run.rungs)) as placement:
                 hw = None
                 if family == "nvenc":
-                    cuda = cuda_frames_possible(ctx.hwaccels, ctx.filters)
+                    cuda = cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0
                     hw = LadderHw(placement.gpu if placement else None, cuda)
                 await _encode(run, tmp, hw)
                 return rung_encoder(run.rungs[0], hw)
