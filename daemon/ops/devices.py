@@ -75,6 +75,9 @@ class DeviceLedger:
     def free(self, device: Device) -> int:
         return device.sessions - self._used[device]
 
+    def manages(self, family: str) -> bool:
+        return any(d.family == family for d in self.devices)
+
     def capacity(self, family: str) -> int:
         return sum(d.sessions for d in self.devices if d.family == family)
 
@@ -108,9 +111,10 @@ class NoDevice(JobError):
 def placed(
     ledger: DeviceLedger | None, family: str, encoders: AbstractSet[str], sessions: int = 1
 ) -> Iterator[Placement | None]:
-    """Hold a placement for a hardware run; None for software, or without a ledger (the driver
-    picks the device). Raises NoDevice when no device has room."""
-    if ledger is None or family not in HW_FAMILIES:
+    """Hold a placement for a hardware run; None for software, without a ledger, or for a
+    family the ledger knows no device of (encoders accepted untested): the driver's default
+    device then. Raises NoDevice when the family's devices have no room."""
+    if ledger is None or family not in HW_FAMILIES or not ledger.manages(family):
         yield None
         return
     placement = ledger.place(family, encoders, sessions)

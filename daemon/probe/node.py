@@ -10,7 +10,7 @@ from daemon.config import DaemonConfig
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.probe.candidates import plan
 from daemon.probe.capacity import plan_slots, pools_served
-from daemon.probe.dri import nodes_for, render_nodes
+from daemon.probe.dri import RenderNode, nodes_for, render_nodes
 from daemon.probe.ffmpeg_caps import probe_ffmpeg
 from daemon.probe.gpu import Nvml, probe_gpus
 from daemon.probe.host import probe_host
@@ -51,7 +51,7 @@ async def probe_node(
         threads_per_job=cfg.threads_per_job,
         gpus=gpus,
         gpu_memory_per_job_mb=cfg.gpu_memory_per_job_mb,
-        render_nodes={family: len(nodes_for(nodes, family)) for family in ("qsv", "vaapi")},
+        render_nodes={family: _render_nodes(family, nodes, on_node) for family in ("qsv", "vaapi")},
         classes=cfg.pool_classes,
     )
     return NodeCapabilities(
@@ -75,6 +75,12 @@ async def probe_node(
         slots=slots,
         labels=dict(cfg.labels),
     )
+
+
+def _render_nodes(family: str, nodes: list[RenderNode], passed: dict[str, list[str]]) -> int:
+    """Render nodes that carry `family`: those where its test encode passed, when any was run."""
+    tested = sum(1 for names in passed.values() if any(n.endswith(f"_{family}") for n in names))
+    return tested or len(nodes_for(nodes, family))
 
 
 async def _sized(cfg: DaemonConfig, ffmpeg: str, gpu: GpuInfo, verified: list[str]) -> GpuInfo:

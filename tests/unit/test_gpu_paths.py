@@ -171,6 +171,9 @@ def test_placed_raises_no_device_when_busy_and_frees_on_exit() -> None:
         assert again is not None
     with placed(ledger, "software", set()) as soft, placed(None, "nvenc", {"h264_nvenc"}) as free:
         assert soft is None and free is None
+    # VAAPI accepted untested (no render node in the ledger): the default device, not refused.
+    with placed(ledger, "vaapi", {"h264_vaapi"}) as default:
+        assert default is None
 
 
 def test_render_nodes_are_devices_of_their_verified_families() -> None:
