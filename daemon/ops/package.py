@@ -24,7 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.errors import EncoderError, InputError, InvalidJob, JobError
+from daemon.errors import (
+    EncoderError,
+    InputError,
+    InvalidJob,
+    JobError,
+    JobTimeout,
+    ResourceExhausted,
+)
 from daemon.ffmpeg.run import run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.media.paths import uri_of
@@ -87,9 +94,10 @@ async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[
             with placed(ctx.devices, family, encoders, len(run.rungs)) as placement:
                 hw = None
                 if family == "nvenc":
-                    cuda = cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0
-                    hw = LadderHw(placement.gpu if placement else None, cuda)
-                await _encode(run, tmp, hw)
+                    gpu = placement.gpu if placement else None
+                    hw = await _nvenc(run, tmp, gpu, notes)
+                else:
+                    await _encode(run, tmp, None)
                 return rung_encoder(run.rungs[0], hw)
         except NoDevice as exc:
             if i + 1 == len(families):
@@ -101,6 +109,27 @@ async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[
                 raise
             notes.append(f"{exc.encoder} failed ({exc.reason[:200]}); fell back to software")
     raise AssertionError("unreachable: families is never empty")
+
+
+async def _nvenc(run: _Run, tmp: Path, gpu: int | None, notes: list[str]) -> LadderHw:
+    """The NVENC ladder with frames kept on the GPU where the build can; if that run fails for
+    a reason of its own (an input codec NVDEC cannot decode leaves frames in system memory,
+    which scale_cuda refuses), the same ladder once more, decoded and scaled on the CPU. Only
+    the second run's encoder failure counts against the encoder."""
+    ctx = run.ctx
+    if cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0:
+        on_gpu = LadderHw(gpu, cuda_frames=True)
+        try:
+            await _encode(run, tmp, on_gpu)
+            return on_gpu
+        except (JobTimeout, ResourceExhausted):
+            raise
+        except JobError as exc:
+            notes.append(f"decode and scaling on the GPU failed ({exc.reason[:200]}); "
+                         "scaled on the CPU")  # fmt: skip
+    hw = LadderHw(gpu, cuda_frames=False)
+    await _encode(run, tmp, hw)
+    return hw
 
 
 async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:

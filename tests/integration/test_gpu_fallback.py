@@ -57,14 +57,16 @@ async def test_a_failing_nvenc_ladder_falls_back_to_x264_and_is_counted(
                          pool="nvenc")  # fmt: skip
     result = await run_operation(ctx)
     assert result.encoder == "libx264"
-    assert result.notes and result.notes[0].startswith("h264_nvenc failed")
-    [failure] = ctx.encoder_failures
+    cuda_note, nvenc_note = result.notes
+    assert cuda_note.startswith("decode and scaling on the GPU failed")
+    assert nvenc_note.startswith("h264_nvenc failed")
+    [failure] = ctx.encoder_failures  # the CPU-scaled NVENC run's failure, counted once
     assert isinstance(failure, EncoderError) and failure.encoder == "h264_nvenc"
-    nvenc, x264 = commands
-    assert (
-        nvenc[nvenc.index("-gpu") + 1] == "99" and nvenc[nvenc.index("-hwaccel_device") + 1] == "99"
-    )
-    assert "scale_cuda=320:240:format=yuv420p" in nvenc[nvenc.index("-filter_complex") + 1]
+    on_gpu, cpu_scaled, x264 = commands
+    assert on_gpu[on_gpu.index("-hwaccel_device") + 1] == "99"
+    assert "scale_cuda=320:240:format=yuv420p" in on_gpu[on_gpu.index("-filter_complex") + 1]
+    assert on_gpu[on_gpu.index("-gpu") + 1] == cpu_scaled[cpu_scaled.index("-gpu") + 1] == "99"
+    assert "-hwaccel" not in cpu_scaled and "scale=-2:240" in " ".join(cpu_scaled)
     assert "-gpu" not in x264 and "libx264" in x264
     assert ledger.free(NOWHERE) == 2  # the sessions went back
 
