@@ -42,7 +42,8 @@ async def probe_node(
     verified, failed = summarize(outcomes)
     verified += todo.accept
     on_gpu, on_node = per_device(outcomes)
-    gpus = await asyncio.gather(*(_sized(cfg, ffmpeg, g, on_gpu.get(g.index, [])) for g in gpus))
+    # One GPU at a time: each session probe starts up to `nvenc_session_probe` ffmpeg processes.
+    gpus = [await _sized(cfg, ffmpeg, g, on_gpu.get(g.index, [])) for g in gpus]
     pools = pools_served(verified, cfg.pools, cfg.pool_classes)
     slots = plan_slots(
         pools,
