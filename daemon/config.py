@@ -143,6 +143,11 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     threads_per_job: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
     #: GPU memory one NVENC job needs; caps nvenc slots per GPU.
     gpu_memory_per_job_mb: Annotated[int, msgspec.Meta(ge=64)] = 1024
+    #: NVENC sessions each GPU takes at once; unset: probed (see nvenc_session_probe), else 8.
+    nvenc_sessions_per_gpu: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    #: Most concurrent sessions the start-up probe opens per NVENC GPU to find the driver's
+    #: cap (GeForce cards allow 3 to 8); 0 skips the probe.
+    nvenc_session_probe: Annotated[int, msgspec.Meta(ge=0, le=64)] = 12
     #: Run a tiny test encode on every hardware encoder at start-up; false
     #: accepts those the hardware suggests untested.
     verify_hw_encoders: bool = True

@@ -17,10 +17,12 @@ from daemon.errors import EncoderError, InvalidJob
 from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.ops.context import JobContext
-from daemon.ops.encoders import encoder_chain, needs_two_runs
+from daemon.ops.devices import NoDevice, Placement, placed
+from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.outputs import OutputSet
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
+from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
 from schemas.results import JobResult
 
@@ -78,8 +80,13 @@ async def _with_fallback(
 ) -> str:
     for i, encoder in enumerate(chain):
         try:
-            await _encode(ctx, op, encoder, src, partial, settled)
+            with placed(ctx.devices, family_of(encoder), {encoder}) as placement:
+                await _encode(ctx, op, encoder, src, partial, settled, placement)
             return encoder
+        except NoDevice as exc:  # busy, not broken: not counted against the encoder
+            if i + 1 == len(chain):
+                raise
+            notes.append(f"{encoder} skipped ({exc.reason}); used {chain[i + 1]}")
         except EncoderError as exc:
             ctx.encoder_failures.append(exc)
             if i + 1 == len(chain):
@@ -96,9 +103,12 @@ async def _encode(
     src: Path,
     partial: Path,
     settled: Plan,
+    placement: Placement | None = None,
 ) -> None:
-    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=ctx.render_node,
-                input_guard=ctx.media.guard())  # fmt: skip
+    path = placement.device.path if placement is not None else None
+    gpu = placement.gpu if placement is not None else None
+    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=path or ctx.render_node,
+                gpu=gpu, input_guard=ctx.media.guard())  # fmt: skip
     passes: tuple[int | None, ...] = (1, 2) if needs_two_runs(encoder, op) else (None,)
     for n, pass_no in enumerate(passes):
         dest = None if pass_no == 1 else partial
@@ -119,5 +129,5 @@ async def _encode(
             span=(share * n, share * (n + 1)),
             progress_interval=ctx.progress_interval,
             encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
-            env=ENCODER_ENV.get(encoder),
+            env=ENCODER_ENV.get(encoder, CUDA_ENV),
         )

@@ -35,6 +35,8 @@ class Node:
     threads: int
     hwaccels: AbstractSet[str]
     render_node: str
+    #: NVML index of the GPU decode and NVENC encode are pinned to; None: the driver's pick.
+    gpu: int | None = None
     #: Options right before `-i` (protocol/format allow-lists, pixel and allocation caps).
     input_guard: tuple[str, ...] = ("-protocol_whitelist", "file")
 
@@ -74,6 +76,7 @@ def transcode_args(
     else:
         args += video_graph(op, family, ten_bit, colour)
         args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
+        args += gpu_args(family, node)
         args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
         args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
     if encoder == "libx265":  # x265 sizes its own thread pool; -threads does not bound it
@@ -143,8 +146,14 @@ def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
             return ["-init_hw_device", device, "-filter_hw_device", "hw"]
         case "nvenc" if decode:
             # Decoded frames come back to system memory, so the software filters still apply.
-            return ["-hwaccel", "cuda"]
+            pin = ["-hwaccel_device", str(node.gpu)] if node.gpu is not None else []
+            return ["-hwaccel", "cuda", *pin]
     return []
+
+
+def gpu_args(family: str, node: Node) -> list[str]:
+    """NVENC on the placed GPU (CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA count as NVML does)."""
+    return ["-gpu", str(node.gpu)] if family == "nvenc" and node.gpu is not None else []
 
 
 def audio_args(op: Transcode) -> list[str]:
