@@ -73,7 +73,7 @@ def plan_processes(s: Scenario, work: Path, state_root: Path, url: str, prefix: 
         groups.append((f"death-{k + 1}", ids[at : at + d.nodes]))
         at += d.nodes
     rest = ids[at:]
-    n = max(1, s.process_count() - (1 if s.deaths else 0))
+    n = s.process_count()
     for k in range(n):
         chunk = rest[k::n]
         if chunk:
@@ -137,6 +137,7 @@ async def run(
         nodes = await asyncio.to_thread(
             plan_processes, s, work, state_root, fleet.nats_url, fleet.prefix
         )
+        report.processes = len(nodes.procs)
         progress(f"starting {s.nodes} nodes in {len(nodes.procs)} simulator processes …")
         t = time.monotonic()
         await nodes.start_all()

@@ -55,7 +55,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     api: ApiTraffic = msgspec.field(default_factory=ApiTraffic)
     #: Finished job rows (with their events) in Postgres before the run: the big table.
     seed_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
-    #: Simulator processes the nodes are spread over (0: one per 250 nodes, at least 2).
+    #: Simulator processes the surviving nodes are spread over (0: one per 250, at least 2);
+    #: each death's nodes run in a process of their own, which the death SIGKILLs.
     processes: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: JetStream ack wait: how soon a dead node's jobs are handed to another.
     ack_wait: Annotated[float, msgspec.Meta(gt=0)] = 120.0
@@ -69,12 +70,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int = 1
 
     def process_count(self) -> int:
-        mortal = 1 if self.deaths else 0
-        return mortal + (self.processes or max(2, math.ceil(self.nodes / 250)))
-
-    def dying(self) -> int:
-        """Nodes that die at some point: they live in processes of their own, one per death."""
-        return sum(d.nodes for d in self.deaths)
+        """Processes of the nodes that live throughout (the dying ones get one per death)."""
+        return self.processes or max(2, math.ceil(self.nodes / 250))
 
 
 SMALL = Scenario(
