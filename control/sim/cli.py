@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -64,6 +66,12 @@ async def sim(args: argparse.Namespace) -> int:
     else:
         work = Path(tempfile.mkdtemp(prefix="flotilla-sim-"))
     work.chmod(0o755)  # PostgreSQL runs as another user under root and must enter it
+    # SIGTERM/SIGINT end the run through its `finally`, which stops what it started.
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, main.cancel)
     try:
         report = await run(s, work, progress)
     finally:

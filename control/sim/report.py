@@ -48,6 +48,8 @@ class Report:
     offline_detect: dict[str, float] = field(default_factory=dict)
     offline_seen_as: dict[str, str] = field(default_factory=dict)
     offline_limit_s: float = 0.0
+    #: The largest node.list reply the watcher read (the CLI refuses over 256 KiB).
+    node_list_bytes: int = 0
     killed: list[str] = field(default_factory=list)
     alerts_expected: list[str] = field(default_factory=list)
     alerts_fired: dict[str, float] = field(default_factory=dict)
@@ -121,6 +123,10 @@ def render(r: Report) -> str:
             + ", node_offline alert "
             + (f"after {a:.1f} s" if a is not None else "never")
         )
+    if r.node_list_bytes:
+        lines.append(f"node.list reply {r.node_list_bytes / 1024:.0f} KiB")
+    for verb, text in r.api_last_error.items():
+        lines.append(f"last {verb} error: {text}")
     if r.alerts_other:
         lines.append(f"alerts   other: {', '.join(r.alerts_other[:10])}")
     lines += ["", f"{'component':<10} {'CPU %':>7} {'CPU s':>8} {'RSS MiB':>9} {'procs':>6}"]

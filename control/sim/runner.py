@@ -27,8 +27,7 @@ from control.sim.report import Report, percentiles
 from control.sim.resources import Sampler
 from control.sim.scenario import Scenario
 from control.sim.stack import NodeProcess, Nodes, SimFleet
-from control.sim.workload import TENANT, NodeWatch, Traffic
-from schemas import api
+from control.sim.workload import TENANT, NodeWatch, Traffic, node_list
 from schemas.subjects import Subjects
 
 Progress = Callable[[str], None]
@@ -97,7 +96,7 @@ async def _wait_online(settings: NatsSettings, want: int, limit_s: float) -> int
         deadline, online = time.monotonic() + limit_s, 0
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                reply = await client.call("node.list", api.EmptyRequest(), api.NodeListReply)
+                reply, _ = await node_list(client)
                 online = sum(1 for n in reply.nodes if n.state == "online")
                 if online >= want:
                     return online
@@ -243,6 +242,9 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
     report.offline_detect = {n: watch.offline_at[n] - k for n, k in watch.killed.items()
                              if n in watch.offline_at}  # fmt: skip
     report.offline_seen_as = dict(watch.seen_as)
+    report.node_list_bytes = watch.reply_bytes
+    if watch.errors:
+        report.notes.append(f"node watch: {watch.errors} failed node.list ({watch.last_error})")
     report.alerts_expected = sorted(watch.killed)
     for _, a in watch.alerts:
         if a.rule == "node_offline" and a.state == "firing" and a.subject in watch.killed:

@@ -22,6 +22,7 @@ from control.cli.apiclient import ApiClient
 from control.sim.scenario import JobKind, Scenario
 from schemas import api
 from schemas.alerts import Alert
+from schemas.codec import Decoder, encode
 from schemas.jobs import JobSpec
 from schemas.registry import JOB_DECODER
 
@@ -29,6 +30,21 @@ TENANT = "sim"
 #: Requests in flight at once per kind: beyond it a request waits (and its wait is not measured).
 INFLIGHT = 64
 NODE_POLL_S = 1.0
+
+
+#: The CLI refuses a reply over 256 KiB (schemas.codec); node.list outgrows it at a few hundred
+#: nodes. The watcher must still see node states, so it decodes the same reply without that cap
+#: (the operator's `nodes` requests keep the CLI's, and count its refusals as errors).
+NODE_LIST: Decoder[api.NodeListReply] = Decoder(
+    api.NodeListReply, "node.list reply", max_bytes=256 << 20
+)
+
+
+async def node_list(client: ApiClient) -> tuple[api.NodeListReply, int]:
+    """The API's node.list, and its size in bytes."""
+    subject = f"{client.subjects.prefix}.api.node.list"
+    msg = await client.nc.request(subject, encode(api.EmptyRequest()), timeout=client.timeout)
+    return NODE_LIST.decode(msg.data), len(msg.data)
 
 
 @dataclass
@@ -197,6 +213,9 @@ class NodeWatch:
     seen_as: dict[str, str] = field(default_factory=dict)
     alerts: list[tuple[float, Alert]] = field(default_factory=list)
     polls: int = 0
+    errors: int = 0
+    last_error: str = ""
+    reply_bytes: int = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = await connect(self.settings, name="flotilla-sim-alerts", reconnect=True)
@@ -212,11 +231,13 @@ class NodeWatch:
         try:
             while not stop.is_set():
                 if self._waiting():
-                    with contextlib.suppress(Exception):
-                        reply = await client.call(
-                            "node.list", api.EmptyRequest(), api.NodeListReply
-                        )
+                    try:
+                        reply, size = await node_list(client)
+                    except Exception as exc:
+                        self.errors, self.last_error = self.errors + 1, repr(exc)[:200]
+                    else:
                         self.polls += 1
+                        self.reply_bytes = max(self.reply_bytes, size)
                         self._seen(reply, time.time())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), NODE_POLL_S)
