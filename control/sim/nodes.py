@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import resource
 import shutil
 import signal
@@ -141,9 +142,11 @@ async def serve(conf: WorkerConfig) -> int:
         return 1 if failed and not stop.is_set() else 0
     finally:
         ends = [asyncio.wait_for(d.stop(force=True), STOP_LIMIT_S) for d in started]
-        for r in await asyncio.gather(*ends, return_exceptions=True):
-            if isinstance(r, BaseException):
-                log.warning("a node did not stop cleanly: %r", r)
+        results = await asyncio.gather(*ends, return_exceptions=True)
+        stuck = [d for d, r in zip(started, results, strict=True) if isinstance(r, BaseException)]
+        if stuck:
+            log.warning("%d node(s) did not stop within %.0f s: %s", len(stuck), STOP_LIMIT_S,
+                        [d.cfg.node_id for d in stuck][:10])  # fmt: skip
 
 
 def main() -> int:
@@ -152,7 +155,12 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     raise_fd_limit()
     conf = msgspec.json.decode(Path(sys.argv[1]).read_bytes(), type=WorkerConfig)
-    return uvloop.run(serve(conf))
+    code = uvloop.run(serve(conf))
+    # A node that did not stop left its journal's worker thread running, which would hold the
+    # process at exit for ever; what it committed is on disk (as after a crash).
+    logging.shutdown()
+    sys.stdout.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from control.sim.report import Report, percentiles
 from control.sim.resources import Sampler
 from control.sim.scenario import Scenario
 from control.sim.stack import NodeProcess, Nodes, SimFleet
-from control.sim.workload import TENANT, NodeWatch, Traffic, node_list
+from control.sim.workload import TENANT, NodeWatch, Traffic, nodes_by_state
 from schemas.subjects import Subjects
 
 Progress = Callable[[str], None]
@@ -96,8 +96,7 @@ async def _wait_online(settings: NatsSettings, want: int, limit_s: float) -> int
         deadline, online = time.monotonic() + limit_s, 0
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
-                reply, _ = await node_list(client)
-                online = sum(1 for n in reply.nodes if n.state == "online")
+                online = (await nodes_by_state(client)).get("online", 0)
                 if online >= want:
                     return online
             await asyncio.sleep(POLL_S)
@@ -132,7 +131,10 @@ async def run(
         await _wait_online(settings, 0, 120.0)  # the API answers: the schema is in place
         if s.seed_jobs:
             progress(f"seeding {s.seed_jobs:,} finished jobs into PostgreSQL …")
-            await seed.seed(fleet.database_url, s.seed_jobs, nodes=s.nodes, progress=progress)
+            wrote = await seed.seed(
+                fleet.database_url, s.seed_jobs, nodes=s.nodes, progress=progress
+            )
+            progress(f"  {wrote:,} written, {s.seed_jobs - wrote:,} were there already")
         nodes = await asyncio.to_thread(
             plan_processes, s, work, state_root, fleet.nats_url, fleet.prefix
         )

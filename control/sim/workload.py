@@ -47,6 +47,12 @@ async def node_list(client: ApiClient) -> tuple[api.NodeListReply, int]:
     return NODE_LIST.decode(msg.data), len(msg.data)
 
 
+async def nodes_by_state(client: ApiClient) -> dict[str, int]:
+    """The API's node counts by state (fleet.summary): what is left when node.list fails."""
+    reply = await client.call("fleet.summary", api.EmptyRequest(), api.SummaryReply)
+    return dict(reply.nodes_by_state)
+
+
 @dataclass
 class Latencies:
     samples: dict[str, list[float]] = field(default_factory=dict)
@@ -216,6 +222,9 @@ class NodeWatch:
     errors: int = 0
     last_error: str = ""
     reply_bytes: int = 0
+    #: node.list failed: deaths are read from fleet.summary's offline count instead.
+    by_count: bool = False
+    offline_before: int | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         nc = await connect(self.settings, name="flotilla-sim-alerts", reconnect=True)
@@ -226,19 +235,15 @@ class NodeWatch:
                 self.alerts.append((time.time(), decoder.decode(msg.data)))  # type: ignore[attr-defined]
 
         sub = await nc.subscribe(f"{self.prefix}.alerts.>", cb=on_alert)
-        client = ApiClient(self.settings, timeout=30.0)
+        client = ApiClient(self.settings, timeout=10.0)
         await client.__aenter__()
         try:
             while not stop.is_set():
+                if self.offline_before is None:
+                    with contextlib.suppress(Exception):
+                        self.offline_before = (await nodes_by_state(client)).get("offline", 0)
                 if self._waiting():
-                    try:
-                        reply, size = await node_list(client)
-                    except Exception as exc:
-                        self.errors, self.last_error = self.errors + 1, repr(exc)[:200]
-                    else:
-                        self.polls += 1
-                        self.reply_bytes = max(self.reply_bytes, size)
-                        self._seen(reply, time.time())
+                    await self._poll(client)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), NODE_POLL_S)
         finally:
@@ -246,6 +251,29 @@ class NodeWatch:
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
             await nc.close()
+
+    async def _poll(self, client: ApiClient) -> None:
+        if self.by_count:
+            with contextlib.suppress(Exception):
+                offline = (await nodes_by_state(client)).get("offline", 0)
+                self.polls += 1
+                self._counted(offline - (self.offline_before or 0), time.time())
+            return
+        try:
+            reply, size = await node_list(client)
+        except Exception as exc:
+            self.errors, self.last_error = self.errors + 1, repr(exc)[:200]
+            self.by_count = True
+        else:
+            self.polls += 1
+            self.reply_bytes = max(self.reply_bytes, size)
+            self._seen(reply, time.time())
+
+    def _counted(self, new_offline: int, now: float) -> None:
+        """Deaths in kill order: the first `new_offline` killed nodes count as seen."""
+        for node in sorted(self.killed, key=lambda n: self.killed[n])[:new_offline]:
+            if node not in self.offline_at:
+                self.offline_at[node], self.seen_as[node] = now, "offline (count)"
 
     def _waiting(self) -> bool:
         return any(n not in self.offline_at for n in self.killed)
