@@ -5,7 +5,8 @@ One small scenario against the real stack (nats-server, PostgreSQL, the control 
 in simulator processes, jobs through the submit API, one node SIGKILLed mid-run. Asserted:
 - every node runs `daemon.app.Daemon` with the real `Journal`, only the operation is the stand-in;
 - every submitted job has exactly one row in Postgres, terminal, none lost or run twice;
-- the jobs each node's journal holds are the jobs Postgres says started on that node, and the
+- the jobs each node's journal holds are the jobs Postgres says started on that node (the killed
+  node's journal may hold more: what it journaled and died before publishing), and the
   events Postgres holds for the run are the events the journals' outboxes hold (a killed node's
   unsent rows aside);
 - the killed node is reported offline by the API, and the report's counts are Postgres's.
@@ -131,8 +132,12 @@ async def test_small_scenario_matches_journals_and_postgres(tmp_path: Path) -> N
     started: dict[str, set[str]] = {}
     for r in seen["started"]:  # type: ignore[attr-defined]
         started.setdefault(r["node_id"], set()).add(r["job_id"])
+    killed = set(report.killed)
     for node, (jobs, _) in journals.items():
-        assert jobs == started.get(node, set()), node
+        if node in killed:  # it may have journaled a job it died before telling anyone of
+            assert started.get(node, set()) <= jobs, node
+        else:
+            assert jobs == started.get(node, set()), node
     assert sum(len(j) for j, _ in journals.values()) >= total
     assert len(started) > 1  # the work was spread over the fleet
 
@@ -143,7 +148,6 @@ async def test_small_scenario_matches_journals_and_postgres(tmp_path: Path) -> N
     in_journals = {e: sent for _, ev in journals.values() for e, sent in ev.items()}
     assert pg_events <= set(in_journals)
     assert {e for e, sent in in_journals.items() if sent} <= pg_events
-    killed = set(report.killed)
     unsent = {node for node, (_, ev) in journals.items() for e in ev if e not in pg_events}
     assert unsent <= killed, unsent
     assert report.jobs.events == len(pg_events)
