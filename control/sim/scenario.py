@@ -58,6 +58,8 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Simulator processes the surviving nodes are spread over (0: one per 250, at least 2);
     #: each death's nodes run in a process of their own, which the death SIGKILLs.
     processes: Annotated[int, msgspec.Meta(ge=0)] = 0
+    #: nats-servers: 1, or 3 for a cluster with streams and the node bucket at R3.
+    nats_servers: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
     #: JetStream ack wait: how soon a dead node's jobs are handed to another.
     ack_wait: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     #: Control-plane settings (`[alerts] node_offline_after`, `alert_interval`).

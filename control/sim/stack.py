@@ -23,7 +23,13 @@ class SimFleet(DevFleet):
     """A dev fleet with no daemons, whose control plane takes the scenario's alert settings."""
 
     def __init__(self, data_dir: Path, scenario: Scenario) -> None:
-        super().__init__(data_dir, nodes=0, ack_wait=scenario.ack_wait, context_name=None)
+        super().__init__(
+            data_dir,
+            nodes=0,
+            ack_wait=scenario.ack_wait,
+            context_name=None,
+            nats_servers=scenario.nats_servers,
+        )
         self.scenario = scenario
 
     def _control_toml(self, port: int) -> str:
