@@ -27,7 +27,7 @@ import nats
 
 from control.db import create_pool
 from control.db.migrate import migrate
-from control.db.store import Incoming, _stage_row
+from control.db.store import EVENT_COLUMNS, Incoming, event_row
 from control.devstack.stack import EmbeddedStack
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology
@@ -42,13 +42,16 @@ MAX_SECONDS = 90.0
 
 
 def events(jobs: int) -> list[Event]:
-    """Four events per job (accepted, started, progress, completed) from 50 nodes."""
+    """Four events per job (accepted, started, progress, completed) from 50 nodes, each naming
+    its tenant as nodes do since jobs are keyed by (tenant, job_id)."""
     t0, out = time.time() - 60, list[Event]()
     for j in range(jobs):
-        base: dict[str, Any] = {"job_id": f"job-{j}", "node_id": f"node-{j % 50}", "attempt": 1}
+        base: dict[str, Any] = {
+            "job_id": f"job-{j}", "node_id": f"node-{j % 50}", "attempt": 1, "tenant": "acme",
+        }  # fmt: skip
         out += [
             Accepted(**base, event_id=f"e{j}-a", ts=t0, pool="cpu", priority="normal",
-                     tenant="acme", operation="probe"),
+                     operation="probe"),
             Started(**base, event_id=f"e{j}-s", ts=t0 + 1),
             Progress(**base, event_id=f"e{j}-p", ts=t0 + 2, percent=50.0, fps=30.0, speed=2.0),
             Completed(**base, event_id=f"e{j}-c", ts=t0 + 3, result=JobResult(wall_seconds=3)),
@@ -91,14 +94,13 @@ async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
 
 async def copy_rate(dsn: str, evs: list[Event]) -> float:
     await migrate(dsn)
-    rows = [_stage_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
-    columns = ("event_id", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq")
+    rows = [event_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
     conn = await asyncpg.connect(dsn)
     start = time.perf_counter()
     for i in range(0, len(rows), BATCH):
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "job_events", records=rows[i : i + BATCH], columns=columns
+                "job_events", records=rows[i : i + BATCH], columns=EVENT_COLUMNS
             )
     elapsed = time.perf_counter() - start
     await conn.close()

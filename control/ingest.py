@@ -13,6 +13,7 @@ but not folded: it is kept in `rejected_events`, counted, and logged on `flotill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -25,6 +26,7 @@ from nats.js import JetStreamContext
 from control.db import DATA_ERRORS, is_transient
 from control.db.holders import Rejection
 from control.db.store import BadMessage, Incoming, StoreResult, store_batch
+from control.eventpull import EventPuller
 from schemas.codec import DecodeError
 from schemas.events import kind_of
 from schemas.registry import EVENT_DECODER
@@ -51,17 +53,26 @@ class IngestStats:
     db_available: bool = True
 
 
+def stream_seq(msg: Msg) -> int:
+    """The message's events-stream sequence, read from its ack subject."""
+    # `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…` (9 tokens); the longer form with
+    # a domain and account hash is left to nats-py, which builds a whole Metadata for it.
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS":
+        return int(tokens[5])
+    return msg.metadata.sequence.stream
+
+
 def decode(msg: Msg) -> Incoming | BadMessage:
     """A message as an event, or as a bad message saying why (never raises)."""
-    seq = msg.metadata.sequence.stream
+    seq = stream_seq(msg)
     try:
         event = EVENT_DECODER.decode(msg.data)
         body = msg.data.decode()
     except (DecodeError, UnicodeDecodeError) as exc:
         return BadMessage(seq, msg.subject, str(exc), msg.data)
     # `<prefix>.events.<node>.<kind>`: a node may only speak for itself.
-    tokens = msg.subject.split(".")
-    if tokens[-2:] != [event.node_id, kind_of(event)]:
+    if msg.subject.rsplit(".", 2)[-2:] != [event.node_id, kind_of(event)]:
         reason = f"subject {msg.subject} does not match node {event.node_id!r}, {kind_of(event)}"
         return BadMessage(seq, msg.subject, reason, msg.data)
     return Incoming(event, body, seq, msg.subject)
@@ -77,6 +88,7 @@ class Ingestor:
         batch: int = 500,
         fetch_timeout: float = 1.0,
         durable: str | None = None,
+        max_wait: float = 0.05,
         max_backoff: float = 5.0,
         keepalive_interval: float = 15.0,
         on_batch: Callable[[int, float], None] | None = None,
@@ -85,6 +97,8 @@ class Ingestor:
     ) -> None:
         self.js, self.db, self.subjects = js, db, subjects
         self.batch, self.fetch_timeout = batch, fetch_timeout
+        #: How long the first message of a batch that is not full may wait for the rest.
+        self.max_wait = max_wait
         self.durable = durable or subjects.ingest_consumer
         self.max_backoff, self.keepalive_interval = max_backoff, keepalive_interval
         #: Called after each commit with (batch size, lag seconds), e.g. to fill histograms.
@@ -96,6 +110,7 @@ class Ingestor:
         self.on_fresh = on_fresh
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
+        self._puller: EventPuller | None = None
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from `run` (within one fetch timeout)."""
@@ -103,20 +118,27 @@ class Ingestor:
 
     async def run(self) -> None:
         self._stopping.clear()
-        sub = await self.js.pull_subscribe_bind(self.durable, stream=self.subjects.events_stream)
+        stream = self.subjects.events_stream
+        puller = EventPuller(self.js, stream, self.durable, batch=self.batch,
+                             expires=self.fetch_timeout, max_wait=self.max_wait)  # fmt: skip
+        self._puller = puller
+        await puller.start()
         try:
             while not self._stopping.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-                except TimeoutError:  # = asyncio.TimeoutError, which nats-py raises bare, too
-                    continue
-                except Exception as exc:  # broker restarting, consumer being re-created…
+                    msgs = await puller.take()
+                except Exception as exc:  # the connection closing or reconnecting…
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(min(self.max_backoff, 1.0))
                     continue
-                await self.ingest(msgs)
+                if msgs:
+                    await self.ingest(msgs)
         finally:
-            await sub.unsubscribe()
+            self._puller = None
+            # Delivered but never taken: handed straight back for any instance to take.
+            for msg in await puller.close():
+                with contextlib.suppress(Exception):  # not handed back: redelivered after ack_wait
+                    await msg.nak()
 
     async def ingest(self, msgs: Sequence[Msg]) -> StoreResult:
         """Store one fetched batch and ack it after the commit; retries while Postgres is away."""
@@ -134,7 +156,7 @@ class Ingestor:
         self.stats.duplicates += result.duplicates
         self.stats.bad_events += len(bad)
         self._rejected(result.rejected)
-        await _dispose(msgs, {b.stream_seq for b in bad})
+        await _dispose(msgs, decoded)
         if self.on_fresh is not None and result.fresh:
             try:
                 await self.on_fresh(result.fresh)
@@ -163,7 +185,8 @@ class Ingestor:
             await self.db.expire_connections()
             if time.monotonic() - kept_alive >= self.keepalive_interval:
                 kept_alive = time.monotonic()
-                await _keep_alive(msgs)
+                waiting = self._puller.buffered() if self._puller is not None else []
+                await _keep_alive([*msgs, *waiting])
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 
@@ -208,11 +231,11 @@ class Ingestor:
             self.on_batch(size, stats.lag_seconds)
 
 
-async def _dispose(msgs: Sequence[Msg], bad_seqs: set[int]) -> None:
+async def _dispose(msgs: Sequence[Msg], decoded: Sequence[Incoming | BadMessage]) -> None:
     """Ack what was stored, terminate what never will be; a lost ack means a harmless replay."""
-    for msg in msgs:
+    for msg, item in zip(msgs, decoded, strict=True):
         try:
-            if msg.metadata.sequence.stream in bad_seqs:
+            if isinstance(item, BadMessage):
                 await msg.term()
             else:
                 await msg.ack()
