@@ -8,7 +8,9 @@ Both run in this process against the embedded nats-server and PostgreSQL (loopba
 - baseline: the same rows COPYed straight into `job_events` of a second database, in
   transactions of the same batch size (no NATS, no decode, no fold: the bulk-load ceiling).
 
-Prints both rates and their ratio. Usage: python -m bench.bench_ingest [jobs]
+Each round runs both on fresh databases, one after the other, and prints both rates and their
+ratio; the summary is the median ratio (the machine may be busy with other work: a ratio taken
+within one round is what compares). Usage: python -m bench.bench_ingest [jobs] [batch] [rounds]
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -36,6 +39,7 @@ from schemas.events import Accepted, Completed, Event, Progress, Started, kind_o
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 
+#: Events per ingest batch and per baseline transaction (the control plane's `ingest_batch`).
 BATCH = 500
 #: Bound on the ingest wait, so a stuck run ends instead of hanging.
 MAX_SECONDS = 90.0
@@ -59,8 +63,10 @@ def events(jobs: int) -> list[Event]:
     return out
 
 
-async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
-    subjects = Subjects("bench")
+async def ingest_rate(
+    url: str, dsn: str, evs: list[Event], batch: int = BATCH, prefix: str = "bench"
+) -> float:
+    subjects = Subjects(prefix)
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=4000)
     await ensure_topology(js, subjects, TopologySettings(pools=["cpu"]))
@@ -76,7 +82,7 @@ async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
         if ingest.stats.events_ingested >= len(evs):
             done.set()
 
-    ingest = Ingestor(js, db, subjects, batch=BATCH, on_batch=on_batch)
+    ingest = Ingestor(js, db, subjects, batch=batch, on_batch=on_batch)
     start = time.perf_counter()
     task = asyncio.create_task(ingest.run())
     with contextlib.suppress(TimeoutError):
@@ -92,33 +98,38 @@ async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
     return len(evs) / elapsed
 
 
-async def copy_rate(dsn: str, evs: list[Event]) -> float:
+async def copy_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> float:
     await migrate(dsn)
     rows = [event_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
     conn = await asyncpg.connect(dsn)
     start = time.perf_counter()
-    for i in range(0, len(rows), BATCH):
+    for i in range(0, len(rows), batch):
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "job_events", records=rows[i : i + BATCH], columns=EVENT_COLUMNS
+                "job_events", records=rows[i : i + batch], columns=EVENT_COLUMNS
             )
     elapsed = time.perf_counter() - start
     await conn.close()
     return len(rows) / elapsed
 
 
-async def main(jobs: int, data: Path) -> None:
+async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
     evs = events(jobs)
+    ratios = []
+    print(f"events: {len(evs)} ({jobs} jobs), batch {batch}, {rounds} rounds")
     async with EmbeddedStack(data) as stack:
         pg = stack.postgres
-        await pg.create_database("ingest")
-        await pg.create_database("baseline")
-        baseline = await copy_rate(pg.dsn("baseline"), evs)
-        rate = await ingest_rate(stack.nats.url, pg.dsn("ingest"), evs)
-    print(f"events: {len(evs)} ({jobs} jobs), batch {BATCH}")
-    print(f"baseline COPY into job_events: {baseline:,.0f} events/s")
-    print(f"ingest (stream -> Postgres, folded): {rate:,.0f} events/s")
-    print(f"ratio ingest/baseline: {rate / baseline:.3f}")
+        for n in range(rounds):  # each round on fresh databases and a fresh stream
+            await pg.create_database(f"ingest{n}")
+            await pg.create_database(f"baseline{n}")
+            baseline = await copy_rate(pg.dsn(f"baseline{n}"), evs, batch)
+            rate = await ingest_rate(stack.nats.url, pg.dsn(f"ingest{n}"), evs, batch, f"b{n}")
+            ratios.append(rate / baseline)
+            print(f"round {n + 1}: baseline COPY into job_events {baseline:,.0f} events/s, "
+                  f"ingest (stream -> Postgres, folded) {rate:,.0f} events/s, "
+                  f"ratio {rate / baseline:.3f}")  # fmt: skip
+    print(f"ratio ingest/baseline: median {statistics.median(ratios):.3f}, "
+          f"min {min(ratios):.3f}, max {max(ratios):.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -127,6 +138,9 @@ if __name__ == "__main__":
     data = Path(tempfile.mkdtemp(prefix="flotilla-bench-", dir="/tmp"))
     data.chmod(0o755)  # as root, PostgreSQL runs as its own user and must reach its data dir
     try:
-        uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000, data))
+        jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+        batch = int(sys.argv[2]) if len(sys.argv) > 2 else BATCH
+        rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+        uvloop.run(main(jobs, batch, rounds, data))
     finally:
         shutil.rmtree(data, ignore_errors=True)

@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from control.db import DATA_ERRORS, is_transient
+from control.db.blanktenant import needs_tenant
 from control.db.holders import Rejection
 from control.db.store import BadMessage, Incoming, StoreResult, store_batch
 from control.eventpull import EventPuller
@@ -33,6 +34,10 @@ from schemas.registry import EVENT_DECODER
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.ingest")
+
+#: Batches in hand at once: the next one starts (on a second connection) while the current one
+#: commits, and waits on its locks wherever the two meet instead of overtaking it.
+PIPELINE = 2
 security = logging.getLogger("flotilla.security")
 
 
@@ -111,6 +116,8 @@ class Ingestor:
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
         self._puller: EventPuller | None = None
+        #: Per batch in flight: set once it has written everything and is committing.
+        self._written: dict[asyncio.Task[StoreResult], asyncio.Event] = {}
 
     def stop(self) -> None:
         """Finish the batch in hand, then return from `run` (within one fetch timeout)."""
@@ -123,6 +130,7 @@ class Ingestor:
                              expires=self.fetch_timeout, max_wait=self.max_wait)  # fmt: skip
         self._puller = puller
         await puller.start()
+        in_flight: list[asyncio.Task[StoreResult]] = []
         try:
             while not self._stopping.is_set():
                 try:
@@ -131,27 +139,72 @@ class Ingestor:
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(min(self.max_backoff, 1.0))
                     continue
-                if msgs:
-                    await self.ingest(msgs)
+                if not msgs:
+                    continue
+                while len(in_flight) >= PIPELINE:
+                    await in_flight.pop(0)
+                in_flight.append(await self._start(msgs, in_flight[-1] if in_flight else None))
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            raise
         finally:
             self._puller = None
+            if in_flight:
+                await asyncio.wait(in_flight)
+            failures = [t.exception() for t in in_flight if not t.cancelled()]
             # Delivered but never taken: handed straight back for any instance to take.
             for msg in await puller.close():
                 with contextlib.suppress(Exception):  # not handed back: redelivered after ack_wait
                     await msg.nak()
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     async def ingest(self, msgs: Sequence[Msg]) -> StoreResult:
         """Store one fetched batch and ack it after the commit; retries while Postgres is away."""
-        decoded = [decode(m) for m in msgs]
+        return await self._ingest(msgs, [decode(m) for m in msgs], None, asyncio.Event())
+
+    async def _start(
+        self, msgs: Sequence[Msg], previous: asyncio.Task[StoreResult] | None
+    ) -> asyncio.Task[StoreResult]:
+        """Start storing a batch once the previous one has written everything and is committing
+        (so this one waits on its locks wherever the two meet, and never the other way round);
+        returns the batch's task."""
+        decoded = [decode(m) for m in msgs]  # while the previous batch waits on Postgres
+        written_before = self._written.get(previous) if previous is not None else None
+        if previous is not None and written_before is not None:
+            waiter = asyncio.create_task(written_before.wait())
+            await asyncio.wait([previous, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        written = asyncio.Event()
+        task = asyncio.create_task(self._ingest(msgs, decoded, previous, written))
+        self._written[task] = written
+        task.add_done_callback(self._written.pop)
+        return task
+
+    async def _ingest(
+        self,
+        msgs: Sequence[Msg],
+        decoded: Sequence[Incoming | BadMessage],
+        previous: asyncio.Task[StoreResult] | None,
+        written: asyncio.Event,
+    ) -> StoreResult:
         good = [d for d in decoded if isinstance(d, Incoming)]
         bad = [d for d in decoded if isinstance(d, BadMessage)]
         for b in bad:
             log.warning("bad event (seq %d on %s): %s", b.stream_seq, b.subject, b.error)
+        if previous is not None and needs_tenant(good):
+            await asyncio.wait([previous])  # blank tenants are looked up in committed rows
         try:
-            result = await self._commit(msgs, good, bad)
+            result = await self._commit(msgs, good, bad, written)
         except DATA_ERRORS as exc:
             log.warning("batch refused by postgres (%s); storing its events one by one", exc)
             result = await self._isolate(msgs, good, bad)
+        finally:
+            written.set()
+        if previous is not None:  # acks, counters and live updates go out in batch order
+            await asyncio.wait([previous])
         self.stats.events_ingested += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.bad_events += len(bad)
@@ -166,13 +219,19 @@ class Ingestor:
         return result
 
     async def _commit(
-        self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: Sequence[BadMessage]
+        self,
+        msgs: Sequence[Msg],
+        good: Sequence[Incoming],
+        bad: Sequence[BadMessage],
+        written: asyncio.Event | None = None,
     ) -> StoreResult:
         delay, kept_alive = 0.1, time.monotonic()
         while True:
             try:
                 async with self.db.acquire() as conn, conn.transaction():
                     result = await store_batch(conn, good, bad)
+                    if written is not None:
+                        written.set()  # only the commit is left: the next batch may start
                 self.stats.db_available = True
                 return result
             except Exception as exc:

@@ -125,6 +125,8 @@ def current_run(
     items: Sequence[Incoming], resubmitted: Mapping[tuple[str, str], datetime]
 ) -> list[Incoming]:
     """The events that belong to their job's current run (newer than its re-submission)."""
+    if not resubmitted:
+        return list(items)
     out = []
     for item in items:
         cut = resubmitted.get(_key(item)[:2])

@@ -137,7 +137,10 @@ async def store_batch(
 ) -> StoreResult:
     """Insert `items` idempotently and fold the new ones; the caller owns the transaction."""
     result = StoreResult()
-    unique = await fill_tenants(conn, list({i.event.event_id: i for i in items}.values()))
+    first: dict[str, Incoming] = {}
+    for item in items:  # a duplicate in the batch counts as its first copy in the stream
+        first.setdefault(item.event.event_id, item)
+    unique = await fill_tenants(conn, list(first.values()))
     keys = sorted({(e.tenant, e.job_id) for i in unique if _is_job(e := i.event)})
     locked = await lock_jobs(conn, keys)
     resubmitted = {k: r.row.resubmitted_at for k, r in locked.items() if r.row.resubmitted_at}
