@@ -63,7 +63,13 @@ class EventPuller:
         self._sub = await self._nc.subscribe(f"{self._inbox}.*", cb=self._on_msg)
 
     async def close(self) -> list[Msg]:
-        """Stop listening; returns the messages delivered but never taken (to nak)."""
+        """Stop listening once the open request has ended (it would go on delivering to nobody,
+        and those messages would wait out ack_wait); returns the messages delivered but never
+        taken, for the caller to hand back (nak)."""
+        while self._open and time.monotonic() < self._lost_at:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._lost_at - time.monotonic())
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:
@@ -118,12 +124,14 @@ class EventPuller:
 
     async def _on_msg(self, msg: Msg) -> None:
         if msg.reply:  # a stored message (its reply subject is where its ack goes)
-            if not self._buf:
+            first = not self._buf
+            if first:
                 self._first_at = time.monotonic()
             self._buf.append(msg)
             if self._open:
                 self._open -= 1
-            if len(self._buf) >= self.batch or not self._open:
+            # The first starts the max_wait clock; a full batch or the request's end ends it.
+            if first or len(self._buf) >= self.batch or not self._open:
                 self._wake.set()
             return
         status = (msg.headers or {}).get("Status", "")

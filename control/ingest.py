@@ -120,7 +120,8 @@ class Ingestor:
         self._written: dict[asyncio.Task[StoreResult], asyncio.Event] = {}
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from `run` (within one fetch timeout)."""
+        """Finish the batches in hand, hand back what was fetched ahead, then return from `run`
+        (within about two fetch timeouts: the open pull request is let run out first)."""
         self._stopping.set()
 
     async def run(self) -> None:
