@@ -89,7 +89,7 @@ class JobRow:
 #: The `jobs` columns a fold reads and writes, in JobRow order.
 FOLD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
 #: A row's values in FOLD_COLUMNS order (a cheap snapshot to tell whether a fold changed it).
-_values = attrgetter(*FOLD_COLUMNS)
+row_values = attrgetter(*FOLD_COLUMNS)
 
 
 def claim_of(event: JobEvent) -> tuple[int, str]:
@@ -178,10 +178,10 @@ def apply_event(row: JobRow, event: JobEvent) -> None:
 
 def fold_job(row: JobRow, events: Iterable[JobEvent]) -> bool:
     """Fold `events` into `row`; True when the row changed."""
-    before = _values(row)
+    before = row_values(row)
     for event in sorted(events, key=_order):
         apply_event(row, event)
-    return _values(row) != before
+    return row_values(row) != before
 
 
 def _order(event: JobEvent) -> tuple[float, str]:

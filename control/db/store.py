@@ -28,7 +28,7 @@ from control.db.blanktenant import fill_tenants
 from control.db.holders import Rejection
 from control.db.incoming import BadMessage as BadMessage
 from control.db.incoming import Incoming as Incoming
-from control.fold import FOLD_COLUMNS, JobRow, at, fold_job
+from control.fold import FOLD_COLUMNS, JobRow, at, fold_job, row_values
 from schemas.events import Accepted, Event, JobEvent, is_job_event, kind_of
 from schemas.jobs import JobSpec
 
@@ -65,28 +65,30 @@ _TYPES = {
     "finished_at": "timestamptz", "percent": "float8", "fps": "float8", "speed": "float8",
     "progress_attempt": "int", "progress_at": "timestamptz", "last_error": "text",
     "stderr_tail": "text", "error_at": "timestamptz", "resubmitted_at": "timestamptz",
-    "result": "jsonb",
+    "result": "text",
 }  # fmt: skip
 assert tuple(_TYPES) == FOLD_COLUMNS
-_ROW_COLUMNS = (*FOLD_COLUMNS, "spec")
-_arrays = ", ".join(f"${n}::{t}[]" for n, t in enumerate([*_TYPES.values(), "jsonb"], 2))
+_row_type = ", ".join(f"{c} {t}" for c, t in _TYPES.items())
+_columns = ", ".join(FOLD_COLUMNS)
 _set = [c for c in FOLD_COLUMNS if c not in ("tenant", "job_id", "result")]
 
-#: Every job row the batch changed, in one statement: rows new to Postgres are inserted (those
-#: a concurrent batch inserted first come back missing, to be folded into what it wrote), rows
-#: locked by LOCK_JOBS are updated. `result` and `spec` are only ever filled, never cleared.
+#: Every job row the batch changed, in one statement, the rows as one JSON array (cheaper to
+#: send than a typed array per column): rows new to Postgres are inserted (those a concurrent
+#: batch inserted first come back, to be folded into what it wrote), rows locked by LOCK_JOBS
+#: are updated. `result` and `spec` are only ever filled, never cleared.
 WRITE_JOBS = f"""
 WITH s AS (
-    SELECT * FROM unnest($1::bool[], {_arrays}) AS s(is_new, {", ".join(_ROW_COLUMNS)})
+    SELECT * FROM json_to_recordset($1::json) AS s(is_new boolean, spec jsonb, {_row_type})
 ), inserted AS (
-    INSERT INTO jobs ({", ".join(_ROW_COLUMNS)})
-    SELECT {", ".join(_ROW_COLUMNS)} FROM s WHERE is_new ORDER BY tenant, job_id
+    INSERT INTO jobs ({_columns}, spec)
+    SELECT {", ".join("result::jsonb" if c == "result" else c for c in FOLD_COLUMNS)}, spec
+    FROM s WHERE is_new ORDER BY tenant, job_id
     ON CONFLICT (tenant, job_id) DO NOTHING
     RETURNING tenant, job_id
 ), updated AS (
     UPDATE jobs AS j SET
         ({", ".join(_set)}) = ({", ".join("s." + c for c in _set)}),
-        result = COALESCE(s.result, j.result),
+        result = COALESCE(s.result::jsonb, j.result),
         spec = COALESCE(j.spec, s.spec),
         updated_at = now()
     FROM s WHERE NOT s.is_new AND j.tenant = s.tenant AND j.job_id = s.job_id
@@ -217,10 +219,13 @@ async def _write_jobs(
     """Write the rows; returns the keys meant to be inserted that already existed."""
     if not writes:
         return set()
-    rows = [w[1] for w in writes]
-    columns = [[getattr(r, c) for r in rows] for c in FOLD_COLUMNS]
-    spec = [specs.get((r.tenant, r.job_id)) for r in rows]
-    inserted = await conn.fetch(WRITE_JOBS, [w[0] for w in writes], *columns, spec)
+    rows = []
+    for new, row in writes:
+        spec = specs.get((row.tenant, row.job_id))
+        fields = dict(zip(FOLD_COLUMNS, row_values(row), strict=True))
+        rows.append({"is_new": new, "spec": None if spec is None else msgspec.Raw(spec.encode()),
+                     **fields})  # fmt: skip
+    inserted = await conn.fetch(WRITE_JOBS, msgspec.json.encode(rows).decode())
     meant = {(r.tenant, r.job_id) for new, r in writes if new}
     return meant - {(r["tenant"], r["job_id"]) for r in inserted}
 
