@@ -34,11 +34,11 @@ from schemas.registry import EVENT_DECODER
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.ingest")
+security = logging.getLogger("flotilla.security")
 
 #: Batches in hand at once: the next one starts (on a second connection) while the current one
 #: commits, and waits on its locks wherever the two meet instead of overtaking it.
 PIPELINE = 2
-security = logging.getLogger("flotilla.security")
 
 
 @dataclass(slots=True)
@@ -210,7 +210,7 @@ class Ingestor:
         self.stats.duplicates += result.duplicates
         self.stats.bad_events += len(bad)
         self._rejected(result.rejected)
-        await _dispose(msgs, decoded)
+        await _dispose(msgs, {b.stream_seq for b in bad})
         if self.on_fresh is not None and result.fresh:
             try:
                 await self.on_fresh(result.fresh)
@@ -254,7 +254,7 @@ class Ingestor:
         self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: list[BadMessage]
     ) -> StoreResult:
         total = StoreResult()
-        subjects = {m.metadata.sequence.stream: m.subject for m in msgs}
+        subjects = {stream_seq(m): m.subject for m in msgs}
         for item in good:
             try:
                 one = await self._commit(msgs, [item], [])
@@ -291,11 +291,11 @@ class Ingestor:
             self.on_batch(size, stats.lag_seconds)
 
 
-async def _dispose(msgs: Sequence[Msg], decoded: Sequence[Incoming | BadMessage]) -> None:
+async def _dispose(msgs: Sequence[Msg], bad_seqs: set[int]) -> None:
     """Ack what was stored, terminate what never will be; a lost ack means a harmless replay."""
-    for msg, item in zip(msgs, decoded, strict=True):
+    for msg in msgs:
         try:
-            if isinstance(item, BadMessage):
+            if bad_seqs and stream_seq(msg) in bad_seqs:
                 await msg.term()
             else:
                 await msg.ack()
