@@ -137,9 +137,11 @@ class EventPuller:
         status = (msg.headers or {}).get("Status", "")
         if not status or msg.subject != f"{self._inbox}.{self._req}":
             return  # a heartbeat, or the end of a request already given up
-        self._open = 0
+        empty, self._open = self._open == self.batch, 0
         if status not in _ENDED:
             why = (msg.headers or {}).get("Description", "")
             log.warning("ingest pull refused: %s %s", status, why)
+            self._pause_until = time.monotonic() + min(_REFUSED_PAUSE, self.expires)
+        elif status == "404" and empty:  # nothing there, said at once: do not ask again at once
             self._pause_until = time.monotonic() + min(_REFUSED_PAUSE, self.expires)
         self._wake.set()

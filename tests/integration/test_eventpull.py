@@ -5,8 +5,10 @@ handed back on close."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -147,3 +149,20 @@ async def test_what_a_stopped_ingestor_fetched_ahead_is_taken_at_once_by_the_nex
             # Well within ack_wait: only a hand-back frees the messages fetched ahead this soon.
             await wait_until(drained, "the rest, the handed-back ones included", within=30)
         assert await count(db, "SELECT count(*) FROM job_events") == 200
+
+
+async def test_a_refused_pull_is_asked_again_only_after_a_pause(
+    nc: NATS, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No such consumer (yet): the server refuses each request at once; the puller says so and
+    waits before asking again instead of asking in a tight loop."""
+    js, subjects = await setup(nc, prefix)
+    p = EventPuller(js, subjects.events_stream, "not-there", batch=8, expires=1.0, max_wait=0.05)
+    await p.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="flotilla.ingest"):
+            assert await asyncio.wait_for(p.take(), 10) == []
+    finally:
+        await p.close()
+    refusals = [r for r in caplog.records if "ingest pull refused" in r.getMessage()]
+    assert 1 <= len(refusals) <= 5  # one request per pause (0.5 s) in the take's 1 s
