@@ -66,10 +66,11 @@ class EventPuller:
         """Stop listening once the open request has ended (it would go on delivering to nobody,
         and those messages would wait out ack_wait); returns the messages delivered but never
         taken, for the caller to hand back (nak)."""
-        while self._open and time.monotonic() < self._lost_at:
+        ends = self._lost_at - _LOST_GRACE  # its expiry: at most `expires` from now
+        while self._open and time.monotonic() < ends:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._lost_at - time.monotonic())
+                await asyncio.wait_for(self._wake.wait(), ends - time.monotonic())
         if self._sub is not None:
             sub, self._sub = self._sub, None
             try:

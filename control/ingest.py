@@ -121,7 +121,8 @@ class Ingestor:
 
     def stop(self) -> None:
         """Finish the batches in hand, hand back what was fetched ahead, then return from `run`
-        (within about two fetch timeouts: the open pull request is let run out first)."""
+        (within about two fetch timeouts: the open pull request is let run out first). A
+        cancelled `run` hands back too, after the same wait."""
         self._stopping.set()
 
     async def run(self) -> None:
