@@ -213,9 +213,12 @@ class ApiService:
         return handler
 
     def _nodes(self, now: float | None = None) -> list[FleetNode]:
+        return self._synced().nodes(now)
+
+    def _synced(self) -> Fleet:
         if not self.fleet.synced:
             raise ApiFailure(503, "this instance has not read the node bucket yet; try again")
-        return self.fleet.nodes(now)
+        return self.fleet
 
     def _need_db(self) -> asyncpg.Pool:
         if self.db is None:
@@ -226,9 +229,11 @@ class ApiService:
     async def submit(self, req: Request, who: Identity) -> bytes:
         job = SUBMIT.decode(req.data).job
         await self._admit(job.tenant, job.job_id, who)
-        reason = rejection(job, self._nodes())
-        if reason is not None:
-            raise ApiFailure(409, reason)
+        if rejection(job, self._synced().iter_nodes()) is not None:
+            # Refused: name every node's reason, in node order (the same answer each time).
+            reason = rejection(job, self._nodes())
+            if reason is not None:
+                raise ApiFailure(409, reason)
         subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
             subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},

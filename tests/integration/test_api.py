@@ -239,3 +239,27 @@ async def test_node_list_pages_a_large_fleet(
     last = await nc.request(f"{prefix}.api.node.list", b'{"v":1,"after":"n0398"}', timeout=10)
     tail = msgspec.json.decode(last.data)  # a last page reads as a reply from before paging
     assert [n["node_id"] for n in tail["nodes"]] == ["n0399"] and "next_after" not in tail
+
+
+async def test_submit_fits_on_any_node_and_refuses_naming_each_in_order(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
+    """The submit check stops at the first node that fits, wherever it is in the fleet; a refusal
+    names every node's reason in node order, the same each time."""
+    js = nc.jetstream()
+    for name in ("c", "a", "b"):
+        await put_node(js, service.subjects, node_record(name, labels={"rack": name}))
+    await put_node(js, service.subjects, node_record("d", labels={"rack": "d"}), seen_by=fleet)
+    assert {n.node_id for n in fleet.iter_nodes()} == {"a", "b", "c", "d"}
+    for rack in ("a", "d"):
+        body = {"v": 1, "job": job(f"fit-{rack}", requirements={"labels": {"rack": rack}})}
+        reply, headers = await call(nc, prefix, "job.submit", body)
+        assert "Nats-Service-Error-Code" not in headers and reply["job_id"] == f"fit-{rack}"
+    body = {"v": 1, "job": job("nofit", requirements={"labels": {"rack": "z"}})}
+    reply, _ = await call(nc, prefix, "job.submit", body)
+    assert [m.split(" ")[0] for m in reply["message"].split(": ", 1)[1].split("; ")] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
