@@ -31,7 +31,7 @@ from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps, OperationRunner
 from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
-from daemon.job.redelivery import hand_back_interrupted
+from daemon.job.redelivery import hand_back_interrupted, settle_unsettled_ends
 from daemon.job.requirements import NodeView
 from daemon.job.run import run_job
 from daemon.job.running import RunningJobs
@@ -173,6 +173,8 @@ class Daemon:
             await self.metrics.serve(cfg.metrics_host, cfg.metrics_port, self.problems)
         # The last run's interrupted attempts go back to JetStream now, not after ack_wait.
         await hand_back_interrupted(b.raw_journal, b.nc, cfg.ack_wait)
+        # Ended before the last stop took their ack: ack them now, not rerun them elsewhere.
+        await settle_unsettled_ends(b.raw_journal, b.outbox, b.nc, cfg.ack_wait)
         await self.start_pullers()
         self.notifier.ready(self.status_line())
         log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())
