@@ -3,7 +3,8 @@
 Layers, lowest first: `schemas` (the wire contract), `common` (plumbing both sides share),
 `daemon` (the edge), `control` (the control plane). A module imports only its own layer or
 lower ones; the control plane's service never imports the operator's tool (`control.cli`), the
-dev stack (`control.devstack`) or the fleet simulator (`control.sim`). Imports inside functions count too: they hide cycles.
+dev stack (`control.devstack`) or the fleet simulator (`control.sim`). Imports inside functions
+count too: they hide cycles.
 """
 
 from __future__ import annotations
