@@ -40,6 +40,8 @@ class Wake:
         self._sub: Subscription | None = None
         self._refused = False
         self._unsubscribed = False
+        #: The server once confirmed this subscription: joining again needs no round trip.
+        self._confirmed = False
 
     async def _on_submit(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")  # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>
@@ -83,6 +85,11 @@ class Wake:
             log.log(level, "no wake on %s (%s): polling every fetch_timeout", self.subject, exc)
             return False
         self._unsubscribed = False
+        if self._confirmed:
+            # Permissions do not change while connected, so no refusal can come; and the SUB
+            # goes out ahead of the sweep's requests on this connection, so the server holds it
+            # before the sweep looks. A resume per finished job then costs no round trip.
+            return True
         try:
             await sync_subscriptions(self.nc)
         except Exception as exc:  # reconnecting: the subscription is sent again on reconnect
@@ -94,6 +101,7 @@ class Wake:
             await self.stop()  # else every reconnect would subscribe, and be refused, again
             self._refused = True
             return False
+        self._confirmed = True
         return True
 
     async def stop(self) -> None:
