@@ -5,12 +5,13 @@ stream's duplicate window drops the copy. Whoever waits for a row (an ack waits 
 event) is released at the PubAck itself: the mark is bookkeeping that only spares a re-send, so it
 commits in the background (one at a time, in order, grouped with other journal writes) while the
 next window is read, from past the rows in hand, and published. Publishes go out in windows
-(several in flight on one connection, which keeps their order); only the contiguous acked prefix of a window is marked, so
-the next try resumes at the first row that failed. After a failure the window shrinks to one
-row and grows again (doubling) as publishes succeed, so a long outage buffers single retries,
-not whole windows. A window that fails partway can store the rows after the failure before
-the failed row's retry: the stream's order is then off by that window, nothing is lost, and
-consumers order a job's events by attempt and timestamp, not by stream sequence alone.
+(several in flight on one connection, which keeps their order); only the contiguous acked prefix
+of a window is marked, so the next try resumes at the first row that failed. After a failure the
+window shrinks to one row and grows again (doubling) as publishes succeed, so a long outage
+buffers single retries, not whole windows. A window that fails partway can store the rows after
+the failure before the failed row's retry: the stream's order is then off by that window,
+nothing is lost, and consumers order a job's events by attempt and timestamp, not by stream
+sequence alone.
 
 The loop handles what it expects (a failed publish, a journal error) by backing off; anything
 else is a bug, which its supervisor (common.supervise) logs and restarts it after: a restart
