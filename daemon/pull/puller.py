@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from common.supervise import RESTART, Policy, Supervisor
-from daemon.pull.slots import Slots
+from daemon.pull.slots import HOLD, Hold, Slots
 from daemon.pull.wake import Wake
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
@@ -169,12 +169,22 @@ class PoolPuller:
                 msgs = []
             finally:
                 # Slots not filled go back; each message keeps one until its job's `finally`.
-                self.slots.release(self.pool, k - len(msgs))
+                # nats-py's fetch also returns what an earlier pull left in the subscription's
+                # queue, so it may hand over more than `k`: those are run too (JetStream gave
+                # them to this node), on slots taken over capacity until they end.
+                if len(msgs) > k:
+                    self.slots.take(self.pool, len(msgs) - k)
+                self.slots.release(self.pool, max(0, k - len(msgs)))
             # An empty long-poll saw every job stored before it ended: its hints are spent.
             self.wake.consume(prio, len(msgs) if msgs else hinted)
             for msg in msgs:
                 self.fetched += 1
-                self.spawn(msg, self.pool, prio)
+                # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
+                token = HOLD.set(Hold(self.slots, self.pool))
+                try:
+                    self.spawn(msg, self.pool, prio)
+                finally:
+                    HOLD.reset(token)
             if msgs:
                 return True
         return False
