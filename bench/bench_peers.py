@@ -14,7 +14,7 @@ Both measures are the peers' own:
     daemon's clock as the job starts, like the peers' task body reading the clock); printed
     beside it, when a subscriber sees that event (journalled, then PubAck'd by the events stream).
 
-Usage: python -m bench.bench_peers --peers DIR [--rounds 1] [--target-s 10] [--lat-s 10]
+Usage: python bench/bench_peers.py --peers DIR [--rounds 1] [--target-s 10] [--lat-s 10]
 Bounded: about 3 minutes a round on a 2-core machine (the peers' scripts cap themselves too).
 """
 
@@ -35,15 +35,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import uvloop
+from nats.js import JetStreamContext
 
-from bench.bench_daemon import PREFIX, canary, daemon_config, pct, submit
 from control.devstack.nats import NatsServer
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
+from daemon.config import DaemonConfig
+from daemon.main import serve_daemon
 from schemas.subjects import Subjects
 
+PREFIX = "bench"
 ENV = "FLOTILLA_PEERS_DIR"
 SLOTS = 2
 #: Each peer's script and the configurations of it that are measured.
@@ -73,6 +77,38 @@ def peers_dir(arg: str | None) -> Path:
 
 
 # -- Flotilla ---------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def canary(job_id: str) -> dict[str, Any]:
+    op, req = {"op": "canary"}, {"pool": "cpu"}
+    return {"job_id": job_id, "tenant": "canary", "input": "canary://", "operation": op,
+            "requirements": req, "max_attempts": 1}  # fmt: skip
+
+
+async def submit(js: JetStreamContext, spec: dict[str, Any], priority: str = "normal") -> float:
+    """Publish a job as any producer would; returns the time just before the publish."""
+    spec = {"v": 1, "priority": priority, **spec}
+    subject = f"{PREFIX}.submit.{spec['tenant']}.cpu.{priority}.{spec['job_id']}"
+    sent = time.perf_counter()
+    await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": spec["job_id"]})
+    return sent
+
+
+def daemon_config(url: str, state: Path, root: Path) -> dict[str, Any]:
+    return {
+        "node_id": state.name,
+        "nats": {"url": url, "prefix": PREFIX},
+        "state_dir": str(state),
+        "allowed_roots": [str(root)],
+        "pools": ["cpu"],
+        "slots": {"cpu": SLOTS},
+        "metrics_port": 0,  # no exporter: no fixed port
+    }
 
 
 class Seen:
@@ -105,49 +141,83 @@ class Seen:
         return max(self.at[(j, kind)] for j in job_ids)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_pid(server: NatsServer) -> int:
+    """The embedded nats-server's PID (devstack keeps its process private; read only here)."""
+    proc = server._proc
+    if proc is None:
+        raise SystemExit("nats-server is not running")
+    return proc.pid
+
+
+async def serve(config_json: str) -> None:
+    """The daemon's own process (`--serve-daemon`): as `flotilla daemon` runs it, until SIGTERM."""
+    logging.basicConfig(level=logging.ERROR)
+    cfg = msgspec.convert(json.loads(config_json), DaemonConfig)
+    raise SystemExit(await serve_daemon(Daemon(cfg)))
+
+
 async def flotilla(n: int, rate: float, lat_s: float, tag: str) -> Figures:
+    """One daemon in its own process (2 slots), an embedded nats-server, this process submits."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         server = NatsServer(root / "nats")
         await server.start()
-        nc = None
+        nc, proc = None, None
         try:
             nc = await nats.connect(server.url)
             js = nc.jetstream(timeout=10)
             await ensure_topology(js, Subjects(PREFIX), TopologySettings(pools=["cpu"]))
             seen = Seen()
             await nc.subscribe(f"{PREFIX}.events.>", cb=seen.on_event)
-            d = Daemon(daemon_config(server.url, root / "node", root, slots={"cpu": SLOTS}))
-            await d.start()
-            try:
-                warm = [f"{tag}-warm-{i}" for i in range(20)]
-                await asyncio.gather(*(submit(js, canary(j), "high") for j in warm))
-                await seen.wait(warm, "completed", 60)
-                # (a) a burst, first submit to the last `completed` seen
-                burst = [f"{tag}-burst-{i}" for i in range(n)]
-                times = await asyncio.gather(*(submit(js, canary(j), "high") for j in burst))
-                last = await seen.wait(burst, "completed", 60 + n / 50)
-                burst_rate = n / (last - min(times))
-                # (b) open loop at `rate`: submit -> start (the daemon's clock, and seen)
-                sent: dict[str, tuple[float, float]] = {}
-                t0, count = time.monotonic(), int(rate * lat_s)
-                for i in range(count):
-                    delay = t0 + i / rate - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    job_id = f"{tag}-paced-{i}"
-                    wall = time.time()
-                    sent[job_id] = (wall, await submit(js, canary(job_id), "high"))
-                await seen.wait(list(sent), "completed", 60)
-            finally:
-                await d.stop()
+            raw = json.dumps(daemon_config(server.url, root / "node", root))
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "--serve-daemon", raw
+            )
+            warm = [f"{tag}-warm-{i}" for i in range(20)]  # its first jobs are its readiness
+            await asyncio.gather(*(submit(js, canary(j), "high") for j in warm))
+            await seen.wait(warm, "completed", 120)
+            # (a) a burst, first submit to the last `completed` seen
+            cpu0 = cpu_seconds(proc.pid), cpu_seconds(server_pid(server))
+            burst = [f"{tag}-burst-{i}" for i in range(n)]
+            times = await asyncio.gather(*(submit(js, canary(j), "high") for j in burst))
+            last = await seen.wait(burst, "completed", 60 + n / 20)
+            burst_rate = n / (last - min(times))
+            cpu1 = cpu_seconds(proc.pid), cpu_seconds(server_pid(server))
+            # (b) open loop at `rate`: submit -> start (the daemon's clock, and seen)
+            sent: dict[str, tuple[float, float]] = {}
+            t0, count = time.monotonic(), int(rate * lat_s)
+            for i in range(count):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                job_id = f"{tag}-paced-{i}"
+                wall = time.time()
+                sent[job_id] = (wall, await submit(js, canary(job_id), "high"))
+            await seen.wait(list(sent), "completed", 60)
         finally:
+            if proc is not None and proc.returncode is None:
+                proc.terminate()  # drains: nothing runs by now
+                try:
+                    await asyncio.wait_for(proc.wait(), 60)
+                except TimeoutError:
+                    proc.kill()
+                    await proc.wait()
             if nc is not None:
                 await nc.close()
             await server.stop()
     own = [(seen.started_ts[j] - w) * 1000 for j, (w, _) in sent.items()]
     heard = [(seen.at[(j, "started")] - p) * 1000 for j, (_, p) in sent.items()]
-    note = f"started seen p50/p99 {statistics.median(heard):.2f}/{pct(heard, 0.99):.2f} ms"
+    daemon_ms, server_ms = ((b - a) * 1000 / n for a, b in zip(cpu0, cpu1, strict=True))
+    note = (
+        f"started event seen p50/p99 {statistics.median(heard):.2f}/{pct(heard, 0.99):.2f} ms; "
+        f"CPU per job in the burst: daemon {daemon_ms:.2f} ms, nats-server {server_ms:.2f} ms"
+    )
     return Figures("flotilla", burst_rate, statistics.median(own), pct(own, 0.99), note)
 
 
@@ -186,7 +256,9 @@ async def peer(folder: Path, name: str, configs: str, args: argparse.Namespace) 
     for config, got in result["configs"].items():
         lat = got["latency"]["submit_to_start"]
         rate = float(got["throughput"]["tasks_per_s"])
-        figures.append(Figures(f"{name}/{config}", rate, lat["p50_ms"], lat["p99_ms"]))
+        cpu = got["throughput"].get("cpu_ms_per_task", {})
+        note = ", ".join(f"{k} {v:.2f}" for k, v in cpu.items())
+        figures.append(Figures(f"{name}/{config}", rate, lat["p50_ms"], lat["p99_ms"], note))
     return figures
 
 
@@ -207,8 +279,8 @@ def table(rows: list[Figures]) -> str:
         )
     lines.append("rate ratio: Flotilla's rate / this one's (>= 1: Flotilla as fast or faster);")
     lines.append("p50 ratio: this one's p50 / Flotilla's (>= 1: Flotilla starts as soon or sooner)")
-    if ours.note:
-        lines.append(f"flotilla: {ours.note}")
+    lines += [f"{r.name}: {r.note}" if r is ours else f"{r.name}: CPU ms per job: {r.note}"
+              for r in rows if r.note]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -229,6 +301,7 @@ async def main(args: argparse.Namespace) -> None:
 
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--serve-daemon", metavar="CONFIG_JSON", help=argparse.SUPPRESS)
     ap.add_argument("--peers", help=f"the peers folder (default ${ENV})")
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--n", type=int, default=2000, help="Flotilla's burst size")
@@ -240,4 +313,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    uvloop.run(main(parse(sys.argv[1:])))
+    parsed = parse(sys.argv[1:])
+    uvloop.run(serve(parsed.serve_daemon) if parsed.serve_daemon else main(parsed))
