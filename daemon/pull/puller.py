@@ -60,10 +60,13 @@ class PoolPuller:
         fetch_timeout: float,
         tier_timeout: float = 0.2,
         wake_source: Client | None = None,
+        pause_after: float = 0.05,
     ) -> None:
         self.js, self.subjects = js, subjects
         self.pool, self.slots, self.spawn = pool, slots, spawn
         self.fetch_timeout, self.tier_timeout = fetch_timeout, tier_timeout
+        #: How long a full pool stays in the wake group, waiting for a slot, before leaving it.
+        self.pause_after = pause_after
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
         self.wake = Wake(wake_source, subjects.pool_submits(pool))
         self.stopping = asyncio.Event()
@@ -116,7 +119,11 @@ class PoolPuller:
         await self.wake.resume()
         try:
             while not self.stopping.is_set():
-                if self.slots.free(self.pool) == 0:
+                # A busy node's slot usually frees within milliseconds (a job hands it over as
+                # its operation ends): it leaves the wake group only when full for longer, not
+                # for every job (each leave and rejoin is a SUB, an UNSUB and a task).
+                full = self.slots.free(self.pool) == 0
+                if full and not await self.slots.wait_free(self.pool, self.pause_after):
                     await self.wake.pause()  # a hint to a full node would wake nobody useful
                     if not await self.slots.wait_free(self.pool, 1.0):
                         continue

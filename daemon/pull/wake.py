@@ -5,10 +5,11 @@ an idle node starts a new job in milliseconds instead of at its next fallback po
 
 Every node of the pool subscribes in one queue group (QUEUE), so a submit wakes one node, not
 the whole pool (at a thousand nodes, a thousand consumer-info requests per job). A node with no
-free slot leaves the group (`pause`) and rejoins when one frees (`resume`), so a hint never goes
-to a node that could not take the job; with every node full the hint reaches nobody, and the
-first node to free a slot sweeps anyway. Nodes of releases before the group subscribe without
-it and still hear every submit.
+free slot for longer than the puller's `pause_after` (50 ms: a busy node's slots free within
+milliseconds) leaves the group (`pause`) and rejoins when one frees (`resume`), so a hint goes to
+a node that could not take the job only while it is about to have room; with every node full
+the hint reaches nobody, and the first node to free a slot sweeps anyway. Nodes of releases
+before the group subscribe without it and still hear every submit.
 """
 
 from __future__ import annotations
