@@ -149,9 +149,10 @@ class OutboxPublisher:
             self._wake.clear()  # cleared before reading: a commit after the read wakes us
             rows: list[OutboxRow] = []
             try:
+                if self._marking is not None and self._marking.done():
+                    await self._mark_done()  # what a mark raised is handled here, in the loop
                 rows = await self.journal.pending_outbox(window, after=after)
                 if not rows:
-                    await self._mark_done()  # its failure is seen here, before a long wait
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.poll_interval):
                             await self._wake.wait()
