@@ -14,6 +14,9 @@ Both measures are the peers' own:
     daemon's clock as the job starts, like the peers' task body reading the clock); printed
     beside it, when a subscriber sees that event (journalled, then PubAck'd by the events stream).
 
+Figures, and what the per-job path does to earn them: README, "Dispatch speed, next to its
+peers" (also `make bench-peers PEERS=DIR`).
+
 Usage: python bench/bench_peers.py --peers DIR [--rounds 1] [--target-s 10] [--lat-s 10]
 Bounded: about 3 minutes a round on a 2-core machine (the peers' scripts cap themselves too).
 """
