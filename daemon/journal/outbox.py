@@ -145,7 +145,13 @@ class OutboxPublisher:
         await self._settle_marking()  # a restart: the crashed run's last mark, if any
         window, delay = 1, self.backoff_initial
         after = 0  # rows up to this seq are PubAck'd (their marks done or in flight)
+        drained = False  # the last read took every row there was
         while True:
+            if drained and not self._wake.is_set():  # and nothing was committed since: no read
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+            drained = False
             self._wake.clear()  # cleared before reading: a commit after the read wakes us
             rows: list[OutboxRow] = []
             try:
@@ -168,6 +174,7 @@ class OutboxPublisher:
                 log.exception("outbox publisher: journal error")
                 self.last_error, sent = str(exc), -1
                 after = 0  # a mark may be lost: read every unmarked row again (deduplicated)
+            drained = sent == len(rows) < window
             if sent == len(rows):
                 window, delay = min(window * 2, self.window), self.backoff_initial
                 continue
