@@ -157,7 +157,10 @@ async def _execute(
     ctx = deps.new_context(handle, spec, scratch, withdrawn=withdrawn, on_command=on_command)
     ctx.may_commit = lease.may_commit  # outputs go into place only if no other attempt ended it
     result, error = await _run_operation(ctx, deps)
-    hand_over_slot()  # the operation is over: the next job may start while this one reports
+    # The operation is over: the next job may start while this one reports and settles, and
+    # what reaches running jobs (cancel, pause, heartbeats, drain) no longer finds this one.
+    deps.running.remove(handle)
+    hand_over_slot()
     if not handle.started:  # an operation that ran no ffmpeg (or failed before it)
         await on_command(None, [])
     if deps.encoder_health is not None:
