@@ -203,8 +203,9 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        # Both loops end within one fetch timeout once asked, so cancellation (which nats-py's
-        # fetch can swallow on Python 3.11) is only the backstop.
+        # Both loops end once asked: the dead-letter loop within one fetch timeout, ingest once
+        # its open pull request has run out and what it fetched ahead is handed back (about one
+        # more). Cancellation (which nats-py's fetch can swallow on Python 3.11) is the backstop.
         for part in (self._ingest, self._dead_letters):
             if part is not None:
                 part.stop()
@@ -254,7 +255,7 @@ async def serve(config_path: Path | None) -> int:
         await plane.start()
         notifier.ready(f"metrics on {cfg.metrics_host}:{plane.metrics_port}")
         pinger = asyncio.create_task(watchdog_task(notifier, plane.healthy), name="watchdog")
-        on_sighup(plane.reload, config_path, notifier)
+        on_sighup(plane.reload, config_path, notifier, lambda: plane.nc)
         log.info("control plane up; metrics on %s:%d", cfg.metrics_host, plane.metrics_port)
         await done.wait()
     finally:

@@ -5,7 +5,8 @@ each job's watcher) runs under one supervisor (common.supervise), each with the 
 it (see below): a crash is logged with its traceback and the task restarted with back-off, or,
 where that cannot be right, the daemon stops with status 1 rather than limping on. The first SIGTERM
 drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
-redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools and slots.
+redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools, slots, limits
+and NATS logins.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from daemon.diskguard import DiskGuard
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
-from daemon.job.deps import JobDeps
+from daemon.job.deps import JobDeps, OperationRunner
+from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
 from daemon.job.redelivery import hand_back_interrupted
 from daemon.job.requirements import NodeView
@@ -42,7 +44,7 @@ from daemon.pull.slots import Slots
 from daemon.reload import reload_daemon
 from daemon.wiring import Backend, open_backend
 from schemas.events import NodeStateChanged
-from schemas.nodes import NodeState
+from schemas.nodes import NodeCapabilities, NodeState
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 
@@ -62,8 +64,14 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        capabilities: NodeCapabilities | None = None,
+        operation_runner: OperationRunner = run_operation,
     ) -> None:
+        """`capabilities` and `operation_runner` are for `flotilla sim` (control/sim): given
+        capabilities are advertised instead of a probe's, and the runner stands in for ffmpeg;
+        everything else is the daemon's own."""
         self.cfg, self.config_path = cfg, config_path
+        self._caps, self._run_operation = capabilities, operation_runner
         self.notifier = notifier or Notifier({})
         self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
         self.running = RunningJobs()
@@ -97,7 +105,9 @@ class Daemon:
     # -- start --------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.cfg
-        self._backend = b = await open_backend(cfg, self.subjects, on_closed=self._nats_closed)
+        self._backend = b = await open_backend(
+            cfg, self.subjects, on_closed=self._nats_closed, caps=self._caps
+        )
         self.node.verified_encoders = set(b.caps.verified_encoders)
         self.node.max_gpu_memory_mb = max(
             (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
@@ -113,12 +123,13 @@ class Daemon:
             self.running,
             self.node,
             new_context=b.new_context,
-            run_operation=run_operation,
+            run_operation=self._run_operation,
             on_finished=self._job_finished,
             encoder_health=self.health,
             on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
             supervisor=self.supervisor,
             watcher_policy=RESTART,  # its state is the job's handle, which outlives a crash
+            failures=FailureCounts(b.js, self.subjects),
         )
         sources = HeartbeatSources(
             self.slots,
@@ -295,7 +306,7 @@ class Daemon:
                 await asyncio.wait(pending, timeout=30.0)
 
     async def reload(self) -> None:
-        """SIGHUP: labels, pools, slots and limits from the file (see daemon.reload)."""
+        """SIGHUP: labels, pools, slots, limits, NATS logins from the file (daemon.reload)."""
         await reload_daemon(self)
 
     async def stop(self, *, force: bool = False) -> None:
