@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench chaos clean
+.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench bench-peers chaos clean
 
 install: $(STAMP)
 
@@ -51,7 +51,11 @@ chaos: $(STAMP)
 	$(BIN)/flotilla chaos --profile full
 
 bench: $(STAMP)
-	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+	for b in bench/*.py; do [ $$b = bench/bench_peers.py ] || $(BIN)/python $$b || exit 1; done
+
+# Next to Celery + Redis and arq, same run: needs a peers folder (FLOTILLA_PEERS_DIR or PEERS=DIR).
+bench-peers: $(STAMP)
+	$(BIN)/python bench/bench_peers.py $(if $(PEERS),--peers $(PEERS))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -8,6 +8,10 @@
     first submit to last `completed`), and submit-to-start latency p50/p99 of jobs submitted one
     every PACE seconds (a mostly idle node, woken by each submit) and of the burst (a queue).
 
+(b) runs the daemon in this process, next to the submitting client; bench/bench_peers.py runs it
+in its own process with 2 slots, next to Celery + Redis and arq in the same run (README,
+"Dispatch speed, next to its peers", has the figures).
+
 Everything runs here: an embedded nats-server on free loopback ports, a temp directory, the
 bundled ffmpeg. Ratios are measured against baselines run in the same process tree and run.
 Bounded: about a minute and a half on a 2-core machine.

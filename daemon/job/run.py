@@ -32,6 +32,7 @@ from daemon.job.watch import WatchHooks, progress_event, watch_job
 from daemon.journal.deliveries import Delivery
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import job_key
+from daemon.pull.slots import hand_over_slot
 from schemas.codec import DecodeError, Decoder
 from schemas.events import (
     Accepted,
@@ -71,8 +72,10 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     # Past check_subject, the body's tenant is the subject's (or, stored under the version 1
     # subject, the only one there is).
     tenant = spec.tenant
-    if await settle_if_ended(msg, tenant, job_id, deps.reporter):  # its ack was lost: not twice
-        return
+    # A first delivery has had no attempt anywhere, so none can have ended here: no lookup.
+    redelivered = attempt > 1
+    if redelivered and await settle_if_ended(msg, tenant, job_id, deps.reporter):
+        return  # its ack was lost: not twice
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
@@ -116,12 +119,20 @@ async def _accept(
     )
     delivery = Delivery(spec.job_id, attempt, msg.metadata.sequence.stream, msg.reply,
                         lease.alive_at, spec.tenant)  # fmt: skip
-    await deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data,
-                               delivery=delivery)  # fmt: skip
     # Two tenants' jobs of one id may run here at once: the dir is named by both.
     key = job_key(spec.tenant, spec.job_id)
     scratch = deps.cfg.work_dir / f"{key}.{attempt}.{uuid.uuid4().hex[:8]}"
-    await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
+    # The dir is made while the journal commits: a crash leaves at most an empty dir, and the
+    # daemon clears work_dir at start anyway. Nothing runs before both are done.
+    done = await asyncio.gather(
+        deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data, delivery=delivery),
+        asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True),
+        return_exceptions=True,
+    )
+    for outcome in done:
+        if isinstance(outcome, BaseException):
+            await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+            raise outcome
     handle = JobHandle(spec.job_id, spec.pool, attempt, tenant=spec.tenant)
     deps.running.add(handle)
     return handle, scratch
@@ -146,6 +157,10 @@ async def _execute(
     ctx = deps.new_context(handle, spec, scratch, withdrawn=withdrawn, on_command=on_command)
     ctx.may_commit = lease.may_commit  # outputs go into place only if no other attempt ended it
     result, error = await _run_operation(ctx, deps)
+    # The operation is over: the next job may start while this one reports and settles, and
+    # what reaches running jobs (cancel, pause, heartbeats, drain) no longer finds this one.
+    deps.running.remove(handle)
+    hand_over_slot()
     if not handle.started:  # an operation that ran no ffmpeg (or failed before it)
         await on_command(None, [])
     if deps.encoder_health is not None:

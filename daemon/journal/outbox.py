@@ -1,13 +1,17 @@
 """Drain the journal's outbox to JetStream in order, each event once (its id as Nats-Msg-Id).
 
 A row is marked sent only after its PubAck, so a crash or an outage re-sends it and the events
-stream's duplicate window drops the copy. Publishes go out in windows (several in flight on one
-connection, which keeps their order); only the contiguous acked prefix of a window is marked, so
-the next try resumes at the first row that failed. After a failure the window shrinks to one
-row and grows again (doubling) as publishes succeed, so a long outage buffers single retries,
-not whole windows. A window that fails partway can store the rows after the failure before
-the failed row's retry: the stream's order is then off by that window, nothing is lost, and
-consumers order a job's events by attempt and timestamp, not by stream sequence alone.
+stream's duplicate window drops the copy. Whoever waits for a row (an ack waits for its terminal
+event) is released at the PubAck itself: the mark is bookkeeping that only spares a re-send, so it
+commits in the background (one at a time, in order, grouped with other journal writes) while the
+next window is read, from past the rows in hand, and published. Publishes go out in windows
+(several in flight on one connection, which keeps their order); only the contiguous acked prefix
+of a window is marked, so the next try resumes at the first row that failed. After a failure the
+window shrinks to one row and grows again (doubling) as publishes succeed, so a long outage
+buffers single retries, not whole windows. A window that fails partway can store the rows after
+the failure before the failed row's retry: the stream's order is then off by that window,
+nothing is lost, and consumers order a job's events by attempt and timestamp, not by stream
+sequence alone.
 
 The loop handles what it expects (a failed publish, a journal error) by backing off; anything
 else is a bug, which its supervisor (common.supervise) logs and restarts it after: a restart
@@ -60,6 +64,10 @@ class OutboxPublisher:
         self._wake = asyncio.Event()
         self._marked = asyncio.Event()
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        #: Event ids PubAck'd whose rows are not marked sent yet (their mark is in flight).
+        self._unmarked: set[str] = set()
+        #: The mark of the latest PubAck'd rows, committing while the next window goes out.
+        self._marking: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -92,15 +100,18 @@ class OutboxPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._settle_marking()
 
     async def wait_sent(self, event_id: str, timeout: float) -> bool:  # noqa: ASYNC109
         """True once this event is PubAck'd (now or earlier), False after `timeout` seconds.
 
         Raises LookupError for an event that was never recorded in the journal."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        # Register before looking, so a mark landing in between still resolves the future.
+        # Register before looking, so a PubAck landing in between still resolves the future.
         self._waiters.setdefault(event_id, []).append(future)
         try:
+            if event_id in self._unmarked:  # PubAck'd, its mark still committing
+                return True
             async with asyncio.timeout(timeout):
                 sent = await self.journal.is_sent(event_id)
                 if sent is None:
@@ -131,12 +142,22 @@ class OutboxPublisher:
             return False
 
     async def _run(self) -> None:
+        await self._settle_marking()  # a restart: the crashed run's last mark, if any
         window, delay = 1, self.backoff_initial
+        after = 0  # rows up to this seq are PubAck'd (their marks done or in flight)
+        drained = False  # the last read took every row there was
         while True:
+            if drained and not self._wake.is_set():  # and nothing was committed since: no read
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
+            drained = False
             self._wake.clear()  # cleared before reading: a commit after the read wakes us
             rows: list[OutboxRow] = []
             try:
-                rows = await self.journal.pending_outbox(window)
+                if self._marking is not None and self._marking.done():
+                    await self._mark_done()  # what a mark raised is handled here, in the loop
+                rows = await self.journal.pending_outbox(window, after=after)
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self.poll_interval):
@@ -144,11 +165,16 @@ class OutboxPublisher:
                     continue
                 sent = await self._publish(rows)
                 if sent:
-                    await self.journal.mark_sent(row.seq for row in rows[:sent])
-                    self._resolve(rows[:sent])
+                    acked = rows[:sent]
+                    self._resolve(acked)
+                    await self._mark_done()  # one mark in flight: they commit in order
+                    self._marking = asyncio.create_task(self._mark(acked), name="outbox-mark")
+                    after = acked[-1].seq
             except (sqlite3.Error, OSError) as exc:  # the journal: back off, as for NATS
                 log.exception("outbox publisher: journal error")
                 self.last_error, sent = str(exc), -1
+                after = 0  # a mark may be lost: read every unmarked row again (deduplicated)
+            drained = sent == len(rows) < window
             if sent == len(rows):
                 window, delay = min(window * 2, self.window), self.backoff_initial
                 continue
@@ -156,6 +182,28 @@ class OutboxPublisher:
             window = 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+
+    async def _mark(self, rows: list[OutboxRow]) -> None:
+        try:
+            await self.journal.mark_sent(row.seq for row in rows)
+        finally:
+            self._unmarked.difference_update(row.event_id for row in rows)
+            self._marked.set()
+            self._marked = asyncio.Event()
+
+    async def _mark_done(self) -> None:
+        """Wait for the mark in flight; what it raised is raised here, in the loop."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await marking
+
+    async def _settle_marking(self) -> None:
+        """Let a mark left in flight (stop, crash) end; its outcome no longer matters."""
+        marking, self._marking = self._marking, None
+        if marking is not None:
+            await asyncio.wait({marking})
+            if not marking.cancelled():
+                marking.exception()  # retrieved: a failed mark only means a re-send
 
     async def _publish(self, rows: list[OutboxRow]) -> int:
         """Publish a window; return how many rows from its start were PubAck'd."""
@@ -198,9 +246,9 @@ class OutboxPublisher:
         self.last_error = reason
 
     def _resolve(self, rows: list[OutboxRow]) -> None:
+        """PubAck'd: whoever waits for these rows may go on (an ack may now be sent)."""
         for row in rows:
+            self._unmarked.add(row.event_id)
             for future in self._waiters.pop(row.event_id, []):
                 if not future.done():
                     future.set_result(None)
-        self._marked.set()
-        self._marked = asyncio.Event()

@@ -48,7 +48,7 @@ SELECT_JOB = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE tenant = ? AND job_id = ? A
 SELECT_ACTIVE = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE state IN ({_ACTIVE}) ORDER BY received_at"
 SELECT_PENDING = (
     "SELECT seq, event_id, subject, payload, kind, terminal, created_at, sent_at "
-    "FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT ?"
+    "FROM outbox WHERE sent_at IS NULL AND seq > ? ORDER BY seq LIMIT ?"
 )
 COUNT_PENDING = "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
 SELECT_SENT = "SELECT sent_at FROM outbox WHERE event_id = ?"
@@ -304,8 +304,10 @@ class Journal:
         async with self._writer.lock:
             return list(await self._writer.conn.execute_fetchall(sql, params))
 
-    async def pending_outbox(self, limit: int) -> list[OutboxRow]:
-        return [OutboxRow.from_row(r) for r in await self._rows(SELECT_PENDING, (limit,))]
+    async def pending_outbox(self, limit: int, *, after: int = 0) -> list[OutboxRow]:
+        """The oldest unsent rows, from past seq `after` (rows in hand are skipped)."""
+        rows = await self._rows(SELECT_PENDING, (after, limit))
+        return [OutboxRow.from_row(r) for r in rows]
 
     async def outbox_depth(self) -> int:
         return int((await self._rows(COUNT_PENDING))[0][0])

@@ -35,7 +35,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from common.supervise import RESTART, Policy, Supervisor
-from daemon.pull.slots import Slots
+from daemon.pull.slots import HOLD, Hold, Slots
 from daemon.pull.wake import Wake
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
@@ -60,10 +60,13 @@ class PoolPuller:
         fetch_timeout: float,
         tier_timeout: float = 0.2,
         wake_source: Client | None = None,
+        pause_after: float = 0.05,
     ) -> None:
         self.js, self.subjects = js, subjects
         self.pool, self.slots, self.spawn = pool, slots, spawn
         self.fetch_timeout, self.tier_timeout = fetch_timeout, tier_timeout
+        #: How long a full pool stays in the wake group, waiting for a slot, before leaving it.
+        self.pause_after = pause_after
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
         self.wake = Wake(wake_source, subjects.pool_submits(pool))
         self.stopping = asyncio.Event()
@@ -116,7 +119,11 @@ class PoolPuller:
         await self.wake.resume()
         try:
             while not self.stopping.is_set():
-                if self.slots.free(self.pool) == 0:
+                # A busy node's slot usually frees within milliseconds (a job hands it over as
+                # its operation ends): it leaves the wake group only when full for longer, not
+                # for every job (each leave and rejoin is a SUB, an UNSUB and a task).
+                full = self.slots.free(self.pool) == 0
+                if full and not await self.slots.wait_free(self.pool, self.pause_after):
                     await self.wake.pause()  # a hint to a full node would wake nobody useful
                     if not await self.slots.wait_free(self.pool, 1.0):
                         continue
@@ -169,12 +176,22 @@ class PoolPuller:
                 msgs = []
             finally:
                 # Slots not filled go back; each message keeps one until its job's `finally`.
-                self.slots.release(self.pool, k - len(msgs))
+                # nats-py's fetch also returns what an earlier pull left in the subscription's
+                # queue, so it may hand over more than `k`: those are run too (JetStream gave
+                # them to this node), on slots taken over capacity until they end.
+                if len(msgs) > k:
+                    self.slots.take(self.pool, len(msgs) - k)
+                self.slots.release(self.pool, max(0, k - len(msgs)))
             # An empty long-poll saw every job stored before it ended: its hints are spent.
             self.wake.consume(prio, len(msgs) if msgs else hinted)
             for msg in msgs:
                 self.fetched += 1
-                self.spawn(msg, self.pool, prio)
+                # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
+                token = HOLD.set(Hold(self.slots, self.pool))
+                try:
+                    self.spawn(msg, self.pool, prio)
+                finally:
+                    HOLD.reset(token)
             if msgs:
                 return True
         return False

@@ -1,13 +1,28 @@
 """Per-pool slot accounting: reserve before a fetch, hand unused slots back, release in `finally`.
 
 A puller reserves every free slot of its pool, fetches at most that many messages, and releases
-the ones it did not fill. Each job then holds one slot until its `finally`. So a node never holds
-more jobs than slots, and a full node fetches nothing (it waits in `wait_free`).
+the ones it did not fill. Each job then holds one slot while its operation runs. So a node never
+runs more operations than slots, and a full node fetches nothing (it waits in `wait_free`).
+
+A job whose operation has ended still reports its outcome and settles its message (the terminal
+event journalled with a full sync and PubAck'd, then the ack confirmed: round trips, no work).
+It hands its slot over for that (`hand_over_slot`), so the next job starts meanwhile, as long as
+fewer than SETTLING_PER_SLOT x capacity jobs of the pool are settling; otherwise it keeps the slot
+to its end. So a node holds at most three times its slots in messages, and a broker that stops
+answering stops it fetching as before. The puller marks each job's task with its slot (`HOLD`, a
+context variable the task inherits at creation), so the job's final `release` knows whether its
+slot went already.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+from dataclasses import dataclass
+
+#: Jobs of a pool that may settle without their slot, per slot.
+SETTLING_PER_SLOT = 2
 
 
 class SlotError(RuntimeError):
@@ -18,7 +33,9 @@ class Slots:
     def __init__(self, capacity: dict[str, int]) -> None:
         self._capacity = dict(capacity)
         self._used = dict.fromkeys(capacity, 0)
-        self._changed = asyncio.Condition()
+        #: Jobs past their operation that handed their slot over, by pool.
+        self._settling = dict.fromkeys(capacity, 0)
+        self._changed = asyncio.Event()
 
     @property
     def pools(self) -> list[str]:
@@ -43,7 +60,33 @@ class Slots:
         self._used[pool] = self.used(pool) + take
         return take
 
+    def take(self, pool: str, count: int) -> None:
+        """Slots for messages already delivered, over capacity if need be (a full pool then
+        fetches nothing until enough of them end)."""
+        self._used[pool] = self.used(pool) + max(0, count)
+
+    def settling(self, pool: str) -> int:
+        return self._settling.get(pool, 0)
+
+    def hand_over(self, pool: str) -> bool:
+        """A slot held by a job whose operation ended becomes free, unless the pool has its
+        bound of settling jobs already; True if it did (the job then owes `release` nothing)."""
+        if self.settling(pool) >= SETTLING_PER_SLOT * self.capacity(pool) or self.used(pool) == 0:
+            return False
+        self._used[pool] -= 1
+        self._settling[pool] = self.settling(pool) + 1
+        self._notify()
+        return True
+
     def release(self, pool: str, count: int = 1) -> None:
+        """Give back `count` slots; called by a job's task at its end, it ends the job's
+        settling instead if its slot was handed over already (see `HOLD`)."""
+        hold = HOLD.get()
+        if hold is not None and hold.slots is self and hold.pool == pool and count == 1:
+            HOLD.set(None)  # once per job
+            if hold.handed_over:
+                self._settling[pool] -= 1
+                return
         if count < 0 or count > self.used(pool):
             raise SlotError(f"release of {count} slot(s) in {pool!r}; {self.used(pool)} held")
         if count:
@@ -59,25 +102,40 @@ class Slots:
 
     async def wait_free(self, pool: str, within: float) -> bool:
         """Wait (bounded) until `pool` has a free slot; True if it has one."""
-        async with self._changed:
-            try:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self.free(pool) > 0), within)
-            except TimeoutError:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self.free(pool) == 0:
+            changed, left = self._changed, deadline - loop.time()
+            if left <= 0:
                 return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
         return True
 
     def _notify(self) -> None:
-        async def _wake() -> None:
-            async with self._changed:
-                self._changed.notify_all()
-
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        task = loop.create_task(_wake())
-        _pending.add(task)
-        task.add_done_callback(_pending.discard)
+        # Waiters hold the old event; a fresh one serves the next change.
+        self._changed.set()
+        self._changed = asyncio.Event()
 
 
-_pending: set[asyncio.Task[None]] = set()
+@dataclass
+class Hold:
+    """The slot one job's task holds (set by the puller as it spawns the task)."""
+
+    slots: Slots
+    pool: str
+    handed_over: bool = False
+
+
+#: The slot of the job whose task reads it: a task copies the context it was created in.
+HOLD: contextvars.ContextVar[Hold | None] = contextvars.ContextVar("slot_hold", default=None)
+
+
+def hand_over_slot() -> bool:
+    """Called by a job whose operation ended: free its slot for the next job now, if the pool
+    has room for one more settling job (see the module's docstring); True if it did."""
+    hold = HOLD.get()
+    if hold is None or hold.handed_over:
+        return False
+    hold.handed_over = hold.slots.hand_over(hold.pool)
+    return hold.handed_over

@@ -5,10 +5,11 @@ an idle node starts a new job in milliseconds instead of at its next fallback po
 
 Every node of the pool subscribes in one queue group (QUEUE), so a submit wakes one node, not
 the whole pool (at a thousand nodes, a thousand consumer-info requests per job). A node with no
-free slot leaves the group (`pause`) and rejoins when one frees (`resume`), so a hint never goes
-to a node that could not take the job; with every node full the hint reaches nobody, and the
-first node to free a slot sweeps anyway. Nodes of releases before the group subscribe without
-it and still hear every submit.
+free slot for longer than the puller's `pause_after` (50 ms: a busy node's slots free within
+milliseconds) leaves the group (`pause`) and rejoins when one frees (`resume`), so a hint goes to
+a node that could not take the job only while it is about to have room; with every node full
+the hint reaches nobody, and the first node to free a slot sweeps anyway. Nodes of releases
+before the group subscribe without it and still hear every submit.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ class Wake:
         self._sub: Subscription | None = None
         self._refused = False
         self._unsubscribed = False
+        #: The server once confirmed this subscription: joining again needs no round trip.
+        self._confirmed = False
 
     async def _on_submit(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")  # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>
@@ -83,6 +86,11 @@ class Wake:
             log.log(level, "no wake on %s (%s): polling every fetch_timeout", self.subject, exc)
             return False
         self._unsubscribed = False
+        if self._confirmed:
+            # Permissions do not change while connected, so no refusal can come; and the SUB
+            # goes out ahead of the sweep's requests on this connection, so the server holds it
+            # before the sweep looks. A resume per finished job then costs no round trip.
+            return True
         try:
             await sync_subscriptions(self.nc)
         except Exception as exc:  # reconnecting: the subscription is sent again on reconnect
@@ -94,6 +102,7 @@ class Wake:
             await self.stop()  # else every reconnect would subscribe, and be refused, again
             self._refused = True
             return False
+        self._confirmed = True
         return True
 
     async def stop(self) -> None:

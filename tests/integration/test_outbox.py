@@ -170,3 +170,36 @@ async def test_wait_sent_returns_only_after_the_puback(rig: Rig) -> None:
     assert await rig.publisher.wait_sent(final.event_id, 0.1)  # sent earlier: at once
     with pytest.raises(LookupError):
         await rig.publisher.wait_sent("never-recorded", 1)
+
+
+async def test_an_ack_waits_for_the_puback_not_for_the_mark(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mark (sent_at) commits in the background: wait_sent answers at the PubAck while the
+    mark is held back; the mark lands once let through, and publishing goes on."""
+    gate, held = asyncio.Event(), asyncio.Event()
+    real_mark = rig.journal.mark_sent
+
+    async def slow_mark(seqs: object) -> None:
+        held.set()
+        await gate.wait()
+        await real_mark(seqs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rig.journal, "mark_sent", slow_mark)
+    first = completed("m1")
+    await rig.journal.record(events=[accepted("m1"), first])
+    rig.publisher.start()
+    assert await rig.publisher.wait_sent(first.event_id, 20)
+    await asyncio.wait_for(held.wait(), 20)
+    assert await rig.journal.is_sent(first.event_id) is False  # PubAck'd, mark still held
+    assert await rig.publisher.wait_sent(first.event_id, 0.1)  # and known as sent
+    gate.set()
+    assert await rig.publisher.flush(20)
+    assert await rig.journal.is_sent(first.event_id) is True
+    second = completed("m2")
+    await rig.journal.record(events=[second])
+    assert await rig.publisher.wait_sent(second.event_id, 20)
+    assert await rig.publisher.flush(20)
+    ids = [m.headers["Nats-Msg-Id"] for m in await stored(rig.js, rig.subjects.events_stream)
+           if m.headers]  # fmt: skip
+    assert ids[-1] == second.event_id and len(ids) == len(set(ids)) == 3
