@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import shutil
 import uuid
 from collections.abc import Coroutine
@@ -78,7 +79,11 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         return  # its ack was lost: not twice
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
+        # Jittered: a node that hands a job back polls again in step with the job's return, so
+        # with a fixed delay it would win the job again and again, ahead of the node that can
+        # run it, until max_deliver ends the job (test_hand_backs_do_not_use_up_attempts).
         delay = backoff(attempt, deps.cfg.handback_delay, deps.cfg.handback_max_delay)
+        delay = round(delay * random.uniform(0.5, 1.5), 3)
         log.info("handing back: %s", reason, extra={"job_id": job_id})
         event = HandedBack(**base_fields(deps, job_id, attempt, tenant), reason=reason,
                            delay_s=delay)  # fmt: skip
