@@ -103,17 +103,21 @@ def test_shipped_units_are_what_the_roles_render_by_default(
 # --- the daemon role, applied for real -------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # Built from a copy, so the build leaves nothing (build/, egg-info) in the work tree.
+def _build_wheel(out: Path, version: str | None = None) -> Path:
+    """A release wheel of this tree (as `version` when given), built from a copy so the build
+    leaves nothing (build/, egg-info) in the work tree."""
     src = out / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name in PACKAGED:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, src / name)
+    if version is not None:
+        project = (src / "pyproject.toml").read_text()
+        (src / "pyproject.toml").write_text(
+            re.sub(r'^version = ".*"$', f'version = "{version}"', project, count=1, flags=re.M)
+        )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(src), "-w", str(out)],
         capture_output=True,
@@ -124,6 +128,11 @@ def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     (wheel,) = out.glob("flotilla_fleet-*.whl")
     return wheel
+
+
+@pytest.fixture(scope="session")
+def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_wheel(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture(scope="session")
@@ -278,3 +287,58 @@ def test_rolling_upgrade_batches_follow_the_inventory(tmp_path: Path) -> None:
 
     assert batches() == [2, 2, 1]  # 40 % of 5, from group_vars
     assert batches("-e", "flotilla_upgrade_batch=60%") == [3, 2]
+
+
+@pytest.mark.timeout(900)
+def test_releases_side_by_side_and_rollback(
+    tmp_path: Path, wheelhouse: Path, closed_port: int
+) -> None:
+    """Each release in its own venv; `current` switches to the new one, and back on a rollback
+    without installing anything; a release that is not on the host is refused."""
+    newer = _build_wheel(tmp_path / "newer", version="0.1.1")
+    prefix = tmp_path / "prefix"
+    base = {
+        "flotilla_daemon_prefix": str(prefix),
+        "flotilla_wheelhouse": str(wheelhouse),
+        "flotilla_daemon_python": sys.executable,
+        "flotilla_daemon_manage_systemd": False,
+        "flotilla_daemon_manage_user": False,
+        "flotilla_daemon_manage_packages": False,
+        "flotilla_daemon_user": "root",
+        "flotilla_daemon_group": "root",
+        "flotilla_daemon_node_id": "edge-release-1",
+        "flotilla_daemon_nats_url": "nats://127.0.0.1:1",
+        "flotilla_daemon_allowed_roots": [str(tmp_path / "media")],
+    }
+    env = offline_pip_env(closed_port)
+    current = prefix / "opt/flotilla/current"
+    releases = prefix / "opt/flotilla/releases"
+
+    def version() -> str:
+        proc = subprocess.run([str(current / "bin/flotilla"), "--version"],
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return proc.stdout.strip()
+
+    run_role("flotilla_daemon", base, tmp_path / "run1", env=env)
+    assert str(current.readlink()) == "releases/0.1.0" and version() == "flotilla 0.1.0"
+
+    # The next release from a wheel path, its dependencies from a local directory, no index.
+    upgrade = base | {
+        "flotilla_wheelhouse": "",
+        "flotilla_daemon_package_spec": str(newer),
+        "flotilla_daemon_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+    }
+    run_role("flotilla_daemon", upgrade, tmp_path / "run2", env=env)
+    assert str(current.readlink()) == "releases/0.1.1" and version() == "flotilla 0.1.1"
+    assert sorted(p.name for p in releases.iterdir()) == ["0.1.0", "0.1.1"]
+
+    rollback = upgrade | {"flotilla_daemon_version": "0.1.0"}
+    assert run_role("flotilla_daemon", rollback, tmp_path / "run3", env=env)[1] > 0
+    assert str(current.readlink()) == "releases/0.1.0" and version() == "flotilla 0.1.0"
+    assert sorted(p.name for p in releases.iterdir()) == ["0.1.0", "0.1.1"]
+    assert run_role("flotilla_daemon", rollback, tmp_path / "run4", env=env)[1] == 0
+
+    missing = upgrade | {"flotilla_daemon_version": "0.0.9"}
+    with pytest.raises(AssertionError, match=r"release 0\.0\.9 is not installed"):
+        run_role("flotilla_daemon", missing, tmp_path / "run5", env=env)
+    assert str(current.readlink()) == "releases/0.1.0"
