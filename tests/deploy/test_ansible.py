@@ -186,6 +186,11 @@ def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
         assert unit.count(default) == unit.count(f"{prefix}{default}") > 0, default
     release = prefix / "opt/flotilla/current"
     assert release.is_symlink() and str(release.readlink()) == "releases/0.1.0"
+    # No GPU asked for: no cold-boot unit; the preflight said what the node will serve.
+    assert not (prefix / "etc/systemd/system/flotilla-gpu-init.service").exists()
+    log = (daemon_install["root"] / "run" / "apply-flotilla_daemon.log").read_text()
+    assert "NVIDIA driver: " in log and "DRM render nodes (VAAPI/QSV): " in log
+    assert "Serves: cpu" in log or "flotilla_daemon_gpu is false" in log
     dropins = prefix / "etc/systemd/system/flotilla-daemon.service.d"
     assert "TimeoutStopSec=180" in (dropins / "10-flotilla.conf").read_text()
     assert (dropins / "20-no-gpu.conf").exists()
@@ -307,6 +312,7 @@ def test_releases_side_by_side_and_rollback(
         "flotilla_daemon_user": "root",
         "flotilla_daemon_group": "root",
         "flotilla_daemon_node_id": "edge-release-1",
+        "flotilla_daemon_gpu": True,
         "flotilla_daemon_nats_url": "nats://127.0.0.1:1",
         "flotilla_daemon_allowed_roots": [str(tmp_path / "media")],
     }
@@ -321,6 +327,9 @@ def test_releases_side_by_side_and_rollback(
 
     run_role("flotilla_daemon", base, tmp_path / "run1", env=env)
     assert str(current.readlink()) == "releases/0.1.0" and version() == "flotilla 0.1.0"
+    # A GPU host gets the cold-boot unit (nvidia-uvm and device nodes before the daemon).
+    gpu_init = prefix / "etc/systemd/system/flotilla-gpu-init.service"
+    assert gpu_init.read_text() == (REPO / "systemd/flotilla-gpu-init.service").read_text()
 
     # The next release from a wheel path, its dependencies from a local directory, no index.
     upgrade = base | {

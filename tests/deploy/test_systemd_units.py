@@ -185,6 +185,7 @@ def test_shipped_nats_config_is_valid_and_syncs_always() -> None:
     ("shipped", "role_copy"),
     [
         (f"{NO_GPU}.example", "flotilla_daemon/files/no-gpu.conf"),
+        ("flotilla-gpu-init.service", "flotilla_daemon/files/flotilla-gpu-init.service"),
         ("nats-server.service", "nats/files/nats-server.service"),
     ],
 )

@@ -84,6 +84,8 @@ def run_role(
         timeout=600,
         check=False,
     )
+    # The whole output, for what a test reads beyond the recap (e.g. the preflight's report).
+    (workdir / f"{playbook.stem}.log").write_text(proc.stdout)
     recap = [m.groups()[1:] for line in proc.stdout.splitlines() if (m := RECAP.match(line))]
     assert proc.returncode == 0 and recap, f"{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}"
     ok, changed, unreachable, failed = (sum(int(row[i]) for row in recap) for i in range(4))
