@@ -351,3 +351,50 @@ def test_releases_side_by_side_and_rollback(
     with pytest.raises(AssertionError, match=r"release 0\.0\.9 is not installed"):
         run_role("flotilla_daemon", missing, tmp_path / "run5", env=env)
     assert str(current.readlink()) == "releases/0.1.0"
+
+
+@pytest.mark.timeout(600)
+def test_a_changed_wheelhouse_is_refused(
+    tmp_path: Path, wheelhouse: Path, closed_port: int
+) -> None:
+    """A wheel or nats-server binary that is not what `make dist` recorded installs nothing."""
+    changed = tmp_path / "wheelhouse"
+    shutil.copytree(wheelhouse, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    (binary,) = manifest["nats_server"]["binaries"].values()
+    with (changed / binary["file"]).open("ab") as f:
+        f.write(b"\0")
+    (wheel,) = changed.glob("aiofiles-*.whl")
+    with wheel.open("ab") as f:
+        f.write(b"\0")
+    env = offline_pip_env(closed_port)
+
+    nats_vars = {
+        "nats_prefix": str(tmp_path / "nats"),
+        "nats_wheelhouse": str(changed),
+        "nats_manage_user": False,
+        "nats_manage_packages": False,
+        "nats_manage_systemd": False,
+        "nats_user": "root",
+        "nats_group": "root",
+        "nats_flotilla_control_password": "x",
+        "nats_system_password": "y",
+    }
+    with pytest.raises(AssertionError, match="the wheelhouse was changed after `make dist`"):
+        run_role("nats", nats_vars, tmp_path / "run-nats", env=env)
+    assert not (tmp_path / "nats/opt/nats-server/bin/nats-server").exists()
+
+    daemon_vars = {
+        "flotilla_daemon_prefix": str(tmp_path / "daemon"),
+        "flotilla_daemon_wheelhouse": str(changed),
+        "flotilla_daemon_python": sys.executable,
+        "flotilla_daemon_manage_systemd": False,
+        "flotilla_daemon_manage_user": False,
+        "flotilla_daemon_manage_packages": False,
+        "flotilla_daemon_user": "root",
+        "flotilla_daemon_group": "root",
+        "flotilla_daemon_node_id": "edge-changed-1",
+    }
+    with pytest.raises(AssertionError, match="DO NOT MATCH THE HASHES"):
+        run_role("flotilla_daemon", daemon_vars, tmp_path / "run-daemon", env=env)
+    assert not (tmp_path / "daemon/opt/flotilla/current").exists()
