@@ -9,12 +9,23 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # A venv made before the distribution was renamed (flotilla -> flotilla-fleet) holds the old one.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(BIN)/promtool
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip uninstall -q -y flotilla 2>/dev/null || true
 	$(BIN)/pip install -q --progress-bar off -e '.[dev]'
 	touch $(STAMP)
+
+# promtool checks the Prometheus rules and scrape configuration in tests/deploy: the one on PATH,
+# else the one in Debian's prometheus package, unpacked here (apt-get download needs no root).
+$(BIN)/promtool:
+	@mkdir -p $(BIN)
+	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
+	elif command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
+	  tmp=$$(mktemp -d) && (cd $$tmp && apt-get download -q prometheus >/dev/null 2>&1 \
+	    && dpkg -x prometheus_*.deb x && cp x/usr/bin/promtool $(CURDIR)/$@); rm -rf $$tmp; fi
+	@$@ --version >/dev/null 2>&1 || { rm -f $@; \
+	  echo "promtool not found: put Prometheus's promtool on PATH and run make again" >&2; exit 1; }
 
 # Every tier: unit, integration (real nats-server, PostgreSQL, ffmpeg), fleet, deploy.
 test: $(STAMP)

@@ -26,7 +26,7 @@ from daemon.media.probe import probe_media
 from daemon.ops import run_operation
 from daemon.ops.analyze import filter_graph
 from daemon.ops.context import JobContext
-from daemon.ops.package import package_args
+from daemon.ops.ladder_args import package_args
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze, Operation, Package, Probe, Rung, Thumbnail, Transcode
 

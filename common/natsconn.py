@@ -1,9 +1,13 @@
-"""Connect to NATS the way a long-running service must: reconnect forever, notice dead links."""
+"""Connect to NATS the way a long-running service must: reconnect forever, notice dead links,
+and take on rotated credentials without a restart (`apply_settings`)."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import ssl
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -115,7 +119,107 @@ async def connect(
     tls = _tls(settings)
     if tls is not None:
         options["tls"] = tls
-    return await nats.connect(**options)
+    nc = Client()
+    if reconnect:
+        _reconnect_on_auth_violation(nc)
+    fingerprint = await credentials_fingerprint(settings)
+    await nc.connect(**options)
+    _fingerprints[nc] = fingerprint
+    return nc
+
+
+#: [nats] keys a running client takes on (apply_settings); `prefix` and `partitions` name
+#: subjects and streams, which only a restart changes.
+CONNECTION_KEYS = ("url", "credentials", "nkey_seed", "user", "password", "tls_ca", "tls_cert",
+                   "tls_key")  # fmt: skip
+#: What each service client last connected with (see credentials_fingerprint).
+_fingerprints: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
+
+
+def _read(path: str | None) -> bytes:
+    if not path:
+        return b""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:  # apply_settings reports it when it connects
+        return str(exc).encode()
+
+
+def _must_read(path: str) -> None:
+    with open(path, "rb"):
+        pass
+
+
+async def credentials_fingerprint(settings: NatsSettings) -> str:
+    """A digest of the connection keys and of the files they name: a file rewritten in place
+    (a rotated creds file, a renewed certificate) changes it as a changed key does."""
+    files = (settings.credentials, settings.nkey_seed, settings.tls_ca, settings.tls_cert,
+             settings.tls_key)  # fmt: skip
+    contents = await asyncio.to_thread(lambda: [_read(f) for f in files])
+    digest = hashlib.sha256()
+    for key in CONNECTION_KEYS:
+        digest.update(repr(getattr(settings, key)).encode() + b"\0")
+    for content in contents:
+        digest.update(hashlib.sha256(content).digest())
+    return digest.hexdigest()
+
+
+def _reconnect_on_auth_violation(nc: Client) -> None:
+    """A server that stops accepting our credentials (rotated, then reloaded) says
+    "Authorization Violation" on the live link, and nats-py would close for good; reconnect
+    instead, as the Go client does, so a reload of our own credentials can still apply."""
+    original = nc._process_err
+
+    async def process_err(err_msg: str) -> None:
+        if "authorization violation" in err_msg.lower() and nc.is_connected:
+            err = nats.errors.AuthorizationError()
+            await nc._error_cb(err)
+            await nc._process_op_err(err)
+            return
+        await original(err_msg)
+
+    nc._process_err = process_err  # type: ignore[method-assign]
+
+
+async def apply_settings(nc: Client, settings: NatsSettings) -> bool:
+    """Make a service client use `settings`' servers and credentials, reconnecting now; False
+    (and nothing done) when neither they nor the files they name changed.
+
+    The same client reconnects, so its subscriptions are replayed and a message received before
+    still acks through it (a JetStream ack names the consumer and sequence, not the link).
+    Options are read by nats-py at each connect; these are its own attributes for them
+    (nats-py 2.16). A refused login is retried every second, as when the server is away.
+    """
+    fingerprint = await credentials_fingerprint(settings)
+    if _fingerprints.get(nc) == fingerprint or nc.is_closed:
+        return False
+    # Read every file first: one that does not load raises here, before anything changed.
+    tls = await asyncio.to_thread(_tls, settings)
+    for path in (settings.credentials, settings.nkey_seed):
+        if path:
+            await asyncio.to_thread(_must_read, path)
+    nc.set_server_pool([u.strip() for u in settings.url.split(",") if u.strip()])
+    nc.options["user"] = settings.user
+    nc.options["password"] = (settings.password or "") if settings.user else None
+    nc._user_credentials = settings.credentials
+    nc._nkeys_seed, nc._nkeys_seed_str = settings.nkey_seed, None
+    nc._user_jwt_cb = nc._signature_cb = nc._public_nkey = None
+    if settings.credentials or settings.nkey_seed:
+        await asyncio.to_thread(nc._setup_nkeys_connect)  # reads the seed for its public key
+    in_url = any(srv.uri.username or srv.uri.password for srv in nc._server_pool)
+    nc._auth_configured = bool(
+        settings.user or settings.credentials or settings.nkey_seed or in_url
+    )
+    if tls is None:
+        nc.options.pop("tls", None)
+    else:
+        nc.options["tls"] = tls
+    _fingerprints[nc] = fingerprint
+    if nc.is_connected:
+        await nc.force_reconnect()
+    # Reconnecting already (the server refused the old credentials): its next try uses these.
+    return True
 
 
 async def connect_with_retry(

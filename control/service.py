@@ -254,7 +254,7 @@ async def serve(config_path: Path | None) -> int:
         await plane.start()
         notifier.ready(f"metrics on {cfg.metrics_host}:{plane.metrics_port}")
         pinger = asyncio.create_task(watchdog_task(notifier, plane.healthy), name="watchdog")
-        on_sighup(plane.reload, config_path, notifier)
+        on_sighup(plane.reload, config_path, notifier, lambda: plane.nc)
         log.info("control plane up; metrics on %s:%d", cfg.metrics_host, plane.metrics_port)
         await done.wait()
     finally:

@@ -59,6 +59,9 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     max_waiting: int = 4096
     #: Node bucket TTL: a node entry with no heartbeat for this long expires.
     node_ttl: float = 30.0
+    #: Seconds a job's failed-run count is kept after its last failure (the `<prefix>_failures`
+    #: bucket, what `max_attempts` counts). A job retried later than this counts from zero again.
+    failure_count_ttl: float = 7 * 86400.0
     #: Seconds objects in the `<prefix>_media` object store (uploads, nats-obj:// outputs) are
     #: kept; 0 keeps them until deleted. Set on creation only.
     media_ttl: float = 0.0
@@ -292,6 +295,27 @@ async def ensure_nodes_bucket(
         report.created.append(name)
 
 
+async def ensure_failures_bucket(
+    js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
+) -> None:
+    name = f"bucket {subjects.failures_bucket}"
+    try:
+        await js.key_value(subjects.failures_bucket)
+        report.unchanged.append(name)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            KeyValueConfig(
+                bucket=subjects.failures_bucket,
+                history=1,
+                ttl=s.failure_count_ttl,
+                replicas=s.replicas,
+                storage=StorageType.FILE,
+                direct=True,  # any replica answers a read
+            )
+        )
+        report.created.append(name)
+
+
 def media_buckets(subjects: Subjects, s: TopologySettings) -> list[str]:
     """The shared media bucket and one per tenant of `media_tenants`."""
     base = subjects.objects_bucket
@@ -370,5 +394,6 @@ async def ensure_topology(
     await ensure_consumer(js, subjects.events_stream, ingest_consumer_config(subjects, s), report)
     await ensure_consumer(js, subjects.advisories_stream, advisories_consumer_config(s), report)
     await ensure_nodes_bucket(js, subjects, s, report)
+    await ensure_failures_bucket(js, subjects, s, report)
     await ensure_media_bucket(js, subjects, s, report)
     return report

@@ -5,7 +5,8 @@ each job's watcher) runs under one supervisor (common.supervise), each with the 
 it (see below): a crash is logged with its traceback and the task restarted with back-off, or,
 where that cannot be right, the daemon stops with status 1 rather than limping on. The first SIGTERM
 drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
-redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools and slots.
+redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools, slots, limits
+and NATS logins.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps
+from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
 from daemon.job.redelivery import hand_back_interrupted
 from daemon.job.requirements import NodeView
@@ -119,6 +121,7 @@ class Daemon:
             on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
             supervisor=self.supervisor,
             watcher_policy=RESTART,  # its state is the job's handle, which outlives a crash
+            failures=FailureCounts(b.js, self.subjects),
         )
         sources = HeartbeatSources(
             self.slots,
@@ -295,7 +298,7 @@ class Daemon:
                 await asyncio.wait(pending, timeout=30.0)
 
     async def reload(self) -> None:
-        """SIGHUP: labels, pools, slots and limits from the file (see daemon.reload)."""
+        """SIGHUP: labels, pools, slots, limits, NATS logins from the file (daemon.reload)."""
         await reload_daemon(self)
 
     async def stop(self, *, force: bool = False) -> None:

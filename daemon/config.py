@@ -31,6 +31,40 @@ DEFAULT_DEMUXERS = [
 ]  # fmt: skip
 
 
+class S3Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: Buckets s3:// URIs may name (inputs and outputs); empty: s3:// is off on this node.
+    buckets: list[str] = []
+    #: S3-compatible endpoint (MinIO, Ceph, R2, ...), e.g. `https://minio.example:9000`;
+    #: unset: AWS (or `AWS_ENDPOINT_URL` from the environment).
+    endpoint_url: str | None = None
+    #: Region requests are signed for; unset: `AWS_REGION`/`AWS_DEFAULT_REGION`, else us-east-1.
+    region: str | None = None
+    #: Access key id; unset: the environment (`AWS_ACCESS_KEY_ID`, web identity, container
+    #: credentials), else the instance profile. Never taken from a job.
+    access_key_id: str | None = None
+    #: File holding the secret access key (with `access_key_id`); keep it readable by the
+    #: daemon's user only.
+    secret_access_key_file: str | None = None
+    #: Address buckets as `<bucket>.<host>` (AWS's preferred style); false: `<host>/<bucket>`,
+    #: which most S3-compatible servers need.
+    virtual_hosted_style: bool = False
+    #: Allow plain http:// to the endpoint and for signed-URL outputs (a test server, or a
+    #: network you trust: the credentials' signatures and the data travel in the clear).
+    allow_http: bool = False
+    #: Multipart part size in bytes for uploads; files larger than one part go up in parts.
+    #: S3 wants parts of at least 5 MiB (all but the last); less is for test servers only.
+    part_size: Annotated[int, msgspec.Meta(ge=1024)] = 16 << 20
+    #: Parts of one upload sent at once.
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 4
+    #: Retries of a failed request (5xx, connection errors, timeouts), with backoff.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=20)] = 5
+    #: Ask the server to verify an SHA-256 checksum of every upload (and part).
+    checksums: bool = True
+    #: Hosts (exact names, lowercase) that signed-URL outputs (`https://` with a presigned
+    #: PUT) may go to; empty: signed-URL outputs are off.
+    signed_url_hosts: list[str] = []
+
+
 class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Largest picture (width x height) an input may have; also ffmpeg's `-max_pixels`.
     max_pixels: Annotated[int, msgspec.Meta(ge=1)] = 8192 * 4320
@@ -72,8 +106,10 @@ class MediaSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Per-tenant buckets: a job of tenant T may name only `<prefix>_media_<T>` (and only if
     #: `object_buckets`, when set, lists it), matching the NATS role's per-tenant bucket rights.
     tenant_buckets: bool = False
-    #: Seconds one object store transfer may take in all.
+    #: Seconds one object store (nats-obj:// or s3://) transfer may take in all.
     object_timeout: Positive = 3600.0
+    #: s3:// inputs and outputs, and signed-URL outputs.
+    s3: S3Settings = msgspec.field(default_factory=S3Settings)
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -107,6 +143,11 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     threads_per_job: Annotated[int, msgspec.Meta(ge=1, le=256)] = 2
     #: GPU memory one NVENC job needs; caps nvenc slots per GPU.
     gpu_memory_per_job_mb: Annotated[int, msgspec.Meta(ge=64)] = 1024
+    #: NVENC sessions each GPU takes at once; unset: probed (see nvenc_session_probe), else 8.
+    nvenc_sessions_per_gpu: Annotated[int, msgspec.Meta(ge=1, le=256)] | None = None
+    #: Most concurrent sessions the start-up probe opens per NVENC GPU to find the driver's
+    #: cap (GeForce cards allow 3 to 8); 0 skips the probe.
+    nvenc_session_probe: Annotated[int, msgspec.Meta(ge=0, le=64)] = 12
     #: Run a tiny test encode on every hardware encoder at start-up; false
     #: accepts those the hardware suggests untested.
     verify_hw_encoders: bool = True
@@ -160,7 +201,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     metrics_host: str = "127.0.0.1"
     #: JSON log lines (on stderr); unset: JSON under systemd or when stderr is not a terminal.
     log_json: bool | None = None
-    #: Input limits and remote media (http(s)://, nats-obj://) settings.
+    #: Input limits and remote media (http(s)://, nats-obj://, s3://) settings.
     media: MediaSettings = msgspec.field(default_factory=MediaSettings)
 
     @property

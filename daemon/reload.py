@@ -1,7 +1,10 @@
 """SIGHUP for the daemon: re-read the config file and apply what can change while running.
 
-Labels, pools, slots and the disk watermark apply at once; node_id, nats and state_dir need a
-restart and are kept (with a warning). A file that does not load is refused and nothing changes.
+Labels, pools, slots and the disk watermark apply at once. A changed NATS url or credential
+(user/password, nkey seed, creds file, TLS files, also when rewritten in place) makes the same
+client reconnect with it: running jobs keep their messages and ack through it. node_id,
+state_dir and nats.prefix / nats.partitions need a restart and are kept (with a warning). A
+file that does not load is refused and nothing changes.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Protocol
 
 import msgspec
 
+from common.natsconn import apply_settings
 from common.sdnotify import Notifier
 from daemon.config import DaemonConfig, load_daemon_config
 from daemon.diskguard import DiskGuard
@@ -20,6 +24,7 @@ from daemon.heartbeat import Advertiser
 from daemon.job.deps import JobDeps
 from daemon.job.requirements import NodeView
 from daemon.pull.slots import Slots
+from daemon.wiring import Backend
 
 log = logging.getLogger("flotilla.daemon")
 
@@ -37,6 +42,9 @@ class Reloadable(Protocol):
     slots: Slots
     draining: bool
 
+    @property
+    def backend(self) -> Backend: ...
+
     def apply_pools(self, cfg: DaemonConfig) -> None: ...
     async def disk_changed(self) -> None: ...
     async def start_pullers(self) -> None: ...
@@ -44,7 +52,7 @@ class Reloadable(Protocol):
 
 
 async def reload_daemon(d: Reloadable) -> None:
-    """SIGHUP: labels, pools and slots from the file; the connection stays."""
+    """SIGHUP: labels, pools and slots from the file; NATS credentials on the same client."""
     d.notifier.reloading()
     try:
         new = await asyncio.to_thread(load_daemon_config, d.config_path)
@@ -52,11 +60,23 @@ async def reload_daemon(d: Reloadable) -> None:
         log.error("reload refused: %s", exc)
     else:
         old = d.cfg
-        if (new.node_id, new.nats, new.state_dir) != (old.node_id, old.nats, old.state_dir):
-            log.warning("node_id, nats and state_dir changes need a restart: kept")
-        new = msgspec.structs.replace(
-            new, node_id=old.node_id, nats=old.nats, state_dir=old.state_dir
+        kept = [k for k in ("node_id", "state_dir") if getattr(new, k) != getattr(old, k)]
+        kept += [
+            f"nats.{k}" for k in ("prefix", "partitions")
+            if getattr(new.nats, k) != getattr(old.nats, k)
+        ]  # fmt: skip
+        if kept:
+            log.warning("%s: a change needs a restart; kept", ", ".join(kept))
+        nats = msgspec.structs.replace(
+            new.nats, prefix=old.nats.prefix, partitions=old.nats.partitions
         )
+        try:
+            if await apply_settings(d.backend.nc, nats):
+                log.info("nats connection settings changed: reconnecting with them")
+        except Exception as exc:  # a TLS or key file that does not load
+            log.error("nats settings refused, the connection keeps its own: %s", exc)
+            nats = old.nats
+        new = msgspec.structs.replace(new, node_id=old.node_id, nats=nats, state_dir=old.state_dir)
         d.cfg = d.deps.cfg = new
         d.apply_pools(new)
         if await d.disk.check():  # the watermark may have moved

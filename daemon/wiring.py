@@ -33,6 +33,7 @@ from daemon.journal.outbox import OutboxPublisher
 from daemon.journal.store import Journal
 from daemon.media.access import MediaAccess
 from daemon.ops.context import CommandSink, JobContext
+from daemon.ops.devices import DeviceLedger, devices_of
 from daemon.probe import RenderNode, probe_node, render_nodes, reverify
 from daemon.probe.gpu import Nvml
 from schemas.codec import DecodeError
@@ -103,6 +104,9 @@ async def open_backend(
     outbox = OutboxPublisher(journal, js)
     # Input limits, http(s) fetching and nats-obj:// storage, as configured at start.
     media = MediaAccess.for_config(cfg, js)
+    # Sessions per GPU / render node: where each hardware encode runs (daemon.ops.devices).
+    devices = DeviceLedger(devices_of(caps, cfg.gpu_memory_per_job_mb))
+    filters = frozenset(caps.ffmpeg.filters)
 
     def new_context(
         handle: JobHandle,
@@ -122,7 +126,8 @@ async def open_backend(
             hwaccels=frozenset(caps.hwaccels), threads=cfg.threads_per_job,
             allowed_roots=[Path(r) for r in cfg.allowed_roots], progress=progress,
             progress_interval=cfg.progress_interval, withdrawn_encoders=withdrawn,
-            on_command=on_command, media=media,
+            on_command=on_command, media=media, devices=devices, filters=filters,
+            cuda_gpus=len(caps.gpus),
         )  # fmt: skip
 
     return Backend(nc, js, caps, outbox, new_context, journal, nvml, tools, await render_nodes())

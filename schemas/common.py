@@ -58,18 +58,36 @@ def _uri(*schemes: str, description: str, max_length: int = 4096) -> msgspec.Met
 #: Media the daemon reads (analyze's reference): what daemon.media.access can open.
 MediaUri = Annotated[
     str,
-    _uri("file", "http", "https", "nats-obj", description="file:, http(s):// or nats-obj:// URI"),
+    _uri(
+        "file",
+        "http",
+        "https",
+        "nats-obj",
+        "s3",
+        description="file:, http(s)://, nats-obj:// or s3:// URI",
+    ),
 ]
 #: A job's input: media the daemon reads, or `canary:` for the control plane's canary jobs.
 InputUri = Annotated[
     str,
     _uri(
-        "file", "http", "https", "nats-obj", "canary",
-        description="file:, http(s):// or nats-obj:// URI (canary: for canary jobs only)",
+        "file", "http", "https", "nats-obj", "s3", "canary",
+        description="file:, http(s)://, nats-obj:// or s3:// URI (canary: for canary jobs only)",
     ),
 ]  # fmt: skip
-#: A job's output: what the daemon can write (never a network location of the submitter's).
-OutputUri = Annotated[str, _uri("file", "nats-obj", description="file: or nats-obj:// URI")]
+#: A job's output: what the daemon can write. http(s) only as a presigned PUT URL to a host the
+#: node allows (one file); s3 and nats-obj only to buckets the node allows.
+OutputUri = Annotated[
+    str,
+    _uri(
+        "file",
+        "nats-obj",
+        "s3",
+        "https",
+        "http",
+        description="file:, nats-obj://, s3:// or a presigned https:// PUT URL",
+    ),
+]
 #: Where the control plane POSTs the job's end (a signed webhook).
 CallbackUrl = Annotated[
     str, _uri("http", "https", description="http(s):// URL of the job-end webhook", max_length=2048)

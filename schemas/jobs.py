@@ -8,7 +8,8 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.common import CallbackUrl, InputUri, Labels, OutputUri, Part, Priority, Token, Wire
-from schemas.operations import Canary, Operation, Probe
+from schemas.operations import Canary, Operation, Probe, Transcode
+from schemas.videoopts import chroma_420
 
 Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
 HW_POOLS: tuple[str, ...] = ("nvenc", "qsv", "vaapi")
@@ -58,6 +59,16 @@ class JobSpec(Wire, kw_only=True):
         if needs_output and self.output is None:
             raise ValueError(f"operation {self.operation_name!r} needs `output`")
         req = self.requirements
+        if isinstance(self.operation, Transcode):
+            if self.output is not None:
+                self.operation.for_output(self.output)
+            if self.operation.video_codec == "none" and req.accel in HW_POOLS:
+                raise ValueError(f"an output without video needs no {req.accel} encoder: "
+                                 "leave `requirements.accel` at auto or software")  # fmt: skip
+            pix = self.operation.pix_fmt
+            if pix is not None and not chroma_420(pix) and req.accel in HW_POOLS:
+                raise ValueError(f"`pix_fmt` {pix!r} is software-only; accel {req.accel!r} "
+                                 "encodes 4:2:0 (yuv420p, yuv420p10le)")  # fmt: skip
         if req.pool is not None and req.accel in HW_POOLS and req.pool != req.accel:
             raise ValueError(f"`requirements.pool` {req.pool!r} contradicts accel {req.accel!r}")
 

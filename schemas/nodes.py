@@ -24,6 +24,8 @@ class GpuInfo(ReportPart, kw_only=True):
     #: NVENC / NVDEC engines as NVML reports them (an H200 has NVDEC but no NVENC).
     nvenc: bool
     nvdec: bool
+    #: Concurrent NVENC sessions this GPU takes: configured, or probed by opening sessions
+    #: until the driver refuses one (None: unknown, a default applies).
     encoder_session_limit: NonNegInt | None = None
     encoder_codecs: list[str] = []
     decoder_codecs: list[str] = []
@@ -31,6 +33,8 @@ class GpuInfo(ReportPart, kw_only=True):
     encoder_utilization_percent: Percent | None = None
     temperature_c: float | None = None
     notes: list[str] = []
+    #: NVENC encoders whose test encode passed pinned to this GPU (`-gpu index`).
+    verified_encoders: list[str] = []
 
 
 class FfmpegInfo(ReportPart, kw_only=True):
@@ -59,6 +63,8 @@ class NodeCapabilities(Report, kw_only=True):
     gpus: list[GpuInfo] = []
     gpu_notes: list[str] = []
     dri_render_nodes: list[str] = []
+    #: QSV/VAAPI encoders whose test encode passed on each render node, by node path.
+    render_node_encoders: dict[str, list[str]] = {}
     ffmpeg: FfmpegInfo
     #: Hardware and software encoders that passed a test encode on this node.
     verified_encoders: list[str] = []

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from schemas.audioopts import AUDIO_ONLY, AudioLayout, Language, SampleRate, check_audio
 from schemas.common import MediaUri, Part
+from schemas.videoopts import (
+    Crop,
+    HdrMode,
+    Level,
+    Overlay,
+    PixFmt,
+    Profile,
+    check_hdr_keep,
+    check_picture,
+)
 
-VideoCodec = Literal["h264", "hevc", "av1", "vp9"]
+VideoCodec = Literal["h264", "hevc", "av1", "vp9", "none"]
 AudioCodec = Literal["aac", "opus", "mp3", "copy", "none"]
-Container = Literal["mp4", "mkv", "webm", "mov"]
+Container = Literal["mp4", "mkv", "webm", "mov", "m4a", "ogg", "mp3"]
 Preset = Literal["ultrafast", "veryfast", "fast", "medium", "slow", "slower", "veryslow"]
 RateControl = Literal["crf", "cbr", "vbr", "capped_crf", "two_pass"]
 
@@ -21,15 +34,37 @@ AudioKbps = Annotated[int, msgspec.Meta(ge=8, le=1024)]
 Crf = Annotated[int, msgspec.Meta(ge=0, le=63)]
 Fps = Annotated[float, msgspec.Meta(gt=0, le=240)]
 Seconds = Annotated[float, msgspec.Meta(ge=0, le=7 * 24 * 3600)]
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 24 * 3600)]
 
-# Containers that can carry each codec; webm takes only VP9/AV1 with Opus.
+# Containers that can carry each video codec (`none`: audio only); webm takes VP9/AV1.
 CONTAINER_CODECS: dict[str, frozenset[str]] = {
-    "mp4": frozenset({"h264", "hevc", "av1", "vp9"}),
-    "mov": frozenset({"h264", "hevc"}),
-    "mkv": frozenset({"h264", "hevc", "av1", "vp9"}),
-    "webm": frozenset({"vp9", "av1"}),
+    "mp4": frozenset({"h264", "hevc", "av1", "vp9", "none"}),
+    "mov": frozenset({"h264", "hevc", "none"}),
+    "mkv": frozenset({"h264", "hevc", "av1", "vp9", "none"}),
+    "webm": frozenset({"vp9", "av1", "none"}),
+    "m4a": frozenset({"none"}),
+    "ogg": frozenset({"none"}),
+    "mp3": frozenset({"none"}),
 }
 CRF_MAX = {"h264": 51, "hevc": 51, "av1": 63, "vp9": 63}
+#: Output file extensions a transcode writes, and the container each names.
+EXTENSIONS: dict[str, Container] = {
+    "mp4": "mp4", "m4v": "mp4", "mkv": "mkv", "webm": "webm", "mov": "mov",
+    "m4a": "m4a", "ogg": "ogg", "oga": "ogg", "opus": "ogg", "mp3": "mp3",
+}  # fmt: skip
+#: The audio codec a container gets when the job names none.
+DEFAULT_AUDIO: dict[str, AudioCodec] = {
+    "mp4": "aac", "mov": "aac", "mkv": "aac", "webm": "opus", "m4a": "aac", "ogg": "opus",
+    "mp3": "mp3",
+}  # fmt: skip
+#: Options that shape pictures: refused for an output without video.
+_VIDEO_ONLY = ("width", "height", "fps", "crop", "overlay", "gop_size", "profile", "level",
+               "pix_fmt")  # fmt: skip
+
+
+def output_extension(uri: str) -> str:
+    """The lowercase extension (no dot) of the last path segment of `uri`; "" when it has none."""
+    return PurePosixPath(unquote(urlsplit(uri).path)).suffix.lstrip(".").lower()
 
 
 def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> None:
@@ -41,8 +76,13 @@ def _check_rate(codec: str, crf: int | None, bitrate: int | None, rc: str) -> No
         raise ValueError(f"`crf` {crf} is above {CRF_MAX[codec]} for {codec}")
 
 
-class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
-    codec: VideoCodec = "h264"
+class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaults=True):
+    """Fields at their defaults are left out when encoded, so a job that uses none of the
+    options added in a release still decodes on a node of the release before (rolling upgrade);
+    the settled `codec`, `container` and `audio_codec` always travel."""
+
+    #: Default: `none` (no video) for an audio-only container (m4a, ogg, mp3), else `h264`.
+    codec: VideoCodec | None = None
     rate_control: RateControl = "crf"
     crf: Crf | None = 23
     bitrate_kbps: Kbps | None = None
@@ -50,19 +90,120 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op"):
     width: Width | None = None
     height: Height | None = None
     fps: Fps | None = None
-    audio_codec: AudioCodec = "aac"
+    #: Default: the container's usual codec (`opus` for webm and ogg, `mp3` for mp3, else `aac`).
+    audio_codec: AudioCodec | None = None
     audio_bitrate_kbps: AudioKbps = 128
-    container: Container = "mp4"
+    #: Default: the one the output's extension names (`mp4` for a name without one). A value
+    #: that disagrees with the extension is refused.
+    container: Container | None = None
     video_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     audio_stream: Annotated[int, msgspec.Meta(ge=0, le=64)] | None = 0
+    #: Take the first audio track tagged with this language (ISO 639-2) instead of
+    #: `audio_stream`; an input without one fails.
+    audio_language: Language | None = None
+    #: `all`: keep every audio track (each encoded alike, language tags kept) instead of one.
+    audio_tracks: Literal["one", "all"] = "one"
+    #: Default: the source's.
+    audio_layout: AudioLayout | None = None
+    audio_sample_rate: SampleRate | None = None
     hw_decode: bool = True
+    #: Trim: start this far into the input (an input-side seek, frame-accurate when encoding).
+    start_seconds: Seconds | None = None
+    #: Trim: at most this much of the output (from `start_seconds`, else from the start).
+    duration_seconds: PositiveSeconds | None = None
+    #: Keep only this window of the picture (before scaling).
+    crop: Crop | None = None
+    #: Deinterlace frames flagged interlaced (bwdif); progressive frames pass untouched.
+    deinterlace: bool = False
+    #: A keyframe exactly every this many frames (scene cuts add none), e.g. 2 s for packaging.
+    gop_size: Annotated[int, msgspec.Meta(ge=1, le=1200)] | None = None
+    #: GOPs reference no frame of the one before (IDR, not CRA, keyframes in HEVC).
+    closed_gop: bool = False
+    profile: Profile | None = None
+    level: Level | None = None
+    #: Default: `yuv420p`, or `yuv420p10le` for a deeper source and a codec other than h264.
+    pix_fmt: PixFmt | None = None
+    #: A still image (watermark) drawn over every frame; its URI is checked like `input`.
+    overlay: Overlay | None = None
+    #: An HDR (PQ or HLG) source: `auto` keeps it HDR when the output is 10-bit and refuses an
+    #: 8-bit output (it would stay tagged HDR); `keep` insists on HDR; `tonemap` makes SDR
+    #: (BT.709). An SDR source ignores it.
+    hdr: HdrMode = "auto"
 
     def __post_init__(self) -> None:
-        _check_rate(self.codec, self.crf, self.bitrate_kbps, self.rate_control)
-        if self.codec not in CONTAINER_CODECS[self.container]:
-            raise ValueError(f"codec {self.codec!r} cannot go in container {self.container!r}")
-        if self.container == "webm" and self.audio_codec not in ("opus", "none"):
-            raise ValueError("webm carries only `opus` audio (or `none`)")
+        if self.codec is not None or self.container is not None:
+            self._check(self.container)
+
+    def for_output(self, output: str) -> None:
+        """Settle `container`, then the default codecs, from the output's extension.
+
+        JobSpec calls it, so every decoded job has them set and re-encodes them explicitly
+        (a reader of an older release then sees the same values).
+        """
+        ext = output_extension(output)
+        if ext:
+            named = EXTENSIONS.get(ext)
+            if named is None:
+                known = ", ".join(f".{e}" for e in EXTENSIONS)
+                raise ValueError(f"output extension .{ext} names no container a transcode "
+                                 f"writes; use one of {known}")  # fmt: skip
+            if self.container is not None and self.container != named:
+                raise ValueError(
+                    f"`container` {self.container!r} contradicts the output's extension .{ext} "
+                    f"({named}): leave `container` out or rename the output"
+                )
+            self.container = named
+        elif self.container is None:
+            self.container = "mp4"
+        self.codec, self.audio_codec = self.video_codec, self.settled_audio
+        self._check(self.container)
+
+    @property
+    def settled_container(self) -> Container:
+        """`container` once settled (`for_output`); mp4 for a Transcode outside a JobSpec."""
+        return self.container or "mp4"
+
+    @property
+    def video_codec(self) -> VideoCodec:
+        """`codec` once settled; `none` means the output has no video."""
+        if self.codec is not None:
+            return self.codec
+        return "none" if self.settled_container in AUDIO_ONLY else "h264"
+
+    @property
+    def settled_audio(self) -> AudioCodec:
+        return self.audio_codec or DEFAULT_AUDIO[self.settled_container]
+
+    def _check(self, container: Container | None) -> None:
+        """Every rule between fields; those about the container only once it is known."""
+        codec = self.video_codec
+        if container is not None and codec not in CONTAINER_CODECS[container]:
+            only = " (it holds audio only)" if container in AUDIO_ONLY else ""
+            raise ValueError(f"codec {codec!r} cannot go in container {container!r}{only}")
+        if codec == "none":
+            given = [name for name in _VIDEO_ONLY if getattr(self, name) is not None]
+            given += [name for name in ("deinterlace", "closed_gop") if getattr(self, name)]
+            if given or self.hdr != "auto":
+                named = ", ".join(f"`{n}`" for n in given or ["hdr"])
+                raise ValueError(f"{named} shape video, but this output has none (codec 'none')")
+        else:
+            _check_rate(codec, self.crf, self.bitrate_kbps, self.rate_control)
+            check_picture(
+                codec, profile=self.profile, level=self.level, pix_fmt=self.pix_fmt,
+                gop_size=self.gop_size, closed_gop=self.closed_gop,
+            )  # fmt: skip
+            if self.hdr == "keep":
+                check_hdr_keep(codec, self.profile, self.pix_fmt)
+        if self.audio_tracks == "all" and self.audio_language is not None:
+            raise ValueError("`audio_tracks` 'all' keeps every track: leave out `audio_language`")
+        if container is not None:
+            check_audio(
+                container, self.settled_audio, layout=self.audio_layout,
+                rate=self.audio_sample_rate, stream=self.audio_stream, video=codec != "none",
+            )  # fmt: skip
+            if self.audio_tracks == "all" and container == "mp3":
+                raise ValueError("mp3 holds one audio track: `audio_tracks` 'all' needs another "
+                                 "container")  # fmt: skip
 
 
 class Analyze(Part, kw_only=True, tag="analyze", tag_field="op"):

@@ -191,6 +191,11 @@ class Subjects:
         return f"{self.prefix}_nodes"
 
     @property
+    def failures_bucket(self) -> str:
+        """Failed runs per job (`<tenant>.<job_id>`): what a job's `max_attempts` counts."""
+        return f"{self.prefix}_failures"
+
+    @property
     def objects_bucket(self) -> str:
         return f"{self.prefix}_media"
 

@@ -5,30 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from control.nodes import FleetNode
+from schemas.encoderneeds import encoder_needs
 from schemas.jobs import JobSpec
-from schemas.operations import Transcode
-
-#: Software encoders per codec; hardware ones are named `<codec>_<family>` by ffmpeg.
-SOFTWARE_ENCODERS: dict[str, tuple[str, ...]] = {
-    "h264": ("libx264",),
-    "hevc": ("libx265",),
-    "av1": ("libsvtav1", "libaom-av1", "librav1e"),
-    "vp9": ("libvpx-vp9",),
-}
 
 
 def encoders_for(job: JobSpec) -> tuple[str, ...] | None:
-    """Encoders any one of which can run the job; None when the job needs no encoder."""
-    op = job.operation
-    if not isinstance(op, Transcode):
-        return None
-    accel = job.requirements.accel
-    if accel in ("nvenc", "qsv", "vaapi"):
-        return (f"{op.codec}_{accel}",)
-    soft = SOFTWARE_ENCODERS[op.codec]
-    if accel == "software":
-        return soft
-    return soft + tuple(f"{op.codec}_{fam}" for fam in ("nvenc", "qsv", "vaapi"))
+    """Encoders any one of which can run the job's first need (its video, else its audio)."""
+    needs = encoder_needs(job)
+    return needs[0][1] if needs else None
 
 
 def why_not(job: JobSpec, node: FleetNode) -> str | None:
@@ -38,9 +22,8 @@ def why_not(job: JobSpec, node: FleetNode) -> str | None:
         return f"{caps.node_id} is {node.state}"
     if job.pool not in caps.pools:
         return f"{caps.node_id} does not serve pool {job.pool!r}"
-    wanted = encoders_for(job)
-    if wanted is not None:
-        have = set(caps.verified_encoders) - set(hb.withdrawn_encoders)
+    have = set(caps.verified_encoders) - set(hb.withdrawn_encoders)
+    for _, wanted in encoder_needs(job):  # codec and family: av1_nvenc, not any NVENC
         if not have.intersection(wanted):
             return f"{caps.node_id} has none of the encoders {', '.join(wanted)}"
     need_mb = job.requirements.min_gpu_memory_mb

@@ -76,7 +76,12 @@ async def probe(args: argparse.Namespace) -> int:
     print(f"ffmpeg    {caps.ffmpeg.version} ({caps.ffmpeg.path})")
     print(f"gpus      {len(caps.gpus) or 'none'}")
     for gpu in caps.gpus:
-        print(f"  [{gpu.index}] {gpu.name} nvenc={gpu.nvenc} nvdec={gpu.nvdec}")
+        cap = gpu.encoder_session_limit if gpu.encoder_session_limit is not None else "?"
+        tested = ", ".join(gpu.verified_encoders) or "none"
+        print(f"  [{gpu.index}] {gpu.name} nvenc={gpu.nvenc} nvdec={gpu.nvdec} "
+              f"sessions={cap} verified: {tested}")  # fmt: skip
+    for node, names in caps.render_node_encoders.items():
+        print(f"  {node}: {', '.join(names) or 'none'}")
     for note in caps.gpu_notes:
         print(f"  note: {note}")
     print(f"verified  {', '.join(caps.verified_encoders) or 'none'}")

@@ -9,12 +9,15 @@ import sys
 import time
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from control.errors import BadInput
+from schemas.audioopts import AudioLayout
 from schemas.jobs import JobSpec
+from schemas.operations import AudioCodec, VideoCodec
+from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
 
 FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
 # Typical H.264 ladder bitrates (kbps) for `--ladder 1080,720`; `HEIGHT:KBPS` overrides one.
@@ -102,6 +105,42 @@ def _ladder(text: str) -> list[dict[str, int]]:
     return rungs
 
 
+def _crop(text: str) -> dict[str, int]:
+    try:
+        width, height, *corner = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise BadInput(f"--crop {text!r}: write W:H or W:H:X:Y (pixels)") from None
+    if len(corner) not in (0, 2):
+        raise BadInput(f"--crop {text!r}: write W:H or W:H:X:Y (pixels)")
+    x, y = corner or (0, 0)
+    return {"width": width, "height": height, "x": x, "y": y}
+
+
+def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The transcode form's picture flags, named as in the schema (it validates them)."""
+    op: dict[str, Any] = {}
+    for flag, key in (("start", "start_seconds"), ("duration", "duration_seconds"),
+                      ("gop", "gop_size"), ("profile", "profile"), ("level", "level"),
+                      ("pix_fmt", "pix_fmt"), ("fps", "fps"), ("audio_codec", "audio_codec"),
+                      ("audio_layout", "audio_layout"), ("sample_rate", "audio_sample_rate"),
+                      ("audio_language", "audio_language")):  # fmt: skip
+        if getattr(args, flag) is not None:
+            op[key] = getattr(args, flag)
+    if args.crop is not None:
+        op["crop"] = _crop(args.crop)
+    if args.all_audio:
+        op["audio_tracks"] = "all"
+    if args.deinterlace:
+        op["deinterlace"] = True
+    if args.closed_gop:
+        op["closed_gop"] = True
+    if args.hdr is not None:
+        op["hdr"] = args.hdr
+    if args.overlay is not None:
+        op["overlay"] = {"image": file_uri(args.overlay), "position": args.overlay_position}
+    return op
+
+
 def flag_document(args: argparse.Namespace) -> dict[str, Any]:
     """The job document a flag form describes (paths become file:// URIs)."""
     form = args.form
@@ -109,13 +148,10 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
     op: dict[str, Any] = {"op": form}
     if form == "transcode":
         doc["output"] = file_uri(args.output)
-        op |= {"codec": args.codec, "preset": args.preset}
+        op |= {"preset": args.preset} | ({"codec": args.codec} if args.codec else {})
         op |= {k: v for k, v in (("height", args.height), ("width", args.width)) if v}
-        suffix = Path(args.output).suffix.lstrip(".").lower()
-        if suffix in ("mp4", "mkv", "webm", "mov"):
-            op["container"] = suffix
-            if suffix == "webm":
-                op["audio_codec"] = "opus"
+        # The container (and webm's opus audio) follow OUTPUT's extension: the schema settles them.
+        op |= _picture_options(args)
         if args.bitrate_kbps is not None:
             op["bitrate_kbps"] = args.bitrate_kbps
             op["rate_control"] = "capped_crf" if args.crf is not None else "vbr"
@@ -153,12 +189,36 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t = forms.add_parser("transcode", help="re-encode INPUT into OUTPUT")
     t.add_argument("input")
     t.add_argument("output")
-    t.add_argument("--codec", default="h264", choices=["h264", "hevc", "av1", "vp9"])
+    t.add_argument(
+        "--codec",
+        choices=get_args(VideoCodec),
+        help="default: h264, or none (no video) for an .m4a/.ogg/.mp3 OUTPUT",
+    )
     t.add_argument("--height", type=int)
     t.add_argument("--width", type=int)
     t.add_argument("--crf", type=int)
     t.add_argument("--preset", default="medium")
     t.add_argument("--bitrate-kbps", type=int)
+    t.add_argument("--start", type=float, metavar="SECONDS", help="trim: start this far in")
+    t.add_argument("--duration", type=float, metavar="SECONDS", help="trim: keep this much")
+    t.add_argument("--crop", metavar="W:H[:X:Y]", help="keep this window (source pixels)")
+    t.add_argument("--deinterlace", action="store_true")
+    t.add_argument("--fps", type=float)
+    t.add_argument("--gop", type=int, metavar="FRAMES", help="a keyframe every FRAMES frames")
+    t.add_argument("--closed-gop", action="store_true")
+    t.add_argument("--profile", choices=get_args(Profile))
+    t.add_argument("--level", choices=get_args(Level))
+    t.add_argument("--pix-fmt", choices=get_args(PixFmt))
+    t.add_argument("--audio-codec", choices=get_args(AudioCodec))
+    t.add_argument("--audio-layout", choices=get_args(AudioLayout))
+    t.add_argument("--sample-rate", type=int, help="audio sample rate (Hz)")
+    t.add_argument("--audio-language", metavar="LANG", help="the audio track tagged LANG (fra)")
+    t.add_argument("--all-audio", action="store_true", help="keep every audio track")
+    t.add_argument(
+        "--hdr", choices=get_args(HdrMode), help="an HDR source: keep, or tone-map to SDR"
+    )
+    t.add_argument("--overlay", metavar="IMAGE", help="draw this still image over the video")
+    t.add_argument("--overlay-position", default="top-right", choices=get_args(Position))
     a = forms.add_parser("analyze", help="VMAF/PSNR/SSIM of DISTORTED against REFERENCE")
     a.add_argument("input", metavar="DISTORTED")
     a.add_argument("reference", metavar="REFERENCE")

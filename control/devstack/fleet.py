@@ -58,12 +58,25 @@ class NodeSettings:
 
 
 def _toml_table(name: str, values: dict[str, Any]) -> str:
-    # JSON strings, numbers, booleans and arrays of them are TOML values too.
     lines = [f"[{name}]"]
-    for key, value in values.items():
-        bare = _BARE_KEY.fullmatch(key) is not None
-        lines.append(f"{key if bare else _json(key)} = {_json(value)}")
+    lines += [f"{_key(k)} = {_value(v)}" for k, v in values.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) is not None else _json(key)
+
+
+def _value(value: object) -> str:
+    """A TOML value: nested tables (say `[media.s3]`) inline; TOML has no null, so unset keys
+    are left out."""
+    if isinstance(value, dict):
+        pairs = (f"{_key(k)} = {_value(v)}" for k, v in value.items() if v is not None)
+        return "{ " + ", ".join(pairs) + " }"
+    if isinstance(value, list):
+        return "[" + ", ".join(_value(v) for v in value) + "]"
+    # JSON strings, numbers and booleans are TOML values too.
+    return _json(value)
 
 
 def _json(value: object) -> str:

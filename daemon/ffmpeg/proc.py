@@ -14,6 +14,7 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +32,13 @@ class Captured:
         return self.returncode is None
 
 
-async def capture(argv: list[str], within: float) -> Captured:
+async def capture(argv: list[str], within: float, env: Mapping[str, str] | None = None) -> Captured:
     """Run `argv` (never through a shell), collect its output, kill its group past `within`
-    seconds or when the caller is cancelled. Raises OSError when it cannot start."""
+    seconds or when the caller is cancelled; `env` adds variables. Raises OSError when it cannot
+    start."""
     proc = await asyncio.create_subprocess_exec(
         *argv,
+        env={**os.environ, **env} if env else None,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

@@ -41,6 +41,18 @@ _ENCODER = (
     "device creation failed",
 )
 _RESOURCE = ("no space left on device", "cannot allocate memory", "out of memory")
+#: A hardware encoder that cannot open a session: NVENC's session cap ("OpenEncodeSessionEx
+#: failed: out of memory (10)" on a GeForce past its 3-8 sessions) or its GPU memory. The node
+#: is not out of memory: another encoder (software) or node can run the job, so these are
+#: encoder errors (fallback, encoder health), never `resource`.
+_HW_SESSION = (
+    "openencodesessionex failed",
+    "createbitstreambuffer failed",
+    "cuctxcreate",
+    "no capable devices found",
+    "no nvenc capable devices",
+)
+_HW_SUFFIXES = ("_nvenc", "_qsv", "_vaapi")
 _CONTAINER = ("not currently supported in container", "could not find tag for codec")
 
 
@@ -76,6 +88,8 @@ def classify(exit_code: int, tail: StderrTail, *, encoder: str | None) -> JobErr
         name = _signal_name(-exit_code)
         return JobError(f"ffmpeg was killed by {name}", exit_code=exit_code, stderr_tail=text)
     lines = tail.first_errors + tail.lines
+    if encoder is not None and (found := _hardware_session(lines, encoder)):
+        return EncoderError(found, encoder=encoder, exit_code=exit_code, stderr_tail=text)
     if found := _find(lines, _RESOURCE):
         return ResourceExhausted(found, exit_code=exit_code, stderr_tail=text)
     if found := _find(lines, _CONTAINER):
@@ -91,6 +105,17 @@ def classify(exit_code: int, tail: StderrTail, *, encoder: str | None) -> JobErr
         return InputError(found, exit_code=exit_code, stderr_tail=text)
     reason = _first_tagged(lines) or f"ffmpeg exited with code {exit_code}"
     return JobError(reason, exit_code=exit_code, stderr_tail=text)
+
+
+def _hardware_session(lines: list[str], encoder: str) -> str | None:
+    """The first line saying a hardware encoder could not get a session or its memory: a
+    session-open failure, or an out-of-memory line the encoder itself logged."""
+    if not encoder.endswith(_HW_SUFFIXES):
+        return None  # a software encoder out of memory is the host's: `resource`
+    if found := _find(lines, _HW_SESSION):
+        return found
+    own = [line for line in lines if f"{encoder} @" in line]
+    return _find(own, _RESOURCE)
 
 
 def clean(line: str) -> str:

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from common.supervise import RESTART, Policy, Supervisor
 from daemon.config import DaemonConfig
 from daemon.encoder_health import EncoderHealthTracker
+from daemon.job.failures import FailureCounts
 from daemon.job.handle import JobHandle
 from daemon.job.requirements import NodeView
 from daemon.job.running import RunningJobs
@@ -54,6 +55,8 @@ class JobDeps:
     #: JetStream would hand the job to a second node while this one still runs it.
     supervisor: Supervisor = field(default_factory=Supervisor)
     watcher_policy: Policy = RESTART
+    #: Failed runs per job, fleet-wide (what max_attempts counts); None counts deliveries.
+    failures: FailureCounts | None = None
 
 
 def base_fields(deps: JobDeps, job_id: str, attempt: int, tenant: str) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any, cast
 from nats.aio.msg import Msg
 
 from daemon.job.deps import JobDeps, base_fields
+from daemon.job.failures import runs_so_far
 from daemon.job.handle import JobHandle, StopKind
 from daemon.job.lease import Lease, settle
 from daemon.job.partials import remove_stale_partials
@@ -106,15 +107,23 @@ async def finish(
     kind, reason, exit_code, tail = _classify(error)
     cfg = deps.cfg
     ek = cast(ErrorKind, kind if kind in _KINDS else "transient")
+    # Attempts count runs that failed, not deliveries: a hand-back used up none.
+    failures = deps.failures
+    before = await failures.failed_before(handle.tenant, job_id) if failures else None
+    run = runs_so_far(before, attempt)
     verdict = decide(
-        cast(Outcome, ek), attempt, spec.max_attempts, cfg.retry_base_delay, cfg.retry_max_delay
+        cast(Outcome, ek), run, spec.max_attempts, cfg.retry_base_delay, cfg.retry_max_delay
     )
-    log.warning("attempt %d failed (%s): %s", attempt, kind, reason, extra={"job_id": job_id})
+    log.warning(
+        "attempt %d (run %d) failed (%s): %s", attempt, run, kind, reason, extra={"job_id": job_id}
+    )
     final = isinstance(verdict, Term)
     failed = Failed(
         **base(), reason=reason, error_kind=ek, final=final, exit_code=exit_code, stderr_tail=tail
     )
     if isinstance(verdict, Nak):
+        if failures is not None:  # before the nak: the next run must see this failure
+            await failures.record(handle.tenant, job_id, run)
         retry = Retrying(**base(), reason=reason, next_attempt=attempt + 1, delay_s=verdict.delay)
         await deps.reporter.record(job_id, "retrying", failed, retry)
         await msg.nak(delay=verdict.delay)

@@ -1,9 +1,12 @@
-"""Can this node run a job? Labels, GPU memory and the accel family among verified encoders."""
+"""Can this node run a job? Labels, GPU memory, and an encoder for each codec the job needs in
+the family its `accel` (or pool) asks for, among this node's verified encoders. What is unmet is
+handed back for another node, never failed here (schemas.encoderneeds is the shared rule)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from schemas.encoderneeds import unmet_need
 from schemas.jobs import HW_POOLS, JobSpec
 
 
@@ -38,8 +41,7 @@ def unmet_requirement(spec: JobSpec, node: NodeView) -> str | None:
             return f"label {key}={value} required (node has {key}={have})"
     if req.min_gpu_memory_mb > node.max_gpu_memory_mb:
         return f"needs {req.min_gpu_memory_mb} MiB GPU memory (node has {node.max_gpu_memory_mb})"
-    if req.accel in HW_POOLS:
-        families = {encoder_family(e) for e in node.usable_encoders()}
-        if req.accel not in families:
-            return f"no verified {req.accel} encoder on this node"
-    return None
+    usable = node.usable_encoders()
+    if req.accel in HW_POOLS and req.accel not in {encoder_family(e) for e in usable}:
+        return f"no verified {req.accel} encoder on this node"
+    return unmet_need(spec, frozenset(usable))

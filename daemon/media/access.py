@@ -1,19 +1,28 @@
-"""Where an operation's media come from and go to: file://, http(s):// and nats-obj:// URIs.
+"""Where an operation's media come from and go to: file://, http(s)://, nats-obj:// and s3:// URIs.
 
 `open_input` turns an input URI into a local file and its probe, refusing it before any heavy
-work when it breaks a limit (daemon.media.limits): file:// resolves under the roots; http(s) and
-nats-obj are downloaded into the attempt's scratch directory (removed when the attempt ends).
-`output_path` is where the operation writes: under the roots for file://, else a staging folder
-in scratch; `publish_outputs` uploads what was staged there once the operation succeeded, and
-rewrites the result's output URIs (with their size and SHA-256) to the object store's.
+work when it breaks a limit (daemon.media.limits): file:// resolves under the roots; http(s),
+nats-obj and s3 are downloaded into the attempt's scratch directory (removed when the attempt
+ends). `output_path` is where the operation writes: under the roots for file://, else a staging
+folder in scratch; `publish_outputs` uploads what was staged there once the operation succeeded
+(its outputs committed, so past the effects-once check) and rewrites the result's output URIs
+(with their size and SHA-256) to the store's. An http(s):// output is a presigned URL
+(daemon.media.httpput): one file, PUT once, reported without its query (the signature).
+
+Nothing reaches the final key before the local encode is complete. A redelivered attempt that
+uploads again finds the same bytes already there and skips (s3: same size and SHA-256), or
+replaces an object no `completed` event described; it never runs once the job has ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -24,12 +33,15 @@ from daemon.config import DaemonConfig, MediaSettings
 from daemon.errors import InvalidJob, PathRefused
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
+from daemon.media import s3
 from daemon.media.httpfetch import fetch_http
+from daemon.media.httpput import check_signed_url, public_url, put_signed
 from daemon.media.limits import check_file, check_probe, global_args, guard_args
-from daemon.media.objstore import SCHEME, download, obj_uri, parse_obj_uri, upload
+from daemon.media.objstore import download, obj_uri, parse_obj_uri, upload
 from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
 from daemon.media.probe import probe_media
 from schemas.jobs import JobSpec
+from schemas.operations import Package, Thumbnail
 from schemas.results import JobResult, OutputFile, ProbeInfo
 
 
@@ -50,6 +62,7 @@ class MediaJob(Protocol):
     def media(self) -> MediaAccess: ...
 
 
+log = logging.getLogger("flotilla.media")
 _STAGE = "objout"
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,8}$")
 
@@ -66,6 +79,9 @@ class MediaAccess:
 
     @classmethod
     def for_config(cls, cfg: DaemonConfig, js: JetStreamContext | None) -> MediaAccess:
+        if cfg.media.s3.buckets and importlib.util.find_spec("obstore") is None:
+            log.warning("media.s3.buckets is set, but %s; until then s3:// jobs fail here",
+                        s3.EXTRA_HINT)  # fmt: skip
         if cfg.media.tenant_buckets:
             tenant_prefix = f"{cfg.nats.prefix}_media_"
             return cls(limits=cfg.media, js=js, buckets=frozenset(cfg.media.object_buckets),
@@ -89,6 +105,15 @@ class MediaAccess:
             raise PathRefused(f"bucket {bucket[:100]!r} is not one this node may use")
         return bucket, key
 
+    @cached_property
+    def s3_stores(self) -> s3.S3Stores:
+        """The node's S3 client (one store per bucket), built on first use."""
+        return s3.S3Stores(self.limits.s3, connect_timeout=self.limits.http_connect_timeout)
+
+    def locate_s3(self, uri: str) -> tuple[str, str]:
+        """(bucket, key) of an s3:// URI on the node's bucket list; else PathRefused."""
+        return s3.parse_s3_uri(uri, self.limits.s3.buckets)
+
     def input_args(self, path: Path) -> list[str]:
         """`<guards> -i file:<path>` for one input."""
         return [*guard_args(self.limits), "-i", ffmpeg_arg(path)]
@@ -111,6 +136,10 @@ async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path
             js = _js(media)
             await download(js, bucket, key, local, cap=limits.max_input_bytes,
                            within=limits.object_timeout)  # fmt: skip
+        case s3.SCHEME:
+            bucket, key = media.locate_s3(uri)
+            await s3.download(media.s3_stores, bucket, key, local, cap=limits.max_input_bytes,
+                              within=limits.object_timeout)  # fmt: skip
         case _:
             local = await asyncio.to_thread(resolve_input, uri, ctx.allowed_roots)
     size = await asyncio.to_thread(check_file, local, limits)
@@ -121,41 +150,92 @@ async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path
 
 
 async def output_path(ctx: MediaJob, uri: str) -> Path:
-    """The local path an operation writes `uri` to (staged in scratch for nats-obj://)."""
-    if urlsplit(uri).scheme.lower() != SCHEME:
-        return await asyncio.to_thread(resolve_output, uri, ctx.allowed_roots)
-    _, key = ctx.media.locate(uri, ctx.spec.tenant)
-    _js(ctx.media)
+    """The local path an operation writes `uri` to (staged in scratch for remote outputs)."""
+    scheme = urlsplit(uri).scheme.lower() if "\x00" not in uri else ""
+    match scheme:
+        case "nats-obj":
+            _, key = ctx.media.locate(uri, ctx.spec.tenant)
+            _js(ctx.media)
+        case s3.SCHEME:
+            bucket, key = ctx.media.locate_s3(uri)
+            await ctx.media.s3_stores.store(bucket)  # the extra and the secret, checked up front
+        case "http" | "https":
+            key = check_signed_url(uri, ctx.media.limits).path or "output"
+            if _writes_several(ctx.spec):
+                raise InvalidJob("a signed-URL output takes one file: this operation writes "
+                                 "several (use s3://, nats-obj:// or file://)")  # fmt: skip
+        case _:
+            return await asyncio.to_thread(resolve_output, uri, ctx.allowed_roots)
     if uri == ctx.spec.input:
         raise InvalidJob("output is the same object as the input")
     stage = ctx.scratch / _STAGE
     await asyncio.to_thread(stage.mkdir, parents=True, exist_ok=True)
-    return stage / PurePosixPath(key).name
+    return stage / _stage_name(key)
 
 
 async def publish_outputs(ctx: MediaJob, result: JobResult) -> None:
-    """Upload every file staged for a nats-obj:// output; point the result's outputs at them."""
+    """Upload every file staged for a remote output; point the result's outputs at them."""
     uri = ctx.spec.output
-    if uri is None or urlsplit(uri).scheme.lower() != SCHEME:
+    scheme = urlsplit(uri).scheme.lower() if uri is not None else ""
+    if uri is None or scheme not in ("nats-obj", s3.SCHEME, "http", "https"):
         return
-    bucket, key = ctx.media.locate(uri, ctx.spec.tenant)
-    js = _js(ctx.media)
     stage = ctx.scratch / _STAGE
-    parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
     files = await asyncio.to_thread(_staged_files, stage)
-    stored: dict[str, OutputFile] = {}
-    for path in files:
-        ctx.handle.check()
-        obj_key = parent + path.relative_to(stage).as_posix()
-        within = ctx.media.limits.object_timeout
-        size, digest = await upload(js, bucket, obj_key, path, within=within)
-        stored[uri_of(path)] = OutputFile(uri=obj_uri(bucket, obj_key), size_bytes=size,
-                                          sha256=digest)  # fmt: skip
-    main = uri_of(stage / PurePosixPath(key).name)
+    if scheme in ("http", "https"):
+        stored = await _put_signed(ctx, uri, stage, files)
+        key = check_signed_url(uri, ctx.media.limits).path or "output"
+    else:
+        stored, key = await _upload_all(ctx, uri, scheme, stage, files)
+    main = uri_of(stage / _stage_name(key))
     for out in result.outputs:
         up = stored.get(main if out.uri == uri else out.uri)
         if up is not None:
             out.uri, out.size_bytes, out.sha256 = up.uri, up.size_bytes, up.sha256
+
+
+async def _upload_all(
+    ctx: MediaJob, uri: str, scheme: str, stage: Path, files: list[Path]
+) -> tuple[dict[str, OutputFile], str]:
+    """Upload the staged files next to the output's key; {staged file URI: stored output}."""
+    media, within = ctx.media, ctx.media.limits.object_timeout
+    if scheme == s3.SCHEME:
+        bucket, key = media.locate_s3(uri)
+    else:
+        bucket, key = media.locate(uri, ctx.spec.tenant)
+    parent = key.rsplit("/", 1)[0] + "/" if "/" in key else ""
+    stored: dict[str, OutputFile] = {}
+    for path in files:
+        ctx.handle.check()
+        obj_key = parent + path.relative_to(stage).as_posix()
+        if scheme == s3.SCHEME:
+            size, digest = await s3.upload(media.s3_stores, bucket, obj_key, path, within=within)
+            where = s3.s3_uri(bucket, obj_key)
+        else:
+            size, digest = await upload(_js(media), bucket, obj_key, path, within=within)
+            where = obj_uri(bucket, obj_key)
+        stored[uri_of(path)] = OutputFile(uri=where, size_bytes=size, sha256=digest)
+    return stored, key
+
+
+async def _put_signed(
+    ctx: MediaJob, uri: str, stage: Path, files: list[Path]
+) -> dict[str, OutputFile]:
+    if len(files) != 1:
+        raise InvalidJob(f"a signed-URL output takes one file; the operation wrote {len(files)}")
+    ctx.handle.check()
+    size, digest = await put_signed(uri, files[0], ctx.media.limits)
+    shown = public_url(check_signed_url(uri, ctx.media.limits))
+    return {uri_of(files[0]): OutputFile(uri=shown, size_bytes=size, sha256=digest)}
+
+
+def _stage_name(key: str) -> str:
+    name = PurePosixPath(key).name
+    return name if name not in ("", ".", "..") else "output"
+
+
+def _writes_several(spec: JobSpec) -> bool:
+    op = spec.operation
+    return isinstance(op, Package) or (isinstance(op, Thumbnail) and op.sprite)
 
 
 def _staged_files(stage: Path) -> list[Path]:

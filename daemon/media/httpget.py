@@ -65,14 +65,14 @@ async def open_get(
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii"))
         async with asyncio.timeout(connect_timeout):
             await writer.drain()
-            status, headers = await _read_head(reader)
+            status, headers = await read_head(reader)
     except BaseException:
         writer.close()
         raise
     return Response(status, headers, reader, writer)
 
 
-async def _read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
     line = await _line(reader)
     fields = line.split(None, 2)
     if len(fields) < 2 or not fields[0].startswith("HTTP/1.") or not fields[1].isdigit():

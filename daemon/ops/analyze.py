@@ -9,7 +9,8 @@ read (quality as seen at the reference's resolution).
 Decision on mismatched inputs: frame-by-frame metrics pair frame N with frame N, so inputs whose
 video durations differ by more than 0.5 s, or whose frame rates differ (more than 0.1 %), would
 compare unrelated pictures and give a meaningless number. They are rejected with InvalidJob
-(permanent) saying which measure differs; resample or trim first (a transcode job can). Within
+(permanent) saying which measure differs; a transcode job can trim (`start_seconds`,
+`duration_seconds`) or resample (`fps`) one of them first. Within
 0.5 s the shorter input decides the frame count (ffmpeg's framesync ends at the first EOF).
 
 VMAF's model is `vmaf_4k_v0.6.1` for references above 2560x1440 when `vmaf_model` is `auto`,
@@ -26,16 +27,18 @@ import math
 import re
 import shutil
 import time
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from daemon.errors import InputError, InvalidJob, JobError
-from daemon.ffmpeg.run import run_ffmpeg
+from daemon.errors import InputError, InvalidJob, JobError, JobTimeout, ResourceExhausted
+from daemon.ffmpeg.run import RunResult, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.media.limits import guard_args
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
 from daemon.ops.vmafpool import read_vmaf_log, vmaf_scores
+from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Analyze
 from schemas.results import JobResult, PlaneScores, ProbeInfo, StreamInfo
 
@@ -62,20 +65,24 @@ async def run_analyze(ctx: JobContext) -> JobResult:
         big = (r.width or 0) * (r.height or 0) > _4K_PIXELS
         model = "vmaf_4k_v0.6.1" if big else "vmaf_v0.6.1"
     log_path = ctx.scratch / "vmaf.json"
-    graph = filter_graph(op, d, r, model, log_path, ctx.threads)
-    args = ["-filter_threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(dist)]
-    args += [*guard_args(ctx.media.limits), "-i", ffmpeg_arg(ref), "-filter_complex", graph]
-    args += ["-map", "[out]", "-an", "-f", "null", "-"]
-    await ctx.announce(None, args)
-    run = await run_ffmpeg(
-        ctx.tools.ffmpeg,
-        args,
-        control=ctx.handle,
-        on_progress=ctx.progress,
-        duration_s=ref_info.duration_s,
-        progress_interval=ctx.progress_interval,
-    )
     notes: list[str] = []
+    inputs = (ffmpeg_arg(dist), ffmpeg_arg(ref), guard_args(ctx.media.limits))
+    run = None
+    if ctx.cuda_gpus and cuda_vmaf_possible(op, r, ctx.hwaccels, ctx.filters):
+        args = cuda_vmaf_args(op, d, r, model, log_path, ctx.media.guard(), inputs)
+        try:
+            run = await _run(ctx, args, ref_info.duration_s)
+            notes.append("VMAF computed on the GPU (libvmaf_cuda)")
+        except (JobTimeout, ResourceExhausted):
+            raise
+        except JobError as exc:  # a CUDA decode or filter failure: the CPU graph still works
+            notes.append(f"libvmaf_cuda failed ({exc.reason[:200]}); computed on the CPU")
+    if run is None:
+        graph = filter_graph(op, d, r, model, log_path, ctx.threads)
+        args = ["-filter_threads", str(ctx.threads), *ctx.media.guard(), "-i", inputs[0]]
+        args += [*inputs[2], "-i", inputs[1], "-filter_complex", graph]
+        args += ["-map", "[out]", "-an", "-f", "null", "-"]
+        run = await _run(ctx, args, ref_info.duration_s)
     result = JobResult(media_seconds=ref_info.duration_s, input_size_bytes=dist_info.size_bytes)
     if op.psnr:
         result.psnr = _psnr(run.stderr_tail, notes)
@@ -96,6 +103,61 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     return result
 
 
+async def _run(ctx: JobContext, args: list[str], duration_s: float | None) -> RunResult:
+    await ctx.announce(None, args)
+    return await run_ffmpeg(
+        ctx.tools.ffmpeg,
+        args,
+        control=ctx.handle,
+        on_progress=ctx.progress,
+        duration_s=duration_s,
+        progress_interval=ctx.progress_interval,
+        env=CUDA_ENV,
+    )
+
+
+def cuda_vmaf_possible(
+    op: Analyze, r: StreamInfo, hwaccels: AbstractSet[str], filters: AbstractSet[str]
+) -> bool:
+    """VMAF, 8-bit, on a build with libvmaf_cuda, scale_cuda and the cuda hwaccel."""
+    gpu = {"libvmaf_cuda", "scale_cuda", "hwdownload"} <= filters and "cuda" in hwaccels
+    return gpu and op.vmaf and (r.bit_depth or 8) <= 8
+
+
+def cuda_vmaf_args(
+    op: Analyze,
+    d: StreamInfo,
+    r: StreamInfo,
+    model: str,
+    log_path: Path,
+    guard: tuple[str, ...],
+    inputs: tuple[str, str, list[str]],
+) -> list[str]:
+    """Both inputs decoded on the GPU (NVDEC) and scaled there (scale_cuda) to the reference's
+    size; libvmaf_cuda scores them there. PSNR and SSIM, CPU filters, get copies downloaded."""
+    hw = ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
+    dist, ref, ref_guard = inputs
+    log = _filter_value(str(log_path))
+    cpu = [m for m, asked in (("psnr", op.psnr), ("ssim", op.ssim)) if asked]
+    fan = ",split=2[dv][dc]" if cpu else "[dv]"
+    rfan = ",split=2[rv][rc]" if cpu else "[rv]"
+    parts = [
+        f"[0:v:0]setpts=PTS-STARTPTS,scale_cuda={r.width}:{r.height}:format=yuv420p{fan}",
+        f"[1:v:0]setpts=PTS-STARTPTS,scale_cuda=format=yuv420p{rfan}",
+        f"[dv][rv]libvmaf_cuda=model=version={model}:log_fmt=json:log_path={log}"
+        f":n_subsample={op.subsample}" + ("[vm];[vm]nullsink" if cpu else "[out]"),
+    ]
+    if cpu:
+        refs = "".join(f"[r{i}]" for i in range(len(cpu)))
+        parts.append("[dc]hwdownload,format=yuv420p[d0]")
+        parts.append(f"[rc]hwdownload,format=yuv420p,split={len(cpu)}{refs}")
+        for i, metric in enumerate(cpu):
+            out = "[out]" if i + 1 == len(cpu) else f"[d{i + 1}]"
+            parts.append(f"[d{i}][r{i}]{metric}{out}")
+    args = [*hw, *guard, "-i", dist, *hw, *ref_guard, "-i", ref]
+    return [*args, "-filter_complex", ";".join(parts), "-map", "[out]", "-an", "-f", "null", "-"]
+
+
 def _video(info: ProbeInfo, what: str) -> StreamInfo:
     for stream in info.streams:
         if stream.type == "video" and stream.width and stream.height:
@@ -111,12 +173,14 @@ def check_comparable(
     if d_s is not None and r_s is not None and abs(d_s - r_s) > MAX_DURATION_GAP_S:
         raise InvalidJob(
             f"input lasts {d_s:.3f} s and reference {r_s:.3f} s (more than "
-            f"{MAX_DURATION_GAP_S} s apart): trim them to the same span first"
+            f"{MAX_DURATION_GAP_S} s apart): trim them to the same span first (a transcode "
+            "job's `start_seconds` and `duration_seconds`)"
         )
     if d.fps and r.fps and abs(d.fps - r.fps) > MAX_FPS_RATIO_GAP * max(d.fps, r.fps):
         raise InvalidJob(
             f"input runs at {d.fps:g} fps and reference at {r.fps:g} fps: frames would not "
-            "pair up; convert the input to the reference's frame rate first"
+            "pair up; convert the input to the reference's frame rate first (a transcode job's "
+            "`fps`)"
         )
 
 

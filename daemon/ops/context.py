@@ -17,6 +17,7 @@ from daemon.ffmpeg.run import ffmpeg_argv
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess
+from daemon.ops.devices import DeviceLedger
 from daemon.ops.outputs import CommitGate, job_key
 from schemas.jobs import JobSpec
 
@@ -52,6 +53,13 @@ class JobContext:
     encoder_failures: list[EncoderError] = field(default_factory=list)
     #: Input limits and remote storage (http allow-list, object store); defaults: file:// only.
     media: MediaAccess = field(default_factory=MediaAccess)
+    #: Sessions free per GPU / render node (daemon.ops.devices); None: no pinning, the driver's
+    #: first device and `render_node`.
+    devices: DeviceLedger | None = None
+    #: The ffmpeg build's filters (scale_cuda, libvmaf_cuda decide the GPU paths).
+    filters: AbstractSet[str] = frozenset()
+    #: NVIDIA GPUs NVML found (with or without NVENC): CUDA filters are tried only where > 0.
+    cuda_gpus: int = 0
     #: Asked before outputs are renamed into place (daemon.ops.outputs); None: always commit.
     may_commit: CommitGate | None = None
 

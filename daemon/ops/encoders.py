@@ -121,7 +121,8 @@ def rate_args(encoder: str, op: Transcode, *, pass_no: int | None, passlog: Path
 
 
 def needs_two_runs(encoder: str, op: Transcode) -> bool:
-    return op.rate_control == "two_pass" and family_of(encoder) == "software"
+    video = op.video_codec != "none"
+    return video and op.rate_control == "two_pass" and family_of(encoder) == "software"
 
 
 def _vaapi_rc(family: str, mode: str) -> list[str]:

@@ -21,19 +21,134 @@ import hashlib
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.errors import InputError, InvalidJob, JobError
+from daemon.errors import (
+    EncoderError,
+    InputError,
+    InvalidJob,
+    JobError,
+    JobTimeout,
+    ResourceExhausted,
+)
 from daemon.ffmpeg.run import run_ffmpeg
 from daemon.media.access import open_input, output_path
-from daemon.media.paths import ffmpeg_arg, uri_of
+from daemon.media.paths import uri_of
 from daemon.ops.context import JobContext
+from daemon.ops.devices import NoDevice, placed
+from daemon.ops.ladder_args import (
+    SOFTWARE,
+    LadderHw,
+    cuda_frames_possible,
+    package_args,
+    rung_encoder,
+    rung_width,
+)
 from daemon.ops.outputs import check_gate, partial_path
+from daemon.probe.gpu import CUDA_ENV
+from schemas.encoderneeds import package_family
 from schemas.operations import Package, Rung
 from schemas.results import JobResult, OutputFile, Rendition
 
-ENCODERS = {"h264": "libx264", "hevc": "libx265"}
 _REPORTED = (".m3u8", ".mpd")
+
+
+def _families(ctx: JobContext, op: Package) -> list[str]:
+    """`nvenc` first where the job asks for it (accel, or the nvenc pool under auto) and the node
+    verified NVENC for every rung's codec; then software unless accel forbids it."""
+    usable = ctx.usable_encoders()
+    codecs = {r.codec for r in op.ladder}
+    hw = package_family(ctx.spec)
+    families = []
+    if hw is not None and all(f"{c}_{hw}" in usable for c in codecs):
+        families.append(hw)
+    software_allowed = hw is None or ctx.spec.requirements.accel != hw
+    if software_allowed and all(SOFTWARE[c] in usable for c in codecs):
+        families.append("software")
+    if not families:
+        which = ", ".join(sorted(codecs))
+        raise InvalidJob(f"no verified {hw or 'software'} encoder for {which} on this node")
+    return families
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    ctx: JobContext
+    op: Package
+    rungs: list[Rung]
+    src: Path
+    gop: int
+    audio: bool
+    size: tuple[int, int]
+    duration_s: float | None
+
+
+async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[str]) -> str:
+    """The ladder on NVENC (placed on one GPU with a session per rung), falling back to software
+    where allowed; returns the first rung's encoder."""
+    ctx = run.ctx
+    for i, family in enumerate(families):
+        encoders = {f"{r.codec}_{family}" for r in run.rungs} if family != "software" else set()
+        try:
+            with placed(ctx.devices, family, encoders, len(run.rungs)) as placement:
+                hw = None
+                if family == "nvenc":
+                    gpu = placement.gpu if placement else None
+                    hw = await _nvenc(run, tmp, gpu, notes)
+                else:
+                    await _encode(run, tmp, None)
+                return rung_encoder(run.rungs[0], hw)
+        except NoDevice as exc:
+            if i + 1 == len(families):
+                raise
+            notes.append(f"{family} skipped ({exc.reason}); used {families[i + 1]}")
+        except EncoderError as exc:
+            ctx.encoder_failures.append(exc)
+            if i + 1 == len(families):
+                raise
+            notes.append(f"{exc.encoder} failed ({exc.reason[:200]}); fell back to software")
+    raise AssertionError("unreachable: families is never empty")
+
+
+async def _nvenc(run: _Run, tmp: Path, gpu: int | None, notes: list[str]) -> LadderHw:
+    """The NVENC ladder with frames kept on the GPU where the build can; if that run fails for
+    a reason of its own (an input codec NVDEC cannot decode leaves frames in system memory,
+    which scale_cuda refuses), the same ladder once more, decoded and scaled on the CPU. Only
+    the second run's encoder failure counts against the encoder."""
+    ctx = run.ctx
+    if cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0:
+        on_gpu = LadderHw(gpu, cuda_frames=True)
+        try:
+            await _encode(run, tmp, on_gpu)
+            return on_gpu
+        except (JobTimeout, ResourceExhausted):
+            raise
+        except JobError as exc:
+            notes.append(f"decode and scaling on the GPU failed ({exc.reason[:200]}); "
+                         "scaled on the CPU")  # fmt: skip
+    hw = LadderHw(gpu, cuda_frames=False)
+    await _encode(run, tmp, hw)
+    return hw
+
+
+async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:
+    ctx = run.ctx
+    await asyncio.to_thread(_fresh_dir, tmp)
+    args = package_args(run.op, run.rungs, run.src, tmp, run.gop, run.audio, ctx.threads,
+                        ctx.media.guard(), size=run.size, hw=hw)  # fmt: skip
+    encoder = rung_encoder(run.rungs[0], hw)
+    await ctx.announce(encoder, args)
+    await run_ffmpeg(
+        ctx.tools.ffmpeg,
+        args,
+        control=ctx.handle,
+        on_progress=ctx.progress,
+        duration_s=run.duration_s,
+        progress_interval=ctx.progress_interval,
+        encoder=encoder,
+        env=CUDA_ENV if hw is not None else None,
+    )
 
 
 async def run_package(ctx: JobContext) -> JobResult:
@@ -48,10 +163,9 @@ async def run_package(ctx: JobContext) -> JobResult:
     if await asyncio.to_thread(dest.exists):
         raise InvalidJob(f"output {spec.output!r} already exists")
     for rung in op.ladder:
-        if ENCODERS[rung.codec] not in ctx.usable_encoders():
-            raise InvalidJob(f"no verified {rung.codec} encoder on this node")
         if rung.height % 2 or (rung.width or 0) % 2:
             raise InvalidJob(f"rung {rung.height}p: 4:2:0 video needs an even width and height")
+    families = _families(ctx, op)
     src, info = await open_input(ctx, spec.input)
     video = next((s for s in info.streams if s.type == "video" and s.height), None)
     if video is None or not video.height or not video.width:
@@ -65,27 +179,19 @@ async def run_package(ctx: JobContext) -> JobResult:
         raise InvalidJob(f"every rung is taller than the {video.height}p source")
     kept.sort(key=lambda r: -r.height)
     gop = max(1, round((video.fps or 25.0) * op.segment_seconds))
+    size = (video.width, video.height)
+    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s)
     tmp = partial_path(dest, ctx.job_key, ctx.attempt)
-    await asyncio.to_thread(_fresh_dir, tmp)
+    notes: list[str] = []
     try:
-        args = package_args(op, kept, src, tmp, gop, has_audio, ctx.threads, ctx.media.guard())
-        await ctx.announce(ENCODERS[kept[0].codec], args)
-        await run_ffmpeg(
-            ctx.tools.ffmpeg,
-            args,
-            control=ctx.handle,
-            on_progress=ctx.progress,
-            duration_s=info.duration_s,
-            progress_interval=ctx.progress_interval,
-            encoder=ENCODERS[kept[0].codec],
-        )
+        encoder = await _with_fallback(run, tmp, families, notes)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
     finally:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
     renditions = [
-        Rendition(height=r.height, width=_width(r, video.width, video.height),
+        Rendition(height=r.height, width=rung_width(r, video.width, video.height),
                   bitrate_kbps=r.bitrate_kbps, codec=r.codec)
         for r in kept
     ]  # fmt: skip
@@ -95,80 +201,13 @@ async def run_package(ctx: JobContext) -> JobResult:
         wall_seconds=wall,
         media_seconds=media,
         realtime_factor=round(media / wall, 3) if media and wall > 0 else None,
-        encoder=ENCODERS[kept[0].codec],
+        encoder=encoder,
+        notes=notes,
         input_size_bytes=info.size_bytes,
         outputs=files,
         renditions=renditions,
         dropped_rungs=dropped,
     )
-
-
-def _width(rung: Rung, src_w: int, src_h: int) -> int:
-    return rung.width or max(2, round(src_w * rung.height / src_h / 2) * 2)
-
-
-def package_args(
-    op: Package,
-    rungs: list[Rung],
-    src: Path,
-    out: Path,
-    gop: int,
-    audio: bool,
-    threads: int,
-    guard: tuple[str, ...] = ("-protocol_whitelist", "file"),
-) -> list[str]:
-    n = len(rungs)
-    labels = "".join(f"[s{i}]" for i in range(n))
-    graph = [f"[0:v:0]split={n}{labels}"]
-    graph += [
-        f"[s{i}]scale={r.width or -2}:{r.height},format=yuv420p[v{i}]" for i, r in enumerate(rungs)
-    ]
-    args = ["-filter_threads", str(threads), "-threads", str(threads)]
-    args += [*guard, "-i", ffmpeg_arg(src)]
-    args += ["-filter_complex", ";".join(graph)]
-    args += [a for i in range(n) for a in ("-map", f"[v{i}]")]
-    for i, r in enumerate(rungs):
-        kbps = r.bitrate_kbps
-        args += [f"-c:v:{i}", ENCODERS[r.codec], f"-b:v:{i}", f"{kbps}k"]
-        if r.codec == "hevc":  # Apple players want the hvc1 sample entry
-            args += [f"-tag:v:{i}", "hvc1"]
-        args += [f"-maxrate:v:{i}", f"{kbps * 107 // 100}k", f"-bufsize:v:{i}", f"{kbps * 2}k"]
-    args += ["-preset", op.preset, "-g", str(gop), "-keyint_min", str(gop), "-sc_threshold", "0"]
-    args += ["-force_key_frames", f"expr:gte(t,n_forced*{op.segment_seconds!r})"]
-    if any(r.codec == "hevc" for r in rungs):  # x265 takes its GOP from its own parameters
-        args += ["-x265-params", f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=warning"]
-    with_audio = [r for r in rungs if audio and r.audio_bitrate_kbps is not None]
-    if op.dash:
-        return args + _dash_args(op, out, max((r.audio_bitrate_kbps or 0) for r in with_audio)
-                                 if with_audio else None)  # fmt: skip
-    stream_map = []
-    for i, r in enumerate(rungs):
-        if r in with_audio:
-            a = with_audio.index(r)
-            args += ["-map", "0:a:0", f"-c:a:{a}", "aac", f"-b:a:{a}", f"{r.audio_bitrate_kbps}k"]
-            stream_map.append(f"v:{i},a:{a}")
-        else:
-            stream_map.append(f"v:{i}")
-    args += ["-f", "hls", "-hls_time", f"{op.segment_seconds!r}", "-hls_playlist_type", "vod"]
-    args += ["-hls_segment_type", op.hls_segment_type, "-hls_flags", "independent_segments"]
-    args += ["-master_pl_name", "master.m3u8", "-var_stream_map", " ".join(stream_map)]
-    ext = "m4s" if op.hls_segment_type == "fmp4" else "ts"
-    # Plain absolute paths: the hls muxer derives init/segment names from them (no `file:`).
-    args += ["-hls_segment_filename", f"{out}/stream_%v/seg_%05d.{ext}"]
-    return [*args, f"{out}/stream_%v/index.m3u8"]
-
-
-def _dash_args(op: Package, out: Path, audio_kbps: int | None) -> list[str]:
-    args = []
-    sets = "id=0,streams=v"
-    if audio_kbps is not None:
-        args += ["-map", "0:a:0", "-c:a", "aac", "-b:a", f"{audio_kbps}k"]
-        sets += " id=1,streams=a"
-    args += ["-f", "dash", "-seg_duration", f"{op.segment_seconds!r}", "-use_template", "1"]
-    args += ["-use_timeline", "1", "-adaptation_sets", sets]
-    if op.hls:
-        args += ["-hls_playlist", "1"]
-    return [*args, f"{out}/manifest.mpd"]
 
 
 def _fresh_dir(path: Path) -> None:

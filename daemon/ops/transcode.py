@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from daemon.errors import EncoderError, InputError, InvalidJob
+from daemon.errors import EncoderError, InvalidJob
 from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.ops.context import JobContext
-from daemon.ops.encoders import encoder_chain, needs_two_runs
+from daemon.ops.devices import NoDevice, Placement, placed
+from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.outputs import OutputSet
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
+from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
+from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
-from schemas.results import JobResult, ProbeInfo
+from schemas.results import JobResult
 
 log = logging.getLogger("flotilla.transcode")
 
@@ -30,20 +34,24 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
     spec = ctx.spec
     assert spec.output is not None  # JobSpec requires it for transcode
     dest = await output_path(ctx, spec.output)
-    chain = encoder_chain(op.codec, spec.requirements.accel, ctx.usable_encoders())
+    if op.video_codec == "none":  # audio only: one run, named for its audio encoder
+        chain = [AUDIO_ENCODERS.get(op.settled_audio, "copy")]
+    else:
+        chain = encoder_chain(op.video_codec, spec.requirements.accel, ctx.usable_encoders())
+        chain = allowed_encoders(op, chain)
     _check_audio_encoder(op, ctx)
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
     if src == dest:
         raise InvalidJob("output is the same file as the input")
-    ten_bit = _check_video_stream(info, op)
-    notes: list[str] = []
+    settled = replace(plan(op, info), overlay=await open_overlay(ctx, op))
+    notes: list[str] = list(settled.notes)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
-        encoder = await _with_fallback(ctx, op, chain, src, partial, info, ten_bit, notes)
+        encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
         ctx.handle.check()  # a cancel that raced the last frame still wins
         files = await outputs.commit()
     wall = time.monotonic() - started
-    media = info.duration_s
+    media = settled.duration_s
     return JobResult(
         wall_seconds=wall,
         media_seconds=media,
@@ -56,17 +64,9 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
-    name = AUDIO_ENCODERS.get(op.audio_codec)
+    name = AUDIO_ENCODERS.get(op.settled_audio)
     if name is not None and op.audio_stream is not None and name not in ctx.usable_encoders():
-        raise InvalidJob(f"no verified {op.audio_codec} audio encoder on this node")
-
-
-def _check_video_stream(info: ProbeInfo, op: Transcode) -> bool:
-    """Refuse before encoding when the asked-for video stream is absent; True for a deep source."""
-    videos = [s for s in info.streams if s.type == "video"]
-    if op.video_stream >= len(videos):
-        raise InputError(f"input has no video stream #{op.video_stream} ({len(videos)} found)")
-    return (videos[op.video_stream].bit_depth or 8) > 8
+        raise InvalidJob(f"no verified {op.settled_audio} audio encoder on this node")
 
 
 async def _with_fallback(
@@ -75,14 +75,18 @@ async def _with_fallback(
     chain: list[str],
     src: Path,
     partial: Path,
-    info: ProbeInfo,
-    ten_bit: bool,
+    settled: Plan,
     notes: list[str],
 ) -> str:
     for i, encoder in enumerate(chain):
         try:
-            await _encode(ctx, op, encoder, src, partial, info, ten_bit)
+            with placed(ctx.devices, family_of(encoder), {encoder}) as placement:
+                await _encode(ctx, op, encoder, src, partial, settled, placement)
             return encoder
+        except NoDevice as exc:  # busy, not broken: not counted against the encoder
+            if i + 1 == len(chain):
+                raise
+            notes.append(f"{encoder} skipped ({exc.reason}); used {chain[i + 1]}")
         except EncoderError as exc:
             ctx.encoder_failures.append(exc)
             if i + 1 == len(chain):
@@ -98,17 +102,20 @@ async def _encode(
     encoder: str,
     src: Path,
     partial: Path,
-    info: ProbeInfo,
-    ten_bit: bool,
+    settled: Plan,
+    placement: Placement | None = None,
 ) -> None:
-    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=ctx.render_node,
-                input_guard=ctx.media.guard())  # fmt: skip
+    path = placement.device.path if placement is not None else None
+    gpu = placement.gpu if placement is not None else None
+    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=path or ctx.render_node,
+                gpu=gpu, input_guard=ctx.media.guard())  # fmt: skip
     passes: tuple[int | None, ...] = (1, 2) if needs_two_runs(encoder, op) else (None,)
     for n, pass_no in enumerate(passes):
         dest = None if pass_no == 1 else partial
         args = transcode_args(
             op, encoder, src, dest, node,
-            ten_bit=ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
+            ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
+            overlay=settled.overlay, colour=settled.colour,
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))
@@ -118,9 +125,9 @@ async def _encode(
             args,
             control=ctx.handle,
             on_progress=ctx.progress,
-            duration_s=info.duration_s,
+            duration_s=settled.duration_s,
             span=(share * n, share * (n + 1)),
             progress_interval=ctx.progress_interval,
-            encoder=encoder,
-            env=ENCODER_ENV.get(encoder),
+            encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
+            env=ENCODER_ENV.get(encoder, CUDA_ENV),
         )

@@ -13,9 +13,14 @@ from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
+from daemon.ops.videograph import Colour, video_graph
+from schemas.audioopts import CHANNELS
 from schemas.operations import Transcode
 
-MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm"}
+MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "m4a": "ipod",
+          "ogg": "ogg", "mp3": "mp3"}  # fmt: skip
+#: Containers of the MP4 family, whose index can go first.
+_FASTSTART = ("mp4", "mov", "m4a")
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 #: ffmpeg's hwaccel that decodes for each encoder family (QSV decode is left to a later issue).
 HW_DECODE = {"nvenc": "cuda", "vaapi": "vaapi"}
@@ -30,8 +35,18 @@ class Node:
     threads: int
     hwaccels: AbstractSet[str]
     render_node: str
+    #: NVML index of the GPU decode and NVENC encode are pinned to; None: the driver's pick.
+    gpu: int | None = None
     #: Options right before `-i` (protocol/format allow-lists, pixel and allocation caps).
     input_guard: tuple[str, ...] = ("-protocol_whitelist", "file")
+
+
+@dataclass(frozen=True, slots=True)
+class Extra:
+    """A second input (the overlay image) and the guard options that go right before its `-i`."""
+
+    path: Path
+    guard: tuple[str, ...]
 
 
 def transcode_args(
@@ -44,49 +59,79 @@ def transcode_args(
     ten_bit: bool = False,
     pass_no: int | None = None,
     passlog: Path = Path("/nonexistent/passlog"),
+    overlay: Extra | None = None,
+    colour: Colour | None = None,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer."""
     family = family_of(encoder)
     threads = str(node.threads)
     args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
+    if op.start_seconds:
+        args += ["-ss", _clock(op.start_seconds)]  # before -i: seek, then decode from there
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
-    args += ["-map", f"0:v:{op.video_stream}", "-vf", ",".join(video_filters(op, family, ten_bit))]
-    args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
-    args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
-    args += ["-threads", threads]
+    if overlay is not None:
+        args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
+    if op.video_codec == "none":
+        args += ["-vn"]
+    else:
+        args += video_graph(op, family, ten_bit, colour)
+        args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
+        args += gpu_args(family, node)
+        args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
+        args += [*gop_args(encoder, op), *profile_args(encoder, op), "-threads", threads]
     if encoder == "libx265":  # x265 sizes its own thread pool; -threads does not bound it
-        args += ["-x265-params", f"pools={node.threads}:log-level=warning"]
+        args += ["-x265-params", ":".join([f"pools={node.threads}", "log-level=warning",
+                                           *x265_params(op)])]  # fmt: skip
+    if op.duration_seconds is not None:
+        args += ["-t", _clock(op.duration_seconds)]
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
-    if op.container in ("mp4", "mov"):
+    if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
-    return [*args, "-f", MUXERS[op.container], ffmpeg_arg(dest)]
+    return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
 
 
-def video_filters(op: Transcode, family: str, ten_bit: bool) -> list[str]:
-    filters = []
-    if op.width and op.height:
-        fit = "force_original_aspect_ratio=decrease:force_divisible_by=2"
-        filters.append(f"scale={op.width}:{op.height}:{fit}")
-    elif op.height:
-        filters.append(f"scale=-2:{op.height}")  # -2: keep the aspect ratio, even width
-    elif op.width:
-        filters.append(f"scale={op.width}:-2")
-    if op.fps:
-        filters.append(f"fps={op.fps!r}")
-    # 10-bit H.264 plays almost nowhere; other codecs keep a 10-bit source's depth.
-    deep = ten_bit and op.codec != "h264"
-    match family:
-        case "qsv":
-            filters += [f"format={'p010le' if deep else 'nv12'}", "hwupload=extra_hw_frames=64"]
-        case "vaapi":
-            filters += [f"format={'p010' if deep else 'nv12'}", "hwupload"]
-        case "nvenc":
-            filters.append(f"format={'p010le' if deep else 'yuv420p'}")
-        case _:
-            filters.append(f"format={'yuv420p10le' if deep else 'yuv420p'}")
-    return filters
+def _clock(seconds: float) -> str:
+    """Seconds as ffmpeg's time syntax takes them: fixed point (it reads no `1e-05`)."""
+    return f"{seconds:.6f}"
+
+
+def gop_args(encoder: str, op: Transcode) -> list[str]:
+    """A fixed keyframe interval: max and min distance both `gop_size`, scene cuts add none."""
+    if op.gop_size is None or encoder == "libx265":  # x265 takes them in -x265-params
+        return []
+    n = str(op.gop_size)
+    args = ["-g", n]
+    match encoder:
+        case "libx264":
+            args += ["-keyint_min", n, "-sc_threshold", "0"]
+            args += ["-flags", "+cgop"] if op.closed_gop else []
+        case "libvpx-vp9":
+            args += ["-keyint_min", n]
+        case _ if family_of(encoder) == "nvenc":
+            args += ["-no-scenecut", "1"]  # NVENC's GOPs are closed already
+    return args
+
+
+def x265_params(op: Transcode) -> list[str]:
+    params = []
+    if op.gop_size is not None:
+        params += [f"keyint={op.gop_size}", f"min-keyint={op.gop_size}", "scenecut=0"]
+        params += ["open-gop=0"] if op.closed_gop else []
+    if op.level is not None:
+        params.append(f"level-idc={op.level}")
+    return params
+
+
+def profile_args(encoder: str, op: Transcode) -> list[str]:
+    args = []
+    if op.profile is not None:
+        vaapi_baseline = family_of(encoder) == "vaapi" and op.profile == "baseline"
+        args += ["-profile:v", "constrained_baseline" if vaapi_baseline else op.profile]
+    if op.level is not None and encoder != "libx265":
+        args += ["-level:v", op.level]
+    return args
 
 
 def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
@@ -101,16 +146,34 @@ def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
             return ["-init_hw_device", device, "-filter_hw_device", "hw"]
         case "nvenc" if decode:
             # Decoded frames come back to system memory, so the software filters still apply.
-            return ["-hwaccel", "cuda"]
+            pin = ["-hwaccel_device", str(node.gpu)] if node.gpu is not None else []
+            return ["-hwaccel", "cuda", *pin]
     return []
 
 
+def gpu_args(family: str, node: Node) -> list[str]:
+    """NVENC on the placed GPU (CUDA_DEVICE_ORDER=PCI_BUS_ID makes CUDA count as NVML does)."""
+    return ["-gpu", str(node.gpu)] if family == "nvenc" and node.gpu is not None else []
+
+
 def audio_args(op: Transcode) -> list[str]:
-    if op.audio_stream is None or op.audio_codec == "none":
+    audio = op.settled_audio
+    if op.audio_stream is None or audio == "none":
         return ["-an"]
-    # The trailing `?` keeps a silent input from failing the job.
-    mapping = ["-map", f"0:a:{op.audio_stream}?"]
-    if op.audio_codec == "copy":
+    if op.audio_tracks == "all":
+        mapping = ["-map", "0:a" if op.video_codec == "none" else "0:a?"]
+    elif op.audio_language is not None:
+        # No `?`: a job that names a language fails when the input has no such track.
+        mapping = ["-map", f"0:a:m:language:{op.audio_language}"]
+    else:
+        # The trailing `?` keeps a silent input from failing a job with video.
+        optional = "?" if op.video_codec != "none" else ""
+        mapping = ["-map", f"0:a:{op.audio_stream}{optional}"]
+    if audio == "copy":
         return [*mapping, "-c:a", "copy"]
-    encoder = AUDIO_ENCODERS[op.audio_codec]
-    return [*mapping, "-c:a", encoder, "-b:a", f"{op.audio_bitrate_kbps}k"]
+    args = [*mapping, "-c:a", AUDIO_ENCODERS[audio], "-b:a", f"{op.audio_bitrate_kbps}k"]
+    if op.audio_layout is not None:
+        args += ["-ac", str(CHANNELS[op.audio_layout])]
+    if op.audio_sample_rate is not None:
+        args += ["-ar", str(op.audio_sample_rate)]
+    return args

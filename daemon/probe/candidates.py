@@ -42,6 +42,8 @@ class Candidate:
     family: Family
     #: Render node for QSV/VAAPI; None otherwise.
     device: str | None = None
+    #: NVML index of the GPU an NVENC test encode is pinned to (`-gpu`); None: the driver's pick.
+    gpu: int | None = None
 
     @property
     def audio(self) -> bool:
@@ -80,10 +82,25 @@ def candidate_for(
         return "not an encoder Flotilla uses"
     if family == "software":
         return Candidate(name, family)
+    found = candidates_for(name, gpus, nodes)
+    return found[0] if isinstance(found, list) else found
+
+
+def candidates_for(
+    name: str, gpus: Sequence[GpuInfo], nodes: Sequence[RenderNode]
+) -> list[Candidate] | str:
+    """One test per device that could carry `name` (each GPU, each render node), or why none."""
+    family = family_of(name)
+    if family is None:
+        return "not an encoder Flotilla uses"
+    if family == "software":
+        return [Candidate(name, family)]
     if family == "nvenc":
-        return Candidate(name, family) if gpus else NO_NVENC_GPU
+        return [Candidate(name, family, gpu=g.index) for g in gpus] if gpus else NO_NVENC_GPU
     usable = nodes_for(list(nodes), family)
-    return Candidate(name, family, usable[0].path) if usable else _no_node_reason(family, nodes)
+    if not usable:
+        return _no_node_reason(family, nodes)
+    return [Candidate(name, family, node.path) for node in usable]
 
 
 def _hardware_suggests(cand: Candidate, gpus: Sequence[GpuInfo]) -> bool:
@@ -111,12 +128,12 @@ def plan(
     wanted = [n for n in SOFTWARE_ENCODERS if n in offered]
     wanted += [n for n in build if family_of(n) in HW_FAMILIES]
     for name in wanted:
-        found = candidate_for(name, gpus, nodes)
+        found = candidates_for(name, gpus, nodes)
         if isinstance(found, str):
             dropped.append(DroppedEncoder(name=name, reason=found))
-        elif verify_hw or found.family == "software":
-            test.append(found)
-        elif _hardware_suggests(found, gpus):
+        elif verify_hw or found[0].family == "software":
+            test += found
+        elif _hardware_suggests(found[0], gpus):
             accept.append(name)
         else:
             dropped.append(DroppedEncoder(name=name, reason=NO_NVENC_GPU))

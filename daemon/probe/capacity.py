@@ -1,9 +1,11 @@
 """Slots per pool from measured capacity, and the pools a node serves; pure functions.
 
 - cpu: one slot per `threads_per_job` logical cores, at least one.
-- nvenc: per GPU with an NVENC engine, min(encoder sessions, GPU memory // memory per job).
-  NVML has no session-limit query (GeForce drivers cap sessions internally, pro and data-centre
-  cards do not), so a GPU whose limit is unknown counts `DEFAULT_NVENC_SESSIONS`.
+- nvenc: per GPU with an NVENC engine (and, where encoders were tested per GPU, one that passed
+  there), min(encoder sessions, GPU memory // memory per job). The session cap is configured or
+  probed (daemon.probe.sessions: NVML has no query for it); a GPU whose cap is unknown counts
+  `DEFAULT_NVENC_SESSIONS`. Each session is one encoder: a ladder of N rungs takes N
+  (daemon.ops.devices counts them per GPU).
 - qsv / vaapi: `DEFAULT_RENDER_NODE_SLOTS` per render node whose driver carries the family.
 A pool whose encoders passed their test encode always gets at least one slot (the test proved one
 session works even where NVML could not say more). `cfg.slots` overrides any measured value; a
@@ -34,15 +36,18 @@ def cpu_slots(logical_cores: int, threads_per_job: int) -> int:
     return max(1, logical_cores // max(1, threads_per_job))
 
 
-def gpu_slots(gpu: GpuInfo, gpu_memory_per_job_mb: int) -> int:
-    if not gpu.nvenc:
+def gpu_slots(gpu: GpuInfo, gpu_memory_per_job_mb: int, *, tested: bool = False) -> int:
+    """NVENC sessions GPU `gpu` takes; `tested`: encoders were verified per GPU, so a GPU on
+    which none passed takes none (an H200 beside an L4, a GPU whose driver failed)."""
+    if not gpu.nvenc or (tested and not gpu.verified_encoders):
         return 0
     sessions = gpu.encoder_session_limit or DEFAULT_NVENC_SESSIONS
     return min(sessions, gpu.memory_total_bytes // (gpu_memory_per_job_mb * MIB))
 
 
 def nvenc_slots(gpus: Sequence[GpuInfo], gpu_memory_per_job_mb: int) -> int:
-    return sum(gpu_slots(gpu, gpu_memory_per_job_mb) for gpu in gpus)
+    tested = any(gpu.verified_encoders for gpu in gpus)
+    return sum(gpu_slots(gpu, gpu_memory_per_job_mb, tested=tested) for gpu in gpus)
 
 
 def pool_class(pool: str, classes: Mapping[str, str] = {}) -> str:

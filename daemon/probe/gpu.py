@@ -13,6 +13,9 @@ from typing import Any
 from daemon.probe.nvml_device import Guard, describe, device_info, device_load
 from schemas.nodes import GpuInfo, GpuLoad
 
+#: For every ffmpeg run: CUDA numbers GPUs fastest first by default, NVML by PCI bus; with this,
+#: `-gpu N` and `-hwaccel_device N` name the GPU NVML calls N.
+CUDA_ENV = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 #: Deadline for one round of NVML calls (init, a probe, a heartbeat's loads).
 NVML_TIMEOUT = 10.0
 

@@ -10,13 +10,14 @@ from daemon.config import DaemonConfig
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.probe.candidates import plan
 from daemon.probe.capacity import plan_slots, pools_served
-from daemon.probe.dri import nodes_for, render_nodes
+from daemon.probe.dri import RenderNode, nodes_for, render_nodes
 from daemon.probe.ffmpeg_caps import probe_ffmpeg
 from daemon.probe.gpu import Nvml, probe_gpus
 from daemon.probe.host import probe_host
-from daemon.probe.verify import verify_encoders
+from daemon.probe.sessions import probe_session_limit
+from daemon.probe.verify import per_device, summarize, verify_each
 from schemas.common import PROTOCOL
-from schemas.nodes import NodeCapabilities
+from schemas.nodes import GpuInfo, NodeCapabilities
 
 
 async def probe_node(
@@ -37,8 +38,12 @@ async def probe_node(
         probe_host(cfg.work_dir), probe_gpus(nvml), render_nodes(), probe_ffmpeg(ffmpeg)
     )
     todo = plan(info.encoders, gpus, nodes, verify_hw=cfg.verify_hw_encoders)
-    verified, failed = await verify_encoders(ffmpeg, todo.test)
+    outcomes = await verify_each(ffmpeg, todo.test)
+    verified, failed = summarize(outcomes)
     verified += todo.accept
+    on_gpu, on_node = per_device(outcomes)
+    # One GPU at a time: each session probe starts up to `nvenc_session_probe` ffmpeg processes.
+    gpus = [await _sized(cfg, ffmpeg, g, on_gpu.get(g.index, [])) for g in gpus]
     pools = pools_served(verified, cfg.pools, cfg.pool_classes)
     slots = plan_slots(
         pools,
@@ -47,7 +52,7 @@ async def probe_node(
         threads_per_job=cfg.threads_per_job,
         gpus=gpus,
         gpu_memory_per_job_mb=cfg.gpu_memory_per_job_mb,
-        render_nodes={family: len(nodes_for(nodes, family)) for family in ("qsv", "vaapi")},
+        render_nodes={family: _render_nodes(family, nodes, on_node) for family in ("qsv", "vaapi")},
         classes=cfg.pool_classes,
     )
     return NodeCapabilities(
@@ -62,6 +67,7 @@ async def probe_node(
         gpus=gpus,
         gpu_notes=gpu_notes,
         dri_render_nodes=[node.path for node in nodes],
+        render_node_encoders=on_node,
         ffmpeg=info,
         verified_encoders=verified,
         dropped_encoders=sorted([*todo.dropped, *failed], key=lambda d: d.name),
@@ -69,6 +75,29 @@ async def probe_node(
         pools=[pool for pool in pools if pool in slots],
         slots=slots,
         labels=dict(cfg.labels),
+    )
+
+
+def _render_nodes(family: str, nodes: list[RenderNode], passed: dict[str, list[str]]) -> int:
+    """Render nodes that carry `family`: those where its test encode passed, when any was run."""
+    tested = sum(1 for names in passed.values() if any(n.endswith(f"_{family}") for n in names))
+    return tested or len(nodes_for(nodes, family))
+
+
+async def _sized(cfg: DaemonConfig, ffmpeg: str, gpu: GpuInfo, verified: list[str]) -> GpuInfo:
+    """`gpu` with the NVENC encoders that passed on it and its session cap: configured, else
+    probed by opening sessions (GPUs without a working NVENC are not probed)."""
+    limit, notes = gpu.encoder_session_limit, list(gpu.notes)
+    if cfg.nvenc_sessions_per_gpu is not None:
+        limit = cfg.nvenc_sessions_per_gpu
+        notes.append(f"sessions: {limit} (configured)")
+    elif verified and cfg.nvenc_session_probe > 0:
+        limit, how = await probe_session_limit(
+            ffmpeg, gpu.index, cfg.nvenc_session_probe, encoder=verified[0]
+        )
+        notes.append(f"sessions: {how}")
+    return msgspec.structs.replace(
+        gpu, verified_encoders=verified, encoder_session_limit=limit, notes=notes
     )
 
 

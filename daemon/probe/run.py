@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from daemon.ffmpeg.proc import capture
@@ -24,10 +25,12 @@ class RunResult:
         return self.returncode == 0
 
 
-async def run_capture(argv: list[str], within: float) -> RunResult:
+async def run_capture(
+    argv: list[str], within: float, env: Mapping[str, str] | None = None
+) -> RunResult:
     """Run `argv` (never through a shell) and collect its output; kill it at `within` seconds."""
     try:
-        done = await capture(argv, within)
+        done = await capture(argv, within, env)
     except OSError as exc:
         return RunResult(None, "", f"cannot run {argv[0]}: {exc.strerror or exc}")
     out, err = _text(done.stdout), _text(done.stderr)

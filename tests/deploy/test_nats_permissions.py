@@ -37,6 +37,7 @@ from nats.js import JetStreamContext
 from common.natsconn import sync_subscriptions
 from control.cli.upload import put_file, upload_inputs
 from control.topology import TopologySettings, ensure_topology
+from daemon.job.failures import FailureCounts
 from daemon.media.objstore import download, upload
 from daemon.pull.wake import Wake
 from schemas.jobs import JobSpec
@@ -319,6 +320,17 @@ async def test_node_writes_only_its_registry_key(node1: tuple[Client, Errors]) -
     with pytest.raises(nats.errors.TimeoutError):
         await kv.put("node2", b"{}")
     assert await _wait_for(errors, f"$KV.{SUBJECTS.nodes_bucket}.node2")
+
+
+async def test_node_counts_failed_runs_of_any_job(node1: tuple[Client, Errors]) -> None:
+    """Any node may run any job of its pools, so it reads and raises any job's failure count."""
+    nc, errors = node1
+    counts = FailureCounts(nc.jetstream(timeout=REFUSED_TIMEOUT), SUBJECTS)
+    assert await counts.failed_before("acme", "j-count") == 0
+    assert await counts.record("acme", "j-count", 1)
+    assert await counts.record("acme", "j-count", 2)
+    assert await counts.failed_before("acme", "j-count") == 2
+    assert not errors.seen
 
 
 async def test_node_listens_only_on_its_own_subjects(

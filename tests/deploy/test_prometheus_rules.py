@@ -1,132 +1,90 @@
-"""The shipped Prometheus rules, evaluated in the suite against the real exporters' output.
+"""The shipped Prometheus rules and scrape configuration, checked and unit-tested by promtool.
 
-promtool is not installed here, so the rules are evaluated by a small equivalent evaluator: a
-selector with = / =~ matchers and at most one comparison, `absent(selector)`, and two such
-joined by `and on(...)` or `unless on(...)`. Samples come from the real registries, with the
-`job` and `instance` labels a scrape adds; `up` is Prometheus's own series, so it is written
-here as a scrape would record it. Under promtool, `promtool check rules` would cover the
-syntax too.
+`promtool test rules` runs control/prometheus/tests/; the series those tests feed in must be
+ones the real exporters export (control.metrics / daemon.metrics, fed the same values), with the
+`job` and `instance` a scrape adds, so a renamed metric or label fails here and not in
+production. `up` is Prometheus's own series. `make install` puts promtool in the venv.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
+import yaml  # type: ignore[import-untyped]
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from control.alerts.rules import NodeView, PoolView, Snapshot
-from control.config import AlertThresholds
+from control.alerts.rules import RULES, NodeView, PoolView, Snapshot
 from control.metrics import Metrics
 from daemon.metrics import Metrics as DaemonMetrics
 from schemas.alerts import Alert
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = ROOT / "control" / "prometheus" / "flotilla-rules.yml"
+PROM = ROOT / "control" / "prometheus"
+RULES_FILE = PROM / "flotilla-rules.yml"
+SCRAPE_FILE = PROM / "prometheus.yml"
+UNIT_TESTS = sorted((PROM / "tests").glob("*.test.yml"))
 OPERATIONS = ROOT / "docs" / "operations.md"
-SIMPLE = re.compile(r"^(\w+)(?:\{(.*)\})?\s*(?:(>|==|<)\s*([\d.]+))?$")
-JOIN = re.compile(r"^(.*?)\s+(and|unless) on\(([\w, ]*)\)\s+(.*)$")
-ABSENT = re.compile(r"^absent\((.*)\)$")
-MATCHER = re.compile(r'(\w+)(=~|=)"([^"]*)"')
+SERIES = re.compile(r"^(\w+)\{(.*)\}$")
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+JOBS = {"flotilla-control": "control", "flotilla-daemon": "daemon"}
 
-Sample = tuple[str, dict[str, str], float]
+Labels = dict[str, str]
+
+
+def promtool(*args: str | Path, cwd: Path = PROM) -> str:
+    """promtool's output; the test fails with it when promtool does."""
+    here = Path(sys.executable).parent
+    exe = shutil.which("promtool", path=f"{here}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert exe, "promtool not found: `make install` puts it in the venv"
+    done = subprocess.run(
+        [exe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, f"promtool {' '.join(map(str, args))}:\n{out}"
+    return out
 
 
 def rules() -> dict[str, dict[str, Any]]:
-    doc = yaml.safe_load(RULES.read_text())
+    doc = yaml.safe_load(RULES_FILE.read_text())
     return {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
 
 
-def scraped(registry: CollectorRegistry, job: str = "", instance: str = "") -> list[Sample]:
-    """The registry's samples as exposed, with the target labels a scrape adds (if given)."""
-    text = generate_latest(registry).decode()
-    target = {"job": job, "instance": instance} if job else {}
-    return [
-        (s.name, {**s.labels, **target}, s.value)
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    ]
-
-
-def samples(m: Metrics) -> list[Sample]:
-    return scraped(m.registry)
-
-
-def unparen(expr: str) -> str:
-    """`expr` without parentheses around the whole of it (not `(a) unless on(x) (b)`)."""
-    expr = expr.strip()
-    if not expr.startswith("("):
-        return expr
-    depth = 0
-    for i, ch in enumerate(expr):
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if depth == 0:
-            return unparen(expr[1:-1]) if i == len(expr) - 1 else expr
-    return expr
-
-
-def evaluate(expr: str, data: list[Sample]) -> list[dict[str, str]]:
-    """The label sets of the series `expr` returns (an alert fires once per set)."""
-    expr = unparen(expr)
-    join = JOIN.match(expr)
-    if join:
-        left, op, on, right = join.groups()
-        keys = [k.strip() for k in on.split(",") if k.strip()]
-        matched = {tuple(lb.get(k, "") for k in keys) for lb in evaluate(right, data)}
-        return [
-            lb for lb in evaluate(left, data)
-            if (tuple(lb.get(k, "") for k in keys) in matched) == (op == "and")
-        ]  # fmt: skip
-    absent = ABSENT.match(expr)
-    if absent:
-        return [] if evaluate(absent.group(1), data) else [{}]
-    match = SIMPLE.match(expr)
-    assert match, f"not a rule this evaluator reads: {expr}"
-    name, sel, op, num = match.groups()
-    found = []
-    for sname, labels, value in data:
-        if sname != name:
-            continue
-        ok = True
-        for key, mop, want in MATCHER.findall(sel or ""):
-            have = labels.get(key, "")
-            ok &= have == want if mop == "=" else re.fullmatch(want, have) is not None
-        if ok and op:
-            threshold = float(num)
-            ok = {">": value > threshold, "==": value == threshold, "<": value < threshold}[op]
-        if ok:
-            found.append(labels)
-    return found
-
-
-def fires(expr: str, data: list[Sample]) -> bool:
-    return bool(evaluate(expr, data))
-
-
-def metrics(snap: Snapshot, up: bool = True) -> list[Sample]:
-    m = Metrics()
-    m.update(snap, [])
-    m.postgres_up.set(1.0 if up else 0.0)
-    m.nats_connected.set(1.0 if up else 0.0)
-    return samples(m)
-
-
-T = AlertThresholds()
-GOOD = Snapshot(nodes=(NodeView("a", "online", ("cpu",)),), pools=(PoolView("cpu", 100, 600.0),))
-CASES = {
-    "FlotillaNodeOffline": Snapshot(nodes=(NodeView("a", "offline", ("cpu",)),)),
-    "FlotillaQueueDepth": Snapshot(pools=(PoolView("cpu", T.queue_depth + 1),)),
-    "FlotillaOldestWait": Snapshot(pools=(PoolView("cpu", 1, T.oldest_wait_seconds + 1),)),
-    "FlotillaIngestLag": Snapshot(ingest_lag_s=T.ingest_lag_seconds + 1),
-}
+def unit_tests() -> list[dict[str, Any]]:
+    return [t for f in UNIT_TESTS for t in yaml.safe_load(f.read_text())["tests"]]
 
 
 def slug(heading: str) -> str:
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_promtool_checks_and_unit_tests_the_rules() -> None:
+    assert UNIT_TESTS, "no promtool unit tests under control/prometheus/tests"
+    assert f"SUCCESS: {len(rules())} rules found" in promtool("check", "rules", RULES_FILE)
+    promtool("test", "rules", *UNIT_TESTS)
+
+
+def test_every_rule_is_tested_firing_and_quiet() -> None:
+    firing: set[str] = set()
+    quiet: set[str] = set()
+    for case in unit_tests():
+        for check in case["alert_rule_test"]:
+            (firing if check.get("exp_alerts") else quiet).add(check["alertname"])
+    assert firing == set(rules()), f"no firing case for {set(rules()) - firing}"
+    assert quiet == set(rules()), f"no quiet case for {set(rules()) - quiet}"
+    # Every expected alert names its runbook and summary: promtool compares them exactly.
+    for case in unit_tests():
+        for check in case["alert_rule_test"]:
+            for alert in check.get("exp_alerts") or []:
+                assert set(alert["exp_annotations"]) == {"summary", "runbook_url"}, check
 
 
 def test_rules_are_well_formed() -> None:
@@ -144,125 +102,117 @@ def test_rules_are_well_formed() -> None:
         assert url.split("#")[1] in anchors, f"{name}: no section for {url}"
 
 
-def test_threshold_rules_fire_and_stay_quiet() -> None:
-    r = rules()
-    quiet = metrics(GOOD)
-    for name, snap in CASES.items():
-        assert fires(r[name]["expr"], metrics(snap)), name
-        assert not fires(r[name]["expr"], quiet), name
-    assert fires(r["FlotillaPostgresDown"]["expr"], metrics(GOOD, up=False))
-    assert not fires(r["FlotillaPostgresDown"]["expr"], quiet)
+def exposed(registry: CollectorRegistry) -> list[tuple[str, Labels]]:
+    text = generate_latest(registry).decode()
+    return [
+        (s.name, dict(s.labels)) for f in text_string_to_metric_families(text) for s in f.samples
+    ]
 
 
-def test_builtin_alert_relay() -> None:
-    expr = rules()["FlotillaBuiltinAlert"]["expr"]
+def input_series() -> list[tuple[str, Labels]]:
+    found = []
+    for case in unit_tests():
+        for s in case["input_series"]:
+            match = SERIES.match(s["series"])
+            assert match, f"not name{{labels}}: {s['series']}"
+            found.append((match.group(1), dict(LABEL.findall(match.group(2)))))
+    return found
+
+
+def control_exports(series: list[tuple[str, Labels]]) -> list[tuple[str, Labels]]:
+    """The real control plane's registry fed the nodes, pools and alerts the tests name."""
+    nodes = {(lb["state"], lb["pool"]) for n, lb in series if n == "flotilla_nodes"}
+    pools = {lb["pool"] for n, lb in series if n.startswith("flotilla_queue_")}
+    alerts = [
+        Alert(alert_id=lb["rule"], rule=lb["rule"], severity=RULES[lb["rule"]][1],
+              state="firing", subject="x", summary="x", fired_at=0.0)
+        for n, lb in series if n == "flotilla_alerts_firing" and lb["rule"] in RULES
+    ]  # fmt: skip
+    snap = Snapshot(
+        nodes=tuple(NodeView(f"{s}-{p}", s, (p,)) for s, p in sorted(nodes)),
+        pools=tuple(PoolView(p, 1, 1.0) for p in sorted(pools)),
+    )
     m = Metrics()
-    hot = Alert(alert_id="a", rule="gpu_temperature", severity="warning", state="firing",
-                subject="n1", summary="hot", fired_at=0.0)  # fmt: skip
-    m.update(Snapshot(), [hot])
-    assert fires(expr, samples(m))
-    m.update(Snapshot(), [])
-    assert not fires(expr, samples(m))
+    m.update(snap, alerts)
+    return exposed(m.registry)
 
 
-def test_pool_offline_with_work() -> None:
-    expr = rules()["FlotillaPoolOfflineWithWork"]["expr"]
-    assert "unless on(pool)" in expr
-    down = Snapshot(nodes=(NodeView("a", "offline", ("cpu",)),), pools=(PoolView("cpu", 3),))
-    assert [lb["pool"] for lb in evaluate(expr, metrics(down))] == ["cpu"]
-    assert evaluate(expr, metrics(GOOD)) == []
-    # An online node of another pool does not keep it quiet.
-    elsewhere = Snapshot(
-        nodes=(NodeView("a", "online", ("gpu",)),), pools=(PoolView("cpu", 3), PoolView("gpu", 0))
-    )
-    assert [lb["pool"] for lb in evaluate(expr, metrics(elsewhere))] == ["cpu"]
-
-
-def fleet(*, control_nats: bool = True, daemon_nats: bool = True) -> list[Sample]:
-    """One control plane and two daemons as Prometheus scrapes them (their real registries)."""
-    control = Metrics()
-    control.update(GOOD, [])
-    control.nats_connected.set(1.0 if control_nats else 0.0)
-    control.postgres_up.set(1.0)
-    d1, d2 = DaemonMetrics(), DaemonMetrics()
-    d1.nats_connected.set(1.0 if daemon_nats else 0.0)
-    d2.nats_connected.set(1.0)
-    return (
-        scraped(control.registry, "flotilla-control", "control-01:9465")
-        + scraped(d1.registry, "flotilla-daemon", "gpu-01")
-        + scraped(d2.registry, "flotilla-daemon", "gpu-02")
-    )
-
-
-def test_nats_disconnected_names_its_component() -> None:
-    r = rules()
-    control, daemon = r["FlotillaNatsDisconnected"], r["FlotillaDaemonNatsDisconnected"]
-    assert control["labels"]["component"] == "control"
-    assert "control plane" in control["annotations"]["summary"]
-    assert daemon["labels"]["component"] == "daemon"
-    assert "daemon" in daemon["annotations"]["summary"]
-    # A daemon's disconnection is the daemon rule's alone, for that daemon.
-    data = fleet(daemon_nats=False)
-    assert evaluate(control["expr"], data) == []
-    assert [lb["instance"] for lb in evaluate(daemon["expr"], data)] == ["gpu-01"]
-    # The control plane's is the control rule's alone.
-    data = fleet(control_nats=False)
-    assert [lb["instance"] for lb in evaluate(control["expr"], data)] == ["control-01:9465"]
-    assert evaluate(daemon["expr"], data) == []
-    assert evaluate(control["expr"], fleet()) == evaluate(daemon["expr"], fleet()) == []
-
-
-def up(job: str, instance: str, value: float) -> Sample:
-    """Prometheus's own series for one target: 1 when the last scrape answered."""
-    return ("up", {"job": job, "instance": instance}, value)
+def test_input_series_are_what_the_exporters_export() -> None:
+    series = input_series()
+    exports = {
+        "flotilla-control": control_exports(series),
+        "flotilla-daemon": exposed(DaemonMetrics().registry),
+    }
+    for name, labels in series:
+        text = f"{name}{labels}"
+        # The labels a scrape adds, for the jobs of the shipped scrape configuration.
+        assert labels.get("job") in JOBS and labels.get("instance"), text
+        own = {k: v for k, v in labels.items() if k not in ("job", "instance")}
+        if name == "up":  # Prometheus's own: target labels only
+            assert not own, text
+            continue
+        if name == "flotilla_build_info":
+            assert own.pop("component") == JOBS[labels["job"]], text
+            assert own.pop("version"), text
+        real = [lb for n, lb in exports[labels["job"]] if n == name]
+        assert real, f"{text}: {labels['job']} exports no {name}"
+        if name == "flotilla_build_info":
+            real = [
+                {k: v for k, v in lb.items() if k not in ("component", "version")} for lb in real
+            ]
+        assert own in real, f"{text}: exported as {real}"
 
 
 def test_build_info_names_each_component() -> None:
-    info = [(n, lb) for n, lb, v in fleet() if n == "flotilla_build_info" and v == 1.0]
-    assert sorted(lb["component"] for _, lb in info) == ["control", "daemon", "daemon"]
-    assert all(lb["version"] for _, lb in info)
+    info = [
+        lb for reg in (Metrics().registry, DaemonMetrics().registry)
+        for n, lb in exposed(reg) if n == "flotilla_build_info"
+    ]  # fmt: skip
+    assert sorted(lb["component"] for lb in info) == ["control", "daemon"]
+    assert all(lb["version"] for lb in info)
     # The process collector on each registry, where the platform has /proc (Linux).
-    has_proc = Path("/proc/self/stat").exists()
-    assert ("process_cpu_seconds_total" in {n for n, _, _ in fleet()}) == has_proc
+    names = {n for n, _ in exposed(DaemonMetrics().registry)}
+    assert ("process_cpu_seconds_total" in names) == Path("/proc/self/stat").exists()
 
 
-def test_control_plane_down_or_gone() -> None:
-    r = rules()
-    down, absent = r["FlotillaControlPlaneDown"]["expr"], r["FlotillaControlPlaneAbsent"]["expr"]
-    answering = [*fleet(), up("flotilla-control", "control-01:9465", 1.0)]
-    assert not fires(down, answering) and not fires(absent, answering)
-    # Scraped and not answering: `up` is 0, and none of its series are left.
-    daemons = [s for s in fleet() if s[1]["job"] == "flotilla-daemon"]
-    silent = [*daemons, up("flotilla-control", "control-01:9465", 0.0)]
-    assert [lb["instance"] for lb in evaluate(down, silent)] == ["control-01:9465"]
-    assert fires(absent, silent)
-    # No longer scraped at all (no target, so no `up`): only absent() sees it.
-    assert not fires(down, daemons) and fires(absent, daemons)
-    # A daemon's target going down is not the control plane's.
-    assert not fires(down, [*answering, up("flotilla-daemon", "gpu-01", 0.0)])
+def documented_scrape_config() -> str:
+    text = OPERATIONS.read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    found = [b for b in blocks if "scrape_configs:" in b]
+    assert len(found) == 1, "docs/operations.md shows one scrape configuration"
+    return str(found[0])
 
 
-def test_daemon_down() -> None:
-    expr = rules()["FlotillaDaemonDown"]["expr"]
-    data = [*fleet(), up("flotilla-control", "control-01:9465", 0.0)]
-    assert not fires(expr, [*data, up("flotilla-daemon", "gpu-01", 1.0)])
-    hit = evaluate(expr, [*data, up("flotilla-daemon", "gpu-01", 0.0)])
-    assert [lb["instance"] for lb in hit] == ["gpu-01"]
+def test_shipped_scrape_config_is_valid_and_documented() -> None:
+    out = promtool("check", "config", SCRAPE_FILE)
+    assert "SUCCESS: 1 rule files found" in out
+    shipped = "".join(
+        line for line in SCRAPE_FILE.read_text().splitlines(keepends=True)
+        if not line.startswith("#")
+    )  # fmt: skip
+    assert documented_scrape_config() == shipped
 
 
-def test_a_healthy_fleet_fires_nothing() -> None:
-    # Every rule this evaluator reads (all but the range one, increase(), which
-    # tests/unit/test_holders.py checks by its expression), against a whole healthy fleet.
-    data = [
-        *fleet(),
-        up("flotilla-control", "control-01:9465", 1.0),
-        up("flotilla-daemon", "gpu-01", 1.0),
-        up("flotilla-daemon", "gpu-02", 1.0),
-    ]
-    read = 0
-    for name, rule in rules().items():
-        if "increase(" in rule["expr"]:
-            continue
-        assert evaluate(rule["expr"], data) == [], name
-        read += 1
-    assert read == len(rules()) - 1
+def test_relabelling_keeps_every_daemon_apart(tmp_path: Path) -> None:
+    """The shipped relabelling on real addresses: node ids for host names on the default port,
+    host:port for anything else, so two daemons on one address never share `instance`."""
+    cfg = yaml.safe_load(SCRAPE_FILE.read_text())
+    cfg.pop("rule_files")
+    targets = {
+        "gpu-01.example:9464": "gpu-01",
+        "gpu-02:9464": "gpu-02",
+        "127.0.0.1:9464": "127.0.0.1:9464",
+        "127.0.0.1:9466": "127.0.0.1:9466",
+        "10.0.0.7:9464": "10.0.0.7:9464",
+        "gpu-01.example:9470": "gpu-01.example:9470",
+        "[::1]:9464": "[::1]:9464",
+    }
+    (job,) = [j for j in cfg["scrape_configs"] if j["job_name"] == "flotilla-daemon"]
+    job["static_configs"] = [{"targets": list(targets)}]
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(cfg))
+    # promtool collects what discovery sends for the whole timeout; static targets come at once.
+    sd = promtool("check", "service-discovery", "--timeout=10s", path, "flotilla-daemon")
+    found = json.loads(sd)
+    got = {t["discoveredLabels"]["__address__"]: t["labels"]["instance"] for t in found}
+    assert got == targets

@@ -16,7 +16,7 @@ def test_every_command_path_is_known() -> None:
     for path in ("", "submit", "submit transcode", "jobs retry", "keys rotate", "completion"):
         assert path in found, path
     assert {"drain", "resume", "nodes", "completion", "submit"} <= set(found[""].subs)
-    assert found["submit transcode"].valued["--codec"] == ["h264", "hevc", "av1", "vp9"]
+    assert found["submit transcode"].valued["--codec"] == ["h264", "hevc", "av1", "vp9", "none"]
     assert "--json" in found["drain"].options and "--user" in found["drain"].options
 
 

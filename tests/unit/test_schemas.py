@@ -51,15 +51,18 @@ def _job(op: Any, **kw: Any) -> JobSpec:
 
 SAMPLES: list[msgspec.Struct] = [
     _job(Transcode(codec="hevc", height=720)),
-    _job(
-        Transcode(
+    JobSpec(
+        job_id="job-1",
+        input="file:///in.mp4",
+        output="file:///out.webm",
+        operation=Transcode(
             codec="vp9",
             container="webm",
             audio_codec="opus",
             crf=None,
             rate_control="vbr",
             bitrate_kbps=1500,
-        )
+        ),
     ),
     _job(Analyze(reference="file:///ref.mp4")),
     _job(
@@ -244,15 +247,26 @@ BAD_SCHEMES = [
 URI_FIELDS: dict[str, list[str]] = {
     "callback_url": ["http://h/hook", "HTTPS://h:8443/hook?x=1", "http://[::1]/", "http://10.0.0.1/"],
     "input": ["file:///srv/a.mp4", "FILE:///a", "file:/a", "file://localhost/a", "http://h/a.mp4",
-              "https://h/a.mp4", "nats-obj://flotilla_media/a.mp4", "Nats-Obj://b/k"],
-    "output": ["file:///srv/b.mp4", "file:/b", "nats-obj://flotilla_media/b.mp4"],
-    "operation.reference": ["file:///r.mp4", "https://h/r.mp4", "nats-obj://b/r.mp4"],
+              "https://h/a.mp4", "nats-obj://flotilla_media/a.mp4", "Nats-Obj://b/k",
+              "s3://bucket/a.mp4", "S3://b/k"],
+    # http(s) outputs are presigned PUT URLs (the daemon checks the host and the signature's
+    # presence against its allow-list).
+    "output": ["file:///srv/b.mp4", "file:/b", "nats-obj://flotilla_media/b.mp4", "s3://b/b.mp4",
+               "https://h/b.mp4?X-Amz-Signature=00", "http://h/b.mp4?sig=1"],
+    "operation.reference": ["file:///r.mp4", "https://h/r.mp4", "nats-obj://b/r.mp4",
+                            "s3://b/r.mp4"],
 }  # fmt: skip
 #: field -> schemes that are fine elsewhere but not here.
 WRONG_HERE = {
-    "callback_url": ["file:///etc/passwd", "FILE:/etc/passwd", "nats-obj://b/k", "canary:"],
+    "callback_url": [
+        "file:///etc/passwd",
+        "FILE:/etc/passwd",
+        "nats-obj://b/k",
+        "s3://b/k",
+        "canary:",
+    ],
     "input": [],
-    "output": ["http://h/b.mp4", "https://h/b.mp4", "canary:"],
+    "output": ["canary:"],
     "operation.reference": ["canary:"],
 }
 

@@ -1,0 +1,58 @@
+"""The audio side of a transcode: audio-only containers, channel layout, sample rate, track
+choice, and the rules between them (checked when a job is decoded)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+AudioLayout = Literal["mono", "stereo", "5.1"]
+SampleRate = Literal[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
+#: An ISO 639-2 code as containers tag tracks (`eng`, `fra`, `deu`).
+Language = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{3}$")]
+
+CHANNELS = {"mono": 1, "stereo": 2, "5.1": 6}
+#: Audio codecs each container carries (`copy` is checked by the muxer against the source).
+AUDIO_IN: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"aac", "opus", "mp3", "copy", "none"}),
+    "mov": frozenset({"aac", "mp3", "copy", "none"}),
+    "mkv": frozenset({"aac", "opus", "mp3", "copy", "none"}),
+    "webm": frozenset({"opus", "none"}),
+    "m4a": frozenset({"aac", "copy"}),
+    "ogg": frozenset({"opus", "copy"}),
+    "mp3": frozenset({"mp3", "copy"}),
+}
+#: Containers that hold audio only: their jobs need no video stream and write none.
+AUDIO_ONLY = frozenset({"m4a", "ogg", "mp3"})
+#: Sample rates each encoder takes (libopus: its five; MP3: up to 48 kHz).
+RATES: dict[str, frozenset[int]] = {
+    "opus": frozenset({8000, 12000, 16000, 24000, 48000}),
+    "mp3": frozenset({8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000}),
+}
+
+
+def check_audio(
+    container: str,
+    audio: str,
+    *,
+    layout: str | None,
+    rate: int | None,
+    stream: int | None,
+    video: bool,
+) -> None:
+    """ValueError naming the first audio choice the container or encoder cannot honour."""
+    if not video and (audio == "none" or stream is None):
+        raise ValueError("an output without video needs audio: set `audio_codec` and "
+                         "`audio_stream`")  # fmt: skip
+    if audio not in AUDIO_IN[container]:
+        takes = ", ".join(sorted(AUDIO_IN[container] - {"none"}))
+        raise ValueError(f"{container} carries only {takes} audio, not {audio!r}")
+    if (layout is not None or rate is not None) and audio in ("copy", "none"):
+        raise ValueError(f"`audio_layout` and `audio_sample_rate` need re-encoded audio, "
+                         f"not `audio_codec` {audio!r}")  # fmt: skip
+    if layout == "5.1" and audio == "mp3":
+        raise ValueError("mp3 carries mono or stereo only, not 5.1")
+    if rate is not None and rate not in RATES.get(audio, frozenset({rate})):
+        takes = ", ".join(str(r) for r in sorted(RATES[audio]))
+        raise ValueError(f"{audio} takes sample rates {takes}; not {rate}")

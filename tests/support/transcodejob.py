@@ -1,0 +1,39 @@
+"""Run one transcode job as a producer sends it: JSON through the job decoder, then the
+operation on real ffmpeg, with software encoders only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.paths import uri_of
+from daemon.ops import run_operation
+from daemon.ops.context import JobContext, JobHandle
+from schemas.registry import JOB_DECODER
+from schemas.results import JobResult
+
+SOFTWARE = frozenset({"libx264", "libx265", "libvpx-vp9", "libsvtav1", "aac", "libopus",
+                      "libmp3lame"})  # fmt: skip
+
+
+async def run_job(
+    tools: FfmpegTools, tmp_path: Path, roots: list[Path], src: Path, output: Path, **op: Any
+) -> JobResult:
+    doc = {"job_id": "job-1", "input": uri_of(src), "output": uri_of(output),
+           "operation": {"op": "transcode", "preset": "ultrafast", **op}}  # fmt: skip
+    spec = JOB_DECODER.decode(json.dumps(doc).encode())
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+
+    async def progress(_: Any) -> None:
+        pass
+
+    ctx = JobContext(
+        handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
+        verified_encoders=SOFTWARE, hwaccels=frozenset(), threads=2,
+        allowed_roots=[*roots, tmp_path], progress=progress,
+    )  # fmt: skip
+    return await asyncio.wait_for(run_operation(ctx), 120)
