@@ -42,6 +42,8 @@ ROLES = {
     "daemon-ffmpeg": f"{DIST}[ffmpeg]",
     "control": f"{DIST}[control]",
 }
+#: Pure-Python dependencies published only as source: built into a py3-none-any wheel here.
+BUILT_HERE = ("nkeys",)
 #: Every dependency has a binary wheel for each of these (checked when the pins were made).
 PYTHONS = ("3.11", "3.12")
 ARCHES = ("x86_64", "aarch64")
@@ -139,11 +141,30 @@ def build_release_wheel(out: Path) -> Path:
         return Path(shutil.copy(wheel, out / wheel.name))
 
 
-def resolve(requirement: str, target: Target, wheelhouse: Path | None) -> dict[str, str]:
+def build_here(requirements: list[str], out: Path) -> None:
+    """Wheels of the BUILT_HERE packages among `requirements` (name or name==version), kept in
+    `out`; SOURCE_DATE_EPOCH (set by build_release_wheel) keeps them the same bytes."""
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        prefix = f"{name.replace('-', '_')}-{version}-" if version else f"{name}-"
+        if not version or not any(out.glob(f"{prefix}*.whl")):
+            pip("wheel", "-q", "--no-deps", requirement, "-w", str(out))
+
+
+def resolve(
+    requirement: str, target: Target, wheelhouse: Path | None, links: Path | None = None
+) -> dict[str, str]:
     """name -> file (or URL) of what pip would install for `requirement` on `target`: from the
-    wheelhouse alone when given, else from the configured index (for --update-pins)."""
+    wheelhouse alone when given, else from the configured index and the wheels in `links`
+    (for --update-pins)."""
     with tempfile.TemporaryDirectory(prefix="flotilla-resolve-") as tmp:
-        source = ["--no-index", "--find-links", str(wheelhouse)] if wheelhouse is not None else []
+        source = (
+            ["--no-index", "--find-links", str(wheelhouse)]
+            if wheelhouse is not None
+            else ["--find-links", str(links)]
+            if links is not None
+            else []
+        )
         report = pip(
             "install", "-q", "--dry-run", "--ignore-installed", "--report", "-",
             "--target", tmp, *target.pip_args(), *source, requirement,
@@ -159,13 +180,16 @@ def resolve(requirement: str, target: Target, wheelhouse: Path | None) -> dict[s
 def update_pins(targets: list[Target]) -> None:
     out = Path(tempfile.mkdtemp(prefix="flotilla-pins-"))
     wheel = build_release_wheel(out)
+    build_here(list(BUILT_HERE), out)
     everything = f"{DIST}[{','.join(sorted({'control', 'ffmpeg'}))}] @ {wheel.as_uri()}"
     per_target: dict[str, set[str]] = {}
     for target in targets:
         found: set[str] = set()
         for requirement in (everything, NATS_DIST):
             found |= {
-                p for p in resolve(requirement, target, None) if not p.startswith(f"{DIST}==")
+                p
+                for p in resolve(requirement, target, None, links=out)
+                if not p.startswith(f"{DIST}==")
             }
         per_target[target.name] = found
     pins = per_target[targets[0].name]
@@ -222,10 +246,12 @@ def build(out: Path, targets: list[Target]) -> None:
     pins = read_pins()
     wheel = build_release_wheel(out)
     version = wheel.name.split("-")[1]
+    local = [p for p in pins if p.partition("==")[0] in BUILT_HERE]
+    build_here(local, out)
     for target in targets:
         print(f"dist: wheels for {target.name}", flush=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt") as reqs:
-            reqs.write("".join(f"{p}\n" for p in pins))
+            reqs.write("".join(f"{p}\n" for p in pins if p not in local))
             reqs.flush()
             pip("download", "-q", "--no-deps", "-d", str(out), *target.pip_args(), "-r", reqs.name)
 
