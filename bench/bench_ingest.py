@@ -8,17 +8,23 @@ Both run in this process against the embedded nats-server and PostgreSQL (loopba
 - baseline: the same rows COPYed straight into `job_events` of a second database, in
   transactions of the same batch size (no NATS, no decode, no fold: the bulk-load ceiling).
 
-Prints both rates and their ratio. Usage: python -m bench.bench_ingest [jobs]
+Each round runs both on fresh databases, one after the other, and prints both rates and their
+ratio; the summary is the median ratio (the machine may be busy with other work: a ratio taken
+within one round is what compares). Usage: python -m bench.bench_ingest [jobs] [batch] [rounds]
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import resource
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +33,7 @@ import nats
 
 from control.db import create_pool
 from control.db.migrate import migrate
-from control.db.store import Incoming, _stage_row
+from control.db.store import EVENT_COLUMNS, Incoming, event_row
 from control.devstack.stack import EmbeddedStack
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology
@@ -36,19 +42,23 @@ from schemas.events import Accepted, Completed, Event, Progress, Started, kind_o
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 
+#: Events per ingest batch and per baseline transaction (the control plane's `ingest_batch`).
 BATCH = 500
 #: Bound on the ingest wait, so a stuck run ends instead of hanging.
 MAX_SECONDS = 90.0
 
 
 def events(jobs: int) -> list[Event]:
-    """Four events per job (accepted, started, progress, completed) from 50 nodes."""
+    """Four events per job (accepted, started, progress, completed) from 50 nodes, each naming
+    its tenant as nodes do since jobs are keyed by (tenant, job_id)."""
     t0, out = time.time() - 60, list[Event]()
     for j in range(jobs):
-        base: dict[str, Any] = {"job_id": f"job-{j}", "node_id": f"node-{j % 50}", "attempt": 1}
+        base: dict[str, Any] = {
+            "job_id": f"job-{j}", "node_id": f"node-{j % 50}", "attempt": 1, "tenant": "acme",
+        }  # fmt: skip
         out += [
             Accepted(**base, event_id=f"e{j}-a", ts=t0, pool="cpu", priority="normal",
-                     tenant="acme", operation="probe"),
+                     operation="probe"),
             Started(**base, event_id=f"e{j}-s", ts=t0 + 1),
             Progress(**base, event_id=f"e{j}-p", ts=t0 + 2, percent=50.0, fps=30.0, speed=2.0),
             Completed(**base, event_id=f"e{j}-c", ts=t0 + 3, result=JobResult(wall_seconds=3)),
@@ -56,8 +66,66 @@ def events(jobs: int) -> list[Event]:
     return out
 
 
-async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
-    subjects = Subjects("bench")
+@dataclass
+class Cpu:
+    """CPU seconds of this process (decode, fold, the NATS and Postgres clients), of the
+    Postgres backends serving the run, and of nats-server."""
+
+    client: float = 0.0
+    postgres: float = 0.0
+    nats: float = 0.0
+
+    def __sub__(self, other: Cpu) -> Cpu:
+        return Cpu(self.client - other.client, self.postgres - other.postgres,
+                   self.nats - other.nats)  # fmt: skip
+
+    @property
+    def total(self) -> float:
+        return self.client + self.postgres + self.nats
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pid_of(marker: str) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    return int(entry.name)
+    return None
+
+
+async def cpu_now(backends: list[int], nats_pid: int | None) -> Cpu:
+    """A snapshot (Linux /proc; zeros where it cannot be read)."""
+
+    def read() -> Cpu:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        pg = sum(_proc_cpu(pid) for pid in backends)
+        return Cpu(usage.ru_utime + usage.ru_stime, pg, _proc_cpu(nats_pid) if nats_pid else 0.0)
+
+    return await asyncio.to_thread(read)
+
+
+async def backends_of(db: asyncpg.Pool) -> list[int]:
+    sql = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+    return [r["pid"] for r in await db.fetch(sql)]
+
+
+async def ingest_rate(
+    url: str,
+    dsn: str,
+    evs: list[Event],
+    batch: int = BATCH,
+    prefix: str = "bench",
+    nats_pid: int | None = None,
+) -> tuple[float, Cpu]:
+    subjects = Subjects(prefix)
     nc = await nats.connect(url)
     js = nc.jetstream(publish_async_max_pending=4000)
     await ensure_topology(js, subjects, TopologySettings(pools=["cpu"]))
@@ -73,12 +141,15 @@ async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
         if ingest.stats.events_ingested >= len(evs):
             done.set()
 
-    ingest = Ingestor(js, db, subjects, batch=BATCH, on_batch=on_batch)
+    ingest = Ingestor(js, db, subjects, batch=batch, on_batch=on_batch)
+    before = await cpu_now(await backends_of(db), nats_pid)
     start = time.perf_counter()
     task = asyncio.create_task(ingest.run())
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(done.wait(), MAX_SECONDS)
     elapsed = time.perf_counter() - start
+    # Backends opened during the run count from zero (their start-up included, a few ms).
+    after = await cpu_now(await backends_of(db), nats_pid)
     ingest.stop()
     await asyncio.wait_for(task, 10)
     stored = await db.fetchval("SELECT count(*) FROM job_events")
@@ -86,37 +157,57 @@ async def ingest_rate(url: str, dsn: str, evs: list[Event]) -> float:
     await nc.close()
     if stored != len(evs):
         raise SystemExit(f"ingest stored {stored} of {len(evs)} events in {MAX_SECONDS}s")
-    return len(evs) / elapsed
+    return len(evs) / elapsed, after - before
 
 
-async def copy_rate(dsn: str, evs: list[Event]) -> float:
+async def copy_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
     await migrate(dsn)
-    rows = [_stage_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
-    columns = ("event_id", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq")
+    rows = [event_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
     conn = await asyncpg.connect(dsn)
+    backend = [conn.get_server_pid()]
+    before = await cpu_now(backend, None)
     start = time.perf_counter()
-    for i in range(0, len(rows), BATCH):
+    for i in range(0, len(rows), batch):
         async with conn.transaction():
             await conn.copy_records_to_table(
-                "job_events", records=rows[i : i + BATCH], columns=columns
+                "job_events", records=rows[i : i + batch], columns=EVENT_COLUMNS
             )
     elapsed = time.perf_counter() - start
+    after = await cpu_now(backend, None)
     await conn.close()
-    return len(rows) / elapsed
+    return len(rows) / elapsed, after - before
 
 
-async def main(jobs: int, data: Path) -> None:
+async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
     evs = events(jobs)
+    ratios, cpu_ratios = [], []
+    print(f"events: {len(evs)} ({jobs} jobs), batch {batch}, {rounds} rounds")
     async with EmbeddedStack(data) as stack:
         pg = stack.postgres
-        await pg.create_database("ingest")
-        await pg.create_database("baseline")
-        baseline = await copy_rate(pg.dsn("baseline"), evs)
-        rate = await ingest_rate(stack.nats.url, pg.dsn("ingest"), evs)
-    print(f"events: {len(evs)} ({jobs} jobs), batch {BATCH}")
-    print(f"baseline COPY into job_events: {baseline:,.0f} events/s")
-    print(f"ingest (stream -> Postgres, folded): {rate:,.0f} events/s")
-    print(f"ratio ingest/baseline: {rate / baseline:.3f}")
+        nats_pid = await asyncio.to_thread(_pid_of, str(stack.nats.data_dir))
+        for n in range(rounds):  # each round on fresh databases and a fresh stream
+            await pg.create_database(f"ingest{n}")
+            await pg.create_database(f"baseline{n}")
+            baseline, copy_cpu = await copy_rate(pg.dsn(f"baseline{n}"), evs, batch)
+            rate, cpu = await ingest_rate(
+                stack.nats.url, pg.dsn(f"ingest{n}"), evs, batch, f"b{n}", nats_pid
+            )
+            ratios.append(rate / baseline)
+            cpu_ratios.append(copy_cpu.total / cpu.total)
+            print(f"round {n + 1}: baseline COPY into job_events {baseline:,.0f} events/s, "
+                  f"ingest (stream -> Postgres, folded) {rate:,.0f} events/s, "
+                  f"ratio {rate / baseline:.3f}")  # fmt: skip
+            per = 1000 / len(evs)
+            print(f"  CPU ms per 1000 events: baseline client {copy_cpu.client * per * 1e3:.0f}"
+                  f" + postgres {copy_cpu.postgres * per * 1e3:.0f};"
+                  f" ingest client {cpu.client * per * 1e3:.0f}"
+                  f" + postgres {cpu.postgres * per * 1e3:.0f}"
+                  f" + nats-server {cpu.nats * per * 1e3:.0f};"
+                  f" CPU ratio baseline/ingest {cpu_ratios[-1]:.3f}")  # fmt: skip
+    print(f"ratio ingest/baseline: median {statistics.median(ratios):.3f}, "
+          f"min {min(ratios):.3f}, max {max(ratios):.3f}")  # fmt: skip
+    print(f"CPU ratio baseline/ingest (what the ratio tends to on a machine busy with other "
+          f"work): median {statistics.median(cpu_ratios):.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":
@@ -125,6 +216,9 @@ if __name__ == "__main__":
     data = Path(tempfile.mkdtemp(prefix="flotilla-bench-", dir="/tmp"))
     data.chmod(0o755)  # as root, PostgreSQL runs as its own user and must reach its data dir
     try:
-        uvloop.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000, data))
+        jobs = int(sys.argv[1]) if len(sys.argv) > 1 else 5000
+        batch = int(sys.argv[2]) if len(sys.argv) > 2 else BATCH
+        rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+        uvloop.run(main(jobs, batch, rounds, data))
     finally:
         shutil.rmtree(data, ignore_errors=True)

@@ -21,10 +21,10 @@ order:
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from operator import attrgetter
 
 import msgspec
 
@@ -88,6 +88,8 @@ class JobRow:
 
 #: The `jobs` columns a fold reads and writes, in JobRow order.
 FOLD_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(JobRow))
+#: A row's values in FOLD_COLUMNS order (a cheap snapshot to tell whether a fold changed it).
+row_values = attrgetter(*FOLD_COLUMNS)
 
 
 def claim_of(event: JobEvent) -> tuple[int, str]:
@@ -176,7 +178,11 @@ def apply_event(row: JobRow, event: JobEvent) -> None:
 
 def fold_job(row: JobRow, events: Iterable[JobEvent]) -> bool:
     """Fold `events` into `row`; True when the row changed."""
-    before = dataclasses.replace(row)
-    for event in sorted(events, key=lambda e: (e.ts, e.event_id)):
+    before = row_values(row)
+    for event in sorted(events, key=_order):
         apply_event(row, event)
-    return row != before
+    return row_values(row) != before
+
+
+def _order(event: JobEvent) -> tuple[float, str]:
+    return event.ts, event.event_id

@@ -13,6 +13,7 @@ but not folded: it is kept in `rejected_events`, counted, and logged on `flotill
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,8 +24,10 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from control.db import DATA_ERRORS, is_transient
+from control.db.blanktenant import needs_tenant
 from control.db.holders import Rejection
 from control.db.store import BadMessage, Incoming, StoreResult, store_batch
+from control.eventpull import EventPuller
 from schemas.codec import DecodeError
 from schemas.events import kind_of
 from schemas.registry import EVENT_DECODER
@@ -32,6 +35,10 @@ from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.ingest")
 security = logging.getLogger("flotilla.security")
+
+#: Batches in hand at once: the next one starts (on a second connection) while the current one
+#: commits, and waits on its locks wherever the two meet instead of overtaking it.
+PIPELINE = 2
 
 
 @dataclass(slots=True)
@@ -51,17 +58,26 @@ class IngestStats:
     db_available: bool = True
 
 
+def stream_seq(msg: Msg) -> int:
+    """The message's events-stream sequence, read from its ack subject."""
+    # `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.…` (9 tokens); the longer form with
+    # a domain and account hash is left to nats-py, which builds a whole Metadata for it.
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS":
+        return int(tokens[5])
+    return msg.metadata.sequence.stream
+
+
 def decode(msg: Msg) -> Incoming | BadMessage:
     """A message as an event, or as a bad message saying why (never raises)."""
-    seq = msg.metadata.sequence.stream
+    seq = stream_seq(msg)
     try:
         event = EVENT_DECODER.decode(msg.data)
         body = msg.data.decode()
     except (DecodeError, UnicodeDecodeError) as exc:
         return BadMessage(seq, msg.subject, str(exc), msg.data)
     # `<prefix>.events.<node>.<kind>`: a node may only speak for itself.
-    tokens = msg.subject.split(".")
-    if tokens[-2:] != [event.node_id, kind_of(event)]:
+    if msg.subject.rsplit(".", 2)[-2:] != [event.node_id, kind_of(event)]:
         reason = f"subject {msg.subject} does not match node {event.node_id!r}, {kind_of(event)}"
         return BadMessage(seq, msg.subject, reason, msg.data)
     return Incoming(event, body, seq, msg.subject)
@@ -77,6 +93,7 @@ class Ingestor:
         batch: int = 500,
         fetch_timeout: float = 1.0,
         durable: str | None = None,
+        max_wait: float = 0.05,
         max_backoff: float = 5.0,
         keepalive_interval: float = 15.0,
         on_batch: Callable[[int, float], None] | None = None,
@@ -85,6 +102,8 @@ class Ingestor:
     ) -> None:
         self.js, self.db, self.subjects = js, db, subjects
         self.batch, self.fetch_timeout = batch, fetch_timeout
+        #: How long the first message of a batch that is not full may wait for the rest.
+        self.max_wait = max_wait
         self.durable = durable or subjects.ingest_consumer
         self.max_backoff, self.keepalive_interval = max_backoff, keepalive_interval
         #: Called after each commit with (batch size, lag seconds), e.g. to fill histograms.
@@ -96,40 +115,98 @@ class Ingestor:
         self.on_fresh = on_fresh
         self.stats = IngestStats()
         self._stopping = asyncio.Event()
+        self._puller: EventPuller | None = None
+        #: Per batch in flight: set once it has written everything and is committing.
+        self._written: dict[asyncio.Task[StoreResult], asyncio.Event] = {}
 
     def stop(self) -> None:
-        """Finish the batch in hand, then return from `run` (within one fetch timeout)."""
+        """Finish the batches in hand, hand back what was fetched ahead, then return from `run`
+        (within about two fetch timeouts: the open pull request is let run out first). A
+        cancelled `run` hands back too, after the same wait."""
         self._stopping.set()
 
     async def run(self) -> None:
         self._stopping.clear()
-        sub = await self.js.pull_subscribe_bind(self.durable, stream=self.subjects.events_stream)
+        stream = self.subjects.events_stream
+        puller = EventPuller(self.js, stream, self.durable, batch=self.batch,
+                             expires=self.fetch_timeout, max_wait=self.max_wait)  # fmt: skip
+        self._puller = puller
+        await puller.start()
+        in_flight: list[asyncio.Task[StoreResult]] = []
         try:
             while not self._stopping.is_set():
                 try:
-                    msgs = await sub.fetch(self.batch, timeout=self.fetch_timeout)
-                except TimeoutError:  # = asyncio.TimeoutError, which nats-py raises bare, too
-                    continue
-                except Exception as exc:  # broker restarting, consumer being re-created…
+                    msgs = await puller.take()
+                except Exception as exc:  # the connection closing or reconnecting…
                     log.warning("ingest fetch failed: %s", exc)
                     await asyncio.sleep(min(self.max_backoff, 1.0))
                     continue
-                await self.ingest(msgs)
+                if not msgs:
+                    continue
+                while len(in_flight) >= PIPELINE:
+                    await in_flight.pop(0)
+                in_flight.append(await self._start(msgs, in_flight[-1] if in_flight else None))
+        except BaseException:
+            for task in in_flight:
+                task.cancel()
+            raise
         finally:
-            await sub.unsubscribe()
+            self._puller = None
+            if in_flight:
+                await asyncio.wait(in_flight)
+            failures = [t.exception() for t in in_flight if not t.cancelled()]
+            # Delivered but never taken: handed straight back for any instance to take.
+            for msg in await puller.close():
+                with contextlib.suppress(Exception):  # not handed back: redelivered after ack_wait
+                    await msg.nak()
+        for failure in failures:
+            if failure is not None:
+                raise failure
 
     async def ingest(self, msgs: Sequence[Msg]) -> StoreResult:
         """Store one fetched batch and ack it after the commit; retries while Postgres is away."""
-        decoded = [decode(m) for m in msgs]
+        return await self._ingest(msgs, [decode(m) for m in msgs], None, asyncio.Event())
+
+    async def _start(
+        self, msgs: Sequence[Msg], previous: asyncio.Task[StoreResult] | None
+    ) -> asyncio.Task[StoreResult]:
+        """Start storing a batch once the previous one has written everything and is committing
+        (so this one waits on its locks wherever the two meet, and never the other way round);
+        returns the batch's task."""
+        decoded = [decode(m) for m in msgs]  # while the previous batch waits on Postgres
+        written_before = self._written.get(previous) if previous is not None else None
+        if previous is not None and written_before is not None:
+            waiter = asyncio.create_task(written_before.wait())
+            await asyncio.wait([previous, waiter], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        written = asyncio.Event()
+        task = asyncio.create_task(self._ingest(msgs, decoded, previous, written))
+        self._written[task] = written
+        task.add_done_callback(self._written.pop)
+        return task
+
+    async def _ingest(
+        self,
+        msgs: Sequence[Msg],
+        decoded: Sequence[Incoming | BadMessage],
+        previous: asyncio.Task[StoreResult] | None,
+        written: asyncio.Event,
+    ) -> StoreResult:
         good = [d for d in decoded if isinstance(d, Incoming)]
         bad = [d for d in decoded if isinstance(d, BadMessage)]
         for b in bad:
             log.warning("bad event (seq %d on %s): %s", b.stream_seq, b.subject, b.error)
+        if previous is not None and needs_tenant(good):
+            await asyncio.wait([previous])  # blank tenants are looked up in committed rows
         try:
-            result = await self._commit(msgs, good, bad)
+            result = await self._commit(msgs, good, bad, written)
         except DATA_ERRORS as exc:
             log.warning("batch refused by postgres (%s); storing its events one by one", exc)
             result = await self._isolate(msgs, good, bad)
+        finally:
+            written.set()
+        if previous is not None:  # acks, counters and live updates go out in batch order
+            await asyncio.wait([previous])
         self.stats.events_ingested += result.inserted
         self.stats.duplicates += result.duplicates
         self.stats.bad_events += len(bad)
@@ -144,13 +221,19 @@ class Ingestor:
         return result
 
     async def _commit(
-        self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: Sequence[BadMessage]
+        self,
+        msgs: Sequence[Msg],
+        good: Sequence[Incoming],
+        bad: Sequence[BadMessage],
+        written: asyncio.Event | None = None,
     ) -> StoreResult:
         delay, kept_alive = 0.1, time.monotonic()
         while True:
             try:
                 async with self.db.acquire() as conn, conn.transaction():
                     result = await store_batch(conn, good, bad)
+                    if written is not None:
+                        written.set()  # only the commit is left: the next batch may start
                 self.stats.db_available = True
                 return result
             except Exception as exc:
@@ -163,7 +246,8 @@ class Ingestor:
             await self.db.expire_connections()
             if time.monotonic() - kept_alive >= self.keepalive_interval:
                 kept_alive = time.monotonic()
-                await _keep_alive(msgs)
+                waiting = self._puller.buffered() if self._puller is not None else []
+                await _keep_alive([*msgs, *waiting])
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.max_backoff)
 
@@ -171,7 +255,7 @@ class Ingestor:
         self, msgs: Sequence[Msg], good: Sequence[Incoming], bad: list[BadMessage]
     ) -> StoreResult:
         total = StoreResult()
-        subjects = {m.metadata.sequence.stream: m.subject for m in msgs}
+        subjects = {stream_seq(m): m.subject for m in msgs}
         for item in good:
             try:
                 one = await self._commit(msgs, [item], [])
@@ -212,7 +296,7 @@ async def _dispose(msgs: Sequence[Msg], bad_seqs: set[int]) -> None:
     """Ack what was stored, terminate what never will be; a lost ack means a harmless replay."""
     for msg in msgs:
         try:
-            if msg.metadata.sequence.stream in bad_seqs:
+            if bad_seqs and stream_seq(msg) in bad_seqs:
                 await msg.term()
             else:
                 await msg.ack()

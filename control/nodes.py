@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -78,6 +79,10 @@ class Fleet(Protocol):
         """Every known node, by node id."""
         ...
 
+    def iter_nodes(self, now: float | None = None) -> Iterator[FleetNode]:
+        """Every known node, in no particular order, built as read."""
+        ...
+
 
 @dataclass(slots=True)
 class _Known:
@@ -128,6 +133,13 @@ class NodeTracker:
         now = time.time() if now is None else now
         known = self._known
         return [FleetNode(known[n].record, self._state(known[n], now)) for n in sorted(known)]
+
+    def iter_nodes(self, now: float | None = None) -> Iterator[FleetNode]:
+        """The nodes in no particular order, built one at a time: a check that stops at the
+        first fit (a submit's) reads one node, not the whole fleet."""
+        now = time.time() if now is None else now
+        for known in list(self._known.values()):
+            yield FleetNode(known.record, self._state(known, now))
 
     def _state(self, known: _Known, now: float) -> NodeState:
         return node_state(

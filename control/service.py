@@ -203,8 +203,9 @@ class ControlPlane:
 
     async def stop(self) -> None:
         self.stop_event.set()
-        # Both loops end within one fetch timeout once asked, so cancellation (which nats-py's
-        # fetch can swallow on Python 3.11) is only the backstop.
+        # Both loops end once asked: the dead-letter loop within one fetch timeout, ingest once
+        # its open pull request has run out and what it fetched ahead is handed back (about one
+        # more). Cancellation (which nats-py's fetch can swallow on Python 3.11) is the backstop.
         for part in (self._ingest, self._dead_letters):
             if part is not None:
                 part.stop()

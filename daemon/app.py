@@ -28,10 +28,10 @@ from daemon.diskguard import DiskGuard
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
-from daemon.job.deps import JobDeps
+from daemon.job.deps import JobDeps, OperationRunner
 from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
-from daemon.job.redelivery import hand_back_interrupted
+from daemon.job.redelivery import hand_back_interrupted, settle_unsettled_ends
 from daemon.job.requirements import NodeView
 from daemon.job.run import run_job
 from daemon.job.running import RunningJobs
@@ -44,7 +44,7 @@ from daemon.pull.slots import Slots
 from daemon.reload import reload_daemon
 from daemon.wiring import Backend, open_backend
 from schemas.events import NodeStateChanged
-from schemas.nodes import NodeState
+from schemas.nodes import NodeCapabilities, NodeState
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 
@@ -64,8 +64,14 @@ class Daemon:
         *,
         config_path: Path | None = None,
         notifier: Notifier | None = None,
+        capabilities: NodeCapabilities | None = None,
+        operation_runner: OperationRunner = run_operation,
     ) -> None:
+        """`capabilities` and `operation_runner` are for `flotilla sim` (control/sim): given
+        capabilities are advertised instead of a probe's, and the runner stands in for ffmpeg;
+        everything else is the daemon's own."""
         self.cfg, self.config_path = cfg, config_path
+        self._caps, self._run_operation = capabilities, operation_runner
         self.notifier = notifier or Notifier({})
         self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
         self.running = RunningJobs()
@@ -99,7 +105,9 @@ class Daemon:
     # -- start --------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.cfg
-        self._backend = b = await open_backend(cfg, self.subjects, on_closed=self._nats_closed)
+        self._backend = b = await open_backend(
+            cfg, self.subjects, on_closed=self._nats_closed, caps=self._caps
+        )
         self.node.verified_encoders = set(b.caps.verified_encoders)
         self.node.max_gpu_memory_mb = max(
             (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
@@ -115,7 +123,7 @@ class Daemon:
             self.running,
             self.node,
             new_context=b.new_context,
-            run_operation=run_operation,
+            run_operation=self._run_operation,
             on_finished=self._job_finished,
             encoder_health=self.health,
             on_slow=lambda pool: self.metrics.soft_timeouts.labels(pool=pool).inc(),
@@ -165,6 +173,8 @@ class Daemon:
             await self.metrics.serve(cfg.metrics_host, cfg.metrics_port, self.problems)
         # The last run's interrupted attempts go back to JetStream now, not after ack_wait.
         await hand_back_interrupted(b.raw_journal, b.nc, cfg.ack_wait)
+        # Ended before the last stop took their ack: ack them now, not rerun them elsewhere.
+        await settle_unsettled_ends(b.raw_journal, b.outbox, b.nc, cfg.ack_wait)
         await self.start_pullers()
         self.notifier.ready(self.status_line())
         log.info("pulling pools %s with slots %s", self.node.pools, self.slots.free_all())

@@ -77,8 +77,14 @@ class Backend:
 
 
 async def open_backend(
-    cfg: DaemonConfig, subjects: Subjects, *, on_closed: Callable[[], Awaitable[None]]
+    cfg: DaemonConfig,
+    subjects: Subjects,
+    *,
+    on_closed: Callable[[], Awaitable[None]],
+    caps: NodeCapabilities | None = None,
 ) -> Backend:
+    """`caps` given: advertise them instead of probing this machine (`flotilla sim` runs many
+    nodes in one process, and a probe per node would test-encode a thousand times)."""
     # Nothing runs before start, so every scratch dir left in work_dir is an interrupted job's.
     await asyncio.to_thread(shutil.rmtree, cfg.work_dir, True)
     await asyncio.to_thread(cfg.work_dir.mkdir, parents=True, exist_ok=True)
@@ -93,7 +99,8 @@ async def open_backend(
                 await remove_stale_partials(spec, cfg.allowed_roots)
     tools = find_tools(cfg.ffmpeg, cfg.ffprobe)
     nvml = await Nvml.open()
-    caps = await probe_node(cfg, tools.ffmpeg, VERSION, nvml=nvml)
+    if caps is None:
+        caps = await probe_node(cfg, tools.ffmpeg, VERSION, nvml=nvml)
     nc = await connect_with_retry(
         cfg.nats,
         name=f"flotilla-daemon/{cfg.node_id}",

@@ -117,8 +117,18 @@ class NodeInfo(Wire, kw_only=True):
     running: NonNegInt | None = None
 
 
-class NodeListReply(Wire, kw_only=True):
+class NodeListRequest(Wire, kw_only=True):
+    """A page of node.list. The first page is asked with an empty body (which every release's
+    control plane reads); the next ones name the last node id of the page before."""
+
+    after: NodeId | None = None
+
+
+#: Unset `next_after` is left out, so a reply that fits one page reads as it did before paging.
+class NodeListReply(Wire, kw_only=True, omit_defaults=True):
     nodes: list[NodeInfo]
+    #: More nodes follow (ids sorted): ask again with `after` set to this.
+    next_after: NodeId | None = None
 
 
 class NodeRef(Wire, kw_only=True):

@@ -31,6 +31,7 @@ WIRE_TYPES: dict[str, Any] = {
     "api_job_list_request": api.JobListRequest,
     "api_job_list_reply": api.JobListReply,
     "api_job_events_reply": api.JobEventsReply,
+    "api_node_list_request": api.NodeListRequest,
     "api_node_list_reply": api.NodeListReply,
     "api_node_ref": api.NodeRef,
     "api_cancel_request": api.CancelRequest,

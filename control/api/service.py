@@ -53,6 +53,10 @@ CANCEL: Decoder[api.CancelRequest] = Decoder(api.CancelRequest, "cancel request"
 JOB_REF: Decoder[api.JobRef] = Decoder(api.JobRef, "job ref")
 LIST_REQ: Decoder[api.JobListRequest] = Decoder(api.JobListRequest, "job list request")
 NODE_REF: Decoder[api.NodeRef] = Decoder(api.NodeRef, "node ref")
+NODE_LIST: Decoder[api.NodeListRequest] = Decoder(api.NodeListRequest, "node list request")
+#: Bytes of node records per node.list reply: well under the CLI's 256 KiB reply cap and NATS's
+#: 1 MiB payload, whatever a node's record holds (a page has at least one node).
+NODE_PAGE_BYTES = 160 << 10
 CMD_REPLY: Decoder[NodeCommandReply] = Decoder(NodeCommandReply, "node command reply")
 
 
@@ -209,9 +213,12 @@ class ApiService:
         return handler
 
     def _nodes(self, now: float | None = None) -> list[FleetNode]:
+        return self._synced().nodes(now)
+
+    def _synced(self) -> Fleet:
         if not self.fleet.synced:
             raise ApiFailure(503, "this instance has not read the node bucket yet; try again")
-        return self.fleet.nodes(now)
+        return self.fleet
 
     def _need_db(self) -> asyncpg.Pool:
         if self.db is None:
@@ -222,9 +229,11 @@ class ApiService:
     async def submit(self, req: Request, who: Identity) -> bytes:
         job = SUBMIT.decode(req.data).job
         await self._admit(job.tenant, job.job_id, who)
-        reason = rejection(job, self._nodes())
-        if reason is not None:
-            raise ApiFailure(409, reason)
+        if rejection(job, self._synced().iter_nodes()) is not None:
+            # Refused: name every node's reason, in node order (the same answer each time).
+            reason = rejection(job, self._nodes())
+            if reason is not None:
+                raise ApiFailure(409, reason)
         subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
             subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},
@@ -350,13 +359,17 @@ class ApiService:
 
     # -- nodes ----------------------------------------------------------------------------
     async def node_list(self, req: Request, who: Identity) -> bytes:
-        nodes = self._nodes()
+        after = NODE_LIST.decode(req.data or b"{}").after
+        nodes = [n for n in self._nodes() if after is None or n.node_id > after]  # id-sorted
         mine: set[str] | None = None
         if who.scope is not None:  # for nodes too old to say whose jobs they run
             running = [j for n in nodes if unowned(n.heartbeat) for j in n.heartbeat.running_jobs]
             mine = await jobquery.owned(self._need_db(), running, who.scope) if running else set()
-        infos = []
+        infos: list[api.NodeInfo] = []
+        size = 0
         for n in nodes:
+            if infos and size >= NODE_PAGE_BYTES:
+                return encode(api.NodeListReply(nodes=infos, next_after=infos[-1].node_id))
             hb = n.heartbeat
             if who.scope is not None and mine is not None:  # others' job ids are theirs to know
                 hb = msgspec.structs.replace(
@@ -372,6 +385,7 @@ class ApiService:
                     running=len(n.heartbeat.running_jobs),
                 )
             )
+            size += len(encode(infos[-1]))
         return encode(api.NodeListReply(nodes=infos))
 
     async def node_drain(self, req: Request, who: Identity) -> bytes:

@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     from control.devstack.chaos import cli as cli_chaos
 
     cli_chaos.register(sub)
+    from control.sim import cli as cli_sim
+
+    cli_sim.register(sub)
     cli_completion.register(sub, build_parser)
     for child in _walk(parser)[1:]:
         add_log_flags(child, top=False)

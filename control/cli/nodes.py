@@ -94,10 +94,27 @@ def _row(n: api.NodeInfo, now: float) -> list[object]:
     ]
 
 
+#: Pages of node.list read at most (a page holds about 140 typical nodes).
+MAX_NODE_PAGES = 1000
+
+
+async def all_nodes(c: ApiClient) -> list[api.NodeInfo]:
+    """Every node, page by page. The first page is asked with an empty body, so a control plane
+    from before paging answers it (with every node, and no `next_after`)."""
+    reply = await c.call("node.list", api.EmptyRequest(), api.NodeListReply)
+    nodes = list(reply.nodes)
+    for _ in range(MAX_NODE_PAGES):
+        if reply.next_after is None:
+            return nodes
+        page = api.NodeListRequest(after=reply.next_after)
+        reply = await c.call("node.list", page, api.NodeListReply)
+        nodes += reply.nodes
+    raise CliError(f"node.list gave more than {MAX_NODE_PAGES} pages")
+
+
 async def _nodes(args: argparse.Namespace) -> list[api.NodeInfo]:
     async with ApiClient.from_args(args) as c:
-        reply = await c.call("node.list", api.EmptyRequest(), api.NodeListReply)
-    return reply.nodes
+        return await all_nodes(c)
 
 
 async def list_nodes(args: argparse.Namespace) -> int:
@@ -124,7 +141,7 @@ async def _find(c: ApiClient, node_id: str, tries: int = MISSING_POLLS) -> api.N
     may not be in the answering instance's view of the node bucket yet."""
     listed: list[api.NodeInfo] = []
     for i in range(tries):
-        listed = (await c.call("node.list", api.EmptyRequest(), api.NodeListReply)).nodes
+        listed = await all_nodes(c)
         found = next((n for n in listed if n.node_id == node_id), None)
         if found is not None:
             return found
@@ -136,7 +153,7 @@ async def _find(c: ApiClient, node_id: str, tries: int = MISSING_POLLS) -> api.N
 async def _known(c: ApiClient, node_id: str) -> api.NodeInfo:
     node = await _find(c, node_id)
     if node is None:
-        listed = (await c.call("node.list", api.EmptyRequest(), api.NodeListReply)).nodes
+        listed = await all_nodes(c)
         names = ", ".join(n.node_id for n in listed) or "none"
         raise NotFound(f"no node named {node_id!r} (known: {names})")
     return node

@@ -53,6 +53,11 @@ async def fill_tenants(conn: asyncpg.Connection, items: Sequence[Incoming]) -> l
     return out
 
 
+def needs_tenant(items: Sequence[Incoming]) -> bool:
+    """Whether any of `items` is a job event without a tenant (`fill_tenants` has work)."""
+    return any(_blank(i) is not None for i in items)
+
+
 def _blank(item: Incoming) -> JobEvent | None:
     ev = item.event
     if is_job_event(ev) and not cast("JobEvent", ev).tenant:

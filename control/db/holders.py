@@ -33,26 +33,29 @@ from schemas.events import JobEvent, is_job_event, kind_of
 #: attempt (the only reason so far).
 NOT_HOLDER = "not_holder"
 
-#: Rows of the batch's jobs, locked: a dead letter's re-submission (which holds the row while
-#: it resets it) is then either wholly before this batch or wholly after it.
-LOCK_RUNS = """
-SELECT tenant, job_id, resubmitted_at FROM jobs
-WHERE (tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY tenant, job_id FOR UPDATE
-"""
-
-#: One claim per (job, attempt), in key order so concurrent batches wait rather than deadlock.
+#: One claim per (job, attempt), in key order so concurrent batches wait rather than deadlock,
+#: and each attempt's holder: the claim just made, or the one already recorded. A claim another
+#: batch committed while this one waited is not in this statement's snapshot: its holder comes
+#: back NULL and is read again (HOLDERS).
 CLAIM = """
-INSERT INTO job_attempts AS a (tenant, job_id, attempt, node_id, event_id, kind, ts)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
-                     $7::timestamptz[])
-    AS c(tenant, job_id, attempt, node_id, event_id, kind, ts)
-ORDER BY tenant, job_id, attempt
-ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
-    node_id = EXCLUDED.node_id, event_id = EXCLUDED.event_id, kind = EXCLUDED.kind,
-    ts = EXCLUDED.ts, claimed_at = now()
-WHERE a.ts <= (SELECT j.resubmitted_at FROM jobs AS j
-               WHERE j.tenant = a.tenant AND j.job_id = a.job_id)
+WITH c AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[], $6::text[],
+                         $7::timestamptz[])
+        AS c(tenant, job_id, attempt, node_id, event_id, kind, ts)
+), claimed AS (
+    INSERT INTO job_attempts AS a (tenant, job_id, attempt, node_id, event_id, kind, ts)
+    SELECT * FROM c ORDER BY tenant, job_id, attempt
+    ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
+        node_id = EXCLUDED.node_id, event_id = EXCLUDED.event_id, kind = EXCLUDED.kind,
+        ts = EXCLUDED.ts, claimed_at = now()
+    WHERE a.ts <= (SELECT j.resubmitted_at FROM jobs AS j
+                   WHERE j.tenant = a.tenant AND j.job_id = a.job_id)
+    RETURNING tenant, job_id, attempt, node_id
+)
+SELECT c.tenant, c.job_id, c.attempt, COALESCE(claimed.node_id, a.node_id) AS node_id
+FROM c
+LEFT JOIN claimed USING (tenant, job_id, attempt)
+LEFT JOIN job_attempts AS a USING (tenant, job_id, attempt)
 """
 
 HOLDERS = """
@@ -122,6 +125,8 @@ def current_run(
     items: Sequence[Incoming], resubmitted: Mapping[tuple[str, str], datetime]
 ) -> list[Incoming]:
     """The events that belong to their job's current run (newer than its re-submission)."""
+    if not resubmitted:
+        return list(items)
     out = []
     for item in items:
         cut = resubmitted.get(_key(item)[:2])
@@ -148,23 +153,22 @@ def rejections(items: Sequence[Incoming], holders: Mapping[Key, str]) -> list[Re
     return out
 
 
-async def check(conn: asyncpg.Connection, items: Sequence[Incoming]) -> list[Rejection]:
-    """In the caller's transaction: claim the attempts nobody holds yet, and return the events
-    whose node does not hold theirs. Locks the rows of the events' jobs."""
+async def check(
+    conn: asyncpg.Connection,
+    items: Sequence[Incoming],
+    resubmitted: Mapping[tuple[str, str], datetime],
+) -> list[Rejection]:
+    """In the caller's transaction, which holds the rows of the events' jobs locked (their
+    `resubmitted_at` is `resubmitted`, where set): claim the attempts nobody holds yet, and
+    return the events whose node does not hold theirs."""
     candidates = [i for i in items if checked(i)]
     if not candidates:
         return []
-    jobs = sorted({_key(i)[:2] for i in candidates})
-    rows = await conn.fetch(LOCK_RUNS, [j[0] for j in jobs], [j[1] for j in jobs])
-    resubmitted = {
-        (r["tenant"], r["job_id"]): r["resubmitted_at"] for r in rows if r["resubmitted_at"]
-    }
     current = current_run(candidates, resubmitted)
     if not current:
         return []
-    claims = first_claims(current)
-    evs = [_job(c) for c in claims]
-    await conn.execute(
+    evs = [_job(c) for c in first_claims(current)]
+    found = await conn.fetch(
         CLAIM,
         [e.tenant for e in evs],
         [e.job_id for e in evs],
@@ -174,11 +178,12 @@ async def check(conn: asyncpg.Connection, items: Sequence[Incoming]) -> list[Rej
         [kind_of(e) for e in evs],
         [at(e.ts) for e in evs],
     )
-    keys = [_key(c) for c in claims]
-    found = await conn.fetch(HOLDERS, *([k[n] for k in keys] for n in range(3)))
-    return rejections(
-        current, {(r["tenant"], r["job_id"], r["attempt"]): r["node_id"] for r in found}
-    )
+    held = {(r["tenant"], r["job_id"], r["attempt"]): r["node_id"] for r in found}
+    unseen = [k for k, node in held.items() if node is None]
+    if unseen:
+        again = await conn.fetch(HOLDERS, *([k[n] for k in unseen] for n in range(3)))
+        held.update({(r["tenant"], r["job_id"], r["attempt"]): r["node_id"] for r in again})
+    return rejections(current, {k: node for k, node in held.items() if node is not None})
 
 
 async def record(conn: asyncpg.Connection, rejected: Sequence[Rejection]) -> list[Rejection]:

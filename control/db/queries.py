@@ -1,66 +1,9 @@
-"""The SQL the ingest, retention and dead-letter code runs, as named constants.
-
-Staging tables are session-local temp tables emptied at each commit, created on first use by
-each pooled connection.
-"""
+"""The SQL the submit, retention and dead-letter code runs, as named constants (ingest's own
+statements live next to their code: control/db/store.py, holders.py)."""
 
 from __future__ import annotations
 
-from control.fold import FOLD_COLUMNS
-
-# -- ingest: events ---------------------------------------------------------------------------
-#: Run at the start of every ingest transaction (no NOTICE for the tables that exist).
-STAGE_TABLES = """
-SET LOCAL client_min_messages = warning;
-CREATE TEMP TABLE IF NOT EXISTS ingest_stage (LIKE job_events INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-CREATE TEMP TABLE IF NOT EXISTS jobs_stage (LIKE jobs INCLUDING DEFAULTS)
-    ON COMMIT DELETE ROWS;
-"""
-STAGE_EVENT_COLUMNS = (
-    "event_id", "tenant", "job_id", "kind", "node_id", "attempt", "ts", "body", "stream_seq",
-)  # fmt: skip
-
-#: One statement for the whole batch; ordered so that concurrent batches lock keys in one order.
-INSERT_EVENTS = """
-INSERT INTO job_events (event_id, tenant, job_id, kind, node_id, attempt, ts, body, stream_seq)
-SELECT event_id, tenant, job_id, kind, node_id, attempt, ts, body, stream_seq
-FROM ingest_stage ORDER BY event_id
-ON CONFLICT (event_id) DO NOTHING
-RETURNING event_id
-"""
-
-INSERT_BAD_EVENT = """
-INSERT INTO bad_events (stream_seq, subject, error, payload) VALUES ($1, $2, $3, $4)
-ON CONFLICT (stream_seq) DO NOTHING
-"""
-
-# -- ingest: jobs -----------------------------------------------------------------------------
-#: Rows for jobs first seen in this batch, so that every job can be locked before folding.
-INSERT_JOB_PLACEHOLDERS = """
-INSERT INTO jobs (tenant, job_id, submitted_at)
-SELECT tenant, job_id, submitted_at
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS t(tenant, job_id, submitted_at)
-ORDER BY tenant, job_id
-ON CONFLICT (tenant, job_id) DO NOTHING
-"""
-
-_select_cols = ", ".join("NULL::text AS result" if c == "result" else c for c in FOLD_COLUMNS)
-LOCK_JOBS = f"""
-SELECT {_select_cols} FROM jobs
-WHERE (tenant, job_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))
-ORDER BY tenant, job_id FOR UPDATE
-"""
-
-_set_cols = [c for c in FOLD_COLUMNS if c not in ("tenant", "job_id", "result")]
-UPDATE_JOBS_FROM_STAGE = f"""
-UPDATE jobs AS j SET
-    ({", ".join(_set_cols)}) = ({", ".join("s." + c for c in _set_cols)}),
-    result = COALESCE(s.result, j.result),
-    updated_at = now()
-FROM jobs_stage AS s WHERE j.tenant = s.tenant AND j.job_id = s.job_id
-"""
-
+# -- jobs -------------------------------------------------------------------------------------
 #: The API's submit (or a dead letter's spec): never moves a job's state.
 UPSERT_SUBMITTED = """
 INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
@@ -75,14 +18,6 @@ ON CONFLICT (tenant, job_id) DO UPDATE SET
     queued_at = LEAST(j.queued_at, EXCLUDED.queued_at),
     spec = COALESCE(j.spec, EXCLUDED.spec),
     updated_at = now()
-"""
-
-#: Specs carried by `accepted` events ($1 tenants, $2 job ids, $3 spec JSON): the first one kept,
-#: as on submit.
-SET_MISSING_SPECS = """
-UPDATE jobs AS j SET spec = s.spec::jsonb, updated_at = now()
-FROM unnest($1::text[], $2::text[], $3::text[]) AS s(tenant, job_id, spec)
-WHERE j.tenant = s.tenant AND j.job_id = s.job_id AND j.spec IS NULL
 """
 
 # -- retention --------------------------------------------------------------------------------

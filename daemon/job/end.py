@@ -72,7 +72,7 @@ async def finish(
         await deps.reporter.record_and_wait(job_id, "succeeded", done)
         # A crashed earlier attempt (on any node) may have left partials next to the output.
         await remove_stale_partials(spec, deps.cfg.allowed_roots)
-        await settle(msg)
+        await _settle_end(msg, b"+ACK", handle, deps)
         deps.on_finished("completed", spec.pool, wall, result)
         return
     # A stop request ends the attempt however the operation surfaced it (JobCancelled, a killed
@@ -81,7 +81,7 @@ async def finish(
     if stop is not None and stop.kind is StopKind.CANCEL:
         event = Cancelled(**base(), reason=stop.reason)
         await deps.reporter.record_and_wait(job_id, "cancelled", event)
-        await settle(msg, b"+TERM")
+        await _settle_end(msg, b"+TERM", handle, deps)
         deps.on_finished("cancelled", spec.pool, wall, None)
         return
     requeue = stop is not None and stop.kind < StopKind.TIMEOUT
@@ -130,5 +130,14 @@ async def finish(
         deps.on_finished("retried", spec.pool, wall, None)
         return
     await deps.reporter.record_and_wait(job_id, "failed", failed)
-    await settle(msg, b"+TERM")
+    await _settle_end(msg, b"+TERM", handle, deps)
     deps.on_finished("failed", spec.pool, wall, None)
+
+
+async def _settle_end(msg: Msg, verb: bytes, handle: JobHandle, deps: JobDeps) -> None:
+    """Ack or term the message of an attempt that ended the job; once the server confirms it,
+    the journal says so, so a restart does not settle it again (redelivery.py)."""
+    if await settle(msg, verb):
+        await deps.reporter.journal.settled(
+            handle.job_id, handle.attempt, tenant=handle.tenant, durable=False
+        )

@@ -4,6 +4,11 @@
   outage between the terminal event and the ack) does not run again: its terminal event, kept in
   the outbox, is made sure of (published if it never was, under the same event id, so the events
   stream and the control plane drop a copy) and the message is acked or termed as it was then.
+- A restarted node settles the attempts that ended here but whose ack (or term) was never
+  confirmed (a crash between the two): once their terminal event is surely published, the ack
+  goes to the message's reply subject, while the lease is surely still ours. Otherwise JetStream
+  would redeliver the message after `ack_wait`, maybe to another node, which would run the job
+  again.
 - A restarted node hands its interrupted attempts back with a `-NAK` to each message's reply
   subject, which any connection may send: the job is redelivered at once instead of after
   `ack_wait`. Only while the lease is surely still ours (daemon.job.lease): JetStream acts on a nak
@@ -21,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
 from daemon.job.lease import lease_left, settle
+from daemon.journal.outbox import OutboxPublisher
 from daemon.journal.reporter import Reporter
 from daemon.journal.store import Journal
 
@@ -37,8 +43,33 @@ async def settle_if_ended(msg: Msg, tenant: str, job_id: str, reporter: Reporter
     if ended.kind is not None:  # still in the outbox: sent, or sent now, before the ack
         while not await reporter.outbox.wait_sent(ended.event_id, 30.0):
             pass
-    await settle(msg, b"+ACK" if ended.kind in (None, "completed") else b"+TERM")
+    if await settle(msg, b"+ACK" if ended.kind in (None, "completed") else b"+TERM"):
+        await reporter.journal.settled(job_id, ended.attempt, tenant=tenant, durable=False)
     return True
+
+
+async def settle_unsettled_ends(
+    journal: Journal, outbox: OutboxPublisher, nc: Client, ack_wait: float
+) -> int:
+    """Ack (or term) the messages of attempts that ended before a crash took their ack; returns
+    how many the server confirmed. Past the lease the message may be another node's already:
+    it is left to JetStream (a redelivery here finds the end: `settle_if_ended`)."""
+    confirmed = 0
+    for end in await journal.unsettled_ends():
+        d = end.delivery
+        left = lease_left(d.alive_at, ack_wait, time.time())
+        try:
+            # The result goes out before the ack, as in the run itself (a pruned one was sent).
+            if left > 0 and (end.kind is None or await outbox.wait_sent(end.event_id, left)):
+                await nc.request(d.reply, end.verb, timeout=min(2.0, max(0.1, left)))
+                confirmed += 1
+        except (NatsError, TimeoutError, OSError, LookupError) as exc:
+            log.warning("ack of an ended attempt not confirmed (%s); JetStream redelivers it",
+                        exc, extra={"job_id": d.job_id})  # fmt: skip
+        await journal.settled(d.job_id, d.attempt, tenant=d.tenant)
+    if confirmed:
+        log.info("settled %d job(s) that ended before the last stop took their ack", confirmed)
+    return confirmed
 
 
 async def hand_back_interrupted(journal: Journal, nc: Client, ack_wait: float) -> int:

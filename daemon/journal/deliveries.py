@@ -43,6 +43,15 @@ JOIN jobs j ON {_SAME_ATTEMPT}
 WHERE j.state = 'interrupted' AND d.settled_at IS NULL AND d.terminal_event IS NULL
 ORDER BY d.alive_at
 """
+# Attempts that ended here (their terminal event journaled) whose ack or term was never
+# confirmed: a crash between the two. Marked settled once the server confirms it.
+SELECT_ENDED_UNSETTLED = """
+SELECT d.job_id, d.attempt, d.stream_seq, d.reply, d.alive_at, d.tenant, d.terminal_event,
+       o.kind FROM deliveries d
+LEFT JOIN outbox o ON o.event_id = d.terminal_event
+WHERE d.terminal_event IS NOT NULL AND d.settled_at IS NULL
+ORDER BY d.alive_at
+"""
 # Deliveries outlive no attempt: prune removes them with (after) their jobs row.
 PRUNE = f"""DELETE FROM deliveries WHERE rowid IN (SELECT d.rowid FROM deliveries d
     LEFT JOIN jobs j ON {_SAME_ATTEMPT}
@@ -64,6 +73,20 @@ class Delivery:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> Delivery:
         return cls(**dict(row))
+
+
+@dataclass(frozen=True, slots=True)
+class Unsettled:
+    """An attempt that ended here whose message's ack (or term) was never confirmed."""
+
+    delivery: Delivery
+    event_id: str
+    #: The terminal event's kind; None once pruned from the outbox (then it was sent).
+    kind: str | None
+
+    @property
+    def verb(self) -> bytes:
+        return b"+ACK" if self.kind in (None, "completed") else b"+TERM"
 
 
 @dataclass(frozen=True, slots=True)

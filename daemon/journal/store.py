@@ -183,9 +183,14 @@ class Journal:
             d = delivery
             extra.append((dl.INSERT, (d.tenant, d.job_id, d.attempt, d.stream_seq, d.reply,
                                       d.alive_at)))  # fmt: skip
+        # An attempt that ends the job is settled only once its ack or term is confirmed
+        # (`settled`): a crash in between leaves it for the restart to settle.
+        ending = {(getattr(e, "tenant", ""), getattr(e, "job_id", None),
+                   getattr(e, "attempt", None)) for e in terminal}  # fmt: skip
         if settles:
             extra += [(dl.SETTLED, (now, u.tenant, u.job_id, u.attempt)) for u in updates
-                      if u.state in FINISHED_STATES]  # fmt: skip
+                      if u.state in FINISHED_STATES
+                      and (u.tenant, u.job_id, u.attempt) not in ending]  # fmt: skip
         for e in terminal:
             job_id, attempt = getattr(e, "job_id", None), getattr(e, "attempt", None)
             if job_id is not None and attempt is not None:
@@ -206,10 +211,14 @@ class Journal:
         op = WriteOp([], [], [], durable=False, extra=[(dl.ALIVE, params)])
         await self._committer.submit(op)
 
-    async def settled(self, job_id: str, attempt: int, *, tenant: str = "") -> None:
-        """A restart dealt with this interrupted attempt (nak sent, or left to JetStream)."""
+    async def settled(
+        self, job_id: str, attempt: int, *, tenant: str = "", durable: bool = True
+    ) -> None:
+        """The attempt's message is dealt with: its ack or term confirmed, or, at a restart, a
+        nak sent or the message left to JetStream. A mark a crash loses (durable=False) only
+        makes the restart settle the message once more."""
         params = (time.time(), tenant, job_id, attempt)
-        op = WriteOp([], [], [], durable=True, extra=[(dl.SETTLED, params)])
+        op = WriteOp([], [], [], durable=durable, extra=[(dl.SETTLED, params)])
         await self._committer.submit(op)
 
     async def job_received(
@@ -317,6 +326,16 @@ class Journal:
             return None
         attempt, event_id, kind = rows[0]
         return dl.Ended(int(attempt), str(event_id), None if kind is None else str(kind))
+
+    async def unsettled_ends(self) -> list[dl.Unsettled]:
+        """Attempts that ended here whose ack or term was never confirmed."""
+        out = []
+        for r in await self._rows(dl.SELECT_ENDED_UNSETTLED):
+            row = dict(r)
+            event_id, kind = row.pop("terminal_event"), row.pop("kind")
+            delivery = dl.Delivery(**row)
+            out.append(dl.Unsettled(delivery, str(event_id), None if kind is None else str(kind)))
+        return out
 
     async def interrupted_deliveries(self) -> list[dl.Delivery]:
         """Interrupted attempts (see `recover`) whose message was not handed back yet."""

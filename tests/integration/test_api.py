@@ -10,12 +10,15 @@ import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
+from common.natsconn import NatsSettings
 from control.api.ratelimit import TenantLimiter
 from control.api.service import ApiService, ApiSettings
+from control.cli.apiclient import ApiClient
+from control.cli.nodes import all_nodes
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
 from schemas import api
-from schemas.codec import encode
+from schemas.codec import MAX_MESSAGE_BYTES, encode
 from schemas.subjects import Subjects
 from tests.support.api import job
 from tests.support.noderecords import node_record, put_node, tracking
@@ -211,3 +214,52 @@ async def test_submit_while_the_jobs_stream_is_unavailable_is_503(
     await ensure_topology(js, service.subjects, TopologySettings(pools=POOLS))
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("later-1")})
     assert "Nats-Service-Error-Code" not in headers, reply
+
+
+async def test_node_list_pages_a_large_fleet(
+    service: ApiService, nc: NATS, prefix: str, nats_url: str, fleet: NodeTracker
+) -> None:
+    """A fleet bigger than one reply is listed page by page: every node once, each page within
+    the CLI's reply cap; the first page answers the empty request every release sends."""
+    js = nc.jetstream()
+    names = [f"n{i:04d}" for i in range(400)]
+    for name in names[:-1]:
+        await put_node(js, service.subjects, node_record(name))
+    await put_node(js, service.subjects, node_record(names[-1]), seen_by=fleet)
+
+    first = await nc.request(f"{prefix}.api.node.list", b'{"v":1}', timeout=10)
+    page = msgspec.json.decode(first.data)
+    assert page["next_after"] == page["nodes"][-1]["node_id"]
+    assert len(first.data) < MAX_MESSAGE_BYTES and 0 < len(page["nodes"]) < len(names)
+
+    async with ApiClient(NatsSettings(url=nats_url, prefix=prefix), timeout=10.0) as client:
+        listed = await all_nodes(client)
+    assert [n.node_id for n in listed] == names
+
+    last = await nc.request(f"{prefix}.api.node.list", b'{"v":1,"after":"n0398"}', timeout=10)
+    tail = msgspec.json.decode(last.data)  # a last page reads as a reply from before paging
+    assert [n["node_id"] for n in tail["nodes"]] == ["n0399"] and "next_after" not in tail
+
+
+async def test_submit_fits_on_any_node_and_refuses_naming_each_in_order(
+    service: ApiService, nc: NATS, prefix: str, fleet: NodeTracker
+) -> None:
+    """The submit check stops at the first node that fits, wherever it is in the fleet; a refusal
+    names every node's reason in node order, the same each time."""
+    js = nc.jetstream()
+    for name in ("c", "a", "b"):
+        await put_node(js, service.subjects, node_record(name, labels={"rack": name}))
+    await put_node(js, service.subjects, node_record("d", labels={"rack": "d"}), seen_by=fleet)
+    assert {n.node_id for n in fleet.iter_nodes()} == {"a", "b", "c", "d"}
+    for rack in ("a", "d"):
+        body = {"v": 1, "job": job(f"fit-{rack}", requirements={"labels": {"rack": rack}})}
+        reply, headers = await call(nc, prefix, "job.submit", body)
+        assert "Nats-Service-Error-Code" not in headers and reply["job_id"] == f"fit-{rack}"
+    body = {"v": 1, "job": job("nofit", requirements={"labels": {"rack": "z"}})}
+    reply, _ = await call(nc, prefix, "job.submit", body)
+    assert [m.split(" ")[0] for m in reply["message"].split(": ", 1)[1].split("; ")] == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]

@@ -98,6 +98,31 @@ async def test_kill_between_terminal_publish_and_ack_does_not_run_again(
     assert d.running.ids() == []
 
 
+async def test_restart_acks_a_job_that_ended_before_the_crash_took_its_ack(
+    nc: NATS, nats_url: str, prefix: str, start_daemon: Any, clip: Path, tmp_path: Path,
+    spawned: list[asyncio.subprocess.Process],
+) -> None:  # fmt: skip
+    """The same crash, with an ack_wait far past the test's bound and a second node waiting: the
+    restarted daemon acks the message from its journal at start-up, so JetStream never hands the
+    ended job to the other node (which would run it again)."""
+    js = await _topology(nc, prefix, ack_wait=600.0)
+    cfg = config(nats_url, prefix, tmp_path / "e2", "e2", ack_wait=600.0)
+    proc = await _spawn(spawned, cfg, tmp_path / "e2.toml", "tests.support.ack_crash_child")
+    out = tmp_path / "out2" / "e.mp4"
+    out.parent.mkdir()
+    await submit(js, prefix, job("e2", clip, out))
+    assert await asyncio.wait_for(proc.wait(), 120) == -signal.SIGKILL
+    assert await _jobs_left(js, prefix) == 1  # completed published, never acked
+    other = await start_daemon("other", ack_wait=600.0)
+
+    d = await start_daemon("e2", ack_wait=600.0)  # same journal: settles at start-up
+    await until(lambda: _gone(js, prefix), 60.0)  # 600 s ack_wait: only the restart explains it
+    evts = await events(js, prefix, "e2")
+    assert kinds(evts).count("accepted") == 1 and kinds(evts).count("completed") == 1
+    assert {e["node_id"] for e in evts} == {"e2"} and other.running.ids() == []
+    assert await d.backend.raw_journal.unsettled_ends() == []
+
+
 async def _gone(js: JetStreamContext, prefix: str) -> bool:
     return await _jobs_left(js, prefix) == 0
 

@@ -2,8 +2,9 @@
 
 Layers, lowest first: `schemas` (the wire contract), `common` (plumbing both sides share),
 `daemon` (the edge), `control` (the control plane). A module imports only its own layer or
-lower ones; the control plane's service never imports the operator's tool (`control.cli`) or
-the dev stack (`control.devstack`). Imports inside functions count too: they hide cycles.
+lower ones; the control plane's service never imports the operator's tool (`control.cli`), the
+dev stack (`control.devstack`) or the fleet simulator (`control.sim`). Imports inside functions
+count too: they hide cycles.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 LAYERS = {"schemas": 0, "common": 1, "daemon": 2, "control": 3}
-TOOLS = ("control.cli", "control.devstack")
+TOOLS = ("control.cli", "control.devstack", "control.sim")
 MAX_MODULES_PER_FOLDER = 20
 
 

@@ -19,13 +19,13 @@ import psutil
 
 from common.natsconn import NatsSettings, connect
 from control.cli.apiclient import ApiClient
+from control.cli.nodes import all_nodes
 from control.devstack.chaos import diskfill
 from control.devstack.chaos.ledger import Episode, Ledger
 from control.devstack.chaos.proxy import TcpProxy
 from control.devstack.fleet import DevFleet
 from control.devstack.nats import NatsServer
 from control.devstack.natscluster import NatsCluster
-from schemas import api
 from schemas.subjects import Subjects
 
 #: Bound on waiting for a part to come back (API answering, a stream leader, ffmpeg running).
@@ -61,8 +61,8 @@ async def wait_api(ctx: Ctx, online: int = 1, limit_s: float = RECOVER_LIMIT_S) 
     while time.monotonic() < deadline:
         with contextlib.suppress(Exception):
             async with ApiClient(ctx.settings, timeout=5.0) as client:
-                reply = await client.call("node.list", api.EmptyRequest(), api.NodeListReply)
-            if sum(1 for n in reply.nodes if n.state == "online") >= online:
+                nodes = await all_nodes(client)
+            if sum(1 for n in nodes if n.state == "online") >= online:
                 return True
         await asyncio.sleep(1.0)
     return False

@@ -1,0 +1,1 @@
+"""`flotilla sim`: a fleet of simulated nodes running the daemon's own code against a real stack."""
