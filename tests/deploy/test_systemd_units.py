@@ -1,8 +1,9 @@
 """The shipped systemd units: `systemd-analyze verify` clean, exposure at most 2.0, drain-safe.
 
 `verify` checks that ExecStart= is executable, and /opt/flotilla does not exist on a test machine,
-so the units are copied into a temp dir with /opt/flotilla/bin (and /opt/nats-server/bin) pointed
-at this venv's bin dir, where the same console scripts are installed. Nothing else is changed.
+so the units are copied into a temp dir with the release's bin dir (and /opt/nats-server/bin)
+pointed at this venv's bin dir, where the same console scripts are installed. Nothing else is
+changed.
 On systemd 252 `verify` exits 0 even on unknown keys, so any stderr line about the unit fails.
 """
 
@@ -41,7 +42,8 @@ def _directives(unit: Path) -> dict[str, list[str]]:
 def _stage(tmp_path: Path, with_no_gpu: bool = False) -> Path:
     for unit in UNITS.glob("*.service"):
         text = unit.read_text()
-        text = text.replace("/opt/flotilla/bin/", f"{VENV_BIN}/")
+        text = text.replace("/opt/flotilla/current/bin/", f"{VENV_BIN}/")
+        text = text.replace("/opt/flotilla-control/current/bin/", f"{VENV_BIN}/")
         text = text.replace("/opt/nats-server/bin/", f"{VENV_BIN}/")
         (tmp_path / unit.name).write_text(text)
     if with_no_gpu:
@@ -120,7 +122,7 @@ def test_daemon_unit_lets_the_drain_finish() -> None:
     assert float(d["TimeoutStopSec"][0]) > DaemonConfig().drain_deadline
     assert int(d["WatchdogSec"][0]) > 0
     assert d["ExecStart"] == [
-        "/opt/flotilla/bin/flotilla daemon --config /etc/flotilla/daemon.toml"
+        "/opt/flotilla/current/bin/flotilla daemon --config /etc/flotilla/daemon.toml"
     ]
 
 
@@ -182,12 +184,12 @@ def test_shipped_nats_config_is_valid_and_syncs_always() -> None:
 @pytest.mark.parametrize(
     ("shipped", "role_copy"),
     [
-        ("flotilla-daemon.service", "flotilla_daemon/files/flotilla-daemon.service"),
         (f"{NO_GPU}.example", "flotilla_daemon/files/no-gpu.conf"),
-        ("flotilla-control.service", "flotilla_control/files/flotilla-control.service"),
+        ("flotilla-gpu-init.service", "flotilla_daemon/files/flotilla-gpu-init.service"),
         ("nats-server.service", "nats/files/nats-server.service"),
     ],
 )
 def test_the_roles_install_the_shipped_files(shipped: str, role_copy: str) -> None:
-    """The roles carry copies (a role must stand alone); they must not drift from systemd/."""
+    """The roles carry copies (a role must stand alone); they must not drift from systemd/.
+    (Units the roles render from templates are compared in tests/deploy/test_ansible.py.)"""
     assert (UNITS / shipped).read_text() == (ROLES / role_copy).read_text()
