@@ -264,10 +264,14 @@ def test_daemon_role_refuses_bad_input(tmp_path: Path, release_wheel: Path) -> N
     assert not (tmp_path / "prefix").exists()
 
 
-def test_rolling_upgrade_batches_follow_the_inventory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("playbook", ["rolling-upgrade.yml", "site.yml"])
+def test_daemon_batches_follow_the_inventory(tmp_path: Path, playbook: str) -> None:
     """The batch size set in group_vars is the one used (a play's keywords do not see inventory
-    variables: the playbook's first play reads them); an extra var still overrides it."""
-    *reads, play = yaml.safe_load((ANSIBLE / "rolling-upgrade.yml").read_text())
+    variables: a play before reads them), so an upgrade, and a site run's restarts, go one batch
+    at a time; an extra var still overrides it."""
+    *plays, play = yaml.safe_load((ANSIBLE / playbook).read_text())
+    assert play["hosts"] == "flotilla_daemons"
+    reads = [p for p in plays if p["hosts"] == "localhost"]
     hosts = {f"d{i}": {"ansible_connection": "local"} for i in range(5)}
     (tmp_path / "group_vars").mkdir()
     (tmp_path / "hosts.yml").write_text(
