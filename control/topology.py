@@ -273,47 +273,39 @@ async def ensure_consumer(
     report.updated.append(f"{name} ({', '.join(changed)})")
 
 
+async def ensure_kv_bucket(
+    js: JetStreamContext, cfg: KeyValueConfig, report: TopologyReport
+) -> None:
+    """Create the bucket unless it exists (an existing one is left as it is)."""
+    name = f"bucket {cfg.bucket}"
+    try:
+        await js.key_value(cfg.bucket)
+        report.unchanged.append(name)
+    except BucketNotFoundError:
+        await js.create_key_value(cfg)
+        report.created.append(name)
+
+
 async def ensure_nodes_bucket(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
 ) -> None:
-    name = f"bucket {subjects.nodes_bucket}"
-    try:
-        await js.key_value(subjects.nodes_bucket)
-        report.unchanged.append(name)
-    except BucketNotFoundError:
-        # limit_marker_ttl makes expiry visible to watchers (a PURGE marker) instead of silent.
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.nodes_bucket,
-                history=1,
-                ttl=s.node_ttl,
-                replicas=s.replicas,
-                storage=StorageType.FILE,
-                limit_marker_ttl=1.0,
-            )
-        )
-        report.created.append(name)
+    # limit_marker_ttl makes expiry visible to watchers (a PURGE marker) instead of silent.
+    cfg = KeyValueConfig(
+        bucket=subjects.nodes_bucket, history=1, ttl=s.node_ttl, replicas=s.replicas,
+        storage=StorageType.FILE, limit_marker_ttl=1.0,
+    )  # fmt: skip
+    await ensure_kv_bucket(js, cfg, report)
 
 
 async def ensure_failures_bucket(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings, report: TopologyReport
 ) -> None:
-    name = f"bucket {subjects.failures_bucket}"
-    try:
-        await js.key_value(subjects.failures_bucket)
-        report.unchanged.append(name)
-    except BucketNotFoundError:
-        await js.create_key_value(
-            KeyValueConfig(
-                bucket=subjects.failures_bucket,
-                history=1,
-                ttl=s.failure_count_ttl,
-                replicas=s.replicas,
-                storage=StorageType.FILE,
-                direct=True,  # any replica answers a read
-            )
-        )
-        report.created.append(name)
+    cfg = KeyValueConfig(
+        bucket=subjects.failures_bucket, history=1, ttl=s.failure_count_ttl,
+        replicas=s.replicas, storage=StorageType.FILE,
+        direct=True,  # any replica answers a read
+    )  # fmt: skip
+    await ensure_kv_bucket(js, cfg, report)
 
 
 def media_buckets(subjects: Subjects, s: TopologySettings) -> list[str]:
