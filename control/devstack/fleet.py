@@ -47,7 +47,11 @@ class NodeSettings:
         """These settings as TOML tables, to follow the rest of a daemon's config."""
         tables: dict[str, dict[str, Any]] = {}
         if self.media is not None:
-            tables["media"] = msgspec.to_builtins(self.media)
+            # Only what differs from the defaults: a node of an earlier release (a rolling
+            # upgrade) refuses keys it does not know, such as a table added since (`s3`).
+            default = msgspec.to_builtins(MediaSettings())
+            media = msgspec.to_builtins(self.media)
+            tables["media"] = {k: v for k, v in media.items() if default.get(k) != v}
         if self.slots:
             tables["slots"] = dict(self.slots)
         return "".join(_toml_table(name, values) for name, values in tables.items())
