@@ -12,6 +12,7 @@ from daemon.config import DaemonConfig
 from daemon.encoder_health import EncoderHealthTracker
 from daemon.job.failures import FailureCounts
 from daemon.job.handle import JobHandle
+from daemon.job.lease import Lease
 from daemon.job.requirements import NodeView
 from daemon.job.running import RunningJobs
 from daemon.journal.reporter import Reporter, new_event_id, now
@@ -57,6 +58,9 @@ class JobDeps:
     watcher_policy: Policy = RESTART
     #: Failed runs per job, fleet-wide (what max_attempts counts); None counts deliveries.
     failures: FailureCounts | None = None
+    #: The lease of each job on this node by (tenant, job_id), from its acceptance until it has
+    #: settled: a redelivery that arrives meanwhile is adopted (`Lease.adopt`), not run again.
+    leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
 
 
 def base_fields(deps: JobDeps, job_id: str, attempt: int, tenant: str) -> dict[str, Any]:

@@ -54,6 +54,8 @@ class Lease:
         self.alive_at = time.time()
         #: Once set, the message may have been redelivered to another node.
         self.lapsed = False
+        #: Another node was handed the message since this lease began (seen on `adopt`).
+        self._elsewhere = False
 
     @property
     def held(self) -> bool:
@@ -72,6 +74,20 @@ class Lease:
         self.alive_at = sent
         if self._journal is not None:
             await self._journal.alive(self._job_id, self._attempt, sent, tenant=self._tenant)
+
+    def adopt(self, msg: Msg) -> bool:
+        """Take over `msg` if it is a redelivery of this lease's own message (its `ack_wait`
+        passed while NATS was away, or this node settles the job right now); True if it did.
+
+        The attempt running here goes on under the new delivery: running the job a second time
+        beside it would run it twice. Only when the delivery count skipped some did another node
+        hold the message meanwhile; then the commit still asks the stream (`may_commit`)."""
+        old, new = self.msg.metadata, msg.metadata
+        if (new.stream, new.sequence.stream) != (old.stream, old.sequence.stream):
+            return False
+        self._elsewhere = self._elsewhere or new.num_delivered > old.num_delivered + 1
+        self.msg, self.alive_at, self.lapsed = msg, time.time(), self._elsewhere
+        return True
 
     async def may_commit(self) -> bool:
         """Whether no other attempt can have ended the job (see the module's docstring)."""

@@ -11,6 +11,7 @@ execute (the operation, reached through the handle) -> finish (daemon.job.end: e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import shutil
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.msg import Msg
+from nats.errors import Error as NatsError
 
 from daemon.job.admit import check_msg_id, check_subject, reported_id, reported_tenant
 from daemon.job.deps import JobDeps, base_fields
@@ -75,6 +77,8 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     tenant = spec.tenant
     # A first delivery has had no attempt anywhere, so none can have ended here: no lookup.
     redelivered = attempt > 1
+    if redelivered and await _adopted(msg, tenant, job_id, deps):
+        return
     if redelivered and await settle_if_ended(msg, tenant, job_id, deps.reporter):
         return  # its ack was lost: not twice
     reason = unmet_requirement(spec, deps.node)
@@ -93,18 +97,38 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     await _run_accepted(msg, spec, attempt, deps)
 
 
+async def _adopted(msg: Msg, tenant: str, job_id: str, deps: JobDeps) -> bool:
+    """A redelivery of a job this node still runs or settles goes to that attempt's lease."""
+    lease = deps.leases.get((tenant, job_id))
+    if lease is None or not lease.adopt(msg):
+        return False
+    log.info("redelivered while running here: the running attempt keeps it",
+             extra={"job_id": job_id})  # fmt: skip
+    # Confirms the lease under the new delivery now, not a keep-alive period later; a lost one
+    # is the watcher's to repeat.
+    with contextlib.suppress(NatsError, TimeoutError, OSError):
+        await lease.keep_alive()
+    return True
+
+
 async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) -> None:
     lease = Lease(msg, deps.cfg.ack_wait, journal=deps.reporter.journal, job_id=spec.job_id,
                   attempt=attempt, tenant=spec.tenant)  # fmt: skip
-    handle, scratch = await _accept(msg, spec, attempt, deps, lease)
-    keepalive = _start_watcher(lease, spec, handle, deps)
+    key = (spec.tenant, spec.job_id)
+    deps.leases[key] = lease
     try:
-        result, error = await _execute(spec, handle, scratch, deps, lease)
-        await finish(msg, spec, handle, result, error, deps, lease)
+        handle, scratch = await _accept(msg, spec, attempt, deps, lease)
+        keepalive = _start_watcher(lease, spec, handle, deps)
+        try:
+            result, error = await _execute(spec, handle, scratch, deps, lease)
+            await finish(msg, spec, handle, result, error, deps, lease)
+        finally:
+            keepalive.cancel()
+            deps.running.remove(handle)
+            await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
     finally:
-        keepalive.cancel()
-        deps.running.remove(handle)
-        await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+        if deps.leases.get(key) is lease:
+            del deps.leases[key]
 
 
 async def _accept(

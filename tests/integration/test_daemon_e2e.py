@@ -23,6 +23,7 @@ from daemon.app import Daemon
 from daemon.config import DaemonConfig
 from daemon.ffmpeg.tools import FfmpegTools
 from schemas.registry import EVENT_DECODER
+from schemas.subjects import Subjects
 from tests.support.daemons import (
     ACK_WAIT,
     config,
@@ -293,6 +294,42 @@ async def test_nats_outage_mid_job_loses_nothing(
     assert seq == ["accepted", "started", "completed"]
     assert [e["ts"] for e in evts] == sorted(e["ts"] for e in evts)  # in order
     assert "progress" in kinds(evts)
+
+
+async def test_a_redelivery_of_a_running_job_is_adopted_not_run_again(
+    js: JetStreamContext,
+    nc: NATS,
+    prefix: str,
+    start_daemon: Any,
+    long_clip: Path,
+    tmp_path: Path,
+) -> None:
+    """JetStream redelivers a job whose keep-alives stopped reaching it (here: the node's
+    ack_wait is longer than the consumer's, so its `+WPI` come too late) while the node still
+    runs it, and the node has a free slot to fetch it: the running attempt takes the new
+    delivery over; the job is not accepted or run a second time."""
+    d = await start_daemon(ack_wait=60.0, slots={"cpu": 2})
+    spec = job("ad", long_clip, tmp_path / "ad.mp4", preset="slow", width=640, height=480)
+    await submit(js, prefix, spec)
+    await until(has(js, prefix, "ad", "started"))
+    cmd = {"v": 1, "verb": "pause", "job_id": "ad"}
+    reply = await nc.request(f"{prefix}.ctl.n1.pause", json.dumps(cmd).encode(), timeout=5)
+    assert json.loads(reply.data)["ok"]
+    durable = Subjects(prefix).consumer("cpu", "normal")
+
+    async def redelivered_twice() -> bool:
+        info = await js.consumer_info(Subjects(prefix).jobs_stream, durable)
+        return info.delivered.consumer_seq >= 3  # delivered, then redelivered twice
+
+    await until(redelivered_twice, 60.0)  # the consumer's ack_wait is 3 s
+    assert d.running.get("ad") is not None
+    cmd["verb"] = "unpause"
+    reply = await nc.request(f"{prefix}.ctl.n1.unpause", json.dumps(cmd).encode(), timeout=5)
+    assert json.loads(reply.data)["ok"]
+    await until(has(js, prefix, "ad", "completed"), 120.0)
+    seq = [k for k in kinds(await events(js, prefix, "ad")) if k not in ("progress", "output")]
+    assert seq == ["accepted", "started", "completed"]
+    assert list(tmp_path.glob("ad*")) == [tmp_path / "ad.mp4"]
 
 
 async def test_pause_and_unpause_running_job(
