@@ -329,7 +329,7 @@ async def test_a_redelivery_of_a_running_job_is_adopted_not_run_again(
     await until(has(js, prefix, "ad", "completed"), 120.0)
     seq = [k for k in kinds(await events(js, prefix, "ad")) if k not in ("progress", "output")]
     assert seq == ["accepted", "started", "completed"]
-    assert list(tmp_path.glob("ad*")) == [tmp_path / "ad.mp4"]
+    assert await asyncio.to_thread(lambda: list(tmp_path.glob("ad*"))) == [tmp_path / "ad.mp4"]
 
 
 async def test_pause_and_unpause_running_job(
