@@ -68,9 +68,10 @@ class PerTitleRungReport(ReportPart, kw_only=True):
 
     height: NonNegInt
     width: NonNegInt
-    crf: NonNegInt
+    #: x264/x265 CRF; the search probes it in steps of 0.5.
+    crf: NonNegFloat
     #: The CRF search's probes, as [crf, quality on the samples], in the order run.
-    probes: list[tuple[int, float]] = []
+    probes: list[tuple[float, float]] = []
     #: False when no CRF within the bounds reached the target (the lowest CRF was used).
     target_reached: bool = True
     predicted_quality: float

@@ -57,7 +57,7 @@ from schemas.results import (
 )
 
 #: Where the search starts: each encoder's own default CRF.
-START_CRF = {"h264": 23, "hevc": 28}
+START_CRF = {"h264": 23.0, "hevc": 28.0}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ class _Searched:
     rung: PerTitleRung
     size: tuple[int, int]
     probes: list[Probe]
-    crf: int
+    crf: float
     reached: bool
     quality: float
     kbps: float
@@ -130,7 +130,7 @@ async def run_pertitle(ctx: JobContext) -> JobResult:
     dropped += [f"{s.rung.height}p (off the convex hull)" for s in searched if s not in kept]
     notes = [
         f"{s.rung.height}p: no CRF from {op.crf_min} reached {op.metric} {op.target:g}; "
-        f"used {s.crf}"
+        f"used {s.crf:g}"
         for s in searched
         if not s.reached
     ]
@@ -178,10 +178,10 @@ async def _samples(
 async def _search(t: _Title, rung: PerTitleRung, size: tuple[int, int]) -> _Searched:
     ctx, op, h = t.ctx, t.op, rung.height
     probes: list[Probe] = []
-    files: dict[int, Path] = {}
+    files: dict[float, Path] = {}
     bounds = (op.crf_min, op.crf_max, START_CRF[op.codec], op.max_probes)
     while (crf := next_crf(probes, op.target, *bounds)) is not None:
-        out = ctx.scratch / f"r{h}_crf{crf}.mp4"
+        out = ctx.scratch / f"r{h}_crf{crf:g}.mp4"
         await _ffmpeg(ctx, encode_args(t.reel, out, size, op.codec, op.preset, ctx.threads,
                                        crf=crf, maxrate_kbps=rung.max_bitrate_kbps))  # fmt: skip
         files[crf] = out

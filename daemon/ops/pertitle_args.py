@@ -53,7 +53,7 @@ def encode_args(
     preset: str,
     threads: int,
     *,
-    crf: int | None = None,
+    crf: float | None = None,
     maxrate_kbps: int | None = None,
     fixed_kbps: int | None = None,
     gop: int | None = None,
@@ -72,7 +72,7 @@ def encode_args(
         args += ["-bufsize", f"{fixed_kbps * 2}k"]
     else:
         assert crf is not None
-        args += ["-crf", str(crf)]
+        args += ["-crf", f"{crf:g}"]
         if maxrate_kbps is not None:
             args += ["-maxrate", f"{maxrate_kbps}k", "-bufsize", f"{maxrate_kbps * 2}k"]
     x265 = ["log-level=error"]

@@ -2,27 +2,31 @@
 CRF wins, and which rungs the convex hull keeps.
 
 CRF search: quality falls (roughly monotonically) as CRF rises, and the search wants the highest
-CRF whose quality still reaches the target. It keeps the highest passing and the lowest failing
-CRF probed so far; with both known it interpolates linearly between them on quality (regula
-falsi, rounded, kept strictly inside the bracket so every probe narrows it), with one side known
-it steps away by the slope of the last two probes (or `STEP` CRF) towards the target. It stops when
-the bracket is one CRF wide, a bound is reached from the passing/failing side, or the probes are
-spent; the answer is the highest passing CRF probed (never an unprobed guess), or the lowest
-bound when nothing passed.
+CRF whose quality still reaches the target. CRFs are probed on a grid of `RESOLUTION` (x264 and
+x265 take fractional CRF: on busy content one whole CRF moves VMAF by 2-3 points). The search
+keeps the highest passing and the lowest failing CRF probed so far; with both known it
+interpolates linearly between them on quality (regula falsi), kept at least a quarter of the
+bracket from either end so every probe shrinks it by a quarter or more; with one side known it
+steps away by the slope of the last two probes (or `STEP` CRF) towards the target. It stops when
+the bracket is one grid step wide, a bound is reached from the passing/failing side, or the probes
+are spent; the answer is the highest passing CRF probed (never an unprobed guess), or the
+best-quality probe (normally the lowest bound) when nothing passed.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 #: CRF step of a one-sided search before two probes give a slope.
-STEP = 6
+STEP = 6.0
+#: The CRF grid probes fall on.
+RESOLUTION = 0.5
+_EPS = 1e-9
 _SCENE = re.compile(r"pts_time:([0-9.]+)\s*\n\s*lavfi\.scene_score=([0-9.]+)")
 
-Probe = tuple[int, float]  # (crf, quality)
+Probe = tuple[float, float]  # (crf, quality)
 
 
 def parse_scene_scores(text: str) -> list[tuple[float, float]]:
@@ -73,45 +77,52 @@ def bracket(probes: Sequence[Probe], target: float) -> Bracket:
 
 
 def next_crf(
-    probes: Sequence[Probe], target: float, lo: int, hi: int, start: int, max_probes: int
-) -> int | None:
+    probes: Sequence[Probe], target: float, lo: float, hi: float, start: float, max_probes: int
+) -> float | None:
     """The next CRF to probe, or None when the search is done."""
     if not probes:
-        return min(max(start, lo), hi)
+        return _grid(min(max(start, lo), hi))
     if len(probes) >= max_probes:
         return None
     b = bracket(probes, target)
-    done = {c for c, _ in probes}
     if b.passing is not None and b.failing is not None:
         (pc, pq), (fc, fq) = b.passing, b.failing
-        if fc - pc <= 1:
+        width = fc - pc
+        if width <= RESOLUTION + _EPS:
             return None
-        guess = pc + (pq - target) * (fc - pc) / (pq - fq) if pq > fq else (pc + fc) / 2
-        crf = min(max(round(guess), pc + 1), fc - 1)
+        guess = pc + (pq - target) * width / (pq - fq) if pq > fq else pc + width / 2
+        margin = max(RESOLUTION, width / 4)
+        crf = _grid(min(max(guess, pc + margin), fc - margin))
+        crf = min(max(crf, pc + RESOLUTION), fc - RESOLUTION)  # the grid may round onto an end
     elif b.passing is not None:  # everything passed: go cheaper
-        if b.passing[0] >= hi:
+        if b.passing[0] >= hi - _EPS:
             return None
-        crf = min(b.passing[0] + _step(probes, target, b.passing), hi)
+        crf = min(_grid(b.passing[0] + _step(probes, target, b.passing)), hi)
     else:  # everything failed: go better
         assert b.failing is not None
-        if b.failing[0] <= lo:
+        if b.failing[0] <= lo + _EPS:
             return None
-        crf = max(b.failing[0] - _step(probes, target, b.failing), lo)
-    return None if crf in done else crf
+        crf = max(_grid(b.failing[0] - _step(probes, target, b.failing)), lo)
+    return None if any(abs(crf - c) < _EPS for c, _ in probes) else crf
 
 
-def _step(probes: Sequence[Probe], target: float, edge: Probe) -> int:
+def _grid(crf: float) -> float:
+    return round(crf / RESOLUTION) * RESOLUTION
+
+
+def _step(probes: Sequence[Probe], target: float, edge: Probe) -> float:
     """CRF distance from `edge` to where the target should be, by the slope of the last two
-    probes (quality per CRF); at least 1, at most 2 x STEP; STEP without a usable slope."""
+    probes (quality per CRF), one grid step past it; at least one grid step, at most 2 x STEP;
+    STEP without a usable slope."""
     if len(probes) >= 2:
         (c1, q1), (c2, q2) = probes[-2], probes[-1]
         if c1 != c2 and (q2 - q1) / (c2 - c1) < 0:
             slope = (q2 - q1) / (c2 - c1)
-            return min(max(math.ceil(abs((edge[1] - target) / slope)), 1), 2 * STEP)
+            return min(abs((edge[1] - target) / slope) + RESOLUTION, 2 * STEP)
     return STEP
 
 
-def choose_crf(probes: Sequence[Probe], target: float, lo: int) -> tuple[int, float, bool]:
+def choose_crf(probes: Sequence[Probe], target: float, lo: float) -> tuple[float, float, bool]:
     """(crf, its quality on the samples, whether it reached the target): the highest passing
     CRF probed; else the best-quality probe (the lowest CRF, normally `lo`)."""
     b = bracket(probes, target)
