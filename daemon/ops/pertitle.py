@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from daemon.errors import InputError, InvalidJob
+from daemon.errors import EncoderError, InputError, InvalidJob
 from daemon.ffmpeg.run import RunResult, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.ops.analyze import plane_summary, psnr_scores
@@ -183,7 +183,8 @@ async def _search(t: _Title, rung: PerTitleRung, size: tuple[int, int]) -> _Sear
     while (crf := next_crf(probes, op.target, *bounds)) is not None:
         out = ctx.scratch / f"r{h}_crf{crf:g}.mp4"
         await _ffmpeg(ctx, encode_args(t.reel, out, size, op.codec, op.preset, ctx.threads,
-                                       crf=crf, maxrate_kbps=rung.max_bitrate_kbps))  # fmt: skip
+                                       crf=crf, maxrate_kbps=rung.max_bitrate_kbps),
+                      encodes=True)  # fmt: skip
         files[crf] = out
         probes.append((crf, round(await _measure(ctx, out, t.reel, size, op.metric), 4)))
     crf, quality, reached = choose_crf(probes, op.target, op.crf_min)
@@ -194,7 +195,7 @@ async def _search(t: _Title, rung: PerTitleRung, size: tuple[int, int]) -> _Sear
     fixed = rung.baseline_kbps or fixed_ladder_kbps(h)
     fixed_out = ctx.scratch / f"r{h}_fixed.mp4"
     await _ffmpeg(ctx, encode_args(t.reel, fixed_out, size, op.codec, op.preset, ctx.threads,
-                                   fixed_kbps=fixed))  # fmt: skip
+                                   fixed_kbps=fixed), encodes=True)  # fmt: skip
     fixed_q = await _measure(ctx, fixed_out, t.reel, size, op.metric)
     return _Searched(rung, size, probes, crf, reached, quality, kbps, display_q, fixed,
                      await _kbps(fixed_out, t.reel_seconds), fixed_q)  # fmt: skip
@@ -218,7 +219,7 @@ async def _final_ladder(
                                maxrate_kbps=s.rung.max_bitrate_kbps, gop=gop,
                                guard=ctx.media.guard())  # fmt: skip
             span = (10 + i * share, 10 + (i + 0.5) * share)  # the other half: measuring it
-            await _ffmpeg(ctx, args, duration=t.duration, span=span)
+            await _ffmpeg(ctx, args, duration=t.duration, span=span, encodes=True)
             quality = await _measure(ctx, out, t.src, s.size, op.metric, ctx.media.guard())
             finals[s.rung.height] = (quality, await asyncio.to_thread(os.path.getsize, out))
             paths.append(out)
@@ -270,19 +271,29 @@ async def _ffmpeg(
     *,
     duration: float | None = None,
     span: tuple[float, float] | None = None,
+    encodes: bool = False,
 ) -> RunResult:
     """One run; only those given a `span` (the reel, the full encodes) report progress, so the
-    job's percentage never runs backwards across the many short sample runs."""
-    await ctx.announce(None, args)
-    return await run_ffmpeg(
-        ctx.tools.ffmpeg,
-        args,
-        control=ctx.handle,
-        on_progress=ctx.progress if span is not None else None,
-        duration_s=duration,
-        span=span or (0.0, 100.0),
-        progress_interval=ctx.progress_interval,
-    )
+    job's percentage never runs backwards across the many short sample runs. Every run is
+    announced with the job's encoder (the `started` event names it); a failure of a run that
+    `encodes` with it counts against the encoder's health."""
+    codec = ctx.spec.operation.codec if isinstance(ctx.spec.operation, PerTitle) else "h264"
+    encoder = SOFTWARE[codec]
+    await ctx.announce(encoder, args)
+    try:
+        return await run_ffmpeg(
+            ctx.tools.ffmpeg,
+            args,
+            control=ctx.handle,
+            on_progress=ctx.progress if span is not None else None,
+            duration_s=duration,
+            span=span or (0.0, 100.0),
+            progress_interval=ctx.progress_interval,
+            encoder=encoder if encodes else None,
+        )
+    except EncoderError as exc:
+        ctx.encoder_failures.append(exc)
+        raise
 
 
 async def _measure(
