@@ -161,6 +161,17 @@ async def test_psnr_target_and_an_hls_package(
     assert {f.role for f in result.outputs} == {"rung", "master", "playlist"}
 
 
+async def test_an_ssim_target(ffmpeg_tools: FfmpegTools, base: Path, tmp_path: Path) -> None:
+    src = await _source(ffmpeg_tools, base, "hard")
+    op = PerTitle(rungs=[PerTitleRung(height=90)], metric="ssim", target=0.9, samples=1,
+                  sample_seconds=1.0, max_probes=4, preset="veryfast")  # fmt: skip
+    result = await run_pertitle(_ctx(ffmpeg_tools, tmp_path, src, op, tmp_path / "ssim"))
+    [rung] = _report(result).rungs
+    assert rung.target_reached and 0.9 <= rung.predicted_quality <= 1.0
+    assert rung.measured_quality is not None and abs(rung.measured_quality - 0.9) < 0.05
+    assert len(rung.probes) <= 4
+
+
 async def test_refusals_name_the_reason(
     ffmpeg_tools: FfmpegTools, base: Path, tmp_path: Path
 ) -> None:
