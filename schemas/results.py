@@ -76,7 +76,7 @@ class PerTitleRungReport(ReportPart, kw_only=True):
     target_reached: bool = True
     predicted_quality: float
     predicted_kbps: NonNegFloat
-    #: Quality at the ladder's display resolution (the tallest kept rung's), for the hull.
+    #: Quality at the ladder's display size (the tallest rung the source allows), for the hull.
     display_quality: float
     #: True when the hull dropped the rung: no quality over a cheaper rung at display size.
     dropped: bool = False

@@ -11,8 +11,8 @@ reach the target quality (docs/pertitle.md).
    ladder's rung (`fixed_ladder_kbps`, the package operation's VBV) is encoded and measured on
    the same reel, its bitrate extrapolated to the title's length: the baseline.
 3. Hull: each rung's chosen sample encode is measured again upscaled to the display size (the
-   tallest kept rung's) against the reel at that size; rungs off the upper convex hull of that
-   quality over bitrate are dropped (they add no quality over a cheaper rung).
+   tallest rung the source allows) against the reel at that size; rungs off the upper convex
+   hull of that quality over bitrate are dropped (they add no quality over a cheaper rung).
 4. The kept rungs are encoded full length at their CRF (VBV-capped by `max_bitrate_kbps`), with
    a fixed GOP of `segment_seconds`, and each is measured against the whole source at its size.
 """
