@@ -7,7 +7,7 @@ node that can, instead of failing there.
 from __future__ import annotations
 
 from schemas.jobs import HW_POOLS, JobSpec
-from schemas.operations import Package, Transcode
+from schemas.operations import Package, PerTitle, Transcode
 from schemas.videoopts import chroma_420
 
 #: Software encoders per video codec, in preference order.
@@ -78,6 +78,10 @@ def encoder_needs(spec: JobSpec) -> list[Need]:
     elif isinstance(op, Package):
         for codec in dict.fromkeys(r.codec for r in op.ladder):
             needs.append((codec, package_encoders(codec, spec)))
+    elif isinstance(op, PerTitle):  # software only: the CRF search is x264's/x265's CRF
+        needs.append((op.codec, SOFTWARE[op.codec][:1]))
+        if op.codec != "h264":
+            needs.append(("the lossless sample reel", SOFTWARE["h264"][:1]))
     return needs
 
 

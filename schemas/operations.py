@@ -246,6 +246,75 @@ class Package(Part, kw_only=True, tag="package", tag_field="op"):
             raise ValueError("ladder rungs must have distinct heights")
 
 
+#: The fixed ladder's bitrates (kbps) per height: `flotilla submit package --ladder`'s defaults
+#: and the baseline a per-title ladder's savings are counted against.
+LADDER_KBPS = {2160: 16000, 1440: 9000, 1080: 5000, 720: 2800, 540: 1800, 480: 1200, 360: 700}
+PERTITLE_CODECS = ("h264", "hevc")
+QUALITY_METRICS = ("vmaf", "psnr", "ssim")
+# Plain strings checked in __post_init__, so a refusal names the allowed values; the JSON
+# Schema still lists them.
+PerTitleCodec = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(PERTITLE_CODECS)})]
+QualityMetric = Annotated[str, msgspec.Meta(extra_json_schema={"enum": list(QUALITY_METRICS)})]
+#: What each target metric's value may be: VMAF 0..100, PSNR dB, SSIM 0..1.
+METRIC_RANGE: dict[str, tuple[float, float]] = {
+    "vmaf": (0.0, 100.0), "psnr": (10.0, 100.0), "ssim": (0.0, 1.0),
+}  # fmt: skip
+
+
+def fixed_ladder_kbps(height: int) -> int:
+    """The fixed ladder's bitrate for a rung `height` tall (4 kbps per line, at least 200, for
+    heights the table does not name)."""
+    return LADDER_KBPS.get(height, max(200, height * 4))
+
+
+class PerTitleRung(Part, kw_only=True):
+    height: Height
+    #: A VBV cap for the final encode (maxrate, with a buffer of twice it); None: pure CRF.
+    max_bitrate_kbps: Kbps | None = None
+    #: The fixed ladder's bitrate this rung is compared with; default `fixed_ladder_kbps`.
+    baseline_kbps: Kbps | None = None
+
+
+class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op"):
+    """A quality-targeted ladder: per rung, the highest CRF whose samples reach `target`."""
+
+    rungs: Annotated[list[PerTitleRung], msgspec.Meta(min_length=1, max_length=10)]
+    codec: PerTitleCodec = "h264"
+    metric: QualityMetric = "vmaf"
+    #: The quality every rung aims at, in `metric`'s unit (VMAF 0..100, PSNR dB, SSIM 0..1).
+    target: float = 93.0
+    samples: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    sample_seconds: Annotated[float, msgspec.Meta(ge=0.5, le=60)] = 2.0
+    crf_min: Crf = 16
+    crf_max: Crf = 40
+    #: Sample encodes per rung the CRF search may spend.
+    max_probes: Annotated[int, msgspec.Meta(ge=2, le=12)] = 6
+    preset: Preset = "medium"
+    #: Also write an HLS package (fMP4) of the kept rungs, next to the rung files.
+    hls: bool = False
+    segment_seconds: Annotated[float, msgspec.Meta(ge=1, le=30)] = 4.0
+
+    def __post_init__(self) -> None:
+        if self.codec not in PERTITLE_CODECS:
+            raise ValueError(f"codec {self.codec!r}: use one of {', '.join(PERTITLE_CODECS)}")
+        if self.metric not in QUALITY_METRICS:
+            raise ValueError(f"metric {self.metric!r}: use one of {', '.join(QUALITY_METRICS)}")
+        lo, hi = METRIC_RANGE[self.metric]
+        if not lo <= self.target <= hi:
+            raise ValueError(f"target {self.target:g} is outside {lo:g}..{hi:g} for "
+                             f"metric {self.metric!r}")  # fmt: skip
+        top = CRF_MAX[self.codec]
+        if not self.crf_min < self.crf_max <= top:
+            raise ValueError(f"crf_min {self.crf_min} must be below crf_max {self.crf_max}, "
+                             f"which is at most {top} for {self.codec}")  # fmt: skip
+        heights = [r.height for r in self.rungs]
+        if len(set(heights)) != len(heights):
+            raise ValueError("rungs must have distinct heights")
+        odd = [h for h in heights if h % 2]
+        if odd:
+            raise ValueError(f"rung heights must be even (4:2:0 video): {odd}")
+
+
 class Probe(Part, kw_only=True, tag="probe", tag_field="op"):
     deep: bool = False
 
@@ -265,5 +334,5 @@ class Canary(Part, kw_only=True, tag="canary", tag_field="op"):
     sleep_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
 
 
-Operation = Transcode | Analyze | Package | Probe | Thumbnail | Canary
-OPERATION_NAMES = ("transcode", "analyze", "package", "probe", "thumbnail", "canary")
+Operation = Transcode | Analyze | Package | PerTitle | Probe | Thumbnail | Canary
+OPERATION_NAMES = ("transcode", "analyze", "package", "pertitle", "probe", "thumbnail", "canary")

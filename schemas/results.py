@@ -62,6 +62,52 @@ class Rendition(ReportPart, kw_only=True):
     codec: str
 
 
+class PerTitleRungReport(ReportPart, kw_only=True):
+    """One rung of a per-title ladder. `predicted_*` and `fixed_*_estimated` come from the
+    sample encodes (extrapolated to the title's length); `measured_*` from the full encode."""
+
+    height: NonNegInt
+    width: NonNegInt
+    #: x264/x265 CRF; the search probes it in steps of 0.5.
+    crf: NonNegFloat
+    #: The CRF search's probes, as [crf, quality on the samples], in the order run.
+    probes: list[tuple[float, float]] = []
+    #: False when no CRF within the bounds reached the target (the lowest CRF was used).
+    target_reached: bool = True
+    predicted_quality: float
+    predicted_kbps: NonNegFloat
+    #: Quality at the ladder's display size (the tallest rung the source allows), for the hull.
+    display_quality: float
+    #: True when the hull dropped the rung: no quality over a cheaper rung at display size.
+    dropped: bool = False
+    measured_quality: float | None = None
+    size_bytes: NonNegInt | None = None
+    measured_kbps: NonNegFloat | None = None
+    #: The fixed ladder's bitrate for this height and its quality on the same samples.
+    fixed_kbps: NonNegInt
+    fixed_quality: float
+    #: Bits the fixed rung spends over the title (its encode of the samples, extrapolated).
+    fixed_bits_estimated: NonNegInt
+    #: Fixed-ladder bits minus per-title bits: from the samples (estimated) and, for a kept
+    #: rung, from the full encode's size (measured against the same fixed estimate).
+    bits_saved_estimated: int
+    bits_saved_measured: int | None = None
+
+
+class PerTitleReport(ReportPart, kw_only=True):
+    metric: str
+    target: float
+    codec: str
+    #: Where the samples start (seconds), and how long each is.
+    sample_starts: list[NonNegFloat] = []
+    sample_seconds: NonNegFloat
+    #: (width, height) every rung's quality is compared at for the hull.
+    display_width: NonNegInt
+    display_height: NonNegInt
+    rungs: list[PerTitleRungReport] = []
+    bits_saved_measured: int | None = None
+
+
 class JobResult(ReportPart, kw_only=True):
     wall_seconds: NonNegFloat = 0.0
     media_seconds: NonNegFloat | None = None
@@ -76,3 +122,4 @@ class JobResult(ReportPart, kw_only=True):
     renditions: list[Rendition] = []
     dropped_rungs: list[str] = []
     notes: list[str] = []
+    pertitle: PerTitleReport | None = None

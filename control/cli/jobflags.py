@@ -16,12 +16,16 @@ import msgspec
 from control.errors import BadInput
 from schemas.audioopts import AudioLayout
 from schemas.jobs import JobSpec
-from schemas.operations import AudioCodec, VideoCodec
+from schemas.operations import (
+    PERTITLE_CODECS,
+    QUALITY_METRICS,
+    AudioCodec,
+    VideoCodec,
+    fixed_ladder_kbps,
+)
 from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
 
-FORMS = ("file", "transcode", "analyze", "package", "probe", "thumbnail")
-# Typical H.264 ladder bitrates (kbps) for `--ladder 1080,720`; `HEIGHT:KBPS` overrides one.
-LADDER_KBPS = {2160: 16000, 1440: 9000, 1080: 5000, 720: 2800, 540: 1800, 480: 1200, 360: 700}
+FORMS = ("file", "transcode", "analyze", "package", "pertitle", "probe", "thumbnail")
 
 
 def submit_argv(argv: list[str]) -> list[str]:
@@ -98,10 +102,23 @@ def _ladder(text: str) -> list[dict[str, int]]:
         height, _, kbps = part.partition(":")
         try:
             h = int(height)
-            rate = int(kbps) if kbps else LADDER_KBPS.get(h, max(200, h * 4))
+            rate = int(kbps) if kbps else fixed_ladder_kbps(h)  # typical H.264 bitrates
         except ValueError:
             raise BadInput(f"--ladder {text!r}: write heights like 1080,720 or 720:2800") from None
         rungs.append({"height": h, "bitrate_kbps": rate})
+    return rungs
+
+
+def _pertitle_rungs(text: str) -> list[dict[str, int]]:
+    """`1080,720:3000`: heights, each with an optional VBV cap (kbps) for its final encode."""
+    rungs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        height, _, kbps = part.partition(":")
+        try:
+            rung = {"height": int(height)} | ({"max_bitrate_kbps": int(kbps)} if kbps else {})
+        except ValueError:
+            raise BadInput(f"--rungs {text!r}: write heights like 1080,720 or 720:3000") from None
+        rungs.append(rung)
     return rungs
 
 
@@ -169,6 +186,13 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         doc["output"] = file_uri(args.outdir)
         hls, dash = args.hls, args.dash
         op |= {"hls": hls or not dash, "dash": dash, "ladder": _ladder(args.ladder)}
+    elif form == "pertitle":
+        doc["output"] = file_uri(args.outdir)
+        op |= {"rungs": _pertitle_rungs(args.rungs), "codec": args.codec, "metric": args.metric,
+               "hls": args.hls, "preset": args.preset}  # fmt: skip
+        for flag in ("target", "samples", "sample_seconds", "crf_min", "crf_max"):
+            if getattr(args, flag) is not None:
+                op[flag] = getattr(args, flag)
     elif form == "probe":
         op["deep"] = args.deep
     elif form == "thumbnail":
@@ -231,6 +255,20 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     k.add_argument("--hls", action="store_true")
     k.add_argument("--dash", action="store_true")
     k.add_argument("--ladder", default="720,480,360", help="heights, e.g. 1080,720 or 720:2800")
+    q = forms.add_parser("pertitle", help="a quality-targeted ladder of INPUT into the new OUTDIR")
+    q.add_argument("input")
+    q.add_argument("outdir")
+    q.add_argument("--rungs", default="720,480,360", help="heights, e.g. 1080,720 or 720:3000 "
+                   "(a maximum bitrate in kbps)")  # fmt: skip
+    q.add_argument("--codec", default="h264", choices=PERTITLE_CODECS)
+    q.add_argument("--metric", default="vmaf", choices=QUALITY_METRICS)
+    q.add_argument("--target", type=float, help="quality to reach (default: VMAF 93)")
+    q.add_argument("--samples", type=int, help="how many samples the CRF search encodes")
+    q.add_argument("--sample-seconds", type=float, help="length of each sample")
+    q.add_argument("--crf-min", type=int)
+    q.add_argument("--crf-max", type=int)
+    q.add_argument("--preset", default="medium")
+    q.add_argument("--hls", action="store_true", help="also write an HLS package of the rungs")
     r = forms.add_parser("probe", help="media facts of INPUT")
     r.add_argument("input")
     r.add_argument("--deep", action="store_true", help="decode every frame to count errors")
@@ -239,6 +277,6 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     s.add_argument("output")
     s.add_argument("--sprite", action="store_true")
     s.add_argument("--at", type=float, default=0.0, help="seconds into INPUT")
-    for form in (f, t, a, k, r, s):
+    for form in (f, t, a, k, q, r, s):
         common(form)
     return p

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 from daemon.errors import DaemonError
@@ -25,7 +26,10 @@ def _remove(output: str, roots: list[str], key: str) -> int:
     removed = 0
     for path in stale_partials(final, key):
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.is_dir() and not path.is_symlink():  # a package's or ladder's directory
+                shutil.rmtree(path)
+            else:
+                path.unlink()
             removed += 1
     return removed
 

@@ -41,7 +41,7 @@ from daemon.media.objstore import download, obj_uri, parse_obj_uri, upload
 from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
 from daemon.media.probe import probe_media
 from schemas.jobs import JobSpec
-from schemas.operations import Package, Thumbnail
+from schemas.operations import Package, PerTitle, Thumbnail
 from schemas.results import JobResult, OutputFile, ProbeInfo
 
 
@@ -235,7 +235,7 @@ def _stage_name(key: str) -> str:
 
 def _writes_several(spec: JobSpec) -> bool:
     op = spec.operation
-    return isinstance(op, Package) or (isinstance(op, Thumbnail) and op.sprite)
+    return isinstance(op, Package | PerTitle) or (isinstance(op, Thumbnail) and op.sprite)
 
 
 def _staged_files(stage: Path) -> list[Path]:

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import assert_never
 
 from daemon.media.access import publish_outputs
-from daemon.ops import analyze, canary, package, probe_op, thumbnail, transcode
+from daemon.ops import analyze, canary, package, pertitle, probe_op, thumbnail, transcode
 from daemon.ops.context import JobContext
-from schemas.operations import Analyze, Canary, Package, Probe, Thumbnail, Transcode
+from schemas.operations import Analyze, Canary, Package, PerTitle, Probe, Thumbnail, Transcode
 from schemas.results import JobResult
 
 __all__ = ["JobContext", "run_operation"]
@@ -35,6 +35,8 @@ async def _dispatch(ctx: JobContext) -> JobResult:
             return await analyze.run_analyze(ctx)
         case Package():
             return await package.run_package(ctx)
+        case PerTitle():
+            return await pertitle.run_pertitle(ctx)
         case Probe():
             return await probe_op.run_probe(ctx)
         case Thumbnail():

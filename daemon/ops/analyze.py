@@ -85,9 +85,9 @@ async def run_analyze(ctx: JobContext) -> JobResult:
         run = await _run(ctx, args, ref_info.duration_s)
     result = JobResult(media_seconds=ref_info.duration_s, input_size_bytes=dist_info.size_bytes)
     if op.psnr:
-        result.psnr = _psnr(run.stderr_tail, notes)
+        result.psnr = psnr_scores(run.stderr_tail, notes)
     if op.ssim:
-        result.ssim = _summary(run.stderr_tail, "SSIM", ("Y", "U", "V", "All"))
+        result.ssim = plane_summary(run.stderr_tail, "SSIM", ("Y", "U", "V", "All"))
     if op.vmaf:
         scores = await asyncio.to_thread(read_vmaf_log, log_path)
         result.vmaf = vmaf_scores(scores, model)
@@ -137,7 +137,7 @@ def cuda_vmaf_args(
     size; libvmaf_cuda scores them there. PSNR and SSIM, CPU filters, get copies downloaded."""
     hw = ["-hwaccel", "cuda", "-hwaccel_output_format", "cuda"]
     dist, ref, ref_guard = inputs
-    log = _filter_value(str(log_path))
+    log = filter_value(str(log_path))
     cpu = [m for m, asked in (("psnr", op.psnr), ("ssim", op.ssim)) if asked]
     fan = ",split=2[dv][dc]" if cpu else "[dv]"
     rfan = ",split=2[rv][rc]" if cpu else "[rv]"
@@ -199,7 +199,7 @@ def filter_graph(
     if op.ssim:
         metrics.append("ssim")
     if op.vmaf:
-        log = _filter_value(str(log_path))
+        log = filter_value(str(log_path))
         metrics.append(
             f"libvmaf=model=version={model}:log_fmt=json:log_path={log}"
             f":n_threads={threads}:n_subsample={op.subsample}"
@@ -215,7 +215,7 @@ def filter_graph(
     return ";".join(parts)
 
 
-def _filter_value(text: str) -> str:
+def filter_value(text: str) -> str:
     """Escape a filter option value for both levels: the option parser, then the graph parser."""
     for ch in "\\':":
         text = text.replace(ch, "\\" + ch)
@@ -224,7 +224,7 @@ def _filter_value(text: str) -> str:
     return text
 
 
-def _summary(tail: str, name: str, keys: tuple[str, str, str, str]) -> PlaneScores:
+def plane_summary(tail: str, name: str, keys: tuple[str, str, str, str]) -> PlaneScores:
     """Per-plane averages from the filter's closing line, e.g. `SSIM Y:0.87 (8.8) U:... All:...`."""
     for line in reversed(tail.splitlines()):
         marker = f"] {name} {keys[0]}:"
@@ -240,8 +240,8 @@ def _summary(tail: str, name: str, keys: tuple[str, str, str, str]) -> PlaneScor
     raise JobError(f"ffmpeg printed no {name} summary", stderr_tail=tail)
 
 
-def _psnr(tail: str, notes: list[str]) -> PlaneScores:
-    scores = _summary(tail, "PSNR", ("y", "u", "v", "average"))
+def psnr_scores(tail: str, notes: list[str]) -> PlaneScores:
+    scores = plane_summary(tail, "PSNR", ("y", "u", "v", "average"))
     values = [scores.y, scores.u, scores.v, scores.average]
     if any(math.isinf(x) for x in values):
         notes.append(f"PSNR is infinite (identical planes): reported as {PSNR_CAP_DB:g} dB")

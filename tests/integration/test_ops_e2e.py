@@ -241,6 +241,35 @@ async def test_package_hls_and_dash_ladder(fleet: Fleet, ffmpeg_tools: FfmpegToo
     assert "libx264" in fleet.command("pkg")
 
 
+async def test_pertitle_ladder(fleet: Fleet, ffmpeg_tools: FfmpegTools) -> None:
+    rungs = [{"height": 480}, {"height": 240}, {"height": 120, "max_bitrate_kbps": 300}]
+    op = {"op": "pertitle", "rungs": rungs, "target": 93, "samples": 1, "sample_seconds": 1.0,
+          "preset": "veryfast", "hls": True, "segment_seconds": 1.0}  # fmt: skip
+    result = await fleet.result("pt", fleet.uri("clip.mp4"), op, fleet.uri("out/pt"))
+    out = fleet.root / "out" / "pt"
+    report = result["pertitle"]
+    assert (report["metric"], report["target"], report["codec"]) == ("vmaf", 93.0, "h264")
+    assert result["dropped_rungs"][0] == "480p (source is 240p)"  # never upscaled
+    top, low = report["rungs"]
+    assert (top["height"], top["width"], low["height"], low["width"]) == (240, 320, 120, 160)
+    assert top["target_reached"] and not top["dropped"]
+    assert abs(top["measured_quality"] - 93.0) <= 2.0, top
+    assert len(top["probes"]) <= 6 and [top["crf"], top["predicted_quality"]] in top["probes"]
+    for rung in report["rungs"]:
+        assert {"fixed_kbps", "fixed_quality", "bits_saved_estimated"} <= rung.keys()
+        if not rung["dropped"]:
+            path = out / f"{rung['height']}p.mp4"
+            [output] = [o for o in result["outputs"] if o["uri"] == path.as_uri()]
+            await _matches_file(output, path)
+            assert output["role"] == "rung" and rung["size_bytes"] == output["size_bytes"]
+    master = await asyncio.to_thread((out / "master.m3u8").read_text)
+    for variant in [line for line in master.splitlines() if line.endswith(".m3u8")]:
+        assert abs(await _decodes(ffmpeg_tools, out / variant) - 2.0) < 0.2, variant
+    started = next(e for e in fleet.seen["pt"] if e["kind"] == "started")
+    assert started["encoder"] == "libx264"
+    assert any("scene_score" in arg for arg in fleet.command("pt"))  # the sample-placing pass
+
+
 async def test_probe(fleet: Fleet) -> None:
     result = await fleet.result("pr", fleet.uri("clip.mp4"), {"op": "probe", "deep": True})
     info = result["probe"]

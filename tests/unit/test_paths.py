@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
 import pytest
 
 from daemon.errors import InvalidJob, PathRefused
+from daemon.job.partials import remove_stale_partials
 from daemon.media.paths import ffmpeg_arg, resolve_input, resolve_output, uri_of
 from daemon.ops.outputs import NAME_MAX, job_key, partial_path, stale_partials
+from schemas.jobs import JobSpec
+from schemas.operations import PerTitle, PerTitleRung
 
 
 @pytest.fixture
@@ -147,3 +151,19 @@ def test_two_tenants_same_job_id_keep_their_own_partials(root: Path) -> None:
     ]
     keys = {job_key(t * 128, "j" * 128) for t in "ab"} | {job_key("a", "b-c"), job_key("a-b", "c")}
     assert len(keys) == 4
+
+
+async def test_a_crashed_ladder_directory_is_removed(tmp_path: Path) -> None:
+    """A per-title ladder (or package) writes a directory partial: recovery removes it whole,
+    and leaves another job's alone."""
+    spec = JobSpec(job_id="j", input=(tmp_path / "in.mp4").as_uri(),
+                   output=(tmp_path / "ladder").as_uri(),
+                   operation=PerTitle(rungs=[PerTitleRung(height=180)]))  # fmt: skip
+    mine = partial_path(tmp_path / "ladder", job_key("default", "j"), 2)
+    other = partial_path(tmp_path / "ladder", job_key("default", "k"), 1)
+    for d in (mine, other):
+        await asyncio.to_thread((d / "stream_0").mkdir, parents=True)
+        await asyncio.to_thread((d / "180p.mp4").write_bytes, b"x")
+    assert await remove_stale_partials(spec, [str(tmp_path)]) == 1
+    left = await asyncio.to_thread(lambda: sorted(p.name for p in tmp_path.iterdir()))
+    assert left == [other.name]
