@@ -21,7 +21,7 @@ from common.sdnotify import Notifier, watchdog_task
 from common.supervise import Supervisor
 from control.alerts.canary import CanaryRunner
 from control.alerts.rules import AlertEngine, Snapshot, nats_sink
-from control.alerts.snapshot import finished_since, fleet_snapshot, with_db
+from control.alerts.snapshot import finished_since, fleet_snapshot, with_db, with_deadlines
 from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
@@ -119,7 +119,8 @@ class ControlPlane:
             log.warning("node bucket not read within %gs; serving anyway", NODES_SYNC_WAIT)
         dead_letters = DeadLetters(js, db, subjects)
         self.api = ApiService(
-            nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys), nodes,
+            nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys,
+                                    deadline_policy=cfg.deadline_policy), nodes,
             db,
         )  # fmt: skip
         await self.api.start()
@@ -145,6 +146,7 @@ class ControlPlane:
                 )
                 done, mark = await finished_since(db, mark)
                 if engine.active:  # the leader's alone, like the fleet gauges
+                    snap = await with_deadlines(snap, db)
                     self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
                 ready.postgres_ok = True

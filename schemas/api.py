@@ -32,6 +32,10 @@ class EmptyRequest(Wire, kw_only=True):
 
 class SubmitRequest(Wire, kw_only=True):
     job: JobSpec
+    #: Seconds of media the job will process, when the producer knows it (e.g. from an earlier
+    #: probe): with a `deadline`, the run time is estimated from the learned realtime factor
+    #: instead of the typical wall time (docs/deadlines.md). Never sent to a node.
+    duration_hint_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] | None = None
 
 
 class SubmitReply(Wire, kw_only=True):
@@ -40,6 +44,14 @@ class SubmitReply(Wire, kw_only=True):
     stream: str
     seq: NonNegInt
     duplicate: bool = False
+    #: For a job with a `deadline`: when it could finish (epoch seconds), from the queue ahead
+    #: and the learned run time of `estimate_runs` completed runs like it; None: no estimate.
+    estimated_finish: float | None = None
+    estimate_runs: NonNegInt = 0
+    #: How the estimate was made, or why there is none.
+    estimate_note: str | None = None
+    #: Set when the deadline looks infeasible and `deadline_policy` is `warn` (admitted anyway).
+    deadline_warning: str | None = None
 
 
 class JobRef(Wire, kw_only=True):
