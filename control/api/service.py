@@ -283,9 +283,10 @@ class ApiService:
     async def _deadline(self, job: JobSpec, hint_s: float | None) -> Verdict | None:
         """Judge the job's deadline (None without one): refuse one already past, and an
         infeasible one under the `refuse` policy."""
-        if job.deadline is None:
+        due = as_utc(job.deadline)
+        if due is None:
             return None
-        now, deadline = self.clock(), as_utc(job.deadline).timestamp()  # type: ignore[union-attr]
+        now, deadline = self.clock(), due.timestamp()
         if (past := past_deadline(deadline, now)) is not None:
             raise ApiFailure(400, past)
         key = runtime_key(job)

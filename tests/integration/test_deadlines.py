@@ -5,6 +5,8 @@ injected clock."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
@@ -12,6 +14,7 @@ from typing import Any
 
 import asyncpg
 import msgspec
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -19,8 +22,11 @@ from nats.js import JetStreamContext
 from control.alerts.rules import AlertEngine, Snapshot
 from control.alerts.snapshot import with_deadlines
 from control.api.service import ApiService, ApiSettings
+from control.cli.jobflags import submit_argv
+from control.cli.main import build_parser
 from control.config import AlertThresholds
 from control.db.store import Incoming, store_batch
+from control.errors import CliError
 from control.ingest import Ingestor
 from control.metrics import Metrics
 from control.nodes import NodeTracker
@@ -299,3 +305,25 @@ async def test_at_risk_alert_fires_for_a_waiting_job_whose_deadline_passes(
     for _ in range(2):
         await tick(t0 + 7300)
     assert engine.firing() == [] and counted("missed") == 2
+
+
+async def test_cli_submit_shows_the_estimate(
+    nc: NATS, nats_url: str, prefix: str, db: asyncpg.Pool, api: ApiService,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    await fold(db, [e for i in range(2) for e in run(f"past{i}", wall=90.0, media=None)])
+
+    async def flotilla(*argv: str) -> int:
+        flags = ["--nats-url", nats_url, "--prefix", prefix]
+        args = build_parser().parse_args(submit_argv(["submit", *argv, *flags]))
+        return int(await args.handler(args))
+
+    assert await flotilla("transcode", "in.mp4", "out.mp4", "--deadline", "1d") == 0
+    out = capsys.readouterr().out
+    assert re.search(r"estimated finish \S+ \S+Z \(estimate from 2 runs of transcode h264", out)
+    assert await flotilla("transcode", "in.mp4", "out.mp4", "--deadline", "1d", "--json") == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["estimate_runs"] == 2 and reply["estimated_finish"] > time.time()
+    # Refused: the one-line error names the estimate.
+    with pytest.raises(CliError, match=r"could finish about \S+ \(estimate from 2 runs"):
+        await flotilla("transcode", "in.mp4", "out.mp4", "--deadline", "30s")
