@@ -30,7 +30,10 @@ class EmptyRequest(Wire, kw_only=True):
     """The body of requests that take no arguments (node.list, fleet.summary)."""
 
 
-class SubmitRequest(Wire, kw_only=True):
+class SubmitRequest(Wire, kw_only=True, omit_defaults=True):
+    """Fields at their defaults are left out when encoded, so a control plane of the release
+    before (which refuses unknown fields) still takes a request without `duration_hint_s`."""
+
     job: JobSpec
     #: Seconds of media the job will process, when the producer knows it (e.g. from an earlier
     #: probe): with a `deadline`, the run time is estimated from the learned realtime factor

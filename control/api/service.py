@@ -278,7 +278,7 @@ class ApiService:
         if verdict is not None:
             reply.estimated_finish, reply.estimate_runs = verdict.finish, verdict.runs
             reply.estimate_note, reply.deadline_warning = verdict.note, verdict.infeasible
-        return encode(reply)
+        return submit_reply_bytes(reply)
 
     async def _deadline(self, job: JobSpec, hint_s: float | None) -> Verdict | None:
         """Judge the job's deadline (None without one): refuse one already past, and an
@@ -500,6 +500,20 @@ def own_running(hb: Heartbeat, tenant: str, legacy_owned: set[str]) -> list[str]
 
 #: The protocol revision (schemas.common.PROTOCOL) from which nodes read `NodeCommand.tenant`.
 TENANT_JOB_IDS = 2
+
+
+#: SubmitReply fields added with deadlines.
+ESTIMATE_FIELDS = ("estimated_finish", "estimate_runs", "estimate_note", "deadline_warning")
+
+
+def submit_reply_bytes(reply: api.SubmitReply) -> bytes:
+    """The reply as sent: the estimate fields only when set, so a CLI of the release before
+    (its decoder refuses unknown fields) still reads the reply to a job without a deadline."""
+    fields = msgspec.to_builtins(reply)
+    for name in ESTIMATE_FIELDS:
+        if not fields.get(name):
+            fields.pop(name, None)
+    return msgspec.json.encode(fields)
 
 
 def command_bytes(cmd: NodeCommand) -> bytes:

@@ -78,11 +78,12 @@ _set = [c for c in FOLD_COLUMNS if c not in ("tenant", "job_id", "result")]
 #: are updated. `result` and `spec` are only ever filled, never cleared.
 WRITE_JOBS = f"""
 WITH s AS (
-    SELECT * FROM json_to_recordset($1::json) AS s(is_new boolean, spec jsonb, {_row_type})
+    SELECT * FROM json_to_recordset($1::json)
+        AS s(is_new boolean, spec jsonb, deadline timestamptz, {_row_type})
 ), inserted AS (
     INSERT INTO jobs ({_columns}, spec, deadline)
     SELECT {", ".join("result::jsonb" if c == "result" else c for c in FOLD_COLUMNS)}, spec,
-           (spec->>'deadline')::timestamptz
+           deadline
     FROM s WHERE is_new ORDER BY tenant, job_id
     ON CONFLICT (tenant, job_id) DO NOTHING
     RETURNING tenant, job_id
@@ -91,7 +92,7 @@ WITH s AS (
         ({", ".join(_set)}) = ({", ".join("s." + c for c in _set)}),
         result = COALESCE(s.result::jsonb, j.result),
         spec = COALESCE(j.spec, s.spec),
-        deadline = COALESCE(j.deadline, (s.spec->>'deadline')::timestamptz),
+        deadline = COALESCE(j.deadline, s.deadline),
         updated_at = now()
     FROM s WHERE NOT s.is_new AND j.tenant = s.tenant AND j.job_id = s.job_id
 )
@@ -236,11 +237,21 @@ async def _write_jobs(
     for new, row in writes:
         spec = specs.get((row.tenant, row.job_id))
         fields = dict(zip(FOLD_COLUMNS, row_values(row), strict=True))
+        due = None if spec is None else as_utc(_DUE.decode(spec).deadline)
         rows.append({"is_new": new, "spec": None if spec is None else msgspec.Raw(spec.encode()),
-                     **fields})  # fmt: skip
+                     "deadline": due, **fields})  # fmt: skip
     inserted = await conn.fetch(WRITE_JOBS, msgspec.json.encode(rows).decode())
     meant = {(r.tenant, r.job_id) for new, r in writes if new}
     return meant - {(r["tenant"], r["job_id"]) for r in inserted}
+
+
+class _Due(msgspec.Struct):
+    """The one field of a spec the jobs row keeps in a column of its own."""
+
+    deadline: datetime | None = None
+
+
+_DUE = msgspec.json.Decoder(_Due)
 
 
 def _specs(events: Sequence[JobEvent]) -> dict[JobKey, str]:

@@ -33,6 +33,7 @@ from control.nodes import NodeTracker
 from control.runtimes import RuntimeKey
 from control.topology import ingest_consumer_config
 from schemas.alerts import Alert
+from schemas.api import SubmitRequest
 from schemas.codec import encode
 from schemas.events import Completed, Event, kind_of
 from schemas.jobs import JobSpec
@@ -185,7 +186,7 @@ async def test_feasible_deadline_is_admitted_with_its_estimate(
     before = time.time()
     reply, status = await submit(nc, prefix, "ok", deadline_in=86400)
     assert status == "ok", reply
-    assert reply["estimate_runs"] == 3 and reply["deadline_warning"] is None
+    assert reply["estimate_runs"] == 3 and "deadline_warning" not in reply
     assert before + 600 <= reply["estimated_finish"] <= time.time() + 600
     row = await db.fetchrow("SELECT deadline, estimated_run_s FROM jobs WHERE job_id = 'ok'")
     assert row is not None and row["estimated_run_s"] == 600.0
@@ -231,6 +232,11 @@ async def test_warn_policy_admits_with_a_warning(
 async def test_past_deadline_is_refused(nc: NATS, prefix: str, api: ApiService) -> None:
     reply, status = await submit(nc, prefix, "gone", deadline_in=-60)
     assert status == "400" and "is already past (now " in reply["message"], reply
+    # Without a deadline the reply is as a CLI of the release before reads it: no new fields.
+    plain, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": job("plain")})
+    assert code(headers) == "ok" and set(plain) == {"v", "job_id", "subject", "stream", "seq",
+                                                    "duplicate"}  # fmt: skip
+    assert b"duration_hint_s" not in encode(SubmitRequest(job=spec("x")))
 
 
 async def test_unknown_estimate_admits_and_says_so(
@@ -240,7 +246,7 @@ async def test_unknown_estimate_admits_and_says_so(
     await fold(db, run("past", wall=600.0, media=None, height=720))
     reply, status = await submit(nc, prefix, "new", deadline_in=30)
     assert status == "ok", reply
-    assert reply["estimated_finish"] is None and reply["estimate_runs"] == 0
+    assert "estimated_finish" not in reply and "estimate_runs" not in reply
     assert reply["estimate_note"].startswith("no estimate: no completed run of transcode h264")
 
 
@@ -327,3 +333,15 @@ async def test_cli_submit_shows_the_estimate(
     # Refused: the one-line error names the estimate.
     with pytest.raises(CliError, match=r"could finish about \S+ \(estimate from 2 runs"):
         await flotilla("transcode", "in.mp4", "out.mp4", "--deadline", "30s")
+
+
+async def test_ingest_keeps_the_deadline_of_a_job_published_straight_to_the_stream(
+    db: asyncpg.Pool,
+) -> None:
+    # No API on the way: the node's `accepted` carries the spec; a time without an offset is UTC.
+    naive = msgspec.structs.replace(spec("direct"), deadline=datetime(2030, 1, 2, 3, 4, 5))
+    await fold(db, [accepted("direct", spec=naive)])
+    due = await db.fetchval("SELECT deadline FROM jobs WHERE job_id = 'direct'")
+    assert due == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
+    snap = await with_deadlines(Snapshot(), db, now=datetime(2030, 1, 3, tzinfo=UTC).timestamp())
+    assert set(snap.deadlines_missed) == {"acme/direct"}
