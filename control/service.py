@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,8 +56,10 @@ NODES_SYNC_WAIT = 10.0
 class ControlPlane:
     """One control-plane instance; tests start and stop it in-process."""
 
-    def __init__(self, cfg: ControlConfig) -> None:
+    def __init__(self, cfg: ControlConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        #: Epoch seconds now, as deadlines are judged (tests move it instead of waiting).
+        self.clock = clock
         self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
         self.stop_event = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -121,7 +124,7 @@ class ControlPlane:
         self.api = ApiService(
             nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys,
                                     deadline_policy=cfg.deadline_policy), nodes,
-            db,
+            db, clock=self.clock,
         )  # fmt: skip
         await self.api.start()
         # Producers still on the version 1 submit subject get an error, not silence.
@@ -146,7 +149,7 @@ class ControlPlane:
                 )
                 done, mark = await finished_since(db, mark)
                 if engine.active:  # the leader's alone, like the fleet gauges
-                    snap = await with_deadlines(snap, db)
+                    snap = await with_deadlines(snap, db, now=self.clock())
                     self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
                 ready.postgres_ok = True

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +31,7 @@ from control.ingest import Ingestor
 from control.metrics import Metrics
 from control.nodes import NodeTracker
 from control.runtimes import RuntimeKey
+from control.service import ControlPlane
 from control.topology import ingest_consumer_config
 from schemas.alerts import Alert
 from schemas.api import SubmitRequest
@@ -41,6 +42,7 @@ from schemas.operations import Transcode
 from schemas.results import JobResult
 from schemas.subjects import Subjects
 from tests.support.api import call, code, job
+from tests.support.controlplane import control_config
 from tests.support.ingest import (
     SETTINGS,
     accepted,
@@ -345,3 +347,49 @@ async def test_ingest_keeps_the_deadline_of_a_job_published_straight_to_the_stre
     assert due == datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
     snap = await with_deadlines(Snapshot(), db, now=datetime(2030, 1, 3, tzinfo=UTC).timestamp())
     assert set(snap.deadlines_missed) == {"acme/direct"}
+
+
+async def test_the_leader_alerts_when_a_waiting_job_misses_its_deadline(
+    nc: NATS, nats_url: str, prefix: str, database_url: str
+) -> None:
+    """The whole control plane in-process, its clock moved past the deadline instead of
+    waited for: the leader fires `deadline_at_risk` for the job and counts it."""
+    offset = 0.0
+    cfg = control_config(nats_url, prefix, database_url, alert_interval=0.2,
+                         alerts=AlertThresholds(hysteresis=1))  # fmt: skip
+    plane = ControlPlane(cfg, clock=lambda: time.time() + offset)
+    await plane.start()
+    try:
+        js = nc.jetstream()
+        await put_node(js, Subjects(prefix), node_record("n1"), seen_by=plane.nodes)
+        reply, status = await submit(nc, prefix, "waits", deadline_in=3600)
+        assert status == "ok", reply
+        db = plane.db
+        assert db is not None
+
+        async def firing() -> set[str]:
+            rows = await db.fetch(
+                "SELECT subject FROM alerts WHERE rule = 'deadline_at_risk' AND state = 'firing'"
+            )
+            return {r["subject"] for r in rows}
+
+        await wait_until(lambda: leading(plane), "the plane leads")
+        assert await firing() == set()
+        offset = 7200.0  # two hours on, the job still waiting
+        await wait_until(lambda: has(firing, "default/waits"), "deadline_at_risk fires")
+        missed = plane.metrics.registry.get_sample_value(
+            "flotilla_deadline_at_risk_jobs_total", {"reason": "missed"}
+        )
+        assert missed == 1.0
+    finally:
+        await plane.stop()
+
+
+async def leading(plane: ControlPlane) -> bool:
+    """It holds the lease and has exported a snapshot since."""
+    led = plane.metrics.registry.get_sample_value("flotilla_control_leader")
+    return led == 1.0 and plane.metrics.updated_at is not None
+
+
+async def has(source: Callable[[], Awaitable[set[str]]], subject: str) -> bool:
+    return subject in await source()
