@@ -288,16 +288,29 @@ class ApiService:
             return None
         now, deadline = self.clock(), due.timestamp()
         if (past := past_deadline(deadline, now)) is not None:
-            raise ApiFailure(400, past)
+            if not await self._recorded(job):
+                raise ApiFailure(400, past)
+            return Verdict(None, 0, past, past)
         key = runtime_key(job)
         learned = None if self.db is None else await learned_for(self.db, key)
         run = run_estimate(learned, media_seconds(job, hint_s))
         ahead = 0 if run is None else await queued_ahead(self.js, self.subjects, job.pool,
                                                         job.priority)  # fmt: skip
         verdict = judge(deadline, now, run, key, ahead, live_slots(self._nodes(), job.pool))
-        if verdict.infeasible is not None and self.s.deadline_policy == "refuse":
-            raise ApiFailure(409, verdict.infeasible)
+        refuse = verdict.infeasible is not None and self.s.deadline_policy == "refuse"
+        if refuse and not await self._recorded(job):
+            raise ApiFailure(409, str(verdict.infeasible))
         return verdict
+
+    async def _recorded(self, job: JobSpec) -> bool:
+        """Whether the job was submitted before: a retried submit (say after a 503 or a lost
+        reply) is answered as a duplicate, not refused, though its deadline now looks worse."""
+        if self.db is None:
+            return False
+        found = await self.db.fetchval(
+            "SELECT true FROM jobs WHERE tenant = $1 AND job_id = $2", job.tenant, job.job_id
+        )
+        return bool(found)
 
     async def _admit(self, tenant: str, job_id: str, who: Identity) -> None:
         """May `who` submit this tenant's job now: key, job id, rate and queue limits."""

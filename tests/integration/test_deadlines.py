@@ -241,6 +241,30 @@ async def test_past_deadline_is_refused(nc: NATS, prefix: str, api: ApiService) 
     assert b"duration_hint_s" not in encode(SubmitRequest(job=spec("x")))
 
 
+async def test_a_retried_submit_is_a_duplicate_even_past_its_deadline(
+    nc: NATS, prefix: str, db: asyncpg.Pool, fleet: NodeTracker
+) -> None:
+    offset = 0.0
+    settings = ApiSettings(pools=["cpu"])
+    svc = ApiService(nc, Subjects(prefix), settings, fleet, db, clock=lambda: time.time() + offset)
+    await svc.start()
+    try:
+        body = {"v": 1, "job": job("again", deadline=datetime.fromtimestamp(
+            time.time() + 600, UTC).isoformat())}  # fmt: skip
+        _, headers = await call(nc, prefix, "job.submit", body)
+        assert code(headers) == "ok"
+        offset = 3600.0  # the client retries an hour later (its first reply was lost)
+        reply, headers = await call(nc, prefix, "job.submit", body)
+        assert code(headers) == "ok" and reply["duplicate"] is True, reply
+        assert "is already past" in reply["deadline_warning"]
+        # Another job with that deadline is refused.
+        other = {"v": 1, "job": {**body["job"], "job_id": "other"}}
+        reply, headers = await call(nc, prefix, "job.submit", other)
+        assert code(headers) == "400" and "is already past" in reply["message"]
+    finally:
+        await svc.stop()
+
+
 async def test_unknown_estimate_admits_and_says_so(
     nc: NATS, prefix: str, db: asyncpg.Pool, api: ApiService
 ) -> None:
