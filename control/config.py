@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -130,6 +130,9 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     instance_id: str = ""
     #: Job-end callbacks (`callback_url`): where they may go, how they are signed and retried.
     webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
+    #: A submitted job whose deadline looks infeasible (docs/deadlines.md): `refuse` it, or
+    #: `warn` (admit it with a warning in the reply). A deadline already past is always refused.
+    deadline_policy: Literal["refuse", "warn"] = "refuse"
     #: API keys are required on every API request when true (set it in production); when false,
     #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False

@@ -80,6 +80,17 @@ class Metrics:
         self.alerts_firing = Gauge(
             "flotilla_alerts_firing", "Firing alerts", ["rule", "severity"], registry=r
         )
+        self.deadline_at_risk = Counter(
+            "flotilla_deadline_at_risk_jobs",
+            "Unfinished jobs found at risk of missing their deadline (leader only), each once per"
+            " reason: missed (the deadline passed) or late_estimate (estimated finish past it)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("missed", "late_estimate"):
+            self.deadline_at_risk.labels(reason)
+        #: (job, reason) at risk in the last snapshot: a job is counted when it enters the set.
+        self._at_risk: set[tuple[str, str]] = set()
         #: Monotonic time of the last snapshot the gauges show (None: none yet).
         self.updated_at: float | None = None
 
@@ -106,7 +117,9 @@ class Metrics:
         self.updated_at = time.monotonic()
         self._clear_fleet()
         if not leading:
+            self._at_risk = set()
             return
+        self._count_at_risk(snap)
         for p in snap.pools:
             self.queue_depth.labels(p.pool).set(p.queued)
             self.oldest_wait.labels(p.pool).set(p.oldest_wait_s or 0.0)
@@ -127,6 +140,15 @@ class Metrics:
             per_rule[(a.rule, a.severity)] = per_rule.get((a.rule, a.severity), 0) + 1
         for (rule, severity), count in per_rule.items():
             self.alerts_firing.labels(rule, severity).set(count)
+
+    def _count_at_risk(self, snap: Snapshot) -> None:
+        now = {
+            (job, "missed" if job in snap.deadlines_missed else "late_estimate")
+            for job in snap.deadlines_at_risk
+        }
+        for _, reason in now - self._at_risk:
+            self.deadline_at_risk.labels(reason).inc()
+        self._at_risk = now
 
     def observe_finished(self, rows: list[tuple[float | None, float | None]]) -> None:
         """(run time, queue wait) of jobs that finished since the last snapshot."""

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from common.sdnotify import Notifier, watchdog_task
 from common.supervise import Supervisor
 from control.alerts.canary import CanaryRunner
 from control.alerts.rules import AlertEngine, Snapshot, nats_sink
-from control.alerts.snapshot import finished_since, fleet_snapshot, with_db
+from control.alerts.snapshot import finished_since, fleet_snapshot, with_db, with_deadlines
 from control.alerts.store import db_sink, fan_out
 from control.alerts.watcher import Watcher
 from control.api.service import ApiService, ApiSettings
@@ -55,8 +56,10 @@ NODES_SYNC_WAIT = 10.0
 class ControlPlane:
     """One control-plane instance; tests start and stop it in-process."""
 
-    def __init__(self, cfg: ControlConfig) -> None:
+    def __init__(self, cfg: ControlConfig, clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
+        #: Epoch seconds now, as deadlines are judged (tests move it instead of waiting).
+        self.clock = clock
         self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
         self.stop_event = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -119,8 +122,9 @@ class ControlPlane:
             log.warning("node bucket not read within %gs; serving anyway", NODES_SYNC_WAIT)
         dead_letters = DeadLetters(js, db, subjects)
         self.api = ApiService(
-            nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys), nodes,
-            db,
+            nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys,
+                                    deadline_policy=cfg.deadline_policy), nodes,
+            db, clock=self.clock,
         )  # fmt: skip
         await self.api.start()
         # Producers still on the version 1 submit subject get an error, not silence.
@@ -145,6 +149,7 @@ class ControlPlane:
                 )
                 done, mark = await finished_since(db, mark)
                 if engine.active:  # the leader's alone, like the fleet gauges
+                    snap = await with_deadlines(snap, db, now=self.clock())
                     self.metrics.observe_finished(done)
                 self.metrics.postgres_up.set(1.0)
                 ready.postgres_ok = True

@@ -30,8 +30,15 @@ class EmptyRequest(Wire, kw_only=True):
     """The body of requests that take no arguments (node.list, fleet.summary)."""
 
 
-class SubmitRequest(Wire, kw_only=True):
+class SubmitRequest(Wire, kw_only=True, omit_defaults=True):
+    """Fields at their defaults are left out when encoded, so a control plane of the release
+    before (which refuses unknown fields) still takes a request without `duration_hint_s`."""
+
     job: JobSpec
+    #: Seconds of media the job will process, when the producer knows it (e.g. from an earlier
+    #: probe): with a `deadline`, the run time is estimated from the learned realtime factor
+    #: instead of the typical wall time (docs/deadlines.md). Never sent to a node.
+    duration_hint_s: Annotated[float, msgspec.Meta(gt=0, le=30 * 86400)] | None = None
 
 
 class SubmitReply(Wire, kw_only=True):
@@ -40,6 +47,14 @@ class SubmitReply(Wire, kw_only=True):
     stream: str
     seq: NonNegInt
     duplicate: bool = False
+    #: For a job with a `deadline`: when it could finish (epoch seconds), from the queue ahead
+    #: and the learned run time of `estimate_runs` completed runs like it; None: no estimate.
+    estimated_finish: float | None = None
+    estimate_runs: NonNegInt = 0
+    #: How the estimate was made, or why there is none.
+    estimate_note: str | None = None
+    #: Set when the deadline looks infeasible and `deadline_policy` is `warn` (admitted anyway).
+    deadline_warning: str | None = None
 
 
 class JobRef(Wire, kw_only=True):

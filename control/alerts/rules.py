@@ -49,6 +49,11 @@ class Snapshot:
     #: node id -> its events rejected within the window (it reported on an attempt it does not
     #: hold)
     rejected_by_node: dict[str, int] = field(default_factory=dict)
+    #: "tenant/job_id" -> seconds its deadline passed, or its estimated finish is past it, for
+    #: unfinished jobs (leader only: control/alerts/snapshot.py with_deadlines)
+    deadlines_at_risk: dict[str, float] = field(default_factory=dict)
+    #: those of deadlines_at_risk whose deadline has passed
+    deadlines_missed: frozenset[str] = frozenset()
 
 
 #: (subject, value, threshold)
@@ -142,6 +147,11 @@ def rejected_events(s: Snapshot, t: AlertThresholds) -> list[Finding]:
     return [(node, float(n), 0.0) for node, n in sorted(s.rejected_by_node.items()) if n > 0]
 
 
+def deadline_at_risk(s: Snapshot, t: AlertThresholds) -> list[Finding]:
+    """value: seconds past the deadline, now or by the estimated finish."""
+    return [(job, late, 0.0) for job, late in sorted(s.deadlines_at_risk.items())]
+
+
 RULES: dict[str, tuple[Rule, Severity]] = {
     "node_offline": (node_offline, "warning"),
     "pool_offline_with_work": (pool_offline_with_work, "critical"),
@@ -156,6 +166,7 @@ RULES: dict[str, tuple[Rule, Severity]] = {
     "ingest_lag": (ingest_lag, "warning"),
     "canary_failed": (canary_failed, "critical"),
     "rejected_events": (rejected_events, "warning"),
+    "deadline_at_risk": (deadline_at_risk, "warning"),
 }
 
 

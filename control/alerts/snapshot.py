@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from control.alerts.rules import NodeView, PoolView, Snapshot
 from control.fleetread import ingest_backlog_age, pool_queue
 from control.nodes import Fleet, FleetNode
+from control.runtimes import OpenDeadline, lateness
 from schemas.subjects import Subjects
 
 
@@ -113,3 +114,36 @@ async def finished_since(
         for r in rows
     ]  # fmt: skip
     return out, mark
+
+
+#: Unfinished jobs with a deadline (jobs_deadline_idx), soonest first.
+OPEN_DEADLINES = """
+SELECT tenant, job_id, state, extract(epoch FROM deadline) AS deadline,
+       extract(epoch FROM started_at) AS started_at, estimated_run_s
+FROM jobs
+WHERE deadline IS NOT NULL AND state IN ('submitted', 'queued', 'running')
+ORDER BY deadline LIMIT $1
+"""
+
+
+async def with_deadlines(
+    snap: Snapshot, db: asyncpg.Pool, now: float | None = None, limit: int = 10_000
+) -> Snapshot:
+    """Add the unfinished jobs whose deadline passed or whose estimated finish is past it
+    (the leader's check: `deadline_at_risk`). `now`: epoch seconds, injectable for tests."""
+    now = time.time() if now is None else now
+    rows = await db.fetch(OPEN_DEADLINES, limit)
+    risky: dict[str, float] = {}
+    missed: set[str] = set()
+    for r in rows:
+        job = OpenDeadline(
+            subject=f"{r['tenant']}/{r['job_id']}", deadline=float(r["deadline"]), state=r["state"],
+            started_at=None if r["started_at"] is None else float(r["started_at"]),
+            estimated_run_s=r["estimated_run_s"],
+        )  # fmt: skip
+        late = lateness(job, now)
+        if late is not None:
+            risky[job.subject] = late
+            if now >= job.deadline:
+                missed.add(job.subject)
+    return replace(snap, deadlines_at_risk=risky, deadlines_missed=frozenset(missed))

@@ -31,19 +31,30 @@ from nats.micro.service import Service
 
 from common.natsconn import sync_subscriptions
 from control.api import admin, jobquery, tenants
+from control.api.deadline import (
+    DeadlinePolicy,
+    Verdict,
+    judge,
+    live_slots,
+    past_deadline,
+    queued_ahead,
+)
 from control.api.failure import ApiFailure
 from control.api.fleetfit import rejection
 from control.api.identity import KEYLESS_OPERATOR, Identity, identity_for_key
 from control.api.jobcancel import delete_queued, mark_cancelled
 from control.api.ratelimit import TenantLimiter, take_token
 from control.db import TRANSIENT_ERRORS, is_transient
-from control.db.store import record_submission
+from control.db.runtimes import learned_for
+from control.db.store import as_utc, record_submission
 from control.deadletters.retry import DeadLetterNotFound, retry_dead_letter
 from control.fleetread import pool_queue
 from control.nodes import Fleet, FleetNode
+from control.runtimes import media_seconds, run_estimate, runtime_key
 from schemas import api
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
+from schemas.jobs import JobSpec
 from schemas.nodes import Heartbeat
 from schemas.subjects import ALL_NODES, Subjects, job_msg_id
 
@@ -71,6 +82,9 @@ class ApiSettings:
     #: handler one request at a time, so one slow request (a lock, a slow node) held up every
     #: other of that verb; past the bound a request waits in its subscription's buffer.
     max_in_flight: int = 64
+    #: A job whose deadline looks infeasible at submit: `refuse` it (409), or `warn` (admit it
+    #: with `deadline_warning` in the reply). A deadline already past is refused either way.
+    deadline_policy: DeadlinePolicy = "refuse"
 
 
 Handler = Callable[[Request, Identity], Awaitable[bytes]]
@@ -94,9 +108,12 @@ class ApiService:
         settings: ApiSettings,
         fleet: Fleet,
         db: asyncpg.Pool | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.nc, self.js, self.subjects, self.s = nc, nc.jetstream(), subjects, settings
         self.fleet, self.db = fleet, db
+        #: Epoch seconds now: what deadlines are judged against (injectable for tests).
+        self.clock = clock
         self.limiter = TenantLimiter(settings.submit_rate, settings.submit_burst)
         self._svc: Service | None = None
         self._slots = asyncio.Semaphore(settings.max_in_flight)
@@ -227,13 +244,15 @@ class ApiService:
 
     # -- jobs -----------------------------------------------------------------------------
     async def submit(self, req: Request, who: Identity) -> bytes:
-        job = SUBMIT.decode(req.data).job
+        ask = SUBMIT.decode(req.data)
+        job = ask.job
         await self._admit(job.tenant, job.job_id, who)
         if rejection(job, self._synced().iter_nodes()) is not None:
             # Refused: name every node's reason, in node order (the same answer each time).
             reason = rejection(job, self._nodes())
             if reason is not None:
                 raise ApiFailure(409, reason)
+        verdict = await self._deadline(job, ask.duration_hint_s)
         subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
         ack = await self.js.publish(
             subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},
@@ -243,7 +262,10 @@ class ApiService:
             try:
                 async with self.db.acquire() as conn:
                     now = datetime.now(UTC)
-                    await record_submission(conn, job, submitted_at=now, stream_seq=ack.seq)
+                    run_s = None if verdict is None else verdict.run_s
+                    await record_submission(
+                        conn, job, submitted_at=now, stream_seq=ack.seq, estimated_run_s=run_s
+                    )
             except TRANSIENT_ERRORS as exc:  # it is on the stream: ingest records it later
                 log.warning("job %s accepted but not recorded yet: %r", job.job_id, exc)
         reply = api.SubmitReply(
@@ -253,7 +275,42 @@ class ApiService:
             seq=ack.seq,
             duplicate=bool(ack.duplicate),
         )
-        return encode(reply)
+        if verdict is not None:
+            reply.estimated_finish, reply.estimate_runs = verdict.finish, verdict.runs
+            reply.estimate_note, reply.deadline_warning = verdict.note, verdict.infeasible
+        return submit_reply_bytes(reply)
+
+    async def _deadline(self, job: JobSpec, hint_s: float | None) -> Verdict | None:
+        """Judge the job's deadline (None without one): refuse one already past, and an
+        infeasible one under the `refuse` policy."""
+        due = as_utc(job.deadline)
+        if due is None:
+            return None
+        now, deadline = self.clock(), due.timestamp()
+        if (past := past_deadline(deadline, now)) is not None:
+            if not await self._recorded(job):
+                raise ApiFailure(400, past)
+            return Verdict(None, 0, past, past)
+        key = runtime_key(job)
+        learned = None if self.db is None else await learned_for(self.db, key)
+        run = run_estimate(learned, media_seconds(job, hint_s))
+        ahead = 0 if run is None else await queued_ahead(self.js, self.subjects, job.pool,
+                                                        job.priority)  # fmt: skip
+        verdict = judge(deadline, now, run, key, ahead, live_slots(self._nodes(), job.pool))
+        refuse = verdict.infeasible is not None and self.s.deadline_policy == "refuse"
+        if refuse and not await self._recorded(job):
+            raise ApiFailure(409, str(verdict.infeasible))
+        return verdict
+
+    async def _recorded(self, job: JobSpec) -> bool:
+        """Whether the job was submitted before: a retried submit (say after a 503 or a lost
+        reply) is answered as a duplicate, not refused, though its deadline now looks worse."""
+        if self.db is None:
+            return False
+        found = await self.db.fetchval(
+            "SELECT true FROM jobs WHERE tenant = $1 AND job_id = $2", job.tenant, job.job_id
+        )
+        return bool(found)
 
     async def _admit(self, tenant: str, job_id: str, who: Identity) -> None:
         """May `who` submit this tenant's job now: key, job id, rate and queue limits."""
@@ -456,6 +513,20 @@ def own_running(hb: Heartbeat, tenant: str, legacy_owned: set[str]) -> list[str]
 
 #: The protocol revision (schemas.common.PROTOCOL) from which nodes read `NodeCommand.tenant`.
 TENANT_JOB_IDS = 2
+
+
+#: SubmitReply fields added with deadlines.
+ESTIMATE_FIELDS = ("estimated_finish", "estimate_runs", "estimate_note", "deadline_warning")
+
+
+def submit_reply_bytes(reply: api.SubmitReply) -> bytes:
+    """The reply as sent: the estimate fields only when set, so a CLI of the release before
+    (its decoder refuses unknown fields) still reads the reply to a job without a deadline."""
+    fields = msgspec.to_builtins(reply)
+    for name in ESTIMATE_FIELDS:
+        if not fields.get(name):
+            fields.pop(name, None)
+    return msgspec.json.encode(fields)
 
 
 def command_bytes(cmd: NodeCommand) -> bytes:

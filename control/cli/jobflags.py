@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import secrets
 import sys
 import time
 import tomllib
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -90,10 +92,33 @@ def to_spec(doc: dict[str, Any], args: argparse.Namespace, label: str) -> JobSpe
             doc[flag] = getattr(args, flag)
     if args.pool is not None:
         doc["requirements"] = {**doc.get("requirements", {}), "pool": args.pool}
+    if getattr(args, "deadline", None) is not None:
+        doc["deadline"] = deadline_value(args.deadline)
     try:
         return msgspec.convert(doc, JobSpec)
     except (msgspec.ValidationError, ValueError) as exc:
         raise BadInput(f"invalid job {label}: {exc}") from exc
+
+
+_IN = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def deadline_value(text: str, now: float | None = None) -> str:
+    """`--deadline`: a duration from now (`90m`, `2h`) or an ISO 8601 time, as RFC 3339 UTC."""
+    text = text.strip()
+    match = _IN.match(text)
+    if match is not None:
+        at = (time.time() if now is None else now) + float(match[1]) * _UNIT_S[match[2]]
+        return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadInput(
+            f"--deadline {text!r}: write a time like 2026-12-03T18:00:00Z or a duration like 2h"
+        ) from None
+    when = when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _ladder(text: str) -> list[dict[str, int]]:

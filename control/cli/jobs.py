@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from control.cli import jobflags
 from control.cli import watch as cli_watch
 from control.cli.apiclient import ApiClient
 from control.cli.flags import add_client_flags as client_flags
-from control.cli.format import print_json
+from control.cli.format import print_json, when
 from control.cli.jobquery import cancel, job_events, list_jobs, retry, status
 from control.errors import CliError, Unreachable
 from schemas import api
@@ -21,6 +22,15 @@ def _submit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool", help="pool override (default: follows the job's accel)")
     p.add_argument("--priority", choices=["high", "normal", "low"])
     p.add_argument("--tenant")
+    p.add_argument(
+        "--deadline",
+        metavar="WHEN",
+        help="finish by: an ISO 8601 time (UTC without an offset) or a duration from now (2h)",
+    )
+    p.add_argument(
+        "--duration-hint", type=float, metavar="SECONDS",
+        help="media seconds the job processes, for the deadline estimate",
+    )  # fmt: skip
     p.add_argument("--upload", action="store_true", help="put local inputs in the object store")
     p.add_argument("--wait", action="store_true", help="block until the job ends (exit 0/1)")
     p.add_argument("--watch", action="store_true", help="as --wait, with the progress display")
@@ -82,7 +92,8 @@ async def submit(args: argparse.Namespace) -> int:
 
             spec = await upload_inputs(client.nc, client.subjects, spec)
         try:
-            reply = await client.call("job.submit", api.SubmitRequest(job=spec), api.SubmitReply)
+            ask = api.SubmitRequest(job=spec, duration_hint_s=args.duration_hint)
+            reply = await client.call("job.submit", ask, api.SubmitReply)
         except CliError as exc:
             # Refused: its uploads would be orphans. Unreachable: it may have been accepted.
             if args.upload and not isinstance(exc, Unreachable):
@@ -96,9 +107,11 @@ async def submit(args: argparse.Namespace) -> int:
             else:
                 dup = " (duplicate: already submitted)" if reply.duplicate else ""
                 print(f"submitted {reply.job_id} to pool {spec.pool}{dup}", flush=True)
+                print_estimate(reply)
             return 0
         if not args.json:
             print(f"submitted {reply.job_id} to pool {spec.pool}", flush=True)
+            print_estimate(reply)
         display = (
             cli_watch.Display.for_stdout(reply.job_id) if args.watch and not args.json else None
         )
@@ -106,3 +119,13 @@ async def submit(args: argparse.Namespace) -> int:
             client, reply.job_id, display, grace_s=10.0, tenant=spec.tenant
         )
     return cli_watch.report(info, args.json)
+
+
+def print_estimate(reply: api.SubmitReply) -> None:
+    """The deadline estimate of the reply, if any, and its warning on stderr."""
+    if reply.estimated_finish is not None:
+        print(f"estimated finish {when(reply.estimated_finish)} ({reply.estimate_note})")
+    elif reply.estimate_note:
+        print(reply.estimate_note)
+    if reply.deadline_warning:
+        print(f"flotilla: warning: {reply.deadline_warning}", file=sys.stderr, flush=True)

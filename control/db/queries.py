@@ -7,8 +7,8 @@ from __future__ import annotations
 #: The API's submit (or a dead letter's spec): never moves a job's state.
 UPSERT_SUBMITTED = """
 INSERT INTO jobs AS j (job_id, tenant, pool, priority, operation, stream_seq, submitted_at,
-                       queued_at, spec)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+                       queued_at, spec, deadline, estimated_run_s)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11)
 ON CONFLICT (tenant, job_id) DO UPDATE SET
     pool = CASE WHEN j.pool = '' THEN EXCLUDED.pool ELSE j.pool END,
     priority = CASE WHEN j.priority = '' THEN EXCLUDED.priority ELSE j.priority END,
@@ -17,6 +17,8 @@ ON CONFLICT (tenant, job_id) DO UPDATE SET
     submitted_at = LEAST(j.submitted_at, EXCLUDED.submitted_at),
     queued_at = LEAST(j.queued_at, EXCLUDED.queued_at),
     spec = COALESCE(j.spec, EXCLUDED.spec),
+    deadline = COALESCE(j.deadline, EXCLUDED.deadline),
+    estimated_run_s = COALESCE(j.estimated_run_s, EXCLUDED.estimated_run_s),
     updated_at = now()
 """
 

@@ -224,3 +224,22 @@ CREATE INDEX jobs_tenant_finished_idx ON jobs (tenant, finished_at) WHERE finish
 CREATE INDEX webhook_deliveries_done_idx ON webhook_deliveries (done_at)
     WHERE done_at IS NOT NULL;
 CREATE INDEX dead_letters_retried_idx ON dead_letters (retried_at) WHERE retried_at IS NOT NULL;
+
+-- From 0150_runtime_estimates.sql (docs/deadlines.md): each job's deadline and submit-time run
+-- estimate, and run times learned from completed jobs.
+ALTER TABLE jobs ADD COLUMN deadline timestamptz;
+ALTER TABLE jobs ADD COLUMN estimated_run_s double precision;
+CREATE INDEX jobs_deadline_idx ON jobs (deadline)
+    WHERE deadline IS NOT NULL AND state IN ('submitted', 'queued', 'running');
+CREATE TABLE runtime_estimates (
+    operation   text NOT NULL,
+    codec       text NOT NULL,
+    height      integer NOT NULL,
+    pool        text NOT NULL,
+    runs        integer NOT NULL DEFAULT 0,
+    wall_s      double precision NOT NULL DEFAULT 0,
+    rtf_runs    integer NOT NULL DEFAULT 0,
+    rtf         double precision NOT NULL DEFAULT 0,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT runtime_estimates_pkey PRIMARY KEY (operation, codec, height, pool)
+);

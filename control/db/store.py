@@ -17,13 +17,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeGuard
 
 import asyncpg
 import msgspec
 
-from control.db import holders, queries
+from control.db import holders, queries, runtimes
 from control.db.blanktenant import fill_tenants
 from control.db.holders import Rejection
 from control.db.incoming import BadMessage as BadMessage
@@ -78,10 +78,12 @@ _set = [c for c in FOLD_COLUMNS if c not in ("tenant", "job_id", "result")]
 #: are updated. `result` and `spec` are only ever filled, never cleared.
 WRITE_JOBS = f"""
 WITH s AS (
-    SELECT * FROM json_to_recordset($1::json) AS s(is_new boolean, spec jsonb, {_row_type})
+    SELECT * FROM json_to_recordset($1::json)
+        AS s(is_new boolean, spec jsonb, deadline timestamptz, {_row_type})
 ), inserted AS (
-    INSERT INTO jobs ({_columns}, spec)
-    SELECT {", ".join("result::jsonb" if c == "result" else c for c in FOLD_COLUMNS)}, spec
+    INSERT INTO jobs ({_columns}, spec, deadline)
+    SELECT {", ".join("result::jsonb" if c == "result" else c for c in FOLD_COLUMNS)}, spec,
+           deadline
     FROM s WHERE is_new ORDER BY tenant, job_id
     ON CONFLICT (tenant, job_id) DO NOTHING
     RETURNING tenant, job_id
@@ -90,6 +92,7 @@ WITH s AS (
         ({", ".join(_set)}) = ({", ".join("s." + c for c in _set)}),
         result = COALESCE(s.result::jsonb, j.result),
         spec = COALESCE(j.spec, s.spec),
+        deadline = COALESCE(j.deadline, s.deadline),
         updated_at = now()
     FROM s WHERE NOT s.is_new AND j.tenant = s.tenant AND j.job_id = s.job_id
 )
@@ -192,8 +195,11 @@ async def fold_jobs(
         by_job[ev.tenant, ev.job_id].append(ev)
     specs = _specs(events)
     writes: list[tuple[bool, JobRow]] = []
+    #: The state each row had before this fold, to learn from the jobs it completes.
+    before: dict[JobKey, str] = {}
     for key, evs in by_job.items():
         held = locked.get(key)
+        before[key] = "submitted" if held is None else held.row.state
         if held is None:  # first seen here: the row starts at the batch's first event
             row = JobRow(job_id=key[1], tenant=key[0], submitted_at=at(min(e.ts for e in evs)))
             fold_job(row, evs)
@@ -201,16 +207,24 @@ async def fold_jobs(
         elif fold_job(held.row, evs) or (held.no_spec and key in specs):
             writes.append((False, held.row))
     late = await _write_jobs(conn, writes, specs)
+    changed, done = len(writes), [r for _, r in writes if (r.tenant, r.job_id) not in late]
     if late:  # inserted meanwhile by a concurrent batch (now committed): fold into its row
         again = await lock_jobs(conn, sorted(late))
         rewrites = []
         for key in late:
             held = again[key]
+            before[key] = held.row.state
             if fold_job(held.row, by_job[key]) or (held.no_spec and key in specs):
                 rewrites.append((False, held.row))
         await _write_jobs(conn, rewrites, specs)
-        return len(writes) - len(late) + len(rewrites)
-    return len(writes)
+        changed = len(writes) - len(late) + len(rewrites)
+        done += [r for _, r in rewrites]
+    # A job counts once, when its row becomes completed: a replayed or second `completed`
+    # finds the row completed already.
+    await runtimes.learn_from(
+        conn, [r for r in done if r.state == "completed" and before[r.tenant, r.job_id] != r.state]
+    )
+    return changed
 
 
 async def _write_jobs(
@@ -223,11 +237,21 @@ async def _write_jobs(
     for new, row in writes:
         spec = specs.get((row.tenant, row.job_id))
         fields = dict(zip(FOLD_COLUMNS, row_values(row), strict=True))
+        due = None if spec is None else as_utc(_DUE.decode(spec).deadline)
         rows.append({"is_new": new, "spec": None if spec is None else msgspec.Raw(spec.encode()),
-                     **fields})  # fmt: skip
+                     "deadline": due, **fields})  # fmt: skip
     inserted = await conn.fetch(WRITE_JOBS, msgspec.json.encode(rows).decode())
     meant = {(r.tenant, r.job_id) for new, r in writes if new}
     return meant - {(r["tenant"], r["job_id"]) for r in inserted}
+
+
+class _Due(msgspec.Struct):
+    """The one field of a spec the jobs row keeps in a column of its own."""
+
+    deadline: datetime | None = None
+
+
+_DUE = msgspec.json.Decoder(_Due)
 
 
 def _specs(events: Sequence[JobEvent]) -> dict[JobKey, str]:
@@ -249,9 +273,11 @@ async def record_submission(
     submitted_at: datetime,
     stream_seq: int | None = None,
     queued_at: datetime | None = None,
+    estimated_run_s: float | None = None,
 ) -> None:
     """Record a job as submitted with its spec (the API on submit, or a dead letter read from
-    the jobs stream); a job already further along keeps its state."""
+    the jobs stream); a job already further along keeps its state. `estimated_run_s`: the run
+    time admission estimated, which the deadline at-risk check reads."""
     await conn.execute(
         queries.UPSERT_SUBMITTED,
         spec.job_id,
@@ -263,4 +289,13 @@ async def record_submission(
         submitted_at,
         queued_at,
         msgspec.json.encode(spec).decode(),
+        as_utc(spec.deadline),
+        estimated_run_s,
     )
+
+
+def as_utc(when: datetime | None) -> datetime | None:
+    """A wire time as stored: one without a UTC offset is taken as UTC."""
+    if when is None or when.tzinfo is not None:
+        return when
+    return when.replace(tzinfo=UTC)

@@ -111,6 +111,12 @@ TABLE = [
         "n9",
         Snapshot(rejected_by_node={"n1": 0}),
     ),
+    (
+        A.deadline_at_risk,
+        Snapshot(deadlines_at_risk={"acme/j1": 30.0}),
+        "acme/j1",
+        Snapshot(),
+    ),
 ]
 
 
