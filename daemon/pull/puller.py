@@ -20,6 +20,23 @@ which send no submit, and keeps a node whose wake subscription is refused workin
 job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle
 node starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
 pool fetches nothing: it waits on the slot counter instead.
+
+Processing windows (daemon.pull.windows): a sweep asks only the tiers whose class is open at
+`now()` (an injected clock); a closed tier is neither peeked nor fetched, so its jobs stay in the
+stream, untouched (nothing is nak'd; running jobs finish). An idle wait is bounded by the time to
+the next opening of a closed tier, so the puller never sleeps past one. A submit hint may wake a
+node whose tier is closed while another node of the pool has it open: that node then finds the
+job at its fallback poll (at most `fetch_timeout`), not at once.
+
+Aging (`aging_every` = N, 0 disables): strict sweeps starve lower tiers while higher work keeps
+arriving. The puller counts consecutive job starts from a tier while a lower open tier had jobs
+waiting (seen by a submit hint or a consumer peek after the start); a start from the lowest
+waiting tier, or with nothing waiting below, resets the count. Once it reaches N, the next sweep
+first starts one job of the open lower tier whose next job is the oldest in the stream, then
+goes back to strict order. So on one node a waiting lower-tier job sees at most N higher-tier
+starts of that pool before one job of its tier starts (the bound is per node and pool: with M
+nodes serving the pool the fleet may start up to M x N higher jobs meanwhile). Each aged start is
+counted (`aged`; the daemon's `flotilla_aged_starts_total`).
 """
 
 from __future__ import annotations
@@ -27,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -37,11 +55,21 @@ from nats.js.errors import NotFoundError
 from common.supervise import RESTART, Policy, Supervisor
 from daemon.pull.slots import HOLD, Hold, Slots
 from daemon.pull.wake import Wake
+from daemon.pull.windows import Windows
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.puller")
 Spawn = Callable[[Msg, str, str], None]
+Clock = Callable[[], datetime]
+#: Woken this long after a window's opening instant: a timer firing a hair early would find
+#: the tier still closed (it then waits again, briefly).
+OPENING_SLACK_S = 0.05
+_NO_WINDOWS = Windows()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class MissingConsumer(Exception):
@@ -61,6 +89,10 @@ class PoolPuller:
         tier_timeout: float = 0.2,
         wake_source: Client | None = None,
         pause_after: float = 0.05,
+        windows: Callable[[], Windows] = lambda: _NO_WINDOWS,
+        now: Clock = utc_now,
+        aging_every: int = 0,
+        on_aged: Callable[[], None] = lambda: None,
     ) -> None:
         self.js, self.subjects = js, subjects
         self.pool, self.slots, self.spawn = pool, slots, spawn
@@ -76,6 +108,19 @@ class PoolPuller:
         #: Idle waits ended by a submit wake-up, and by the fallback poll running out.
         self.woken = 0
         self.polled = 0
+        #: The rules in force (read at every sweep: a runtime change applies at once), the clock.
+        self.windows, self.now = windows, now
+        #: Idle waits ended by a window opening.
+        self.opened = 0
+        self.aging_every, self.on_aged = aging_every, on_aged
+        #: Consecutive starts from a tier while a lower open tier had jobs waiting (see Aging).
+        self.starved = 0
+        #: Aged starts: lower-tier jobs started ahead of higher ones.
+        self.aged = 0
+
+    def recheck(self) -> None:
+        """The rules changed: end an idle wait, so the next sweep reads them."""
+        self.wake.event.set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -148,19 +193,46 @@ class PoolPuller:
         if self.stopping.is_set():  # the sweep cleared the event `stop` had set
             return
         self.idle.set()
+        timeout, opening = self.fetch_timeout, False
+        until = self._until_opening()
+        if until is not None and until < timeout:
+            timeout, opening = until, True
         try:
-            await asyncio.wait_for(self.wake.event.wait(), self.fetch_timeout)
+            await asyncio.wait_for(self.wake.event.wait(), timeout)
             self.woken += 1
         except TimeoutError:
-            self.polled += 1
+            if opening:
+                self.opened += 1
+            else:
+                self.polled += 1
         finally:
             self.idle.clear()
+
+    def _until_opening(self) -> float | None:
+        """Seconds until the first closed tier of this pool opens (None: none is closed)."""
+        windows, now = self.windows(), self.now()
+        if not windows:
+            return None
+        closed = [p for p in PRIORITIES if not windows.is_open(self.pool, p, now)]
+        opening = windows.next_opening(self.pool, closed, now)
+        if opening is None:
+            return None
+        return max(0.0, (opening - now).total_seconds()) + OPENING_SLACK_S
+
+    def open_tiers(self) -> list[str]:
+        """The priorities this pool pulls now, high first."""
+        return self.windows().open_tiers(self.pool, self.now())
 
     async def _sweep(self) -> bool:
         """One pass high -> low; True when it fetched jobs or ran out of slots (go on at once)."""
         # Cleared first: a submit during the sweep sets it again, so it is never missed.
         self.wake.event.clear()
-        for prio in PRIORITIES:
+        tiers = self.open_tiers()
+        if self.aging_every and self.starved >= self.aging_every:
+            aged = await self._aged_start(tiers[1:])
+            if aged is not None:
+                return aged
+        for i, prio in enumerate(tiers):
             if self.stopping.is_set():
                 return False
             hinted = self.wake.hints[prio]
@@ -169,32 +241,85 @@ class PoolPuller:
             k = self.slots.reserve(self.pool)
             if k == 0:
                 return True
-            msgs: list[Msg] = []
-            try:
-                msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
-            except TimeoutError:
-                msgs = []
-            finally:
-                # Slots not filled go back; each message keeps one until its job's `finally`.
-                # nats-py's fetch also returns what an earlier pull left in the subscription's
-                # queue, so it may hand over more than `k`: those are run too (JetStream gave
-                # them to this node), on slots taken over capacity until they end.
-                if len(msgs) > k:
-                    self.slots.take(self.pool, len(msgs) - k)
-                self.slots.release(self.pool, max(0, k - len(msgs)))
-            # An empty long-poll saw every job stored before it ended: its hints are spent.
-            self.wake.consume(prio, len(msgs) if msgs else hinted)
-            for msg in msgs:
-                self.fetched += 1
-                # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
-                token = HOLD.set(Hold(self.slots, self.pool))
-                try:
-                    self.spawn(msg, self.pool, prio)
-                finally:
-                    HOLD.reset(token)
+            msgs = await self._fetch(prio, k, hinted)
             if msgs:
+                await self._count_starts(len(msgs), tiers[i + 1 :])
                 return True
         return False
+
+    async def _fetch(self, prio: str, k: int, hinted: int) -> list[Msg]:
+        """Fetch up to `k` (reserved) jobs of one tier and spawn them."""
+        msgs: list[Msg] = []
+        try:
+            msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
+        except TimeoutError:
+            msgs = []
+        finally:
+            # Slots not filled go back; each message keeps one until its job's `finally`.
+            # nats-py's fetch also returns what an earlier pull left in the subscription's
+            # queue, so it may hand over more than `k`: those are run too (JetStream gave
+            # them to this node), on slots taken over capacity until they end.
+            if len(msgs) > k:
+                self.slots.take(self.pool, len(msgs) - k)
+            self.slots.release(self.pool, max(0, k - len(msgs)))
+        # An empty long-poll saw every job stored before it ended: its hints are spent.
+        self.wake.consume(prio, len(msgs) if msgs else hinted)
+        for msg in msgs:
+            self.fetched += 1
+            # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
+            token = HOLD.set(Hold(self.slots, self.pool))
+            try:
+                self.spawn(msg, self.pool, prio)
+            finally:
+                HOLD.reset(token)
+        return msgs
+
+    async def _count_starts(self, started: int, lower: list[str]) -> None:
+        """Aging's count: starts from a tier while a lower open tier has jobs waiting."""
+        if not self.aging_every:
+            return
+        for prio in lower:
+            if self.wake.hints[prio] or await self._waiting(prio) is not None:
+                self.starved += started
+                return
+        self.starved = 0  # the lowest waiting tier was served, or nothing waits below
+
+    async def _aged_start(self, lower: list[str]) -> bool | None:
+        """Start one job of the open lower tier whose next job is the oldest; None when none
+        waits (the sweep goes on in strict order), else what the sweep returns."""
+        self.starved = 0
+        waiting = [(seq, prio) for prio in lower if (seq := await self._waiting(prio)) is not None]
+        if not waiting:
+            return None
+        _, prio = min(waiting)
+        k = self.slots.reserve(self.pool, 1)
+        if k == 0:
+            return True
+        msgs = await self._fetch(prio, k, self.wake.hints[prio])
+        if not msgs:
+            return None
+        self.aged += len(msgs)
+        for _ in msgs:
+            self.on_aged()
+        log.debug("aged start of a %s job in %s", prio, self.pool)
+        return True
+
+    async def _waiting(self, prio: str) -> int | None:
+        """The stream sequence of the tier's next undelivered job (its age: one stream holds
+        every tier), or None when it has none waiting."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        if not info.num_pending:
+            return None
+        after = info.delivered.stream_seq if info.delivered else 0
+        try:
+            msg = await self.js.get_msg(
+                self.subjects.jobs_stream, seq=(after or 0) + 1, next=True,
+                subject=self.subjects.jobs_filter(self.pool, prio),
+            )  # fmt: skip
+        except NotFoundError:  # taken meanwhile: as old as the consumer's position says
+            return (after or 0) + 1
+        return msg.seq or (after or 0) + 1
 
     async def _may_hold_jobs(self, prio: str) -> bool:
         """A peek (one consumer-info request, about a millisecond) that spares an empty tier its
