@@ -24,6 +24,7 @@ from schemas.subjects import Subjects
 from schemas.windows import WindowRule
 from tests.support.api import call, code
 from tests.support.daemons import config, events, has, until, write_config
+from tests.support.devfleet import run_cli
 from tests.support.noderecords import tracking
 
 PARIS = ZoneInfo("Europe/Paris")
@@ -169,3 +170,39 @@ async def test_bad_windows_requests_are_refused(
         assert code(headers) == "400" and allowed in reply["message"], (bad, reply)
     reply, headers = await call(nc, prefix, "node.windows", {"v": 1, "node_id": "nobody"})
     assert code(headers) == "503" and "did not answer" in reply["message"]
+
+
+async def test_the_cli_shows_sets_and_clears_windows(
+    js: JetStreamContext, nats_url: str, prefix: str, tmp_path: Path, api: ApiService
+) -> None:
+    clock = Clock(datetime(2026, 6, 10, 12, 0, tzinfo=PARIS))
+    cfg = config(nats_url, prefix, tmp_path / "w1", "w1")
+    d = Daemon(cfg, now=clock)
+    await d.start()
+    conn = ("-s", nats_url, "--prefix", prefix)
+    try:
+        rule = "priorities=low start=22:00 end=06:00 tz=Europe/Paris days=mon,tue"
+        got = await run_cli("windows", "w1", "--set", rule, "--json", *conn)
+        assert got.rc == 0, got.err
+        assert json.loads(got.out)["ok"] is True
+        assert d.windows_override == [msgspec.convert({**NIGHT_LOW, "days": ["mon", "tue"]},
+                                                      WindowRule)]  # fmt: skip
+        await until(advertised(js, prefix, "runtime", ["high", "normal"]))
+        shown = json.loads((await run_cli("windows", "w1", "--json", *conn)).out)
+        assert shown["source"] == "runtime" and shown["open_tiers"] == {"cpu": ["high", "normal"]}
+        assert [w["days"] for w in shown["windows"]] == [["mon", "tue"]]
+        text = (await run_cli("windows", "w1", *conn)).out
+        assert "22:00-06:00" in text and "cpu: pulling high, normal now" in text
+
+        bad = await run_cli("windows", "w1", "--set", "start=25:00 end=01:00", *conn)
+        assert bad.rc != 0 and "HH:MM" in bad.err
+        ghost = await run_cli("windows", "ghost", "--clear", *conn)
+        assert ghost.rc == 4 and "no node named 'ghost'" in ghost.err
+
+        got = await run_cli("windows", "w1", "--clear", *conn)
+        assert got.rc == 0 and "0 window rule(s)" in got.out, got.err
+        assert d.windows_override == [] and d.windows.rules == []
+        got = await run_cli("windows", "w1", "--from-config", *conn)
+        assert got.rc == 0 and d.windows_override is None, got.err
+    finally:
+        await d.stop()
