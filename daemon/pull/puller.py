@@ -30,13 +30,15 @@ job at its fallback poll (at most `fetch_timeout`), not at once.
 
 Aging (`aging_every` = N, 0 disables): strict sweeps starve lower tiers while higher work keeps
 arriving. The puller counts consecutive job starts from a tier while a lower open tier had jobs
-waiting (seen by a submit hint or a consumer peek after the start); a start from the lowest
-waiting tier, or with nothing waiting below, resets the count. Once it reaches N, the next sweep
-first starts one job of the open lower tier whose next job is the oldest in the stream, then
-goes back to strict order. So on one node a waiting lower-tier job sees at most N higher-tier
-starts of that pool before one job of its tier starts (the bound is per node and pool: with M
-nodes serving the pool the fleet may start up to M x N higher jobs meanwhile). Each aged start is
-counted (`aged`; the daemon's `flotilla_aged_starts_total`).
+waiting (seen by a submit hint or a consumer peek after a start; once seen, taken to wait on,
+so a busy node peeks once per count, not per start). Once the count reaches N, the next sweep
+first looks again and starts one job of the open lower tier whose next job is the oldest in the
+stream, then goes back to strict order; if nothing waits below any more, the count just ends.
+A start from the waiting tier itself (or one below it) ends the count too. So on one node a
+waiting lower-tier job sees at most N higher-tier starts of that pool before one job of its tier
+starts (the bound is per node and pool: with M nodes serving the pool the fleet may start up to
+M x N higher jobs meanwhile). Each aged start is counted (`aged`; the daemon's
+`flotilla_aged_starts_total`).
 """
 
 from __future__ import annotations
@@ -115,6 +117,8 @@ class PoolPuller:
         self.aging_every, self.on_aged = aging_every, on_aged
         #: Consecutive starts from a tier while a lower open tier had jobs waiting (see Aging).
         self.starved = 0
+        #: The lower tier seen waiting while `starved` counts.
+        self._below: str | None = None
         #: Aged starts: lower-tier jobs started ahead of higher ones.
         self.aged = 0
 
@@ -243,7 +247,7 @@ class PoolPuller:
                 return True
             msgs = await self._fetch(prio, k, hinted)
             if msgs:
-                await self._count_starts(len(msgs), tiers[i + 1 :])
+                await self._count_starts(prio, len(msgs), tiers[i + 1 :])
                 return True
         return False
 
@@ -274,29 +278,36 @@ class PoolPuller:
                 HOLD.reset(token)
         return msgs
 
-    async def _count_starts(self, started: int, lower: list[str]) -> None:
-        """Aging's count: starts from a tier while a lower open tier has jobs waiting."""
+    async def _count_starts(self, prio: str, started: int, lower: list[str]) -> None:
+        """Aging's count: starts from a tier while a lower open tier has jobs waiting. Once one
+        was seen waiting, it is taken to wait on (no peek per start) until the aged sweep looks
+        or a start from that tier (or below) ends the count."""
         if not self.aging_every:
             return
-        for prio in lower:
-            if self.wake.hints[prio] or await self._waiting(prio) is not None:
-                self.starved += started
+        rank = PRIORITIES.index
+        if self.starved and self._below is not None and rank(prio) < rank(self._below):
+            self.starved += started
+            return
+        self.starved, self._below = 0, None
+        for low in lower:
+            if self.wake.hints[low] or await self._pending(low):
+                self.starved, self._below = started, low
                 return
-        self.starved = 0  # the lowest waiting tier was served, or nothing waits below
 
     async def _aged_start(self, lower: list[str]) -> bool | None:
         """Start one job of the open lower tier whose next job is the oldest; None when none
         waits (the sweep goes on in strict order), else what the sweep returns."""
-        self.starved = 0
-        waiting = [(seq, prio) for prio in lower if (seq := await self._waiting(prio)) is not None]
+        waiting = [(seq, prio) for prio in lower if (seq := await self._oldest(prio)) is not None]
         if not waiting:
+            self.starved, self._below = 0, None
             return None
         _, prio = min(waiting)
         k = self.slots.reserve(self.pool, 1)
         if k == 0:
-            return True
+            return True  # the count stands: the next sweep with a free slot ages
+        self.starved, self._below = 0, None
         msgs = await self._fetch(prio, k, self.wake.hints[prio])
-        if not msgs:
+        if not msgs:  # taken by another node meanwhile
             return None
         self.aged += len(msgs)
         for _ in msgs:
@@ -304,22 +315,28 @@ class PoolPuller:
         log.debug("aged start of a %s job in %s", prio, self.pool)
         return True
 
-    async def _waiting(self, prio: str) -> int | None:
+    async def _pending(self, prio: str) -> int:
+        """Jobs of the tier not delivered yet (one consumer-info request)."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        return info.num_pending or 0
+
+    async def _oldest(self, prio: str) -> int | None:
         """The stream sequence of the tier's next undelivered job (its age: one stream holds
         every tier), or None when it has none waiting."""
         durable = self.subjects.consumer(self.pool, prio)
         info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
         if not info.num_pending:
             return None
-        after = info.delivered.stream_seq if info.delivered else 0
+        after = (info.delivered.stream_seq if info.delivered else None) or 0
         try:
             msg = await self.js.get_msg(
-                self.subjects.jobs_stream, seq=(after or 0) + 1, next=True,
+                self.subjects.jobs_stream, seq=after + 1, next=True,
                 subject=self.subjects.jobs_filter(self.pool, prio),
             )  # fmt: skip
         except NotFoundError:  # taken meanwhile: as old as the consumer's position says
-            return (after or 0) + 1
-        return msg.seq or (after or 0) + 1
+            return after + 1
+        return msg.seq or after + 1
 
     async def _may_hold_jobs(self, prio: str) -> bool:
         """A peek (one consumer-info request, about a millisecond) that spares an empty tier its

@@ -23,7 +23,7 @@ from daemon.pull.windowstore import FILENAME
 from schemas.subjects import Subjects
 from schemas.windows import WindowRule
 from tests.support.api import call, code
-from tests.support.daemons import config, events, has, until, write_config
+from tests.support.daemons import config, events, has, submit, until, write_config
 from tests.support.devfleet import run_cli
 from tests.support.noderecords import tracking
 
@@ -204,5 +204,27 @@ async def test_the_cli_shows_sets_and_clears_windows(
         assert d.windows_override == [] and d.windows.rules == []
         got = await run_cli("windows", "w1", "--from-config", *conn)
         assert got.rc == 0 and d.windows_override is None, got.err
+    finally:
+        await d.stop()
+
+
+async def test_the_daemon_ages_low_work_and_counts_it(
+    js: JetStreamContext, nats_url: str, prefix: str, tmp_path: Path
+) -> None:
+    """One slot, six high jobs queued behind one low: with aging_every = 2 the low job is the
+    third to start, not the last, and the node's counter says so."""
+    await submit(js, prefix, canary("old-low"))
+    for i in range(6):
+        await submit(js, prefix, {**canary(f"hi-{i}"), "priority": "high"})
+    cfg = config(nats_url, prefix, tmp_path / "a1", "a1", aging_every=2)
+    d = Daemon(cfg)
+    await d.start()
+    try:
+        for job_id in ["old-low", *(f"hi-{i}" for i in range(6))]:
+            await until(has(js, prefix, job_id, "completed"))
+        started = [e["job_id"] for e in await events(js, prefix) if e["kind"] == "accepted"]
+        assert started.index("old-low") == 2, started
+        metrics = generate_latest(d.metrics.registry).decode()
+        assert 'flotilla_aged_starts_total{pool="cpu"} 1.0' in metrics
     finally:
         await d.stop()
