@@ -24,9 +24,11 @@ pool fetches nothing: it waits on the slot counter instead.
 Processing windows (daemon.pull.windows): a sweep asks only the tiers whose class is open at
 `now()` (an injected clock); a closed tier is neither peeked nor fetched, so its jobs stay in the
 stream, untouched (nothing is nak'd; running jobs finish). An idle wait is bounded by the time to
-the next opening of a closed tier, so the puller never sleeps past one. A submit hint may wake a
-node whose tier is closed while another node of the pool has it open: that node then finds the
-job at its fallback poll (at most `fetch_timeout`), not at once.
+the next opening of a closed tier, so the puller never sleeps past one. A node with every tier of
+the pool closed leaves the wake group, so submit hints go to the others; but a hint may still
+wake a node whose tier of that job is closed (the hint's tier is known only once heard) while
+another node has it open: that one then finds the job at its fallback poll (at most
+`fetch_timeout`), not at once.
 
 Aging (`aging_every` = N, 0 disables): strict sweeps starve lower tiers while higher work keeps
 arriving. The puller counts consecutive job starts from a tier while a lower open tier had jobs
@@ -176,6 +178,10 @@ class PoolPuller:
                     await self.wake.pause()  # a hint to a full node would wake nobody useful
                     if not await self.slots.wait_free(self.pool, 1.0):
                         continue
+                if not self.open_tiers():  # every tier closed: hints are for other nodes
+                    await self.wake.pause()
+                    await self._idle()  # until the first opening, a rules change or a poll
+                    continue
                 await self.wake.resume()
                 try:
                     await self._bind()

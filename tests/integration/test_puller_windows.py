@@ -185,6 +185,27 @@ async def test_a_runtime_change_applies_to_an_idle_puller(
         await finish(msg, slots)
 
 
+async def test_a_node_closed_for_every_tier_leaves_the_wake_group(
+    js: JetStreamContext, node_nc: NATS, prefix: str
+) -> None:
+    clock = Clock(datetime(2026, 6, 10, 12, 0, tzinfo=PARIS))
+    slots = Slots({"cpu": 1})
+    rules = {"now": Windows([WindowRule(start="22:00", end="06:00", tz="Europe/Paris")])}
+    puller, fetched = make_puller(
+        node_nc, prefix, slots, clock, NEVER_POLL, windows=lambda: rules["now"]
+    )
+    async with running(puller):
+        await asyncio.wait_for(puller.idle.wait(), WITHIN)
+        assert puller.wake.paused and puller.open_tiers() == []
+        await submit(js, prefix, "high", "while-closed")
+        assert await consumer(js, prefix, "high") == (1, 0, 0)
+        rules["now"] = Windows()
+        puller.recheck()
+        msg, prio, _ = await asyncio.wait_for(fetched.get(), WITHIN)
+        assert prio == "high" and not puller.wake.paused
+        await finish(msg, slots)
+
+
 async def _run_with_high_arriving(
     js: JetStreamContext, node_nc: NATS, prefix: str, aging_every: int, starts: int
 ) -> tuple[list[str], PoolPuller]:
