@@ -104,6 +104,7 @@ class Daemon:
         #: The processing windows in force, and whether an operator set them at run time.
         self.windows = Windows(cfg.windows)
         self.windows_override: list[WindowRule] | None = None
+        self._windows_lock = asyncio.Lock()  # what is on disk is what is in force
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -266,8 +267,9 @@ class Daemon:
         """An operator's rules (None: back to the config file's): kept in the state dir first,
         so what is in force is what a restart finds; then applied at once."""
         windows = Windows(self.cfg.windows if rules is None else rules)
-        await save_override(Path(self.cfg.state_dir), rules)
-        self.windows, self.windows_override = windows, rules
+        async with self._windows_lock:
+            await save_override(Path(self.cfg.state_dir), rules)
+            self.windows, self.windows_override = windows, rules
         for pool in self.pullers.pools:
             if (puller := self.pullers.puller(pool)) is not None:
                 puller.recheck()

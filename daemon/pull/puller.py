@@ -178,6 +178,9 @@ class PoolPuller:
                     await self.wake.pause()  # a hint to a full node would wake nobody useful
                     if not await self.slots.wait_free(self.pool, 1.0):
                         continue
+                # Cleared before the rules are read: a change (`recheck`) from here on ends the
+                # idle wait below, and one before it is read now.
+                self.wake.event.clear()
                 if not self.open_tiers():  # every tier closed: hints are for other nodes
                     await self.wake.pause()
                     await self._idle()  # until the first opening, a rules change or a poll

@@ -199,6 +199,13 @@ async def test_a_node_closed_for_every_tier_leaves_the_wake_group(
         assert puller.wake.paused and puller.open_tiers() == []
         await submit(js, prefix, "high", "while-closed")
         assert await consumer(js, prefix, "high") == (1, 0, 0)
+        # A change that opens nothing: one look, then the same wait (no spinning on the event).
+        before = puller.woken
+        puller.recheck()
+        await until(lambda: _at_least(puller.woken, before + 1), WITHIN)
+        await asyncio.wait_for(puller.idle.wait(), WITHIN)
+        await asyncio.sleep(0.5)  # room for a spin to show, not a measurement
+        assert puller.woken == before + 1 and fetched.empty()
         rules["now"] = Windows()
         puller.recheck()
         msg, prio, _ = await asyncio.wait_for(fetched.get(), WITHIN)
