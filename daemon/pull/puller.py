@@ -40,7 +40,9 @@ A start from the waiting tier itself (or one below it) ends the count too. So on
 waiting lower-tier job sees at most N higher-tier starts of that pool before one job of its tier
 starts (the bound is per node and pool: with M nodes serving the pool the fleet may start up to
 M x N higher jobs meanwhile). Each aged start is counted (`aged`; the daemon's
-`flotilla_aged_starts_total`).
+`flotilla_aged_starts_total`). The cost: while nothing is seen waiting below, each fetch of a
+higher tier is followed by a peek of each lower open tier without a hint (one consumer-info
+request each, after the jobs are spawned, so no start waits for it); `aging_every = 0` spares it.
 """
 
 from __future__ import annotations
