@@ -5,8 +5,13 @@ each job's watcher) runs under one supervisor (common.supervise), each with the 
 it (see below): a crash is logged with its traceback and the task restarted with back-off, or,
 where that cannot be right, the daemon stops with status 1 rather than limping on. The first SIGTERM
 drains (stop fetching, let jobs finish up to drain_deadline, then stop them and nak so JetStream
-redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools, slots, limits
-and NATS logins.
+redelivers); a second SIGTERM or SIGINT forces. SIGHUP reloads labels, pools, slots, limits,
+windows, aging and NATS logins.
+
+Processing windows (daemon.pull.windows) come from the config file, or from an operator's
+`node.windows` command, which is kept in the state dir (daemon.pull.windowstore) and wins over the
+file, across restarts and reloads, until it is reset. `now` is the clock the windows are read
+with (tests inject one).
 """
 
 from __future__ import annotations
@@ -39,14 +44,17 @@ from daemon.journal.reporter import Reporter, new_event_id
 from daemon.metrics import Metrics
 from daemon.ops import run_operation
 from daemon.probe.capacity import served_capacity
-from daemon.pull.puller import PoolPuller, PullerSet
+from daemon.pull.puller import Clock, PoolPuller, PullerSet, utc_now
 from daemon.pull.slots import Slots
+from daemon.pull.windows import Windows
+from daemon.pull.windowstore import load_override, save_override
 from daemon.reload import reload_daemon
 from daemon.wiring import Backend, open_backend
 from schemas.events import NodeStateChanged
 from schemas.nodes import NodeCapabilities, NodeState
 from schemas.results import JobResult
 from schemas.subjects import Subjects
+from schemas.windows import WindowRule
 
 log = logging.getLogger("flotilla.daemon")
 #: For a task whose next run is as good as the last (it keeps no state of its own that a crash
@@ -66,6 +74,7 @@ class Daemon:
         notifier: Notifier | None = None,
         capabilities: NodeCapabilities | None = None,
         operation_runner: OperationRunner = run_operation,
+        now: Clock = utc_now,
     ) -> None:
         """`capabilities` and `operation_runner` are for `flotilla sim` (control/sim): given
         capabilities are advertised instead of a probe's, and the runner stands in for ffmpeg;
@@ -91,6 +100,11 @@ class Daemon:
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self.disk = DiskGuard(cfg.work_dir, self._disk_limits)
+        self.now = now
+        #: The processing windows in force, and whether an operator set them at run time.
+        self.windows = Windows(cfg.windows)
+        self.windows_override: list[WindowRule] | None = None
+        self._windows_lock = asyncio.Lock()  # what is on disk is what is in force
 
     # -- state --------------------------------------------------------------------------
     @property
@@ -113,6 +127,10 @@ class Daemon:
             (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
         )
         self.apply_pools(cfg)
+        self.windows_override = await load_override(Path(cfg.state_dir))
+        if self.windows_override is not None:
+            self.windows = Windows(self.windows_override)
+            log.info("windows set at run time are in force (not the config file's)")
         reporter = Reporter(b.raw_journal, b.outbox, cfg.node_id)
         self.health = EncoderHealthTracker(
             self.node, reporter, cfg.encoder_failure_threshold, cfg.encoder_reverify_interval
@@ -140,6 +158,7 @@ class Daemon:
             lambda: sorted(self.node.withdrawn_encoders),
             str(cfg.work_dir),
             lambda: self.disk.low,
+            self.window_report,
         )
         self.advertiser = Advertiser(
             b.js, self.subjects, reporter, b.caps, sources, cfg.heartbeat_interval
@@ -221,10 +240,55 @@ class Daemon:
 
     # -- pulling ------------------------------------------------------------------------
     def _make_puller(self, pool: str) -> PoolPuller:
+        aged = self.metrics.aged_starts.labels(pool=pool)
         return PoolPuller(
             self.backend.js, self.subjects, pool, self.slots, self._spawn,
             fetch_timeout=self.cfg.fetch_timeout, wake_source=self.backend.nc,
+            windows=lambda: self.windows, now=self.now, aging_every=self.cfg.aging_every,
+            on_aged=aged.inc,
         )  # fmt: skip
+
+    # -- windows and aging --------------------------------------------------------------
+    def apply_schedule(self, cfg: DaemonConfig) -> None:
+        """Reload: the file's windows (unless an operator's are in force) and the aging bound."""
+        if self.windows_override is None:
+            self.windows = Windows(cfg.windows)
+        elif cfg.windows != self.cfg.windows:
+            log.warning(
+                "the config file's windows changed, but those set at run time stay in force; "
+                "`flotilla windows NODE --from-config` puts the file's back"
+            )
+        for pool in self.pullers.pools:
+            if (puller := self.pullers.puller(pool)) is not None:
+                puller.aging_every = cfg.aging_every
+                puller.recheck()
+
+    async def set_windows(self, rules: list[WindowRule] | None) -> str:
+        """An operator's rules (None: back to the config file's): kept in the state dir first,
+        so what is in force is what a restart finds; then applied at once."""
+        windows = Windows(self.cfg.windows if rules is None else rules)
+        async with self._windows_lock:
+            await save_override(Path(self.cfg.state_dir), rules)
+            self.windows, self.windows_override = windows, rules
+        for pool in self.pullers.pools:
+            if (puller := self.pullers.puller(pool)) is not None:
+                puller.recheck()
+        self._bg(self._beat(), "windows-beat")
+        source = "the config file's" if rules is None else "set at run time"
+        return f"{len(windows.rules)} window rule(s) in force, {source}"
+
+    def window_report(self) -> tuple[list[WindowRule], str, dict[str, list[str]]]:
+        """For the heartbeat: the rules in force, where from, and each pool's open tiers."""
+        source = "config" if self.windows_override is None else "runtime"
+        now = self.now()
+        tiers = {p: self.windows.open_tiers(p, now) for p in self.node.pools}
+        return self.windows.rules, source, tiers
+
+    async def _beat(self) -> None:
+        try:
+            await self.advertiser.beat()
+        except Exception as exc:  # NATS away: the next heartbeat carries it
+            log.warning("heartbeat after a windows change failed: %s", exc)
 
     async def start_pullers(self) -> None:
         if self.disk.low:  # nothing new until space returns; running jobs go on

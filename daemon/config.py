@@ -10,6 +10,7 @@ import msgspec
 
 from common.configfile import load_config
 from common.natsconn import NatsSettings
+from schemas.windows import MAX_WINDOWS, WindowRule
 
 DEFAULT_PATH = Path("/etc/flotilla/daemon.toml")
 ENV_PREFIX = "FLOTILLA_DAEMON_"
@@ -161,6 +162,16 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: often anyway, to find redelivered jobs (they send no submit) or when the wake
     #: subscription is refused.
     fetch_timeout: Positive = 5.0
+    #: Processing windows (`[[windows]]` tables of pools, priorities, start, end, tz, days):
+    #: work of a rule's class is pulled only while one of its windows is open (node wall time in
+    #: `tz`; `22:00`-`06:00` crosses midnight). Outside, that tier is not fetched (running jobs
+    #: finish). Rules set at run time (`flotilla windows NODE --set`) win over these until
+    #: `--from-config`.
+    windows: Annotated[list[WindowRule], msgspec.Meta(max_length=MAX_WINDOWS)] = []
+    #: Priority aging: after this many consecutive job starts from higher priorities while a
+    #: lower one had jobs waiting, the next sweep first starts one job of the lower tier whose
+    #: waiting job is oldest. Per node and pool; 0: strict priority (low may starve).
+    aging_every: Annotated[int, msgspec.Meta(ge=0, le=10000)] = 8
     #: On drain or SIGTERM, running jobs get this long to finish before they are
     #: handed back.
     drain_deadline: Positive = 300.0

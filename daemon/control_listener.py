@@ -1,4 +1,4 @@
-"""Requests to this node over NATS: drain, resume, cancel, pause, unpause, status.
+"""Requests to this node over NATS: drain, resume, cancel, pause, unpause, status, windows.
 
 Subscribes to `<prefix>.ctl.<node_id>.*` and `<prefix>.ctl.all.*` (a broadcast cancel for a job
 id reaches whichever node runs it). Every request gets a `NodeCommandReply`; a malformed one gets
@@ -7,6 +7,9 @@ id reaches whichever node runs it). Every request gets a `NodeCommandReply`; a m
 A job is named by (tenant, job_id). A command with a tenant acts on that job alone; one without
 (a control plane older than the field) acts on the job of that id if only one tenant's runs here,
 and is refused, asking for the tenant, when several do: it must not stop the wrong one.
+
+`windows` replaces the processing windows in force (its rules are checked as they are decoded);
+it is answered once they are kept in the state dir and applied.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from daemon.job.running import RunningJobs
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.subjects import ALL_NODES, Subjects
+from schemas.windows import WindowRule
 
 log = logging.getLogger("flotilla.control")
 _DECODER: Decoder[NodeCommand] = Decoder(NodeCommand)
@@ -41,6 +45,8 @@ class NodeControl(Protocol):
     def request_drain(self, deadline_s: float | None, reason: str) -> None: ...
 
     def request_resume(self) -> None: ...
+
+    async def set_windows(self, rules: list[WindowRule] | None) -> str: ...
 
 
 class ControlListener:
@@ -69,7 +75,10 @@ class ControlListener:
         concerns = False
         try:
             cmd = _DECODER.decode(msg.data)
-            reply = self.handle(cmd)
+            if cmd.verb == "windows":
+                reply = await self._windows(cmd, broadcast)
+            else:
+                reply = self.handle(cmd)
             # An ambiguous job id concerns this node: the requester must hear why it was refused.
             concerns = reply.ok or self._ambiguous(cmd)
         except DecodeError as exc:
@@ -90,10 +99,18 @@ class ControlListener:
             "pause": lambda: self._with_job(cmd, lambda h: h.pause()),
             "unpause": lambda: self._with_job(cmd, lambda h: h.resume()),
             "status": lambda: (True, ""),
+            "windows": lambda: (False, "windows is handled by _windows"),
         }
         ok, message = handlers[cmd.verb]()
         log.info("control %s: ok=%s %s", cmd.verb, ok, message)
         return self._reply(ok, message)
+
+    async def _windows(self, cmd: NodeCommand, broadcast: bool) -> NodeCommandReply:
+        if broadcast:  # each node's rules are its own: set them node by node
+            return self._reply(False, "windows is not taken as a broadcast: name the node")
+        message = await self.node.set_windows(cmd.windows)
+        log.info("control windows: %s", message)
+        return self._reply(True, message)
 
     def _drain(self, cmd: NodeCommand) -> tuple[bool, str]:
         self.node.request_drain(cmd.deadline_s, cmd.reason or "drain requested")

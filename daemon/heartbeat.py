@@ -26,8 +26,13 @@ from schemas.codec import encode
 from schemas.events import CapabilitiesChanged
 from schemas.nodes import GpuLoad, Heartbeat, NodeCapabilities, NodeRecord, NodeState
 from schemas.subjects import Subjects
+from schemas.windows import WindowInForce, WindowRule
 
 log = logging.getLogger("flotilla.heartbeat")
+
+
+#: The processing windows in force, "config" or "runtime", and each pool's open tiers.
+WindowReport = tuple[list[WindowRule], str, dict[str, list[str]]]
 
 
 @dataclass
@@ -41,6 +46,7 @@ class HeartbeatSources:
     work_dir: str
     #: The disk guard's verdict: under the watermark, so not pulling.
     disk_low: Callable[[], bool]
+    windows: Callable[[], WindowReport] = lambda: ([], "config", {})
 
 
 def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) -> Heartbeat:
@@ -49,6 +55,7 @@ def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) ->
         disk_free = psutil.disk_usage(src.work_dir).free
     except OSError:
         disk_free = 0
+    rules, source, open_tiers = src.windows()
     return Heartbeat(
         node_id=node_id,
         ts=time.time(),
@@ -65,6 +72,9 @@ def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) ->
         gpus=gpus,
         withdrawn_encoders=src.withdrawn(),
         outbox_depth=src.outbox_depth(),
+        windows=[WindowInForce(**msgspec.structs.asdict(r)) for r in rules],
+        windows_source=source,
+        open_tiers=open_tiers,
     )
 
 

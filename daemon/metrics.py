@@ -39,6 +39,12 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.aged_starts = Counter(
+            "flotilla_aged_starts_total",
+            "Lower-priority jobs started ahead of higher ones by aging (aging_every)",
+            ["pool"],
+            registry=r,
+        )
         self.disk_low = Gauge(
             "flotilla_disk_low", "1 while free disk is under the watermark (no pulling)", registry=r
         )

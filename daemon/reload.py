@@ -1,10 +1,11 @@
 """SIGHUP for the daemon: re-read the config file and apply what can change while running.
 
-Labels, pools, slots and the disk watermark apply at once. A changed NATS url or credential
-(user/password, nkey seed, creds file, TLS files, also when rewritten in place) makes the same
-client reconnect with it: running jobs keep their messages and ack through it. node_id,
-state_dir and nats.prefix / nats.partitions need a restart and are kept (with a warning). A
-file that does not load is refused and nothing changes.
+Labels, pools, slots, the disk watermark, processing windows and `aging_every` apply at once
+(windows an operator set at run time stay in force over the file's: daemon.app). A changed NATS
+url or credential (user/password, nkey seed, creds file, TLS files, also when rewritten in place)
+makes the same client reconnect with it: running jobs keep their messages and ack through it.
+node_id, state_dir and nats.prefix / nats.partitions need a restart and are kept (with a
+warning). A file that does not load is refused and nothing changes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Reloadable(Protocol):
     def backend(self) -> Backend: ...
 
     def apply_pools(self, cfg: DaemonConfig) -> None: ...
+    def apply_schedule(self, cfg: DaemonConfig) -> None: ...
     async def disk_changed(self) -> None: ...
     async def start_pullers(self) -> None: ...
     def status_line(self) -> str: ...
@@ -77,6 +79,7 @@ async def reload_daemon(d: Reloadable) -> None:
             log.error("nats settings refused, the connection keeps its own: %s", exc)
             nats = old.nats
         new = msgspec.structs.replace(new, node_id=old.node_id, nats=nats, state_dir=old.state_dir)
+        d.apply_schedule(new)  # before the swap: it compares the file's old windows
         d.cfg = d.deps.cfg = new
         d.apply_pools(new)
         if await d.disk.check():  # the watermark may have moved

@@ -11,6 +11,7 @@ from schemas.common import NodeId, NonNegInt, Token, Wire
 from schemas.jobs import JobSpec
 from schemas.nodes import Heartbeat, NodeCapabilities, NodeState
 from schemas.results import JobResult
+from schemas.windows import MAX_WINDOWS, WindowRule
 
 JobState = Literal["submitted", "queued", "running", "completed", "failed", "cancelled"]
 TERMINAL_STATES = frozenset({"completed", "failed", "cancelled"})
@@ -149,6 +150,15 @@ class NodeListReply(Wire, kw_only=True, omit_defaults=True):
 class NodeRef(Wire, kw_only=True):
     node_id: NodeId
     deadline_s: float | None = None
+
+
+class NodeWindowsRequest(Wire, kw_only=True):
+    """node.windows: the processing windows a node keeps in force (across restarts) from now.
+    `[]`: none (every class is pulled at any time); null or absent: back to the node's config
+    file's `[[windows]]`."""
+
+    node_id: NodeId
+    windows: Annotated[list[WindowRule], msgspec.Meta(max_length=MAX_WINDOWS)] | None = None
 
 
 class CancelRequest(Wire, kw_only=True):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
+
+import msgspec
 
 from schemas.common import Report, ShortText, Token
+from schemas.windows import MAX_WINDOWS, WindowRule
 
-CtlVerb = Literal["drain", "resume", "cancel", "pause", "unpause", "status"]
+CtlVerb = Literal["drain", "resume", "cancel", "pause", "unpause", "status", "windows"]
 
 
 class NodeCommand(Report, kw_only=True):
@@ -18,6 +21,9 @@ class NodeCommand(Report, kw_only=True):
     reason: ShortText = ""
     #: Drain only: seconds running jobs may take before they are stopped and handed back.
     deadline_s: float | None = None
+    #: `windows` only: the processing windows to keep in force ([]: none); None (or absent):
+    #: back to the node's config file's.
+    windows: Annotated[list[WindowRule], msgspec.Meta(max_length=MAX_WINDOWS)] | None = None
 
 
 class NodeCommandReply(Report, kw_only=True):

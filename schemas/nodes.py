@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from schemas.common import Labels, NodeId, NonNegFloat, NonNegInt, Percent, Report, ReportPart
+from schemas.windows import WindowInForce
 
 NodeState = Literal["online", "draining", "offline"]
 
@@ -101,6 +102,14 @@ class Heartbeat(Report, kw_only=True):
     gpus: list[GpuLoad] = []
     withdrawn_encoders: list[str] = []
     outbox_depth: NonNegInt = 0
+    #: Processing windows in force (absent from older nodes and nodes with none).
+    windows: list[WindowInForce] = []
+    #: Where they come from: `config` (the file) or `runtime` (`node.windows`, kept across
+    #: restarts until reset).
+    windows_source: str = "config"
+    #: Priorities each served pool pulls now (a window may hold the others back); empty from
+    #: older nodes.
+    open_tiers: dict[str, list[str]] = {}
 
 
 class NodeRecord(Report, kw_only=True):

@@ -34,6 +34,7 @@ WIRE_TYPES: dict[str, Any] = {
     "api_node_list_request": api.NodeListRequest,
     "api_node_list_reply": api.NodeListReply,
     "api_node_ref": api.NodeRef,
+    "api_node_windows_request": api.NodeWindowsRequest,
     "api_cancel_request": api.CancelRequest,
     "api_ack_reply": api.AckReply,
     "api_summary_reply": api.SummaryReply,

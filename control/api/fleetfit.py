@@ -1,4 +1,7 @@
-"""Can any online node run this job? The pure check behind the API's submit-time rejection."""
+"""Can any online node run this job? The pure check behind the API's submit-time rejection.
+
+Processing windows are left out on purpose: a node outside its window for the job's class still
+fits (the job waits queued until a window opens, daemon.pull.windows)."""
 
 from __future__ import annotations
 

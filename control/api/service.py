@@ -64,6 +64,9 @@ CANCEL: Decoder[api.CancelRequest] = Decoder(api.CancelRequest, "cancel request"
 JOB_REF: Decoder[api.JobRef] = Decoder(api.JobRef, "job ref")
 LIST_REQ: Decoder[api.JobListRequest] = Decoder(api.JobListRequest, "job list request")
 NODE_REF: Decoder[api.NodeRef] = Decoder(api.NodeRef, "node ref")
+NODE_WINDOWS: Decoder[api.NodeWindowsRequest] = Decoder(
+    api.NodeWindowsRequest, "node windows request"
+)
 NODE_LIST: Decoder[api.NodeListRequest] = Decoder(api.NodeListRequest, "node list request")
 #: Bytes of node records per node.list reply: well under the CLI's 256 KiB reply cap and NATS's
 #: 1 MiB payload, whatever a node's record holds (a page has at least one node).
@@ -135,6 +138,7 @@ class ApiService:
             "node.list": (self.node_list, False),
             "node.drain": (self.node_drain, True),
             "node.resume": (self.node_resume, True),
+            "node.windows": (self.node_windows, True),
             "fleet.summary": (self.summary, False),
         }
         admin_routes: dict[str, AdminHandler] = {
@@ -455,6 +459,10 @@ class ApiService:
         ref = NODE_REF.decode(req.data)
         return await self._command(ref.node_id, NodeCommand(verb="resume"))
 
+    async def node_windows(self, req: Request, who: Identity) -> bytes:
+        ask = NODE_WINDOWS.decode(req.data)  # every rule checked: 400 names what is allowed
+        return await self._command(ask.node_id, NodeCommand(verb="windows", windows=ask.windows))
+
     async def _command(self, node_id: str, cmd: NodeCommand) -> bytes:
         subject = self.subjects.ctl(node_id, cmd.verb)
         try:
@@ -533,6 +541,7 @@ def command_bytes(cmd: NodeCommand) -> bytes:
     """The command as sent: without `tenant` when it names none, which a node older than the
     field would refuse (its decoder forbids unknown fields, even as null)."""
     fields = msgspec.to_builtins(cmd)
-    if fields.get("tenant") is None:
-        fields.pop("tenant", None)
+    for name in ("tenant", "windows"):  # `windows` is newer still
+        if fields.get(name) is None:
+            fields.pop(name, None)
     return msgspec.json.encode(fields)

@@ -173,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_jobs.register(sub)
     cli_nodes.register(sub)
+    from control.cli import nodewindows as cli_windows
+
+    cli_windows.register(sub)
     cli_keys.register(sub)
     from control.devstack.chaos import cli as cli_chaos
 

@@ -20,6 +20,29 @@ which send no submit, and keeps a node whose wake subscription is refused workin
 job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle
 node starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
 pool fetches nothing: it waits on the slot counter instead.
+
+Processing windows (daemon.pull.windows): a sweep asks only the tiers whose class is open at
+`now()` (an injected clock); a closed tier is neither peeked nor fetched, so its jobs stay in the
+stream, untouched (nothing is nak'd; running jobs finish). An idle wait is bounded by the time to
+the next opening of a closed tier, so the puller never sleeps past one. A node with every tier of
+the pool closed leaves the wake group, so submit hints go to the others; but a hint may still
+wake a node whose tier of that job is closed (the hint's tier is known only once heard) while
+another node has it open: that one then finds the job at its fallback poll (at most
+`fetch_timeout`), not at once.
+
+Aging (`aging_every` = N, 0 disables): strict sweeps starve lower tiers while higher work keeps
+arriving. The puller counts consecutive job starts from a tier while a lower open tier had jobs
+waiting (seen by a submit hint or a consumer peek after a start; once seen, taken to wait on,
+so a busy node peeks once per count, not per start). Once the count reaches N, the next sweep
+first looks again and starts one job of the open lower tier whose next job is the oldest in the
+stream, then goes back to strict order; if nothing waits below any more, the count just ends.
+A start from the waiting tier itself (or one below it) ends the count too. So on one node a
+waiting lower-tier job sees at most N higher-tier starts of that pool before one job of its tier
+starts (the bound is per node and pool: with M nodes serving the pool the fleet may start up to
+M x N higher jobs meanwhile). Each aged start is counted (`aged`; the daemon's
+`flotilla_aged_starts_total`). The cost: while nothing is seen waiting below, each fetch of a
+higher tier is followed by a peek of each lower open tier without a hint (one consumer-info
+request each, after the jobs are spawned, so no start waits for it); `aging_every = 0` spares it.
 """
 
 from __future__ import annotations
@@ -27,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -37,11 +61,21 @@ from nats.js.errors import NotFoundError
 from common.supervise import RESTART, Policy, Supervisor
 from daemon.pull.slots import HOLD, Hold, Slots
 from daemon.pull.wake import Wake
+from daemon.pull.windows import Windows
 from schemas.common import PRIORITIES
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.puller")
 Spawn = Callable[[Msg, str, str], None]
+Clock = Callable[[], datetime]
+#: Woken this long after a window's opening instant: a timer firing a hair early would find
+#: the tier still closed (it then waits again, briefly).
+OPENING_SLACK_S = 0.05
+_NO_WINDOWS = Windows()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class MissingConsumer(Exception):
@@ -61,6 +95,10 @@ class PoolPuller:
         tier_timeout: float = 0.2,
         wake_source: Client | None = None,
         pause_after: float = 0.05,
+        windows: Callable[[], Windows] = lambda: _NO_WINDOWS,
+        now: Clock = utc_now,
+        aging_every: int = 0,
+        on_aged: Callable[[], None] = lambda: None,
     ) -> None:
         self.js, self.subjects = js, subjects
         self.pool, self.slots, self.spawn = pool, slots, spawn
@@ -76,6 +114,21 @@ class PoolPuller:
         #: Idle waits ended by a submit wake-up, and by the fallback poll running out.
         self.woken = 0
         self.polled = 0
+        #: The rules in force (read at every sweep: a runtime change applies at once), the clock.
+        self.windows, self.now = windows, now
+        #: Idle waits ended by a window opening.
+        self.opened = 0
+        self.aging_every, self.on_aged = aging_every, on_aged
+        #: Consecutive starts from a tier while a lower open tier had jobs waiting (see Aging).
+        self.starved = 0
+        #: The lower tier seen waiting while `starved` counts.
+        self._below: str | None = None
+        #: Aged starts: lower-tier jobs started ahead of higher ones.
+        self.aged = 0
+
+    def recheck(self) -> None:
+        """The rules changed: end an idle wait, so the next sweep reads them."""
+        self.wake.event.set()
 
     def stop(self) -> None:
         self.stopping.set()
@@ -127,6 +180,13 @@ class PoolPuller:
                     await self.wake.pause()  # a hint to a full node would wake nobody useful
                     if not await self.slots.wait_free(self.pool, 1.0):
                         continue
+                # Cleared before the rules are read: a change (`recheck`) from here on ends the
+                # idle wait below, and one before it is read now.
+                self.wake.event.clear()
+                if not self.open_tiers():  # every tier closed: hints are for other nodes
+                    await self.wake.pause()
+                    await self._idle()  # until the first opening, a rules change or a poll
+                    continue
                 await self.wake.resume()
                 try:
                     await self._bind()
@@ -148,19 +208,46 @@ class PoolPuller:
         if self.stopping.is_set():  # the sweep cleared the event `stop` had set
             return
         self.idle.set()
+        timeout, opening = self.fetch_timeout, False
+        until = self._until_opening()
+        if until is not None and until < timeout:
+            timeout, opening = until, True
         try:
-            await asyncio.wait_for(self.wake.event.wait(), self.fetch_timeout)
+            await asyncio.wait_for(self.wake.event.wait(), timeout)
             self.woken += 1
         except TimeoutError:
-            self.polled += 1
+            if opening:
+                self.opened += 1
+            else:
+                self.polled += 1
         finally:
             self.idle.clear()
+
+    def _until_opening(self) -> float | None:
+        """Seconds until the first closed tier of this pool opens (None: none is closed)."""
+        windows, now = self.windows(), self.now()
+        if not windows:
+            return None
+        closed = [p for p in PRIORITIES if not windows.is_open(self.pool, p, now)]
+        opening = windows.next_opening(self.pool, closed, now)
+        if opening is None:
+            return None
+        return max(0.0, (opening - now).total_seconds()) + OPENING_SLACK_S
+
+    def open_tiers(self) -> list[str]:
+        """The priorities this pool pulls now, high first."""
+        return self.windows().open_tiers(self.pool, self.now())
 
     async def _sweep(self) -> bool:
         """One pass high -> low; True when it fetched jobs or ran out of slots (go on at once)."""
         # Cleared first: a submit during the sweep sets it again, so it is never missed.
         self.wake.event.clear()
-        for prio in PRIORITIES:
+        tiers = self.open_tiers()
+        if self.aging_every and self.starved >= self.aging_every:
+            aged = await self._aged_start(tiers[1:])
+            if aged is not None:
+                return aged
+        for i, prio in enumerate(tiers):
             if self.stopping.is_set():
                 return False
             hinted = self.wake.hints[prio]
@@ -169,32 +256,98 @@ class PoolPuller:
             k = self.slots.reserve(self.pool)
             if k == 0:
                 return True
-            msgs: list[Msg] = []
-            try:
-                msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
-            except TimeoutError:
-                msgs = []
-            finally:
-                # Slots not filled go back; each message keeps one until its job's `finally`.
-                # nats-py's fetch also returns what an earlier pull left in the subscription's
-                # queue, so it may hand over more than `k`: those are run too (JetStream gave
-                # them to this node), on slots taken over capacity until they end.
-                if len(msgs) > k:
-                    self.slots.take(self.pool, len(msgs) - k)
-                self.slots.release(self.pool, max(0, k - len(msgs)))
-            # An empty long-poll saw every job stored before it ended: its hints are spent.
-            self.wake.consume(prio, len(msgs) if msgs else hinted)
-            for msg in msgs:
-                self.fetched += 1
-                # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
-                token = HOLD.set(Hold(self.slots, self.pool))
-                try:
-                    self.spawn(msg, self.pool, prio)
-                finally:
-                    HOLD.reset(token)
+            msgs = await self._fetch(prio, k, hinted)
             if msgs:
+                await self._count_starts(prio, len(msgs), tiers[i + 1 :])
                 return True
         return False
+
+    async def _fetch(self, prio: str, k: int, hinted: int) -> list[Msg]:
+        """Fetch up to `k` (reserved) jobs of one tier and spawn them."""
+        msgs: list[Msg] = []
+        try:
+            msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
+        except TimeoutError:
+            msgs = []
+        finally:
+            # Slots not filled go back; each message keeps one until its job's `finally`.
+            # nats-py's fetch also returns what an earlier pull left in the subscription's
+            # queue, so it may hand over more than `k`: those are run too (JetStream gave
+            # them to this node), on slots taken over capacity until they end.
+            if len(msgs) > k:
+                self.slots.take(self.pool, len(msgs) - k)
+            self.slots.release(self.pool, max(0, k - len(msgs)))
+        # An empty long-poll saw every job stored before it ended: its hints are spent.
+        self.wake.consume(prio, len(msgs) if msgs else hinted)
+        for msg in msgs:
+            self.fetched += 1
+            # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
+            token = HOLD.set(Hold(self.slots, self.pool))
+            try:
+                self.spawn(msg, self.pool, prio)
+            finally:
+                HOLD.reset(token)
+        return msgs
+
+    async def _count_starts(self, prio: str, started: int, lower: list[str]) -> None:
+        """Aging's count: starts from a tier while a lower open tier has jobs waiting. Once one
+        was seen waiting, it is taken to wait on (no peek per start) until the aged sweep looks
+        or a start from that tier (or below) ends the count."""
+        if not self.aging_every:
+            return
+        rank = PRIORITIES.index
+        if self.starved and self._below is not None and rank(prio) < rank(self._below):
+            self.starved += started
+            return
+        self.starved, self._below = 0, None
+        for low in lower:
+            if self.wake.hints[low] or await self._pending(low):
+                self.starved, self._below = started, low
+                return
+
+    async def _aged_start(self, lower: list[str]) -> bool | None:
+        """Start one job of the open lower tier whose next job is the oldest; None when none
+        waits (the sweep goes on in strict order), else what the sweep returns."""
+        waiting = [(seq, prio) for prio in lower if (seq := await self._oldest(prio)) is not None]
+        if not waiting:
+            self.starved, self._below = 0, None
+            return None
+        _, prio = min(waiting)
+        k = self.slots.reserve(self.pool, 1)
+        if k == 0:
+            return True  # the count stands: the next sweep with a free slot ages
+        self.starved, self._below = 0, None
+        msgs = await self._fetch(prio, k, self.wake.hints[prio])
+        if not msgs:  # taken by another node meanwhile
+            return None
+        self.aged += len(msgs)
+        for _ in msgs:
+            self.on_aged()
+        log.debug("aged start of a %s job in %s", prio, self.pool)
+        return True
+
+    async def _pending(self, prio: str) -> int:
+        """Jobs of the tier not delivered yet (one consumer-info request)."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        return info.num_pending or 0
+
+    async def _oldest(self, prio: str) -> int | None:
+        """The stream sequence of the tier's next undelivered job (its age: one stream holds
+        every tier), or None when it has none waiting."""
+        durable = self.subjects.consumer(self.pool, prio)
+        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        if not info.num_pending:
+            return None
+        after = (info.delivered.stream_seq if info.delivered else None) or 0
+        try:
+            msg = await self.js.get_msg(
+                self.subjects.jobs_stream, seq=after + 1, next=True,
+                subject=self.subjects.jobs_filter(self.pool, prio),
+            )  # fmt: skip
+        except NotFoundError:  # taken meanwhile: as old as the consumer's position says
+            return after + 1
+        return msg.seq or after + 1
 
     async def _may_hold_jobs(self, prio: str) -> bool:
         """A peek (one consumer-info request, about a millisecond) that spares an empty tier its
