@@ -80,6 +80,12 @@ class WorkflowApi:
                     raise ApiFailure(409, f"step {name!r}: {reason}")
         async with db.acquire() as conn, conn.transaction():
             stored = await store.insert(conn, spec)
+            if stored is None:  # new: its steps' job ids must be free (else rolled back)
+                ids = [j.job_id for j in spec.jobs().values()]
+                taken = await store.taken_job_ids(conn, spec.tenant, ids)
+                if taken:
+                    raise ApiFailure(409, f"job id(s) {', '.join(taken)} already exist: a "
+                                     "workflow's step jobs are <workflow_id>--<step>")  # fmt: skip
         duplicate = stored is not None
         if stored is not None and msgspec.json.decode(stored) != msgspec.to_builtins(spec):
             raise ApiFailure(

@@ -129,6 +129,15 @@ async def end(
     return done.endswith(" 1")
 
 
+async def taken_job_ids(conn: asyncpg.Connection, tenant: str, job_ids: list[str]) -> list[str]:
+    """Which of these job ids the tenant already has jobs under (a step must not adopt one)."""
+    rows = await conn.fetch(
+        "SELECT job_id FROM jobs WHERE tenant = $1 AND job_id = ANY($2::text[]) ORDER BY job_id",
+        tenant, job_ids,
+    )  # fmt: skip
+    return [r["job_id"] for r in rows]
+
+
 def job_of(row: StepRow) -> JobSpec:
     return msgspec.json.decode(row.job, type=JobSpec)
 

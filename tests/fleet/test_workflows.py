@@ -261,7 +261,7 @@ async def test_cancel_stops_the_running_step_and_submits_nothing_more(
     res = await run_cli("status", "wf-cancel--thumb", "--tenant", "acme")
     assert res.rc == 4, res
     res = await run_cli("workflow", "cancel", "wf-cancel")
-    assert res.rc == 1 and "has already ended (cancelled)" in res.err, res
+    assert res.rc == 2 and "has already ended (cancelled)" in res.err, res
     res = await run_cli("workflow", "status", "wf-cancel")
     assert res.rc == 0 and "cancelled" in res.out, res
 
