@@ -309,3 +309,29 @@ async def test_bad_specs_are_refused_naming_the_problem(
     assert err["code"] == 400 and wanted in err["message"], err
     res = await run_cli("workflow", "status", "wf-bad")
     assert res.rc == 4 and "no workflow 'wf-bad'" in res.err, res
+
+
+async def test_a_step_that_fails_fails_the_workflow_and_cancels_its_dependents(
+    fleet: DevFleet, media_dir: Path, work: Path
+) -> None:
+    missing = (media_dir / "wf-not-there.mp4").as_uri()
+    out = work / "out" / "wf-fail"
+    doc = {
+        "workflow_id": "wf-fail",
+        "tenant": "acme",
+        "steps": [
+            {"name": "probe", "operation": {"op": "probe"}, "input": missing, "max_attempts": 1},
+            {
+                "name": "transcode", "needs": ["probe"], "input": missing,
+                "output": (out / "x.mp4").as_uri(), "operation": {"op": "transcode"},
+            },
+        ],
+    }  # fmt: skip
+    assert (await submit(work, doc)).rc == 0
+    info = await until_info(fleet, "wf-fail", ended)
+    assert info.state == "failed", info
+    assert info.error is not None and info.error.startswith("step 'probe' failed: "), info
+    states = {s.name: (s.state, s.job_state) for s in info.steps}
+    assert states == {"probe": ("failed", "failed"), "transcode": ("cancelled", None)}, states
+    res = await run_cli("workflow", "status", "wf-fail", "--json")
+    assert res.rc == 0 and json.loads(res.out)["state"] == "failed", res
