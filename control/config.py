@@ -111,6 +111,9 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Seconds between the leader's looks for job messages no consumer can deliver (a wildcard
     #: character as a subject token), which it moves to the dead letters.
     stray_sweep_interval: Positive = 60.0
+    #: Seconds between the leader's sweeps over unfinished workflows (a step job's end and a new
+    #: workflow trigger one at once; the sweep is what a new leader or a lost trigger relies on).
+    workflow_sweep_interval: Positive = 5.0
     #: Port of /metrics, /healthz and /readyz; 0 picks a free port.
     metrics_port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9465
     #: Address the metrics server binds.

@@ -43,6 +43,7 @@ from control.reload import on_sighup
 from control.singletons import Singletons
 from control.topology import ensure_topology
 from control.webhooks import WebhookSender
+from control.workflows.advance import Advancer
 from schemas.subjects import Subjects
 
 log = logging.getLogger("flotilla.control")
@@ -77,6 +78,7 @@ class ControlPlane:
         self.lease: LeaderLease | None = None
         self.singletons: Singletons | None = None
         self._live: tuple[AlertEngine, Watcher, CanaryRunner] | None = None
+        self.workflows: Advancer | None = None
 
     async def start(self) -> None:
         cfg, subjects = self.cfg, self.subjects
@@ -173,9 +175,12 @@ class ControlPlane:
         # Only the lease holder runs these, or two instances would act twice.
         sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)
         every = cfg.stray_sweep_interval
+        submits = self.api.limits
+        advancer = self.workflows = Advancer(nc, db, subjects, cfg.workflow_sweep_interval, submits)
         singletons = self.singletons = Singletons(
             cfg, db, engine, canary, self.supervisor, sweep,
             lambda stop: run_stray_sweep(js, db, subjects, every, stop),
+            lambda stop: advancer.run(stop),
         )  # fmt: skip
         instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lease = self.lease = LeaderLease(

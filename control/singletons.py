@@ -1,4 +1,5 @@
-"""What only the leader instance runs: alerts, canaries, retention, media and stray sweeps.
+"""What only the leader instance runs: alerts, canaries, retention, media and stray sweeps,
+workflows.
 
 Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
 so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
@@ -35,6 +36,7 @@ class Singletons:
         supervisor: Supervisor,
         sweep: OrphanSweep,
         strays: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+        workflows: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.db, self.engine, self.canary = db, engine, canary
         engine.follow()  # until the lease says this instance leads
@@ -55,14 +57,19 @@ class Singletons:
         def stray_sweeper(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
             return supervisor.supervise("stray-sweep", lambda: strays(stop), stop)
 
-        self.term = Term(
-            {
-                "canary": canaries,
-                "retention": pruner,
-                "media-sweep": sweeper,
-                "stray-sweep": stray_sweeper,
-            }
-        )
+        def advancer(stop: asyncio.Event) -> Coroutine[Any, Any, None]:
+            assert workflows is not None
+            return supervisor.supervise("workflows", lambda: workflows(stop), stop)
+
+        runs: dict[str, Callable[[asyncio.Event], Coroutine[Any, Any, None]]] = {
+            "canary": canaries,
+            "retention": pruner,
+            "media-sweep": sweeper,
+            "stray-sweep": stray_sweeper,
+        }
+        if workflows is not None:
+            runs["workflows"] = advancer
+        self.term = Term(runs)
 
     async def on_change(self, leading: bool) -> None:
         if leading:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import api
+from schemas import api, workflows
 from schemas.alerts import Alert
 from schemas.codec import MAX_EVENT_BYTES, Decoder
 from schemas.control_msgs import NodeCommand, NodeCommandReply
@@ -47,6 +47,14 @@ WIRE_TYPES: dict[str, Any] = {
     "api_tenant_create_request": api.TenantCreateRequest,
     "api_tenant_created": api.TenantCreated,
     "api_tenant_list_reply": api.TenantListReply,
+    "workflow": workflows.WorkflowSpec,
+    "api_workflow_submit_request": workflows.WorkflowSubmitRequest,
+    "api_workflow_submit_reply": workflows.WorkflowSubmitReply,
+    "api_workflow_ref": workflows.WorkflowRef,
+    "api_workflow_cancel_request": workflows.WorkflowCancelRequest,
+    "api_workflow_info": workflows.WorkflowInfo,
+    "api_workflow_list_request": workflows.WorkflowListRequest,
+    "api_workflow_list_reply": workflows.WorkflowListReply,
 }
 
 JOB_DECODER: Decoder[JobSpec] = Decoder(JobSpec, "job")

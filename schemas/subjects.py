@@ -217,6 +217,12 @@ class Subjects:
         tenant (`<prefix>.updates.<tenant>.>`) without seeing the fleet's events."""
         return f"{self.prefix}.updates.{tenant or '_'}.{job_id}.{kind}"
 
+    @property
+    def workflow_kick(self) -> str:
+        """Core NATS, control plane only: a workflow was submitted, the leader should look now
+        rather than at its next sweep (a lost kick costs one sweep interval)."""
+        return f"{self.prefix}.control.workflows"
+
     def dead_letter(self, tenant: str, job_id: str) -> str:
         # "": a stray message whose tenant token is not one (control.deadletters.strays).
         return f"{self.prefix}.dlq.{tenant or '_'}.{job_id}"

@@ -17,7 +17,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import asyncpg
 import msgspec
@@ -43,10 +42,12 @@ from control.api.failure import ApiFailure
 from control.api.fleetfit import rejection
 from control.api.identity import KEYLESS_OPERATOR, Identity, identity_for_key
 from control.api.jobcancel import delete_queued, mark_cancelled
-from control.api.ratelimit import TenantLimiter, take_token
+from control.api.publish import Limits, over_limits, publish_job, record
+from control.api.ratelimit import TenantLimiter
+from control.api.workflows import WorkflowApi
 from control.db import TRANSIENT_ERRORS, is_transient
 from control.db.runtimes import learned_for
-from control.db.store import as_utc, record_submission
+from control.db.store import as_utc
 from control.deadletters.retry import DeadLetterNotFound, retry_dead_letter
 from control.fleetread import pool_queue
 from control.nodes import Fleet, FleetNode
@@ -56,7 +57,7 @@ from schemas.codec import DecodeError, Decoder, encode
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.jobs import JobSpec
 from schemas.nodes import Heartbeat
-from schemas.subjects import ALL_NODES, Subjects, job_msg_id
+from schemas.subjects import ALL_NODES, Subjects
 
 log = logging.getLogger("flotilla.api")
 SUBMIT: Decoder[api.SubmitRequest] = Decoder(api.SubmitRequest, "submit request")
@@ -118,6 +119,7 @@ class ApiService:
         #: Epoch seconds now: what deadlines are judged against (injectable for tests).
         self.clock = clock
         self.limiter = TenantLimiter(settings.submit_rate, settings.submit_burst)
+        self.limits = Limits(settings.submit_rate, settings.submit_burst)
         self._svc: Service | None = None
         self._slots = asyncio.Semaphore(settings.max_in_flight)
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -141,6 +143,7 @@ class ApiService:
             "node.windows": (self.node_windows, True),
             "fleet.summary": (self.summary, False),
         }
+        routes.update(WorkflowApi(self).routes())
         admin_routes: dict[str, AdminHandler] = {
             "key.create": admin.key_create,
             "key.list": admin.key_list,
@@ -257,19 +260,11 @@ class ApiService:
             if reason is not None:
                 raise ApiFailure(409, reason)
         verdict = await self._deadline(job, ask.duration_hint_s)
-        subject = self.subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
-        ack = await self.js.publish(
-            subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},
-            stream=self.subjects.jobs_stream,
-        )  # fmt: skip
+        ack = await publish_job(self.js, self.subjects, job)
         if self.db is not None:
             try:
                 async with self.db.acquire() as conn:
-                    now = datetime.now(UTC)
-                    run_s = None if verdict is None else verdict.run_s
-                    await record_submission(
-                        conn, job, submitted_at=now, stream_seq=ack.seq, estimated_run_s=run_s
-                    )
+                    await record(conn, job, ack, None if verdict is None else verdict.run_s)
             except TRANSIENT_ERRORS as exc:  # it is on the stream: ingest records it later
                 log.warning("job %s accepted but not recorded yet: %r", job.job_id, exc)
         reply = api.SubmitReply(
@@ -325,14 +320,9 @@ class ApiService:
                 raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
             return
         limits = who.limits if who.tenant == tenant else await tenants.get_tenant(self.db, tenant)
-        rate = self.s.submit_rate if limits is None else limits.submit_rate
-        burst = self.s.submit_burst if limits is None else limits.submit_burst
-        if not await take_token(self.db, tenant, rate, burst):
-            raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
-        if limits is not None:
-            queued = await tenants.queued_count(self.db, tenant)
-            if queued >= limits.max_queued:
-                raise ApiFailure(429, f"tenant {tenant!r} has {limits.max_queued} jobs queued")
+        refused = await over_limits(self.db, tenant, limits, self.limits)
+        if refused is not None:
+            raise ApiFailure(429, refused)
 
     async def _owner(
         self, job_id: str, asked: str | None, who: Identity, missing: str = ""
@@ -370,23 +360,29 @@ class ApiService:
     async def cancel(self, req: Request, who: Identity) -> bytes:
         ask = CANCEL.decode(req.data)
         tenant = await self._owner(ask.job_id, ask.tenant, who)
+        return encode(await self.cancel_job(tenant, ask.job_id, ask.reason))
+
+    async def cancel_job(self, tenant: str | None, job_id: str, reason: str) -> api.AckReply:
+        """Cancel one job: delete it while queued, else ask the node that runs it (and every
+        node, for one that picked it up after the bucket was read). job.cancel and
+        workflow.cancel both come here."""
         # An offline node's last heartbeat may still list a job that now runs elsewhere.
         live = (n for n in self._nodes() if n.state != "offline")
-        runner = next((n for n in live if runs(n.heartbeat, tenant, ask.job_id)), None)
+        runner = next((n for n in live if runs(n.heartbeat, tenant, job_id)), None)
         js, subjects, pools = self.js, self.subjects, self.s.pools
-        if runner is None and await delete_queued(js, subjects, pools, ask.job_id, tenant):
+        if runner is None and await delete_queued(js, subjects, pools, job_id, tenant):
             if self.db is not None and tenant is not None:
-                await mark_cancelled(self.db, tenant, ask.job_id, ask.reason)
-            return encode(api.AckReply(ok=True, message="cancelled while queued"))
-        cmd = NodeCommand(verb="cancel", job_id=ask.job_id, tenant=tenant, reason=ask.reason[:200])
+                await mark_cancelled(self.db, tenant, job_id, reason)
+            return api.AckReply(ok=True, message="cancelled while queued")
+        cmd = NodeCommand(verb="cancel", job_id=job_id, tenant=tenant, reason=reason[:200])
         # A broadcast reaches a node that picked the job up after we read the bucket. It names
         # the tenant, so no node cancels another tenant's job with the same id.
         await self.nc.publish(self.subjects.ctl(ALL_NODES, "cancel"), command_bytes(cmd))
         if runner is None:
-            return encode(api.AckReply(ok=False, message="not queued; cancel broadcast to all"))
+            return api.AckReply(ok=False, message="not queued; cancel broadcast to all")
         if runner.capabilities.protocol < TENANT_JOB_IDS:  # it would refuse the field
             cmd = msgspec.structs.replace(cmd, tenant=None)
-        return await self._command(runner.node_id, cmd)
+        return await self._command_reply(runner.node_id, cmd)
 
     async def job_get(self, req: Request, who: Identity) -> bytes:
         ref = JOB_REF.decode(req.data)
@@ -464,13 +460,16 @@ class ApiService:
         return await self._command(ask.node_id, NodeCommand(verb="windows", windows=ask.windows))
 
     async def _command(self, node_id: str, cmd: NodeCommand) -> bytes:
+        return encode(await self._command_reply(node_id, cmd))
+
+    async def _command_reply(self, node_id: str, cmd: NodeCommand) -> api.AckReply:
         subject = self.subjects.ctl(node_id, cmd.verb)
         try:
             msg = await self.nc.request(subject, command_bytes(cmd), timeout=self.s.command_timeout)
         except (NoRespondersError, NatsTimeout) as exc:
             raise ApiFailure(503, f"node {node_id} did not answer {cmd.verb}: {exc!r}") from exc
         r = CMD_REPLY.decode(msg.data)
-        return encode(api.AckReply(ok=r.ok, message=r.message or r.state))
+        return api.AckReply(ok=r.ok, message=r.message or r.state)
 
     # -- fleet ----------------------------------------------------------------------------
     async def summary(self, req: Request, who: Identity) -> bytes:

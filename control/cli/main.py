@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     from control.cli import jobs as cli_jobs
     from control.cli import keys as cli_keys
     from control.cli import nodes as cli_nodes
+    from control.cli import workflows as cli_workflows
 
     cli_jobs.register(sub)
     cli_nodes.register(sub)
@@ -177,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_windows.register(sub)
     cli_keys.register(sub)
+    cli_workflows.register(sub)
     from control.devstack.chaos import cli as cli_chaos
 
     cli_chaos.register(sub)

@@ -61,6 +61,11 @@ class NodeSettings:
         return "".join(f"{key} = {_json(value)}\n" for key, value in self.options.items())
 
 
+def _named(instance: str, control_toml: str) -> str:
+    """The control config with its leader-lease name (top-level keys come first in TOML)."""
+    return f'instance_id = "{instance}"\n' + control_toml
+
+
 def _toml_table(name: str, values: dict[str, Any]) -> str:
     lines = [f"[{name}]"]
     lines += [f"{_key(k)} = {_value(v)}" for k, v in values.items() if v is not None]
@@ -140,7 +145,8 @@ class DevFleet:
             topology = TopologySettings(ack_wait=self.ack_wait, replicas=self.replicas)
             await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
             ports = free_ports(self.nodes + 1)
-            await self._spawn("control", ["control", "run"], self._control_toml(ports[0]))
+            config = _named("control", self._control_toml(ports[0]))
+            await self._spawn("control", ["control", "run"], config)
             for i in range(1, self.nodes + 1):
                 node = f"dev-{i}"
                 await self._spawn(node, ["daemon"], self._daemon_toml(node, ports[i]))
@@ -153,6 +159,16 @@ class DevFleet:
                 )
         finally:
             await nc.close()
+
+    async def add_control(self, name: str) -> None:
+        """Start one more control-plane instance (a follower while another leads), as `name`."""
+        [port] = free_ports(1)
+        first = self.metrics_ports.get("control")
+        config = self._control_toml(port)
+        if first is not None:
+            self.metrics_ports["control"] = first
+        self.metrics_ports[name] = port
+        await self._spawn(name, ["control", "run"], _named(name, config))
 
     def _control_toml(self, port: int) -> str:
         self.metrics_ports["control"] = port

@@ -1,0 +1,1 @@
+"""Workflows: a DAG of ordinary jobs that the leader advances from their job states."""
