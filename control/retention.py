@@ -1,9 +1,10 @@
 """Retention: delete old rows in bounded batches, on an interval.
 
-Events, finished jobs (the canary's sooner), rejected events, ended webhook deliveries and
-retried dead letters each have an age limit. Unfinished jobs are never deleted. Each batch is its
-own short transaction, so pruning never holds locks for long nor competes with ingest for one
-huge delete; every delete walks an index on the age it tests.
+Events, finished jobs (the canary's sooner), rejected events, ended webhook deliveries,
+retried dead letters and ended workflows each have an age limit. Unfinished jobs and running
+workflows are never deleted. Each batch is its own short transaction, so pruning never holds
+locks for long nor competes with ingest for one huge delete; every delete walks an index on the
+age it tests.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ async def prune(db: asyncpg.Pool, p: Policy) -> dict[str, int]:
             _delete(db, queries.PRUNE_WEBHOOK_DELIVERIES), p.webhook_deliveries, b
         ),
         "dead letters": await _batches(_delete(db, queries.PRUNE_DEAD_LETTERS), p.dead_letters, b),
+        # Kept as long as finished jobs: a workflow's status names its step jobs.
+        "workflows": await _batches(_delete(db, queries.PRUNE_WORKFLOWS), p.jobs, b),
     }
 
 

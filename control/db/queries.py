@@ -74,6 +74,14 @@ DELETE FROM dead_letters WHERE (tenant, job_id, stream_seq) IN (
 )
 """
 
+#: Workflows that ended before $1; their steps go with them (ON DELETE CASCADE). A running
+#: workflow stays, however old.
+PRUNE_WORKFLOWS = """
+DELETE FROM workflows WHERE (tenant, workflow_id) IN (
+    SELECT tenant, workflow_id FROM workflows WHERE finished_at < $1 ORDER BY finished_at LIMIT $2
+)
+"""
+
 # -- dead letters -----------------------------------------------------------------------------
 JOB_BY_STREAM_SEQ = """
 SELECT tenant, job_id, state, pool, priority, last_error, spec::text AS spec, dead_lettered

@@ -82,6 +82,21 @@ async def seed(db: asyncpg.Pool) -> None:
              now() - interval '29 days');
         """
     )
+    # Workflows: an ended old one goes with its steps; an ended young one and a running one
+    # (however old) stay.
+    for wf, state, days in (("wf-old", "completed", 91), ("wf-young", "failed", 10),
+                            ("wf-running", "running", None)):  # fmt: skip
+        await db.execute(
+            "INSERT INTO workflows (tenant, workflow_id, state, spec, created_at, finished_at)"
+            " VALUES ('acme', $1, $2, '{}', now() - interval '300 days',"
+            " now() - make_interval(secs => $3::float8 * 86400))",
+            wf, state, days,
+        )  # fmt: skip
+        await db.execute(
+            "INSERT INTO workflow_steps (tenant, workflow_id, name, position, job_id, job)"
+            " VALUES ('acme', $1, 's', 0, $1 || '--s', '{}')",
+            wf,
+        )  # fmt: skip
 
 
 async def keys(db: asyncpg.Pool, table: str) -> set[tuple[str, str]]:
@@ -111,6 +126,11 @@ async def test_retention_deletes_only_what_is_finished_and_old(db: asyncpg.Pool)
     # Dead letters: only one re-submitted long enough ago; one never retried stays.
     seqs = await db.fetch("SELECT stream_seq FROM dead_letters ORDER BY 1")
     assert [r["stream_seq"] for r in seqs] == [2, 3]
+
+    # Workflows: only the old ended one, and its step with it.
+    assert deleted["workflows"] == 1
+    left = await db.fetch("SELECT workflow_id FROM workflow_steps ORDER BY 1")
+    assert [r["workflow_id"] for r in left] == ["wf-running", "wf-young"]
 
     # A second run finds nothing more.
     assert set((await prune(db, POLICY)).values()) == {0}

@@ -16,6 +16,8 @@ CREATE TABLE workflows (
 -- The leader's sweep reads only the running ones; listing is newest first.
 CREATE INDEX workflows_running_idx ON workflows (created_at) WHERE state = 'running';
 CREATE INDEX workflows_created_idx ON workflows (tenant, created_at DESC);
+-- Retention deletes ended workflows (their steps cascade) by age.
+CREATE INDEX workflows_finished_idx ON workflows (finished_at) WHERE finished_at IS NOT NULL;
 
 -- One row per step; `job` is the step's job spec with references resolved (what is published).
 CREATE TABLE workflow_steps (
