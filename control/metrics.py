@@ -89,6 +89,24 @@ class Metrics:
         )
         for reason in ("missed", "late_estimate"):
             self.deadline_at_risk.labels(reason)
+        self.workflow_steps = Counter(
+            "flotilla_workflow_steps",
+            "Workflow steps the leader published, or held back (deferred) by their tenant's submit"
+            " rate or queue limit until a later sweep",
+            ["outcome"],
+            registry=r,
+        )
+        for outcome in ("published", "deferred"):
+            self.workflow_steps.labels(outcome)
+        self.workflows_ended = Counter(
+            "flotilla_workflows_ended",
+            "Workflows the leader ended: completed, or failed (a step failed or was cancelled);"
+            " a workflow cancelled through the API is not counted here",
+            ["state"],
+            registry=r,
+        )
+        for state in ("completed", "failed"):
+            self.workflows_ended.labels(state)
         #: (job, reason) at risk in the last snapshot: a job is counted when it enters the set.
         self._at_risk: set[tuple[str, str]] = set()
         #: Monotonic time of the last snapshot the gauges show (None: none yet).

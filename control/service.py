@@ -176,7 +176,14 @@ class ControlPlane:
         sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)
         every = cfg.stray_sweep_interval
         submits = self.api.limits
-        advancer = self.workflows = Advancer(nc, db, subjects, cfg.workflow_sweep_interval, submits)
+        m = self.metrics
+
+        def observe(kind: str, outcome: str) -> None:
+            (m.workflow_steps if kind == "step" else m.workflows_ended).labels(outcome).inc()
+
+        advancer = self.workflows = Advancer(
+            nc, db, subjects, cfg.workflow_sweep_interval, submits, observe
+        )
         singletons = self.singletons = Singletons(
             cfg, db, engine, canary, self.supervisor, sweep,
             lambda stop: run_stray_sweep(js, db, subjects, every, stop),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
@@ -41,13 +42,19 @@ class AdvanceStats:
     deferred: int = 0
 
 
+#: Told ("step", "published" | "deferred") and ("workflow", its end state): the metrics.
+Observer = Callable[[str, str], None]
+
+
 class Advancer:
     def __init__(
-        self, nc: NATS, db: asyncpg.Pool, subjects: Subjects, interval: float, limits: Limits
-    ) -> None:
+        self, nc: NATS, db: asyncpg.Pool, subjects: Subjects, interval: float, limits: Limits,
+        observe: Observer = lambda kind, outcome: None,
+    ) -> None:  # fmt: skip
         self.nc, self.js, self.db, self.subjects = nc, nc.jetstream(), db, subjects
         self.interval, self.limits = interval, limits
         self.stats = AdvanceStats()
+        self._observe = observe
         self._kick = asyncio.Event()
 
     def kick(self) -> None:
@@ -104,6 +111,7 @@ class Advancer:
             await store.change_steps(conn, tenant, workflow_id, decided.changes)
             if decided.workflow is not None:
                 await store.end(conn, tenant, workflow_id, decided.workflow, decided.error)
+                self._observe("workflow", decided.workflow)
                 log.info("workflow %s/%s %s", tenant, workflow_id, decided.workflow)
             by_name = {r.view.name: r for r in rows}
             # In job id order, as ingest locks job rows: the two never wait on each other crosswise.
@@ -113,12 +121,14 @@ class Advancer:
                 refused = await over_limits(self.db, tenant, limits, self.limits)
                 if refused is not None:
                     self.stats.deferred += 1
+                    self._observe("step", "deferred")
                     log.info("workflow %s step %s waits: %s", workflow_id, name, refused)
                     continue
                 await store.change_steps(conn, tenant, workflow_id, {name: StepChange("submitted")})
                 ack = await publish_job(self.js, self.subjects, job)
                 await record(conn, job, ack)
                 self.stats.published += 1
+                self._observe("step", "published")
                 log.info("workflow %s/%s submitted step %s as %s%s", tenant, workflow_id, name,
                          job.job_id, " (duplicate)" if ack.duplicate else "")  # fmt: skip
             return decided

@@ -162,7 +162,10 @@ async def test_steps_wait_while_their_tenant_is_over_its_submit_rate(world: Worl
         "UPDATE tenants SET submit_rate = 0.001, submit_burst = 1 WHERE tenant = 'acme'"
     )
     await w.db.execute("DELETE FROM tenant_buckets WHERE tenant = 'acme'")
-    adv = Advancer(w.nc, w.db, w.subjects, 60.0, Limits(50.0, 100))
+    seen: list[tuple[str, str]] = []
+    adv = Advancer(w.nc, w.db, w.subjects, 60.0, Limits(50.0, 100),
+                   lambda kind, outcome: seen.append((kind, outcome)))  # fmt: skip
     await adv.reconcile("acme", "wf-l")
     assert adv.stats.published == 1 and adv.stats.deferred == 1
+    assert sorted(seen) == [("step", "deferred"), ("step", "published")]  # what metrics count
     assert sorted((await steps(w, "wf-l")).values()) == ["submitted", "waiting", "waiting"]
