@@ -29,6 +29,7 @@ from daemon.ops.context import JobContext
 from daemon.ops.ladder_args import package_args
 from schemas.jobs import JobSpec
 from schemas.operations import Analyze, Operation, Package, Probe, Rung, Thumbnail, Transcode
+from schemas.videoopts import Crop
 
 SOFTWARE = frozenset({"libx264", "aac", "mjpeg"})
 THREADS = 2
@@ -106,6 +107,25 @@ async def main(seconds: float, rounds: int) -> None:
             return await _sh(*b.last_argv[:-1], f"file:{b.direct_path('t.mp4')}")
 
         cases.append(("transcode 1080p->720p", lambda: b.op(tc, b.out("t.mp4")), transcode_direct))
+
+        # The options real pipelines use (trim, crop, deinterlace, frame rate, GOP, profile).
+        opts = Transcode(
+            codec="h264", height=720, preset="veryfast", start_seconds=0.5,
+            duration_seconds=seconds - 1.0, crop=Crop(width=1440, height=1080, x=240, y=0),
+            deinterlace=True, fps=24, gop_size=48, closed_gop=True, profile="high",
+        )  # fmt: skip
+
+        async def options_direct() -> float:
+            return await _sh(*b.last_argv[:-1], f"file:{b.direct_path('o.mp4')}")
+
+        cases.append(("transcode, options", lambda: b.op(opts, b.out("o.mp4")), options_direct))
+
+        audio = Transcode(audio_bitrate_kbps=96)  # the container (m4a) makes it audio-only
+
+        async def audio_direct() -> float:
+            return await _sh(*b.last_argv[:-1], f"file:{b.direct_path('a.m4a')}")
+
+        cases.append(("audio-only m4a", lambda: b.op(audio, b.out("a.m4a")), audio_direct))
 
         async def probe_direct() -> float:
             return await _sh(*ff, "-threads", str(THREADS), "-i", str(src), "-map", "0:v?",
