@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import assert_never
 
 from daemon.media.access import publish_outputs
-from daemon.ops import analyze, canary, package, pertitle, probe_op, thumbnail, transcode
+from daemon.ops import analyze, canary, package, probe_op, thumbnail, transcode
 from daemon.ops.context import JobContext
+from daemon.ops.pertitle import run as pertitle
 from schemas.operations import Analyze, Canary, Package, PerTitle, Probe, Thumbnail, Transcode
 from schemas.results import JobResult
 

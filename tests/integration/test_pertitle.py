@@ -16,7 +16,7 @@ from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
 from daemon.ops.context import JobContext
-from daemon.ops.pertitle import run_pertitle
+from daemon.ops.pertitle.run import run_pertitle
 from schemas.jobs import JobSpec
 from schemas.operations import PerTitle, PerTitleRung
 from schemas.results import JobResult, PerTitleReport

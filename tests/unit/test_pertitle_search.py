@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from daemon.ops.pertitle_search import (
+from daemon.ops.pertitle.search import (
     RESOLUTION,
     HullPoint,
     Probe,

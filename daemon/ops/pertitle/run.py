@@ -2,8 +2,8 @@
 reach the target quality (docs/pertitle.md).
 
 1. Samples: one fast pass scores every frame's scene change (`select`'s scene score on a 160 px
-   wide copy); `pertitle_search.pick_samples` spreads the samples over the title, each at the
-   busiest spot of its window. They are cut once into a lossless reel (pertitle_args).
+   wide copy); `search.pick_samples` spreads the samples over the title, each at the
+   busiest spot of its window. They are cut once into a lossless reel (args).
 2. Per rung (rungs taller than the source are dropped): the reel is encoded at a CRF, scaled to
    the rung's size, and measured against the reel scaled (bicubic) to that same size: the
    quality of the rung as a rung, so the target means the same thing on every rung. The CRF
@@ -35,9 +35,9 @@ from daemon.ops.analyze import plane_summary, psnr_scores
 from daemon.ops.context import JobContext
 from daemon.ops.ladder_args import SOFTWARE
 from daemon.ops.outputs import check_gate, partial_path
-from daemon.ops.pertitle_args import encode_args, hls_args, metric_args, reel_args, scene_args
-from daemon.ops.pertitle_files import rung_name, seal_ladder
-from daemon.ops.pertitle_search import (
+from daemon.ops.pertitle.args import encode_args, hls_args, metric_args, reel_args, scene_args
+from daemon.ops.pertitle.files import rung_name, seal_ladder
+from daemon.ops.pertitle.search import (
     HullPoint,
     Probe,
     choose_crf,
