@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import msgspec
 
 from schemas import api
+from schemas.results import JobResult, ProbeInfo, StreamInfo
 
 SHOWN_ONCE = "store this key now: it is shown only this once"
 
@@ -69,3 +70,81 @@ def print_created(created: api.KeyCreated, as_json: bool) -> None:
             print(f"{info.rotated_from}: stops working at {when(created.old_key_expires_at)}")
         print(created.key, flush=True)
     print(f"flotilla: {SHOWN_ONCE}", file=sys.stderr)
+
+
+def _stream(s: StreamInfo) -> str:
+    parts = [s.type, s.codec]
+    if s.width and s.height:
+        parts.append(f"{s.width}x{s.height}")
+    if s.fps:
+        parts.append(f"{s.fps:g} fps")
+    if s.bit_depth and s.bit_depth != 8:
+        parts.append(f"{s.bit_depth}-bit")
+    if s.hdr:
+        parts.append(s.hdr)
+    if s.channels:
+        parts.append(f"{s.channels} ch")
+    if s.sample_rate:
+        parts.append(f"{s.sample_rate / 1000:g} kHz")
+    return " ".join(parts)
+
+
+def probe_summary(p: ProbeInfo) -> str:
+    """`mp4, 3.00 s, 1843 kb/s; video h264 1920x1080 30 fps; audio aac 2 ch 48 kHz`."""
+    # ffprobe names a format family (`mov,mp4,m4a,3gp,3g2,mj2`): one name reads better.
+    names = p.container.split(",")
+    head = ["mp4" if "mp4" in names else names[0]]
+    if p.duration_s is not None:
+        head.append(f"{p.duration_s:.2f} s")
+    if p.bitrate_bps:
+        head.append(f"{p.bitrate_bps // 1000} kb/s")
+    text = "; ".join([", ".join(head), *(_stream(s) for s in p.streams)])
+    if p.decode_errors:
+        text += f"; {p.decode_errors} decode errors"
+    return text
+
+
+def result_rows(res: JobResult) -> list[tuple[str, str]]:
+    """Every score and finding of a result, one (label, text) each, for people."""
+    rows: list[tuple[str, str]] = []
+    if res.vmaf is not None:
+        v = res.vmaf
+        rows.append(("vmaf", f"{v.mean:.2f} (min {v.min:.2f}, p5 {v.p5:.2f}, {v.model})"))
+    if res.psnr is not None:
+        p = res.psnr
+        rows.append(("psnr", f"{p.average:.2f} dB (y {p.y:.2f}, u {p.u:.2f}, v {p.v:.2f})"))
+    if res.ssim is not None:
+        q = res.ssim
+        rows.append(("ssim", f"{q.average:.4f} (y {q.y:.4f}, u {q.u:.4f}, v {q.v:.4f})"))
+    if res.probe is not None:
+        rows.append(("probe", probe_summary(res.probe)))
+    for r in res.renditions:
+        rows.append(("rendition", f"{r.width}x{r.height} {r.codec} {r.bitrate_kbps} kb/s"))
+    if res.dropped_rungs:
+        rows.append(("dropped", ", ".join(res.dropped_rungs)))
+    if res.pertitle is not None:
+        t = res.pertitle
+        for rung in t.rungs:
+            got = "-" if rung.measured_quality is None else f"{rung.measured_quality:.2f}"
+            fate = "dropped" if rung.dropped else f"{t.metric} {got}"
+            rows.append(("per-title", f"{rung.height}p crf {rung.crf:g}: {fate}"))
+        if t.bits_saved_measured is not None:
+            rows.append(("bits saved", f"{t.bits_saved_measured / 8 / 1024:.0f} KiB"))
+    rows.extend(("note", n) for n in res.notes)
+    return rows
+
+
+def result_line(res: JobResult) -> str:
+    """The headline of a result in one short cell: scores, else the probe."""
+    parts = []
+    if res.vmaf is not None:
+        parts.append(f"VMAF {res.vmaf.mean:.1f}")
+    if res.psnr is not None:
+        parts.append(f"PSNR {res.psnr.average:.1f}")
+    if res.ssim is not None:
+        parts.append(f"SSIM {res.ssim.average:.3f}")
+    if res.renditions:
+        parts.append(f"{len(res.renditions)} renditions")
+    if res.probe is not None and not parts:
+        parts.append(probe_summary(res.probe))
+    return ", ".join(parts) or "-"

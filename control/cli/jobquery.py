@@ -7,7 +7,7 @@ import re
 import time
 
 from control.cli.apiclient import ApiClient
-from control.cli.format import ago, duration, print_json, table
+from control.cli.format import ago, duration, print_json, result_rows, table
 from control.errors import BadInput, CliError
 from schemas import api
 
@@ -47,8 +47,7 @@ async def status(args: argparse.Namespace) -> int:
         rows.append(("encoder", res.encoder))
         if res.realtime_factor is not None:
             rows.append(("realtime", f"{res.realtime_factor:.2f}x"))
-        if res.vmaf is not None:
-            rows.append(("vmaf", f"{res.vmaf.mean:.2f}"))
+        rows.extend(result_rows(res))
         for out in res.outputs:
             rows.append(("output", f"{out.uri} ({out.size_bytes} bytes, {out.role})"))
     for key, value in rows:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.natsconn import NatsSettings, connect
+from control.cli.format import result_line
 from control.devstack.fleet import DevFleet
 from daemon.ffmpeg.tools import find_tools
 from schemas.events import Completed, Event, Failed, kind_of
@@ -164,19 +165,21 @@ class Tracker:
 def table(tracker: Tracker) -> str:
     lines = [
         f"{'job':<28} {'operation':<10} {'node':<7} {'state':<10} {'wall s':>7} "
-        f"{'x rt':>6} {'output':>10} {'VMAF':>6}"
+        f"{'x rt':>6} {'output':>10}  result"
     ]
     for job_id, row in tracker.rows.items():
         res = row.get("result")
         # A package's result names its playlists; its segments count too.
         size = row.get("dir_bytes") or (sum(o.size_bytes for o in res.outputs) if res else 0)
-        vmaf = f"{res.vmaf.mean:.1f}" if res and res.vmaf else "-"
+        # A probe or an analyze writes no media: no size, its findings instead.
+        out = f"{size / 1024:.0f}Ki" if size else "-"
+        found = result_line(res) if res else "-"
         rtf = f"{res.realtime_factor:.2f}" if res and res.realtime_factor else "-"
         wall = f"{res.wall_seconds:.1f}" if res else "-"
         lines.append(
             f"{job_id:<28} {row['op']:<10} {row.get('node', '-'):<7} "
             f"{row.get('state', 'pending'):<10} {wall:>7} {rtf:>6} "
-            f"{size / 1024:>8.0f}Ki {vmaf:>6}"
+            f"{out:>10}  {found}"
         )
         if row.get("error"):
             lines.append(f"    reason: {row['error']}")
