@@ -126,10 +126,16 @@ def result_rows(res: JobResult) -> list[tuple[str, str]]:
         t = res.pertitle
         for rung in t.rungs:
             got = "-" if rung.measured_quality is None else f"{rung.measured_quality:.2f}"
-            fate = "dropped" if rung.dropped else f"{t.metric} {got}"
+            kbps = "-" if rung.measured_kbps is None else f"{rung.measured_kbps:.0f}"
+            fate = (
+                "dropped (no gain over a cheaper rung)"
+                if rung.dropped
+                else f"{t.metric} {got}, {kbps} kb/s (fixed ladder {rung.fixed_kbps} kb/s)"
+            )
             rows.append(("per-title", f"{rung.height}p crf {rung.crf:g}: {fate}"))
         if t.bits_saved_measured is not None:
-            rows.append(("bits saved", f"{t.bits_saved_measured / 8 / 1024:.0f} KiB"))
+            saved = t.bits_saved_measured / 8 / 1024
+            rows.append(("bits saved", f"{saved:.0f} KiB against the fixed ladder"))
     rows.extend(("note", n) for n in res.notes)
     return rows
 

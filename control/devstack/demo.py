@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from common.natsconn import NatsSettings, connect
-from control.cli.format import result_line
+from control.cli.format import result_line, result_rows
 from control.devstack.fleet import DevFleet
 from daemon.ffmpeg.tools import find_tools
 from schemas.events import Completed, Event, Failed, kind_of
@@ -106,6 +106,20 @@ def jobs(run: str, media: Path) -> list[dict[str, Any]]:
             f"{out}/ladder",
         ),
         job("probe", {"op": "probe"}, None),
+        # Per-title: each rung's CRF searched on short samples for VMAF 93 (small, to stay quick).
+        job(
+            "pertitle",
+            {
+                "op": "pertitle",
+                "rungs": [{"height": 720}, {"height": 360}],
+                "target": 93,
+                "samples": 2,
+                "sample_seconds": 1,
+                "max_probes": 4,
+                "preset": "veryfast",
+            },
+            f"{out}/pertitle",
+        ),
         job(
             "sprite",
             {"op": "thumbnail", "sprite": True, "tiles": 9, "columns": 3, "width": 240},
@@ -186,6 +200,22 @@ def table(tracker: Tracker) -> str:
     return "\n".join(lines)
 
 
+#: The rows of result_rows that tell a per-title ladder's choices.
+PERTITLE = ("per-title", "bits saved")
+
+
+def details(tracker: Tracker) -> str:
+    """The per-title ladder's choices, rung by rung, under the table."""
+    lines = []
+    for job_id, row in tracker.rows.items():
+        res = row.get("result")
+        if res is not None and res.pertitle is not None:
+            lines.append(f"\n{job_id}: per-title ladder for {res.pertitle.metric} "
+                         f"{res.pertitle.target:g}")  # fmt: skip
+            lines.extend(f"  {text}" for label, text in result_rows(res) if label in PERTITLE)
+    return "\n".join(lines)
+
+
 def _dir_bytes(uri: str) -> int:
     root = Path(uri.removeprefix("file://"))
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
@@ -250,9 +280,10 @@ async def demo() -> int:
         await nc.close()
         print()
         for row in tracker.rows.values():
-            if row["op"] == "package" and row.get("output"):
+            if row["op"] in ("package", "pertitle") and row.get("output"):
                 row["dir_bytes"] = await asyncio.to_thread(_dir_bytes, row["output"])
         print(table(tracker))
+        print(details(tracker))
         print(f"\noutputs in {media}; fleet logs in {fleet.data_dir}")
     finally:
         print("stopping the fleet …", flush=True)

@@ -3,8 +3,19 @@ not only VMAF (a probe or a PSNR-only analyze used to print nothing but `0Ki`)."
 
 from __future__ import annotations
 
+import msgspec
+
 from control.cli.format import probe_summary, result_line, result_rows
-from schemas.results import JobResult, PlaneScores, ProbeInfo, Rendition, StreamInfo, VmafScores
+from schemas.results import (
+    JobResult,
+    PerTitleReport,
+    PerTitleRungReport,
+    PlaneScores,
+    ProbeInfo,
+    Rendition,
+    StreamInfo,
+    VmafScores,
+)
 
 PROBE = ProbeInfo(
     container="mov,mp4,m4a,3gp,3g2,mj2",
@@ -54,3 +65,22 @@ def test_a_probe_result_headlines_its_findings_and_an_empty_one_a_dash() -> None
     ]
     assert result_line(JobResult(renditions=ladder)) == "2 renditions"
     assert result_rows(JobResult()) == []
+
+
+def test_a_per_title_result_lists_each_rung_and_the_saving() -> None:
+    kept = PerTitleRungReport(
+        height=720, width=1280, crf=24.5, predicted_quality=93.2, predicted_kbps=900,
+        display_quality=93.2, measured_quality=93.59, measured_kbps=880.4, fixed_kbps=2500,
+        fixed_quality=96, fixed_bits_estimated=7_500_000, bits_saved_estimated=4_800_000,
+    )  # fmt: skip
+    gone = msgspec.structs.replace(kept, height=360, width=640, dropped=True)
+    report = PerTitleReport(
+        metric="vmaf", target=93, codec="h264", sample_seconds=1, display_width=1280,
+        display_height=720, rungs=[kept, gone], bits_saved_measured=8 * 1024 * 782,
+    )  # fmt: skip
+    rows = result_rows(JobResult(pertitle=report))
+    assert rows == [
+        ("per-title", "720p crf 24.5: vmaf 93.59, 880 kb/s (fixed ladder 2500 kb/s)"),
+        ("per-title", "360p crf 24.5: dropped (no gain over a cheaper rung)"),
+        ("bits saved", "782 KiB against the fixed ladder"),
+    ]
