@@ -10,6 +10,7 @@ from control.cli.apiclient import ApiClient
 from control.cli.format import ago, duration, print_json, table
 from control.errors import BadInput, CliError
 from schemas import api
+from schemas.results import JobResult, LoudnessReport
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -43,19 +44,36 @@ async def status(args: argparse.Namespace) -> int:
     if info.result is None and info.output:
         rows.append(("output", info.output))
     if info.result is not None:
-        res = info.result
-        rows.append(("encoder", res.encoder))
-        if res.realtime_factor is not None:
-            rows.append(("realtime", f"{res.realtime_factor:.2f}x"))
-        if res.vmaf is not None:
-            rows.append(("vmaf", f"{res.vmaf.mean:.2f}"))
-        for out in res.outputs:
-            rows.append(("output", f"{out.uri} ({out.size_bytes} bytes, {out.role})"))
+        rows += result_rows(info.result)
     for key, value in rows:
         print(f"{key:<11} {'-' if value is None else value}")
     if info.stderr_tail and info.state == "failed":
         print("stderr tail:\n" + info.stderr_tail.rstrip())
     return 0
+
+
+def result_rows(res: JobResult) -> list[tuple[str, object]]:
+    rows: list[tuple[str, object]] = [("encoder", res.encoder)]
+    if res.realtime_factor is not None:
+        rows.append(("realtime", f"{res.realtime_factor:.2f}x"))
+    if res.vmaf is not None:
+        rows.append(("vmaf", f"{res.vmaf.mean:.2f}"))
+    rows += [("loudness", loudness_text(r)) for r in res.loudness]
+    for out in res.outputs:
+        rows.append(("output", f"{out.uri} ({out.size_bytes} bytes, {out.role})"))
+    return rows
+
+
+def loudness_text(r: LoudnessReport) -> str:
+    """`track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -19.7 dBTP, LRA 0.1 -> 0.0 LU`."""
+
+    def pair(before: float | None, after: float | None) -> str:
+        return " -> ".join("silent" if v is None else f"{v:.1f}" for v in (before, after))
+
+    text = (f"track {r.track}: {pair(r.input_i, r.output_i)} LUFS, true peak "
+            f"{pair(r.input_tp, r.output_tp)} dBTP, "
+            f"LRA {pair(r.input_lra, r.output_lra)} LU")  # fmt: skip
+    return text if r.normalised else f"{text} (left as it was)"
 
 
 def since_ts(text: str, now: float | None = None) -> float:
