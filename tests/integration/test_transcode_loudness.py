@@ -3,14 +3,17 @@ target, as ffmpeg's own EBU R128 meter (ebur128, not the loudnorm that did the w
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from daemon.errors import InputError
+from daemon.errors import InputError, JobCancelled
 from daemon.ffmpeg.tools import FfmpegTools
+from schemas.audioopts import Loudness
+from tests.integration.test_transcode import Job, gated_ffmpeg, transcode
 from tests.support.media import run_ffmpeg
 from tests.support.probing import ffmpeg_output, stream_lines
 from tests.support.transcodejob import run_job
@@ -153,3 +156,52 @@ async def test_a_silent_track_is_left_alone_and_said_so(
     [report] = result.loudness
     assert not report.normalised and report.input_i is None and report.output_i is None
     assert any("silent" in note for note in result.notes)
+
+
+async def test_three_runs_share_the_progress_scale(
+    ffmpeg_tools: FfmpegTools, quiet_tone: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    op = transcode(codec="none", loudness=Loudness(integrated=-23))
+    job = Job(ffmpeg_tools, tmp_path, media_dir, quiet_tone, op, output=tmp_path / "out" / "x.m4a")
+    await job.run()
+    measure, encode, check = job.commands
+    assert "print_format=json" in " ".join(measure) and measure[-3:] == ["-f", "null", "-"]
+    assert "linear=true" in " ".join(encode) and encode[-1].endswith(".partial")
+    assert "print_format=json" in " ".join(check) and check[-3:] == ["-f", "null", "-"]
+    # Measuring 0-30 %, encoding 30-90 %, checking the output 90-100 %.
+    assert {30.0, 90.0, 100.0} <= set(job.percents())
+    assert job.percents() == sorted(job.percents())
+
+
+async def test_a_video_two_pass_encode_with_loudness(
+    ffmpeg_tools: FfmpegTools, quiet_clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    op = transcode(rate_control="two_pass", bitrate_kbps=200, loudness=Loudness(integrated=-18))
+    job = Job(ffmpeg_tools, tmp_path, media_dir, quiet_clip, op)
+    result = await job.run()
+    assert len(job.commands) == 4  # measure, video pass 1 (no audio), pass 2, check
+    assert "loudnorm" not in " ".join(job.commands[1]) and "-an" in job.commands[1]
+    measured, _ = await r128(ffmpeg_tools.ffmpeg, job.output)
+    assert abs(measured - -18.0) <= 1.0
+    assert [r.track for r in result.loudness] == [0]
+    assert job.percents() == sorted(job.percents()) and job.percents()[-1] == 100.0
+
+
+async def test_a_cancel_during_the_measuring_pass_stops_it(
+    ffmpeg_tools: FfmpegTools, quiet_clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    tools, _ = gated_ffmpeg(ffmpeg_tools, tmp_path)  # the gate never opens: pass 1 waits
+    job = Job(tools, tmp_path, media_dir, quiet_clip, transcode(loudness=Loudness()))
+    control = job.ctx.handle
+    run = asyncio.create_task(job.run())
+    for _ in range(3000):  # until pass 1 is attached; it cannot end before the gate opens
+        if control.pid is not None or run.done():
+            break
+        await asyncio.sleep(0.01)
+    assert control.pid is not None, run
+    [measure] = job.commands
+    assert "print_format=json" in " ".join(measure)
+    control.cancel("operator cancel")
+    with pytest.raises(JobCancelled, match="operator cancel"):
+        await asyncio.wait_for(run, 60)
+    assert len(job.commands) == 1 and await job.files_left() == []
