@@ -121,8 +121,9 @@ class LoudnessReport(ReportPart, kw_only=True):
     output_i: float | None = None
     output_tp: float | None = None
     output_lra: float | None = None
-    #: False when the track was left as it was (silent: nothing to normalise).
-    normalised: bool = True
+    #: `linear` (one gain), `dynamic` (loudnorm's compressor and limiter: one gain would have
+    #: broken the true-peak or range target), or `none` (silent: left as it was).
+    mode: str = "linear"
 
 
 class JobResult(ReportPart, kw_only=True):

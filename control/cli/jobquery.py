@@ -65,7 +65,7 @@ def result_rows(res: JobResult) -> list[tuple[str, object]]:
 
 
 def loudness_text(r: LoudnessReport) -> str:
-    """`track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -19.7 dBTP, LRA 0.1 -> 0.0 LU`."""
+    """`track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -19.7 dBTP, LRA 0.1 -> 0.0 LU (linear)`."""
 
     def pair(before: float | None, after: float | None) -> str:
         return " -> ".join("silent" if v is None else f"{v:.1f}" for v in (before, after))
@@ -73,7 +73,7 @@ def loudness_text(r: LoudnessReport) -> str:
     text = (f"track {r.track}: {pair(r.input_i, r.output_i)} LUFS, true peak "
             f"{pair(r.input_tp, r.output_tp)} dBTP, "
             f"LRA {pair(r.input_lra, r.output_lra)} LU")  # fmt: skip
-    return text if r.normalised else f"{text} (left as it was)"
+    return f"{text} ({r.mode})"
 
 
 def since_ts(text: str, now: float | None = None) -> float:

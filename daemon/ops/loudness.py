@@ -57,11 +57,12 @@ class Measured:
 
 @dataclass(frozen=True, slots=True)
 class Normalisation:
-    """What pass 1 settled: per output audio track, its measurement and its filter ("" for a
-    silent track, left alone)."""
+    """What pass 1 settled: per output audio track, its measurement, its filter ("" for a
+    silent track, left alone) and its mode (LoudnessReport.mode)."""
 
     measured: tuple[Measured, ...] = ()
     filters: tuple[str, ...] = ()
+    modes: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
 
@@ -178,11 +179,23 @@ def measure_args(
     return [*args, "-f", "null", "-"]
 
 
+def mode(target: Loudness, m: Measured) -> str:
+    """loudnorm's own rule: one linear gain unless it would push the true peak over the target
+    or the range is wider than asked; then its dynamic compressor and limiter."""
+    if m.silent:
+        return "none"
+    fits = m.tp + (target.integrated - m.i) <= target.true_peak and m.lra <= target.lra
+    return "linear" if fits else "dynamic"
+
+
 def apply_filter(op: Transcode, m: Measured, rate: int) -> str:
-    """Pass 2 for one track: linear gain from the measurement (loudnorm falls back to dynamic
-    only when the gain would break the true-peak or range target), then back to `rate`."""
+    """Pass 2 for one track: linear gain from the measurement (see `mode`), then back to
+    `rate` (dynamic loudnorm runs at 192 kHz)."""
     assert op.loudness is not None
-    measured = (f"measured_I={m.i:.2f}:measured_TP={m.tp:.2f}:measured_LRA={m.lra:.2f}"
+    # loudnorm reads measured_LRA 0 as "not given" and then refuses linear mode: a steady tone
+    # measures 0.00 LU, so it goes in as the smallest value it prints instead.
+    lra = max(m.lra, 0.01)
+    measured = (f"measured_I={m.i:.2f}:measured_TP={m.tp:.2f}:measured_LRA={lra:.2f}"
                 f":measured_thresh={m.thresh:.2f}:offset={m.offset:.2f}")  # fmt: skip
     norm = f"loudnorm={_targets(op.loudness)}:{measured}:linear=true:print_format=none"
     return f"{_pre(op)}{norm},aresample={rate}"
@@ -244,17 +257,23 @@ async def measure_input(
                         guard=ctx.media.guard())  # fmt: skip
     await ctx.announce(encoder, args)
     measured, log = await _measure(ctx, args, len(tracks), duration_s, span)
-    filters, notes = [], []
+    assert op.loudness is not None
+    filters, modes, notes = [], [], []
     for n, ((_, rate), m) in enumerate(zip(tracks, measured, strict=True)):
-        if m.silent:
+        modes.append(mode(op.loudness, m))
+        if modes[-1] == "none":
             filters.append("")
             notes.append(f"audio track {n} is silent: its loudness is left as it was")
             continue
+        if modes[-1] == "dynamic":
+            notes.append(f"audio track {n}: one gain to {op.loudness.integrated:g} LUFS would "
+                         f"break the true-peak or range target; loudnorm compresses it "
+                         f"dynamically")  # fmt: skip
         if rate is None and op.audio_language is not None:
             index = log.languages.get(op.audio_language)
             rate = next((s.sample_rate for s in info.streams if s.index == index), None)
         filters.append(apply_filter(op, m, op.audio_sample_rate or rate or FALLBACK_RATE))
-    return Normalisation(tuple(measured), tuple(filters), tuple(notes))
+    return Normalisation(tuple(measured), tuple(filters), tuple(modes), tuple(notes))
 
 
 async def measure_output(
@@ -265,24 +284,39 @@ async def measure_output(
     *,
     duration_s: float | None,
     span: tuple[float, float],
-) -> list[LoudnessReport]:
-    """The written output's loudness next to the input's, one report per audio track."""
+) -> tuple[list[LoudnessReport], list[str]]:
+    """The written output's loudness next to the input's, one report per audio track, and a
+    note for each track whose encoded true peak ended over the target."""
+    assert op.loudness is not None
     count = len(before.measured)
     if count == 0:
-        return []
+        return [], []
     args = output_args(op.settled_container, path, count, threads=ctx.threads)
     await ctx.announce(None, args)
     after, _ = await _measure(ctx, args, count, duration_s, span)
-    tracks = zip(before.measured, after, before.filters, strict=True)
-    return [report(n, a, b, normalised=bool(f)) for n, (a, b, f) in enumerate(tracks)]
+    tracks = zip(before.measured, after, before.modes, strict=True)
+    reports = [report(n, a, b, m) for n, (a, b, m) in enumerate(tracks)]
+    return reports, overshoots(op.loudness, reports)
 
 
-def report(track: int, before: Measured, after: Measured, *, normalised: bool) -> LoudnessReport:
+def report(track: int, before: Measured, after: Measured, mode: str) -> LoudnessReport:
     return LoudnessReport(
         track=track, input_i=_finite(before.i), input_tp=_finite(before.tp),
         input_lra=_finite(before.lra), output_i=_finite(after.i), output_tp=_finite(after.tp),
-        output_lra=_finite(after.lra), normalised=normalised,
+        output_lra=_finite(after.lra), mode=mode,
     )  # fmt: skip
+
+
+def overshoots(target: Loudness, reports: Sequence[LoudnessReport]) -> list[str]:
+    """Lossy encoders drop what a limiter's clipped peaks were made of and the peaks come back
+    (a hard-limited track in AAC: several dB over): say so rather than report quietly."""
+    notes = []
+    for r in reports:
+        if r.mode != "none" and r.output_tp is not None and r.output_tp > target.true_peak + 0.5:
+            notes.append(f"audio track {r.track}: the encoded true peak is {r.output_tp:g} dBTP, "
+                         f"over the {target.true_peak:g} target (lossy encoding overshoots); a "
+                         f"lower `true_peak` leaves room")  # fmt: skip
+    return notes
 
 
 def _finite(value: float) -> float | None:

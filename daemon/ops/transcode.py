@@ -25,7 +25,7 @@ from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transco
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
-from schemas.results import JobResult
+from schemas.results import JobResult, LoudnessReport
 
 log = logging.getLogger("flotilla.transcode")
 
@@ -53,13 +53,15 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         settled = replace(settled, audio_filters=loudness.filters, span=encode,
                           notes=settled.notes + loudness.notes)  # fmt: skip
     notes: list[str] = list(settled.notes)
-    report = []
+    report: list[LoudnessReport] = []
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
         if loudness is not None:
-            report = await measure_output(ctx, op, partial, loudness,
-                                          duration_s=settled.duration_s, span=check)  # fmt: skip
+            report, overshot = await measure_output(
+                ctx, op, partial, loudness, duration_s=settled.duration_s, span=check
+            )
+            notes += overshot
         ctx.handle.check()  # a cancel that raced the last frame still wins
         files = await outputs.commit()
     wall = time.monotonic() - started

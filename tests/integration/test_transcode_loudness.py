@@ -81,7 +81,7 @@ async def test_an_audio_only_output_reaches_the_target(
     assert abs(measured - target) <= 1.0
     assert true_peak <= peak + 0.5
     [report] = result.loudness
-    assert report.track == 0 and report.normalised
+    assert (report.track, report.mode) == (0, "linear")  # a steady tone needs one gain
     assert report.input_i is not None and abs(report.input_i - before) <= 1.0
     assert report.output_i is not None and abs(report.output_i - target) <= 1.0
     assert report.output_tp is not None and report.output_tp <= peak + 0.5
@@ -141,6 +141,24 @@ async def test_trimmed_and_downmixed_audio_is_measured_as_encoded(
     assert result.loudness[0].output_i is not None
 
 
+async def test_a_gain_that_would_break_the_peak_target_compresses_instead(
+    ffmpeg_tools: FfmpegTools, quiet_clip: Path, tmp_path: Path, media_dir: Path
+) -> None:
+    # The English track is a mono tone at -57 LUFS: at -10 LUFS its peak would be -5.7 dBTP.
+    out = tmp_path / "out" / "hot.m4a"
+    target = {"integrated": -10, "true_peak": -6}
+    result = await run_job(ffmpeg_tools, tmp_path, [media_dir], quiet_clip, out, loudness=target)
+    [report] = result.loudness
+    assert report.mode == "dynamic"
+    assert any("compresses it dynamically" in note for note in result.notes)
+    measured, true_peak = await r128(ffmpeg_tools.ffmpeg, out)
+    assert abs(measured - -10.0) <= 1.0
+    # loudnorm limits to -6; AAC then rebuilds part of the clipped peaks. Whatever it did, an
+    # overshoot is never silent.
+    overshoot = any("encoded true peak" in note for note in result.notes)
+    assert overshoot == (true_peak > -6.0 + 0.5)
+
+
 async def test_a_silent_track_is_left_alone_and_said_so(
     ffmpeg_tools: FfmpegTools, tmp_path: Path, media_dir: Path
 ) -> None:
@@ -154,7 +172,7 @@ async def test_a_silent_track_is_left_alone_and_said_so(
     result = await run_job(ffmpeg_tools, tmp_path, [media_dir], silent, out,
                            loudness={"integrated": -23})  # fmt: skip
     [report] = result.loudness
-    assert not report.normalised and report.input_i is None and report.output_i is None
+    assert report.mode == "none" and report.input_i is None and report.output_i is None
     assert any("silent" in note for note in result.notes)
 
 

@@ -15,14 +15,16 @@ from daemon.ops.loudness import (
     apply_filter,
     input_tracks,
     measure_args,
+    mode,
     output_args,
+    overshoots,
     parse_loudnorm,
 )
 from daemon.ops.transcode_args import Node, transcode_args
 from schemas.audioopts import Loudness
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
-from schemas.results import ProbeInfo, StreamInfo
+from schemas.results import LoudnessReport, ProbeInfo, StreamInfo
 
 NODE = Node(threads=2, hwaccels=frozenset(), render_node="/dev/dri/renderD128")
 
@@ -141,3 +143,26 @@ def test_tracks_to_measure_follow_the_track_choice() -> None:
     assert input_tracks(_op(audio_stream=1), info) == [("0:a:1", 32000)]
     assert input_tracks(_op(audio_stream=2), info) == []  # `0:a:2?` keeps none: nothing to do
     assert input_tracks(_op(audio_language="fra"), info) == [("0:a:m:language:fra", None)]
+
+
+def test_the_mode_follows_loudnorms_rule() -> None:
+    tone = Measured(i=-56.8, tp=-52.5, lra=0.0, thresh=-66.8, offset=0.0)
+    assert mode(Loudness(integrated=-23), tone) == "linear"  # peak ends at -18.7 dBTP
+    assert mode(Loudness(integrated=-10, true_peak=-6), tone) == "dynamic"  # it would be -5.7
+    wide = Measured(i=-30.0, tp=-20.0, lra=12.0, thresh=-40.0, offset=0.0)
+    assert mode(Loudness(integrated=-23, lra=7), wide) == "dynamic"
+    assert mode(Loudness(integrated=-23, lra=15), wide) == "linear"
+    assert mode(Loudness(), Measured(float("-inf"), float("-inf"), 0.0, -70.0, 0.0)) == "none"
+    # loudnorm takes measured_LRA=0 for "not given" and would refuse linear mode.
+    assert ":measured_LRA=0.01:" in apply_filter(_op(), tone, 48000)
+
+
+def test_an_encoded_true_peak_over_the_target_is_noted() -> None:
+    target = Loudness(integrated=-10, true_peak=-6)
+    reports = [
+        LoudnessReport(track=0, output_tp=-2.33, mode="dynamic"),
+        LoudnessReport(track=1, output_tp=-5.6, mode="linear"),  # within 0.5 dB: fine
+        LoudnessReport(track=2, mode="none"),
+    ]
+    [note] = overshoots(target, reports)
+    assert note.startswith("audio track 0: the encoded true peak is -2.33 dBTP, over the -6")

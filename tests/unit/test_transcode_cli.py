@@ -85,11 +85,11 @@ def test_loudness_flag_and_its_status_line() -> None:
     result = JobResult(encoder="aac", loudness=[
         LoudnessReport(track=0, input_i=-56.82, input_tp=-52.5, input_lra=0.1, output_i=-23.04,
                        output_tp=-18.7, output_lra=0.0),
-        LoudnessReport(track=1, normalised=False),
+        LoudnessReport(track=1, mode="none"),
     ])  # fmt: skip
     rows = [v for k, v in result_rows(result) if k == "loudness"]
     assert rows == [
-        "track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -18.7 dBTP, LRA 0.1 -> 0.0 LU",
+        "track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -18.7 dBTP, LRA 0.1 -> 0.0 LU (linear)",
         "track 1: silent -> silent LUFS, true peak silent -> silent dBTP, LRA silent -> silent LU"
-        " (left as it was)",
+        " (none)",
     ]
