@@ -22,9 +22,12 @@ from daemon.ops.loudness import (
 )
 from daemon.ops.transcode_args import Node, transcode_args
 from schemas.audioopts import Loudness
+from schemas.codec import encode
+from schemas.events import Completed
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
-from schemas.results import LoudnessReport, ProbeInfo, StreamInfo
+from schemas.registry import EVENT_DECODER
+from schemas.results import JobResult, LoudnessReport, ProbeInfo, StreamInfo
 
 NODE = Node(threads=2, hwaccels=frozenset(), render_node="/dev/dri/renderD128")
 
@@ -166,3 +169,13 @@ def test_an_encoded_true_peak_over_the_target_is_noted() -> None:
     ]
     [note] = overshoots(target, reports)
     assert note.startswith("audio track 0: the encoded true peak is -2.33 dBTP, over the -6")
+
+
+def test_a_completed_event_carries_loudness_silence_included() -> None:
+    result = JobResult(loudness=[
+        LoudnessReport(track=0, input_i=-56.8, input_tp=-52.5, input_lra=0.0, output_i=-23.04,
+                       output_tp=-21.69, output_lra=0.0),
+        LoudnessReport(track=1, mode="none"),  # silence: no finite value, JSON has no -inf
+    ])  # fmt: skip
+    event = Completed(event_id="e1", job_id="j1", node_id="n1", ts=1.0, result=result)
+    assert EVENT_DECODER.decode(encode(event)) == event
