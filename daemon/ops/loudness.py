@@ -80,7 +80,8 @@ class LoudnormLog:
 
     def __init__(self) -> None:
         self.blocks: dict[int, list[str]] = {}
-        self.languages: dict[str, int] = {}
+        #: Input stream indices per language tag, in order.
+        self.languages: dict[str, list[int]] = {}
         self._current: int | None = None
         self._inputs_done = False
         self._left = _MAX_LINES
@@ -94,7 +95,9 @@ class LoudnormLog:
             if "Output #" in line or "Stream mapping:" in line:
                 self._inputs_done = True
             elif found := _TAGGED_AUDIO.search(line):
-                self.languages.setdefault(found.group(2), int(found.group(1)))
+                indices = self.languages.setdefault(found.group(2), [])
+                if int(found.group(1)) not in indices:
+                    indices.append(int(found.group(1)))
         if self._current is not None and self._left > 0:
             self._left -= 1
             self.blocks[self._current].append(_LEVEL_TAG.sub("", line))
@@ -270,8 +273,12 @@ async def measure_input(
                          f"break the true-peak or range target; loudnorm compresses it "
                          f"dynamically")  # fmt: skip
         if rate is None and op.audio_language is not None:
-            index = log.languages.get(op.audio_language)
-            rate = next((s.sample_rate for s in info.streams if s.index == index), None)
+            tagged = log.languages.get(op.audio_language, [])
+            rate = next((s.sample_rate for s in info.streams if tagged and s.index == tagged[0]),
+                        None)  # fmt: skip
+            if len(tagged) > 1:  # the language map keeps every such track; one was measured
+                notes.append(f"{len(tagged)} audio tracks are tagged {op.audio_language!r}: "
+                             f"only the first is normalised")  # fmt: skip
         filters.append(apply_filter(op, m, op.audio_sample_rate or rate or FALLBACK_RATE))
     return Normalisation(tuple(measured), tuple(filters), tuple(modes), tuple(notes))
 

@@ -223,3 +223,22 @@ async def test_a_cancel_during_the_measuring_pass_stops_it(
     with pytest.raises(JobCancelled, match="operator cancel"):
         await asyncio.wait_for(run, 60)
     assert len(job.commands) == 1 and await job.files_left() == []
+
+
+async def test_two_tracks_of_the_asked_language_say_only_one_is_normalised(
+    ffmpeg_tools: FfmpegTools, tmp_path: Path, media_dir: Path
+) -> None:
+    src = tmp_path / "two_fra.mkv"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration=2,{QUIET}",
+        "-f", "lavfi", "-i", f"sine=frequency=880:sample_rate=48000:duration=2,{QUIET}",
+        "-map", "0:a", "-map", "1:a", "-c:a", "aac",
+        "-metadata:s:a:0", "language=fra", "-metadata:s:a:1", "language=fra", str(src),
+    )  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "out" / "fr.mkv"
+    result = await run_job(ffmpeg_tools, tmp_path, [media_dir], src, out, codec="none",
+                           audio_language="fra", loudness={"integrated": -23})  # fmt: skip
+    assert "2 audio tracks are tagged 'fra': only the first is normalised" in result.notes
+    assert abs((await r128(ffmpeg_tools.ffmpeg, out))[0] - -23.0) <= 1.0

@@ -77,7 +77,7 @@ def test_blocks_are_read_in_filter_order_whatever_order_they_print_in() -> None:
     log = LoudnormLog()
     for line in STDERR:
         log.add(line)
-    assert log.languages == {"eng": 1, "fra": 2}
+    assert log.languages == {"eng": [1], "fra": [2]}
 
 
 def test_silence_reads_as_minus_infinity() -> None:
