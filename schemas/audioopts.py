@@ -1,5 +1,5 @@
 """The audio side of a transcode: audio-only containers, channel layout, sample rate, track
-choice, and the rules between them (checked when a job is decoded)."""
+choice, loudness normalisation, and the rules between them (checked when a job is decoded)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,25 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from schemas.common import Part
+
 AudioLayout = Literal["mono", "stereo", "5.1"]
 SampleRate = Literal[8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000]
 #: An ISO 639-2 code as containers tag tracks (`eng`, `fra`, `deu`).
 Language = Annotated[str, msgspec.Meta(pattern=r"^[a-z]{3}$")]
 
 CHANNELS = {"mono": 1, "stereo": 2, "5.1": 6}
+
+
+class Loudness(Part, kw_only=True):
+    """EBU R128 targets for two-pass `loudnorm`: integrated loudness (LUFS), true peak (dBTP)
+    and loudness range (LU)."""
+
+    integrated: Annotated[float, msgspec.Meta(ge=-70, le=-5)] = -23.0
+    true_peak: Annotated[float, msgspec.Meta(ge=-9, le=0)] = -1.0
+    lra: Annotated[float, msgspec.Meta(ge=1, le=50)] = 7.0
+
+
 #: Audio codecs each container carries (`copy` is checked by the muxer against the source).
 AUDIO_IN: dict[str, frozenset[str]] = {
     "mp4": frozenset({"aac", "opus", "mp3", "copy", "none"}),
@@ -40,6 +53,7 @@ def check_audio(
     rate: int | None,
     stream: int | None,
     video: bool,
+    loudness: bool = False,
 ) -> None:
     """ValueError naming the first audio choice the container or encoder cannot honour."""
     if not video and (audio == "none" or stream is None):
@@ -51,6 +65,9 @@ def check_audio(
     if (layout is not None or rate is not None) and audio in ("copy", "none"):
         raise ValueError(f"`audio_layout` and `audio_sample_rate` need re-encoded audio, "
                          f"not `audio_codec` {audio!r}")  # fmt: skip
+    if loudness and (audio in ("copy", "none") or stream is None):
+        what = "`audio_stream` null" if stream is None else f"`audio_codec` {audio!r}"
+        raise ValueError(f"`loudness` needs re-encoded audio, not {what}")
     if layout == "5.1" and audio == "mp3":
         raise ValueError("mp3 carries mono or stereo only, not 5.1")
     if rate is not None and rate not in RATES.get(audio, frozenset({rate})):

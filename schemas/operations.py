@@ -8,7 +8,14 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from schemas.audioopts import AUDIO_ONLY, AudioLayout, Language, SampleRate, check_audio
+from schemas.audioopts import (
+    AUDIO_ONLY,
+    AudioLayout,
+    Language,
+    Loudness,
+    SampleRate,
+    check_audio,
+)
 from schemas.common import MediaUri, Part
 from schemas.videoopts import (
     Crop,
@@ -106,6 +113,8 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
     #: Default: the source's.
     audio_layout: AudioLayout | None = None
     audio_sample_rate: SampleRate | None = None
+    #: Normalise every kept audio track to these EBU R128 targets (two-pass `loudnorm`).
+    loudness: Loudness | None = None
     hw_decode: bool = True
     #: Trim: start this far into the input (an input-side seek, frame-accurate when encoding).
     start_seconds: Seconds | None = None
@@ -200,6 +209,7 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
             check_audio(
                 container, self.settled_audio, layout=self.audio_layout,
                 rate=self.audio_sample_rate, stream=self.audio_stream, video=codec != "none",
+                loudness=self.loudness is not None,
             )  # fmt: skip
             if self.audio_tracks == "all" and container == "mp3":
                 raise ValueError("mp3 holds one audio track: `audio_tracks` 'all' needs another "

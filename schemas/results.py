@@ -108,6 +108,24 @@ class PerTitleReport(ReportPart, kw_only=True):
     bits_saved_measured: int | None = None
 
 
+class LoudnessReport(ReportPart, kw_only=True):
+    """One output audio track's EBU R128 loudness: integrated (LUFS), true peak (dBTP), range
+    (LU), measured on the input before normalising and on the output after. None: silence
+    (no finite value)."""
+
+    #: The audio track's place among the output's audio tracks (0 first).
+    track: NonNegInt
+    input_i: float | None = None
+    input_tp: float | None = None
+    input_lra: float | None = None
+    output_i: float | None = None
+    output_tp: float | None = None
+    output_lra: float | None = None
+    #: `linear` (one gain), `dynamic` (loudnorm's compressor and limiter: one gain would have
+    #: broken the true-peak or range target), or `none` (silent: left as it was).
+    mode: str = "linear"
+
+
 class JobResult(ReportPart, kw_only=True):
     wall_seconds: NonNegFloat = 0.0
     media_seconds: NonNegFloat | None = None
@@ -123,3 +141,5 @@ class JobResult(ReportPart, kw_only=True):
     dropped_rungs: list[str] = []
     notes: list[str] = []
     pertitle: PerTitleReport | None = None
+    #: A transcode with `loudness`: one entry per output audio track.
+    loudness: list[LoudnessReport] = []

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import msgspec
 
 from schemas import api
-from schemas.results import JobResult, ProbeInfo, StreamInfo
+from schemas.results import JobResult, LoudnessReport, ProbeInfo, StreamInfo
 
 SHOWN_ONCE = "store this key now: it is shown only this once"
 
@@ -104,6 +104,18 @@ def probe_summary(p: ProbeInfo) -> str:
     return text
 
 
+def loudness_text(r: LoudnessReport) -> str:
+    """`track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -19.7 dBTP, LRA 0.1 -> 0.0 LU (linear)`."""
+
+    def pair(before: float | None, after: float | None) -> str:
+        return " -> ".join("silent" if v is None else f"{v:.1f}" for v in (before, after))
+
+    text = (f"track {r.track}: {pair(r.input_i, r.output_i)} LUFS, true peak "
+            f"{pair(r.input_tp, r.output_tp)} dBTP, "
+            f"LRA {pair(r.input_lra, r.output_lra)} LU")  # fmt: skip
+    return f"{text} ({r.mode})"
+
+
 def result_rows(res: JobResult) -> list[tuple[str, str]]:
     """Every score and finding of a result, one (label, text) each, for people."""
     rows: list[tuple[str, str]] = []
@@ -118,6 +130,7 @@ def result_rows(res: JobResult) -> list[tuple[str, str]]:
         rows.append(("ssim", f"{q.average:.4f} (y {q.y:.4f}, u {q.u:.4f}, v {q.v:.4f})"))
     if res.probe is not None:
         rows.append(("probe", probe_summary(res.probe)))
+    rows.extend(("loudness", loudness_text(r)) for r in res.loudness)
     for r in res.renditions:
         rows.append(("rendition", f"{r.width}x{r.height} {r.codec} {r.bitrate_kbps} kb/s"))
     if res.dropped_rungs:

@@ -30,8 +30,23 @@ from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
 FORMS = ("file", "transcode", "analyze", "package", "pertitle", "probe", "thumbnail")
 
 
+#: Flags whose values start with `-` (`--loudness -16:-1.5`), which argparse takes for a flag.
+_DASHED_VALUES = ("--loudness",)
+
+
+def _join_dashed(argv: list[str]) -> list[str]:
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in _DASHED_VALUES:
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
 def submit_argv(argv: list[str]) -> list[str]:
     """`submit FILE …` becomes `submit file FILE …`, so one subparser serves every form."""
+    argv = _join_dashed(argv)
     pos = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if pos is None or argv[pos] != "submit" or pos + 1 >= len(argv):
         return argv
@@ -158,6 +173,17 @@ def _crop(text: str) -> dict[str, int]:
     return {"width": width, "height": height, "x": x, "y": y}
 
 
+def loudness_value(text: str) -> dict[str, float]:
+    """`--loudness I[:TP[:LRA]]`: EBU R128 targets; the schema checks the ranges."""
+    try:
+        values = [float(v) for v in text.split(":")]
+    except ValueError:
+        values = []
+    if not 1 <= len(values) <= 3:
+        raise BadInput(f"--loudness {text!r}: write I[:TP[:LRA]], e.g. -23 or -16:-1.5:11")
+    return dict(zip(("integrated", "true_peak", "lra"), values, strict=False))
+
+
 def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
     """The transcode form's picture flags, named as in the schema (it validates them)."""
     op: dict[str, Any] = {}
@@ -172,6 +198,8 @@ def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
         op["crop"] = _crop(args.crop)
     if args.all_audio:
         op["audio_tracks"] = "all"
+    if args.loudness is not None:
+        op["loudness"] = loudness_value(args.loudness)
     if args.deinterlace:
         op["deinterlace"] = True
     if args.closed_gop:
@@ -263,6 +291,8 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     t.add_argument("--sample-rate", type=int, help="audio sample rate (Hz)")
     t.add_argument("--audio-language", metavar="LANG", help="the audio track tagged LANG (fra)")
     t.add_argument("--all-audio", action="store_true", help="keep every audio track")
+    t.add_argument("--loudness", metavar="I[:TP[:LRA]]", help="normalise audio to EBU R128 "
+                   "targets: LUFS, true peak dBTP, range LU (default -1 and 7)")  # fmt: skip
     t.add_argument(
         "--hdr", choices=get_args(HdrMode), help="an HDR source: keep, or tone-map to SDR"
     )

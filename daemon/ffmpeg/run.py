@@ -57,11 +57,13 @@ async def run_ffmpeg(
     progress_interval: float = 1.0,
     encoder: str | None = None,
     env: Mapping[str, str] | None = None,
+    on_stderr: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Run to completion; raise JobError (classified), JobTimeout or JobCancelled otherwise.
 
     `span` places this run on the job's 0..100 scale (two passes: 0-50, 50-100); `encoder` names
-    the encoder an EncoderError is about; `env` adds variables (library log levels).
+    the encoder an EncoderError is about; `env` adds variables (library log levels);
+    `on_stderr` sees every stderr line, for reports longer than the tail keeps.
     """
     await control.ready()
     argv = ffmpeg_argv(ffmpeg, args)
@@ -84,7 +86,7 @@ async def run_ffmpeg(
     pump = _ProgressPump(ProgressParser(duration_s, span), on_progress, progress_interval)
     readers = [
         asyncio.create_task(pump.run(proc.stdout)),
-        asyncio.create_task(_collect(proc.stderr, tail)),
+        asyncio.create_task(_collect(proc.stderr, tail, on_stderr)),
     ]
     control.attach(proc.pid)
     try:
@@ -176,9 +178,13 @@ class _ProgressPump:
             self._sink_failed = True
 
 
-async def _collect(stream: asyncio.StreamReader, tail: StderrTail) -> None:
+async def _collect(
+    stream: asyncio.StreamReader, tail: StderrTail, hook: Callable[[str], None] | None
+) -> None:
     async for line in _lines(stream):
         tail.add(line)
+        if hook is not None:
+            hook(line)
 
 
 async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:

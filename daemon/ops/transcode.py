@@ -19,12 +19,13 @@ from daemon.media.access import open_input, output_path
 from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
+from daemon.ops.loudness import measure_input, measure_output, spans
 from daemon.ops.outputs import OutputSet
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
-from schemas.results import JobResult
+from schemas.results import JobResult, LoudnessReport
 
 log = logging.getLogger("flotilla.transcode")
 
@@ -44,10 +45,23 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
     if src == dest:
         raise InvalidJob("output is the same file as the input")
     settled = replace(plan(op, info), overlay=await open_overlay(ctx, op))
+    loudness = None
+    if op.loudness is not None:  # pass 1 before any output is staged: it writes none
+        measure, encode, check = spans(op.video_codec != "none")
+        loudness = await measure_input(ctx, op, src, info, duration_s=settled.duration_s,
+                                       span=measure, encoder=chain[0])  # fmt: skip
+        settled = replace(settled, audio_filters=loudness.filters, span=encode,
+                          notes=settled.notes + loudness.notes)  # fmt: skip
     notes: list[str] = list(settled.notes)
+    report: list[LoudnessReport] = []
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
+        if loudness is not None:
+            report, overshot = await measure_output(
+                ctx, op, partial, loudness, duration_s=settled.duration_s, span=check
+            )
+            notes += overshot
         ctx.handle.check()  # a cancel that raced the last frame still wins
         files = await outputs.commit()
     wall = time.monotonic() - started
@@ -60,6 +74,7 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         input_size_bytes=info.size_bytes,
         outputs=files,
         notes=notes,
+        loudness=report,
     )
 
 
@@ -115,18 +130,19 @@ async def _encode(
         args = transcode_args(
             op, encoder, src, dest, node,
             ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
-            overlay=settled.overlay, colour=settled.colour,
+            overlay=settled.overlay, colour=settled.colour, audio_filters=settled.audio_filters,
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))
-        share = 100.0 / len(passes)
+        low, high = settled.span
+        share = (high - low) / len(passes)
         await run_ffmpeg(
             ctx.tools.ffmpeg,
             args,
             control=ctx.handle,
             on_progress=ctx.progress,
             duration_s=settled.duration_s,
-            span=(share * n, share * (n + 1)),
+            span=(low + share * n, low + share * (n + 1)),
             progress_interval=ctx.progress_interval,
             encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
             env=ENCODER_ENV.get(encoder, CUDA_ENV),

@@ -7,6 +7,7 @@ format from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,10 @@ def transcode_args(
     passlog: Path = Path("/nonexistent/passlog"),
     overlay: Extra | None = None,
     colour: Colour | None = None,
+    audio_filters: Sequence[str] = (),
 ) -> list[str]:
-    """`dest` None is a first pass: video only, into the null muxer."""
+    """`dest` None is a first pass: video only, into the null muxer. `audio_filters`: a filter
+    chain per output audio track ("" none)."""
     family = family_of(encoder)
     threads = str(node.threads)
     args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
@@ -86,7 +89,7 @@ def transcode_args(
         args += ["-t", _clock(op.duration_seconds)]
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
-    args += audio_args(op)
+    args += audio_args(op, audio_filters)
     if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]
@@ -156,7 +159,7 @@ def gpu_args(family: str, node: Node) -> list[str]:
     return ["-gpu", str(node.gpu)] if family == "nvenc" and node.gpu is not None else []
 
 
-def audio_args(op: Transcode) -> list[str]:
+def audio_args(op: Transcode, filters: Sequence[str] = ()) -> list[str]:
     audio = op.settled_audio
     if op.audio_stream is None or audio == "none":
         return ["-an"]
@@ -176,4 +179,6 @@ def audio_args(op: Transcode) -> list[str]:
         args += ["-ac", str(CHANNELS[op.audio_layout])]
     if op.audio_sample_rate is not None:
         args += ["-ar", str(op.audio_sample_rate)]
+    for n, chain in enumerate(filters):
+        args += [f"-filter:a:{n}", chain] if chain else []
     return args

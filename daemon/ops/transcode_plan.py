@@ -40,6 +40,10 @@ class Plan:
     overlay: Extra | None = None
     colour: Colour | None = None
     notes: tuple[str, ...] = ()
+    #: Per output audio track, its filter chain ("" none): two-pass loudness (daemon.ops.loudness).
+    audio_filters: tuple[str, ...] = ()
+    #: Where the encode runs on the job's 0..100 progress scale (loudness passes take the rest).
+    span: tuple[float, float] = (0.0, 100.0)
 
 
 def plan(op: Transcode, info: ProbeInfo) -> Plan:

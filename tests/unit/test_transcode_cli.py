@@ -7,10 +7,12 @@ from pathlib import Path
 import pytest
 
 from control.api.fleetfit import encoders_for
+from control.cli.format import result_rows
 from control.cli.jobflags import flag_document, submit_argv, to_spec
 from control.cli.main import build_parser
 from control.errors import BadInput
 from schemas.operations import Transcode
+from schemas.results import JobResult, LoudnessReport
 from schemas.videoopts import Crop, Overlay
 
 
@@ -64,3 +66,30 @@ def test_audio_flags_and_an_audio_only_output() -> None:
     assert (op.codec, op.audio_codec, op.audio_tracks) == ("h264", "opus", "all")
     with pytest.raises(BadInput, match="opus takes sample rates"):
         _spec("in.mp4", "out.ogg", "--sample-rate", "44100")
+
+
+def test_loudness_flag_and_its_status_line() -> None:
+    target = _spec("in.mp4", "out.m4a", "--loudness", "-16:-1.5").loudness
+    assert target is not None
+    assert (target.integrated, target.true_peak, target.lra) == (-16.0, -1.5, 7.0)
+    target = _spec("in.mp4", "out.mkv", "--loudness", "-23", "--all-audio").loudness
+    assert target is not None and target.integrated == -23.0
+    with pytest.raises(BadInput, match="write I"):
+        _spec("in.mp4", "out.mp4", "--loudness", "loud")
+    with pytest.raises(BadInput, match="write I"):
+        _spec("in.mp4", "out.mp4", "--loudness", "-23:-1:7:9")
+    with pytest.raises(BadInput, match=r"\$.operation.loudness.integrated"):
+        _spec("in.mp4", "out.mp4", "--loudness", "-3")
+    with pytest.raises(BadInput, match="`loudness` needs re-encoded audio"):
+        _spec("in.mp4", "out.mp4", "--loudness", "-23", "--audio-codec", "copy")
+    result = JobResult(encoder="aac", loudness=[
+        LoudnessReport(track=0, input_i=-56.82, input_tp=-52.5, input_lra=0.1, output_i=-23.04,
+                       output_tp=-18.7, output_lra=0.0),
+        LoudnessReport(track=1, mode="none"),
+    ])  # fmt: skip
+    rows = [v for k, v in result_rows(result) if k == "loudness"]
+    assert rows == [
+        "track 0: -56.8 -> -23.0 LUFS, true peak -52.5 -> -18.7 dBTP, LRA 0.1 -> 0.0 LU (linear)",
+        "track 1: silent -> silent LUFS, true peak silent -> silent dBTP, LRA silent -> silent LU"
+        " (none)",
+    ]

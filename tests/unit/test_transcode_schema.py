@@ -194,3 +194,36 @@ def test_a_job_without_new_options_encodes_as_an_older_node_reads_it() -> None:
     doc = json.loads(encode(job))["operation"]
     assert (doc["start_seconds"], doc["deinterlace"], doc["hdr"]) == (2.0, True, "tonemap")
     assert JOB_DECODER.decode(encode(job)) == job
+
+
+@pytest.mark.parametrize(
+    ("output", "op", "needle"),
+    [
+        ("file:///o/x.mp4", {"audio_codec": "copy"}, "`loudness` needs re-encoded audio, not "
+         "`audio_codec` 'copy'"),
+        ("file:///o/x.m4a", {"audio_codec": "copy"}, "not `audio_codec` 'copy'"),
+        ("file:///o/x.mkv", {"audio_codec": "none"}, "not `audio_codec` 'none'"),
+        ("file:///o/x.mp4", {"audio_stream": None}, "not `audio_stream` null"),
+        ("file:///o/x.mp4", {"loudness": {"integrated": -4}}, "$.operation.loudness.integrated"),
+        ("file:///o/x.mp4", {"loudness": {"integrated": -71}}, "$.operation.loudness.integrated"),
+        ("file:///o/x.mp4", {"loudness": {"true_peak": 0.5}}, "$.operation.loudness.true_peak"),
+        ("file:///o/x.mp4", {"loudness": {"true_peak": -10}}, "$.operation.loudness.true_peak"),
+        ("file:///o/x.mp4", {"loudness": {"lra": 0.5}}, "$.operation.loudness.lra"),
+        ("file:///o/x.mp4", {"loudness": {"lra": 51}}, "$.operation.loudness.lra"),
+        ("file:///o/x.mp4", {"loudness": {"i": -23}}, "$.operation.loudness"),
+    ],
+)  # fmt: skip
+def test_loudness_needs_re_encoded_audio_and_sane_targets(
+    output: str, op: dict[str, Any], needle: str
+) -> None:
+    op = {"loudness": {"integrated": -23}} | op
+    assert needle in _refused(output, **op)
+
+
+def test_loudness_round_trips_with_its_defaults() -> None:
+    job = _decode("file:///o/x.ogg", loudness={"integrated": -16})
+    target = job.operation.loudness
+    assert (target.integrated, target.true_peak, target.lra) == (-16.0, -1.0, 7.0)
+    assert JOB_DECODER.decode(encode(job)) == job
+    edges = {"integrated": -70, "true_peak": 0, "lra": 50}
+    assert _decode("file:///o/x.mkv", audio_tracks="all", loudness=edges).operation.loudness
