@@ -10,6 +10,9 @@ from typing import Any
 import msgspec
 import pytest
 
+from control.cli.main import build_parser
+from control.cli.workflows import chunked_spec
+from control.errors import BadInput
 from daemon.ops.concat import Packet, Packets, list_text, measure, parse_framecrc
 from schemas.chunked import MAX_CHUNKS, ChunkedSpec, chunk_count, sibling
 from schemas.codec import DecodeError, Decoder
@@ -190,3 +193,30 @@ def test_measure_reports_borders_gaps_and_drift() -> None:
 def test_the_concat_list_quotes_every_path() -> None:
     text = list_text([Path("/m/a.mp4"), Path("/m/it's.mp4")])
     assert text == "ffconcat version 1.0\nfile 'file:/m/a.mp4'\nfile 'file:/m/it'\\''s.mp4'\n"
+
+
+def _cli(*argv: str) -> ChunkedSpec:
+    args = build_parser().parse_args(["chunked", "submit", *argv])
+    return chunked_spec(args)
+
+
+def test_the_cli_flags_make_the_spec(tmp_path: Path) -> None:
+    got = _cli("in.mov", str(tmp_path / "out.mkv"), "--duration", "3600", "--chunk-seconds",
+               "240", "--codec", "hevc", "--crf", "26", "--preset", "slow", "--height", "1080",
+               "--gop-size", "50", "--audio-bitrate", "96", "--workflow-id", "film-2",
+               "--tenant", "acme", "--accel", "software", "--pool", "batch")  # fmt: skip
+    assert got.input == (Path.cwd() / "in.mov").as_uri()
+    assert got.output == (tmp_path / "out.mkv").as_uri()
+    assert (got.duration_seconds, got.chunk_seconds, got.codec, got.crf) == (3600, 240, "hevc", 26)
+    assert (got.preset, got.height, got.gop_size, got.audio_bitrate_kbps) == ("slow", 1080, 50, 96)
+    assert (got.workflow_id, got.tenant) == ("film-2", "acme")
+    assert (got.requirements.accel, got.requirements.pool) == ("software", "batch")
+    assert len(got.expand().steps) == 17  # 15 chunks, the audio, the join
+    assert _cli("a.mp4", "b.mp4", "--duration", "5").workflow_id.startswith("chunked-")
+
+
+def test_the_cli_refuses_what_the_schema_refuses() -> None:
+    with pytest.raises(BadInput, match="over the 18 a workflow holds"):
+        _cli("a.mp4", "b.mp4", "--duration", "7200")
+    with pytest.raises(BadInput, match=r"not \.webm"):
+        _cli("a.mp4", "b.webm", "--duration", "60")
