@@ -42,6 +42,10 @@ MERGE_TAIL = 0.25
 JOIN_STEP, AUDIO_STEP = "join", "audio"
 
 
+def _software() -> Requirements:
+    return Requirements(accel="software")
+
+
 class ChunkedSpec(Wire, kw_only=True):
     workflow_id: Token
     tenant: Token = "default"
@@ -64,8 +68,10 @@ class ChunkedSpec(Wire, kw_only=True):
     audio_bitrate_kbps: AudioKbps = 128
     #: Most the joined file's audio and video may end apart (the join's check).
     max_av_drift_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 100.0
-    #: For the chunk encodes; the audio and join steps take only its pool and labels.
-    requirements: Requirements = msgspec.field(default_factory=Requirements)
+    #: For the chunk encodes; the audio and join steps take only its pool and labels. Software
+    #: by default: with `auto` a GPU node would encode its chunks with NVENC and a CPU node with
+    #: x264, and the chunks' quality would differ at the borders.
+    requirements: Requirements = msgspec.field(default_factory=_software)
     timeouts: Timeouts = msgspec.field(default_factory=Timeouts)
     max_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
     callback_url: CallbackUrl | None = None

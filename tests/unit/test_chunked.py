@@ -53,6 +53,8 @@ def test_ten_minutes_in_one_minute_chunks_is_ten_chunks_audio_and_a_join() -> No
         assert (op.rate_control, op.crf, op.preset, op.height) == ("crf", 20, "slow", 720)
         assert op.gop_size == 48 and op.closed_gop
         assert op.audio_stream is None and op.video_codec == "h264"
+        # One encoder family for every chunk: a GPU node must not encode some with NVENC.
+        assert job.requirements.accel == "software"
     audio = jobs["audio"].operation
     assert isinstance(audio, Transcode)
     assert audio.video_codec == "none" and audio.settled_audio == "aac"
