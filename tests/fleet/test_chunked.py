@@ -1,6 +1,7 @@
 """A chunked encode on a real dev fleet of two nodes: `flotilla chunked submit` expands it into a
 workflow, the nodes encode the chunks and the audio as ordinary jobs, the join verifies, and the
-joined file holds every source frame with its audio."""
+joined file holds every source frame with its audio. A node killed while it holds two of the
+chunk steps costs those two a second run, and nothing else runs twice."""
 
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ from daemon.ffmpeg.tools import FfmpegTools
 from schemas import api
 from schemas.workflows import WorkflowInfo, WorkflowRef
 from tests.support.devfleet import dev_fleet, open_dir, run_cli
+from tests.support.fleetjobs import slots_of, until_running
+from tests.support.heldmedia import HeldMedia, held_media, node_settings
 from tests.support.media import make_clip, run_ffmpeg
 
 FPS = 25
+SLOTS = 2
+NODES = ["dev-1", "dev-2"]
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -33,8 +38,25 @@ async def work() -> AsyncIterator[Path]:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def fleet(work: Path, media_dir: Path) -> AsyncIterator[DevFleet]:
-    async with dev_fleet(work, 2, roots=[media_dir, work / "out"]) as f:
+async def src(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    """6 s, 160x120, 25 fps: three 2 s chunks of 50 frames."""
+    return await make_clip(ffmpeg_tools.ffmpeg, media_dir / "chunked-src.mp4", seconds=6,
+                           size="160x120", fps=FPS)  # fmt: skip
+
+
+@pytest_asyncio.fixture(scope="module")
+async def media(src: Path) -> AsyncIterator[HeldMedia]:
+    async with held_media(src) as m:
+        yield m
+
+
+@pytest_asyncio.fixture(scope="module")
+async def fleet(work: Path, media_dir: Path, media: HeldMedia) -> AsyncIterator[DevFleet]:
+    # Two slots a node: the three chunks and the audio, held, fill both nodes exactly. A short
+    # ack wait: a killed node's jobs come back in seconds.
+    settings = node_settings(slots=SLOTS)
+    roots = [media_dir, work / "out"]
+    async with dev_fleet(work, 2, roots=roots, node_settings=settings, ack_wait=10.0) as f:
         yield f
 
 
@@ -68,10 +90,8 @@ async def _frames(tools: FfmpegTools, path: Path) -> int:
 
 @pytest.mark.timeout(420)
 async def test_a_chunked_encode_runs_on_the_fleet_and_joins_every_frame(
-    fleet: DevFleet, ffmpeg_tools: FfmpegTools, media_dir: Path, work: Path
+    fleet: DevFleet, ffmpeg_tools: FfmpegTools, src: Path, work: Path
 ) -> None:
-    src = await make_clip(ffmpeg_tools.ffmpeg, media_dir / "chunked-src.mp4", seconds=6,
-                          size="160x120", fps=FPS)  # fmt: skip
     out = work / "out" / "chunked"
     await asyncio.to_thread(out.mkdir, parents=True)
     res = await run_cli(
@@ -95,3 +115,43 @@ async def test_a_chunked_encode_runs_on_the_fleet_and_joins_every_frame(
     # Followed like any workflow: the status names each chunk's job.
     status = await run_cli("workflow", "status", "film-1", "--tenant", "acme", "--json")
     assert status.rc == 0 and json.loads(status.out)["state"] == "completed", status
+
+
+async def _kinds(c: ApiClient, job_id: str) -> list[str]:
+    ref = api.JobRef(job_id=job_id, tenant="acme")
+    return [e.kind for e in (await c.call("job.events", ref, api.JobEventsReply)).events]
+
+
+@pytest.mark.timeout(420)
+async def test_a_lost_node_costs_only_its_chunks_a_second_run(
+    fleet: DevFleet, ffmpeg_tools: FfmpegTools, media: HeldMedia, work: Path
+) -> None:
+    assert await slots_of(fleet, NODES) == dict.fromkeys(NODES, SLOTS)
+    out = work / "out" / "lost"
+    await asyncio.to_thread(out.mkdir, parents=True)
+    # Every chunk and the audio read the held input: all four run, two a node, until released.
+    res = await run_cli(
+        "chunked", "submit", media.url("film"), str(out / "film.mp4"), "--duration", "6",
+        "--chunk-seconds", "2", "--preset", "ultrafast", "--crf", "30", "--gop-size", "25",
+        "--workflow-id", "film-2", "--tenant", "acme",
+    )  # fmt: skip
+    assert res.rc == 0, res
+    steps = {f"film-2--{n}" for n in ("c00", "c01", "c02", "audio")}
+    on = await until_running(fleet, steps, 120)
+    assert {n: len(on.get(n, ())) for n in NODES} == dict.fromkeys(NODES, SLOTS), on
+    lost = on["dev-2"]
+    await fleet.restart_node("dev-2", crash=True)
+    media.release(["film"])
+    info = await until_ended(fleet, "film-2")
+    assert info.state == "completed", info
+    async with client(fleet) as c:
+        kinds = {job_id: await _kinds(c, job_id) for job_id in [*steps, "film-2--join"]}
+        join = await c.call("job.get", api.JobRef(job_id="film-2--join", tenant="acme"),
+                            api.JobInfo)  # fmt: skip
+    # Each step completed once; only the killed node's two ran again (accepted twice).
+    assert {j: k.count("completed") for j, k in kinds.items()} == dict.fromkeys(kinds, 1), kinds
+    again = {j for j, k in kinds.items() if k.count("accepted") > 1}
+    assert again == lost, (lost, kinds)
+    assert join.result is not None and join.result.concat is not None
+    assert join.result.concat.frames == 6 * FPS
+    assert await _frames(ffmpeg_tools, out / "film.mp4") == 6 * FPS
