@@ -181,3 +181,29 @@ async def test_chunks_encoded_unalike_are_refused(
     await asyncio.to_thread(other.replace, tmp_path / "film.c01.mp4")
     with pytest.raises(InvalidJob, match="chunk 1 has width 320"):
         await _run(ffmpeg_tools, tmp_path / "scratch" / "join", [tmp_path], jobs["join"])
+
+
+async def test_a_29_97_fps_source_with_b_frames_splits_exactly(
+    ffmpeg_tools: FfmpegTools, tmp_path: Path
+) -> None:
+    # NTSC timing (borders never fall on a frame), B-frames (decode order is not display
+    # order) and one long GOP (every border needs a seek back to the first keyframe).
+    src = tmp_path / "ntsc.mp4"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30000/1001:duration=5",
+        "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=44100:duration=5",
+        "-c:v", "libx264", "-preset", "fast", "-bf", "3", "-g", "250", "-pix_fmt", "yuv420p",
+        "-c:a", "aac", "-shortest", str(src),
+    )  # fmt: skip
+    assert code == 0, err.decode(errors="replace")
+    out = tmp_path / "film.mp4"
+    chunked = _chunked(src, out, duration_seconds=5.0, chunk_seconds=1.7, preset="fast")
+    jobs = await _encode_steps(ffmpeg_tools, tmp_path, chunked)
+    result = await _run(ffmpeg_tools, tmp_path / "scratch" / "join", [tmp_path], jobs["join"])
+    report = result.concat
+    source_frames = await _frames(ffmpeg_tools, src)
+    assert report is not None and report.chunks == 3
+    assert sum(report.chunk_frames) == report.frames == source_frames
+    assert await _frames(ffmpeg_tools, out) == source_frames
+    assert all(b.keyframe and abs(b.gap_ms) < 1 for b in report.borders)
