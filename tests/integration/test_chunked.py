@@ -13,9 +13,13 @@ from typing import Any
 
 import msgspec
 import pytest
+from nats.aio.client import Client as NATS
 
+from control.topology import refuse_rollups
 from daemon.errors import InputError, InvalidJob
 from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.access import MediaAccess
+from daemon.media.objstore import download, upload
 from daemon.ops import run_operation
 from daemon.ops.context import JobContext, JobHandle
 from schemas.chunked import ChunkedSpec
@@ -27,7 +31,13 @@ from tests.support.transcodejob import SOFTWARE
 FPS = 25
 
 
-async def _run(tools: FfmpegTools, scratch: Path, roots: list[Path], spec: JobSpec) -> JobResult:
+async def _run(
+    tools: FfmpegTools,
+    scratch: Path,
+    roots: list[Path],
+    spec: JobSpec,
+    media: MediaAccess | None = None,
+) -> JobResult:
     await asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True)
 
     async def progress(_: Any) -> None:
@@ -36,7 +46,7 @@ async def _run(tools: FfmpegTools, scratch: Path, roots: list[Path], spec: JobSp
     ctx = JobContext(
         handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
         verified_encoders=SOFTWARE, hwaccels=frozenset(), threads=2, allowed_roots=roots,
-        progress=progress,
+        progress=progress, media=media or MediaAccess(),
     )  # fmt: skip
     return await asyncio.wait_for(run_operation(ctx), 180)
 
@@ -207,3 +217,25 @@ async def test_a_29_97_fps_source_with_b_frames_splits_exactly(
     assert sum(report.chunk_frames) == report.frames == source_frames
     assert await _frames(ffmpeg_tools, out) == source_frames
     assert all(b.keyframe and abs(b.gap_ms) < 1 for b in report.borders)
+
+
+async def test_chunks_travel_through_the_object_store(
+    ffmpeg_tools: FfmpegTools, source: Path, tmp_path: Path, nc: NATS, prefix: str
+) -> None:
+    # No shared filesystem: every step downloads its inputs and uploads its output, and the
+    # join downloads each chunk into its own scratch.
+    js = nc.jetstream(timeout=10)
+    bucket = f"{prefix}_media"
+    await js.create_object_store(bucket)
+    await refuse_rollups(js, bucket)
+    await upload(js, bucket, "in/film.mp4", source, within=30)
+    media = MediaAccess(js=js, buckets=frozenset({bucket}))
+    chunked = _chunked(source, tmp_path / "unused.mp4", input=f"nats-obj://{bucket}/in/film.mp4",
+                       output=f"nats-obj://{bucket}/out/film.mp4")  # fmt: skip
+    for name, spec in chunked.expand().jobs().items():
+        result = await _run(ffmpeg_tools, tmp_path / name, [tmp_path], spec, media)
+    assert [o.uri for o in result.outputs] == [f"nats-obj://{bucket}/out/film.mp4"]
+    assert result.concat is not None and result.concat.frames == 7 * FPS
+    local = tmp_path / "joined.mp4"
+    await download(js, bucket, "out/film.mp4", local, cap=10**9, within=30)
+    assert await _frames(ffmpeg_tools, local) == 7 * FPS
