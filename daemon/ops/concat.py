@@ -69,9 +69,12 @@ async def run_concat(ctx: JobContext) -> JobResult:
         size += info.size_bytes or 0
     if dest in chunks or dest == audio:
         raise InvalidJob("output is the same file as one of the inputs")
-    parts = [await _packets(ctx, path, f"chunk {i}", audio=False) for i, path in enumerate(chunks)]
-    chunk_frames = [len(p.video) for p in parts]
-    chunks_seconds = sum(p.video_seconds for p in parts)
+    chunk_frames: list[int] = []
+    chunks_seconds = 0.0
+    for i, path in enumerate(chunks):  # one chunk's packets at a time: a long one has many
+        found = await _packets(ctx, path, f"chunk {i}", audio=False)
+        chunk_frames.append(len(found.video))
+        chunks_seconds += found.video_seconds
     ext = output_extension(spec.output)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
