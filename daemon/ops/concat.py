@@ -54,13 +54,14 @@ async def run_concat(ctx: JobContext) -> JobResult:
     assert isinstance(op, Concat) and spec.output is not None  # JobSpec requires an output
     dest = await output_path(ctx, spec.output)
     chunks: list[Path] = []
-    first: StreamInfo | None = None
+    first: StreamInfo | None = None  # the first chunk's video: the others must match it
     size = 0
     for i, uri in enumerate(op.chunks):
         path, info = await _open(ctx, uri, f"chunk{i:03d}", f"chunk {i}")
         first = _check_alike(first, _video(info, f"chunk {i}"), i)
         chunks.append(path)
         size += info.size_bytes or 0
+    assert first is not None  # the schema asks for at least one chunk
     audio: Path | None = None
     if op.audio is not None:
         audio, info = await _open(ctx, op.audio, "audio", "audio")
@@ -79,7 +80,7 @@ async def run_concat(ctx: JobContext) -> JobResult:
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         listing = await _write_list(ctx.scratch / "chunks.ffconcat", chunks)
-        await _join(ctx, listing, audio, partial, ext, chunks_seconds)
+        await _join(ctx, listing, audio, partial, ext, chunks_seconds, first.codec)
         report = await verify(ctx, partial, chunk_frames, chunks_seconds, op, audio is not None)
         ctx.handle.check()
         files = await outputs.commit()
@@ -137,7 +138,13 @@ async def _write_list(path: Path, chunks: list[Path]) -> Path:
 
 
 async def _join(
-    ctx: JobContext, listing: Path, audio: Path | None, partial: Path, ext: str, seconds: float
+    ctx: JobContext,
+    listing: Path,
+    audio: Path | None,
+    partial: Path,
+    ext: str,
+    seconds: float,
+    codec: str,
 ) -> None:
     limits = ctx.media.limits
     # The concat demuxer opens the chunks itself: it inherits both allow-lists, and is on the
@@ -149,8 +156,10 @@ async def _join(
     if audio is not None:
         args += ctx.media.input_args(audio)
     args += ["-map", "0:v:0", *(["-map", "1:a:0"] if audio is not None else []), "-c", "copy"]
-    if ext in _FASTSTART:
+    if MUXERS[ext] in _FASTSTART:
         args += ["-movflags", "+faststart"]
+        if codec == "hevc":  # Apple players want the hvc1 sample entry
+            args += ["-tag:v", "hvc1"]
     args += ["-f", MUXERS[ext], ffmpeg_arg(partial)]
     await ctx.announce(None, args)
     await run_ffmpeg(

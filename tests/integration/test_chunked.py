@@ -239,3 +239,16 @@ async def test_chunks_travel_through_the_object_store(
     local = tmp_path / "joined.mp4"
     await download(js, bucket, "out/film.mp4", local, cap=10**9, within=30)
     assert await _frames(ffmpeg_tools, local) == 7 * FPS
+
+
+async def test_hevc_in_mp4_is_tagged_hvc1(
+    ffmpeg_tools: FfmpegTools, source: Path, tmp_path: Path
+) -> None:
+    # The chunks carry hev1 (parameter sets in the stream); Apple players want hvc1.
+    out = tmp_path / "film.mp4"
+    jobs = await _encode_steps(ffmpeg_tools, tmp_path, _chunked(source, out, codec="hevc",
+                                                                chunk_seconds=3.5))  # fmt: skip
+    result = await _run(ffmpeg_tools, tmp_path / "scratch" / "join", [tmp_path], jobs["join"])
+    assert result.concat is not None and result.concat.frames == 7 * FPS
+    _, banner = await run_ffmpeg(ffmpeg_tools.ffmpeg, "-i", str(out))
+    assert "Video: hevc (Main) (hvc1" in banner.decode(errors="replace")
