@@ -4,7 +4,8 @@ Each chunk is opened like any input (daemon.media.access: under the roots, or do
 scratch), so every one is size- and probe-checked before ffmpeg reads it, and they must agree on
 codec, picture size and pixel format. The join is ffmpeg's concat demuxer over a list this module
 writes in scratch (its only entries are the checked local files; the demuxer is allowed for this
-one run), `-c copy`, with the audio file as a second input.
+one run), `-c copy`, with the audio file as a second input. Each chunk was probed without the
+concat demuxer, so a chunk that is itself a list (naming other files) is refused before the join.
 
 Then the joined file (still under its partial name, so a failed check leaves no output) is
 verified:

@@ -252,3 +252,18 @@ async def test_hevc_in_mp4_is_tagged_hvc1(
     assert result.concat is not None and result.concat.frames == 7 * FPS
     _, banner = await run_ffmpeg(ffmpeg_tools.ffmpeg, "-i", str(out))
     assert "Video: hevc (Main) (hvc1" in banner.decode(errors="replace")
+
+
+async def test_a_chunk_that_is_itself_a_concat_list_is_refused(
+    ffmpeg_tools: FfmpegTools, source: Path, tmp_path: Path
+) -> None:
+    # The join's run allows the concat demuxer; a chunk is probed without it first, so a list
+    # posing as a chunk (naming a file outside the roots) never reaches that run.
+    out = tmp_path / "film.mp4"
+    jobs = await _encode_steps(ffmpeg_tools, tmp_path, _chunked(source, out))
+    text = f"ffconcat version 1.0\nfile 'file:{source}'\n"
+    await asyncio.to_thread((tmp_path / "film.c01.mp4").write_text, text)
+    roots = [tmp_path]  # the source's folder is not one of them
+    with pytest.raises(InputError, match="chunk 1: "):
+        await _run(ffmpeg_tools, tmp_path / "scratch" / "join", roots, jobs["join"])
+    assert not out.exists()
