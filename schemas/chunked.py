@@ -47,6 +47,8 @@ def _software() -> Requirements:
 
 
 class ChunkedSpec(Wire, kw_only=True):
+    """One long encode to split; `expand()` gives the workflow that runs it."""
+
     workflow_id: Token
     tenant: Token = "default"
     priority: Priority = "normal"
