@@ -166,7 +166,7 @@ async def test_a_corrupt_chunk_fails_verification(
     assert not out.exists()
 
 
-async def test_a_shortened_chunk_fails_the_frame_count(
+async def test_a_shortened_chunk_fails_the_drift_check(
     ffmpeg_tools: FfmpegTools, source: Path, tmp_path: Path
 ) -> None:
     # A chunk with frames missing at its end (cut by stream copy: still a valid file) joins
