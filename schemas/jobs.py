@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from schemas.common import CallbackUrl, InputUri, Labels, OutputUri, Part, Priority, Token, Wire
-from schemas.operations import Canary, Operation, Probe, Transcode
+from schemas.operations import Canary, Concat, Operation, Probe, Transcode
 from schemas.videoopts import chroma_420
 
 Accel = Literal["auto", "software", "nvenc", "qsv", "vaapi"]
@@ -59,6 +59,8 @@ class JobSpec(Wire, kw_only=True):
         if needs_output and self.output is None:
             raise ValueError(f"operation {self.operation_name!r} needs `output`")
         req = self.requirements
+        if isinstance(self.operation, Concat):
+            self.operation.check_job(self.input, self.output)
         if isinstance(self.operation, Transcode):
             if self.output is not None:
                 self.operation.for_output(self.output)

@@ -338,11 +338,44 @@ class Thumbnail(Part, kw_only=True, tag="thumbnail", tag_field="op"):
     format: Literal["jpg", "png", "webp"] = "jpg"
 
 
+#: Most chunks one concat joins (a chunked encode uses at most 18: schemas/chunked.py).
+MAX_CONCAT_CHUNKS = 100
+#: Output extensions a concat writes: containers a stream copy of H.264/HEVC goes into.
+CONCAT_EXTENSIONS = ("mp4", "m4v", "mov", "mkv")
+
+
+class Concat(Part, kw_only=True, tag="concat", tag_field="op"):
+    """Join video chunks, in order, by stream copy (no re-encode) and mux `audio` in; then
+    verify the result: it decodes in full, has every chunk's frames, and its audio and video
+    end within `max_av_drift_ms` of each other.
+
+    The chunks must be encoded alike (codec, size, pixel format) and each must start on a
+    keyframe (a chunk is an independent encode, so it does). The job's `input` is the first
+    chunk: a workflow's join step names it `step:<first chunk>`, so it runs after it.
+    """
+
+    chunks: Annotated[list[MediaUri], msgspec.Meta(min_length=1, max_length=MAX_CONCAT_CHUNKS)]
+    #: Audio for the whole output (its first audio stream); None: video only.
+    audio: MediaUri | None = None
+    #: Most the audio and video durations of the joined file may differ.
+    max_av_drift_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 100.0
+
+    def check_job(self, input_uri: str, output: str | None) -> None:
+        """The rules between the operation and its job (JobSpec calls it)."""
+        if input_uri != self.chunks[0]:
+            raise ValueError("a concat job's `input` is its first chunk (`chunks[0]`)")
+        ext = output_extension(output or "")
+        if ext not in CONCAT_EXTENSIONS:
+            takes = ", ".join(f".{e}" for e in CONCAT_EXTENSIONS)
+            raise ValueError(f"a concat writes {takes}, not {'.' + ext if ext else 'no extension'}")
+
+
 class Canary(Part, kw_only=True, tag="canary", tag_field="op"):
     """Runs no ffmpeg: proves the dispatch path end to end."""
 
     sleep_seconds: Annotated[float, msgspec.Meta(ge=0, le=60)] = 0.0
 
 
-Operation = Transcode | Analyze | Package | PerTitle | Probe | Thumbnail | Canary
-OPERATION_NAMES = ("transcode", "analyze", "package", "pertitle", "probe", "thumbnail", "canary")
+Operation = Transcode | Analyze | Package | PerTitle | Probe | Thumbnail | Concat | Canary
+OPERATION_NAMES = ("transcode", "analyze", "package", "pertitle", "probe", "thumbnail", "concat",
+                   "canary")  # fmt: skip

@@ -6,6 +6,7 @@ from typing import Any
 
 from schemas import api, workflows
 from schemas.alerts import Alert
+from schemas.chunked import ChunkedSpec
 from schemas.codec import MAX_EVENT_BYTES, Decoder
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.events import Event
@@ -48,6 +49,7 @@ WIRE_TYPES: dict[str, Any] = {
     "api_tenant_created": api.TenantCreated,
     "api_tenant_list_reply": api.TenantListReply,
     "workflow": workflows.WorkflowSpec,
+    "chunked": ChunkedSpec,
     "api_workflow_submit_request": workflows.WorkflowSubmitRequest,
     "api_workflow_submit_reply": workflows.WorkflowSubmitReply,
     "api_workflow_ref": workflows.WorkflowRef,

@@ -126,6 +126,36 @@ class LoudnessReport(ReportPart, kw_only=True):
     mode: str = "linear"
 
 
+class ChunkBorder(ReportPart, kw_only=True):
+    """Where chunk `chunk` starts in the joined file, measured on its packets."""
+
+    chunk: NonNegInt
+    at_seconds: NonNegFloat
+    #: Its first picture's time minus where the chunk before ends (0: seamless; negative:
+    #: overlap).
+    gap_ms: float
+    #: The chunk's first packet is a keyframe (needed to decode from the border on).
+    keyframe: bool
+
+
+class ConcatReport(ReportPart, kw_only=True):
+    """What a concat joined and what its verification measured on the joined file."""
+
+    chunks: NonNegInt
+    #: Video frames per chunk (packets counted), in order.
+    chunk_frames: list[NonNegInt] = []
+    #: Frames decoded from the joined file: equals the sum of `chunk_frames` when it passed.
+    frames: NonNegInt
+    #: The joined file's video duration, and the sum of the chunks' video durations.
+    video_seconds: NonNegFloat
+    chunks_seconds: NonNegFloat
+    audio_seconds: NonNegFloat | None = None
+    #: |audio end - video end| in the joined file; None without audio.
+    av_drift_ms: NonNegFloat | None = None
+    decode_errors: NonNegInt = 0
+    borders: list[ChunkBorder] = []
+
+
 class JobResult(ReportPart, kw_only=True):
     wall_seconds: NonNegFloat = 0.0
     media_seconds: NonNegFloat | None = None
@@ -143,3 +173,4 @@ class JobResult(ReportPart, kw_only=True):
     pertitle: PerTitleReport | None = None
     #: A transcode with `loudness`: one entry per output audio track.
     loudness: list[LoudnessReport] = []
+    concat: ConcatReport | None = None

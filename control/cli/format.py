@@ -149,6 +149,12 @@ def result_rows(res: JobResult) -> list[tuple[str, str]]:
         if t.bits_saved_measured is not None:
             saved = t.bits_saved_measured / 8 / 1024
             rows.append(("bits saved", f"{saved:.0f} KiB against the fixed ladder"))
+    if res.concat is not None:
+        c = res.concat
+        drift = "" if c.av_drift_ms is None else f", A/V drift {c.av_drift_ms:.0f} ms"
+        gaps = max((abs(b.gap_ms) for b in c.borders), default=0.0)
+        rows.append(("joined", f"{c.chunks} chunks, {c.frames} frames, {c.video_seconds:.2f} s"
+                               f"{drift}, widest border gap {gaps:.1f} ms"))  # fmt: skip
     rows.extend(("note", n) for n in res.notes)
     return rows
 

@@ -1,18 +1,26 @@
-"""`flotilla workflow submit|status|cancel|list`: a DAG of jobs as one submission."""
+"""`flotilla workflow submit|status|cancel|list`: a DAG of jobs as one submission.
+
+`flotilla chunked submit` is a workflow too: the chunked encode (schemas/chunked.py) is expanded
+here, on the client, and the workflow it makes is submitted with `workflow.submit`, so the
+control plane checks and runs it like any other and `workflow status` follows it.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import sys
+from typing import Any, get_args
 
 import msgspec
 
 from control.cli.apiclient import ApiClient
 from control.cli.flags import add_client_flags
 from control.cli.format import ago, print_json, table
-from control.cli.jobflags import load_job_file
+from control.cli.jobflags import file_uri, load_job_file, new_job_id
 from control.errors import BadInput, CliError
 from schemas.api import AckReply
+from schemas.chunked import ChunkedSpec
+from schemas.operations import Preset
 from schemas.workflows import (
     WORKFLOW_STATES,
     WorkflowCancelRequest,
@@ -51,6 +59,86 @@ def register(sub: Any) -> None:
     ls.add_argument("--limit", type=int, default=50, help="at most this many (1-1000)")
     add_client_flags(ls)
     ls.set_defaults(handler=list_workflows)
+    _register_chunked(sub)
+
+
+def _register_chunked(sub: Any) -> None:
+    p = sub.add_parser("chunked", help="one long encode split into chunks many nodes encode")
+    csub = p.add_subparsers(dest="chunked_cmd", required=True, metavar="ACTION")
+    s = csub.add_parser(
+        "submit",
+        help="submit a chunked encode of INPUT into OUTPUT (.mp4/.mkv/.mov); prints the "
+        "workflow id (follow it with `flotilla workflow status`)",
+    )
+    s.add_argument("input", metavar="INPUT", help="path or URI the nodes read")
+    s.add_argument("output", metavar="OUTPUT", help="path or URI of the joined file")
+    s.add_argument("--duration", type=float, required=True, metavar="S",
+                   help="the input's length in seconds: it sets the chunk borders")  # fmt: skip
+    s.add_argument("--chunk-seconds", type=float, default=60.0, metavar="S")
+    s.add_argument("--codec", choices=("h264", "hevc"), default="h264")
+    s.add_argument("--crf", type=int, default=23)
+    s.add_argument("--preset", choices=get_args(Preset), default="medium")
+    s.add_argument("--width", type=int)
+    s.add_argument("--height", type=int)
+    s.add_argument("--gop-size", type=int, default=48, help="frames between keyframes")
+    s.add_argument("--audio-codec", choices=("aac", "none"), default="aac")
+    s.add_argument("--audio-bitrate", type=int, default=128, metavar="KBPS")
+    s.add_argument("--max-av-drift-ms", type=float, default=100.0)
+    s.add_argument("--workflow-id", help="default: chunked-<time>-<random>")
+    s.add_argument("--tenant")
+    s.add_argument("--priority", choices=("high", "normal", "low"))
+    s.add_argument("--pool", help="the pool every step runs in")
+    s.add_argument("--accel", choices=("auto", "software", "nvenc", "qsv", "vaapi"),
+                   help="the chunk encodes' encoder family")  # fmt: skip
+    s.add_argument("--dry-run", action="store_true",
+                   help="print the workflow it would submit (JSON) and submit nothing")  # fmt: skip
+    add_client_flags(s)
+    s.set_defaults(handler=submit_chunked)
+
+
+def chunked_spec(args: argparse.Namespace) -> ChunkedSpec:
+    """The chunked encode the flags describe; BadInput naming the problem."""
+    doc: dict[str, Any] = {
+        "workflow_id": args.workflow_id or new_job_id().replace("job-", "chunked-", 1),
+        "input": file_uri(args.input), "output": file_uri(args.output),
+        "duration_seconds": args.duration, "chunk_seconds": args.chunk_seconds,
+        "codec": args.codec, "crf": args.crf, "preset": args.preset, "gop_size": args.gop_size,
+        "audio_codec": args.audio_codec, "audio_bitrate_kbps": args.audio_bitrate,
+        "max_av_drift_ms": args.max_av_drift_ms,
+    }  # fmt: skip
+    for flag in ("width", "height", "tenant", "priority"):
+        if getattr(args, flag) is not None:
+            doc[flag] = getattr(args, flag)
+    req = {k: v for k, v in (("pool", args.pool), ("accel", args.accel)) if v is not None}
+    if req:
+        doc["requirements"] = req
+    try:
+        return msgspec.convert(doc, ChunkedSpec)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise BadInput(f"invalid chunked encode: {exc}") from exc
+
+
+async def submit_chunked(args: argparse.Namespace) -> int:
+    chunked = chunked_spec(args)
+    try:
+        spec = chunked.expand()
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise BadInput(f"invalid chunked encode: {exc}") from exc
+    if args.dry_run:
+        print_json(spec)
+        return 0
+    async with ApiClient.from_args(args) as client:
+        req = WorkflowSubmitRequest(workflow=spec)
+        reply = await client.call("workflow.submit", req, WorkflowSubmitReply)
+    if args.json:
+        print_json(reply)
+    else:
+        chunks = len(chunked.borders())
+        dup = " (duplicate: already submitted)" if reply.duplicate else ""
+        print(f"{reply.workflow_id}{dup}")
+        print(f"{chunks} chunks of {chunked.chunk_seconds:g} s; follow it with `flotilla "
+              f"workflow status {reply.workflow_id}`", file=sys.stderr)  # fmt: skip
+    return 0
 
 
 def load_spec(path: str, tenant: str | None) -> WorkflowSpec:

@@ -9,10 +9,19 @@ from __future__ import annotations
 from typing import assert_never
 
 from daemon.media.access import publish_outputs
-from daemon.ops import analyze, canary, package, probe_op, thumbnail, transcode
+from daemon.ops import analyze, canary, concat, package, probe_op, thumbnail, transcode
 from daemon.ops.context import JobContext
 from daemon.ops.pertitle import run as pertitle
-from schemas.operations import Analyze, Canary, Package, PerTitle, Probe, Thumbnail, Transcode
+from schemas.operations import (
+    Analyze,
+    Canary,
+    Concat,
+    Package,
+    PerTitle,
+    Probe,
+    Thumbnail,
+    Transcode,
+)
 from schemas.results import JobResult
 
 __all__ = ["JobContext", "run_operation"]
@@ -42,5 +51,7 @@ async def _dispatch(ctx: JobContext) -> JobResult:
             return await probe_op.run_probe(ctx)
         case Thumbnail():
             return await thumbnail.run_thumbnail(ctx)
+        case Concat():
+            return await concat.run_concat(ctx)
         case other:
             assert_never(other)

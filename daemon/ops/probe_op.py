@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiofiles
 
-from daemon.ffmpeg.run import run_ffmpeg
+from daemon.ffmpeg.run import RunResult, run_ffmpeg
 from daemon.media.access import open_input
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.context import JobContext
@@ -46,19 +46,36 @@ async def run_probe(ctx: JobContext) -> JobResult:
 
 async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) -> list[str]:
     """Every error line ffmpeg logs while decoding all streams of `src` (empty when healthy)."""
+    lines, _ = await decode_all(ctx, src, duration_s)
+    return lines
+
+
+async def decode_all(
+    ctx: JobContext,
+    src: Path,
+    duration_s: float | None,
+    span: tuple[float, float] = (0.0, 100.0),
+) -> tuple[list[str], RunResult]:
+    """Decode every video and audio stream of `src`: the error lines logged, and the run (its
+    last progress block counts the video frames decoded)."""
     report = ctx.scratch / "deep-probe.log"
     args = ["-threads", str(ctx.threads), *ctx.media.guard(), "-i", ffmpeg_arg(src)]
     args += ["-map", "0:v?", "-map", "0:a?", "-f", "null", "-"]
     await ctx.announce(None, args)
-    await run_ffmpeg(
+    run = await run_ffmpeg(
         ctx.tools.ffmpeg,
         args,
         control=ctx.handle,
         on_progress=ctx.progress,
         duration_s=duration_s,
+        span=span,
         progress_interval=ctx.progress_interval,
         env={"FFREPORT": f"file={_report_escape(str(report))}:level=16"},
     )
+    return await _error_lines(report), run
+
+
+async def _error_lines(report: Path) -> list[str]:
     try:
         async with aiofiles.open(report, encoding="utf-8", errors="replace") as f:
             text = await f.read()

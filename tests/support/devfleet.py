@@ -89,15 +89,22 @@ async def _print_logs(fleet: DevFleet) -> None:
 
 @asynccontextmanager
 async def dev_fleet(
-    data_dir: Path, nodes: int, roots: list[Path], node_settings: NodeSettings | None = None
+    data_dir: Path,
+    nodes: int,
+    roots: list[Path],
+    node_settings: NodeSettings | None = None,
+    ack_wait: float | None = None,
 ) -> AsyncIterator[DevFleet]:
-    """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set)."""
+    """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set);
+    `ack_wait`: how soon a crashed node's jobs are redelivered (default DevFleet's)."""
     context = data_dir / "context.json"
     previous = os.environ.get("FLOTILLA_CONTEXT")
     os.environ["FLOTILLA_CONTEXT"] = str(context)  # never the operator's own context file
     fleet = DevFleet(
         data_dir / "fleet", nodes=nodes, roots=roots, node_settings=node_settings or NodeSettings()
     )
+    if ack_wait is not None:
+        fleet.ack_wait = ack_wait
     try:
         try:
             await fleet.start()

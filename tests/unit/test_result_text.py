@@ -7,6 +7,8 @@ import msgspec
 
 from control.cli.format import probe_summary, result_line, result_rows
 from schemas.results import (
+    ChunkBorder,
+    ConcatReport,
     JobResult,
     PerTitleReport,
     PerTitleRungReport,
@@ -84,3 +86,12 @@ def test_a_per_title_result_lists_each_rung_and_the_saving() -> None:
         ("per-title", "360p crf 24.5: dropped (no gain over a cheaper rung)"),
         ("bits saved", "782 KiB against the fixed ladder"),
     ]
+
+
+def test_a_join_reports_its_chunks_frames_and_seams() -> None:
+    borders = [ChunkBorder(chunk=1, at_seconds=2.5, gap_ms=-0.4, keyframe=True)]
+    join = ConcatReport(chunks=2, chunk_frames=[63, 62], frames=125, video_seconds=5.0,
+                        chunks_seconds=5.0, av_drift_ms=12.3, borders=borders)  # fmt: skip
+    assert dict(result_rows(JobResult(concat=join)))["joined"] == (
+        "2 chunks, 125 frames, 5.00 s, A/V drift 12 ms, widest border gap 0.4 ms"
+    )

@@ -20,7 +20,16 @@ from schemas.control_msgs import NodeCommand
 from schemas.export import SCHEMA_DIR, render_all
 from schemas.jobs import JobSpec, Requirements, pool_of
 from schemas.nodes import CpuInfo, FfmpegInfo, Heartbeat, NodeCapabilities, NodeRecord
-from schemas.operations import Analyze, Canary, Package, Probe, Rung, Thumbnail, Transcode
+from schemas.operations import (
+    Analyze,
+    Canary,
+    Concat,
+    Package,
+    Probe,
+    Rung,
+    Thumbnail,
+    Transcode,
+)
 from schemas.registry import EVENT_DECODER, JOB_DECODER, WIRE_TYPES
 from schemas.results import JobResult, OutputFile
 
@@ -73,6 +82,12 @@ SAMPLES: list[msgspec.Struct] = [
     ),
     JobSpec(job_id="p", input="file:///in.mp4", operation=Probe(deep=True)),
     _job(Thumbnail(sprite=True, tiles=9, columns=3)),
+    JobSpec(
+        job_id="j",
+        input="file:///c0.mp4",
+        output="file:///out.mkv",
+        operation=Concat(chunks=["file:///c0.mp4", "s3://b/c1.mp4"], audio="file:///a.m4a"),
+    ),
     JobSpec(
         job_id="c",
         input="canary:",
