@@ -170,6 +170,10 @@ def result_line(res: JobResult) -> str:
         parts.append(f"SSIM {res.ssim.average:.3f}")
     if res.renditions:
         parts.append(f"{len(res.renditions)} renditions")
+    if res.concat is not None:
+        c = res.concat
+        drift = "" if c.av_drift_ms is None else f", A/V drift {c.av_drift_ms:.0f} ms"
+        parts.append(f"{c.chunks} chunks joined, {c.frames} frames verified{drift}")
     if res.probe is not None and not parts:
         parts.append(probe_summary(res.probe))
     return ", ".join(parts) or "-"

@@ -17,15 +17,19 @@ from pathlib import Path
 from typing import Any
 
 from common.natsconn import NatsSettings, connect
+from control.cli.apiclient import ApiClient
 from control.cli.format import result_line, result_rows
 from control.devstack.fleet import DevFleet
 from daemon.ffmpeg.tools import find_tools
+from schemas.chunked import ChunkedSpec
 from schemas.events import Completed, Event, Failed, kind_of
 from schemas.registry import EVENT_DECODER
 from schemas.subjects import Subjects, job_msg_id
+from schemas.workflows import SEPARATOR, WorkflowSpec, WorkflowSubmitReply, WorkflowSubmitRequest
 
 OUT = Path("demo-output")
 TIMEOUT = 600.0
+SOURCE_SECONDS = 3
 
 
 async def make_source(ffmpeg: str, path: Path) -> None:
@@ -44,7 +48,7 @@ async def make_source(ffmpeg: str, path: Path) -> None:
         "-i",
         "sine=frequency=440:sample_rate=48000",
         "-t",
-        "3",
+        str(SOURCE_SECONDS),
         "-c:v",
         "libx264",
         "-preset",
@@ -146,6 +150,16 @@ def analyze_job(run: str, media: Path) -> dict[str, Any]:
     }
 
 
+def chunked_workflow(run: str, media: Path) -> WorkflowSpec:
+    """The source in 1 s chunks encoded on whichever nodes are free, audio once, then joined."""
+    spec = ChunkedSpec(
+        workflow_id=f"{run}-chunked", tenant="demo", input=f"file://{media / 'source-1080p.mp4'}",
+        output=f"file://{media / 'chunked.mp4'}", duration_seconds=SOURCE_SECONDS,
+        chunk_seconds=1, height=720, preset="veryfast", gop_size=25,
+    )  # fmt: skip
+    return spec.expand()
+
+
 class Tracker:
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = {}
@@ -229,6 +243,19 @@ async def publish(js: Any, subjects: Subjects, tracker: Tracker, spec: dict[str,
     await js.publish(subject, json.dumps(spec).encode(), headers={"Nats-Msg-Id": msg_id})
 
 
+async def submit_workflow(fleet: DevFleet, tracker: Tracker, spec: WorkflowSpec) -> None:
+    """Through the API, as `flotilla chunked submit` does: the leader runs each step as a job."""
+    for step in spec.steps:
+        tracker.rows[f"{spec.workflow_id}{SEPARATOR}{step.name}"] = {
+            "op": step.operation.__struct_config__.tag
+        }
+        tracker.expected += 1
+    settings = NatsSettings(url=fleet.nats_url, prefix=fleet.prefix)
+    async with ApiClient(settings) as client:
+        req = WorkflowSubmitRequest(workflow=spec)
+        await client.call("workflow.submit", req, WorkflowSubmitReply)
+
+
 def _fresh_output_dir() -> Path:
     if OUT.exists():
         shutil.rmtree(OUT)
@@ -240,7 +267,7 @@ def _fresh_output_dir() -> Path:
 async def demo() -> int:
     media = await asyncio.to_thread(_fresh_output_dir)
     tools = find_tools()
-    print(f"generating a 3 s 1080p sample with {tools.ffmpeg} …", flush=True)
+    print(f"generating a {SOURCE_SECONDS} s 1080p sample with {tools.ffmpeg} …", flush=True)
     await make_source(tools.ffmpeg, media / "source-1080p.mp4")
     # Its own context, not the current one: a `flotilla dev` fleet stays the default.
     fleet = DevFleet(
@@ -272,6 +299,7 @@ async def demo() -> int:
             await asyncio.sleep(0.5)
         if tracker.rows[f"{run}-h264-720p"].get("state") == "completed":
             await publish(js, subjects, tracker, analyze_job(run, media))
+        await submit_workflow(fleet, tracker, chunked_workflow(run, media))
         remaining = TIMEOUT - (time.monotonic() - started)
         try:
             await asyncio.wait_for(tracker.done.wait(), max(remaining, 1.0))

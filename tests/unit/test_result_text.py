@@ -95,3 +95,6 @@ def test_a_join_reports_its_chunks_frames_and_seams() -> None:
     assert dict(result_rows(JobResult(concat=join)))["joined"] == (
         "2 chunks, 125 frames, 5.00 s, A/V drift 12 ms, widest border gap 0.4 ms"
     )
+    assert result_line(JobResult(concat=join)) == (
+        "2 chunks joined, 125 frames verified, A/V drift 12 ms"
+    )
