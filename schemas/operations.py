@@ -17,6 +17,8 @@ from schemas.videoopts import (
     Overlay,
     PixFmt,
     Profile,
+    SubtitleIndex,
+    SubtitleMode,
     check_hdr_keep,
     check_picture,
 )
@@ -59,7 +61,7 @@ DEFAULT_AUDIO: dict[str, AudioCodec] = {
 }  # fmt: skip
 #: Options that shape pictures: refused for an output without video.
 _VIDEO_ONLY = ("width", "height", "fps", "crop", "overlay", "gop_size", "profile", "level",
-               "pix_fmt")  # fmt: skip
+               "pix_fmt", "burn_subtitles")  # fmt: skip
 
 
 def output_extension(uri: str) -> str:
@@ -129,6 +131,14 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
     #: 8-bit output (it would stay tagged HDR); `keep` insists on HDR; `tonemap` makes SDR
     #: (BT.709). An SDR source ignores it.
     hdr: HdrMode = "auto"
+    #: `keep`: the input's subtitle tracks go into the output as text the container carries
+    #: (mp4/mov `mov_text`, mkv SubRip/ASS as they are, webm WebVTT), language tags kept;
+    #: picture subtitles (DVD, PGS) only into mkv. Audio-only containers carry none. Every
+    #: track left out is named in the result's notes.
+    subtitles: SubtitleMode = "keep"
+    #: Draw one text subtitle track onto the picture (libass): its index among the input's
+    #: subtitle streams, or a language (the first track tagged with it). It is not also kept.
+    burn_subtitles: SubtitleIndex | Language | None = None
 
     def __post_init__(self) -> None:
         if self.codec is not None or self.container is not None:

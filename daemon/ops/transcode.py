@@ -20,6 +20,7 @@ from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.outputs import OutputSet
+from daemon.ops.subtitles import BURN_FILTER
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
@@ -40,6 +41,10 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         chain = encoder_chain(op.video_codec, spec.requirements.accel, ctx.usable_encoders())
         chain = allowed_encoders(op, chain)
     _check_audio_encoder(op, ctx)
+    if op.burn_subtitles is not None and BURN_FILTER not in ctx.filters:
+        # The requirement check hands such jobs on first (schemas.encoderneeds).
+        raise InvalidJob(f"this node's ffmpeg has no `{BURN_FILTER}` filter (libass): it "
+                         "cannot burn subtitles in")  # fmt: skip
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
     if src == dest:
         raise InvalidJob("output is the same file as the input")
@@ -115,7 +120,7 @@ async def _encode(
         args = transcode_args(
             op, encoder, src, dest, node,
             ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
-            overlay=settled.overlay, colour=settled.colour,
+            overlay=settled.overlay, colour=settled.colour, subtitles=settled.subtitles,
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
+from daemon.ops.subtitles import NO_SUBTITLES, Subtitles, burn_filter, subtitle_args
 from daemon.ops.videograph import Colour, video_graph
 from schemas.audioopts import CHANNELS
 from schemas.operations import Transcode
@@ -61,6 +62,7 @@ def transcode_args(
     passlog: Path = Path("/nonexistent/passlog"),
     overlay: Extra | None = None,
     colour: Colour | None = None,
+    subtitles: Subtitles = NO_SUBTITLES,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer."""
     family = family_of(encoder)
@@ -74,7 +76,10 @@ def transcode_args(
     if op.video_codec == "none":
         args += ["-vn"]
     else:
-        args += video_graph(op, family, ten_bit, colour)
+        burn = None
+        if subtitles.burn is not None:
+            burn = burn_filter(src, subtitles.burn, op.start_seconds)
+        args += video_graph(op, family, ten_bit, colour, burn)
         args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
         args += gpu_args(family, node)
         args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
@@ -87,6 +92,7 @@ def transcode_args(
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
+    args += subtitle_args(subtitles)
     if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]

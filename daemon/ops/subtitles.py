@@ -1,0 +1,135 @@
+"""Subtitle tracks, pure: which of the input's subtitle streams an output keeps and as what (the
+container decides), the `subtitles` filter that burns one into the picture, and the WebVTT
+renditions of a package.
+
+Text converts between formats (styling may be lost on the way); picture subtitles (DVD, PGS,
+DVB) cannot become text, so only mkv keeps them, copied. Every track left out is named in a note.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.errors import InputError
+from schemas.operations import Transcode
+from schemas.results import ProbeInfo, StreamInfo
+
+#: Subtitle codecs ffmpeg decodes to text (which it can encode as any other text format).
+TEXT_CODECS = frozenset({
+    "subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "microdvd", "subviewer",
+    "subviewer1", "sami", "realtext", "jacosub", "mpl2", "pjs", "vplayer", "stl",
+})  # fmt: skip
+PICTURE_CODECS = frozenset({"dvd_subtitle", "hdmv_pgs_subtitle", "dvb_subtitle", "xsub"})
+#: The encoder each container's text subtitles are written with; absent: it holds none.
+TEXT_ENCODER = {"mp4": "mov_text", "mov": "mov_text", "mkv": "srt", "webm": "webvtt"}
+#: What the matroska muxer takes as it is: no conversion, so ASS styling survives.
+MKV_COPIES = frozenset({"subrip", "ass", "ssa", "webvtt", *PICTURE_CODECS})
+#: The ffmpeg filter (libass) that draws text subtitles; a node whose build lacks it cannot
+#: burn in (schemas.encoderneeds routes such jobs elsewhere).
+BURN_FILTER = "subtitles"
+
+
+@dataclass(frozen=True, slots=True)
+class SubTrack:
+    """One kept track: its stream index in the input and the encoder (or `copy`) it gets."""
+
+    index: int
+    encoder: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subtitles:
+    keep: tuple[SubTrack, ...] = ()
+    #: The burned track's index among the input's subtitle streams (the filter's `si`).
+    burn: int | None = None
+    notes: tuple[str, ...] = ()
+
+
+NO_SUBTITLES = Subtitles()
+
+
+def subtitle_streams(info: ProbeInfo) -> list[StreamInfo]:
+    return [s for s in info.streams if s.type == "subtitle"]
+
+
+def describe(n: int, stream: StreamInfo) -> str:
+    lang = f", {stream.language}" if stream.language else ""
+    return f"subtitle track #{n} ({stream.codec}{lang})"
+
+
+def plan_subtitles(op: Transcode, info: ProbeInfo) -> Subtitles:
+    """InputError when the track to burn in is missing or a picture."""
+    subs = subtitle_streams(info)
+    burn = None if op.burn_subtitles is None else burn_index(op.burn_subtitles, subs)
+    if op.subtitles == "drop":
+        return Subtitles(burn=burn)
+    container = op.settled_container
+    encoder = TEXT_ENCODER.get(container)
+    left = [(n, s) for n, s in enumerate(subs) if n != burn]
+    if encoder is None or (op.start_seconds and left):
+        # ffmpeg's input-side seek does not move subtitle packets: cues before the cut would
+        # push the whole output's timeline later.
+        why = (
+            f"{container} holds audio only"
+            if encoder is None
+            else "a trimmed output (`start_seconds`) does not keep them (burning one in works)"
+        )
+        note = f"{len(left)} subtitle track(s) left out: {why}"
+        return Subtitles(burn=burn, notes=(note,) if left else ())
+    keep, notes = [], []
+    for n, s in left:
+        if container == "mkv" and s.codec in MKV_COPIES:
+            keep.append(SubTrack(s.index, "copy"))
+        elif s.codec in TEXT_CODECS:
+            keep.append(SubTrack(s.index, encoder))
+        elif s.codec in PICTURE_CODECS:
+            notes.append(f"{describe(n, s)} left out: picture subtitles cannot become "
+                         f"{container} text (an mkv output keeps them)")  # fmt: skip
+        else:
+            notes.append(f"{describe(n, s)} left out: not a subtitle format this node converts")
+    return Subtitles(tuple(keep), burn, tuple(notes))
+
+
+def burn_index(want: int | str, subs: list[StreamInfo]) -> int:
+    """The index among `subs` of the track `burn_subtitles` names (an index or a language)."""
+    if isinstance(want, int):
+        if want >= len(subs):
+            raise InputError(f"`burn_subtitles`: the input has no subtitle track #{want} "
+                             f"({len(subs)} found)")  # fmt: skip
+        n = want
+    else:
+        n = next((i for i, s in enumerate(subs) if s.language == want), -1)
+        if n < 0:
+            tags = ", ".join(sorted({s.language or "untagged" for s in subs})) or "none"
+            raise InputError(f"`burn_subtitles`: the input has no subtitle track tagged "
+                             f"{want!r} (its tracks: {tags})")  # fmt: skip
+    if subs[n].codec not in TEXT_CODECS:
+        raise InputError(f"`burn_subtitles`: {describe(n, subs[n])} is not text; only text "
+                         "tracks can be burned in")  # fmt: skip
+    return n
+
+
+def subtitle_args(subs: Subtitles) -> list[str]:
+    """`-map` and codec per kept track, numbered among the output's subtitle streams."""
+    args = []
+    for k, track in enumerate(subs.keep):
+        args += ["-map", f"0:{track.index}", f"-c:s:{k}", track.encoder]
+    return args
+
+
+def _escape(value: str) -> str:
+    """A filter option value escaped twice: for the option parser, then the graph parser."""
+    value = re.sub(r"([\\':])", r"\\\1", value)
+    return re.sub(r"([\\'\[\],;])", r"\\\1", value)
+
+
+def burn_filter(src: Path, si: int, start: float | None) -> str:
+    """libass draws by frame time; an input-side seek starts frames at 0, so they are shifted
+    back to the source's clock around it."""
+    draw = f"{BURN_FILTER}=filename={_escape(str(src))}:si={si}"
+    if not start:
+        return draw
+    shift = f"{start:.6f}/TB"
+    return f"setpts=PTS+{shift},{draw},setpts=PTS-{shift}"

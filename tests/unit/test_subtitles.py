@@ -1,0 +1,118 @@
+"""Subtitle choices without ffmpeg: what each container keeps of which track, the argv they
+become, the refusals at decode time, and routing a burn-in job to a node with libass."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from control.api.fleetfit import why_not
+from control.nodes import FleetNode
+from daemon.errors import InputError
+from daemon.job.requirements import NodeView, unmet_requirement
+from daemon.ops.subtitles import SubTrack, burn_filter, plan_subtitles, subtitle_args
+from schemas.codec import DecodeError
+from schemas.jobs import JobSpec
+from schemas.operations import Transcode
+from schemas.registry import JOB_DECODER
+from schemas.results import ProbeInfo, StreamInfo
+from tests.support.noderecords import node_record
+
+INFO = ProbeInfo(
+    container="matroska,webm",
+    duration_s=10.0,
+    streams=[
+        StreamInfo(index=0, type="video", codec="h264"),
+        StreamInfo(index=1, type="audio", codec="aac"),
+        StreamInfo(index=2, type="subtitle", codec="ass", language="eng"),
+        StreamInfo(index=3, type="subtitle", codec="hdmv_pgs_subtitle", language="deu"),
+        StreamInfo(index=4, type="subtitle", codec="subrip", language="fra"),
+        StreamInfo(index=5, type="subtitle", codec="eia_608"),
+    ],
+)
+
+
+def job(output: str, **op: Any) -> JobSpec:
+    doc = {"job_id": "j", "input": "file:///in/i.mkv", "output": output,
+           "operation": {"op": "transcode", **op}}  # fmt: skip
+    return JOB_DECODER.decode(json.dumps(doc).encode())
+
+
+def transcode(output: str, **op: Any) -> Transcode:
+    spec = job(output, **op)
+    assert isinstance(spec.operation, Transcode)
+    return spec.operation
+
+
+def test_each_container_keeps_what_it_can_carry() -> None:
+    mp4 = plan_subtitles(transcode("file:///o/x.mp4"), INFO)
+    assert mp4.keep == (SubTrack(2, "mov_text"), SubTrack(4, "mov_text"))
+    assert mp4.notes == (
+        "subtitle track #1 (hdmv_pgs_subtitle, deu) left out: picture subtitles cannot become "
+        "mp4 text (an mkv output keeps them)",
+        "subtitle track #3 (eia_608) left out: not a subtitle format this node converts",
+    )
+    mkv = plan_subtitles(transcode("file:///o/x.mkv"), INFO)
+    assert mkv.keep == (SubTrack(2, "copy"), SubTrack(3, "copy"), SubTrack(4, "copy"))
+    webm = plan_subtitles(transcode("file:///o/x.webm", codec="vp9"), INFO)
+    assert [t.encoder for t in webm.keep] == ["webvtt", "webvtt"]
+    assert subtitle_args(webm) == ["-map", "0:2", "-c:s:0", "webvtt",
+                                   "-map", "0:4", "-c:s:1", "webvtt"]  # fmt: skip
+    assert plan_subtitles(transcode("file:///o/x.mp4", subtitles="drop"), INFO).keep == ()
+
+
+def test_the_burned_track_is_not_kept_too() -> None:
+    by_language = plan_subtitles(transcode("file:///o/x.mp4", burn_subtitles="fra"), INFO)
+    assert by_language.burn == 2 and by_language.keep == (SubTrack(2, "mov_text"),)
+    assert plan_subtitles(transcode("file:///o/x.mkv", burn_subtitles=0), INFO).burn == 0
+    with pytest.raises(InputError, match=r"track #1 \(hdmv_pgs_subtitle, deu\) is not text"):
+        plan_subtitles(transcode("file:///o/x.mp4", burn_subtitles="deu"), INFO)
+
+
+def test_the_burn_filter_escapes_the_path_and_follows_a_seek() -> None:
+    path = Path("/media/it's: a, [test];.mkv")
+    escaped = r"/media/it\\\'s\\: a\, \[test\]\;.mkv"
+    assert burn_filter(path, 1, None) == f"subtitles=filename={escaped}:si=1"
+    assert burn_filter(path, 0, 2.5) == (
+        f"setpts=PTS+2.500000/TB,subtitles=filename={escaped}:si=0,setpts=PTS-2.500000/TB"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "op", "message"),
+    [
+        ("file:///o/x.m4a", {"burn_subtitles": 0}, "`burn_subtitles` shape video"),
+        ("file:///o/x.mp4", {"burn_subtitles": "english"}, "burn_subtitles"),
+        ("file:///o/x.mp4", {"burn_subtitles": 65}, "burn_subtitles"),
+        ("file:///o/x.mp4", {"subtitles": "all"}, "subtitles"),
+    ],
+)
+def test_refusals_name_the_field(output: str, op: dict[str, Any], message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        job(output, **op)
+
+
+def test_defaults_stay_off_the_wire_so_older_nodes_read_the_job() -> None:
+    plain = msgspec.json.decode(msgspec.json.encode(transcode("file:///o/x.mp4")))
+    assert "subtitles" not in plain and "burn_subtitles" not in plain
+    burned = msgspec.json.decode(msgspec.json.encode(transcode("file:///o/x.mp4",
+                                                               burn_subtitles="eng")))  # fmt: skip
+    assert burned["burn_subtitles"] == "eng"
+
+
+def test_a_burn_in_job_goes_only_to_a_node_whose_ffmpeg_has_libass() -> None:
+    burn = job("file:///o/x.mp4", burn_subtitles=0)
+    without = NodeView(pools=["cpu"], verified_encoders={"libx264", "aac"})
+    reason = "burning subtitles in needs ffmpeg's subtitles filter (libass), not in this build"
+    assert unmet_requirement(burn, without) == reason
+    assert unmet_requirement(job("file:///o/x.mp4"), without) is None
+    with_libass = NodeView(pools=["cpu"], verified_encoders={"libx264"}, filters={"subtitles"})
+    assert unmet_requirement(burn, with_libass) is None
+    record = node_record("plain", encoders=["libx264", "aac"])
+    assert why_not(burn, FleetNode(record, "online")) == f"plain: {reason}"
+    record.capabilities.ffmpeg.filters = ["scale", "subtitles"]
+    assert why_not(burn, FleetNode(record, "online")) is None
