@@ -240,13 +240,18 @@ class Rung(Part, kw_only=True):
     audio_bitrate_kbps: AudioKbps | None = 128
 
 
-class Package(Part, kw_only=True, tag="package", tag_field="op"):
+class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=True):
+    """Fields at their defaults are left out when encoded (see Transcode)."""
+
     hls: bool = True
     dash: bool = False
     ladder: Annotated[list[Rung], msgspec.Meta(min_length=1, max_length=10)]
     segment_seconds: Annotated[float, msgspec.Meta(ge=1, le=30)] = 4.0
     hls_segment_type: Literal["fmp4", "mpegts"] = "fmp4"
     preset: Preset = "veryfast"
+    #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
+    #: package (fMP4 segments; DASH and TS packages leave them out, noted in the result).
+    subtitles: SubtitleMode = "keep"
 
     def __post_init__(self) -> None:
         if not (self.hls or self.dash):

@@ -46,10 +46,18 @@ from daemon.ops.ladder_args import (
     rung_width,
 )
 from daemon.ops.outputs import check_gate, partial_path
+from daemon.ops.subtitles import (
+    describe,
+    subtitle_streams,
+    text_tracks,
+    vtt_playlist,
+    webvtt_outputs,
+    with_subtitles,
+)
 from daemon.probe.gpu import CUDA_ENV
 from schemas.encoderneeds import package_family
 from schemas.operations import Package, Rung
-from schemas.results import JobResult, OutputFile, Rendition
+from schemas.results import JobResult, OutputFile, ProbeInfo, Rendition, StreamInfo
 
 _REPORTED = (".m3u8", ".mpd")
 
@@ -82,6 +90,8 @@ class _Run:
     audio: bool
     size: tuple[int, int]
     duration_s: float | None
+    #: Text subtitle streams that become WebVTT renditions.
+    subtitles: tuple[StreamInfo, ...] = ()
 
 
 async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[str]) -> str:
@@ -135,8 +145,9 @@ async def _nvenc(run: _Run, tmp: Path, gpu: int | None, notes: list[str]) -> Lad
 async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:
     ctx = run.ctx
     await asyncio.to_thread(_fresh_dir, tmp)
+    subs = tuple(webvtt_outputs(list(run.subtitles), tmp))
     args = package_args(run.op, run.rungs, run.src, tmp, run.gop, run.audio, ctx.threads,
-                        ctx.media.guard(), size=run.size, hw=hw)  # fmt: skip
+                        ctx.media.guard(), size=run.size, hw=hw, subtitles=subs)  # fmt: skip
     encoder = rung_encoder(run.rungs[0], hw)
     await ctx.announce(encoder, args)
     await run_ffmpeg(
@@ -180,11 +191,13 @@ async def run_package(ctx: JobContext) -> JobResult:
     kept.sort(key=lambda r: -r.height)
     gop = max(1, round((video.fps or 25.0) * op.segment_seconds))
     size = (video.width, video.height)
-    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s)
+    subs, notes = _subtitle_tracks(op, info)
+    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs)
     tmp = partial_path(dest, ctx.job_key, ctx.attempt)
-    notes: list[str] = []
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
+        if subs:
+            await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
@@ -208,6 +221,29 @@ async def run_package(ctx: JobContext) -> JobResult:
         renditions=renditions,
         dropped_rungs=dropped,
     )
+
+
+def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ...], list[str]]:
+    """The text tracks that become WebVTT renditions, and notes for every track left out."""
+    every = subtitle_streams(info)
+    if op.subtitles == "drop" or not every:
+        return (), []
+    texts = text_tracks(info)
+    notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
+             for n, s in enumerate(every) if s not in texts]  # fmt: skip
+    if op.dash or op.hls_segment_type != "fmp4":
+        why = "DASH" if op.dash else "TS segments"
+        return (), [f"{len(every)} subtitle track(s) left out: a package with {why} carries "
+                    "none (HLS with fMP4 segments does)"]  # fmt: skip
+    return tuple(texts), notes
+
+
+def _add_subtitles(tmp: Path, tracks: list[StreamInfo], duration_s: float) -> None:
+    """A playlist per WebVTT file ffmpeg wrote, and their renditions in the master playlist."""
+    for k in range(len(tracks)):
+        (tmp / f"subs_{k}.m3u8").write_text(vtt_playlist(k, duration_s))
+    master = tmp / "master.m3u8"
+    master.write_text(with_subtitles(master.read_text(), tracks))
 
 
 def _fresh_dir(path: Path) -> None:

@@ -8,6 +8,7 @@ DVB) cannot become text, so only mkv keeps them, copied. Every track left out is
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,3 +134,60 @@ def burn_filter(src: Path, si: int, start: float | None) -> str:
         return draw
     shift = f"{start:.6f}/TB"
     return f"setpts=PTS+{shift},{draw},setpts=PTS-{shift}"
+
+
+#: ISO 639-2 codes (both the bibliographic and terminology forms) -> the BCP 47 tag and name
+#: an HLS player shows; other codes pass as they are (BCP 47 takes three-letter codes too).
+_LANGUAGES = {
+    "eng": ("en", "English"), "fra": ("fr", "Français"), "fre": ("fr", "Français"),
+    "deu": ("de", "Deutsch"), "ger": ("de", "Deutsch"), "spa": ("es", "Español"),
+    "ita": ("it", "Italiano"), "por": ("pt", "Português"), "nld": ("nl", "Nederlands"),
+    "dut": ("nl", "Nederlands"), "jpn": ("ja", "日本語"), "zho": ("zh", "中文"),
+    "chi": ("zh", "中文"), "kor": ("ko", "한국어"), "rus": ("ru", "Русский"),
+    "ara": ("ar", "العربية"), "pol": ("pl", "Polski"), "swe": ("sv", "Svenska"),
+}  # fmt: skip
+#: The HLS group every variant names for its subtitles.
+HLS_GROUP = "subs"
+
+
+def text_tracks(info: ProbeInfo) -> list[StreamInfo]:
+    """The subtitle streams a package can turn into WebVTT renditions."""
+    return [s for s in subtitle_streams(info) if s.codec in TEXT_CODECS]
+
+
+def webvtt_outputs(tracks: list[StreamInfo], out: Path) -> list[str]:
+    """One WebVTT file per text track, as further outputs of the ladder's ffmpeg run."""
+    args = []
+    for k, s in enumerate(tracks):
+        args += ["-map", f"0:{s.index}", "-c:s", "webvtt", "-f", "webvtt", f"{out}/subs_{k}.vtt"]
+    return args
+
+
+def vtt_playlist(k: int, duration_s: float) -> str:
+    """A media playlist of the whole track as one WebVTT segment."""
+    seconds = max(1, math.ceil(duration_s))
+    return (f"#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{seconds}\n"
+            f"#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-PLAYLIST-TYPE:VOD\n"
+            f"#EXTINF:{duration_s:.3f},\nsubs_{k}.vtt\n#EXT-X-ENDLIST\n")  # fmt: skip
+
+
+def with_subtitles(master: str, tracks: list[StreamInfo]) -> str:
+    """The master playlist with a SUBTITLES rendition per track, named by every variant."""
+    media = []
+    for k, s in enumerate(tracks):
+        tag, name = _LANGUAGES.get(s.language or "", (s.language, s.language))
+        attrs = f'TYPE=SUBTITLES,GROUP-ID="{HLS_GROUP}",NAME="{name or f"Subtitles {k + 1}"}"'
+        if name and any(t.language == s.language for t in tracks[:k]):
+            attrs = attrs[:-1] + f' {k + 1}"'  # NAME must be unique within the group
+        if tag:
+            attrs += f',LANGUAGE="{tag}"'
+        media.append(f'#EXT-X-MEDIA:{attrs},DEFAULT=NO,AUTOSELECT=YES,URI="subs_{k}.m3u8"')
+    lines, placed = [], False
+    for line in master.splitlines():
+        if line.startswith("#EXT-X-STREAM-INF:"):
+            if not placed:
+                lines += [*media, ""]
+                placed = True
+            line += f',SUBTITLES="{HLS_GROUP}"'
+        lines.append(line)
+    return "\n".join(lines) + "\n"

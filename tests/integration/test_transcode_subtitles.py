@@ -1,17 +1,26 @@
-"""Subtitle tracks through a transcode on real ffmpeg: kept as the container's text format with
-their languages, dropped on request, burned into the picture with libass, refused clearly."""
+"""Subtitle tracks on real ffmpeg: kept by a transcode as the container's text format with their
+languages, dropped on request, burned into the picture with libass, refused clearly; WebVTT
+renditions of an HLS package."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
 
 from daemon.errors import InputError, InvalidJob
 from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.handle import JobHandle
+from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
+from daemon.ops.context import JobContext
+from daemon.ops.package import run_package
 from daemon.probe.ffmpeg_caps import probe_ffmpeg
+from schemas.jobs import JobSpec
+from schemas.operations import Package, Rung
 from tests.support.media import run_ffmpeg
 from tests.support.probing import ffmpeg_output, mean_rgb
 from tests.support.transcodejob import run_job
@@ -160,3 +169,64 @@ async def test_burn_in_refusals_name_the_problem(
     with pytest.raises(InvalidJob, match="no `subtitles` filter \\(libass\\)"):
         await run_job(ffmpeg_tools, tmp_path, roots, subbed, out, burn_subtitles=0)
     assert not out.exists()
+
+
+def _package_ctx(tools: FfmpegTools, tmp_path: Path, roots: list[Path], src: Path,
+                 out: Path, **op: Any) -> JobContext:  # fmt: skip
+    package = Package(ladder=[Rung(height=240, bitrate_kbps=300), Rung(height=120,
+                      bitrate_kbps=150)], segment_seconds=1.0, **op)  # fmt: skip
+    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out), operation=package)
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+
+    async def progress(_: Any) -> None:
+        pass
+
+    return JobContext(
+        handle=JobHandle("j1"), spec=spec, scratch=tmp_path / "scratch", tools=tools,
+        verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=2,
+        allowed_roots=[*roots, tmp_path], progress=progress,
+    )  # fmt: skip
+
+
+async def test_hls_package_carries_each_text_track_as_a_webvtt_rendition(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "pkg"
+    result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out))
+    master = (out / "master.m3u8").read_text()
+    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert media == [
+        '#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",LANGUAGE="en",DEFAULT=NO,'
+        'AUTOSELECT=YES,URI="subs_0.m3u8"',
+        '#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="Français",LANGUAGE="fr",DEFAULT=NO,'
+        'AUTOSELECT=YES,URI="subs_1.m3u8"',
+    ]
+    variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    assert len(variants) == 2 and all(v.endswith(',SUBTITLES="subs"') for v in variants)
+    english, french = ((out / f"subs_{k}.vtt").read_text() for k in (0, 1))
+    assert english.startswith("WEBVTT")
+    assert "00:00.200 --> 00:00.900\nHello there" in english
+    assert "00:01.100 --> 00:01.800\nSecond cue" in english and "Deuxième" in french
+    playlist = (out / "subs_0.m3u8").read_text()
+    [extinf] = re.findall(r"#EXTINF:([\d.]+),\nsubs_0.vtt\n#EXT-X-ENDLIST", playlist)
+    assert abs(float(extinf) - 2.0) < 0.1
+    # The renditions' playlists are reported with the others; ffmpeg reads the package whole.
+    assert {"subs_0.m3u8", "subs_1.m3u8"} <= {f.uri.rsplit("/", 1)[-1] for f in result.outputs}
+    assert result.notes == []
+    _, err = await ffmpeg_output(ffmpeg_tools.ffmpeg, "-i", str(out / "master.m3u8"))
+    assert "Subtitle: webvtt" in err
+
+
+async def test_packages_without_webvtt_renditions_say_why(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "ts"
+    ctx = _package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out, hls_segment_type="mpegts")
+    result = await run_package(ctx)
+    assert result.notes == ["2 subtitle track(s) left out: a package with TS segments carries "
+                            "none (HLS with fMP4 segments does)"]  # fmt: skip
+    assert "SUBTITLES" not in (out / "master.m3u8").read_text()
+    out = tmp_path / "dropped"
+    result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
+                                            subtitles="drop"))  # fmt: skip
+    assert result.notes == [] and not list(out.glob("*.vtt"))
