@@ -11,13 +11,16 @@ import msgspec
 import pytest
 
 from control.api.fleetfit import why_not
+from control.cli.jobflags import flag_document, submit_argv, to_spec
+from control.cli.main import build_parser
+from control.errors import BadInput
 from control.nodes import FleetNode
 from daemon.errors import InputError
 from daemon.job.requirements import NodeView, unmet_requirement
 from daemon.ops.subtitles import SubTrack, burn_filter, plan_subtitles, subtitle_args
 from schemas.codec import DecodeError
 from schemas.jobs import JobSpec
-from schemas.operations import Transcode
+from schemas.operations import Package, Transcode
 from schemas.registry import JOB_DECODER
 from schemas.results import ProbeInfo, StreamInfo
 from tests.support.noderecords import node_record
@@ -116,3 +119,20 @@ def test_a_burn_in_job_goes_only_to_a_node_whose_ffmpeg_has_libass() -> None:
     assert why_not(burn, FleetNode(record, "online")) == f"plain: {reason}"
     record.capabilities.ffmpeg.filters = ["scale", "subtitles"]
     assert why_not(burn, FleetNode(record, "online")) is None
+
+
+def _flags(*argv: str) -> JobSpec:
+    args = build_parser().parse_args(submit_argv(["submit", *argv]))
+    return to_spec(flag_document(args), args, "from flags")
+
+
+def test_cli_flags_reach_the_schema() -> None:
+    op = _flags("transcode", "in.mkv", "out.mp4", "--burn-subtitles", "1").operation
+    assert isinstance(op, Transcode) and (op.burn_subtitles, op.subtitles) == (1, "keep")
+    op = _flags("transcode", "in.mkv", "out.mp4", "--burn-subtitles", "fra", "--subtitles",
+                "drop").operation  # fmt: skip
+    assert isinstance(op, Transcode) and (op.burn_subtitles, op.subtitles) == ("fra", "drop")
+    package = _flags("package", "in.mkv", "pkg", "--subtitles", "drop").operation
+    assert isinstance(package, Package) and package.subtitles == "drop"
+    with pytest.raises(BadInput, match="burn_subtitles"):
+        _flags("transcode", "in.mkv", "out.mp4", "--burn-subtitles", "French")
