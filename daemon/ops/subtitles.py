@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from daemon.errors import InputError
+from daemon.media.paths import ffmpeg_arg
 from schemas.operations import Transcode
 from schemas.results import ProbeInfo, StreamInfo
 
@@ -38,6 +39,11 @@ class SubTrack:
 
     index: int
     encoder: str
+    codec: str = ""
+    language: str | None = None
+    #: A trimmed output's copy of the track, cut at the start (see cut_args): read as an input
+    #: of its own instead of stream `index`.
+    file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,22 +75,18 @@ def plan_subtitles(op: Transcode, info: ProbeInfo) -> Subtitles:
     container = op.settled_container
     encoder = TEXT_ENCODER.get(container)
     left = [(n, s) for n, s in enumerate(subs) if n != burn]
-    if encoder is None or (op.start_seconds and left):
-        # ffmpeg's input-side seek does not move subtitle packets: cues before the cut would
-        # push the whole output's timeline later.
-        why = (
-            f"{container} holds audio only"
-            if encoder is None
-            else "a trimmed output (`start_seconds`) does not keep them (burning one in works)"
-        )
-        note = f"{len(left)} subtitle track(s) left out: {why}"
+    if encoder is None:
+        note = f"{len(left)} subtitle track(s) left out: {container} holds audio only"
         return Subtitles(burn=burn, notes=(note,) if left else ())
     keep, notes = [], []
     for n, s in left:
-        if container == "mkv" and s.codec in MKV_COPIES:
-            keep.append(SubTrack(s.index, "copy"))
+        if s.codec in PICTURE_CODECS and op.start_seconds and container == "mkv":
+            notes.append(f"{describe(n, s)} left out: picture subtitles are not cut for a "
+                         "trimmed output (`start_seconds`)")  # fmt: skip
+        elif container == "mkv" and s.codec in MKV_COPIES:
+            keep.append(SubTrack(s.index, "copy", s.codec, s.language))
         elif s.codec in TEXT_CODECS:
-            keep.append(SubTrack(s.index, encoder))
+            keep.append(SubTrack(s.index, encoder, s.codec, s.language))
         elif s.codec in PICTURE_CODECS:
             notes.append(f"{describe(n, s)} left out: picture subtitles cannot become "
                          f"{container} text (an mkv output keeps them)")  # fmt: skip
@@ -112,12 +114,60 @@ def burn_index(want: int | str, subs: list[StreamInfo]) -> int:
     return n
 
 
-def subtitle_args(subs: Subtitles) -> list[str]:
-    """`-map` and codec per kept track, numbered among the output's subtitle streams."""
-    args = []
+def subtitle_args(subs: Subtitles, first_input: int) -> list[str]:
+    """`-map` and codec per kept track, numbered among the output's subtitle streams; cut
+    tracks are the inputs from `first_input` on (subtitle_inputs), tagged with the language
+    their files cannot hold."""
+    args, n = [], first_input
     for k, track in enumerate(subs.keep):
-        args += ["-map", f"0:{track.index}", f"-c:s:{k}", track.encoder]
+        if track.file is None:
+            args += ["-map", f"0:{track.index}", f"-c:s:{k}", track.encoder]
+            continue
+        args += ["-map", f"{n}:0", f"-c:s:{k}", track.encoder]
+        args += [f"-metadata:s:s:{k}", f"language={track.language}"] if track.language else []
+        n += 1
     return args
+
+
+def cut_format(codec: str) -> str:
+    """The text format a track is cut into: ASS keeps its styling, the rest becomes SubRip."""
+    return "ass" if codec in ("ass", "ssa") else "srt"
+
+
+def cut_args(
+    src: Path, subs: Subtitles, scratch: Path, start: float, guard: tuple[str, ...]
+) -> tuple[list[str], Subtitles]:
+    """One ffmpeg run that writes each kept track from `start` on into scratch, and the plan
+    that reads those files. ffmpeg's input-side seek (the encode's) leaves subtitle packets where
+    they were, and cues before the cut would push the whole output's timeline later; an
+    output-side seek drops them (a cue that began before `start` goes too)."""
+    args = [*guard, "-i", ffmpeg_arg(src)]
+    cut = []
+    for k, track in enumerate(subs.keep):
+        fmt = cut_format(track.codec)
+        path = scratch / f"subtitles-{k}.{fmt}"
+        args += ["-map", f"0:{track.index}", "-ss", f"{start:.6f}", "-c:s", fmt, "-f", fmt]
+        args.append(ffmpeg_arg(path))
+        encoder = fmt if track.encoder == "copy" else track.encoder
+        cut.append(replace(track, encoder=encoder, file=path))
+    return args, replace(subs, keep=tuple(cut))
+
+
+def subtitle_inputs(subs: Subtitles, start: float | None) -> list[str]:
+    """The cut tracks as inputs, moved back by `start` to the output's clock."""
+    args = []
+    for track in subs.keep:
+        if track.file is not None:
+            fmt = cut_format(track.codec)
+            args += ["-itsoffset", f"-{start or 0:.6f}", "-protocol_whitelist", "file", "-f", fmt]
+            args += ["-i", ffmpeg_arg(track.file)]
+    return args
+
+
+def has_cues(path: Path) -> bool:
+    """Whether a cut track kept any cue (blocking: a read)."""
+    text = path.read_text(errors="replace")
+    return "-->" in text or "\nDialogue:" in text
 
 
 def _escape(value: str) -> str:

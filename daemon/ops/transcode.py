@@ -8,6 +8,7 @@ ffmpeg succeeded (daemon.ops.outputs).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -20,7 +21,7 @@ from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.outputs import OutputSet
-from daemon.ops.subtitles import BURN_FILTER
+from daemon.ops.subtitles import BURN_FILTER, Subtitles, cut_args, has_cues
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
@@ -50,6 +51,9 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         raise InvalidJob("output is the same file as the input")
     settled = replace(plan(op, info), overlay=await open_overlay(ctx, op))
     notes: list[str] = list(settled.notes)
+    if op.start_seconds and settled.subtitles.keep:
+        cut = await _cut_subtitles(ctx, src, settled.subtitles, op.start_seconds, notes)
+        settled = replace(settled, subtitles=cut)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
@@ -72,6 +76,25 @@ def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
     name = AUDIO_ENCODERS.get(op.settled_audio)
     if name is not None and op.audio_stream is not None and name not in ctx.usable_encoders():
         raise InvalidJob(f"no verified {op.settled_audio} audio encoder on this node")
+
+
+async def _cut_subtitles(
+    ctx: JobContext, src: Path, subs: Subtitles, start: float, notes: list[str]
+) -> Subtitles:
+    """The kept tracks from `start` on, in scratch (daemon.ops.subtitles.cut_args); a track with
+    no cue left is noted and left out (an empty subtitle input fails the encode)."""
+    args, cut = cut_args(src, subs, ctx.scratch, start, ctx.media.guard())
+    await run_ffmpeg(ctx.tools.ffmpeg, args, control=ctx.handle)
+    kept = []
+    for track in cut.keep:
+        assert track.file is not None
+        if await asyncio.to_thread(has_cues, track.file):
+            kept.append(track)
+        else:
+            lang = f" ({track.language})" if track.language else ""
+            notes.append(f"subtitle stream #{track.index}{lang} left out: no cue starts after "
+                         "`start_seconds`")  # fmt: skip
+    return replace(cut, keep=tuple(kept))
 
 
 async def _with_fallback(

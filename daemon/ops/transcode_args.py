@@ -13,7 +13,13 @@ from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
-from daemon.ops.subtitles import NO_SUBTITLES, Subtitles, burn_filter, subtitle_args
+from daemon.ops.subtitles import (
+    NO_SUBTITLES,
+    Subtitles,
+    burn_filter,
+    subtitle_args,
+    subtitle_inputs,
+)
 from daemon.ops.videograph import Colour, video_graph
 from schemas.audioopts import CHANNELS
 from schemas.operations import Transcode
@@ -73,6 +79,8 @@ def transcode_args(
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     if overlay is not None:
         args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
+    if dest is not None:
+        args += subtitle_inputs(subtitles, op.start_seconds)
     if op.video_codec == "none":
         args += ["-vn"]
     else:
@@ -92,7 +100,7 @@ def transcode_args(
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op)
-    args += subtitle_args(subtitles)
+    args += subtitle_args(subtitles, first_input=2 if overlay is not None else 1)
     if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]

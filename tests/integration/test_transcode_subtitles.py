@@ -106,16 +106,33 @@ async def test_drop_leaves_them_out_and_audio_only_notes_them(
     assert result.notes == ["2 subtitle track(s) left out: m4a holds audio only"]
 
 
-async def test_a_trimmed_output_leaves_them_out_and_says_so(
-    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+@pytest.mark.parametrize("name", ["trimmed.mp4", "trimmed.mkv"])
+async def test_a_trimmed_output_keeps_the_later_cues_on_its_own_clock(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path, name: str
 ) -> None:
-    out = tmp_path / "out" / "trimmed.mp4"
+    out = tmp_path / "out" / name
     result = await run_job(ffmpeg_tools, tmp_path, roots, subbed, out, start_seconds=1.0)
     info = await probe_media(ffmpeg_tools, out)
-    assert [s.type for s in info.streams] == ["video", "audio"]
-    assert result.notes == ["2 subtitle track(s) left out: a trimmed output (`start_seconds`) "
-                            "does not keep them (burning one in works)"]  # fmt: skip
-    out = tmp_path / "out" / "cut.mkv"  # an end cut alone keeps them, and the cues before it
+    subs = [s.language for s in info.streams if s.type == "subtitle"]
+    assert subs == ["eng", "fra"] and result.notes == []
+    # The cue at 1.1 s of the source starts 0.1 s into the output; the one before the cut is gone.
+    text = await cue_text(ffmpeg_tools.ffmpeg, out, 0)
+    assert "00:00:00,100 --> 00:00:00,800\nSecond cue" in text and "Hello there" not in text
+    _, err = await ffmpeg_output(ffmpeg_tools.ffmpeg, "-i", str(out))
+    assert "start: 0.000000" in err  # the picture still starts the output
+    late = tmp_path / "out" / "late.mp4"
+    result = await run_job(ffmpeg_tools, tmp_path, roots, subbed, late, start_seconds=1.5)
+    assert [s.type for s in (await probe_media(ffmpeg_tools, late)).streams] == ["video", "audio"]
+    assert result.notes == [
+        "subtitle stream #2 (eng) left out: no cue starts after `start_seconds`",
+        "subtitle stream #3 (fra) left out: no cue starts after `start_seconds`",
+    ]
+
+
+async def test_an_end_cut_keeps_the_cues_before_it(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "cut.mkv"
     await run_job(ffmpeg_tools, tmp_path, roots, subbed, out, duration_seconds=1.0)
     text = await cue_text(ffmpeg_tools.ffmpeg, out, 0)
     assert "Hello there" in text and "Second cue" not in text
@@ -136,7 +153,7 @@ async def bottom_brightness(ffmpeg: str, path: Path, at: float) -> float:
 @pytest.mark.parametrize(
     ("burn", "start", "lit", "dark", "kept"),
     # Trimmed: the cue at 1.1 s of the source is at 0.1 s of the output.
-    [(0, None, 0.5, 1.0, ["fra"]), ("fra", 1.0, 0.4, 0.0, [])],
+    [(0, None, 0.5, 1.0, ["fra"]), ("fra", 1.0, 0.4, 0.0, ["eng"])],
 )
 async def test_burn_in_draws_the_cues_and_keeps_the_other_track(
     ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path,

@@ -17,7 +17,15 @@ from control.errors import BadInput
 from control.nodes import FleetNode
 from daemon.errors import InputError
 from daemon.job.requirements import NodeView, unmet_requirement
-from daemon.ops.subtitles import SubTrack, burn_filter, plan_subtitles, subtitle_args
+from daemon.ops.subtitles import (
+    Subtitles,
+    SubTrack,
+    burn_filter,
+    cut_args,
+    plan_subtitles,
+    subtitle_args,
+    subtitle_inputs,
+)
 from schemas.codec import DecodeError
 from schemas.jobs import JobSpec
 from schemas.operations import Package, Transcode
@@ -51,26 +59,53 @@ def transcode(output: str, **op: Any) -> Transcode:
     return spec.operation
 
 
+def kept(subs: Subtitles) -> list[tuple[int, str]]:
+    return [(t.index, t.encoder) for t in subs.keep]
+
+
 def test_each_container_keeps_what_it_can_carry() -> None:
     mp4 = plan_subtitles(transcode("file:///o/x.mp4"), INFO)
-    assert mp4.keep == (SubTrack(2, "mov_text"), SubTrack(4, "mov_text"))
+    assert mp4.keep == (SubTrack(2, "mov_text", "ass", "eng"), SubTrack(4, "mov_text", "subrip",
+                                                                         "fra"))  # fmt: skip
     assert mp4.notes == (
         "subtitle track #1 (hdmv_pgs_subtitle, deu) left out: picture subtitles cannot become "
         "mp4 text (an mkv output keeps them)",
         "subtitle track #3 (eia_608) left out: not a subtitle format this node converts",
     )
     mkv = plan_subtitles(transcode("file:///o/x.mkv"), INFO)
-    assert mkv.keep == (SubTrack(2, "copy"), SubTrack(3, "copy"), SubTrack(4, "copy"))
+    assert kept(mkv) == [(2, "copy"), (3, "copy"), (4, "copy")]
     webm = plan_subtitles(transcode("file:///o/x.webm", codec="vp9"), INFO)
     assert [t.encoder for t in webm.keep] == ["webvtt", "webvtt"]
-    assert subtitle_args(webm) == ["-map", "0:2", "-c:s:0", "webvtt",
-                                   "-map", "0:4", "-c:s:1", "webvtt"]  # fmt: skip
+    assert subtitle_args(webm, 1) == ["-map", "0:2", "-c:s:0", "webvtt",
+                                      "-map", "0:4", "-c:s:1", "webvtt"]  # fmt: skip
     assert plan_subtitles(transcode("file:///o/x.mp4", subtitles="drop"), INFO).keep == ()
+
+
+def test_a_trimmed_output_reads_its_tracks_cut_from_scratch() -> None:
+    op = transcode("file:///o/x.mkv", start_seconds=3)
+    subs = plan_subtitles(op, INFO)
+    assert kept(subs) == [(2, "copy"), (4, "copy")]  # the picture track is not cut
+    assert subs.notes[0] == (
+        "subtitle track #1 (hdmv_pgs_subtitle, deu) left out: picture subtitles are not cut "
+        "for a trimmed output (`start_seconds`)"
+    )
+    args, cut = cut_args(Path("/in/i.mkv"), subs, Path("/s"), 3.0, ("-protocol_whitelist", "file"))
+    assert args == [
+        "-protocol_whitelist", "file", "-i", "file:/in/i.mkv",
+        "-map", "0:2", "-ss", "3.000000", "-c:s", "ass", "-f", "ass", "file:/s/subtitles-0.ass",
+        "-map", "0:4", "-ss", "3.000000", "-c:s", "srt", "-f", "srt", "file:/s/subtitles-1.srt",
+    ]  # fmt: skip
+    assert kept(cut) == [(2, "ass"), (4, "srt")]
+    assert subtitle_inputs(cut, 3.0)[:7] == ["-itsoffset", "-3.000000", "-protocol_whitelist",
+                                             "file", "-f", "ass", "-i"]  # fmt: skip
+    assert subtitle_args(cut, 2) == ["-map", "2:0", "-c:s:0", "ass", "-metadata:s:s:0",
+                                     "language=eng", "-map", "3:0", "-c:s:1", "srt",
+                                     "-metadata:s:s:1", "language=fra"]  # fmt: skip
 
 
 def test_the_burned_track_is_not_kept_too() -> None:
     by_language = plan_subtitles(transcode("file:///o/x.mp4", burn_subtitles="fra"), INFO)
-    assert by_language.burn == 2 and by_language.keep == (SubTrack(2, "mov_text"),)
+    assert by_language.burn == 2 and kept(by_language) == [(2, "mov_text")]
     assert plan_subtitles(transcode("file:///o/x.mkv", burn_subtitles=0), INFO).burn == 0
     with pytest.raises(InputError, match=r"track #1 \(hdmv_pgs_subtitle, deu\) is not text"):
         plan_subtitles(transcode("file:///o/x.mp4", burn_subtitles="deu"), INFO)
