@@ -101,7 +101,7 @@ def filter_needs(spec: JobSpec) -> list[Need]:
 def unmet_filter(spec: JobSpec, filters: set[str] | frozenset[str]) -> str | None:
     for what, wanted in filter_needs(spec):
         if not filters.intersection(wanted):
-            return f"{what} needs ffmpeg's {' or '.join(wanted)} filter (libass), not in this build"
+            return f"{what} needs ffmpeg's {' or '.join(wanted)} filter (libass) working here"
     return None
 
 

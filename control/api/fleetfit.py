@@ -29,7 +29,7 @@ def why_not(job: JobSpec, node: FleetNode) -> str | None:
     for _, wanted in encoder_needs(job):  # codec and family: av1_nvenc, not any NVENC
         if not have.intersection(wanted):
             return f"{caps.node_id} has none of the encoders {', '.join(wanted)}"
-    if (missing := unmet_filter(job, frozenset(caps.ffmpeg.filters))) is not None:
+    if (missing := unmet_filter(job, frozenset(caps.verified_filters))) is not None:
         return f"{caps.node_id}: {missing}"
     need_mb = job.requirements.min_gpu_memory_mb
     if need_mb and not any(g.memory_total_bytes >= need_mb * 1024 * 1024 for g in caps.gpus):

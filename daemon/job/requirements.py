@@ -19,7 +19,7 @@ class NodeView:
     verified_encoders: set[str] = field(default_factory=set)
     withdrawn_encoders: set[str] = field(default_factory=set)
     max_gpu_memory_mb: int = 0
-    #: The ffmpeg build's filters (libass's `subtitles` burns subtitles in).
+    #: ffmpeg filters that passed a test run here (libass's `subtitles` burns subtitles in).
     filters: set[str] = field(default_factory=set)
 
     def usable_encoders(self) -> set[str]:

@@ -18,7 +18,7 @@ from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
-from daemon.probe.ffmpeg_caps import probe_ffmpeg
+from daemon.probe.ffmpeg_caps import BURN_IN, probe_ffmpeg, verify_burn_in
 from schemas.jobs import JobSpec
 from schemas.operations import Package, Rung
 from tests.support.media import run_ffmpeg
@@ -139,10 +139,23 @@ async def test_an_end_cut_keeps_the_cues_before_it(
 
 
 async def _build_filters(ffmpeg_tools: FfmpegTools) -> frozenset[str]:
-    filters = frozenset((await probe_ffmpeg(ffmpeg_tools.ffmpeg)).filters)
-    if "subtitles" not in filters:
-        pytest.skip("this ffmpeg build has no libass `subtitles` filter")
-    return filters
+    """The filters this node would report as verified (the probe's test render)."""
+    listed = (await probe_ffmpeg(ffmpeg_tools.ffmpeg)).filters
+    why = await verify_burn_in(ffmpeg_tools.ffmpeg, listed)
+    if why is not None:
+        pytest.skip(f"burn-in is off here: {why}")
+    return frozenset({BURN_IN})
+
+
+async def test_the_probe_claims_burn_in_only_where_a_cue_was_drawn(
+    ffmpeg_tools: FfmpegTools,
+) -> None:
+    listed = (await probe_ffmpeg(ffmpeg_tools.ffmpeg)).filters
+    assert await verify_burn_in(ffmpeg_tools.ffmpeg, [f for f in listed if f != BURN_IN]) == (
+        "ffmpeg has no `subtitles` filter (built without libass)"
+    )
+    why = await verify_burn_in("/bin/false", [BURN_IN])
+    assert why is not None and why.startswith("the `subtitles` test render failed")
 
 
 async def bottom_brightness(ffmpeg: str, path: Path, at: float) -> float:

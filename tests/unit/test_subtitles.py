@@ -145,14 +145,14 @@ def test_defaults_stay_off_the_wire_so_older_nodes_read_the_job() -> None:
 def test_a_burn_in_job_goes_only_to_a_node_whose_ffmpeg_has_libass() -> None:
     burn = job("file:///o/x.mp4", burn_subtitles=0)
     without = NodeView(pools=["cpu"], verified_encoders={"libx264", "aac"})
-    reason = "burning subtitles in needs ffmpeg's subtitles filter (libass), not in this build"
+    reason = "burning subtitles in needs ffmpeg's subtitles filter (libass) working here"
     assert unmet_requirement(burn, without) == reason
     assert unmet_requirement(job("file:///o/x.mp4"), without) is None
     with_libass = NodeView(pools=["cpu"], verified_encoders={"libx264"}, filters={"subtitles"})
     assert unmet_requirement(burn, with_libass) is None
     record = node_record("plain", encoders=["libx264", "aac"])
     assert why_not(burn, FleetNode(record, "online")) == f"plain: {reason}"
-    record.capabilities.ffmpeg.filters = ["scale", "subtitles"]
+    record.capabilities.verified_filters = ["subtitles"]
     assert why_not(burn, FleetNode(record, "online")) is None
 
 
