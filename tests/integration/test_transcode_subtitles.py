@@ -4,7 +4,10 @@ renditions of an HLS package."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +22,12 @@ from daemon.media.probe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
 from daemon.probe.ffmpeg_caps import BURN_IN, probe_ffmpeg, verify_burn_in
+from schemas.codec import encode
 from schemas.jobs import JobSpec
-from schemas.operations import Package, Rung
+from schemas.operations import Package, Rung, Transcode
 from tests.support.media import run_ffmpeg
 from tests.support.probing import ffmpeg_output, mean_rgb
+from tests.support.release import extract_release
 from tests.support.transcodejob import run_job
 
 CUES = {
@@ -260,3 +265,30 @@ async def test_packages_without_webvtt_renditions_say_why(
     result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
                                             subtitles="drop"))  # fmt: skip
     assert result.notes == [] and not list(out.glob("*.vtt"))
+
+
+async def test_jobs_that_leave_the_new_fields_at_their_defaults_decode_on_the_previous_release(
+    tmp_path: Path,
+) -> None:
+    """Rolling upgrade: `subtitles`, `burn_subtitles` and Package's defaults stay off the wire."""
+    tree = await extract_release(tmp_path / "previous")
+    jobs = [
+        JobSpec(job_id="t", input="file:///in/a.mkv", output="file:///o/a.mp4",
+                operation=Transcode()),
+        JobSpec(job_id="p", input="file:///in/a.mkv", output="file:///o/pkg",
+                operation=Package(ladder=[Rung(height=240, bitrate_kbps=300)])),
+    ]  # fmt: skip
+    script = (
+        "import sys\nfrom schemas.registry import JOB_DECODER\n"
+        "for line in sys.stdin.read().splitlines():\n"
+        "    print(JOB_DECODER.decode(line.encode()).operation.__class__.__name__)\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", script, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    lines = b"\n".join(encode(job) for job in jobs)
+    out, err = await asyncio.wait_for(proc.communicate(lines), 60)
+    assert proc.returncode == 0, err.decode(errors="replace")
+    assert out.decode().split() == ["Transcode", "Package"]
