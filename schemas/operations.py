@@ -250,7 +250,7 @@ class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=T
     hls_segment_type: Literal["fmp4", "mpegts"] = "fmp4"
     preset: Preset = "veryfast"
     #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
-    #: package (fMP4 segments; DASH and TS packages leave them out, noted in the result).
+    #: package (a DASH package leaves them out, noted in the result).
     subtitles: SubtitleMode = "keep"
 
     def __post_init__(self) -> None:

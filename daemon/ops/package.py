@@ -32,9 +32,10 @@ from daemon.errors import (
     JobTimeout,
     ResourceExhausted,
 )
+from daemon.ffmpeg.proc import capture
 from daemon.ffmpeg.run import run_ffmpeg
 from daemon.media.access import open_input, output_path
-from daemon.media.paths import uri_of
+from daemon.media.paths import ffmpeg_arg, uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, placed
 from daemon.ops.ladder_args import (
@@ -50,9 +51,11 @@ from daemon.ops.subtitles import (
     describe,
     subtitle_streams,
     text_tracks,
+    video_start,
     vtt_playlist,
     webvtt_outputs,
     with_subtitles,
+    with_timestamp_map,
 )
 from daemon.probe.gpu import CUDA_ENV
 from schemas.encoderneeds import package_family
@@ -197,7 +200,10 @@ async def run_package(ctx: JobContext) -> JobResult:
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
         if subs:
-            await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0)
+            ts_start = await _ts_start(ctx, op, tmp)
+            await asyncio.to_thread(
+                _add_subtitles, tmp, list(subs), info.duration_s or 0.0, ts_start
+            )
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
@@ -231,17 +237,35 @@ def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ..
     texts = text_tracks(info)
     notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
              for n, s in enumerate(every) if s not in texts]  # fmt: skip
-    if op.dash or op.hls_segment_type != "fmp4":
-        why = "DASH" if op.dash else "TS segments"
-        return (), [f"{len(every)} subtitle track(s) left out: a package with {why} carries "
-                    "none (HLS with fMP4 segments does)"]  # fmt: skip
+    if op.dash:
+        return (), [f"{len(every)} subtitle track(s) left out: a DASH package carries none "
+                    "(an HLS-only one does)"]  # fmt: skip
     return tuple(texts), notes
 
 
-def _add_subtitles(tmp: Path, tracks: list[StreamInfo], duration_s: float) -> None:
+async def _ts_start(ctx: JobContext, op: Package, tmp: Path) -> float | None:
+    """Where the first TS segment's picture starts (seconds on the 90 kHz clock), for the
+    WebVTT timestamp map; None for fMP4 segments, whose timeline starts at the source's."""
+    if op.hls_segment_type != "mpegts":
+        return None
+    first = tmp / "stream_0" / "seg_00000.ts"
+    argv = [ctx.tools.ffmpeg, "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
+    done = await capture([*argv, "-f", "mpegts", "-i", ffmpeg_arg(first)], 60.0)
+    start = video_start(done.stderr.decode(errors="replace"))
+    if start is None:
+        raise JobError("cannot read the first TS segment's start time for the WebVTT renditions")
+    return start
+
+
+def _add_subtitles(
+    tmp: Path, tracks: list[StreamInfo], duration_s: float, ts_start: float | None
+) -> None:
     """A playlist per WebVTT file ffmpeg wrote, and their renditions in the master playlist."""
     for k in range(len(tracks)):
         (tmp / f"subs_{k}.m3u8").write_text(vtt_playlist(k, duration_s))
+        if ts_start is not None:
+            vtt = tmp / f"subs_{k}.vtt"
+            vtt.write_text(with_timestamp_map(vtt.read_text(), ts_start))
     master = tmp / "master.m3u8"
     master.write_text(with_subtitles(master.read_text(), tracks))
 

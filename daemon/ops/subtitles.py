@@ -241,3 +241,21 @@ def with_subtitles(master: str, tracks: list[StreamInfo]) -> str:
             line += f',SUBTITLES="{HLS_GROUP}"'
         lines.append(line)
     return "\n".join(lines) + "\n"
+
+
+_VIDEO_START = re.compile(r": Video: .*, start (\d+(?:\.\d+)?)")
+
+
+def video_start(banner: str) -> float | None:
+    """The first video stream's start time from `ffmpeg -i`'s banner of a TS segment."""
+    found = _VIDEO_START.search(banner)
+    return float(found.group(1)) if found else None
+
+
+def with_timestamp_map(vtt: str, mpegts_s: float) -> str:
+    """A WebVTT file for TS segments: cue time 0 is the source's first picture, which the
+    mpegts muxer puts `mpegts_s` in (1.4 s plus the encoder's delay), not at 0 as HLS assumes
+    without the header."""
+    head, _, rest = vtt.partition("\n")
+    stamp = f"X-TIMESTAMP-MAP=MPEGTS:{round(mpegts_s * 90000)},LOCAL:00:00:00.000"
+    return f"{head}\n{stamp}\n{rest}"

@@ -252,14 +252,31 @@ async def test_hls_package_carries_each_text_track_as_a_webvtt_rendition(
     assert "Subtitle: webvtt" in err
 
 
-async def test_packages_without_webvtt_renditions_say_why(
+async def test_ts_segments_get_webvtt_placed_on_their_clock(
     ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "ts"
     ctx = _package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out, hls_segment_type="mpegts")
     result = await run_package(ctx)
-    assert result.notes == ["2 subtitle track(s) left out: a package with TS segments carries "
-                            "none (HLS with fMP4 segments does)"]  # fmt: skip
+    assert result.notes == [] and 'SUBTITLES="subs"' in (out / "master.m3u8").read_text()
+    vtt = (out / "subs_0.vtt").read_text()
+    [ticks] = re.findall(r"^X-TIMESTAMP-MAP=MPEGTS:(\d+),LOCAL:00:00:00.000$", vtt, re.M)
+    # The mpegts muxer starts the picture 1.4 s in, plus the encoder's reordering delay.
+    _, banner = await ffmpeg_output(ffmpeg_tools.ffmpeg, "-i", str(out / "stream_0" /
+                                    "seg_00000.ts"))  # fmt: skip
+    [start] = re.findall(r": Video: .*, start ([\d.]+)", banner)
+    assert int(ticks) == round(float(start) * 90000) and 1.4 <= float(start) < 1.7
+    assert vtt.startswith("WEBVTT\nX-TIMESTAMP-MAP=") and "Hello there" in vtt
+
+
+async def test_packages_without_webvtt_renditions_say_why(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "dash"
+    result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
+                                            dash=True))  # fmt: skip
+    assert result.notes == ["2 subtitle track(s) left out: a DASH package carries none (an "
+                            "HLS-only one does)"]  # fmt: skip
     assert "SUBTITLES" not in (out / "master.m3u8").read_text()
     out = tmp_path / "dropped"
     result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
