@@ -34,7 +34,7 @@ CUES = {
     "eng": [("00:00:00,200", "00:00:00,900", "Hello there"),
             ("00:00:01,100", "00:00:01,800", "Second cue")],
     "fra": [("00:00:00,200", "00:00:00,900", "Bonjour"),
-            ("00:00:01,100", "00:00:01,800", "Deuxième")],
+            ("00:00:01,300", "00:00:01,800", "Deuxième")],
 }  # fmt: skip
 
 
@@ -170,8 +170,9 @@ async def bottom_brightness(ffmpeg: str, path: Path, at: float) -> float:
 
 @pytest.mark.parametrize(
     ("burn", "start", "lit", "dark", "kept"),
-    # Trimmed: the cue at 1.1 s of the source is at 0.1 s of the output.
-    [(0, None, 0.5, 1.0, ["fra"]), ("fra", 1.0, 0.4, 0.0, ["eng"])],
+    # Trimmed: 0.5 s into the output is 1.5 s of the source, inside French's second cue; at
+    # 0.2 s (1.2 s) only the English track has one, so it stays dark if French is the one drawn.
+    [(0, None, 0.5, 1.0, ["fra"]), ("fra", 1.0, 0.5, 0.2, ["eng"])],
 )
 async def test_burn_in_draws_the_cues_and_keeps_the_other_track(
     ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path,
