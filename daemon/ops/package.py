@@ -200,10 +200,8 @@ async def run_package(ctx: JobContext) -> JobResult:
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
         if subs:
-            ts_start = await _ts_start(ctx, op, tmp)
-            await asyncio.to_thread(
-                _add_subtitles, tmp, list(subs), info.duration_s or 0.0, ts_start
-            )
+            start = await _picture_start(ctx, op, tmp)
+            await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0, start)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
@@ -243,29 +241,34 @@ def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ..
     return tuple(texts), notes
 
 
-async def _ts_start(ctx: JobContext, op: Package, tmp: Path) -> float | None:
-    """Where the first TS segment's picture starts (seconds on the 90 kHz clock), for the
-    WebVTT timestamp map; None for fMP4 segments, whose timeline starts at the source's."""
-    if op.hls_segment_type != "mpegts":
-        return None
-    first = tmp / "stream_0" / "seg_00000.ts"
+async def _picture_start(ctx: JobContext, op: Package, tmp: Path) -> float:
+    """Where the first segment's picture starts, which is where the source's time 0 went: the
+    mpegts muxer starts at 1.4 s, and both segment types add the encoder's reordering delay."""
+    if op.hls_segment_type == "mpegts":
+        first, fmt = tmp / "stream_0" / "seg_00000.ts", "mpegts"
+    else:  # a fragment reads only after its init segment
+        first, fmt = ctx.scratch / "first-segment.mp4", "mp4"
+        await asyncio.to_thread(_join, first, tmp / "stream_0" / "init_0.mp4",
+                                tmp / "stream_0" / "seg_00000.m4s")  # fmt: skip
     argv = [ctx.tools.ffmpeg, "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
-    done = await capture([*argv, "-f", "mpegts", "-i", ffmpeg_arg(first)], 60.0)
+    done = await capture([*argv, "-f", fmt, "-i", ffmpeg_arg(first)], 60.0)
     start = video_start(done.stderr.decode(errors="replace"))
     if start is None:
-        raise JobError("cannot read the first TS segment's start time for the WebVTT renditions")
+        raise JobError("cannot read the first segment's start time for the WebVTT renditions")
     return start
 
 
-def _add_subtitles(
-    tmp: Path, tracks: list[StreamInfo], duration_s: float, ts_start: float | None
-) -> None:
-    """A playlist per WebVTT file ffmpeg wrote, and their renditions in the master playlist."""
+def _join(dest: Path, *parts: Path) -> None:
+    dest.write_bytes(b"".join(part.read_bytes() for part in parts))
+
+
+def _add_subtitles(tmp: Path, tracks: list[StreamInfo], duration_s: float, start: float) -> None:
+    """A playlist per WebVTT file ffmpeg wrote, each file mapped onto the segments' clock, and
+    their renditions in the master playlist."""
     for k in range(len(tracks)):
         (tmp / f"subs_{k}.m3u8").write_text(vtt_playlist(k, duration_s))
-        if ts_start is not None:
-            vtt = tmp / f"subs_{k}.vtt"
-            vtt.write_text(with_timestamp_map(vtt.read_text(), ts_start))
+        vtt = tmp / f"subs_{k}.vtt"
+        vtt.write_text(with_timestamp_map(vtt.read_text(), start))
     master = tmp / "master.m3u8"
     master.write_text(with_subtitles(master.read_text(), tracks))
 

@@ -247,15 +247,14 @@ _VIDEO_START = re.compile(r": Video: .*, start (\d+(?:\.\d+)?)")
 
 
 def video_start(banner: str) -> float | None:
-    """The first video stream's start time from `ffmpeg -i`'s banner of a TS segment."""
+    """The first video stream's start time from `ffmpeg -i`'s banner of a segment."""
     found = _VIDEO_START.search(banner)
     return float(found.group(1)) if found else None
 
 
 def with_timestamp_map(vtt: str, mpegts_s: float) -> str:
-    """A WebVTT file for TS segments: cue time 0 is the source's first picture, which the
-    mpegts muxer puts `mpegts_s` in (1.4 s plus the encoder's delay), not at 0 as HLS assumes
-    without the header."""
+    """The WebVTT file with cue time 0 (the source's first picture) mapped to `mpegts_s` on the
+    segments' 90 kHz clock; without the header HLS maps it to 0, where no picture is."""
     head, _, rest = vtt.partition("\n")
     stamp = f"X-TIMESTAMP-MAP=MPEGTS:{round(mpegts_s * 90000)},LOCAL:00:00:00.000"
     return f"{head}\n{stamp}\n{rest}"
