@@ -52,6 +52,8 @@ class Subtitles:
     #: The burned track's index among the input's subtitle streams (the filter's `si`).
     burn: int | None = None
     notes: tuple[str, ...] = ()
+    #: Copy the input's attachments (the fonts ASS styling names) into the mkv output.
+    fonts: bool = False
 
 
 NO_SUBTITLES = Subtitles()
@@ -92,7 +94,9 @@ def plan_subtitles(op: Transcode, info: ProbeInfo) -> Subtitles:
                          f"{container} text (an mkv output keeps them)")  # fmt: skip
         else:
             notes.append(f"{describe(n, s)} left out: not a subtitle format this node converts")
-    return Subtitles(tuple(keep), burn, tuple(notes))
+    styled = container == "mkv" and any(t.codec in ("ass", "ssa") for t in keep)
+    fonts = styled and any(s.type == "attachment" for s in info.streams)
+    return Subtitles(tuple(keep), burn, tuple(notes), fonts)
 
 
 def burn_index(want: int | str, subs: list[StreamInfo]) -> int:
@@ -126,7 +130,7 @@ def subtitle_args(subs: Subtitles, first_input: int) -> list[str]:
         args += ["-map", f"{n}:0", f"-c:s:{k}", track.encoder]
         args += [f"-metadata:s:s:{k}", f"language={track.language}"] if track.language else []
         n += 1
-    return args
+    return [*args, "-map", "0:t"] if subs.fonts else args
 
 
 def cut_format(codec: str) -> str:

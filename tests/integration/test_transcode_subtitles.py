@@ -98,6 +98,25 @@ async def test_text_tracks_are_kept_as_the_containers_text(
     assert result.notes == []
 
 
+async def test_styled_text_into_mkv_is_copied_with_the_attached_fonts(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
+    styled = tmp_path / "styled.mkv"  # an ASS track and a font attachment (any bytes will do)
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y", "-i", str(subbed), "-map", "0:v",
+        "-map", "0:s:0", "-c:v", "copy", "-c:s", "ass", "-attach", str(subbed.parent / "eng.srt"),
+        "-metadata:s:t", "mimetype=application/x-truetype-font", str(styled),
+    )  # fmt: skip
+    assert code == 0, err
+    out = tmp_path / "out" / "styled.mkv"
+    await run_job(ffmpeg_tools, tmp_path, roots, styled, out)
+    streams = (await probe_media(ffmpeg_tools, out)).streams
+    assert [(s.type, s.codec) for s in streams if s.type != "video"] == [
+        ("subtitle", "ass"),
+        ("attachment", "ttf"),
+    ]
+
+
 async def test_drop_leaves_them_out_and_audio_only_notes_them(
     ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
 ) -> None:

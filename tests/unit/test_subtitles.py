@@ -103,6 +103,15 @@ def test_a_trimmed_output_reads_its_tracks_cut_from_scratch() -> None:
                                      "-metadata:s:s:1", "language=fra"]  # fmt: skip
 
 
+def test_an_mkv_keeping_styled_text_takes_the_fonts_attached_to_the_input() -> None:
+    font = StreamInfo(index=6, type="attachment", codec="ttf")
+    with_font = msgspec.structs.replace(INFO, streams=[*INFO.streams, font])
+    mkv = plan_subtitles(transcode("file:///o/x.mkv"), with_font)
+    assert mkv.fonts and subtitle_args(mkv, 1)[-2:] == ["-map", "0:t"]
+    assert not plan_subtitles(transcode("file:///o/x.mkv"), INFO).fonts  # none attached
+    assert not plan_subtitles(transcode("file:///o/x.mp4"), with_font).fonts  # no ASS in mp4
+
+
 def test_the_burned_track_is_not_kept_too() -> None:
     by_language = plan_subtitles(transcode("file:///o/x.mp4", burn_subtitles="fra"), INFO)
     assert by_language.burn == 2 and kept(by_language) == [(2, "mov_text")]
