@@ -4,6 +4,7 @@ become, the refusals at decode time, and routing a burn-in job to a node with li
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from daemon.ops.subtitles import (
     plan_subtitles,
     subtitle_args,
     subtitle_inputs,
+    with_subtitles,
+    with_timestamp_map,
 )
 from schemas.codec import DecodeError
 from schemas.jobs import JobSpec
@@ -180,3 +183,21 @@ def test_cli_flags_reach_the_schema() -> None:
     assert isinstance(package, Package) and package.subtitles == "drop"
     with pytest.raises(BadInput, match="burn_subtitles"):
         _flags("transcode", "in.mkv", "out.mp4", "--burn-subtitles", "French")
+
+
+def test_hls_renditions_have_unique_names_and_bcp47_languages() -> None:
+    tracks = [
+        StreamInfo(index=2, type="subtitle", codec="subrip", language="eng"),
+        StreamInfo(index=3, type="subtitle", codec="subrip", language="eng"),
+        StreamInfo(index=4, type="subtitle", codec="subrip", language="tlh"),
+        StreamInfo(index=5, type="subtitle", codec="subrip"),
+    ]
+    master = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-STREAM-INF:BANDWIDTH=1\nstream_0/index.m3u8\n"
+    lines = with_subtitles(master, tracks).splitlines()
+    names = [re.findall(r'NAME="([^"]+)"(?:,LANGUAGE="([^"]+)")?', line)[0] for line in lines
+             if line.startswith("#EXT-X-MEDIA:")]  # fmt: skip
+    assert names == [("English", "en"), ("English 2", "en"), ("tlh", "tlh"), ("Subtitles 4", "")]
+    assert lines[-2] == '#EXT-X-STREAM-INF:BANDWIDTH=1,SUBTITLES="subs"'
+    assert with_timestamp_map("WEBVTT\n\n00:00.200 --> 00:00.900\nHi\n", 1.48).startswith(
+        "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:133200,LOCAL:00:00:00.000\n\n00:00.200"
+    )
