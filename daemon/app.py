@@ -123,6 +123,7 @@ class Daemon:
             cfg, self.subjects, on_closed=self._nats_closed, caps=self._caps
         )
         self.node.verified_encoders = set(b.caps.verified_encoders)
+        self.node.filters = set(b.caps.verified_filters)
         self.node.max_gpu_memory_mb = max(
             (g.memory_total_bytes // (1 << 20) for g in b.caps.gpus), default=0
         )

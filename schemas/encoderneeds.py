@@ -85,6 +85,26 @@ def encoder_needs(spec: JobSpec) -> list[Need]:
     return needs
 
 
+#: ffmpeg filters a job may need beyond encoders: `subtitles` (libass) burns text in.
+BURN_IN_FILTER = "subtitles"
+
+
+def filter_needs(spec: JobSpec) -> list[Need]:
+    """(what, filters any one of which serves it) for every filter the job needs from the
+    node's ffmpeg build; builds without libass lack the one that burns subtitles in."""
+    op = spec.operation
+    if isinstance(op, Transcode) and op.burn_subtitles is not None:
+        return [("burning subtitles in", (BURN_IN_FILTER,))]
+    return []
+
+
+def unmet_filter(spec: JobSpec, filters: set[str] | frozenset[str]) -> str | None:
+    for what, wanted in filter_needs(spec):
+        if not filters.intersection(wanted):
+            return f"{what} needs ffmpeg's {' or '.join(wanted)} filter (libass) working here"
+    return None
+
+
 def unmet_need(spec: JobSpec, usable: set[str] | frozenset[str]) -> str | None:
     """The first need none of `usable` meets, in words; None when every need is met."""
     for what, encoders in encoder_needs(spec):

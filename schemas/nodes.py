@@ -70,6 +70,9 @@ class NodeCapabilities(Report, kw_only=True):
     #: Hardware and software encoders that passed a test encode on this node.
     verified_encoders: list[str] = []
     dropped_encoders: list[DroppedEncoder] = []
+    #: ffmpeg filters a job may need that passed a test run here (`subtitles`: libass drew a
+    #: cue, so burn-in works); absent from older nodes, which cannot burn in.
+    verified_filters: list[str] = []
     hwaccels: list[str] = []
     pools: list[str] = []
     slots: dict[str, NonNegInt] = {}

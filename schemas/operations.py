@@ -24,6 +24,8 @@ from schemas.videoopts import (
     Overlay,
     PixFmt,
     Profile,
+    SubtitleIndex,
+    SubtitleMode,
     check_hdr_keep,
     check_picture,
 )
@@ -66,7 +68,7 @@ DEFAULT_AUDIO: dict[str, AudioCodec] = {
 }  # fmt: skip
 #: Options that shape pictures: refused for an output without video.
 _VIDEO_ONLY = ("width", "height", "fps", "crop", "overlay", "gop_size", "profile", "level",
-               "pix_fmt")  # fmt: skip
+               "pix_fmt", "burn_subtitles")  # fmt: skip
 
 
 def output_extension(uri: str) -> str:
@@ -138,6 +140,14 @@ class Transcode(Part, kw_only=True, tag="transcode", tag_field="op", omit_defaul
     #: 8-bit output (it would stay tagged HDR); `keep` insists on HDR; `tonemap` makes SDR
     #: (BT.709). An SDR source ignores it.
     hdr: HdrMode = "auto"
+    #: `keep`: the input's subtitle tracks go into the output as text the container carries
+    #: (mp4/mov `mov_text`, mkv SubRip/ASS as they are, webm WebVTT), language tags kept;
+    #: picture subtitles (DVD, PGS) only into mkv. Audio-only containers carry none. Every
+    #: track left out is named in the result's notes.
+    subtitles: SubtitleMode = "keep"
+    #: Draw one text subtitle track onto the picture (libass): its index among the input's
+    #: subtitle streams, or a language (the first track tagged with it). It is not also kept.
+    burn_subtitles: SubtitleIndex | Language | None = None
 
     def __post_init__(self) -> None:
         if self.codec is not None or self.container is not None:
@@ -240,13 +250,18 @@ class Rung(Part, kw_only=True):
     audio_bitrate_kbps: AudioKbps | None = 128
 
 
-class Package(Part, kw_only=True, tag="package", tag_field="op"):
+class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=True):
+    """Fields at their defaults are left out when encoded (see Transcode)."""
+
     hls: bool = True
     dash: bool = False
     ladder: Annotated[list[Rung], msgspec.Meta(min_length=1, max_length=10)]
     segment_seconds: Annotated[float, msgspec.Meta(ge=1, le=30)] = 4.0
     hls_segment_type: Literal["fmp4", "mpegts"] = "fmp4"
     preset: Preset = "veryfast"
+    #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
+    #: package (a DASH package leaves them out, noted in the result).
+    subtitles: SubtitleMode = "keep"
 
     def __post_init__(self) -> None:
         if not (self.hls or self.dash):

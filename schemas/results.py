@@ -43,6 +43,8 @@ class StreamInfo(ReportPart, kw_only=True):
     sample_rate: NonNegInt | None = None
     bitrate_bps: NonNegInt | None = None
     duration_s: NonNegFloat | None = None
+    #: The track's language tag as the container holds it (`eng`); None when untagged or `und`.
+    language: str | None = None
 
 
 class ProbeInfo(ReportPart, kw_only=True):

@@ -1,5 +1,5 @@
 """The picture options of a transcode (trim, crop, deinterlace, GOP, profile/level, pixel format,
-overlay) and the rules between them, checked when a job is decoded so a node never sees a
+overlay, subtitles) and the rules between them, checked when a job is decoded so a node never sees a
 combination ffmpeg would refuse or silently bend."""
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ Level = Literal["3.0", "3.1", "4.0", "4.1", "4.2", "5.0", "5.1", "5.2", "6.0", "
 Position = Literal["top-left", "top-right", "bottom-left", "bottom-right", "center"]
 HdrMode = Literal["auto", "keep", "tonemap"]
 Offset = Annotated[int, msgspec.Meta(ge=0, le=8192)]
+SubtitleMode = Literal["drop", "keep"]
+#: A subtitle track by its index among the input's subtitle streams (0 is the first).
+SubtitleIndex = Annotated[int, msgspec.Meta(ge=0, le=64)]
 
 #: Profiles each codec takes; ffmpeg's names for them.
 PROFILES: dict[str, frozenset[str]] = {

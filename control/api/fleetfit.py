@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from control.nodes import FleetNode
-from schemas.encoderneeds import encoder_needs
+from schemas.encoderneeds import encoder_needs, unmet_filter
 from schemas.jobs import JobSpec
 
 
@@ -29,6 +29,8 @@ def why_not(job: JobSpec, node: FleetNode) -> str | None:
     for _, wanted in encoder_needs(job):  # codec and family: av1_nvenc, not any NVENC
         if not have.intersection(wanted):
             return f"{caps.node_id} has none of the encoders {', '.join(wanted)}"
+    if (missing := unmet_filter(job, frozenset(caps.verified_filters))) is not None:
+        return f"{caps.node_id}: {missing}"
     need_mb = job.requirements.min_gpu_memory_mb
     if need_mb and not any(g.memory_total_bytes >= need_mb * 1024 * 1024 for g in caps.gpus):
         return f"{caps.node_id} has no GPU with {need_mb} MiB"

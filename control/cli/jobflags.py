@@ -25,7 +25,7 @@ from schemas.operations import (
     VideoCodec,
     fixed_ladder_kbps,
 )
-from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile
+from schemas.videoopts import HdrMode, Level, PixFmt, Position, Profile, SubtitleMode
 
 FORMS = ("file", "transcode", "analyze", "package", "pertitle", "probe", "thumbnail")
 
@@ -208,7 +208,16 @@ def _picture_options(args: argparse.Namespace) -> dict[str, Any]:
         op["hdr"] = args.hdr
     if args.overlay is not None:
         op["overlay"] = {"image": file_uri(args.overlay), "position": args.overlay_position}
+    if args.subtitles is not None:
+        op["subtitles"] = args.subtitles
+    if args.burn_subtitles is not None:
+        op["burn_subtitles"] = args.burn_subtitles
     return op
+
+
+def _subtitle_track(text: str) -> int | str:
+    """`--burn-subtitles 1` (the second subtitle track) or `--burn-subtitles fra`."""
+    return int(text) if text.isdigit() else text
 
 
 def flag_document(args: argparse.Namespace) -> dict[str, Any]:
@@ -239,6 +248,8 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         doc["output"] = file_uri(args.outdir)
         hls, dash = args.hls, args.dash
         op |= {"hls": hls or not dash, "dash": dash, "ladder": _ladder(args.ladder)}
+        if args.subtitles is not None:
+            op["subtitles"] = args.subtitles
     elif form == "pertitle":
         doc["output"] = file_uri(args.outdir)
         op |= {"rungs": _pertitle_rungs(args.rungs), "codec": args.codec, "metric": args.metric,
@@ -298,6 +309,10 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     )
     t.add_argument("--overlay", metavar="IMAGE", help="draw this still image over the video")
     t.add_argument("--overlay-position", default="top-right", choices=get_args(Position))
+    t.add_argument("--subtitles", choices=get_args(SubtitleMode),
+                   help="keep (default) or drop the input's subtitle tracks")  # fmt: skip
+    t.add_argument("--burn-subtitles", type=_subtitle_track, metavar="N|LANG",
+                   help="draw subtitle track N (0: the first) or the one tagged LANG")  # fmt: skip
     a = forms.add_parser("analyze", help="VMAF/PSNR/SSIM of DISTORTED against REFERENCE")
     a.add_argument("input", metavar="DISTORTED")
     a.add_argument("reference", metavar="REFERENCE")
@@ -310,6 +325,8 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     k.add_argument("--hls", action="store_true")
     k.add_argument("--dash", action="store_true")
     k.add_argument("--ladder", default="720,480,360", help="heights, e.g. 1080,720 or 720:2800")
+    k.add_argument("--subtitles", choices=get_args(SubtitleMode),
+                   help="keep (default: WebVTT renditions) or drop text subtitles")  # fmt: skip
     q = forms.add_parser("pertitle", help="a quality-targeted ladder of INPUT into the new OUTDIR")
     q.add_argument("input")
     q.add_argument("outdir")

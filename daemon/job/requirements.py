@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from schemas.encoderneeds import unmet_need
+from schemas.encoderneeds import unmet_filter, unmet_need
 from schemas.jobs import HW_POOLS, JobSpec
 
 
@@ -19,6 +19,8 @@ class NodeView:
     verified_encoders: set[str] = field(default_factory=set)
     withdrawn_encoders: set[str] = field(default_factory=set)
     max_gpu_memory_mb: int = 0
+    #: ffmpeg filters that passed a test run here (libass's `subtitles` burns subtitles in).
+    filters: set[str] = field(default_factory=set)
 
     def usable_encoders(self) -> set[str]:
         return self.verified_encoders - self.withdrawn_encoders
@@ -44,4 +46,4 @@ def unmet_requirement(spec: JobSpec, node: NodeView) -> str | None:
     usable = node.usable_encoders()
     if req.accel in HW_POOLS and req.accel not in {encoder_family(e) for e in usable}:
         return f"no verified {req.accel} encoder on this node"
-    return unmet_need(spec, frozenset(usable))
+    return unmet_need(spec, frozenset(usable)) or unmet_filter(spec, frozenset(node.filters))

@@ -34,6 +34,7 @@ class _Stream(msgspec.Struct):
     bit_rate: str | None = None
     duration: str | None = None
     side_data_list: list[dict[str, Any]] = []
+    tags: dict[str, str] = {}
 
 
 class _Format(msgspec.Struct):
@@ -84,12 +85,18 @@ def _json_stream(s: _Stream) -> StreamInfo:
         sample_rate=_int(s.sample_rate),
         bitrate_bps=_int(s.bit_rate),
         duration_s=_num(s.duration),
+        language=language_of(s.tags.get("language")),
     )
+
+
+def language_of(tag: str | None) -> str | None:
+    """A track's language tag, None for none or `und` (undetermined)."""
+    return tag if tag and tag != "und" else None
 
 
 _INPUT = re.compile(r"^Input #0, (.+?), from '")
 _DURATION = re.compile(r"^ {2}Duration: ([^,]+)(?:, start: [^,]+)?, bitrate: (N/A|\d+ kb/s)")
-_STREAM = re.compile(r"^ {2,4}Stream #0:(\d+)(?:\[0x[0-9a-f]+\])?(?:\([^)]*\))?: (\w+): (.*)$")
+_STREAM = re.compile(r"^ {2,4}Stream #0:(\d+)(?:\[0x[0-9a-f]+\])?(?:\(([^)]*)\))?: (\w+): (.*)$")
 _TAG = re.compile(r"^\[(?:info|verbose)\] ")
 
 
@@ -110,9 +117,10 @@ def parse_banner(text: str, size_bytes: int | None) -> ProbeInfo:
         elif found := _DURATION.match(line):
             duration, bitrate = _clock(found.group(1)), _kbps(found.group(2))
         elif found := _STREAM.match(line):
-            index, kind, rest = int(found.group(1)), found.group(2).lower(), found.group(3)
+            index, kind, rest = int(found.group(1)), found.group(3).lower(), found.group(4)
             if all(s.index != index for s in streams):
                 streams.append(_banner_stream(index, kind, rest))
+                streams[-1].language = language_of(found.group(2))
         elif streams and "DOVI configuration record" in line and streams[-1].type == "video":
             streams[-1].hdr = DOVI
         elif line.startswith(("Output #", "Stream mapping:", "At least one output")):

@@ -72,8 +72,10 @@ def package_args(
     *,
     size: tuple[int, int] = (0, 0),
     hw: LadderHw | None = None,
+    subtitles: tuple[str, ...] = (),
 ) -> list[str]:
-    """`size` is the source's (width, height), needed to size CUDA-scaled rungs exactly."""
+    """`size` is the source's (width, height), needed to size CUDA-scaled rungs exactly;
+    `subtitles`: outputs after the package's (daemon.ops.subtitles.webvtt_outputs)."""
     n = len(rungs)
     args = ["-filter_threads", str(threads), "-threads", str(threads), *decode_args(hw)]
     args += [*guard, "-i", ffmpeg_arg(src)]
@@ -114,7 +116,7 @@ def package_args(
     ext = "m4s" if op.hls_segment_type == "fmp4" else "ts"
     # Plain absolute paths: the hls muxer derives init/segment names from them (no `file:`).
     args += ["-hls_segment_filename", f"{out}/stream_%v/seg_%05d.{ext}"]
-    return [*args, f"{out}/stream_%v/index.m3u8"]
+    return [*args, f"{out}/stream_%v/index.m3u8", *subtitles]
 
 
 def _dash_args(op: Package, out: Path, audio_kbps: int | None) -> list[str]:

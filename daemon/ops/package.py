@@ -32,9 +32,10 @@ from daemon.errors import (
     JobTimeout,
     ResourceExhausted,
 )
+from daemon.ffmpeg.proc import capture
 from daemon.ffmpeg.run import run_ffmpeg
 from daemon.media.access import open_input, output_path
-from daemon.media.paths import uri_of
+from daemon.media.paths import ffmpeg_arg, uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, placed
 from daemon.ops.ladder_args import (
@@ -46,10 +47,20 @@ from daemon.ops.ladder_args import (
     rung_width,
 )
 from daemon.ops.outputs import check_gate, partial_path
+from daemon.ops.subtitles import (
+    describe,
+    subtitle_streams,
+    text_tracks,
+    video_start,
+    vtt_playlist,
+    webvtt_outputs,
+    with_subtitles,
+    with_timestamp_map,
+)
 from daemon.probe.gpu import CUDA_ENV
 from schemas.encoderneeds import package_family
 from schemas.operations import Package, Rung
-from schemas.results import JobResult, OutputFile, Rendition
+from schemas.results import JobResult, OutputFile, ProbeInfo, Rendition, StreamInfo
 
 _REPORTED = (".m3u8", ".mpd")
 
@@ -82,6 +93,8 @@ class _Run:
     audio: bool
     size: tuple[int, int]
     duration_s: float | None
+    #: Text subtitle streams that become WebVTT renditions.
+    subtitles: tuple[StreamInfo, ...] = ()
 
 
 async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[str]) -> str:
@@ -135,8 +148,9 @@ async def _nvenc(run: _Run, tmp: Path, gpu: int | None, notes: list[str]) -> Lad
 async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:
     ctx = run.ctx
     await asyncio.to_thread(_fresh_dir, tmp)
+    subs = tuple(webvtt_outputs(list(run.subtitles), tmp))
     args = package_args(run.op, run.rungs, run.src, tmp, run.gop, run.audio, ctx.threads,
-                        ctx.media.guard(), size=run.size, hw=hw)  # fmt: skip
+                        ctx.media.guard(), size=run.size, hw=hw, subtitles=subs)  # fmt: skip
     encoder = rung_encoder(run.rungs[0], hw)
     await ctx.announce(encoder, args)
     await run_ffmpeg(
@@ -180,11 +194,14 @@ async def run_package(ctx: JobContext) -> JobResult:
     kept.sort(key=lambda r: -r.height)
     gop = max(1, round((video.fps or 25.0) * op.segment_seconds))
     size = (video.width, video.height)
-    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s)
+    subs, notes = _subtitle_tracks(op, info)
+    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs)
     tmp = partial_path(dest, ctx.job_key, ctx.attempt)
-    notes: list[str] = []
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
+        if subs:
+            start = await _picture_start(ctx, op, tmp)
+            await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0, start)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
@@ -208,6 +225,52 @@ async def run_package(ctx: JobContext) -> JobResult:
         renditions=renditions,
         dropped_rungs=dropped,
     )
+
+
+def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ...], list[str]]:
+    """The text tracks that become WebVTT renditions, and notes for every track left out."""
+    every = subtitle_streams(info)
+    if op.subtitles == "drop" or not every:
+        return (), []
+    texts = text_tracks(info)
+    notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
+             for n, s in enumerate(every) if s not in texts]  # fmt: skip
+    if op.dash:
+        return (), [f"{len(every)} subtitle track(s) left out: a DASH package carries none "
+                    "(an HLS-only one does)"]  # fmt: skip
+    return tuple(texts), notes
+
+
+async def _picture_start(ctx: JobContext, op: Package, tmp: Path) -> float:
+    """Where the first segment's picture starts, which is where the source's time 0 went: the
+    mpegts muxer starts at 1.4 s, and both segment types add the encoder's reordering delay."""
+    if op.hls_segment_type == "mpegts":
+        first, fmt = tmp / "stream_0" / "seg_00000.ts", "mpegts"
+    else:  # a fragment reads only after its init segment
+        first, fmt = ctx.scratch / "first-segment.mp4", "mp4"
+        await asyncio.to_thread(_join, first, tmp / "stream_0" / "init_0.mp4",
+                                tmp / "stream_0" / "seg_00000.m4s")  # fmt: skip
+    argv = [ctx.tools.ffmpeg, "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
+    done = await capture([*argv, "-f", fmt, "-i", ffmpeg_arg(first)], 60.0)
+    start = video_start(done.stderr.decode(errors="replace"))
+    if start is None:
+        raise JobError("cannot read the first segment's start time for the WebVTT renditions")
+    return start
+
+
+def _join(dest: Path, *parts: Path) -> None:
+    dest.write_bytes(b"".join(part.read_bytes() for part in parts))
+
+
+def _add_subtitles(tmp: Path, tracks: list[StreamInfo], duration_s: float, start: float) -> None:
+    """A playlist per WebVTT file ffmpeg wrote, each file mapped onto the segments' clock, and
+    their renditions in the master playlist."""
+    for k in range(len(tracks)):
+        (tmp / f"subs_{k}.m3u8").write_text(vtt_playlist(k, duration_s))
+        vtt = tmp / f"subs_{k}.vtt"
+        vtt.write_text(with_timestamp_map(vtt.read_text(), start))
+    master = tmp / "master.m3u8"
+    master.write_text(with_subtitles(master.read_text(), tracks))
 
 
 def _fresh_dir(path: Path) -> None:

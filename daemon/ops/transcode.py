@@ -8,6 +8,7 @@ ffmpeg succeeded (daemon.ops.outputs).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
@@ -21,6 +22,7 @@ from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.loudness import measure_input, measure_output, spans
 from daemon.ops.outputs import OutputSet
+from daemon.ops.subtitles import BURN_FILTER, Subtitles, cut_args, has_cues
 from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
@@ -41,6 +43,10 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         chain = encoder_chain(op.video_codec, spec.requirements.accel, ctx.usable_encoders())
         chain = allowed_encoders(op, chain)
     _check_audio_encoder(op, ctx)
+    if op.burn_subtitles is not None and BURN_FILTER not in ctx.filters:
+        # The requirement check hands such jobs on first (schemas.encoderneeds).
+        raise InvalidJob(f"this node's ffmpeg has no `{BURN_FILTER}` filter (libass): it "
+                         "cannot burn subtitles in")  # fmt: skip
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
     if src == dest:
         raise InvalidJob("output is the same file as the input")
@@ -54,6 +60,9 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
                           notes=settled.notes + loudness.notes)  # fmt: skip
     notes: list[str] = list(settled.notes)
     report: list[LoudnessReport] = []
+    if op.start_seconds and settled.subtitles.keep:
+        cut = await _cut_subtitles(ctx, src, settled.subtitles, op.start_seconds, notes)
+        settled = replace(settled, subtitles=cut)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
         encoder = await _with_fallback(ctx, op, chain, src, partial, settled, notes)
@@ -82,6 +91,25 @@ def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
     name = AUDIO_ENCODERS.get(op.settled_audio)
     if name is not None and op.audio_stream is not None and name not in ctx.usable_encoders():
         raise InvalidJob(f"no verified {op.settled_audio} audio encoder on this node")
+
+
+async def _cut_subtitles(
+    ctx: JobContext, src: Path, subs: Subtitles, start: float, notes: list[str]
+) -> Subtitles:
+    """The kept tracks from `start` on, in scratch (daemon.ops.subtitles.cut_args); a track with
+    no cue left is noted and left out (an empty subtitle input fails the encode)."""
+    args, cut = cut_args(src, subs, ctx.scratch, start, ctx.media.guard())
+    await run_ffmpeg(ctx.tools.ffmpeg, args, control=ctx.handle)
+    kept = []
+    for track in cut.keep:
+        assert track.file is not None
+        if await asyncio.to_thread(has_cues, track.file):
+            kept.append(track)
+        else:
+            lang = f" ({track.language})" if track.language else ""
+            notes.append(f"subtitle stream #{track.index}{lang} left out: no cue starts after "
+                         "`start_seconds`")  # fmt: skip
+    return replace(cut, keep=tuple(kept))
 
 
 async def _with_fallback(
@@ -131,6 +159,7 @@ async def _encode(
             op, encoder, src, dest, node,
             ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
             overlay=settled.overlay, colour=settled.colour, audio_filters=settled.audio_filters,
+            subtitles=settled.subtitles,
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))

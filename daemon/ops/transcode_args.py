@@ -14,6 +14,13 @@ from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import family_of, preset_args, rate_args
+from daemon.ops.subtitles import (
+    NO_SUBTITLES,
+    Subtitles,
+    burn_filter,
+    subtitle_args,
+    subtitle_inputs,
+)
 from daemon.ops.videograph import Colour, video_graph
 from schemas.audioopts import CHANNELS
 from schemas.operations import Transcode
@@ -63,6 +70,7 @@ def transcode_args(
     overlay: Extra | None = None,
     colour: Colour | None = None,
     audio_filters: Sequence[str] = (),
+    subtitles: Subtitles = NO_SUBTITLES,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer. `audio_filters`: a filter
     chain per output audio track ("" none)."""
@@ -74,10 +82,15 @@ def transcode_args(
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
     if overlay is not None:
         args += ["-filter_complex_threads", threads, *overlay.guard, "-i", ffmpeg_arg(overlay.path)]
+    if dest is not None:
+        args += subtitle_inputs(subtitles, op.start_seconds)
     if op.video_codec == "none":
         args += ["-vn"]
     else:
-        args += video_graph(op, family, ten_bit, colour)
+        burn = None
+        if subtitles.burn is not None:
+            burn = burn_filter(src, subtitles.burn, op.start_seconds)
+        args += video_graph(op, family, ten_bit, colour, burn)
         args += ["-c:v", encoder, *preset_args(encoder, op.preset, two_pass=pass_no is not None)]
         args += gpu_args(family, node)
         args += rate_args(encoder, op, pass_no=pass_no, passlog=passlog)
@@ -90,6 +103,7 @@ def transcode_args(
     if dest is None:
         return [*args, "-an", "-f", "null", "-"]
     args += audio_args(op, audio_filters)
+    args += subtitle_args(subtitles, first_input=2 if overlay is not None else 1)
     if op.settled_container in _FASTSTART:
         args += ["-movflags", "+faststart"]  # index first: playback starts before the download ends
     return [*args, "-f", MUXERS[op.settled_container], ffmpeg_arg(dest)]

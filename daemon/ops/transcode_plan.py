@@ -19,6 +19,7 @@ from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess, MediaJob, open_input
 from daemon.media.limits import guard_args
 from daemon.ops.encoders import family_of
+from daemon.ops.subtitles import NO_SUBTITLES, Subtitles, plan_subtitles
 from daemon.ops.transcode_args import Extra
 from daemon.ops.videograph import SDR, Colour, output_pix_fmt
 from schemas.jobs import JobSpec
@@ -44,13 +45,15 @@ class Plan:
     audio_filters: tuple[str, ...] = ()
     #: Where the encode runs on the job's 0..100 progress scale (loudness passes take the rest).
     span: tuple[float, float] = (0.0, 100.0)
+    subtitles: Subtitles = NO_SUBTITLES
 
 
 def plan(op: Transcode, info: ProbeInfo) -> Plan:
     duration = trimmed(op, info.duration_s)
+    subs = plan_subtitles(op, info)
     if op.video_codec == "none":
         _check_audio_stream(op, info)
-        return Plan(None, duration, False)
+        return Plan(None, duration, False, notes=subs.notes, subtitles=subs)
     videos = [s for s in info.streams if s.type == "video"]
     if op.video_stream >= len(videos):
         hint = ""
@@ -69,7 +72,7 @@ def plan(op: Transcode, info: ProbeInfo) -> Plan:
     colour, notes = hdr_colour(op, video, ten_bit)
     if colour is not None and colour.tonemap:
         ten_bit = False  # tone-mapped SDR is 8-bit unless `pix_fmt` asks otherwise
-    return Plan(video, duration, ten_bit, colour=colour, notes=notes)
+    return Plan(video, duration, ten_bit, colour=colour, notes=notes + subs.notes, subtitles=subs)
 
 
 def _check_audio_stream(op: Transcode, info: ProbeInfo) -> None:

@@ -1,6 +1,6 @@
 """The video filter graph of a transcode, pure: picture filters (deinterlace, crop, tone-map,
-scale, frame rate), an overlay image as a second input, colour tags, and the encoder's pixel
-format (uploaded to the device for VAAPI/QSV).
+scale, frame rate, burned-in subtitles), an overlay image as a second input, colour tags, and
+the encoder's pixel format (uploaded to the device for VAAPI/QSV).
 """
 
 from __future__ import annotations
@@ -42,9 +42,10 @@ def output_pix_fmt(op: Transcode, ten_bit: bool) -> str:
     return "yuv420p10le" if ten_bit and op.video_codec != "h264" else "yuv420p"
 
 
-def picture_filters(op: Transcode, colour: Colour | None) -> list[str]:
-    """Deinterlace, crop, tone-map, scale, frame rate: in that order (crop counts source pixels;
-    tone-mapping the cropped picture costs less, and scaling after it filters SDR values)."""
+def picture_filters(op: Transcode, colour: Colour | None, burn: str | None = None) -> list[str]:
+    """Deinterlace, crop, tone-map, scale, frame rate, subtitles: in that order (crop counts
+    source pixels; tone-mapping the cropped picture costs less, and scaling after it filters SDR
+    values; text drawn last is sized for the output's picture)."""
     filters = []
     if op.deinterlace:
         filters.append("bwdif=mode=send_frame:parity=auto:deint=interlaced")
@@ -62,6 +63,8 @@ def picture_filters(op: Transcode, colour: Colour | None) -> list[str]:
         filters.append(f"scale={op.width}:-2")
     if op.fps:
         filters.append(f"fps={op.fps!r}")
+    if burn is not None:
+        filters.append(burn)
     return filters
 
 
@@ -83,8 +86,10 @@ def format_filters(op: Transcode, family: str, ten_bit: bool, colour: Colour | N
     return [*tags, f"format={output_pix_fmt(op, ten_bit)}"]
 
 
-def video_filters(op: Transcode, family: str, ten_bit: bool, colour: Colour | None) -> list[str]:
-    return [*picture_filters(op, colour), *format_filters(op, family, ten_bit, colour)]
+def video_filters(
+    op: Transcode, family: str, ten_bit: bool, colour: Colour | None, burn: str | None = None
+) -> list[str]:
+    return [*picture_filters(op, colour, burn), *format_filters(op, family, ten_bit, colour)]
 
 
 _CORNERS = {
@@ -96,19 +101,22 @@ _CORNERS = {
 }
 
 
-def video_graph(op: Transcode, family: str, ten_bit: bool, colour: Colour | None) -> list[str]:
+def video_graph(
+    op: Transcode, family: str, ten_bit: bool, colour: Colour | None, burn: str | None = None
+) -> list[str]:
     """`-vf` for one input; with an overlay, a complex graph whose second input is the image
-    (one frame, repeated to the end by overlay's default eof_action)."""
+    (one frame, repeated to the end by overlay's default eof_action). `burn`: the filter that
+    draws subtitles (daemon.ops.subtitles)."""
     if op.overlay is None:
         return [
             "-map",
             f"0:v:{op.video_stream}",
             "-vf",
-            ",".join(video_filters(op, family, ten_bit, colour)),
+            ",".join(video_filters(op, family, ten_bit, colour, burn)),
         ]
     o = op.overlay
     x, y = (part.format(m=o.margin) for part in _CORNERS[o.position])
-    base = ",".join(picture_filters(op, colour)) or "null"
+    base = ",".join(picture_filters(op, colour, burn)) or "null"
     image = f"scale={o.width}:-1," if o.width else ""
     after = ",".join(format_filters(op, family, ten_bit, colour))
     graph = (

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import shutil
+import tempfile
+from pathlib import Path
 
 from daemon.probe.run import ProbeError, run_capture
 from schemas.nodes import FfmpegInfo
@@ -85,3 +89,38 @@ async def probe_ffmpeg(ffmpeg: str, within: float = LIST_TIMEOUT) -> FfmpegInfo:
         hwaccels=parse_hwaccels(hwaccels),
         filters=parse_filters(filters),
     )
+
+
+#: The filter (libass) that burns subtitles in; a job asking for it goes only to nodes where it
+#: drew a test cue (NodeCapabilities.verified_filters).
+BURN_IN = "subtitles"
+_YMAX = re.compile(r"lavfi\.signalstats\.YMAX=(\d+)")
+
+
+async def verify_burn_in(
+    ffmpeg: str, filters: list[str], within: float = LIST_TIMEOUT
+) -> str | None:
+    """None when libass drew a test cue onto a black frame; otherwise why burn-in is off. The
+    filter alone is not enough: on a host without fonts it draws nothing, and no error."""
+    if BURN_IN not in filters:
+        return f"ffmpeg has no `{BURN_IN}` filter (built without libass)"
+    folder = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="flotilla-burn-"))
+    try:
+        cue = folder / "cue.srt"
+        await asyncio.to_thread(cue.write_text, "1\n00:00:00,000 --> 00:00:05,000\nXX\n")
+        graph = f"{BURN_IN}=filename={cue},signalstats,metadata=mode=print"
+        result = await run_capture(
+            [ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "info", "-f", "lavfi",
+             "-i", "color=c=black:s=192x108:r=5:d=1", "-vf", graph, "-frames:v", "1",
+             "-f", "null", "-"],
+            within,
+        )  # fmt: skip
+    finally:
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+    found = _YMAX.search(result.stderr)
+    if not result.ok or found is None:
+        lines = result.stderr.strip().splitlines() or ["no output"]
+        return f"the `{BURN_IN}` test render failed: {lines[-1][:200]}"
+    if int(found.group(1)) < 64:  # black is 16; drawn text is far brighter
+        return f"the `{BURN_IN}` filter drew nothing (no fonts for libass?)"
+    return None

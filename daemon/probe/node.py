@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import msgspec
 
@@ -11,13 +12,15 @@ from daemon.ffmpeg.tools import FfmpegTools
 from daemon.probe.candidates import plan
 from daemon.probe.capacity import plan_slots, pools_served
 from daemon.probe.dri import RenderNode, nodes_for, render_nodes
-from daemon.probe.ffmpeg_caps import probe_ffmpeg
+from daemon.probe.ffmpeg_caps import BURN_IN, probe_ffmpeg, verify_burn_in
 from daemon.probe.gpu import Nvml, probe_gpus
 from daemon.probe.host import probe_host
 from daemon.probe.sessions import probe_session_limit
 from daemon.probe.verify import per_device, summarize, verify_each
 from schemas.common import PROTOCOL
 from schemas.nodes import GpuInfo, NodeCapabilities
+
+log = logging.getLogger("flotilla.probe")
 
 
 async def probe_node(
@@ -38,7 +41,11 @@ async def probe_node(
         probe_host(cfg.work_dir), probe_gpus(nvml), render_nodes(), probe_ffmpeg(ffmpeg)
     )
     todo = plan(info.encoders, gpus, nodes, verify_hw=cfg.verify_hw_encoders)
-    outcomes = await verify_each(ffmpeg, todo.test)
+    outcomes, no_burn = await asyncio.gather(
+        verify_each(ffmpeg, todo.test), verify_burn_in(ffmpeg, info.filters)
+    )
+    if no_burn is not None and BURN_IN in info.filters:
+        log.warning("burning subtitles in is off on this node: %s", no_burn)
     verified, failed = summarize(outcomes)
     verified += todo.accept
     on_gpu, on_node = per_device(outcomes)
@@ -71,6 +78,7 @@ async def probe_node(
         ffmpeg=info,
         verified_encoders=verified,
         dropped_encoders=sorted([*todo.dropped, *failed], key=lambda d: d.name),
+        verified_filters=[BURN_IN] if no_burn is None else [],
         hwaccels=info.hwaccels,
         pools=[pool for pool in pools if pool in slots],
         slots=slots,

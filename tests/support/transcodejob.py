@@ -20,8 +20,16 @@ SOFTWARE = frozenset({"libx264", "libx265", "libvpx-vp9", "libsvtav1", "aac", "l
 
 
 async def run_job(
-    tools: FfmpegTools, tmp_path: Path, roots: list[Path], src: Path, output: Path, **op: Any
+    tools: FfmpegTools,
+    tmp_path: Path,
+    roots: list[Path],
+    src: Path,
+    output: Path,
+    *,
+    filters: frozenset[str] = frozenset(),
+    **op: Any,
 ) -> JobResult:
+    """`filters`: the ffmpeg build's filters the node reports (burn-in needs `subtitles`)."""
     doc = {"job_id": "job-1", "input": uri_of(src), "output": uri_of(output),
            "operation": {"op": "transcode", "preset": "ultrafast", **op}}  # fmt: skip
     spec = JOB_DECODER.decode(json.dumps(doc).encode())
@@ -33,7 +41,7 @@ async def run_job(
 
     ctx = JobContext(
         handle=JobHandle(spec.job_id), spec=spec, scratch=scratch, tools=tools,
-        verified_encoders=SOFTWARE, hwaccels=frozenset(), threads=2,
+        verified_encoders=SOFTWARE, hwaccels=frozenset(), filters=filters, threads=2,
         allowed_roots=[*roots, tmp_path], progress=progress,
     )  # fmt: skip
     return await asyncio.wait_for(run_operation(ctx), 120)
