@@ -73,3 +73,44 @@ def check_audio(
     if rate is not None and rate not in RATES.get(audio, frozenset({rate})):
         takes = ", ".join(str(r) for r in sorted(RATES[audio]))
         raise ValueError(f"{audio} takes sample rates {takes}; not {rate}")
+
+
+#: Most alternate audio tracks one package carries.
+MAX_AUDIO_RENDITIONS = 8
+#: A track label as players list it: no quote or control character (it goes into the playlist
+#: as a quoted attribute).
+RenditionName = Annotated[str, msgspec.Meta(pattern=r'^[^"\x00-\x1f\x7f]{1,40}$')]
+
+
+class AudioRendition(Part, kw_only=True):
+    """One alternate audio track of a package: an input audio track encoded to AAC on its own,
+    which every video rung refers to (HLS: an AUDIO group; DASH: an adaptation set per
+    language)."""
+
+    #: The input's first audio track tagged with this language; without one, `stream`.
+    language: Language | None = None
+    #: The input audio track (0: the first) when no `language` names it.
+    stream: Annotated[int, msgspec.Meta(ge=0, le=63)] | None = None
+    bitrate_kbps: Annotated[int, msgspec.Meta(ge=8, le=1024)] = 128
+    layout: AudioLayout | None = None
+    #: The label players show; default the language, else `audio N` (N from 1).
+    name: RenditionName | None = None
+    #: The track players pick first; at most one (none: the first rendition).
+    default: bool = False
+
+    def __post_init__(self) -> None:
+        if self.language is not None and self.stream is not None:
+            raise ValueError("an audio rendition names its track by `language` or by "
+                             "`stream`, not both")  # fmt: skip
+
+
+def rendition_names(renditions: list[AudioRendition]) -> list[str]:
+    """Each rendition's label (ValueError when two end up alike, or two are `default`)."""
+    names = [r.name or r.language or f"audio {i + 1}" for i, r in enumerate(renditions)]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"audio renditions need distinct names (set `name`): {', '.join(twice)} "
+                         "appears more than once")  # fmt: skip
+    if sum(r.default for r in renditions) > 1:
+        raise ValueError("at most one audio rendition may be `default`")
+    return names

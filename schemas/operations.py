@@ -10,11 +10,14 @@ import msgspec
 
 from schemas.audioopts import (
     AUDIO_ONLY,
+    MAX_AUDIO_RENDITIONS,
     AudioLayout,
+    AudioRendition,
     Language,
     Loudness,
     SampleRate,
     check_audio,
+    rendition_names,
 )
 from schemas.common import MediaUri, Part
 from schemas.videoopts import (
@@ -262,10 +265,17 @@ class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=T
     #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
     #: package (a DASH package leaves them out, noted in the result).
     subtitles: SubtitleMode = "keep"
+    #: Alternate audio tracks (languages, bitrates), each encoded once and shared by every rung;
+    #: the rungs then carry no audio of their own (their `audio_bitrate_kbps` is not used).
+    #: Empty: each rung muxes the first audio track at its own `audio_bitrate_kbps`.
+    audio_renditions: Annotated[
+        list[AudioRendition], msgspec.Meta(max_length=MAX_AUDIO_RENDITIONS)
+    ] = []
 
     def __post_init__(self) -> None:
         if not (self.hls or self.dash):
             raise ValueError("package needs `hls` or `dash`")
+        rendition_names(self.audio_renditions)
         heights = [r.height for r in self.ladder]
         if len(set(heights)) != len(heights):
             raise ValueError("ladder rungs must have distinct heights")

@@ -64,6 +64,18 @@ class Rendition(ReportPart, kw_only=True):
     codec: str
 
 
+class AudioRenditionReport(ReportPart, kw_only=True):
+    """One alternate audio track a package wrote."""
+
+    name: str
+    #: The input audio track it was encoded from (0: the first), and its language tag.
+    track: NonNegInt
+    language: str | None = None
+    bitrate_kbps: NonNegInt
+    channels: NonNegInt | None = None
+    default: bool = False
+
+
 class PerTitleRungReport(ReportPart, kw_only=True):
     """One rung of a per-title ladder. `predicted_*` and `fixed_*_estimated` come from the
     sample encodes (extrapolated to the title's length); `measured_*` from the full encode."""
@@ -170,6 +182,7 @@ class JobResult(ReportPart, kw_only=True):
     ssim: PlaneScores | None = None
     probe: ProbeInfo | None = None
     renditions: list[Rendition] = []
+    audio_renditions: list[AudioRenditionReport] = []
     dropped_rungs: list[str] = []
     notes: list[str] = []
     pertitle: PerTitleReport | None = None

@@ -133,6 +133,11 @@ def result_rows(res: JobResult) -> list[tuple[str, str]]:
     rows.extend(("loudness", loudness_text(r)) for r in res.loudness)
     for r in res.renditions:
         rows.append(("rendition", f"{r.width}x{r.height} {r.codec} {r.bitrate_kbps} kb/s"))
+    for a in res.audio_renditions:
+        what = [f"track {a.track}", a.language or "untagged", f"{a.bitrate_kbps} kb/s"]
+        what += [f"{a.channels} ch"] if a.channels else []
+        what += ["default"] if a.default else []
+        rows.append(("audio", f"{a.name} ({', '.join(what)})"))
     if res.dropped_rungs:
         rows.append(("dropped", ", ".join(res.dropped_rungs)))
     if res.pertitle is not None:

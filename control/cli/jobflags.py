@@ -149,6 +149,19 @@ def _ladder(text: str) -> list[dict[str, int]]:
     return rungs
 
 
+def _audio_rendition(text: str) -> dict[str, object]:
+    """`eng`, `fra:96`, `1:64:mono`, `eng:128::English (AD)`: the track (a language or an
+    index among the input's audio tracks), then kbps, layout and the label players show."""
+    track, kbps, layout, name = [*text.split(":", 3), "", "", ""][:4]
+    doc: dict[str, object] = {"stream": int(track)} if track.isdigit() else {"language": track}
+    try:
+        doc |= {"bitrate_kbps": int(kbps)} if kbps else {}
+    except ValueError:
+        raise BadInput(f"--audio-rendition {text!r}: write TRACK[:KBPS[:LAYOUT[:NAME]]], e.g. "
+                       "eng:128 or 1:64:mono") from None  # fmt: skip
+    return doc | ({"layout": layout} if layout else {}) | ({"name": name} if name else {})
+
+
 def _pertitle_rungs(text: str) -> list[dict[str, int]]:
     """`1080,720:3000`: heights, each with an optional VBV cap (kbps) for its final encode."""
     rungs = []
@@ -250,6 +263,8 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         op |= {"hls": hls or not dash, "dash": dash, "ladder": _ladder(args.ladder)}
         if args.subtitles is not None:
             op["subtitles"] = args.subtitles
+        if args.audio_rendition:
+            op["audio_renditions"] = [_audio_rendition(t) for t in args.audio_rendition]
     elif form == "pertitle":
         doc["output"] = file_uri(args.outdir)
         op |= {"rungs": _pertitle_rungs(args.rungs), "codec": args.codec, "metric": args.metric,
@@ -327,6 +342,10 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     k.add_argument("--ladder", default="720,480,360", help="heights, e.g. 1080,720 or 720:2800")
     k.add_argument("--subtitles", choices=get_args(SubtitleMode),
                    help="keep (default: WebVTT renditions) or drop text subtitles")  # fmt: skip
+    k.add_argument("--audio-rendition", action="append", metavar="TRACK[:KBPS[:LAYOUT[:NAME]]]",
+                   help="an alternate audio track every rung shares (repeat for more; the "
+                   "first is the default): a language (eng) or an input audio track number, "
+                   "e.g. eng:128, fra:96, 0:64:mono")  # fmt: skip
     q = forms.add_parser("pertitle", help="a quality-targeted ladder of INPUT into the new OUTDIR")
     q.add_argument("input")
     q.add_argument("outdir")

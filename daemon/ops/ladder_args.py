@@ -9,12 +9,14 @@ hwaccel in the build, frames are decoded and scaled on the CPU and NVENC still e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import preset_args
+from daemon.ops.subtitles import hls_language
 from schemas.operations import Package, Rung
 
 SOFTWARE = {"h264": "libx264", "hevc": "libx265"}
@@ -26,6 +28,22 @@ class LadderHw:
 
     gpu: int | None
     cuda_frames: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AltAudio:
+    """One alternate audio track: input audio track `track` encoded to AAC on its own."""
+
+    track: int
+    kbps: int
+    channels: int | None
+    language: str | None
+    name: str
+    default: bool
+
+
+#: The HLS AUDIO group every video rung refers to.
+AUDIO_GROUP = "aud"
 
 
 def cuda_frames_possible(hwaccels: AbstractSet[str], filters: AbstractSet[str]) -> bool:
@@ -73,6 +91,7 @@ def package_args(
     size: tuple[int, int] = (0, 0),
     hw: LadderHw | None = None,
     subtitles: tuple[str, ...] = (),
+    alt_audio: tuple[AltAudio, ...] = (),
 ) -> list[str]:
     """`size` is the source's (width, height), needed to size CUDA-scaled rungs exactly;
     `subtitles`: outputs after the package's (daemon.ops.subtitles.webvtt_outputs)."""
@@ -98,6 +117,15 @@ def package_args(
     args += ["-force_key_frames", f"expr:gte(t,n_forced*{op.segment_seconds!r})"]
     if hw is None and any(r.codec == "hevc" for r in rungs):  # x265 takes its GOP here
         args += ["-x265-params", f"keyint={gop}:min-keyint={gop}:scenecut=0:log-level=warning"]
+    if alt_audio:
+        args += _alt_audio_args(alt_audio)
+        if op.dash:
+            return args + _dash_args(op, out, None, _alt_audio_sets(alt_audio, n))
+        stream_map = [f"v:{i},agroup:{AUDIO_GROUP}" for i in range(n)]
+        for k, a in enumerate(alt_audio):
+            lang = f",language:{a.language}" if a.language else ""
+            stream_map.append(f"a:{k},agroup:{AUDIO_GROUP}{lang}" + (",default:yes" * a.default))
+        return args + _hls_args(op, out, stream_map, subtitles)
     with_audio = [r for r in rungs if audio and r.audio_bitrate_kbps is not None]
     if op.dash:
         return args + _dash_args(op, out, max((r.audio_bitrate_kbps or 0) for r in with_audio)
@@ -105,12 +133,18 @@ def package_args(
     stream_map = []
     for i, r in enumerate(rungs):
         if r in with_audio:
-            a = with_audio.index(r)
-            args += ["-map", "0:a:0", f"-c:a:{a}", "aac", f"-b:a:{a}", f"{r.audio_bitrate_kbps}k"]
-            stream_map.append(f"v:{i},a:{a}")
+            j = with_audio.index(r)
+            args += ["-map", "0:a:0", f"-c:a:{j}", "aac", f"-b:a:{j}", f"{r.audio_bitrate_kbps}k"]
+            stream_map.append(f"v:{i},a:{j}")
         else:
             stream_map.append(f"v:{i}")
-    args += ["-f", "hls", "-hls_time", f"{op.segment_seconds!r}", "-hls_playlist_type", "vod"]
+    return args + _hls_args(op, out, stream_map, subtitles)
+
+
+def _hls_args(
+    op: Package, out: Path, stream_map: list[str], subtitles: tuple[str, ...]
+) -> list[str]:
+    args = ["-f", "hls", "-hls_time", f"{op.segment_seconds!r}", "-hls_playlist_type", "vod"]
     args += ["-hls_segment_type", op.hls_segment_type, "-hls_flags", "independent_segments"]
     args += ["-master_pl_name", "master.m3u8", "-var_stream_map", " ".join(stream_map)]
     ext = "m4s" if op.hls_segment_type == "fmp4" else "ts"
@@ -119,9 +153,33 @@ def package_args(
     return [*args, f"{out}/stream_%v/index.m3u8", *subtitles]
 
 
-def _dash_args(op: Package, out: Path, audio_kbps: int | None) -> list[str]:
+def _alt_audio_args(alt_audio: tuple[AltAudio, ...]) -> list[str]:
+    """Each alternate track mapped, encoded and tagged on its own (after the video outputs)."""
+    args: list[str] = []
+    for k, a in enumerate(alt_audio):
+        args += ["-map", f"0:a:{a.track}", f"-c:a:{k}", "aac", f"-b:a:{k}", f"{a.kbps}k"]
+        if a.channels is not None:
+            args += [f"-ac:a:{k}", str(a.channels)]
+        args += [f"-metadata:s:a:{k}", f"language={a.language or 'und'}"]
+    return args
+
+
+def _alt_audio_sets(alt_audio: tuple[AltAudio, ...], videos: int) -> str:
+    """DASH adaptation sets: the video, then one per input track (its bitrates are switchable
+    representations of one track; two tracks, e.g. two languages, are not)."""
+    tracks: dict[int, list[int]] = {}
+    for k, a in enumerate(alt_audio):
+        tracks.setdefault(a.track, []).append(videos + k)
+    sets = ["id=0,streams=v"]
+    for i, streams in enumerate(tracks.values(), start=1):
+        sets.append(f"id={i},streams={','.join(map(str, streams))}")
+    return " ".join(sets)
+
+
+def _dash_args(
+    op: Package, out: Path, audio_kbps: int | None, sets: str = "id=0,streams=v"
+) -> list[str]:
     args = []
-    sets = "id=0,streams=v"
     if audio_kbps is not None:
         args += ["-map", "0:a:0", "-c:a", "aac", "-b:a", f"{audio_kbps}k"]
         sets += " id=1,streams=a"
@@ -130,3 +188,25 @@ def _dash_args(op: Package, out: Path, audio_kbps: int | None) -> list[str]:
     if op.hls:
         args += ["-hls_playlist", "1"]
     return [*args, f"{out}/manifest.mpd"]
+
+
+_AUDIO_MEDIA = re.compile(r'^#EXT-X-MEDIA:TYPE=AUDIO,.*URI="stream_(\d+)/.*$', re.M)
+_ATTR = r'({}=)("[^"]*"|[^,]*)'
+
+
+def with_audio_names(master: str, videos: int, alt_audio: tuple[AltAudio, ...]) -> str:
+    """The master playlist with each alternate track's NAME (the label players show) and its
+    LANGUAGE as BCP 47: the hls muxer writes `audio_N` and the ISO 639-2 code as given."""
+
+    def fix(m: re.Match[str]) -> str:
+        k = int(m[1]) - videos
+        if not 0 <= k < len(alt_audio):
+            return m[0]
+        a = alt_audio[k]
+        line = re.sub(_ATTR.format("NAME"), lambda n: f'{n[1]}"{a.name}"', m[0], count=1)
+        tag = hls_language(a.language)[0]
+        if tag:
+            line = re.sub(_ATTR.format("LANGUAGE"), lambda n: f'{n[1]}"{tag}"', line, count=1)
+        return line
+
+    return _AUDIO_MEDIA.sub(fix, master)

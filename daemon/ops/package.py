@@ -21,7 +21,7 @@ import hashlib
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from daemon.errors import (
@@ -40,15 +40,18 @@ from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, placed
 from daemon.ops.ladder_args import (
     SOFTWARE,
+    AltAudio,
     LadderHw,
     cuda_frames_possible,
     package_args,
     rung_encoder,
     rung_width,
+    with_audio_names,
 )
 from daemon.ops.outputs import check_gate, partial_path
 from daemon.ops.subtitles import (
     describe,
+    hls_language,
     subtitle_streams,
     text_tracks,
     video_start,
@@ -58,9 +61,17 @@ from daemon.ops.subtitles import (
     with_timestamp_map,
 )
 from daemon.probe.gpu import CUDA_ENV
+from schemas.audioopts import CHANNELS, rendition_names
 from schemas.encoderneeds import package_family
 from schemas.operations import Package, Rung
-from schemas.results import JobResult, OutputFile, ProbeInfo, Rendition, StreamInfo
+from schemas.results import (
+    AudioRenditionReport,
+    JobResult,
+    OutputFile,
+    ProbeInfo,
+    Rendition,
+    StreamInfo,
+)
 
 _REPORTED = (".m3u8", ".mpd")
 
@@ -95,6 +106,8 @@ class _Run:
     duration_s: float | None
     #: Text subtitle streams that become WebVTT renditions.
     subtitles: tuple[StreamInfo, ...] = ()
+    #: Alternate audio tracks shared by every rung (empty: audio muxed per rung).
+    alt_audio: tuple[AltAudio, ...] = ()
 
 
 async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[str]) -> str:
@@ -150,7 +163,8 @@ async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:
     await asyncio.to_thread(_fresh_dir, tmp)
     subs = tuple(webvtt_outputs(list(run.subtitles), tmp))
     args = package_args(run.op, run.rungs, run.src, tmp, run.gop, run.audio, ctx.threads,
-                        ctx.media.guard(), size=run.size, hw=hw, subtitles=subs)  # fmt: skip
+                        ctx.media.guard(), size=run.size, hw=hw, subtitles=subs,
+                        alt_audio=run.alt_audio)  # fmt: skip
     encoder = rung_encoder(run.rungs[0], hw)
     await ctx.announce(encoder, args)
     await run_ffmpeg(
@@ -195,10 +209,13 @@ async def run_package(ctx: JobContext) -> JobResult:
     gop = max(1, round((video.fps or 25.0) * op.segment_seconds))
     size = (video.width, video.height)
     subs, notes = _subtitle_tracks(op, info)
-    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs)
+    alt_audio = alternate_audio(op, info)
+    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs, alt_audio)
     tmp = partial_path(dest, ctx.job_key, ctx.attempt)
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
+        if alt_audio and op.hls and not op.dash:
+            await asyncio.to_thread(_name_audio, tmp, len(kept), alt_audio)
         if subs:
             start = await _picture_start(ctx, op, tmp)
             await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0, start)
@@ -223,8 +240,59 @@ async def run_package(ctx: JobContext) -> JobResult:
         input_size_bytes=info.size_bytes,
         outputs=files,
         renditions=renditions,
+        audio_renditions=[
+            AudioRenditionReport(
+                name=a.name,
+                track=a.track,
+                language=a.language,
+                bitrate_kbps=a.kbps,
+                channels=a.channels,
+                default=a.default,
+            )
+            for a in alt_audio
+        ],
         dropped_rungs=dropped,
     )
+
+
+def alternate_audio(op: Package, info: ProbeInfo) -> tuple[AltAudio, ...]:
+    """The package's alternate audio tracks, each input track resolved (InputError naming what
+    the input has when one is missing)."""
+    if not op.audio_renditions:
+        return ()
+    tracks = [s for s in info.streams if s.type == "audio"]
+    if not tracks:
+        raise InputError("`audio_renditions` asks for audio, but the input has no audio track")
+    labels = rendition_names(op.audio_renditions)
+    out = []
+    for r, label in zip(op.audio_renditions, labels, strict=True):
+        if r.language is not None:
+            found = [n for n, t in enumerate(tracks) if t.language == r.language]
+            if not found:
+                have = sorted({t.language or "untagged" for t in tracks})
+                raise InputError(f"no audio track in language {r.language!r}; the input has "
+                                 f"{', '.join(have)}")  # fmt: skip
+            track = found[0]
+        else:
+            track = r.stream or 0
+            if track >= len(tracks):
+                raise InputError(f"audio rendition {label!r}: the input has {len(tracks)} audio "
+                                 f"track(s), not a track {track}")  # fmt: skip
+        # A label left to its default reads as the language's name (`English`, not `eng`).
+        name = r.name or (hls_language(r.language)[1] if r.language else None) or label
+        out.append(AltAudio(track=track, kbps=r.bitrate_kbps, language=r.language or
+                            tracks[track].language, channels=CHANNELS.get(r.layout or ""),
+                            name=name, default=r.default))  # fmt: skip
+    if not any(a.default for a in out):  # players need one to start with: the first
+        out[0] = replace(out[0], default=True)
+    if len({a.name for a in out}) < len(out):  # two codes with one display name (fra, fre)
+        out = [replace(a, name=f"{a.name} {k + 1}") for k, a in enumerate(out)]
+    return tuple(out)
+
+
+def _name_audio(tmp: Path, videos: int, alt_audio: tuple[AltAudio, ...]) -> None:
+    master = tmp / "master.m3u8"
+    master.write_text(with_audio_names(master.read_text(), videos, alt_audio))
 
 
 def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ...], list[str]]:

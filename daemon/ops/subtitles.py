@@ -204,6 +204,12 @@ _LANGUAGES = {
 HLS_GROUP = "subs"
 
 
+def hls_language(code: str | None) -> tuple[str | None, str | None]:
+    """An ISO 639-2 code's BCP 47 tag and display name for an HLS playlist (as given when
+    unknown; None for none)."""
+    return _LANGUAGES.get(code or "", (code, code))
+
+
 def text_tracks(info: ProbeInfo) -> list[StreamInfo]:
     """The subtitle streams a package can turn into WebVTT renditions."""
     return [s for s in subtitle_streams(info) if s.codec in TEXT_CODECS]
@@ -229,7 +235,7 @@ def with_subtitles(master: str, tracks: list[StreamInfo]) -> str:
     """The master playlist with a SUBTITLES rendition per track, named by every variant."""
     media = []
     for k, s in enumerate(tracks):
-        tag, name = _LANGUAGES.get(s.language or "", (s.language, s.language))
+        tag, name = hls_language(s.language)
         attrs = f'TYPE=SUBTITLES,GROUP-ID="{HLS_GROUP}",NAME="{name or f"Subtitles {k + 1}"}"'
         if name and any(t.language == s.language for t in tracks[:k]):
             attrs = attrs[:-1] + f' {k + 1}"'  # NAME must be unique within the group
