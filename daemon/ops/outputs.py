@@ -132,6 +132,21 @@ class OutputSet:
         await self.discard()
 
 
+def rename_dir_into_place(tmp: Path, dest: Path, what: str) -> None:
+    """Move a finished output directory to `dest` (refused if `dest` appeared meanwhile and is
+    not empty), then fsync the parent so the rename survives a crash."""
+    try:
+        os.rename(tmp, dest)
+    except OSError as exc:
+        raise JobError(f"cannot move the {what} into place: {exc.strerror}") from exc
+    with contextlib.suppress(OSError):
+        fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 def _seal(partial: Path, final: Path) -> tuple[int, str]:
     """fsync, hash and rename a finished partial; fsync the directory so the rename is durable."""
     digest = hashlib.sha256()

@@ -16,7 +16,6 @@ package; the playlists and manifest (not every segment) are reported with their 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
 import shutil
@@ -48,7 +47,7 @@ from daemon.ops.ladder_args import (
     rung_width,
     with_audio_names,
 )
-from daemon.ops.outputs import check_gate, partial_path
+from daemon.ops.outputs import check_gate, partial_path, rename_dir_into_place
 from daemon.ops.subtitles import (
     describe,
     hls_language,
@@ -364,14 +363,5 @@ def _seal_dir(tmp: Path, dest: Path) -> list[OutputFile]:
             )
     if not files:
         raise JobError("ffmpeg wrote no playlist or manifest")
-    try:
-        os.rename(tmp, dest)  # fails if dest appeared meanwhile and is not empty
-    except OSError as exc:
-        raise JobError(f"cannot move the package into place: {exc.strerror}") from exc
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    rename_dir_into_place(tmp, dest, "package")
     return files

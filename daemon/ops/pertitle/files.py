@@ -7,13 +7,13 @@ SHA-256 (hashed in chunks: a rung can be large); HLS segments are not listed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 from pathlib import Path
 
 from daemon.errors import JobError
 from daemon.media.paths import uri_of
+from daemon.ops.outputs import rename_dir_into_place
 from schemas.results import OutputFile
 
 _CHUNK = 1 << 20
@@ -54,14 +54,5 @@ def seal_ladder(tmp: Path, dest: Path) -> list[OutputFile]:
         files.append(OutputFile(uri=uri_of(dest / rel), size_bytes=size, sha256=digest, role=role))
     if not files:
         raise JobError("the per-title ladder wrote no rung")
-    try:
-        os.rename(tmp, dest)  # fails if dest appeared meanwhile and is not empty
-    except OSError as exc:
-        raise JobError(f"cannot move the ladder into place: {exc.strerror}") from exc
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    rename_dir_into_place(tmp, dest, "ladder")
     return files
