@@ -277,43 +277,40 @@ _ids = itertools.count(1)
 
 
 async def run_whole(fleet: Fleet, s: Settings, src: Path, out_dir: Path, enc: Encode) -> None:
-    for _ in range(s.rounds):
-        n = next(_ids)
-        out = out_dir / f"whole-{n}.mp4"
-        job = whole_job(s, f"bench-whole-{n}", src, out)
-        submitted = time.time()
-        start = time.perf_counter()
-        await fleet.client.call("job.submit", api.SubmitRequest(job=job), api.SubmitReply)
-        enc.wall_s.append(await fleet.until_ended(job.job_id, job.job_id) - start)
-        note(f"  {enc.name}: {enc.wall_s[-1]:.1f} s")
-        if enc.output is None:
-            enc.output = out
-            info = await fleet.job(job.job_id)
-            enc.steps = [_step_row("whole", info, submitted)]
+    n = next(_ids)
+    out = out_dir / f"whole-{n}.mp4"
+    job = whole_job(s, f"bench-whole-{n}", src, out)
+    submitted = time.time()
+    start = time.perf_counter()
+    await fleet.client.call("job.submit", api.SubmitRequest(job=job), api.SubmitReply)
+    enc.wall_s.append(await fleet.until_ended(job.job_id, job.job_id) - start)
+    note(f"  {enc.name}, {enc.nodes} node(s): {enc.wall_s[-1]:.1f} s")
+    if enc.output is None:
+        enc.output = out
+        enc.steps = [_step_row("whole", await fleet.job(job.job_id), submitted)]
 
 
 async def run_chunked(fleet: Fleet, s: Settings, src: Path, out_dir: Path, enc: Encode) -> None:
-    for _ in range(s.rounds):
-        n = next(_ids)
-        out = out_dir / f"chunked-{n}" / "film.mp4"
-        out.parent.mkdir()
-        spec = chunked_spec(s, f"bench-chunked-{n}", src, out).expand()
-        join = f"{spec.workflow_id}{SEPARATOR}{JOIN_STEP}"
-        submitted = time.time()
-        start = time.perf_counter()
-        req = WorkflowSubmitRequest(workflow=spec)
-        await fleet.client.call("workflow.submit", req, WorkflowSubmitReply)
-        enc.wall_s.append(await fleet.until_ended(join, spec.workflow_id + SEPARATOR) - start)
-        note(f"  {enc.name}: {enc.wall_s[-1]:.1f} s")
-        if enc.output is not None:
-            continue
-        enc.output = out
-        wf = await _workflow_done(fleet, spec.workflow_id)
-        for step in wf.steps:
-            enc.steps.append(_step_row(step.name, await fleet.job(step.job_id), submitted))
-        result = (await fleet.job(join)).result
-        if result is not None and result.concat is not None:
-            enc.chunk_frames = list(result.concat.chunk_frames)
+    n = next(_ids)
+    out = out_dir / f"chunked-{n}" / "film.mp4"
+    await asyncio.to_thread(out.parent.mkdir)
+    spec = chunked_spec(s, f"bench-chunked-{n}", src, out).expand()
+    join = f"{spec.workflow_id}{SEPARATOR}{JOIN_STEP}"
+    submitted = time.time()
+    start = time.perf_counter()
+    req = WorkflowSubmitRequest(workflow=spec)
+    await fleet.client.call("workflow.submit", req, WorkflowSubmitReply)
+    enc.wall_s.append(await fleet.until_ended(join, spec.workflow_id + SEPARATOR) - start)
+    note(f"  {enc.name}, {enc.nodes} node(s): {enc.wall_s[-1]:.1f} s")
+    wf = await _workflow_done(fleet, spec.workflow_id)
+    if enc.output is not None:
+        return
+    enc.output = out
+    for step in wf.steps:
+        enc.steps.append(_step_row(step.name, await fleet.job(step.job_id), submitted))
+    result = (await fleet.job(join)).result
+    if result is not None and result.concat is not None:
+        enc.chunk_frames = list(result.concat.chunk_frames)
 
 
 async def _workflow_done(fleet: Fleet, workflow_id: str) -> WorkflowInfo:
@@ -340,6 +337,16 @@ def _step_row(name: str, info: api.JobInfo, submitted: float) -> dict[str, Any]:
         "end_s": round(finished, 2),
         "run_s": info.run_time_s,
     }
+
+
+def _join_figures(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The join's own run, and how long after the last chunk or audio step ended it started
+    (the control plane noticing and the join job's dispatch)."""
+    join = next((st for st in steps if st["step"] == JOIN_STEP), None)
+    others = [st["end_s"] for st in steps if st["step"] != JOIN_STEP]
+    if join is None or not others:
+        return {}
+    return {"join_s": join["run_s"], "join_wait_s": round(join["start_s"] - max(others), 2)}
 
 
 def _video(info_streams: list[StreamInfo], what: str) -> StreamInfo:
@@ -430,14 +437,16 @@ async def bench(s: Settings) -> dict[str, Any]:
         whole = Encode("unchunked, one job", 1)
         chunked1 = Encode("chunked", 1)
         chunked3 = Encode("chunked", 3)
-        slots: dict[int, int] = {}
+        slots = 0
         for nodes, runs in ((1, (whole, chunked1)), (3, (chunked3,))):
             note(f"starting a {nodes}-node dev fleet …")
             async with fleet_of(root / f"fleet-{nodes}", nodes, media, s.slots) as fleet:
-                slots[nodes] = await fleet.slots()
-                for enc in runs:
-                    run = run_whole if enc is whole else run_chunked
-                    await run(fleet, s, src, media, enc)
+                slots = await fleet.slots()  # the same on every node: one machine
+                # Rounds alternate the encodes, so a change in the machine's load falls on both.
+                for _ in range(s.rounds):
+                    for enc in runs:
+                        run = run_whole if enc is whole else run_chunked
+                        await run(fleet, s, src, media, enc)
         assert whole.output is not None and chunked3.output is not None
         note("VMAF of both outputs against the source …")
         w_scores = await vmaf_frames(tools, whole.output, src, root / "whole-vmaf.json")
@@ -481,6 +490,7 @@ async def bench(s: Settings) -> dict[str, Any]:
                     "median_s": round(e.median_s, 2),
                     "rtf": round(s.seconds / e.median_s, 2),
                     "steps": e.steps,
+                    **_join_figures(e.steps),
                 }
                 for e in (whole, chunked1, chunked3)
             ],
@@ -505,14 +515,21 @@ def table(doc: dict[str, Any]) -> str:
         f"{clip['seconds']:g} s {clip['width']}x{clip['height']} {clip['fps']} fps clip; "
         f"h264 CRF {enc['crf']} {enc['preset']}, GOP {enc['gop']}, {enc['audio']}; "
         f"{enc['chunk_seconds']:g} s chunks ({enc['chunks']}, + audio + join)",
-        f"{mach['cpus']} CPUs, load {mach['load_start']} at start, {mach['load_end']} at end; "
+        f"{mach['cpus']} CPUs, load average {' '.join(map(str, mach['load_start']))} at start, "
+        f"{' '.join(map(str, mach['load_end']))} at end; "
         f"cpu slots per node {mach['cpu_slots_per_node']}, {mach['threads_per_job']} thread a "
         f"job; {doc['rounds']} round(s), median wall from submit to completed",
         "",
-        f"{'run':20} {'nodes':>5} {'wall s':>8} {'rtf':>6}",
+        f"{'run':20} {'nodes':>5} {'wall s':>8} {'rtf':>6}  {'join, after last step':22}"
+        "  each round",
     ]
     for r in doc["runs"]:
-        lines.append(f"{r['name']:20} {r['nodes']:5d} {r['median_s']:8.1f} {r['rtf']:6.2f}")
+        rounds = " ".join(f"{w:.1f}" for w in r["wall_s"])
+        join = f"{r['join_s']:.1f} s, {r['join_wait_s']:.1f} s after" if "join_s" in r else "-"
+        lines.append(
+            f"{r['name']:20} {r['nodes']:5d} {r['median_s']:8.1f} {r['rtf']:6.2f}  {join:22}"
+            f"  {rounds}"
+        )
     sp = doc["speedup"]
     lines += [
         "",
