@@ -73,11 +73,9 @@ def note(text: str) -> None:
 
 async def _sh(*argv: str) -> None:
     proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
-    )
+    )  # fmt: skip
     _, err = await proc.communicate()
     if proc.returncode != 0:
         raise SystemExit(f"ffmpeg failed: {argv}\n{err.decode(errors='replace')[-2000:]}")
@@ -90,33 +88,13 @@ def _ff(tools: FfmpegTools) -> list[str]:
 async def make_source(tools: FfmpegTools, path: Path, seconds: float) -> None:
     # Temporal grain on testsrc2's moving pattern: every frame costs bits, as film grain does,
     # so the CRF encode has real work and rate-control choices at each border.
+    video = f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={seconds},noise=alls=10:allf=t+u"
     await _sh(
-        *_ff(tools),
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size={WIDTH}x{HEIGHT}:rate={FPS}:duration={seconds},noise=alls=10:allf=t+u",
-        "-f",
-        "lavfi",
-        "-i",
-        f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-crf",
-        "16",
-        "-g",
-        "250",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-b:a",
-        "192k",
-        "-shortest",
-        str(path),
-    )
+        *_ff(tools), "-f", "lavfi", "-i", video, "-f", "lavfi", "-i",
+        f"sine=frequency=440:sample_rate=48000:duration={seconds}", "-c:v", "libx264",
+        "-preset", "veryfast", "-crf", "16", "-g", "250", "-pix_fmt", "yuv420p", "-c:a", "aac",
+        "-b:a", "192k", "-shortest", str(path),
+    )  # fmt: skip
 
 
 @dataclass
@@ -237,40 +215,21 @@ def whole_job(s: Settings, job_id: str, src: Path, out: Path) -> JobSpec:
     """The baseline: the chunks' video settings over the whole clip, the audio as the audio
     step encodes it."""
     op = Transcode(
-        codec="h264",
-        rate_control="crf",
-        crf=s.crf,
-        preset=s.preset,
-        gop_size=s.gop,
-        closed_gop=True,
-        audio_codec="aac",
-        audio_bitrate_kbps=128,
-    )
+        codec="h264", rate_control="crf", crf=s.crf, preset=s.preset, gop_size=s.gop,
+        closed_gop=True, audio_codec="aac", audio_bitrate_kbps=128,
+    )  # fmt: skip
     return JobSpec(
-        job_id=job_id,
-        tenant=TENANT,
-        input=uri_of(src),
-        output=uri_of(out),
-        operation=op,
+        job_id=job_id, tenant=TENANT, input=uri_of(src), output=uri_of(out), operation=op,
         requirements=Requirements(accel="software"),
-    )
+    )  # fmt: skip
 
 
 def chunked_spec(s: Settings, workflow_id: str, src: Path, out: Path) -> ChunkedSpec:
     return ChunkedSpec(
-        workflow_id=workflow_id,
-        tenant=TENANT,
-        input=uri_of(src),
-        output=uri_of(out),
-        duration_seconds=s.seconds,
-        chunk_seconds=s.chunk_seconds,
-        codec="h264",
-        crf=s.crf,
-        preset=s.preset,
-        gop_size=s.gop,
-        audio_codec="aac",
-        audio_bitrate_kbps=128,
-    )
+        workflow_id=workflow_id, tenant=TENANT, input=uri_of(src), output=uri_of(out),
+        duration_seconds=s.seconds, chunk_seconds=s.chunk_seconds, codec="h264", crf=s.crf,
+        preset=s.preset, gop_size=s.gop, audio_codec="aac", audio_bitrate_kbps=128,
+    )  # fmt: skip
 
 
 _ids = itertools.count(1)
@@ -363,22 +322,9 @@ async def vmaf_frames(tools: FfmpegTools, dist: Path, ref: Path, log: Path) -> l
     threads = os.cpu_count() or 1
     graph = filter_graph(Analyze(reference=uri_of(ref), vmaf=True), d, r, VMAF_MODEL, log, threads)
     await _sh(
-        *_ff(tools),
-        "-filter_threads",
-        str(threads),
-        "-i",
-        str(dist),
-        "-i",
-        str(ref),
-        "-filter_complex",
-        graph,
-        "-map",
-        "[out]",
-        "-an",
-        "-f",
-        "null",
-        "-",
-    )
+        *_ff(tools), "-filter_threads", str(threads), "-i", str(dist), "-i", str(ref),
+        "-filter_complex", graph, "-map", "[out]", "-an", "-f", "null", "-",
+    )  # fmt: skip
     return await asyncio.to_thread(read_vmaf_log, log)
 
 
@@ -399,7 +345,8 @@ def quality(scores: list[float], path: Path, seconds: float) -> dict[str, Any]:
 def seams(borders: list[int], chunked: list[float], whole: list[float]) -> list[dict[str, Any]]:
     """Per border (the first frame of each chunk after the first): the lowest VMAF within
     ±SEAM_FRAMES and its dip below the title's mean, in the chunked output and, as the control,
-    at the same frames of the unchunked one (its keyframes fall there too: same GOP)."""
+    at the same frames of the unchunked one (which has a keyframe there too when the GOP
+    divides the chunk length, as by default)."""
     c_mean, w_mean = statistics.fmean(chunked), statistics.fmean(whole)
     rows = []
     for b in borders:
