@@ -42,6 +42,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check common schemas daemon control tests bench
 	$(BIN)/ruff format --check common schemas daemon control tests bench
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 
 demo: $(STAMP)
 	$(BIN)/python -m control.devstack.demo
