@@ -271,6 +271,10 @@ class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=T
     audio_renditions: Annotated[
         list[AudioRendition], msgspec.Meta(max_length=MAX_AUDIO_RENDITIONS)
     ] = []
+    #: For an HDR10 (PQ), HLG or Dolby Vision source: `auto` refuses it (the rungs are 8-bit
+    #: and would stay tagged HDR, which plays washed out), `tonemap` makes 8-bit BT.709 SDR
+    #: rungs. An SDR source ignores it.
+    hdr: Literal["auto", "tonemap"] = "auto"
 
     def __post_init__(self) -> None:
         if not (self.hls or self.dash):

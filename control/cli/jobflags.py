@@ -265,6 +265,8 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
             op["subtitles"] = args.subtitles
         if args.audio_rendition:
             op["audio_renditions"] = [_audio_rendition(t) for t in args.audio_rendition]
+        if args.hdr is not None:
+            op["hdr"] = args.hdr
     elif form == "pertitle":
         doc["output"] = file_uri(args.outdir)
         op |= {"rungs": _pertitle_rungs(args.rungs), "codec": args.codec, "metric": args.metric,
@@ -346,6 +348,8 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
                    help="an alternate audio track every rung shares (repeat for more; the "
                    "first is the default): a language (eng) or an input audio track number, "
                    "e.g. eng:128, fra:96, 0:64:mono")  # fmt: skip
+    k.add_argument("--hdr", choices=("auto", "tonemap"),
+                   help="an HDR source: refused (auto) or tone-mapped to SDR")  # fmt: skip
     q = forms.add_parser("pertitle", help="a quality-targeted ladder of INPUT into the new OUTDIR")
     q.add_argument("input")
     q.add_argument("outdir")

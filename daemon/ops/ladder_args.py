@@ -17,6 +17,7 @@ from pathlib import Path
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.encoders import preset_args
 from daemon.ops.subtitles import hls_language
+from daemon.ops.videograph import TONEMAP
 from schemas.operations import Package, Rung
 
 SOFTWARE = {"h264": "libx264", "hevc": "libx265"}
@@ -54,16 +55,21 @@ def rung_width(rung: Rung, src_w: int, src_h: int) -> int:
     return rung.width or max(2, round(src_w * rung.height / src_h / 2) * 2)
 
 
-def ladder_graph(rungs: list[Rung], src_w: int, src_h: int, hw: LadderHw | None) -> str:
+def ladder_graph(
+    rungs: list[Rung], src_w: int, src_h: int, hw: LadderHw | None, tonemap: bool = False
+) -> str:
+    """One decode split per rung; `tonemap`: HDR made SDR once, before the split, and every
+    rung tagged BT.709 (ffmpeg takes the colour tags from the frames)."""
     n = len(rungs)
     labels = "".join(f"[s{i}]" for i in range(n))
-    graph = [f"[0:v:0]split={n}{labels}"]
+    graph = [f"[0:v:0]{TONEMAP + ',' if tonemap else ''}split={n}{labels}"]
+    tags = ",setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709" * tonemap
     for i, r in enumerate(rungs):
         if hw is not None and hw.cuda_frames:
             w = rung_width(r, src_w, src_h)
             graph.append(f"[s{i}]scale_cuda={w}:{r.height}:format=yuv420p[v{i}]")
         else:
-            graph.append(f"[s{i}]scale={r.width or -2}:{r.height},format=yuv420p[v{i}]")
+            graph.append(f"[s{i}]scale={r.width or -2}:{r.height},format=yuv420p{tags}[v{i}]")
     return ";".join(graph)
 
 
@@ -92,13 +98,16 @@ def package_args(
     hw: LadderHw | None = None,
     subtitles: tuple[str, ...] = (),
     alt_audio: tuple[AltAudio, ...] = (),
+    tonemap: bool = False,
 ) -> list[str]:
     """`size` is the source's (width, height), needed to size CUDA-scaled rungs exactly;
     `subtitles`: outputs after the package's (daemon.ops.subtitles.webvtt_outputs)."""
     n = len(rungs)
     args = ["-filter_threads", str(threads), "-threads", str(threads), *decode_args(hw)]
     args += [*guard, "-i", ffmpeg_arg(src)]
-    args += ["-filter_complex", ladder_graph(rungs, size[0] or 2, size[1] or 2, hw)]
+    if tonemap and hw is not None and hw.cuda_frames:
+        raise ValueError("tone-mapping runs on the CPU: frames cannot stay on the GPU")
+    args += ["-filter_complex", ladder_graph(rungs, size[0] or 2, size[1] or 2, hw, tonemap)]
     args += [a for i in range(n) for a in ("-map", f"[v{i}]")]
     for i, r in enumerate(rungs):
         kbps = r.bitrate_kbps

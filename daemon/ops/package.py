@@ -59,6 +59,7 @@ from daemon.ops.subtitles import (
     with_subtitles,
     with_timestamp_map,
 )
+from daemon.ops.transcode_plan import HDR_NAMES, HDR_TRANSFER
 from daemon.probe.gpu import CUDA_ENV
 from schemas.audioopts import CHANNELS, rendition_names
 from schemas.encoderneeds import package_family
@@ -107,6 +108,8 @@ class _Run:
     subtitles: tuple[StreamInfo, ...] = ()
     #: Alternate audio tracks shared by every rung (empty: audio muxed per rung).
     alt_audio: tuple[AltAudio, ...] = ()
+    #: An HDR source made SDR (zscale + tonemap, on the CPU).
+    tonemap: bool = False
 
 
 async def _with_fallback(run: _Run, tmp: Path, families: list[str], notes: list[str]) -> str:
@@ -142,7 +145,8 @@ async def _nvenc(run: _Run, tmp: Path, gpu: int | None, notes: list[str]) -> Lad
     which scale_cuda refuses), the same ladder once more, decoded and scaled on the CPU. Only
     the second run's encoder failure counts against the encoder."""
     ctx = run.ctx
-    if cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0:
+    gpu_frames = cuda_frames_possible(ctx.hwaccels, ctx.filters) and ctx.cuda_gpus > 0
+    if gpu_frames and not run.tonemap:  # zscale and tonemap take frames in system memory
         on_gpu = LadderHw(gpu, cuda_frames=True)
         try:
             await _encode(run, tmp, on_gpu)
@@ -163,7 +167,7 @@ async def _encode(run: _Run, tmp: Path, hw: LadderHw | None) -> None:
     subs = tuple(webvtt_outputs(list(run.subtitles), tmp))
     args = package_args(run.op, run.rungs, run.src, tmp, run.gop, run.audio, ctx.threads,
                         ctx.media.guard(), size=run.size, hw=hw, subtitles=subs,
-                        alt_audio=run.alt_audio)  # fmt: skip
+                        alt_audio=run.alt_audio, tonemap=run.tonemap)  # fmt: skip
     encoder = rung_encoder(run.rungs[0], hw)
     await ctx.announce(encoder, args)
     await run_ffmpeg(
@@ -209,7 +213,8 @@ async def run_package(ctx: JobContext) -> JobResult:
     size = (video.width, video.height)
     subs, notes = _subtitle_tracks(op, info)
     alt_audio = alternate_audio(op, info)
-    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs, alt_audio)
+    tonemap = hdr_tonemap(op, video, notes)
+    run = _Run(ctx, op, kept, src, gop, has_audio, size, info.duration_s, subs, alt_audio, tonemap)
     tmp = partial_path(dest, ctx.job_key, ctx.attempt)
     try:
         encoder = await _with_fallback(run, tmp, families, notes)
@@ -252,6 +257,19 @@ async def run_package(ctx: JobContext) -> JobResult:
         ],
         dropped_rungs=dropped,
     )
+
+
+def hdr_tonemap(op: Package, video: StreamInfo, notes: list[str]) -> bool:
+    """Whether an HDR source is tone-mapped; InvalidJob for the silent wrong combination: a
+    ladder's 8-bit rungs still tagged HDR."""
+    if video.hdr not in HDR_TRANSFER:
+        return False
+    if op.hdr != "tonemap":
+        raise InvalidJob(f"the input is {HDR_NAMES[video.hdr]}, but a package's rungs are 8-bit "
+                         "and would stay tagged HDR, which plays washed out or wrong: ask `hdr` "
+                         "'tonemap' for SDR rungs (or transcode to 10-bit HEVC)")  # fmt: skip
+    notes.append(f"{HDR_NAMES[video.hdr]} input tone-mapped to SDR (BT.709)")
+    return True
 
 
 def alternate_audio(op: Package, info: ProbeInfo) -> tuple[AltAudio, ...]:

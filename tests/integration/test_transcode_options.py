@@ -16,7 +16,7 @@ from daemon.errors import InputError, InvalidJob, PathRefused
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
-from tests.support.media import run_ffmpeg
+from tests.support.media import make_hdr_clip, run_ffmpeg
 from tests.support.probing import (
     frame_count,
     header_values,
@@ -208,31 +208,16 @@ async def test_an_overlay_that_is_not_an_image_is_refused(
                       overlay={"image": uri_of(clip)})  # fmt: skip
 
 
-async def _hdr_clip(ffmpeg: str, out: Path, transfer: str, encoder: str) -> Path:
-    """1 s of 10-bit BT.2020 with `transfer` (smpte2084: HDR10, arib-std-b67: HLG), tagged on
-    the frames (this ffmpeg writes primaries and transfer from the frames, not from options)."""
-    tags = f"setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc"
-    quiet = ["-x265-params", "log-level=error"] if encoder == "libx265" else ["-preset", "12"]
-    code, err = await run_ffmpeg(
-        ffmpeg, "-loglevel", "error", "-y",
-        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1",
-        "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=1",
-        "-vf", f"{tags},format=yuv420p10le", "-c:v", encoder, *quiet,
-        "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc",
-        "-c:a", "aac", "-shortest", str(out),
-    )  # fmt: skip
-    assert code == 0, err
-    return out
-
-
 @pytest_asyncio.fixture(scope="module")
 async def hdr10(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
-    return await _hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "hdr10.mp4", "smpte2084", "libx265")
+    return await make_hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "hdr10.mp4", "smpte2084", "libx265")
 
 
 @pytest_asyncio.fixture(scope="module")
 async def hlg(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
-    return await _hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "hlg.mkv", "arib-std-b67", "libsvtav1")
+    return await make_hdr_clip(
+        ffmpeg_tools.ffmpeg, media_dir / "hlg.mkv", "arib-std-b67", "libsvtav1"
+    )
 
 
 async def test_the_hdr_test_media_are_what_they_claim(

@@ -57,3 +57,20 @@ async def media_duration(ffmpeg: str, path: Path) -> float:
         raise ValueError(f"no duration for {path}: {err[-500:].decode(errors='replace')}")
     hours, minutes, seconds = match.groups()
     return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+async def make_hdr_clip(ffmpeg: str, out: Path, transfer: str, encoder: str) -> Path:
+    """1 s of 10-bit BT.2020 with `transfer` (smpte2084: HDR10, arib-std-b67: HLG), tagged on
+    the frames (this ffmpeg writes primaries and transfer from the frames, not from options)."""
+    tags = f"setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc"
+    quiet = ["-x265-params", "log-level=error"] if encoder == "libx265" else ["-preset", "12"]
+    code, err = await run_ffmpeg(
+        ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25:duration=1",
+        "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000:duration=1",
+        "-vf", f"{tags},format=yuv420p10le", "-c:v", encoder, *quiet,
+        "-color_primaries", "bt2020", "-color_trc", transfer, "-colorspace", "bt2020nc",
+        "-c:a", "aac", "-shortest", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out

@@ -1,4 +1,5 @@
-"""The alternate-audio part of a package's ffmpeg arguments, and the master playlist's labels."""
+"""A package's ffmpeg arguments: alternate audio tracks and the master playlist's labels, and an HDR
+source tone-mapped once before the split."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from control.cli.format import result_rows
 from control.cli.jobflags import flag_document, submit_argv, to_spec
 from control.cli.main import build_parser
 from control.errors import BadInput
-from daemon.ops.ladder_args import AltAudio, LadderHw, package_args, with_audio_names
+from daemon.ops.ladder_args import AltAudio, LadderHw, ladder_graph, package_args, with_audio_names
+from daemon.ops.videograph import TONEMAP
 from schemas.audioopts import AudioRendition
 from schemas.operations import Package, Rung
 from schemas.results import AudioRenditionReport, JobResult
@@ -94,6 +96,7 @@ def test_cli_audio_renditions_reach_the_schema() -> None:
         AudioRendition(stream=0, bitrate_kbps=48, layout="mono", name="English (mono)"),
     ]
     assert _package().audio_renditions == []
+    assert _package("--hdr", "tonemap").hdr == "tonemap" and _package().hdr == "auto"
     with pytest.raises(BadInput, match="write TRACK\\[:KBPS"):
         _package("--audio-rendition", "eng:loud")
     with pytest.raises(BadInput, match="audio_renditions"):
@@ -105,3 +108,21 @@ def test_status_lists_each_audio_track() -> None:
                                   bitrate_kbps=48, channels=1, default=True)  # fmt: skip
     rows = result_rows(JobResult(audio_renditions=[report]))
     assert rows == [("audio", "English (mono) (track 0, eng, 48 kb/s, 1 ch, default)")]
+
+
+def test_tonemap_runs_once_before_the_split_and_tags_every_rung() -> None:
+    graph = ladder_graph(LADDER, 1920, 1080, None, tonemap=True)
+    assert graph.startswith(f"[0:v:0]{TONEMAP},split=2[s0][s1];")
+    tags = "setparams=color_primaries=bt709:color_trc=bt709:colorspace=bt709"
+    assert graph.count(tags) == 2 and graph.count("tonemap=hable") == 1
+    assert "setparams" not in ladder_graph(LADDER, 1920, 1080, None)
+
+
+def test_tonemap_never_asks_for_frames_kept_on_the_gpu() -> None:
+    nvenc = LadderHw(gpu=0, cuda_frames=False)
+    args = package_args(Package(ladder=LADDER, hdr="tonemap"), LADDER, Path("/i.mp4"),
+                        Path("/out"), 100, True, 2, hw=nvenc, tonemap=True)  # fmt: skip
+    assert "-hwaccel" not in args and _after(args, "-c:v:0") == "h264_nvenc"
+    with pytest.raises(ValueError, match="tone-mapping runs on the CPU"):
+        package_args(Package(ladder=LADDER), LADDER, Path("/i.mp4"), Path("/out"), 100, True,
+                     2, hw=LadderHw(gpu=0, cuda_frames=True), tonemap=True)  # fmt: skip

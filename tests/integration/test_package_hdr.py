@@ -1,0 +1,70 @@
+"""An HDR source packaged on real ffmpeg: refused by default, since a ladder's 8-bit rungs would
+stay tagged HDR; with `hdr: tonemap` every rung is 8-bit BT.709 SDR, tone-mapped once."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from daemon.errors import InvalidJob
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.job.handle import JobHandle
+from daemon.media.paths import uri_of
+from daemon.ops.context import JobContext
+from daemon.ops.package import run_package
+from schemas.jobs import JobSpec
+from schemas.operations import Package, Rung
+from tests.support.media import make_hdr_clip
+from tests.support.probing import ffmpeg_output
+
+
+@pytest_asyncio.fixture(scope="module")
+async def hdr10(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    return await make_hdr_clip(ffmpeg_tools.ffmpeg, media_dir / "pkg-hdr10.mp4", "smpte2084",
+                               "libx265")  # fmt: skip
+
+
+def _ctx(tools: FfmpegTools, tmp_path: Path, src: Path, out: Path, **op: Any) -> JobContext:
+    ladder = [Rung(height=240, bitrate_kbps=300), Rung(height=120, bitrate_kbps=150)]
+    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out),
+                   operation=Package(ladder=ladder, segment_seconds=1.0, **op))  # fmt: skip
+    (tmp_path / "scratch").mkdir(exist_ok=True)
+
+    async def progress(_: Any) -> None:
+        pass
+
+    return JobContext(
+        handle=JobHandle("j1"), spec=spec, scratch=tmp_path / "scratch", tools=tools,
+        verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=2,
+        allowed_roots=[src.parent, tmp_path], progress=progress,
+    )  # fmt: skip
+
+
+async def test_an_hdr_source_is_refused_rather_than_packaged_as_8_bit_hdr(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pkg"
+    with pytest.raises(InvalidJob, match=r"the input is HDR10 \(PQ\).*ask `hdr` 'tonemap'"):
+        await run_package(_ctx(ffmpeg_tools, tmp_path, hdr10, out))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("dash", [False, True])
+async def test_tonemap_makes_every_rung_8_bit_bt709(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, tmp_path: Path, dash: bool
+) -> None:
+    out = tmp_path / "pkg"
+    ctx = _ctx(ffmpeg_tools, tmp_path, hdr10, out, hdr="tonemap", hls=not dash, dash=dash)
+    result = await run_package(ctx)
+    assert result.notes == ["HDR10 (PQ) input tone-mapped to SDR (BT.709)"]
+    master = out / ("manifest.mpd" if dash else "master.m3u8")
+    _, banner = await ffmpeg_output(ffmpeg_tools.ffmpeg, "-i", str(master))
+    videos = re.findall(r"Video: h264 .*", banner)
+    assert len(videos) == 2, banner
+    # 8-bit 4:2:0 tagged BT.709 throughout: no PQ transfer or BT.2020 primaries left.
+    assert all("yuv420p(tv, bt709" in v for v in videos), videos
+    assert "smpte2084" not in banner and "bt2020" not in banner
