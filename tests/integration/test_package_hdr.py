@@ -1,5 +1,6 @@
 """An HDR source packaged on real ffmpeg: refused by default, since a ladder's 8-bit rungs would
-stay tagged HDR; with `hdr: tonemap` every rung is 8-bit BT.709 SDR, tone-mapped once."""
+stay tagged HDR; with `hdr: tonemap` every rung is 8-bit BT.709 SDR, tone-mapped once. A
+per-title ladder refuses it too."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from daemon.job.handle import JobHandle
 from daemon.media.paths import uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
+from daemon.ops.pertitle.run import run_pertitle
 from schemas.jobs import JobSpec
-from schemas.operations import Package, Rung
+from schemas.operations import Package, PerTitle, PerTitleRung, Rung
 from tests.support.media import make_hdr_clip
 from tests.support.probing import ffmpeg_output
 
@@ -28,10 +30,16 @@ async def hdr10(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
                                "libx265")  # fmt: skip
 
 
-def _ctx(tools: FfmpegTools, tmp_path: Path, src: Path, out: Path, **op: Any) -> JobContext:
+def _ctx(
+    tools: FfmpegTools, tmp_path: Path, src: Path, out: Path, pertitle: bool = False, **op: Any
+) -> JobContext:
     ladder = [Rung(height=240, bitrate_kbps=300), Rung(height=120, bitrate_kbps=150)]
-    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out),
-                   operation=Package(ladder=ladder, segment_seconds=1.0, **op))  # fmt: skip
+    operation = (
+        PerTitle(rungs=[PerTitleRung(height=240)])
+        if pertitle
+        else Package(ladder=ladder, segment_seconds=1.0, **op)
+    )
+    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out), operation=operation)
     (tmp_path / "scratch").mkdir(exist_ok=True)
 
     async def progress(_: Any) -> None:
@@ -68,3 +76,12 @@ async def test_tonemap_makes_every_rung_8_bit_bt709(
     # 8-bit 4:2:0 tagged BT.709 throughout: no PQ transfer or BT.2020 primaries left.
     assert all("yuv420p(tv, bt709" in v for v in videos), videos
     assert "smpte2084" not in banner and "bt2020" not in banner
+
+
+async def test_a_per_title_ladder_refuses_an_hdr_source(
+    ffmpeg_tools: FfmpegTools, hdr10: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "pt"
+    with pytest.raises(InvalidJob, match=r"HDR10 \(PQ\): a per-title ladder takes SDR sources"):
+        await run_pertitle(_ctx(ffmpeg_tools, tmp_path, hdr10, out, pertitle=True))
+    assert not out.exists()

@@ -46,6 +46,7 @@ from daemon.ops.pertitle.search import (
     parse_scene_scores,
     pick_samples,
 )
+from daemon.ops.transcode_plan import HDR_NAMES
 from daemon.ops.vmafpool import read_vmaf_log
 from schemas.operations import PerTitle, PerTitleRung, fixed_ladder_kbps
 from schemas.results import (
@@ -100,6 +101,9 @@ async def run_pertitle(ctx: JobContext) -> JobResult:
     video = next((s for s in info.streams if s.type == "video" and s.height), None)
     if video is None or not video.height or not video.width:
         raise InputError("input has no video stream with a known size")
+    if video.hdr in HDR_NAMES:  # 8-bit rungs would stay tagged HDR, and VMAF models are SDR
+        raise InvalidJob(f"the input is {HDR_NAMES[video.hdr]}: a per-title ladder takes SDR "
+                         "sources; tone-map it first (transcode with `hdr` 'tonemap')")  # fmt: skip
     duration = info.duration_s or video.duration_s
     if not duration:
         raise InputError("input has no known duration: samples cannot be placed")
