@@ -263,7 +263,7 @@ class Package(Part, kw_only=True, tag="package", tag_field="op", omit_defaults=T
     hls_segment_type: Literal["fmp4", "mpegts"] = "fmp4"
     preset: Preset = "veryfast"
     #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
-    #: package (a DASH package leaves them out, noted in the result).
+    #: package, or a text/vtt adaptation set of the DASH manifest.
     subtitles: SubtitleMode = "keep"
     #: Alternate audio tracks (languages, bitrates), each encoded once and shared by every rung;
     #: the rungs then carry no audio of their own (their `audio_bitrate_kbps` is not used).

@@ -101,7 +101,7 @@ def package_args(
     tonemap: bool = False,
 ) -> list[str]:
     """`size` is the source's (width, height), needed to size CUDA-scaled rungs exactly;
-    `subtitles`: outputs after the package's (daemon.ops.subtitles.webvtt_outputs)."""
+    `subtitles`: outputs after the package's, HLS or DASH (daemon.ops.subtitles.webvtt_outputs)."""
     n = len(rungs)
     args = ["-filter_threads", str(threads), "-threads", str(threads), *decode_args(hw)]
     args += [*guard, "-i", ffmpeg_arg(src)]
@@ -129,7 +129,7 @@ def package_args(
     if alt_audio:
         args += _alt_audio_args(alt_audio)
         if op.dash:
-            return args + _dash_args(op, out, None, _alt_audio_sets(alt_audio, n))
+            return [*args, *_dash_args(op, out, None, _alt_audio_sets(alt_audio, n)), *subtitles]
         stream_map = [f"v:{i},agroup:{AUDIO_GROUP}" for i in range(n)]
         for k, a in enumerate(alt_audio):
             lang = f",language:{a.language}" if a.language else ""
@@ -137,8 +137,8 @@ def package_args(
         return args + _hls_args(op, out, stream_map, subtitles)
     with_audio = [r for r in rungs if audio and r.audio_bitrate_kbps is not None]
     if op.dash:
-        return args + _dash_args(op, out, max((r.audio_bitrate_kbps or 0) for r in with_audio)
-                                 if with_audio else None)  # fmt: skip
+        top = max((r.audio_bitrate_kbps or 0) for r in with_audio) if with_audio else None
+        return [*args, *_dash_args(op, out, top), *subtitles]
     stream_map = []
     for i, r in enumerate(rungs):
         if r in with_audio:

@@ -4,9 +4,11 @@ The source video is split once per rung and scaled (never up: rungs taller than 
 dropped and listed in JobResult.dropped_rungs). Every rung gets the same closed GOP of exactly
 one segment (`-g`/`-keyint_min` = fps x segment_seconds, no scene-cut keyframes, keyframes forced
 on segment boundaries), so renditions switch cleanly. HLS alone uses the hls muxer with a
-`var_stream_map` (audio per rung); DASH uses the dash muxer, which with `hls` also writes HLS
-playlists over the same fMP4 segments (one audio rendition, the highest asked bitrate). HLS with
-TS segments plus DASH would need a second encode, so it is refused.
+`var_stream_map` (audio per rung, or one AUDIO group of alternate tracks); DASH uses the dash
+muxer, which with `hls` also writes HLS playlists over the same fMP4 segments (one audio
+rendition, the highest asked bitrate, or the alternate tracks). HLS with TS segments plus DASH
+would need a second encode, so it is refused. Text subtitles become WebVTT files added to the
+master playlist or the manifest afterwards (the muxers write neither well).
 
 `output` names a directory that must not exist yet. ffmpeg writes into a sibling temporary
 directory that is renamed into place only when the run succeeded, so readers never see half a
@@ -56,6 +58,7 @@ from daemon.ops.subtitles import (
     video_start,
     vtt_playlist,
     webvtt_outputs,
+    with_dash_subtitles,
     with_subtitles,
     with_timestamp_map,
 )
@@ -220,7 +223,9 @@ async def run_package(ctx: JobContext) -> JobResult:
         encoder = await _with_fallback(run, tmp, families, notes)
         if alt_audio and op.hls and not op.dash:
             await asyncio.to_thread(_name_audio, tmp, len(kept), alt_audio)
-        if subs:
+        if subs and op.dash:
+            await asyncio.to_thread(_add_dash_subtitles, tmp, list(subs))
+        elif subs:
             start = await _picture_start(ctx, op, tmp)
             await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0, start)
         ctx.handle.check()
@@ -320,9 +325,9 @@ def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ..
     texts = text_tracks(info)
     notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
              for n, s in enumerate(every) if s not in texts]  # fmt: skip
-    if op.dash:
-        return (), [f"{len(every)} subtitle track(s) left out: a DASH package carries none "
-                    "(an HLS-only one does)"]  # fmt: skip
+    if op.dash and op.hls and texts:
+        notes.append("the HLS playlists written beside DASH carry no subtitles (the manifest "
+                     "does; an HLS-only package's playlists do)")  # fmt: skip
     return tuple(texts), notes
 
 
@@ -345,6 +350,14 @@ async def _picture_start(ctx: JobContext, op: Package, tmp: Path) -> float:
 
 def _join(dest: Path, *parts: Path) -> None:
     dest.write_bytes(b"".join(part.read_bytes() for part in parts))
+
+
+def _add_dash_subtitles(tmp: Path, tracks: list[StreamInfo]) -> None:
+    mpd = tmp / "manifest.mpd"
+    try:
+        mpd.write_text(with_dash_subtitles(mpd.read_text(), tracks))
+    except ValueError as exc:
+        raise JobError(f"cannot add subtitles to the DASH manifest: {exc}") from exc
 
 
 def _add_subtitles(tmp: Path, tracks: list[StreamInfo], duration_s: float, start: float) -> None:

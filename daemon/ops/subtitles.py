@@ -253,6 +253,28 @@ def with_subtitles(master: str, tracks: list[StreamInfo]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def with_dash_subtitles(mpd: str, tracks: list[StreamInfo]) -> str:
+    """The DASH manifest with a text AdaptationSet per track: its WebVTT file whole, as a
+    sidecar (the dash muxer writes no text representations of its own)."""
+    sets = []
+    for k, s in enumerate(tracks):
+        tag, _ = hls_language(s.language)
+        lang = f' lang="{tag}"' if tag else ""
+        sets.append(
+            f'\t\t<AdaptationSet id="{100 + k}" contentType="text" mimeType="text/vtt"{lang}>\n'
+            '\t\t\t<Role schemeIdUri="urn:mpeg:dash:role:2011" value="subtitle"/>\n'
+            f'\t\t\t<Representation id="subs_{k}" bandwidth="256">\n'
+            f"\t\t\t\t<BaseURL>subs_{k}.vtt</BaseURL>\n"
+            "\t\t\t</Representation>\n\t\t</AdaptationSet>\n"
+        )  # fmt: skip
+    head, period, tail = mpd.rpartition("\t</Period>")
+    if not period:
+        head, period, tail = mpd.rpartition("</Period>")
+    if not period:
+        raise ValueError("the DASH manifest has no Period")
+    return head + "".join(sets) + period + tail
+
+
 _VIDEO_START = re.compile(r": Video: .*, start (\d+(?:\.\d+)?)")
 
 

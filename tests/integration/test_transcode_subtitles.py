@@ -10,6 +10,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
 
 import pytest
 import pytest_asyncio
@@ -294,15 +295,35 @@ async def test_ts_segments_get_webvtt_placed_on_their_clock(
     assert vtt.startswith("WEBVTT\nX-TIMESTAMP-MAP=") and "Hello there" in vtt
 
 
-async def test_packages_without_webvtt_renditions_say_why(
+async def test_a_dash_manifest_carries_each_text_track_as_a_webvtt_adaptation_set(
     ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
 ) -> None:
     out = tmp_path / "dash"
     result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
                                             dash=True))  # fmt: skip
-    assert result.notes == ["2 subtitle track(s) left out: a DASH package carries none (an "
-                            "HLS-only one does)"]  # fmt: skip
+    ns = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+    period = ElementTree.parse(out / "manifest.mpd").getroot().find("d:Period", ns)
+    assert period is not None
+    texts = [a for a in period.findall("d:AdaptationSet", ns) if a.get("contentType") == "text"]
+    assert [(a.get("mimeType"), a.get("lang")) for a in texts] == [("text/vtt", "en"),
+                                                                    ("text/vtt", "fr")]  # fmt: skip
+    urls = [a.findtext("d:Representation/d:BaseURL", namespaces=ns) for a in texts]
+    assert urls == ["subs_0.vtt", "subs_1.vtt"]
+    assert "Hello there" in (out / "subs_0.vtt").read_text()
+    assert "Bonjour" in (out / "subs_1.vtt").read_text()
+    # The dash muxer's own HLS playlists get none, and the result says so.
+    assert result.notes == ["the HLS playlists written beside DASH carry no subtitles (the "
+                            "manifest does; an HLS-only package's playlists do)"]  # fmt: skip
     assert "SUBTITLES" not in (out / "master.m3u8").read_text()
+    # ffmpeg's DASH reader opens .vtt representations only when told to (players do anyway).
+    _, err = await ffmpeg_output(ffmpeg_tools.ffmpeg, "-allowed_extensions", "ALL", "-i",
+                                 str(out / "manifest.mpd"))  # fmt: skip
+    assert re.findall(r"\((\w+)\): Subtitle: webvtt, start 0\.2", err) == ["en", "fr"], err
+
+
+async def test_a_package_dropping_subtitles_writes_none(
+    ffmpeg_tools: FfmpegTools, subbed: Path, roots: list[Path], tmp_path: Path
+) -> None:
     out = tmp_path / "dropped"
     result = await run_package(_package_ctx(ffmpeg_tools, tmp_path, roots, subbed, out,
                                             subtitles="drop"))  # fmt: skip

@@ -26,6 +26,7 @@ from daemon.ops.subtitles import (
     plan_subtitles,
     subtitle_args,
     subtitle_inputs,
+    with_dash_subtitles,
     with_subtitles,
     with_timestamp_map,
 )
@@ -201,3 +202,17 @@ def test_hls_renditions_have_unique_names_and_bcp47_languages() -> None:
     assert with_timestamp_map("WEBVTT\n\n00:00.200 --> 00:00.900\nHi\n", 1.48).startswith(
         "WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:133200,LOCAL:00:00:00.000\n\n00:00.200"
     )
+
+
+def test_a_dash_manifest_gets_a_text_adaptation_set_per_track_inside_its_period() -> None:
+    mpd = '<MPD>\n\t<Period id="0">\n\t\t<AdaptationSet id="0"/>\n\t</Period>\n</MPD>\n'
+    tracks = [StreamInfo(index=2, type="subtitle", codec="subrip", language="fra"),
+              StreamInfo(index=3, type="subtitle", codec="subrip")]  # fmt: skip
+    out = with_dash_subtitles(mpd, tracks)
+    assert out.index(
+        '<AdaptationSet id="100" contentType="text" mimeType="text/vtt" lang="fr">'
+    ) < (out.index("\t</Period>"))
+    assert '<AdaptationSet id="101" contentType="text" mimeType="text/vtt">' in out
+    assert "<BaseURL>subs_1.vtt</BaseURL>" in out and out.endswith("\t</Period>\n</MPD>\n")
+    with pytest.raises(ValueError, match="no Period"):
+        with_dash_subtitles("<MPD/>", tracks)
