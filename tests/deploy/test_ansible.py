@@ -90,6 +90,7 @@ def test_rolling_upgrade_drains_in_bounded_batches() -> None:
     [
         ("flotilla_daemon", "flotilla-daemon.service.j2", "flotilla-daemon.service"),
         ("flotilla_control", "flotilla-control.service.j2", "flotilla-control.service"),
+        ("nats", "nats-server.service.j2", "nats-server.service"),
     ],
 )
 def test_shipped_units_are_what_the_roles_render_by_default(
@@ -98,6 +99,23 @@ def test_shipped_units_are_what_the_roles_render_by_default(
     """systemd/ holds each unit as its role renders it with the default paths and user."""
     rendered = render_template(role, template, tmp_path, {"inventory_hostname_short": "edge-1"})
     assert rendered == (REPO / "systemd" / shipped).read_text()
+
+
+def test_the_nats_unit_follows_the_roles_paths_and_user(tmp_path: Path) -> None:
+    """A broker installed elsewhere (binary, config, JetStream store, user) gets a unit that runs
+    that binary on that config and may write that store: ProtectSystem=strict leaves nothing
+    else writable, and a StateDirectory= would make another directory under /var/lib."""
+    unit = render_template(
+        "nats", "nats-server.service.j2", tmp_path,
+        {"inventory_hostname_short": "broker-1", "nats_server_binary": "/usr/local/bin/nats-server",
+         "nats_config_dir": "/srv/nats/etc", "nats_store_dir": "/data/jetstream",
+         "nats_user": "broker", "nats_group": "broker"},
+    )  # fmt: skip
+    assert "ExecStart=/usr/local/bin/nats-server -c /srv/nats/etc/nats-server.conf\n" in unit
+    assert "ReadWritePaths=/data/jetstream\n" in unit
+    assert "User=broker\nGroup=broker\n" in unit
+    assert "StateDirectory=" not in unit and "ConfigurationDirectory=" not in unit
+    assert "/opt/nats-server" not in unit and " /etc/nats-server" not in unit
 
 
 # --- the daemon role, applied for real -------------------------------------------------------
