@@ -118,6 +118,20 @@ def test_the_nats_unit_follows_the_roles_paths_and_user(tmp_path: Path) -> None:
     assert "/opt/nats-server" not in unit and " /etc/nats-server" not in unit
 
 
+@pytest.mark.parametrize(
+    ("role", "service"),
+    [("flotilla_daemon", "flotilla-daemon"), ("flotilla_control", "flotilla-control")],
+)
+def test_changed_nats_credentials_reload_the_service(role: str, service: str) -> None:
+    """A rotated password, creds file or nkey seed takes effect with a reload (the service
+    reconnects with the file rewritten in place); a restart would drain every node of a batch."""
+    tasks = yaml.safe_load((ANSIBLE / "roles" / role / "tasks" / "configure.yml").read_text())
+    writes = [t for t in tasks if "nats" in t["name"].lower() or "toml" in t["name"]]
+    assert len(writes) >= 2
+    for task in writes:
+        assert task["notify"] == f"Reload {service}", task["name"]
+
+
 # --- the daemon role, applied for real -------------------------------------------------------
 
 
