@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -130,6 +131,33 @@ def test_changed_nats_credentials_reload_the_service(role: str, service: str) ->
     assert len(writes) >= 2
     for task in writes:
         assert task["notify"] == f"Reload {service}", task["name"]
+
+
+def _playbook_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv) of each `ansible-playbook` command the docs and playbooks show."""
+    found = []
+    sources = [REPO / "README.md", ANSIBLE / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in sources + sorted(ANSIBLE.glob("*.yml")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "ansible-playbook " in line:
+                text = line[line.index("ansible-playbook ") :].split("`")[0]
+                found.append((f"{path.relative_to(REPO)}:{n}", shlex.split(text, comments=True)))
+    return found
+
+
+def test_documented_playbook_commands_run_as_written() -> None:
+    """Run in ansible/ (ansible.cfg is read from the working directory: roles, settings), each
+    names an inventory (without one nothing matches the plays, which then do nothing) and a
+    playbook there, and a wheelhouse by the absolute path the preflight insists on."""
+    commands = _playbook_commands()
+    assert len(commands) >= 10
+    for where, argv in commands:
+        assert "-i" in argv, where
+        playbooks = [a for a in argv if a.endswith(".yml")]
+        assert playbooks and all((ANSIBLE / p).is_file() for p in playbooks), where
+        for arg in argv:
+            if arg.startswith("flotilla_wheelhouse="):
+                assert arg.partition("=")[2].startswith("/"), where
 
 
 # --- the daemon role, applied for real -------------------------------------------------------
