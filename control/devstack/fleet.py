@@ -344,6 +344,7 @@ async def run_dev(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    print(f"starting the fleet in {fleet.data_dir} ({nodes} nodes) …", flush=True)
     await fleet.start()
     try:
         # Said only once it answers, so the next command (README's quickstart) finds it up.
