@@ -349,6 +349,8 @@ async def run_dev(
     try:
         # Said only once it answers, so the next command (README's quickstart) finds it up.
         await fleet.wait_ready(stop)
+        if stop.is_set():  # Ctrl-C while starting
+            return 0
         print(f"NATS      {fleet.nats_url}")
         print(f"Postgres  {fleet.database_url}")
         for name, port in fleet.metrics_ports.items():
