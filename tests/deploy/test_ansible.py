@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -158,6 +159,48 @@ def test_documented_playbook_commands_run_as_written() -> None:
         for arg in argv:
             if arg.startswith("flotilla_wheelhouse="):
                 assert arg.partition("=")[2].startswith("/"), where
+
+
+def test_brokers_restart_one_at_a_time_and_each_answers_before_the_next() -> None:
+    *_, play = [
+        p for p in yaml.safe_load((ANSIBLE / "site.yml").read_text()) if p["hosts"] == "nats"
+    ]
+    assert play["serial"] == 1
+    handlers = yaml.safe_load((ANSIBLE / "roles/nats/handlers/main.yml").read_text())
+    names = [h["name"] for h in handlers]
+    wait = next(h for h in handlers if h.get("listen") == "Restart nats-server")
+    assert names.index(wait["name"]) > names.index("Restart nats-server")
+
+
+def test_the_wait_after_a_broker_restart_passes_on_a_running_broker(tmp_path: Path) -> None:
+    """The role's wait handler, run as a task against a real nats-server with JetStream, its
+    monitoring on loopback as the role renders it (listening on every address)."""
+    handlers = yaml.safe_load((ANSIBLE / "roles/nats/handlers/main.yml").read_text())
+    wait = next(h for h in handlers if h.get("listen") == "Restart nats-server")
+    task = {k: v for k, v in wait.items() if k != "listen"}
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    playbook = tmp_path / "wait.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Wait for a broker", "hosts": "localhost", "gather_facts": False,
+        "vars": {"nats_manage_systemd": True, "nats_http_address": "0.0.0.0",
+                 "nats_http_port": ports[1]},
+        "tasks": [task],
+    }]))  # fmt: skip
+    server = subprocess.Popen(
+        [str(VENV_BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(ports[0]),
+         "-m", str(ports[1]), "-js", "-sd", str(tmp_path / "js")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        ok, _ = run_role("nats-wait", {}, tmp_path / "run", playbook=playbook)
+        assert ok == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 # --- the daemon role, applied for real -------------------------------------------------------
