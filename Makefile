@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test test-fast test-integration test-fleet test-deploy lint demo bench bench-peers chaos clean dist
 
-install: $(STAMP)
+install: $(STAMP) $(BIN)/promtool
 
 # A venv made before the distribution was renamed (flotilla -> flotilla-fleet) holds the old one.
-$(STAMP): pyproject.toml $(BIN)/promtool
+$(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	@$(BIN)/pip uninstall -q -y flotilla 2>/dev/null || true
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml $(BIN)/promtool
 
 # promtool checks the Prometheus rules and scrape configuration in tests/deploy: the one on PATH,
 # else the one in Debian's prometheus package, unpacked here (apt-get download needs no root).
+# Only the test targets need it: `make demo` works on a machine with neither.
 $(BIN)/promtool:
 	@mkdir -p $(BIN)
 	@if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $@; \
@@ -28,14 +29,14 @@ $(BIN)/promtool:
 	  echo "promtool not found: put Prometheus's promtool on PATH and run make again" >&2; exit 1; }
 
 # Every tier: unit, integration (real nats-server, PostgreSQL, ffmpeg), fleet, deploy.
-test: $(STAMP)
+test: $(STAMP) $(BIN)/promtool
 	$(BIN)/pytest -q
 
 # The unit tier alone: no servers, well under a minute.
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-test-integration test-fleet test-deploy: test-%: $(STAMP)
+test-integration test-fleet test-deploy: test-%: $(STAMP) $(BIN)/promtool
 	$(BIN)/pytest -q tests/$*
 
 lint: $(STAMP)

@@ -22,6 +22,7 @@ from common.logs import LEVELS, env_level, error_line, setup_logging
 from common.sdnotify import Notifier
 from daemon.app import Daemon
 from daemon.config import load_daemon_config
+from daemon.ffmpeg.tools import find_tools
 
 log = logging.getLogger("flotilla.daemon")
 
@@ -72,6 +73,8 @@ async def serve_config(
     try:
         level = env_level(logging.INFO) if log_level is None else log_level
         cfg = load_daemon_config(path, required=path is not None)
+        # No usable ffmpeg is as much a config to fix as a bad key: checked before anything starts.
+        find_tools(cfg.ffmpeg, cfg.ffprobe)
     except (ConfigError, ValueError) as exc:
         print(error_line(str(exc)), file=sys.stderr)
         return EX_CONFIG

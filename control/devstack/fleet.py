@@ -22,6 +22,7 @@ import msgspec
 from common.natsconn import NatsSettings, connect
 from control.cli.context import save_fleet_context
 from control.devstack.stack import EmbeddedStack, free_ports
+from control.errors import CliError
 from control.topology import TopologySettings, ensure_topology
 from daemon.config import DaemonConfig, MediaSettings
 from schemas.subjects import Subjects
@@ -160,6 +161,34 @@ class DevFleet:
         finally:
             await nc.close()
 
+    async def wait_ready(self, stop: asyncio.Event, limit_s: float = 180.0) -> None:
+        """Until the control plane answers the API and lists every node online: what a command
+        run right after `flotilla dev` says it is up needs (raises CliError after `limit_s`).
+        Returns early once `stop` is set (Ctrl-C while starting)."""
+        from control.cli.apiclient import ApiClient
+        from schemas import api
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        settings = NatsSettings(url=self.nats_url, prefix=self.prefix)
+        online = 0
+        async with ApiClient(settings) as client:
+            while loop.time() < deadline and not stop.is_set():
+                if self.failed():
+                    raise CliError("; ".join(self.failed()) + f" (logs in {self.data_dir})")
+                with contextlib.suppress(CliError, TimeoutError):  # still starting
+                    reply = await client.call("node.list", api.EmptyRequest(), api.NodeListReply)
+                    online = sum(n.state == "online" for n in reply.nodes)
+                    if online >= self.nodes:
+                        return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+        if stop.is_set():
+            return
+        raise CliError(
+            f"{online} of {self.nodes} nodes online after {limit_s:.0f} s (logs in {self.data_dir})"
+        )
+
     async def add_control(self, name: str) -> None:
         """Start one more control-plane instance (a follower while another leads), as `name`."""
         [port] = free_ports(1)
@@ -255,20 +284,83 @@ class DevFleet:
         ]
 
 
-async def run_dev(data_dir: Path, nodes: int, roots: list[Path], context: str = "dev") -> int:
+#: The clip `flotilla dev` leaves in its default media root (the quickstart's input).
+SAMPLE_CLIP = "sample.mp4"
+
+
+async def make_source(ffmpeg: str, path: Path, seconds: int = 3) -> None:
+    """A 1080p test clip with sound (the demo's source, `flotilla dev`'s sample)."""
+    argv = [
+        ffmpeg,
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=1920x1080:rate=25",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=48000",
+        "-t",
+        str(seconds),
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "18",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-shortest",
+        str(path),
+    ]
+    proc = await asyncio.create_subprocess_exec(*argv)
+    if await proc.wait() != 0:
+        raise CliError(f"ffmpeg could not make the sample clip {path}")
+
+
+async def make_sample(path: Path) -> None:
+    """A 3 s 1080p test clip at `path`, unless one is there from an earlier run."""
+    if await asyncio.to_thread(path.exists):
+        return
+    from daemon.ffmpeg.tools import find_tools
+
+    await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial.mp4")
+    await make_source(find_tools().ffmpeg, partial)
+    await asyncio.to_thread(partial.replace, path)
+
+
+async def run_dev(
+    data_dir: Path, nodes: int, roots: list[Path], context: str = "dev", sample: Path | None = None
+) -> int:
     fleet = DevFleet(data_dir, nodes, roots, context_name=context)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    print(f"starting the fleet in {fleet.data_dir} ({nodes} nodes) …", flush=True)
     await fleet.start()
     try:
+        # Said only once it answers, so the next command (README's quickstart) finds it up.
+        await fleet.wait_ready(stop)
+        if stop.is_set():  # Ctrl-C while starting
+            return 0
         print(f"NATS      {fleet.nats_url}")
         print(f"Postgres  {fleet.database_url}")
         for name, port in fleet.metrics_ports.items():
             print(f"metrics   {name}: http://127.0.0.1:{port}/metrics")
         if fleet.context_path is not None:
             print(f"context   {fleet.context_path}   (other commands use it by default)")
+        media = ", ".join(str(r) for r in fleet.roots)
+        print(f"media     {media}   (the only place jobs may read and write files)")
+        if sample is not None:
+            print(f"sample    {sample}   (a 3 s clip to try jobs on)")
         print(f"logs      {fleet.data_dir}/*.log   (Ctrl-C stops the fleet)", flush=True)
         while not stop.is_set():
             if fleet.failed():

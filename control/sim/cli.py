@@ -51,6 +51,9 @@ def scenario_from(args: argparse.Namespace) -> object:
 
 
 async def sim(args: argparse.Namespace) -> int:
+    from control.devstack import require_embedded
+
+    require_embedded()
     # Imported here: every other command builds the same parser and needs none of this.
     from control.sim.report import as_json, render
     from control.sim.runner import run

@@ -7,11 +7,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.configfile import ConfigError
 from daemon.ffmpeg.proc import capture
 
 
-class FfmpegNotFound(Exception):
-    """No usable ffmpeg, or a configured program that is missing or not executable."""
+class FfmpegNotFound(ConfigError):
+    """No usable ffmpeg, or a configured program that is missing or not executable: a setting
+    (or an install) to fix, so the CLI says it in one line and the daemon exits 78."""
 
 
 @dataclass(frozen=True, slots=True)

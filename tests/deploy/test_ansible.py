@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +92,7 @@ def test_rolling_upgrade_drains_in_bounded_batches() -> None:
     [
         ("flotilla_daemon", "flotilla-daemon.service.j2", "flotilla-daemon.service"),
         ("flotilla_control", "flotilla-control.service.j2", "flotilla-control.service"),
+        ("nats", "nats-server.service.j2", "nats-server.service"),
     ],
 )
 def test_shipped_units_are_what_the_roles_render_by_default(
@@ -98,6 +101,106 @@ def test_shipped_units_are_what_the_roles_render_by_default(
     """systemd/ holds each unit as its role renders it with the default paths and user."""
     rendered = render_template(role, template, tmp_path, {"inventory_hostname_short": "edge-1"})
     assert rendered == (REPO / "systemd" / shipped).read_text()
+
+
+def test_the_nats_unit_follows_the_roles_paths_and_user(tmp_path: Path) -> None:
+    """A broker installed elsewhere (binary, config, JetStream store, user) gets a unit that runs
+    that binary on that config and may write that store: ProtectSystem=strict leaves nothing
+    else writable, and a StateDirectory= would make another directory under /var/lib."""
+    unit = render_template(
+        "nats", "nats-server.service.j2", tmp_path,
+        {"inventory_hostname_short": "broker-1", "nats_server_binary": "/usr/local/bin/nats-server",
+         "nats_config_dir": "/srv/nats/etc", "nats_store_dir": "/data/jetstream",
+         "nats_user": "broker", "nats_group": "broker"},
+    )  # fmt: skip
+    assert "ExecStart=/usr/local/bin/nats-server -c /srv/nats/etc/nats-server.conf\n" in unit
+    assert "ReadWritePaths=/data/jetstream\n" in unit
+    assert "User=broker\nGroup=broker\n" in unit
+    assert "StateDirectory=" not in unit and "ConfigurationDirectory=" not in unit
+    assert "/opt/nats-server" not in unit and " /etc/nats-server" not in unit
+
+
+@pytest.mark.parametrize(
+    ("role", "service"),
+    [("flotilla_daemon", "flotilla-daemon"), ("flotilla_control", "flotilla-control")],
+)
+def test_changed_nats_credentials_reload_the_service(role: str, service: str) -> None:
+    """A rotated password, creds file or nkey seed takes effect with a reload (the service
+    reconnects with the file rewritten in place); a restart would drain every node of a batch."""
+    tasks = yaml.safe_load((ANSIBLE / "roles" / role / "tasks" / "configure.yml").read_text())
+    writes = [t for t in tasks if "nats" in t["name"].lower() or "toml" in t["name"]]
+    assert len(writes) >= 2
+    for task in writes:
+        assert task["notify"] == f"Reload {service}", task["name"]
+
+
+def _playbook_commands() -> list[tuple[str, list[str]]]:
+    """(where, argv) of each `ansible-playbook` command the docs and playbooks show."""
+    found = []
+    sources = [REPO / "README.md", ANSIBLE / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in sources + sorted(ANSIBLE.glob("*.yml")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "ansible-playbook " in line:
+                text = line[line.index("ansible-playbook ") :].split("`")[0]
+                found.append((f"{path.relative_to(REPO)}:{n}", shlex.split(text, comments=True)))
+    return found
+
+
+def test_documented_playbook_commands_run_as_written() -> None:
+    """Run in ansible/ (ansible.cfg is read from the working directory: roles, settings), each
+    names an inventory (without one nothing matches the plays, which then do nothing) and a
+    playbook there, and a wheelhouse by the absolute path the preflight insists on."""
+    commands = _playbook_commands()
+    assert len(commands) >= 10
+    for where, argv in commands:
+        assert "-i" in argv, where
+        playbooks = [a for a in argv if a.endswith(".yml")]
+        assert playbooks and all((ANSIBLE / p).is_file() for p in playbooks), where
+        for arg in argv:
+            if arg.startswith("flotilla_wheelhouse="):
+                assert arg.partition("=")[2].startswith("/"), where
+
+
+def test_brokers_restart_one_at_a_time_and_each_answers_before_the_next() -> None:
+    *_, play = [
+        p for p in yaml.safe_load((ANSIBLE / "site.yml").read_text()) if p["hosts"] == "nats"
+    ]
+    assert play["serial"] == 1
+    handlers = yaml.safe_load((ANSIBLE / "roles/nats/handlers/main.yml").read_text())
+    names = [h["name"] for h in handlers]
+    wait = next(h for h in handlers if h.get("listen") == "Restart nats-server")
+    assert names.index(wait["name"]) > names.index("Restart nats-server")
+
+
+def test_the_wait_after_a_broker_restart_passes_on_a_running_broker(tmp_path: Path) -> None:
+    """The role's wait handler, run as a task against a real nats-server with JetStream, its
+    monitoring on loopback as the role renders it (listening on every address)."""
+    handlers = yaml.safe_load((ANSIBLE / "roles/nats/handlers/main.yml").read_text())
+    wait = next(h for h in handlers if h.get("listen") == "Restart nats-server")
+    task = {k: v for k, v in wait.items() if k != "listen"}
+    ports = []
+    for _ in range(2):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    playbook = tmp_path / "wait.yml"
+    playbook.write_text(yaml.safe_dump([{
+        "name": "Wait for a broker", "hosts": "localhost", "gather_facts": False,
+        "vars": {"nats_manage_systemd": True, "nats_http_address": "0.0.0.0",
+                 "nats_http_port": ports[1]},
+        "tasks": [task],
+    }]))  # fmt: skip
+    server = subprocess.Popen(
+        [str(VENV_BIN / "nats-server"), "-a", "127.0.0.1", "-p", str(ports[0]),
+         "-m", str(ports[1]), "-js", "-sd", str(tmp_path / "js")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        ok, _ = run_role("nats-wait", {}, tmp_path / "run", playbook=playbook)
+        assert ok == 1
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
 
 
 # --- the daemon role, applied for real -------------------------------------------------------

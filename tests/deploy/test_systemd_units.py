@@ -186,7 +186,6 @@ def test_shipped_nats_config_is_valid_and_syncs_always() -> None:
     [
         (f"{NO_GPU}.example", "flotilla_daemon/files/no-gpu.conf"),
         ("flotilla-gpu-init.service", "flotilla_daemon/files/flotilla-gpu-init.service"),
-        ("nats-server.service", "nats/files/nats-server.service"),
     ],
 )
 def test_the_roles_install_the_shipped_files(shipped: str, role_copy: str) -> None:

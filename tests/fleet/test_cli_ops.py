@@ -141,6 +141,16 @@ async def test_services_exit_78_on_a_bad_config(work: Path) -> None:
     assert res.rc == 78 and "FLOTILLA_LOG_LEVEL" in res.err, res
     # `control migrate` is a one-shot command: a bad config is bad input there.
     one_error_line(await run_cli("control", "migrate", "--config", str(bad)), 2)
+    # An ffmpeg that is not there is a setting to fix too, not a crash to restart on.
+    no_ffmpeg = work / "no-ffmpeg.toml"
+    no_ffmpeg.write_text(
+        'node_id = "n1"\nffmpeg = "/no/such/ffmpeg"\n[nats]\nurl = "nats://127.0.0.1:1"\n'
+    )
+    res = await run_cli("daemon", "--config", str(no_ffmpeg))
+    assert res.rc == 78 and "'/no/such/ffmpeg' does not exist" in res.err, res
+    assert len(res.err.strip().splitlines()) == 1, res
+    line = one_error_line(await run_cli("probe", "--config", str(no_ffmpeg)), 2)
+    assert "'/no/such/ffmpeg' does not exist" in line and "unexpected" not in line
 
 
 # -- against the dev fleet -----------------------------------------------------------------

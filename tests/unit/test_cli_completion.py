@@ -20,6 +20,21 @@ def test_every_command_path_is_known() -> None:
     assert "--json" in found["drain"].options and "--user" in found["drain"].options
 
 
+#: Commands that print no data of their own: services, and the completion script itself.
+NO_JSON = {"daemon", "dev", "completion"}
+
+
+def test_every_command_that_prints_data_takes_json() -> None:
+    """README: every command that prints data takes --json (drain, cancel, keys, windows, …)."""
+    found = levels(build_parser())
+    leaves = {path for path, level in found.items() if path and not level.subs}
+    assert {"drain", "resume", "cancel", "jobs retry", "windows", "keys revoke"} <= leaves
+    assert {"workflow cancel", "tenants create", "nats init", "probe"} <= leaves
+    missing = sorted(p for p in leaves - NO_JSON if "--json" not in found[p].options)
+    assert missing == []
+    assert "--json" in found["jobs"].options  # a command and the parent of `jobs retry`
+
+
 def _bash_complete(script_path: Path, *words: str) -> list[str]:
     code = (
         f"source {script_path}\n"

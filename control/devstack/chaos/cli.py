@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 async def chaos(args: argparse.Namespace) -> int:
+    from control.devstack import require_embedded
+
+    require_embedded()
     # Imported here: every other command builds the same parser and needs none of this.
     from control.devstack.chaos.runner import run
     from control.devstack.chaos.table import as_json, render
