@@ -362,13 +362,27 @@ class ApiService:
         tenant = await self._owner(ask.job_id, ask.tenant, who)
         return encode(await self.cancel_job(tenant, ask.job_id, ask.reason))
 
+    async def _recorded_runner(
+        self, live: list[FleetNode], tenant: str | None, job_id: str
+    ) -> FleetNode | None:
+        """The online node Postgres says runs the job: one that started it since its last
+        heartbeat is not listed yet, and a broadcast alone would leave the caller unanswered."""
+        if self.db is None or tenant is None:
+            return None
+        info = await jobquery.get_job(self.db, tenant, job_id)
+        if info is None or info.state != "running" or info.node_id is None:
+            return None
+        return next((n for n in live if n.node_id == info.node_id), None)
+
     async def cancel_job(self, tenant: str | None, job_id: str, reason: str) -> api.AckReply:
         """Cancel one job: delete it while queued, else ask the node that runs it (and every
         node, for one that picked it up after the bucket was read). job.cancel and
         workflow.cancel both come here."""
         # An offline node's last heartbeat may still list a job that now runs elsewhere.
-        live = (n for n in self._nodes() if n.state != "offline")
+        live = [n for n in self._nodes() if n.state != "offline"]
         runner = next((n for n in live if runs(n.heartbeat, tenant, job_id)), None)
+        if runner is None:
+            runner = await self._recorded_runner(live, tenant, job_id)
         js, subjects, pools = self.js, self.subjects, self.s.pools
         if runner is None and await delete_queued(js, subjects, pools, job_id, tenant):
             if self.db is not None and tenant is not None:

@@ -268,12 +268,10 @@ async def test_cancel_queued_and_running_jobs(
     assert json.loads((await run_cli("status", queued, "--json")).out)["state"] == "cancelled"
     for job_id in running:
         res = await run_cli("cancel", job_id, "--reason", "test says stop")
-        # Says where the cancel went (the node running it), not the node's terse answer. (A job
-        # whose node has not listed it in a heartbeat yet is still in the stream: removed there.)
+        # Says where the cancel went (the node running it), not the node's terse answer; a job
+        # started since its node's last heartbeat is found through the node its events name.
         assert res.rc == 0, res
-        assert res.out.startswith(
-            (f"{job_id}: cancel sent to dev-", f"{job_id}: cancelled while queued")
-        ), res
+        assert res.out.startswith(f"{job_id}: cancel sent to dev-"), res
     for job_id in running:
         res = await run_cli("watch", job_id, limit_s=60)
         assert res.rc == 1 and f"flotilla: error: {job_id} cancelled: " in res.err, res
