@@ -14,16 +14,14 @@ import pytest_asyncio
 
 from daemon.errors import InputError
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.handle import JobHandle
-from daemon.media.paths import uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
 from schemas.audioopts import AudioRendition
-from schemas.jobs import JobSpec
 from schemas.operations import Package, Rung
 from schemas.results import AudioRenditionReport
 from tests.support.media import run_ffmpeg
 from tests.support.probing import ffmpeg_output
+from tests.support.transcodejob import job_context
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -52,17 +50,7 @@ async def two_tongues(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
 def _ctx(tools: FfmpegTools, tmp_path: Path, src: Path, out: Path, **op: Any) -> JobContext:
     ladder = [Rung(height=240, bitrate_kbps=300), Rung(height=120, bitrate_kbps=150)]
     package = Package(ladder=ladder, segment_seconds=1.0, **op)
-    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out), operation=package)
-    (tmp_path / "scratch").mkdir(exist_ok=True)
-
-    async def progress(_: Any) -> None:
-        pass
-
-    return JobContext(
-        handle=JobHandle("j1"), spec=spec, scratch=tmp_path / "scratch", tools=tools,
-        verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=2,
-        allowed_roots=[src.parent, tmp_path], progress=progress,
-    )  # fmt: skip
+    return job_context(tools, tmp_path, [src.parent], src, out, package)
 
 
 RENDITIONS = [

@@ -13,15 +13,13 @@ import pytest_asyncio
 
 from daemon.errors import InvalidJob
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.handle import JobHandle
-from daemon.media.paths import uri_of
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
 from daemon.ops.pertitle.run import run_pertitle
-from schemas.jobs import JobSpec
 from schemas.operations import Package, PerTitle, PerTitleRung, Rung
 from tests.support.media import make_hdr_clip
 from tests.support.probing import ffmpeg_output
+from tests.support.transcodejob import job_context
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -39,17 +37,7 @@ def _ctx(
         if pertitle
         else Package(ladder=ladder, segment_seconds=1.0, **op)
     )
-    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out), operation=operation)
-    (tmp_path / "scratch").mkdir(exist_ok=True)
-
-    async def progress(_: Any) -> None:
-        pass
-
-    return JobContext(
-        handle=JobHandle("j1"), spec=spec, scratch=tmp_path / "scratch", tools=tools,
-        verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=2,
-        allowed_roots=[src.parent, tmp_path], progress=progress,
-    )  # fmt: skip
+    return job_context(tools, tmp_path, [src.parent], src, out, operation)
 
 
 async def test_an_hdr_source_is_refused_rather_than_packaged_as_8_bit_hdr(

@@ -17,8 +17,6 @@ import pytest_asyncio
 
 from daemon.errors import InputError, InvalidJob
 from daemon.ffmpeg.tools import FfmpegTools
-from daemon.job.handle import JobHandle
-from daemon.media.paths import uri_of
 from daemon.media.probe import probe_media
 from daemon.ops.context import JobContext
 from daemon.ops.package import run_package
@@ -29,7 +27,7 @@ from schemas.operations import Package, Rung, Transcode
 from tests.support.media import run_ffmpeg
 from tests.support.probing import ffmpeg_output, mean_rgb
 from tests.support.release import extract_release
-from tests.support.transcodejob import run_job
+from tests.support.transcodejob import job_context, run_job
 
 CUES = {
     "eng": [("00:00:00,200", "00:00:00,900", "Hello there"),
@@ -231,17 +229,7 @@ def _package_ctx(tools: FfmpegTools, tmp_path: Path, roots: list[Path], src: Pat
                  out: Path, **op: Any) -> JobContext:  # fmt: skip
     package = Package(ladder=[Rung(height=240, bitrate_kbps=300), Rung(height=120,
                       bitrate_kbps=150)], segment_seconds=1.0, **op)  # fmt: skip
-    spec = JobSpec(job_id="j1", input=uri_of(src), output=uri_of(out), operation=package)
-    (tmp_path / "scratch").mkdir(exist_ok=True)
-
-    async def progress(_: Any) -> None:
-        pass
-
-    return JobContext(
-        handle=JobHandle("j1"), spec=spec, scratch=tmp_path / "scratch", tools=tools,
-        verified_encoders=frozenset({"libx264", "aac"}), hwaccels=frozenset(), threads=2,
-        allowed_roots=[*roots, tmp_path], progress=progress,
-    )  # fmt: skip
+    return job_context(tools, tmp_path, roots, src, out, package)
 
 
 async def test_hls_package_carries_each_text_track_as_a_webvtt_rendition(
