@@ -166,6 +166,8 @@ async def test_wait_sent_returns_only_after_the_puback(rig: Rig) -> None:
     assert await rig.publisher.wait_sent(final.event_id, 20)
     messages = await stored(rig.js, rig.subjects.events_stream)  # already in the stream
     assert messages[-1].headers and messages[-1].headers["Nats-Msg-Id"] == final.event_id
+    # The mark commits in the background, after the PubAck wait_sent answers at: flush waits.
+    assert await rig.publisher.flush(20)
     assert await rig.journal.is_sent(final.event_id) is True
     assert await rig.publisher.wait_sent(final.event_id, 0.1)  # sent earlier: at once
     with pytest.raises(LookupError):
