@@ -42,9 +42,9 @@ async def pool_queue(
     now = time.time() if now is None else now
     queued = 0
     oldest: float | None = None
-    for prio in PRIORITIES:
+    for lane in (lane for prio in PRIORITIES for lane in subjects.lanes(pool, prio)):
         try:
-            info = await js.consumer_info(subjects.jobs_stream, subjects.consumer(pool, prio))
+            info = await js.consumer_info(subjects.jobs_stream, lane.consumer)
         except NotFoundError:
             continue
         pending = info.num_pending or 0
@@ -54,7 +54,7 @@ async def pool_queue(
                 msg = await js.get_msg(
                     subjects.jobs_stream,
                     seq=info.delivered.stream_seq + 1,
-                    subject=subjects.jobs_filter(pool, prio),
+                    subject=lane.filter,
                     next=True,
                 )
             except NotFoundError:

@@ -61,7 +61,8 @@ class ControlPlane:
         self.cfg = cfg
         #: Epoch seconds now, as deadlines are judged (tests move it instead of waiting).
         self.clock = clock
-        self.subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
+        subjects = Subjects(cfg.nats.prefix, cfg.nats.partitions)
+        self.subjects = cfg.topology.subjects(subjects)
         self.stop_event = asyncio.Event()
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.metrics = Metrics()

@@ -7,8 +7,8 @@ the server cannot update is reported as a `TopologyError` naming the object and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any
 
 import msgspec
 from nats.js import JetStreamContext
@@ -27,9 +27,14 @@ from nats.js.api import (
 from nats.js.errors import BucketNotFoundError, NotFoundError
 
 from schemas.common import PRIORITIES, Token
-from schemas.subjects import Subjects
+from schemas.subjects import LANE_MARK, SHARES_METADATA, Lane, Subjects, encode_shares
 
 DEFAULT_POOLS = ("cpu", "nvenc", "qsv", "vaapi")
+
+
+#: The control plane's canary jobs' tenant (control.alerts.canary): it needs a lane in every pool.
+CANARY_TENANT = "canary"
+Weight = Annotated[float, msgspec.Meta(gt=0, le=1_000_000)]
 
 
 class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -74,6 +79,23 @@ class TopologySettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True)
     #: and CLIs upload with the client's stock put, which needs them; but anyone who may write
     #: objects can then wipe a bucket with one roll-up message. Unset it once all are upgraded.
     media_allow_rollups: bool = False
+    #: Fair-share pools: `{pool: {tenant: weight}}`. Such a pool is pulled through one consumer
+    #: per tenant and priority, and each node starts the next job from the tenant furthest
+    #: below its weight (docs/scheduling.md); only the tenants named may submit to it (the
+    #: canary tenant is added with weight 1). Change a pool's tenants with its queue empty.
+    shares: dict[Token, dict[Token, Weight]] = {}
+
+    def __post_init__(self) -> None:
+        for pool, weights in self.shares.items():
+            if pool not in self.pools:
+                raise ValueError(f"shares name pool {pool!r}, which is not in topology.pools")
+            if not weights:
+                raise ValueError(f"shares of pool {pool!r} name no tenant")
+            weights.setdefault(CANARY_TENANT, 1.0)
+
+    def subjects(self, subjects: Subjects) -> Subjects:
+        """`subjects` with these settings' shares: what names the lanes."""
+        return replace(subjects, shares=self.shares)
 
 
 class TopologyError(Exception):
@@ -91,7 +113,12 @@ def jobs_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
     return StreamConfig(
         name=subjects.jobs_stream,
         description="Flotilla jobs, work queue",
-        subjects=[subjects.pool_priority_submits(p, prio) for p in s.pools for prio in PRIORITIES],
+        subjects=[
+            sub
+            for p in s.pools
+            for prio in PRIORITIES
+            for sub in subjects.captured_submits(p, prio)
+        ],
         subject_transform=SubjectTransform(
             src=subjects.submit_wildcard, dest=subjects.jobs_transform
         ),
@@ -103,6 +130,7 @@ def jobs_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
         storage=StorageType.FILE,
         num_replicas=s.replicas,
         duplicate_window=s.job_dedup_window,
+        metadata={SHARES_METADATA: encode_shares(subjects.shares)},
     )
 
 
@@ -147,18 +175,22 @@ def advisories_stream_config(subjects: Subjects, s: TopologySettings) -> StreamC
 
 
 def job_consumer_config(
-    subjects: Subjects, s: TopologySettings, pool: str, priority: str
+    subjects: Subjects, s: TopologySettings, pool: str, priority: str, lane: Lane | None = None
 ) -> ConsumerConfig:
+    lane = lane or Lane(subjects.consumer(pool, priority), subjects.jobs_filter(pool, priority))
+    meta = {"flotilla.pool": pool, "flotilla.priority": priority}
+    if lane.tenant is not None:
+        meta["flotilla.tenant"] = lane.tenant
     return ConsumerConfig(
-        durable_name=subjects.consumer(pool, priority),
-        filter_subject=subjects.jobs_filter(pool, priority),
+        durable_name=lane.consumer,
+        filter_subject=lane.filter,
         ack_policy=AckPolicy.EXPLICIT,
         deliver_policy=DeliverPolicy.ALL,
         ack_wait=s.ack_wait,
         max_deliver=s.max_deliver,
         max_ack_pending=-1,
         max_waiting=s.max_waiting,
-        metadata={"flotilla.pool": pool, "flotilla.priority": priority},
+        metadata=meta,
     )
 
 
@@ -236,6 +268,11 @@ async def ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: Topolog
     want_tr, have_tr = cfg.subject_transform, info.config.subject_transform
     if (want_tr and want_tr.dest) != (have_tr and have_tr.dest):
         changed.append("subject_transform")
+    # Only our keys: the server adds its own (its version, the API level) to every stream's.
+    have_meta = info.config.metadata or {}
+    if any(have_meta.get(k) != v for k, v in (cfg.metadata or {}).items()):
+        changed.append("metadata")
+        cfg = replace(cfg, metadata={**have_meta, **(cfg.metadata or {})})
     if not changed:
         report.unchanged.append(name)
         return
@@ -363,18 +400,56 @@ async def refuse_rollups(js: JetStreamContext, bucket: str) -> bool:
 async def ensure_pool_consumers(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings, pools: list[str]
 ) -> TopologyReport:
+    """Each pool's lanes; a lane of the pool's other layout (a pool that became fair-share, a
+    tenant whose share was removed) is deleted first, as the work queue refuses consumers whose
+    filters overlap, but only while it holds no job: else a TopologyError says to drain it."""
     report = TopologyReport()
+    subjects = s.subjects(subjects)
+    names = [n async for n in _consumer_names(js, subjects.jobs_stream)]
     for pool in pools:
         for priority in PRIORITIES:
-            cfg = job_consumer_config(subjects, s, pool, priority)
-            await ensure_consumer(js, subjects.jobs_stream, cfg, report)
+            lanes = subjects.lanes(pool, priority)
+            wanted = {lane.consumer for lane in lanes}
+            plain = subjects.consumer(pool, priority)
+            for name in names:
+                if name not in wanted and (name == plain or name.startswith(plain + LANE_MARK)):
+                    await _delete_idle(js, subjects.jobs_stream, name, report)
+            for lane in lanes:
+                cfg = job_consumer_config(subjects, s, pool, priority, lane)
+                await ensure_consumer(js, subjects.jobs_stream, cfg, report)
     return report
+
+
+async def _consumer_names(js: JetStreamContext, stream: str) -> Any:
+    offset = 0
+    while True:
+        page = await js.consumers_info(stream, offset)
+        for info in page:
+            yield info.name
+        if not page:
+            return
+        offset += len(page)
+
+
+async def _delete_idle(
+    js: JetStreamContext, stream: str, name: str, report: TopologyReport
+) -> None:
+    info = await js.consumer_info(stream, name)
+    held = (info.num_pending or 0) + (info.num_ack_pending or 0)
+    if held:
+        raise TopologyError(
+            f"consumer {stream}/{name} still holds {held} job(s) and no longer fits the pool's "
+            "shares: drain the pool (let its queue empty) and re-run `flotilla nats init`"
+        )
+    await js.delete_consumer(stream, name)
+    report.updated.append(f"consumer {stream}/{name} (deleted: not a lane of its pool now)")
 
 
 async def ensure_topology(
     js: JetStreamContext, subjects: Subjects, s: TopologySettings
 ) -> TopologyReport:
     report = TopologyReport()
+    subjects = s.subjects(subjects)
     await ensure_stream(js, jobs_stream_config(subjects, s), report)
     await ensure_stream(js, events_stream_config(subjects, s), report)
     await ensure_stream(js, dead_letter_stream_config(subjects, s), report)

@@ -19,8 +19,10 @@ Jobs stored under the version 1 form before an upgrade are still run, tenant fro
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from schemas.common import PRIORITIES
 
@@ -76,6 +78,52 @@ def job_msg_id_fits(msg_id: str | None, tenant: str, job_id: str) -> bool:
     return msg_id == own or msg_id.startswith(own + ".")
 
 
+#: Key of the jobs stream's metadata that holds the fair-share pools' weights (`{pool: {tenant:
+#: weight}}` as JSON), which is how daemons learn them: the control plane's topology writes it.
+SHARES_METADATA = "flotilla.shares"
+#: Between a job consumer's name and the tenant of its lane; never in a token, so unambiguous.
+LANE_MARK = "~"
+
+Shares = Mapping[str, Mapping[str, float]]
+
+
+def encode_shares(shares: Shares) -> str:
+    return json.dumps({p: dict(sorted(t.items())) for p, t in sorted(shares.items())})
+
+
+def decode_shares(text: str | None) -> dict[str, dict[str, float]]:
+    """The metadata's weights; ValueError on anything but pools of positive tenant weights."""
+    if not text:
+        return {}
+    raw = json.loads(text)
+    if not isinstance(raw, dict):
+        raise ValueError("shares must be an object of pools")
+    out: dict[str, dict[str, float]] = {}
+    for pool, weights in raw.items():
+        if not isinstance(weights, dict) or not weights:
+            raise ValueError(f"shares of pool {pool!r} must name tenants")
+        out[check_token(pool, "pool")] = {
+            check_token(t, "tenant"): _weight(w) for t, w in weights.items()
+        }
+    return out
+
+
+def _weight(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"share weight {value!r} must be a number above 0")
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """One durable consumer of a pool and priority: the whole tier, or in a fair-share pool one
+    tenant's part of it (`tenant` set)."""
+
+    consumer: str
+    filter: str
+    tenant: str | None = None
+
+
 @dataclass(frozen=True)
 class StoredJob:
     """A job message's place in the jobs stream, read from its stored subject."""
@@ -101,6 +149,9 @@ def parse_stored(subject: str) -> StoredJob:
 class Subjects:
     prefix: str = "flotilla"
     partitions: int = 8
+    #: Fair-share pools: tenant weights per pool (docs/scheduling.md). Such a pool's jobs are
+    #: pulled through one consumer per tenant and priority (`lanes`), not one per priority.
+    shares: Shares = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if not _PREFIX.match(self.prefix):
@@ -125,6 +176,15 @@ class Subjects:
         """What the jobs stream captures: one pattern per served pool and priority, so a job for
         a pool or priority nothing serves is refused at publish, never stored undeliverable."""
         return f"{self.prefix}.submit.*.{check_token(pool, 'pool')}.{priority}.*"
+
+    def captured_submits(self, pool: str, priority: str) -> list[str]:
+        """pool_priority_submits, or in a fair-share pool one pattern per tenant with a share:
+        another tenant's job there is refused at publish, since no lane would ever pull it."""
+        weights = self.shares.get(pool)
+        if not weights:
+            return [self.pool_priority_submits(pool, priority)]
+        check_token(pool, "pool")
+        return [f"{self.prefix}.submit.{t}.{pool}.{priority}.*" for t in sorted(weights)]
 
     @property
     def strays(self) -> str:
@@ -168,6 +228,26 @@ class Subjects:
 
     def consumer(self, pool: str, priority: str) -> str:
         return f"jobs-{pool}-{priority}"
+
+    def lane_consumer(self, pool: str, priority: str, tenant: str) -> str:
+        return f"{self.consumer(pool, priority)}{LANE_MARK}{check_token(tenant, 'tenant')}"
+
+    def lanes(self, pool: str, priority: str) -> list[Lane]:
+        """The consumers that hold the pool's jobs of this priority."""
+        weights = self.shares.get(pool)
+        if not weights:
+            return [Lane(self.consumer(pool, priority), self.jobs_filter(pool, priority))]
+        part = f"{self.prefix}.jobs.{pool}.{priority}.*"
+        return [
+            Lane(self.lane_consumer(pool, priority, t), f"{part}.{t}.*", t) for t in sorted(weights)
+        ]
+
+    def lane(self, pool: str, priority: str, tenant: str | None) -> Lane | None:
+        """The lane holding a job of `tenant` (None: the tenant has no share in a fair pool)."""
+        for lane in self.lanes(pool, priority):
+            if lane.tenant is None or lane.tenant == tenant:
+                return lane
+        return None
 
     # -- streams and buckets ------------------------------------------------------------
     @property

@@ -83,9 +83,10 @@ async def queued_ahead(
 ) -> int:
     """Messages waiting in the pool's consumers of this priority and the ones above it."""
     ahead = 0
-    for prio in PRIORITIES[: PRIORITIES.index(priority) + 1]:
+    above = PRIORITIES[: PRIORITIES.index(priority) + 1]
+    for lane in (lane for prio in above for lane in subjects.lanes(pool, prio)):
         try:
-            info = await js.consumer_info(subjects.jobs_stream, subjects.consumer(pool, prio))
+            info = await js.consumer_info(subjects.jobs_stream, lane.consumer)
         except NotFoundError:
             continue
         ahead += info.num_pending or 0

@@ -10,7 +10,7 @@ from nats.js.errors import NotFoundError
 from schemas.codec import DecodeError
 from schemas.common import PRIORITIES
 from schemas.registry import JOB_DECODER
-from schemas.subjects import Subjects
+from schemas.subjects import Subjects, parse_stored
 
 
 async def delete_queued(
@@ -39,23 +39,30 @@ async def delete_queued(
                     continue
                 if msg.seq is None or not (tenant_in_subject or _body_is(msg, tenant)):
                     continue
-                if await _handed_out(js, subjects, pool, prio, msg.seq):
+                if await _handed_out(js, subjects, pool, prio, msg):
                     return False
                 return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
     return False
 
 
 async def _handed_out(
-    js: JetStreamContext, subjects: Subjects, pool: str, prio: str, seq: int
+    js: JetStreamContext, subjects: Subjects, pool: str, prio: str, msg: RawStreamMsg
 ) -> bool:
-    """Whether the pool and priority's consumer has delivered the message at `seq` (it delivers
-    in stream order, so everything up to its delivered sequence has gone to some node)."""
+    """Whether the lane holding the message has delivered it (a consumer delivers in stream
+    order, so everything up to its delivered sequence has gone to some node)."""
     try:
-        info = await js.consumer_info(subjects.jobs_stream, subjects.consumer(pool, prio))
+        tenant = parse_stored(msg.subject or "").tenant
+    except ValueError:
+        tenant = None
+    lane = subjects.lane(pool, prio, tenant)
+    if lane is None:  # a fair-share pool's tenant with no share: no node pulls it
+        return False
+    try:
+        info = await js.consumer_info(subjects.jobs_stream, lane.consumer)
     except NotFoundError:
         return False
     delivered = info.delivered.stream_seq if info.delivered is not None else 0
-    return seq <= (delivered or 0)
+    return (msg.seq or 0) <= (delivered or 0)
 
 
 def _body_is(msg: RawStreamMsg, tenant: str | None) -> bool:

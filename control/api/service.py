@@ -254,6 +254,12 @@ class ApiService:
         ask = SUBMIT.decode(req.data)
         job = ask.job
         await self._admit(job.tenant, job.job_id, who)
+        if self.subjects.lane(job.pool, job.priority, job.tenant) is None:
+            shared = ", ".join(t.tenant or "" for t in self.subjects.lanes(job.pool, job.priority))
+            raise ApiFailure(
+                409, f"pool {job.pool!r} is shared by weight among {shared}: tenant "
+                f"{job.tenant!r} has no share there (topology.shares)",
+            )  # fmt: skip
         if rejection(job, self._synced().iter_nodes()) is not None:
             # Refused: name every node's reason, in node order (the same answer each time).
             reason = rejection(job, self._nodes())

@@ -110,6 +110,8 @@ class DevFleet:
     #: Source tree of another release to run a daemon from (a mixed-version fleet); a node not
     #: named runs this one. Read at each (re)start, so an upgrade is: drop it, restart.
     node_release: dict[str, Path] = field(default_factory=dict)
+    #: Fair-share pools, `{pool: {tenant: weight}}` (topology.shares).
+    shares: dict[str, dict[str, float]] = field(default_factory=dict)
     #: The CLI context written for this fleet (FLOTILLA_CONTEXT overrides); None writes none.
     context_name: str | None = "dev"
     #: Make that context the current one, which commands use when told no other.
@@ -143,7 +145,10 @@ class DevFleet:
         settings = NatsSettings(url=self.nats_url, prefix=self.prefix)
         nc = await connect(settings, name="flotilla-dev", reconnect=False)
         try:
-            topology = TopologySettings(ack_wait=self.ack_wait, replicas=self.replicas)
+            topology = TopologySettings(
+                ack_wait=self.ack_wait, replicas=self.replicas,
+                shares={p: dict(w) for p, w in self.shares.items()},
+            )  # fmt: skip
             await ensure_topology(nc.jetstream(), Subjects(self.prefix), topology)
             ports = free_ports(self.nodes + 1)
             config = _named("control", self._control_toml(ports[0]))
@@ -205,8 +210,12 @@ class DevFleet:
             f'database_url = "{self.database_url}"\nmetrics_port = {port}\n'
             f'[nats]\nurl = "{self.nats_url}"\nprefix = "{self.prefix}"\n'
             f"[topology]\nack_wait = {self.ack_wait}\nreplicas = {self.replicas}\n"
+            + "".join(
+                f"[topology.shares.{p}]\n" + "".join(f"{t} = {w}\n" for t, w in ws.items())
+                for p, ws in self.shares.items()
+            )
             # Dev nodes serve cpu; the GPU pools are there for machines that have one.
-            '[alerts]\nrequired_pools = ["cpu"]\n'
+            + '[alerts]\nrequired_pools = ["cpu"]\n'
         )
 
     def _daemon_toml(self, node: str, port: int) -> str:

@@ -57,6 +57,8 @@ SUBJECTS = Subjects("flotilla")
 MEDIA = "flotilla_media"
 TENANTS = {"prod-a": "acme", "prod-b": "rival"}
 REFUSED_TIMEOUT = 1.0
+#: A fair-share pool: its consumers are one per tenant (and the canary's) and priority.
+SHARES = {"qsv": {"acme": 2.0, "rival": 1.0}}
 
 
 def submit_subject(tenant: str, pool: str, priority: str, job_id: str) -> str:
@@ -95,11 +97,12 @@ def rendered_config(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int
         "nats_listen_address": "127.0.0.1",
         "nats_client_port": port,
         "nats_http_port": _free_port(),
-        "nats_flotilla_pools": ["cpu", "nvenc"],
+        "nats_flotilla_pools": ["cpu", "nvenc", "qsv"],
+        "nats_flotilla_shares": SHARES,
         "nats_flotilla_control_password": PASSWORDS["control"],
         "nats_system_password": "sys-pw",
         "nats_flotilla_nodes": [
-            {"name": "node1", "password": PASSWORDS["node1"], "pools": ["cpu"]},
+            {"name": "node1", "password": PASSWORDS["node1"], "pools": ["cpu", "qsv"]},
             {"name": "node2", "password": PASSWORDS["node2"], "pools": []},
         ],
         "nats_flotilla_producers": [
@@ -183,7 +186,10 @@ async def _submit_job(js: JetStreamContext, pool: str, priority: str, job_id: st
 async def control(server: str) -> AsyncIterator[Client]:
     nc = await _connect(server, "control")
     js = nc.jetstream()
-    settings = TopologySettings(pools=["cpu", "nvenc"], media_tenants=list(TENANTS.values()))
+    settings = TopologySettings(
+        pools=["cpu", "nvenc", "qsv"], media_tenants=list(TENANTS.values()),
+        shares={p: dict(w) for p, w in SHARES.items()},
+    )  # fmt: skip
     await ensure_topology(js, SUBJECTS, settings)
     yield nc
     await nc.close()
@@ -301,6 +307,27 @@ async def test_node_pulls_and_acks_its_pool(node1: tuple[Client, Errors], contro
     await msg.ack_sync(timeout=5)
     info = await js.consumer_info(SUBJECTS.jobs_stream, SUBJECTS.consumer("cpu", "normal"))
     assert info.num_ack_pending == 0
+    assert errors.seen == []
+
+
+async def test_node_pulls_a_fair_share_pools_tenant_lanes(
+    node1: tuple[Client, Errors], control: Client
+) -> None:
+    nc, errors = node1
+    await _submit_job(control.jetstream(), "qsv", "normal", "job-lane-1")
+    js = nc.jetstream(timeout=5)
+    # The weights are read from the jobs stream's metadata, as the daemon's puller does.
+    info = await js.stream_info(SUBJECTS.jobs_stream)
+    assert json.loads((info.config.metadata or {})["flotilla.shares"])["qsv"]["acme"] == 2.0
+    fair = TopologySettings(pools=["qsv"], shares={"qsv": dict(SHARES["qsv"])}).subjects(SUBJECTS)
+    for lane in fair.lanes("qsv", "high"):
+        await js.consumer_info(SUBJECTS.jobs_stream, lane.consumer)  # the canary's too
+    lane = fair.lane("qsv", "normal", "acme")
+    assert lane is not None
+    sub = await js.pull_subscribe_bind(lane.consumer, SUBJECTS.jobs_stream)
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert json.loads(msg.data) == {"job_id": "job-lane-1"}
+    await msg.ack_sync(timeout=5)
     assert errors.seen == []
 
 

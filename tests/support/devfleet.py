@@ -94,6 +94,7 @@ async def dev_fleet(
     roots: list[Path],
     node_settings: NodeSettings | None = None,
     ack_wait: float | None = None,
+    shares: dict[str, dict[str, float]] | None = None,
 ) -> AsyncIterator[DevFleet]:
     """A started DevFleet whose context file lives in `data_dir` (FLOTILLA_CONTEXT is set);
     `ack_wait`: how soon a crashed node's jobs are redelivered (default DevFleet's)."""
@@ -101,8 +102,9 @@ async def dev_fleet(
     previous = os.environ.get("FLOTILLA_CONTEXT")
     os.environ["FLOTILLA_CONTEXT"] = str(context)  # never the operator's own context file
     fleet = DevFleet(
-        data_dir / "fleet", nodes=nodes, roots=roots, node_settings=node_settings or NodeSettings()
-    )
+        data_dir / "fleet", nodes=nodes, roots=roots, node_settings=node_settings or NodeSettings(),
+        shares=shares or {},
+    )  # fmt: skip
     if ack_wait is not None:
         fleet.ack_wait = ack_wait
     try:
