@@ -247,6 +247,7 @@ class Daemon:
             fetch_timeout=self.cfg.fetch_timeout, wake_source=self.backend.nc,
             windows=lambda: self.windows, now=self.now, aging_every=self.cfg.aging_every,
             on_aged=aged.inc,
+            on_share_start=lambda t: self.metrics.share_starts.labels(pool=pool, tenant=t).inc(),
         )  # fmt: skip
 
     # -- windows and aging --------------------------------------------------------------

@@ -45,6 +45,12 @@ class Metrics:
             ["pool"],
             registry=r,
         )
+        self.share_starts = Counter(
+            "flotilla_share_starts_total",
+            "Jobs started in a fair-share pool, by tenant (docs/scheduling.md)",
+            ["pool", "tenant"],
+            registry=r,
+        )
         self.disk_low = Gauge(
             "flotilla_disk_low", "1 while free disk is under the watermark (no pulling)", registry=r
         )

@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
@@ -59,11 +60,12 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from common.supervise import RESTART, Policy, Supervisor
+from daemon.pull.shares import ShareBook
 from daemon.pull.slots import HOLD, Hold, Slots
 from daemon.pull.wake import Wake
 from daemon.pull.windows import Windows
 from schemas.common import PRIORITIES
-from schemas.subjects import Subjects
+from schemas.subjects import SHARES_METADATA, Lane, Subjects, decode_shares
 
 log = logging.getLogger("flotilla.puller")
 Spawn = Callable[[Msg, str, str], None]
@@ -71,6 +73,11 @@ Clock = Callable[[], datetime]
 #: Woken this long after a window's opening instant: a timer firing a hair early would find
 #: the tier still closed (it then waits again, briefly).
 OPENING_SLACK_S = 0.05
+#: A fair-share pool's weights are read again this often (a change of tenants is noticed at
+#: once: a deleted lane answers "not found", a hint names a tenant with no lane).
+SHARES_REFRESH_S = 60.0
+STALE_REBIND_S = 5.0
+Bound = list[tuple[Lane, JetStreamContext.PullSubscription]]
 _NO_WINDOWS = Windows()
 
 
@@ -99,13 +106,22 @@ class PoolPuller:
         now: Clock = utc_now,
         aging_every: int = 0,
         on_aged: Callable[[], None] = lambda: None,
+        on_share_start: Callable[[str], None] = lambda tenant: None,
     ) -> None:
         self.js, self.subjects = js, subjects
         self.pool, self.slots, self.spawn = pool, slots, spawn
         self.fetch_timeout, self.tier_timeout = fetch_timeout, tier_timeout
         #: How long a full pool stays in the wake group, waiting for a slot, before leaving it.
         self.pause_after = pause_after
-        self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        #: Per tier, its lanes: one consumer, or one per tenant in a fair-share pool.
+        self._subs: dict[str, Bound] = {}
+        self._bound_at = 0.0
+        #: Set when a hint names a tenant the pool's lanes do not: bind again (shares changed).
+        self._stale = False
+        #: A fair-share pool's slot use per tenant on this node (empty weights: not fair).
+        self.book = ShareBook()
+        #: Per tier, the tenants whose lanes the last peek saw holding jobs.
+        self._maybe: dict[str, set[str]] = {}
         self.wake = Wake(wake_source, subjects.pool_submits(pool))
         self.stopping = asyncio.Event()
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
@@ -119,6 +135,7 @@ class PoolPuller:
         #: Idle waits ended by a window opening.
         self.opened = 0
         self.aging_every, self.on_aged = aging_every, on_aged
+        self.on_share_start = on_share_start
         #: Consecutive starts from a tier while a lower open tier had jobs waiting (see Aging).
         self.starved = 0
         #: The lower tier seen waiting while `starved` counts.
@@ -147,19 +164,44 @@ class PoolPuller:
                 "or by adding the pool to the control plane's topology.pools"
             ) from None
 
-    async def _bind_all(self) -> dict[str, JetStreamContext.PullSubscription]:
-        subs: dict[str, JetStreamContext.PullSubscription] = {}
+    @property
+    def fair(self) -> bool:
+        return bool(self.book.weights)
+
+    async def _bind_all(self) -> dict[str, Bound]:
+        stream = self.subjects.jobs_stream
+        info = await self.js.stream_info(stream)  # the fair-share weights, in its metadata
+        try:
+            shares = decode_shares((info.config.metadata or {}).get(SHARES_METADATA))
+        except ValueError as exc:
+            raise MissingConsumer(f"the jobs stream's shares are unreadable: {exc}") from None
+        weights = shares.get(self.pool, {})
+        if weights != self.book.weights:
+            self.book.reweigh(weights)
+        subjects = replace(self.subjects, shares=shares)
+        subs: dict[str, Bound] = {}
         for prio in PRIORITIES:
-            durable = self.subjects.consumer(self.pool, prio)
-            await self.js.consumer_info(self.subjects.jobs_stream, durable)
-            subs[prio] = await self.js.pull_subscribe_bind(
-                durable, stream=self.subjects.jobs_stream
-            )
+            subs[prio] = []
+            for lane in subjects.lanes(self.pool, prio):
+                await self.js.consumer_info(stream, lane.consumer)
+                sub = await self.js.pull_subscribe_bind(lane.consumer, stream=stream)
+                subs[prio].append((lane, sub))
+        self._bound_at, self._stale = asyncio.get_running_loop().time(), False
         return subs
+
+    def _rebind_due(self) -> bool:
+        if not self._subs:
+            return False
+        age = asyncio.get_running_loop().time() - self._bound_at
+        # Not at once for a stale hint: a tenant with no share may publish (the stream refuses
+        # its job, but the hint is heard), and must not make every sweep bind again.
+        if self._stale and age > STALE_REBIND_S:
+            return True
+        return self.fair and age > SHARES_REFRESH_S
 
     async def _unbind(self) -> None:
         subs, self._subs = self._subs, {}
-        for sub in subs.values():
+        for _, sub in (bound for tier in subs.values() for bound in tier):
             try:
                 await sub.unsubscribe()
             except Exception as exc:  # a dead connection: nothing to clean up
@@ -189,6 +231,8 @@ class PoolPuller:
                     continue
                 await self.wake.resume()
                 try:
+                    if self._rebind_due():
+                        await self._unbind()
                     await self._bind()
                     again = await self._sweep()
                     delay = 0.5
@@ -251,7 +295,8 @@ class PoolPuller:
             if self.stopping.is_set():
                 return False
             hinted = self.wake.hints[prio]
-            if not hinted and not await self._may_hold_jobs(prio):
+            # A fair-share pool peeks each lane in `_fetch`, to order them.
+            if not hinted and not self.fair and not await self._may_hold_jobs(prio):
                 continue
             k = self.slots.reserve(self.pool)
             if k == 0:
@@ -263,12 +308,31 @@ class PoolPuller:
         return False
 
     async def _fetch(self, prio: str, k: int, hinted: int) -> list[Msg]:
-        """Fetch up to `k` (reserved) jobs of one tier and spawn them."""
+        """Fetch up to `k` (reserved) jobs of one tier and spawn them. In a fair-share pool one
+        job, from the lane the book puts first of those that may hold jobs, so that every start
+        reads the shares again."""
         msgs: list[Msg] = []
+        lane: Lane | None = None
         try:
-            msgs = await self._subs[prio].fetch(k, timeout=self.tier_timeout)
-        except TimeoutError:
-            msgs = []
+            lanes = self._subs[prio]
+            if self.fair:
+                self.slots.release(self.pool, k - 1)
+                k = 1
+                heard = self.wake.heard[prio]
+                self._stale = any(t not in {ln.tenant for ln, _ in lanes} for t in heard)
+                await self._may_hold_jobs(prio)
+                # A hinted job may not be stored yet: its lane is fetched even if it peeked empty.
+                maybe = self._maybe[prio] | heard
+                lanes = [b for b in lanes if b[0].tenant in maybe]
+                lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
+            for candidate, sub in lanes:
+                try:
+                    msgs = await sub.fetch(k, timeout=self.tier_timeout)
+                except TimeoutError:
+                    msgs = []
+                if msgs:
+                    lane = candidate
+                    break
         finally:
             # Slots not filled go back; each message keeps one until its job's `finally`.
             # nats-py's fetch also returns what an earlier pull left in the subscription's
@@ -282,12 +346,20 @@ class PoolPuller:
         for msg in msgs:
             self.fetched += 1
             # The job's task inherits its slot (daemon.pull.slots.HOLD) as it is created.
-            token = HOLD.set(Hold(self.slots, self.pool))
+            token = HOLD.set(Hold(self.slots, self.pool, on_end=self._share_start(lane)))
             try:
                 self.spawn(msg, self.pool, prio)
             finally:
                 HOLD.reset(token)
         return msgs
+
+    def _share_start(self, lane: Lane | None) -> Callable[[], None] | None:
+        """A fair-share start: charged to its tenant now, trued up when its slot ends."""
+        if lane is None or lane.tenant is None or not self.fair:
+            return None
+        start = self.book.started(lane.tenant)
+        self.on_share_start(lane.tenant)
+        return lambda: self.book.ended(start)
 
     async def _count_starts(self, prio: str, started: int, lower: list[str]) -> None:
         """Aging's count: starts from a tier while a lower open tier has jobs waiting. Once one
@@ -327,35 +399,44 @@ class PoolPuller:
         return True
 
     async def _pending(self, prio: str) -> int:
-        """Jobs of the tier not delivered yet (one consumer-info request)."""
-        durable = self.subjects.consumer(self.pool, prio)
-        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
-        return info.num_pending or 0
+        """Jobs of the tier not delivered yet (one consumer-info request per lane)."""
+        pending = 0
+        for lane, _ in self._subs[prio]:
+            info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
+            pending += info.num_pending or 0
+        return pending
 
     async def _oldest(self, prio: str) -> int | None:
-        """The stream sequence of the tier's next undelivered job (its age: one stream holds
+        """The stream sequence of the tier's oldest undelivered job (its age: one stream holds
         every tier), or None when it has none waiting."""
-        durable = self.subjects.consumer(self.pool, prio)
-        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
+        oldest = [seq for lane, _ in self._subs[prio] if (seq := await self._lane_oldest(lane))]
+        return min(oldest) if oldest else None
+
+    async def _lane_oldest(self, lane: Lane) -> int | None:
+        info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
         if not info.num_pending:
             return None
         after = (info.delivered.stream_seq if info.delivered else None) or 0
         try:
             msg = await self.js.get_msg(
-                self.subjects.jobs_stream, seq=after + 1, next=True,
-                subject=self.subjects.jobs_filter(self.pool, prio),
-            )  # fmt: skip
+                self.subjects.jobs_stream, seq=after + 1, next=True, subject=lane.filter
+            )
         except NotFoundError:  # taken meanwhile: as old as the consumer's position says
             return after + 1
         return msg.seq or after + 1
 
     async def _may_hold_jobs(self, prio: str) -> bool:
-        """A peek (one consumer-info request, about a millisecond) that spares an empty tier its
-        `tier_timeout` long-poll, which every job would otherwise wait out. Delivered but unacked
-        messages count as "maybe": a nak'd job waiting for redelivery is one."""
-        durable = self.subjects.consumer(self.pool, prio)
-        info = await self.js.consumer_info(self.subjects.jobs_stream, durable)
-        return bool(info.num_pending or info.num_ack_pending)
+        """A peek (one consumer-info request per lane, about a millisecond each) that spares an
+        empty tier its `tier_timeout` long-poll, which every job would otherwise wait out.
+        Delivered but unacked messages count as "maybe": a nak'd job waiting for redelivery is
+        one. A fair-share pool keeps which tenants' lanes may hold jobs, for `_fetch`."""
+        maybe: set[str] = set()
+        for lane, _ in self._subs[prio]:
+            info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
+            if info.num_pending or info.num_ack_pending:
+                maybe.add(lane.tenant or "")
+        self._maybe[prio] = maybe
+        return bool(maybe)
 
 
 class PullerSet:

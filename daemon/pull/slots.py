@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+from collections.abc import Callable
 from dataclasses import dataclass
 
 #: Jobs of a pool that may settle without their slot, per slot.
@@ -84,6 +85,7 @@ class Slots:
         hold = HOLD.get()
         if hold is not None and hold.slots is self and hold.pool == pool and count == 1:
             HOLD.set(None)  # once per job
+            hold.end()
             if hold.handed_over:
                 self._settling[pool] -= 1
                 return
@@ -125,6 +127,14 @@ class Hold:
     slots: Slots
     pool: str
     handed_over: bool = False
+    #: Called once when the job stops holding its slot (handed over or released): a fair-share
+    #: pool's book counts the slot time then (daemon.pull.shares).
+    on_end: Callable[[], None] | None = None
+
+    def end(self) -> None:
+        on_end, self.on_end = self.on_end, None
+        if on_end is not None:
+            on_end()
 
 
 #: The slot of the job whose task reads it: a task copies the context it was created in.
@@ -138,4 +148,6 @@ def hand_over_slot() -> bool:
     if hold is None or hold.handed_over:
         return False
     hold.handed_over = hold.slots.hand_over(hold.pool)
+    if hold.handed_over:
+        hold.end()
     return hold.handed_over

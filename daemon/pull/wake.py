@@ -38,6 +38,8 @@ class Wake:
         self.nc, self.subject = nc, subject
         self.event = asyncio.Event()
         self.hints: Counter[str] = Counter()
+        #: The tenants of the hints per tier (a fair-share pool fetches their lanes first).
+        self.heard: dict[str, set[str]] = {p: set() for p in PRIORITIES}
         self._sub: Subscription | None = None
         self._refused = False
         self._unsubscribed = False
@@ -48,6 +50,7 @@ class Wake:
         tokens = msg.subject.split(".")  # <prefix>.submit.<tenant>.<pool>.<priority>.<job_id>
         if len(tokens) == 6 and tokens[4] in PRIORITIES:
             self.hints[tokens[4]] += 1
+            self.heard[tokens[4]].add(tokens[2])
         self.event.set()
 
     @property
@@ -113,3 +116,5 @@ class Wake:
 
     def consume(self, prio: str, count: int) -> None:
         self.hints[prio] = max(0, self.hints[prio] - count)
+        if not self.hints[prio]:
+            self.heard[prio].clear()
