@@ -314,8 +314,9 @@ class PerTitleRung(Part, kw_only=True):
     baseline_kbps: Kbps | None = None
 
 
-class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op"):
-    """A quality-targeted ladder: per rung, the highest CRF whose samples reach `target`."""
+class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op", omit_defaults=True):
+    """A quality-targeted ladder: per rung, the highest CRF whose samples reach `target`.
+    Fields at their defaults are left out when encoded (see Transcode)."""
 
     rungs: Annotated[list[PerTitleRung], msgspec.Meta(min_length=1, max_length=10)]
     codec: PerTitleCodec = "h264"

@@ -15,7 +15,7 @@ from control.errors import BadInput
 from daemon.ops.pertitle.args import hls_args
 from schemas.encoderneeds import encoder_needs
 from schemas.jobs import JobSpec
-from schemas.operations import PerTitle, fixed_ladder_kbps
+from schemas.operations import PerTitle, PerTitleRung, fixed_ladder_kbps
 from schemas.results import StreamInfo
 
 
@@ -118,3 +118,14 @@ def test_the_cli_refuses_what_the_schema_refuses() -> None:
         _cli("in.mp4", "ladder", "--rungs", "720p")
     with pytest.raises(BadInput, match=r"target 3 is outside 0\.\.1 for metric 'ssim'"):
         _cli("in.mp4", "ladder", "--metric", "ssim", "--target", "3")
+
+
+def test_fields_at_their_defaults_stay_off_the_wire() -> None:
+    """A node built before `subtitles` still decodes a job that leaves it at its default."""
+    op = PerTitle(rungs=[PerTitleRung(height=180)], hls=True)
+    assert msgspec.json.decode(msgspec.json.encode(op)) == {
+        "op": "pertitle", "rungs": [{"height": 180, "max_bitrate_kbps": None,
+                                     "baseline_kbps": None}], "hls": True,
+    }  # fmt: skip
+    dropped = PerTitle(rungs=[PerTitleRung(height=180)], subtitles="drop")
+    assert msgspec.json.decode(msgspec.json.encode(dropped))["subtitles"] == "drop"
