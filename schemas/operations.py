@@ -314,8 +314,9 @@ class PerTitleRung(Part, kw_only=True):
     baseline_kbps: Kbps | None = None
 
 
-class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op"):
-    """A quality-targeted ladder: per rung, the highest CRF whose samples reach `target`."""
+class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op", omit_defaults=True):
+    """A quality-targeted ladder: per rung, the highest CRF whose samples reach `target`.
+    Fields at their defaults are left out when encoded (see Transcode)."""
 
     rungs: Annotated[list[PerTitleRung], msgspec.Meta(min_length=1, max_length=10)]
     codec: PerTitleCodec = "h264"
@@ -332,6 +333,9 @@ class PerTitle(Part, kw_only=True, tag="pertitle", tag_field="op"):
     #: Also write an HLS package (fMP4) of the kept rungs, next to the rung files.
     hls: bool = False
     segment_seconds: Annotated[float, msgspec.Meta(ge=1, le=30)] = 4.0
+    #: `keep`: each text subtitle track of the input becomes a WebVTT rendition of the HLS
+    #: package, as in the package operation (the rung files stay video only).
+    subtitles: SubtitleMode = "keep"
 
     def __post_init__(self) -> None:
         if self.codec not in PERTITLE_CODECS:

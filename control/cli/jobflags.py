@@ -271,7 +271,7 @@ def flag_document(args: argparse.Namespace) -> dict[str, Any]:
         doc["output"] = file_uri(args.outdir)
         op |= {"rungs": _pertitle_rungs(args.rungs), "codec": args.codec, "metric": args.metric,
                "hls": args.hls, "preset": args.preset}  # fmt: skip
-        for flag in ("target", "samples", "sample_seconds", "crf_min", "crf_max"):
+        for flag in ("target", "samples", "sample_seconds", "crf_min", "crf_max", "subtitles"):
             if getattr(args, flag) is not None:
                 op[flag] = getattr(args, flag)
     elif form == "probe":
@@ -364,6 +364,9 @@ def add_submit(sub: Any, common: Any) -> argparse.ArgumentParser:
     q.add_argument("--crf-max", type=int)
     q.add_argument("--preset", default="medium")
     q.add_argument("--hls", action="store_true", help="also write an HLS package of the rungs")
+    q.add_argument("--subtitles", choices=get_args(SubtitleMode),
+                   help="keep (default: WebVTT renditions in the HLS package) or drop text "
+                   "subtitles")  # fmt: skip
     r = forms.add_parser("probe", help="media facts of INPUT")
     r.add_argument("input")
     r.add_argument("--deep", action="store_true", help="decode every frame to count errors")

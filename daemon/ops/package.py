@@ -51,10 +51,9 @@ from daemon.ops.ladder_args import (
 )
 from daemon.ops.outputs import check_gate, partial_path, rename_dir_into_place
 from daemon.ops.subtitles import (
-    describe,
+    first_segment,
     hls_language,
-    subtitle_streams,
-    text_tracks,
+    rendition_tracks,
     video_start,
     vtt_playlist,
     webvtt_outputs,
@@ -226,8 +225,7 @@ async def run_package(ctx: JobContext) -> JobResult:
         if subs and op.dash:
             await asyncio.to_thread(_add_dash_subtitles, tmp, list(subs))
         elif subs:
-            start = await _picture_start(ctx, op, tmp)
-            await asyncio.to_thread(_add_subtitles, tmp, list(subs), info.duration_s or 0.0, start)
+            await add_hls_subtitles(ctx, tmp, list(subs), info.duration_s or 0.0)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(_seal_dir, tmp, dest)
@@ -319,27 +317,38 @@ def _name_audio(tmp: Path, videos: int, alt_audio: tuple[AltAudio, ...]) -> None
 
 def _subtitle_tracks(op: Package, info: ProbeInfo) -> tuple[tuple[StreamInfo, ...], list[str]]:
     """The text tracks that become WebVTT renditions, and notes for every track left out."""
-    every = subtitle_streams(info)
-    if op.subtitles == "drop" or not every:
-        return (), []
-    texts = text_tracks(info)
-    notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
-             for n, s in enumerate(every) if s not in texts]  # fmt: skip
+    texts, notes = rendition_tracks(op.subtitles, info)
     if op.dash and op.hls and texts:
         notes.append("the HLS playlists written beside DASH carry no subtitles (the manifest "
                      "does; an HLS-only package's playlists do)")  # fmt: skip
-    return tuple(texts), notes
+    return texts, notes
 
 
-async def _picture_start(ctx: JobContext, op: Package, tmp: Path) -> float:
+async def add_hls_subtitles(
+    ctx: JobContext, tmp: Path, tracks: list[StreamInfo], duration_s: float
+) -> None:
+    """The WebVTT files ffmpeg wrote into the HLS package `tmp` (webvtt_outputs) made
+    renditions: a playlist each, mapped onto the segments' clock, named in the master playlist
+    (the per-title ladder's HLS package takes them the same way)."""
+    start = await _picture_start(ctx, tmp)
+    await asyncio.to_thread(_add_subtitles, tmp, tracks, duration_s, start)
+
+
+async def _picture_start(ctx: JobContext, tmp: Path) -> float:
     """Where the first segment's picture starts, which is where the source's time 0 went: the
-    mpegts muxer starts at 1.4 s, and both segment types add the encoder's reordering delay."""
-    if op.hls_segment_type == "mpegts":
-        first, fmt = tmp / "stream_0" / "seg_00000.ts", "mpegts"
+    mpegts muxer starts at 1.4 s, and both segment types add the encoder's reordering delay.
+    The first variant's playlist names its segments (one variant's init segment is `init.mp4`,
+    several variants' `init_N.mp4`)."""
+    variant = tmp / "stream_0"
+    try:
+        init, segment = first_segment(await asyncio.to_thread((variant / "index.m3u8").read_text))
+    except ValueError as exc:
+        raise JobError(f"cannot find the first segment for the WebVTT renditions: {exc}") from exc
+    if init is None:
+        first, fmt = variant / segment, "mpegts"
     else:  # a fragment reads only after its init segment
         first, fmt = ctx.scratch / "first-segment.mp4", "mp4"
-        await asyncio.to_thread(_join, first, tmp / "stream_0" / "init_0.mp4",
-                                tmp / "stream_0" / "seg_00000.m4s")  # fmt: skip
+        await asyncio.to_thread(_join, first, variant / init, variant / segment)
     argv = [ctx.tools.ffmpeg, "-hide_banner", "-nostdin", "-protocol_whitelist", "file"]
     done = await capture([*argv, "-f", fmt, "-i", ffmpeg_arg(first)], 60.0)
     start = video_start(done.stderr.decode(errors="replace"))

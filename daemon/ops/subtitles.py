@@ -215,11 +215,25 @@ def text_tracks(info: ProbeInfo) -> list[StreamInfo]:
     return [s for s in subtitle_streams(info) if s.codec in TEXT_CODECS]
 
 
-def webvtt_outputs(tracks: list[StreamInfo], out: Path) -> list[str]:
-    """One WebVTT file per text track, as further outputs of the ladder's ffmpeg run."""
+def rendition_tracks(mode: str, info: ProbeInfo) -> tuple[tuple[StreamInfo, ...], list[str]]:
+    """The text tracks that become WebVTT renditions under `subtitles` `mode`, and a note for
+    every track left out."""
+    every = subtitle_streams(info)
+    if mode == "drop" or not every:
+        return (), []
+    texts = text_tracks(info)
+    notes = [f"{describe(n, s)} left out: only text subtitles become WebVTT renditions"
+             for n, s in enumerate(every) if s not in texts]  # fmt: skip
+    return tuple(texts), notes
+
+
+def webvtt_outputs(tracks: list[StreamInfo], out: Path, source: int = 0) -> list[str]:
+    """One WebVTT file per text track of input `source` (the ladder's source), as further
+    outputs of the ffmpeg run that writes the HLS package."""
     args = []
     for k, s in enumerate(tracks):
-        args += ["-map", f"0:{s.index}", "-c:s", "webvtt", "-f", "webvtt", f"{out}/subs_{k}.vtt"]
+        args += ["-map", f"{source}:{s.index}", "-c:s", "webvtt", "-f", "webvtt"]
+        args.append(f"{out}/subs_{k}.vtt")
     return args
 
 
@@ -275,13 +289,31 @@ def with_dash_subtitles(mpd: str, tracks: list[StreamInfo]) -> str:
     return head + "".join(sets) + period + tail
 
 
-_VIDEO_START = re.compile(r": Video: .*, start (\d+(?:\.\d+)?)")
+_MAP = re.compile(r'^#EXT-X-MAP:URI="([^"]+)"', re.M)
+_SEGMENT = re.compile(r"^([^#\s].*)$", re.M)
+
+
+def first_segment(playlist: str) -> tuple[str | None, str]:
+    """A media playlist's init segment (None: TS segments have none) and its first segment."""
+    init = _MAP.search(playlist)
+    segment = _SEGMENT.search(playlist)
+    if segment is None:
+        raise ValueError("the playlist names no segment")
+    return (init.group(1) if init else None), segment.group(1).strip()
+
+
+_VIDEO = re.compile(r": Video: .*$", re.M)
+_START = re.compile(r", start (\d+(?:\.\d+)?)")
 
 
 def video_start(banner: str) -> float | None:
-    """The first video stream's start time from `ffmpeg -i`'s banner of a segment."""
-    found = _VIDEO_START.search(banner)
-    return float(found.group(1)) if found else None
+    """The first video stream's start time from `ffmpeg -i`'s banner of a segment (ffmpeg
+    leaves a start of 0 unsaid: video without reordering delay); None: no video stream."""
+    line = _VIDEO.search(banner)
+    if line is None:
+        return None
+    found = _START.search(line.group(0))
+    return float(found.group(1)) if found else 0.0
 
 
 def with_timestamp_map(vtt: str, mpegts_s: float) -> str:

@@ -2,8 +2,10 @@
 
 A hardware encoder that fails to open or run (EncoderError) hands the attempt to the next encoder
 in the chain at once, noted in JobResult.notes and recorded in ctx.encoder_failures for encoder
-health; any other failure ends the attempt. The output appears under its final name only after
-ffmpeg succeeded (daemon.ops.outputs).
+health; any other failure ends the attempt. A QSV encode that decoded with a QSV decoder and
+failed is first run once more decoded in software (noted): unlike the cuda and vaapi hwaccels,
+a QSV decoder does not hand a stream it cannot decode back to software by itself. The output
+appears under its final name only after ffmpeg succeeded (daemon.ops.outputs).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from daemon.errors import EncoderError, InvalidJob
+import msgspec
+
+from daemon.errors import EncoderError, InvalidJob, JobError, JobTimeout, ResourceExhausted
 from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.ops.context import JobContext
@@ -23,7 +27,13 @@ from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
 from daemon.ops.loudness import measure_input, measure_output, spans
 from daemon.ops.outputs import OutputSet
 from daemon.ops.subtitles import BURN_FILTER, Subtitles, cut_args, has_cues
-from daemon.ops.transcode_args import AUDIO_ENCODERS, ENCODER_ENV, Node, transcode_args
+from daemon.ops.transcode_args import (
+    AUDIO_ENCODERS,
+    ENCODER_ENV,
+    Node,
+    qsv_decoder,
+    transcode_args,
+)
 from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
@@ -124,7 +134,9 @@ async def _with_fallback(
     for i, encoder in enumerate(chain):
         try:
             with placed(ctx.devices, family_of(encoder), {encoder}) as placement:
-                await _encode(ctx, op, encoder, src, partial, settled, placement)
+                await _encode_decoding_in_software_on_failure(
+                    ctx, op, encoder, src, partial, settled, placement, notes
+                )
             return encoder
         except NoDevice as exc:  # busy, not broken: not counted against the encoder
             if i + 1 == len(chain):
@@ -137,6 +149,37 @@ async def _with_fallback(
             notes.append(f"{encoder} failed ({exc.reason[:200]}); fell back to {chain[i + 1]}")
             log.warning("%s failed, falling back to %s: %s", encoder, chain[i + 1], exc.reason)
     raise AssertionError("unreachable: the chain is never empty")
+
+
+async def _encode_decoding_in_software_on_failure(
+    ctx: JobContext,
+    op: Transcode,
+    encoder: str,
+    src: Path,
+    partial: Path,
+    settled: Plan,
+    placement: Placement | None,
+    notes: list[str],
+) -> None:
+    """The encode; where it decoded with a QSV decoder and failed (other than by a timeout, the
+    host's resources or a refusal), the same encode once more decoded in software, as the
+    package operation does after a failed decode on the GPU: a decoder that cannot open
+    can read as an encoder that cannot (ffmpeg opens the encoder on the first decoded frame).
+    Only the second run's failure counts against the encoder."""
+    decoder = qsv_decoder(op, family_of(encoder), ctx.hwaccels, _codec(settled))
+    if decoder is None:
+        return await _encode(ctx, op, encoder, src, partial, settled, placement)
+    try:
+        return await _encode(ctx, op, encoder, src, partial, settled, placement)
+    except (JobTimeout, ResourceExhausted, InvalidJob):
+        raise
+    except JobError as exc:
+        notes.append(f"decode on the device ({decoder}) failed ({exc.reason[:200]}); "
+                     "decoded in software")  # fmt: skip
+        log.warning("%s with %s decode failed, decoding in software: %s", encoder, decoder,
+                    exc.reason)  # fmt: skip
+    soft = msgspec.structs.replace(op, hw_decode=False)
+    await _encode(ctx, soft, encoder, src, partial, settled, placement)
 
 
 async def _encode(
@@ -160,6 +203,7 @@ async def _encode(
             ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
             overlay=settled.overlay, colour=settled.colour, audio_filters=settled.audio_filters,
             subtitles=settled.subtitles,
+            src_codec=_codec(settled),
         )  # fmt: skip
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))
@@ -176,3 +220,7 @@ async def _encode(
             encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
             env=ENCODER_ENV.get(encoder, CUDA_ENV),
         )
+
+
+def _codec(settled: Plan) -> str | None:
+    return settled.video.codec if settled.video is not None else None

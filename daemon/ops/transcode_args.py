@@ -30,8 +30,13 @@ MUXERS = {"mp4": "mp4", "mov": "mov", "mkv": "matroska", "webm": "webm", "m4a": 
 #: Containers of the MP4 family, whose index can go first.
 _FASTSTART = ("mp4", "mov", "m4a")
 AUDIO_ENCODERS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
-#: ffmpeg's hwaccel that decodes for each encoder family (QSV decode is left to a later issue).
-HW_DECODE = {"nvenc": "cuda", "vaapi": "vaapi"}
+#: ffmpeg's hwaccel that decodes for each encoder family.
+HW_DECODE = {"nvenc": "cuda", "qsv": "qsv", "vaapi": "vaapi"}
+#: The QSV decoder of each source codec (ffprobe's name). The qsv hwaccel decodes only through
+#: these: ffmpeg's own decoders take cuda and vaapi but not qsv, so without one named before
+#: `-i` a `-hwaccel qsv` run silently decodes in software. Other codecs decode in software.
+QSV_DECODERS = {"h264": "h264_qsv", "hevc": "hevc_qsv", "av1": "av1_qsv", "vp9": "vp9_qsv",
+                "vp8": "vp8_qsv", "mpeg2video": "mpeg2_qsv", "vc1": "vc1_qsv"}  # fmt: skip
 #: Quiet the libraries that log to stderr directly (SVT-AV1 prints ~30 info lines per run).
 ENCODER_ENV = {"libsvtav1": {"SVT_LOG": "1"}}
 
@@ -71,12 +76,14 @@ def transcode_args(
     colour: Colour | None = None,
     audio_filters: Sequence[str] = (),
     subtitles: Subtitles = NO_SUBTITLES,
+    src_codec: str | None = None,
 ) -> list[str]:
     """`dest` None is a first pass: video only, into the null muxer. `audio_filters`: a filter
-    chain per output audio track ("" none)."""
+    chain per output audio track ("" none). `src_codec`: the video stream's codec (ffprobe's
+    name), which picks the QSV decoder."""
     family = family_of(encoder)
     threads = str(node.threads)
-    args = ["-filter_threads", threads, *hw_input_args(op, family, node)]
+    args = ["-filter_threads", threads, *hw_input_args(op, family, node, src_codec)]
     if op.start_seconds:
         args += ["-ss", _clock(op.start_seconds)]  # before -i: seek, then decode from there
     args += ["-threads", threads, *node.input_guard, "-i", ffmpeg_arg(src)]
@@ -151,8 +158,23 @@ def profile_args(encoder: str, op: Transcode) -> list[str]:
     return args
 
 
-def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
-    """Device set-up before `-i`, and hardware decode where the node verified the hwaccel."""
+def qsv_decoder(
+    op: Transcode, family: str, hwaccels: AbstractSet[str], src_codec: str | None
+) -> str | None:
+    """The QSV decoder a QSV encode decodes with: where decode on the device is asked for
+    (`hw_decode`), the node verified the qsv hwaccel and the source's codec has one."""
+    if family != "qsv" or not op.hw_decode or "qsv" not in hwaccels:
+        return None
+    return QSV_DECODERS.get(src_codec or "")
+
+
+def hw_input_args(
+    op: Transcode, family: str, node: Node, src_codec: str | None = None
+) -> list[str]:
+    """Device set-up before `-i`, and hardware decode where the node verified the hwaccel.
+    VAAPI and QSV decode without `-hwaccel_output_format`: ffmpeg downloads the frames to system
+    memory (nv12/p010), so the software filters (crop, deinterlace, overlay, burn-in, tone-map)
+    apply as after a software decode, and the graph uploads the result (videograph)."""
     decode = op.hw_decode and HW_DECODE.get(family) in node.hwaccels
     match family:
         case "vaapi":
@@ -160,7 +182,14 @@ def hw_input_args(op: Transcode, family: str, node: Node) -> list[str]:
             return args + (["-hwaccel", "vaapi", "-hwaccel_device", "va"] if decode else [])
         case "qsv":
             device = f"qsv=hw:hw,child_device={node.render_node}"
-            return ["-init_hw_device", device, "-filter_hw_device", "hw"]
+            args = ["-init_hw_device", device, "-filter_hw_device", "hw"]
+            decoder = qsv_decoder(op, family, node.hwaccels, src_codec)
+            if decoder is None:
+                return args
+            # The decoder is named for the mapped stream only (an attached picture, say a PNG
+            # cover, keeps its own); it runs on the placed device (`hw`).
+            return [*args, "-hwaccel", "qsv", "-hwaccel_device", "hw",
+                    f"-c:v:{op.video_stream}", decoder]  # fmt: skip
         case "nvenc" if decode:
             # Decoded frames come back to system memory, so the software filters still apply.
             pin = ["-hwaccel_device", str(node.gpu)] if node.gpu is not None else []

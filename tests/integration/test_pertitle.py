@@ -214,3 +214,43 @@ async def test_a_cancelled_search_leaves_nothing(
     assert len(runs) == 4
     names = await asyncio.to_thread(lambda: [p.name for p in tmp_path.iterdir()])
     assert "cancelled" not in names and not [n for n in names if n.endswith(".partial")]
+
+
+async def test_the_hls_package_carries_the_text_subtitles_as_webvtt_renditions(
+    ffmpeg_tools: FfmpegTools, base: Path, tmp_path: Path
+) -> None:
+    srt = tmp_path / "eng.srt"
+    srt.write_text("1\n00:00:00,200 --> 00:00:00,900\nHello there\n\n"
+                   "2\n00:00:01,100 --> 00:00:01,800\nSecond cue\n\n")  # fmt: skip
+    src = tmp_path / "subbed.mkv"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=25:duration=2", "-i", str(srt),
+        "-map", "0:v", "-map", "1", "-c:v", "libx264", "-qp", "0", "-preset", "ultrafast",
+        "-pix_fmt", "yuv420p", "-c:s", "srt", "-metadata:s:s:0", "language=eng", str(src),
+    )  # fmt: skip
+    assert code == 0, err.decode(errors="replace")
+    out = tmp_path / "subbed ladder"
+    op = PerTitle(rungs=[PerTitleRung(height=90)], metric="psnr", target=35.0, samples=1,
+                  sample_seconds=1.0, max_probes=2, preset="ultrafast", hls=True,
+                  segment_seconds=1.0)  # fmt: skip
+    result = await run_pertitle(_ctx(ffmpeg_tools, tmp_path, src, op, out))
+    master = await asyncio.to_thread((out / "master.m3u8").read_text)
+    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert media == ['#EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID="subs",NAME="English",LANGUAGE="en",'
+                     'DEFAULT=NO,AUTOSELECT=YES,URI="subs_0.m3u8"']  # fmt: skip
+    variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    assert variants and all(v.endswith(',SUBTITLES="subs"') for v in variants)
+    vtt = await asyncio.to_thread((out / "subs_0.vtt").read_text)
+    assert re.match(r"WEBVTT\nX-TIMESTAMP-MAP=MPEGTS:\d+,LOCAL:00:00:00.000\n", vtt), vtt
+    assert "00:00.200 --> 00:00.900\nHello there" in vtt and "Second cue" in vtt
+    playlist = await asyncio.to_thread((out / "subs_0.m3u8").read_text)
+    assert "subs_0.vtt\n#EXT-X-ENDLIST" in playlist
+    assert "subs_0.m3u8" in {f.uri.rsplit("/", 1)[-1] for f in result.outputs}
+    assert result.notes == []
+    code, err = await run_ffmpeg(ffmpeg_tools.ffmpeg, "-protocol_whitelist", "file",
+                                 "-i", str(out / "master.m3u8"))  # fmt: skip
+    assert "Subtitle: webvtt" in err.decode(errors="replace")
+    # The rung files stay video only.
+    code, err = await run_ffmpeg(ffmpeg_tools.ffmpeg, "-i", str(out / "90p.mp4"))
+    assert "Subtitle:" not in err.decode(errors="replace")

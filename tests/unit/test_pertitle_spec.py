@@ -3,6 +3,7 @@ the encoders it routes to."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -11,9 +12,11 @@ import pytest
 from control.cli.jobflags import flag_document, submit_argv, to_spec
 from control.cli.main import build_parser
 from control.errors import BadInput
+from daemon.ops.pertitle.args import hls_args
 from schemas.encoderneeds import encoder_needs
 from schemas.jobs import JobSpec
-from schemas.operations import PerTitle, fixed_ladder_kbps
+from schemas.operations import PerTitle, PerTitleRung, fixed_ladder_kbps
+from schemas.results import StreamInfo
 
 
 def _job(**op: Any) -> JobSpec:
@@ -89,6 +92,25 @@ def test_the_cli_form_reaches_the_schema() -> None:
     assert (op.metric, op.target, op.samples, op.sample_seconds) == ("psnr", 40.0, 2, 1.5)
     assert (op.crf_min, op.crf_max, op.codec, op.hls) == (18, 36, "hevc", True)
     assert _cli("in.mp4", "ladder").target == 93.0
+    assert _cli("in.mp4", "ladder").subtitles == "keep"
+    assert _cli("in.mp4", "ladder", "--hls", "--subtitles", "drop").subtitles == "drop"
+
+
+def test_the_hls_run_writes_each_text_track_of_the_source_as_webvtt() -> None:
+    rungs = [Path("/t/720p.mp4"), Path("/t/360p.mp4")]
+    plain = hls_args(rungs, Path("/t"), 2.0)
+    assert plain[-1] == "/t/stream_%v/index.m3u8" and "webvtt" not in plain
+    tracks = [StreamInfo(index=2, type="subtitle", codec="subrip", language="eng"),
+              StreamInfo(index=4, type="subtitle", codec="ass")]  # fmt: skip
+    args = hls_args(rungs, Path("/t"), 2.0, src=Path("/in/src.mkv"), subtitles=tracks,
+                    guard=("-protocol_whitelist", "file,http"))  # fmt: skip
+    inputs = [args[i + 1] for i, a in enumerate(args) if a == "-i"]
+    assert inputs == ["file:/t/720p.mp4", "file:/t/360p.mp4", "file:/in/src.mkv"]
+    assert args[args.index("file:/in/src.mkv") - 2] == "file,http"  # the source's guard
+    tail = args[args.index("/t/stream_%v/index.m3u8") + 1 :]
+    assert tail == ["-map", "2:2", "-c:s", "webvtt", "-f", "webvtt", "/t/subs_0.vtt",
+                    "-map", "2:4", "-c:s", "webvtt", "-f", "webvtt", "/t/subs_1.vtt"]  # fmt: skip
+    assert args[args.index("-var_stream_map") + 1] == "v:0 v:1"  # video variants only
 
 
 def test_the_cli_refuses_what_the_schema_refuses() -> None:
@@ -96,3 +118,14 @@ def test_the_cli_refuses_what_the_schema_refuses() -> None:
         _cli("in.mp4", "ladder", "--rungs", "720p")
     with pytest.raises(BadInput, match=r"target 3 is outside 0\.\.1 for metric 'ssim'"):
         _cli("in.mp4", "ladder", "--metric", "ssim", "--target", "3")
+
+
+def test_fields_at_their_defaults_stay_off_the_wire() -> None:
+    """A node built before `subtitles` still decodes a job that leaves it at its default."""
+    op = PerTitle(rungs=[PerTitleRung(height=180)], hls=True)
+    assert msgspec.json.decode(msgspec.json.encode(op)) == {
+        "op": "pertitle", "rungs": [{"height": 180, "max_bitrate_kbps": None,
+                                     "baseline_kbps": None}], "hls": True,
+    }  # fmt: skip
+    dropped = PerTitle(rungs=[PerTitleRung(height=180)], subtitles="drop")
+    assert msgspec.json.decode(msgspec.json.encode(dropped))["subtitles"] == "drop"

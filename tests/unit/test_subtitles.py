@@ -23,9 +23,11 @@ from daemon.ops.subtitles import (
     SubTrack,
     burn_filter,
     cut_args,
+    first_segment,
     plan_subtitles,
     subtitle_args,
     subtitle_inputs,
+    video_start,
     with_dash_subtitles,
     with_subtitles,
     with_timestamp_map,
@@ -216,3 +218,22 @@ def test_a_dash_manifest_gets_a_text_adaptation_set_per_track_inside_its_period(
     assert "<BaseURL>subs_1.vtt</BaseURL>" in out and out.endswith("\t</Period>\n</MPD>\n")
     with pytest.raises(ValueError, match="no Period"):
         with_dash_subtitles("<MPD/>", tracks)
+
+
+def test_the_first_segment_is_read_from_the_variants_playlist() -> None:
+    one_variant = ('#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-MAP:URI="init.mp4"\n#EXTINF:1.000000,\n'
+                   "seg_00000.m4s\n#EXTINF:1.000000,\nseg_00001.m4s\n#EXT-X-ENDLIST\n")  # fmt: skip
+    assert first_segment(one_variant) == ("init.mp4", "seg_00000.m4s")
+    several = one_variant.replace("init.mp4", "init_0.mp4")
+    assert first_segment(several) == ("init_0.mp4", "seg_00000.m4s")
+    ts = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\nseg_00000.ts\n#EXT-X-ENDLIST\n"
+    assert first_segment(ts) == (None, "seg_00000.ts")
+    with pytest.raises(ValueError):
+        first_segment("#EXTM3U\n#EXT-X-ENDLIST\n")
+
+
+def test_a_video_start_of_zero_goes_unsaid() -> None:
+    stream = "  Stream #0:0[0x1](und): Video: h264 (High), yuv420p, 160x90, 25 fps, 12800 tbn"
+    assert video_start(f"{stream}, start 0.080000 (default)\n") == 0.08
+    assert video_start(f"  Duration: 00:00:01.00, start: 1.4\n{stream} (default)\n") == 0.0
+    assert video_start("  Stream #0:0: Audio: aac, 48000 Hz, start 0.02\n") is None

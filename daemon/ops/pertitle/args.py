@@ -13,6 +13,8 @@ from pathlib import Path
 from daemon.media.paths import ffmpeg_arg
 from daemon.ops.analyze import filter_value
 from daemon.ops.ladder_args import SOFTWARE
+from daemon.ops.subtitles import webvtt_outputs
+from schemas.results import StreamInfo
 
 #: Width the scene-change pass scales to: scene scores need no detail, only change.
 SCENE_WIDTH = 160
@@ -104,13 +106,26 @@ def metric_args(
             "-f", "null", "-"]  # fmt: skip
 
 
-def hls_args(rungs: Sequence[Path], out: Path, segment_seconds: float) -> list[str]:
+def hls_args(
+    rungs: Sequence[Path],
+    out: Path,
+    segment_seconds: float,
+    *,
+    src: Path | None = None,
+    subtitles: Sequence[StreamInfo] = (),
+    guard: Sequence[str] = ("-protocol_whitelist", "file"),
+) -> list[str]:
     """The finished rung files (tallest first) copied, not re-encoded, into one HLS package
     (fMP4 segments, a master playlist naming every rung); their keyframes already fall on
-    segment boundaries (`encode_args`' `gop`)."""
+    segment boundaries (`encode_args`' `gop`). `subtitles`: text tracks of the source `src`
+    (read as the last input) written as WebVTT files beside it, as the package operation does
+    (daemon.ops.subtitles.webvtt_outputs)."""
     args: list[str] = []
     for path in rungs:
         args += ["-i", ffmpeg_arg(path)]
+    if subtitles:
+        assert src is not None
+        args += [*guard, "-i", ffmpeg_arg(src)]
     for i in range(len(rungs)):
         args += ["-map", f"{i}:v:0"]
     args += ["-c", "copy", "-f", "hls", "-hls_time", f"{segment_seconds!r}"]
@@ -119,4 +134,5 @@ def hls_args(rungs: Sequence[Path], out: Path, segment_seconds: float) -> list[s
     args += ["-var_stream_map", " ".join(f"v:{i}" for i in range(len(rungs)))]
     # Plain absolute paths: the hls muxer derives init/segment names from them (no `file:`).
     args += ["-hls_segment_filename", f"{out}/stream_%v/seg_%05d.m4s"]
-    return [*args, f"{out}/stream_%v/index.m3u8"]
+    args.append(f"{out}/stream_%v/index.m3u8")
+    return [*args, *webvtt_outputs(list(subtitles), out, source=len(rungs))]

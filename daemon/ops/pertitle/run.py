@@ -15,6 +15,8 @@ reach the target quality (docs/pertitle.md).
    hull of that quality over bitrate are dropped (they add no quality over a cheaper rung).
 4. The kept rungs are encoded full length at their CRF (VBV-capped by `max_bitrate_kbps`), with
    a fixed GOP of `segment_seconds`, and each is measured against the whole source at its size.
+   With `hls` they are copied into an HLS package, the source's text subtitle tracks becoming
+   WebVTT renditions of it as in the package operation.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from daemon.ops.analyze import plane_summary, psnr_scores
 from daemon.ops.context import JobContext
 from daemon.ops.ladder_args import SOFTWARE
 from daemon.ops.outputs import check_gate, partial_path
+from daemon.ops.package import add_hls_subtitles
 from daemon.ops.pertitle.args import encode_args, hls_args, metric_args, reel_args, scene_args
 from daemon.ops.pertitle.files import rung_name, seal_ladder
 from daemon.ops.pertitle.search import (
@@ -46,6 +49,7 @@ from daemon.ops.pertitle.search import (
     parse_scene_scores,
     pick_samples,
 )
+from daemon.ops.subtitles import rendition_tracks
 from daemon.ops.transcode_plan import HDR_NAMES
 from daemon.ops.vmafpool import read_vmaf_log
 from schemas.operations import PerTitle, PerTitleRung, fixed_ladder_kbps
@@ -55,6 +59,7 @@ from schemas.results import (
     PerTitleReport,
     PerTitleRungReport,
     Rendition,
+    StreamInfo,
 )
 
 #: Where the search starts: each encoder's own default CRF.
@@ -70,6 +75,8 @@ class _Title:
     reel_seconds: float
     duration: float
     display: tuple[int, int]
+    #: Text subtitle tracks that become WebVTT renditions of the HLS package.
+    subtitles: tuple[StreamInfo, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,11 +119,13 @@ async def run_pertitle(ctx: JobContext) -> JobResult:
     if not rungs:
         raise InvalidJob(f"every rung is taller than the {video.height}p source")
     sizes = {r.height: (_width(r.height, video.width, video.height), r.height) for r in rungs}
+    subs, sub_notes = rendition_tracks(op.subtitles if op.hls else "drop", info)
     starts, seconds = await _samples(ctx, op, src, duration)
     reel = ctx.scratch / "reel.mkv"
     await _ffmpeg(ctx, reel_args(src, starts, seconds, reel, ctx.media.guard(), ctx.threads),
                   duration=seconds * len(starts), span=(0.0, 10.0))  # fmt: skip
-    title = _Title(ctx, op, src, reel, seconds * len(starts), duration, sizes[rungs[0].height])
+    title = _Title(ctx, op, src, reel, seconds * len(starts), duration, sizes[rungs[0].height],
+                   subs)  # fmt: skip
     searched = []
     for rung in rungs:
         searched.append(await _search(title, rung, sizes[rung.height]))
@@ -137,7 +146,7 @@ async def run_pertitle(ctx: JobContext) -> JobResult:
         f"used {s.crf:g}"
         for s in searched
         if not s.reached
-    ]
+    ] + sub_notes
     return JobResult(
         wall_seconds=wall,
         media_seconds=duration,
@@ -228,7 +237,11 @@ async def _final_ladder(
             finals[s.rung.height] = (quality, await asyncio.to_thread(os.path.getsize, out))
             paths.append(out)
         if op.hls:
-            await _ffmpeg(ctx, hls_args(paths, tmp, op.segment_seconds))
+            args = hls_args(paths, tmp, op.segment_seconds, src=t.src, subtitles=t.subtitles,
+                            guard=ctx.media.guard())  # fmt: skip
+            await _ffmpeg(ctx, args)
+            if t.subtitles:
+                await add_hls_subtitles(ctx, tmp, list(t.subtitles), t.duration)
         ctx.handle.check()
         await check_gate(ctx.may_commit)
         files = await asyncio.to_thread(seal_ladder, tmp, dest)
