@@ -56,6 +56,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
@@ -170,9 +171,8 @@ class PoolPuller:
 
     async def _bind_all(self) -> dict[str, Bound]:
         stream = self.subjects.jobs_stream
-        info = await self.js.stream_info(stream)  # the fair-share weights, in its metadata
         try:
-            shares = decode_shares((info.config.metadata or {}).get(SHARES_METADATA))
+            shares = decode_shares(await self._shares_metadata())
         except ValueError as exc:
             raise MissingConsumer(f"the jobs stream's shares are unreadable: {exc}") from None
         weights = shares.get(self.pool, {})
@@ -188,6 +188,21 @@ class PoolPuller:
                 subs[prio].append((lane, sub))
         self._bound_at, self._stale = asyncio.get_running_loop().time(), False
         return subs
+
+    async def _shares_metadata(self) -> str | None:
+        """The fair-share weights, from the jobs stream's metadata. Credentials of the release
+        before lack the right to read it (the request times out, unanswered): then every pool
+        is pulled as a plain one, which in a fair-share pool fails to bind, visibly (and is tried
+        again, with the rest of the binding)."""
+        try:
+            info = await self.js.stream_info(self.subjects.jobs_stream)
+        except NatsTimeoutError:
+            log.warning(
+                "cannot read the jobs stream's info (no answer: a permissions violation?); "
+                "pool %s is pulled without fair shares", self.pool,
+            )  # fmt: skip
+            return None
+        return (info.config.metadata or {}).get(SHARES_METADATA)
 
     def _rebind_due(self) -> bool:
         if not self._subs:
