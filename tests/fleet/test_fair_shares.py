@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -75,18 +76,21 @@ async def test_a_tenant_over_its_share_yields_to_one_under_it(fleet: DevFleet, w
                          api.SubmitReply)  # fmt: skip
         # Studio has the node to itself until its first job is done.
         first = await until_done(c, "studio", "s0")
+        news_at = time.time()
         for job_id in news:
             await c.call("job.submit", api.SubmitRequest(job=job(work, "news", job_id)),
                          api.SubmitReply)  # fmt: skip
         done = [await until_done(c, "studio", j) for j in studio[1:]]
         done += [await until_done(c, "news", j) for j in news]
     assert first.state == "completed" and all(d.state == "completed" for d in done)
-    starts = sorted((d.started_at or 0.0, d.tenant, d.job_id) for d in [first, *done])
-    order = [tenant for _, tenant, _ in starts]
-    # Studio's backlog was submitted first, yet news starts as soon as a slot frees after it
-    # arrives, at most one studio job later (the one that may have been in hand)...
-    arrived_after = [t for _, t, j in starts if j not in ("s0",)]
-    assert "news" in arrived_after[:3], order
+    starts = sorted((d.started_at or 0.0, d.tenant) for d in [first, *done])
+    order = [tenant for _, tenant in starts]
+    # Started after news arrived (node and test share this machine's clock): with FIFO every
+    # studio job still queued would go first; with shares news goes as soon as the slot frees,
+    # after at most the one studio job that may already have been in hand.
+    after = [tenant for at, tenant in starts if at >= news_at]
+    assert after.count("studio") >= 2, f"too few studio jobs left to show an order: {order}"
+    assert "news" in after[:2], order
     # ...and never twice in a row: it is not owed the time it had nothing queued.
     assert all(not (a == b == "news") for a, b in itertools.pairwise(order)), order
 
