@@ -78,6 +78,8 @@ OPENING_SLACK_S = 0.05
 #: once: a deleted lane answers "not found", a hint names a tenant with no lane).
 SHARES_REFRESH_S = 60.0
 STALE_REBIND_S = 5.0
+#: An idle wait looks again this soon for a job delivered after its fetch stopped waiting.
+LATE_CHECK_S = 0.5
 Bound = list[tuple[Lane, JetStreamContext.PullSubscription]]
 _NO_WINDOWS = Windows()
 
@@ -135,6 +137,8 @@ class PoolPuller:
         self.windows, self.now = windows, now
         #: Idle waits ended by a window opening.
         self.opened = 0
+        #: Jobs found in a lane's queue after its fetch had timed out (see `_delivered_unread`).
+        self.late = 0
         self.aging_every, self.on_aged = aging_every, on_aged
         self.on_share_start = on_share_start
         #: Consecutive starts from a tier while a lower open tier had jobs waiting (see Aging).
@@ -272,7 +276,21 @@ class PoolPuller:
         if until is not None and until < timeout:
             timeout, opening = until, True
         try:
-            await asyncio.wait_for(self.wake.event.wait(), timeout)
+            # A job the server delivered after a fetch had stopped waiting for it is taken now,
+            # not at the fallback poll: looked for again a moment into the wait.
+            if self._delivered_unread():
+                self.late += 1
+                return
+            first = min(timeout, LATE_CHECK_S)
+            try:
+                await asyncio.wait_for(self.wake.event.wait(), first)
+            except TimeoutError:
+                if self._delivered_unread():
+                    self.late += 1
+                    return
+                if timeout <= first:
+                    raise
+                await asyncio.wait_for(self.wake.event.wait(), timeout - first)
             self.woken += 1
         except TimeoutError:
             if opening:
@@ -281,6 +299,11 @@ class PoolPuller:
                 self.polled += 1
         finally:
             self.idle.clear()
+
+    def _delivered_unread(self) -> bool:
+        """Messages in a lane's subscription queue: delivered by the server for a pull whose
+        client-side wait had ended (the event loop was busy), so no fetch returned them."""
+        return any(sub.pending_msgs for tier in self._subs.values() for _, sub in tier)
 
     def _until_opening(self) -> float | None:
         """Seconds until the first closed tier of this pool opens (None: none is closed)."""
@@ -341,10 +364,7 @@ class PoolPuller:
                 lanes = [b for b in lanes if b[0].tenant in maybe]
                 lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
             for candidate, sub in lanes:
-                try:
-                    msgs = await sub.fetch(k, timeout=self.tier_timeout)
-                except TimeoutError:
-                    msgs = []
+                msgs = await self._fetch_lane(sub, k)
                 if msgs:
                     lane = candidate
                     break
@@ -367,6 +387,20 @@ class PoolPuller:
             finally:
                 HOLD.reset(token)
         return msgs
+
+    async def _fetch_lane(self, sub: JetStreamContext.PullSubscription, k: int) -> list[Msg]:
+        try:
+            return await sub.fetch(k, timeout=self.tier_timeout)
+        except TimeoutError:
+            if not sub.pending_msgs:
+                return []
+        # The server delivered after the client stopped waiting (a busy event loop): the
+        # message sits in the subscription's queue, and a fetch returns it at once.
+        self.late += 1
+        try:
+            return await sub.fetch(k, timeout=self.tier_timeout)
+        except TimeoutError:
+            return []
 
     def _share_start(self, lane: Lane | None) -> Callable[[], None] | None:
         """A fair-share start: charged to its tenant now, trued up when its slot ends."""
