@@ -88,6 +88,19 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def queued_jobs(sub: JetStreamContext.PullSubscription) -> int:
+    """Jobs waiting in a pull subscription's queue. Not `pending_msgs`: the status a pull gets
+    when it expires (408) usually lands there too, just after the client's wait ended, and the
+    next fetch discards it; counted, it would make an idle node sweep without pause. Reads
+    nats-py's queue (no public way to tell them apart): a release that moves it gives 0, and
+    late jobs wait for the fallback poll again, as they did before."""
+    queue = getattr(getattr(sub, "_sub", None), "_pending_queue", None)
+    items = getattr(queue, "_queue", None)
+    if items is None:
+        return 0
+    return sum(1 for msg in list(items) if not JetStreamContext.is_status_msg(msg))
+
+
 class MissingConsumer(Exception):
     """A pool's durable consumers do not exist (yet)."""
 
@@ -301,9 +314,9 @@ class PoolPuller:
             self.idle.clear()
 
     def _delivered_unread(self) -> bool:
-        """Messages in a lane's subscription queue: delivered by the server for a pull whose
+        """Jobs in a lane's subscription queue: delivered by the server for a pull whose
         client-side wait had ended (the event loop was busy), so no fetch returned them."""
-        return any(sub.pending_msgs for tier in self._subs.values() for _, sub in tier)
+        return any(queued_jobs(sub) for tier in self._subs.values() for _, sub in tier)
 
     def _until_opening(self) -> float | None:
         """Seconds until the first closed tier of this pool opens (None: none is closed)."""
@@ -392,7 +405,7 @@ class PoolPuller:
         try:
             return await sub.fetch(k, timeout=self.tier_timeout)
         except TimeoutError:
-            if not sub.pending_msgs:
+            if not queued_jobs(sub):
                 return []
         # The server delivered after the client stopped waiting (a busy event loop): the
         # message sits in the subscription's queue, and a fetch returns it at once.

@@ -246,3 +246,22 @@ async def test_daemon_is_woken_by_a_submit(
         assert puller.polled == 0 and puller.woken >= 1
     finally:
         await d.stop(force=True)
+
+
+async def test_an_empty_fetch_leaves_no_false_late_job(
+    js: JetStreamContext, node_nc: NATS, prefix: str
+) -> None:
+    """The server answers an expired pull with a status that lands in the subscription's queue
+    after the client stopped waiting: it is no job, so an idle wait is not cut short for it."""
+    slots = Slots({"cpu": 1})
+    puller, _ = make_puller(node_nc, prefix, slots, 0.7)
+    await puller._bind()
+    try:
+        assert await puller._fetch("normal", slots.reserve("cpu"), 1) == []  # a hint, no job
+        await sync_subscriptions(node_nc)  # whatever the server sent before this has arrived
+        (_, sub) = puller._subs["normal"][0]
+        assert sub.pending_msgs >= 1  # the expired pull's status is in the queue...
+        await asyncio.wait_for(puller._idle(), WITHIN)
+        assert (puller.late, puller.polled) == (0, 1)  # ...and did not end the wait
+    finally:
+        await puller._unbind()
