@@ -17,7 +17,9 @@ measured), so the tier named in the woken subject is fetched even if its peek st
 the long-poll returns as soon as the job is stored. A sweep that fetched nothing waits for the next
 wake or at most `fetch_timeout`, the fallback poll that finds redeliveries (nak, ack timeout),
 which send no submit, and keeps a node whose wake subscription is refused working, only slower. A
-job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`. An idle
+job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`; one
+delivered just after the client's wait ended (a busy event loop) is taken from the
+subscription's queue at once, not at the next poll (`queued_jobs`). An idle
 node starts a woken job in milliseconds (bench/bench_daemon.py: p50 about 6 ms, was 2.7 s). A full
 pool fetches nothing: it waits on the slot counter instead.
 
