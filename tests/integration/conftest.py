@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import nats
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
@@ -25,6 +26,16 @@ async def js(nc: NATS, prefix: str) -> JetStreamContext:
     ctx = nc.jetstream(timeout=5)
     await ensure_topology(ctx, Subjects(prefix), TOPO)
     return ctx
+
+
+@pytest_asyncio.fixture
+async def node_nc(nats_url: str) -> AsyncIterator[NATS]:
+    """A node's own connection, as a daemon has: the producer's (`nc`) is another."""
+    client = await nats.connect(nats_url, connect_timeout=5)
+    try:
+        yield client
+    finally:
+        await client.close()
 
 
 @pytest_asyncio.fixture

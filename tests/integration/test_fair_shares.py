@@ -14,7 +14,6 @@ import itertools
 from collections import Counter
 from collections.abc import AsyncIterator
 
-import nats
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -50,15 +49,6 @@ async def js(nc: NATS, prefix: str) -> JetStreamContext:
     ctx = nc.jetstream(timeout=5)
     await ensure_topology(ctx, Subjects(prefix), TOPO)
     return ctx
-
-
-@pytest_asyncio.fixture
-async def node_nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url, connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def submit(js: JetStreamContext, prefix: str, tenant: str, job_id: str) -> None:

@@ -44,16 +44,6 @@ async def js(nc: NATS, prefix: str) -> JetStreamContext:
     return ctx
 
 
-@pytest_asyncio.fixture
-async def node_nc(nats_url: str) -> AsyncIterator[NATS]:
-    """The puller's own connection, as a daemon has: the producer's is another."""
-    client = await nats.connect(nats_url, connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
 async def submit(js: JetStreamContext, prefix: str, priority: str, job_id: str) -> None:
     subject = Subjects(prefix).submit("default", "cpu", priority, job_id)
     await js.publish(subject, b"{}", headers={"Nats-Msg-Id": job_id})

@@ -14,7 +14,6 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import msgspec
-import nats
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -61,15 +60,6 @@ async def js(nc: NATS, prefix: str) -> JetStreamContext:
     ctx = nc.jetstream(timeout=5)
     await ensure_topology(ctx, Subjects(prefix), TOPO)
     return ctx
-
-
-@pytest_asyncio.fixture
-async def node_nc(nats_url: str) -> AsyncIterator[NATS]:
-    client = await nats.connect(nats_url, connect_timeout=5)
-    try:
-        yield client
-    finally:
-        await client.close()
 
 
 async def submit(js: JetStreamContext, prefix: str, priority: str, job_id: str) -> None:
