@@ -122,6 +122,9 @@ class Lane:
     consumer: str
     filter: str
     tenant: str | None = None
+    #: A due lane: deadline jobs the leader released in deadline order (docs/deadlines.md),
+    #: pulled before the tier's other lanes.
+    due: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,12 +140,33 @@ class StoredJob:
 
 
 def parse_stored(subject: str) -> StoredJob:
-    """`<prefix>.jobs.<pool>.<priority>.<partition>[.<tenant>].<job_id>`; ValueError otherwise."""
+    """`<prefix>.jobs.<pool>.<priority>.<partition>[.<tenant>].<job_id>`, or a due lane's
+    `<prefix>.due.<pool>.<priority>.<partition>.<tenant>.<job_id>`; ValueError otherwise."""
     tokens = subject.split(".")
-    if len(tokens) not in (6, 7) or tokens[1] != "jobs" or not tokens[4].isdigit():
+    if tokens[1:2] == ["due"] and len(tokens) != 7:
+        raise ValueError(f"{subject!r} is not a stored job subject")
+    if len(tokens) not in (6, 7) or tokens[1] not in ("jobs", "due") or not tokens[4].isdigit():
         raise ValueError(f"{subject!r} is not a stored job subject")
     tenant = tokens[5] if len(tokens) == 7 else None
     return StoredJob(tokens[2], tokens[3], int(tokens[4]), tenant, tokens[-1])
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A deadline job waiting for the leader's release, read from its held subject."""
+
+    tenant: str
+    pool: str
+    priority: str
+    job_id: str
+
+
+def parse_held(subject: str) -> HeldJob:
+    """`<prefix>.timed.<tenant>.<pool>.<priority>.<job_id>`; ValueError otherwise."""
+    tokens = subject.split(".")
+    if len(tokens) != 6 or tokens[1] != "timed" or tokens[4] not in PRIORITIES:
+        raise ValueError(f"{subject!r} is not a held job subject")
+    return HeldJob(tokens[2], tokens[3], tokens[4], tokens[5])
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,38 @@ class Subjects:
         if priority not in PRIORITIES:
             raise ValueError(f"priority {priority!r} is not one of {', '.join(PRIORITIES)}")
         return f"{self.prefix}.submit.{tenant}.{pool}.{priority}.{job_id}"
+
+    def timed(self, tenant: str, pool: str, priority: str, job_id: str) -> str:
+        """Where a job with a deadline is submitted to run earliest deadline first: the jobs
+        stream keeps it there, untransformed, and no node pulls it; the control plane's leader
+        releases it into the tier's due lane in deadline order (docs/deadlines.md)."""
+        self.submit(tenant, pool, priority, job_id)  # the same checks
+        return self.held_stored(tenant, pool, priority, job_id)
+
+    def held_stored(self, tenant: str, pool: str, priority: str, job_id: str) -> str:
+        """Where the stream keeps a held job; `tenant` may be `*` to match any (a look-up)."""
+        return f"{self.prefix}.timed.{tenant}.{pool}.{priority}.{job_id}"
+
+    @property
+    def timed_wildcard(self) -> str:
+        return f"{self.prefix}.timed.*.*.*.*"
+
+    def captured_timed(self, pool: str, priority: str) -> list[str]:
+        """captured_submits' patterns for the held form: the same pools, priorities, tenants."""
+        n = len(f"{self.prefix}.submit.")
+        return [f"{self.prefix}.timed.{p[n:]}" for p in self.captured_submits(pool, priority)]
+
+    def due_stored(self, tenant: str, pool: str, priority: str, job_id: str) -> str:
+        """Where the leader releases a held job: its tier's due lane. Only the control plane
+        may publish here (a producer's permissions stop at `submit` and `timed`)."""
+        part = partition_of(job_id, self.partitions)
+        return f"{self.prefix}.due.{pool}.{priority}.{part}.{tenant}.{job_id}"
+
+    def due_captured(self, pool: str) -> str:
+        return f"{self.prefix}.due.{check_token(pool, 'pool')}.>"
+
+    def due_consumer(self, pool: str, priority: str) -> str:
+        return f"due-{pool}-{priority}"
 
     @property
     def submit_wildcard(self) -> str:
@@ -233,19 +289,32 @@ class Subjects:
         return f"{self.consumer(pool, priority)}{LANE_MARK}{check_token(tenant, 'tenant')}"
 
     def lanes(self, pool: str, priority: str) -> list[Lane]:
-        """The consumers that hold the pool's jobs of this priority."""
+        """The consumers that hold the pool's jobs of this priority: the due lane first, then
+        the submitted jobs' lane; in a fair-share pool, that pair per tenant."""
         weights = self.shares.get(pool)
+        due = f"{self.prefix}.due.{pool}.{priority}"
         if not weights:
-            return [Lane(self.consumer(pool, priority), self.jobs_filter(pool, priority))]
+            return [
+                Lane(self.due_consumer(pool, priority), f"{due}.>", due=True),
+                Lane(self.consumer(pool, priority), self.jobs_filter(pool, priority)),
+            ]
         part = f"{self.prefix}.jobs.{pool}.{priority}.*"
+        due_mark = f"{self.due_consumer(pool, priority)}{LANE_MARK}"
         return [
-            Lane(self.lane_consumer(pool, priority, t), f"{part}.{t}.*", t) for t in sorted(weights)
+            lane
+            for t in sorted(weights)
+            for lane in (
+                Lane(f"{due_mark}{t}", f"{due}.*.{t}.*", t, due=True),
+                Lane(self.lane_consumer(pool, priority, t), f"{part}.{t}.*", t),
+            )
         ]
 
-    def lane(self, pool: str, priority: str, tenant: str | None) -> Lane | None:
+    def lane(
+        self, pool: str, priority: str, tenant: str | None, *, due: bool = False
+    ) -> Lane | None:
         """The lane holding a job of `tenant` (None: the tenant has no share in a fair pool)."""
         for lane in self.lanes(pool, priority):
-            if lane.tenant is None or lane.tenant == tenant:
+            if lane.due == due and (lane.tenant is None or lane.tenant == tenant):
                 return lane
         return None
 

@@ -116,22 +116,36 @@ def test_fair_pools_have_a_lane_per_tenant_and_capture_only_their_tenants() -> N
     assert topo.shares["cpu"] == {"studio": 3.0, "news": 1.0, CANARY_TENANT: 1.0}
     subjects = topo.subjects(Subjects("fl"))
     lanes = subjects.lanes("cpu", "high")
-    assert [(lane.consumer, lane.tenant) for lane in lanes] == [
-        ("jobs-cpu-high~canary", "canary"),
-        ("jobs-cpu-high~news", "news"),
-        ("jobs-cpu-high~studio", "studio"),
+    # Each tenant's due lane (deadline jobs, released by the leader) comes before its own.
+    assert [(lane.consumer, lane.tenant, lane.due) for lane in lanes] == [
+        ("due-cpu-high~canary", "canary", True),
+        ("jobs-cpu-high~canary", "canary", False),
+        ("due-cpu-high~news", "news", True),
+        ("jobs-cpu-high~news", "news", False),
+        ("due-cpu-high~studio", "studio", True),
+        ("jobs-cpu-high~studio", "studio", False),
     ]
-    assert lanes[1].filter == "fl.jobs.cpu.high.*.news.*"
-    # The stored subject of a news job matches its lane's filter, as the server will see it.
-    stored = subjects.job_stored("news", "cpu", "high", "j1").split(".")
-    assert all(f in ("*", s) for f, s in zip(lanes[1].filter.split("."), stored, strict=True))
-    assert [lane.tenant for lane in subjects.lanes("gpu", "low")] == [None]
+    assert lanes[3].filter == "fl.jobs.cpu.high.*.news.*"
+    assert lanes[2].filter == "fl.due.cpu.high.*.news.*"
+    # The stored subjects of a news job match its lanes' filters, as the server will see them.
+    for lane, stored_at in (
+        (lanes[3], subjects.job_stored("news", "cpu", "high", "j1")),
+        (lanes[2], subjects.due_stored("news", "cpu", "high", "j1")),
+    ):
+        pairs = zip(lane.filter.split("."), stored_at.split("."), strict=True)
+        assert all(f in ("*", s) for f, s in pairs)
+    assert [lane.tenant for lane in subjects.lanes("gpu", "low")] == [None, None]
     assert subjects.lane("cpu", "low", "intruder") is None
     assert subjects.lane("gpu", "low", "intruder") is not None
     captured = jobs_stream_config(subjects, topo).subjects or []
     assert "fl.submit.news.cpu.normal.*" in captured
     assert "fl.submit.*.gpu.normal.*" in captured
     assert not any(c.startswith("fl.submit.*.cpu.") for c in captured)
+    # Held deadline jobs: the same tenants only.
+    assert "fl.timed.news.cpu.normal.*" in captured
+    assert "fl.timed.*.gpu.normal.*" in captured
+    assert not any(c.startswith("fl.timed.*.cpu.") for c in captured)
+    assert {"fl.due.cpu.>", "fl.due.gpu.>"} <= set(captured)
 
 
 def test_bad_shares_are_refused_with_what_is_wrong() -> None:
