@@ -117,8 +117,9 @@ def jobs_stream_config(subjects: Subjects, s: TopologySettings) -> StreamConfig:
             sub
             for p in s.pools
             for prio in PRIORITIES
-            for sub in subjects.captured_submits(p, prio)
-        ],
+            for sub in (*subjects.captured_submits(p, prio), *subjects.captured_timed(p, prio))
+        ]
+        + [subjects.due_captured(p) for p in s.pools],
         subject_transform=SubjectTransform(
             src=subjects.submit_wildcard, dest=subjects.jobs_transform
         ),
@@ -181,6 +182,8 @@ def job_consumer_config(
     meta = {"flotilla.pool": pool, "flotilla.priority": priority}
     if lane.tenant is not None:
         meta["flotilla.tenant"] = lane.tenant
+    if lane.due:
+        meta["flotilla.lane"] = "due"
     return ConsumerConfig(
         durable_name=lane.consumer,
         filter_subject=lane.filter,
@@ -410,14 +413,18 @@ async def ensure_pool_consumers(
         for priority in PRIORITIES:
             lanes = subjects.lanes(pool, priority)
             wanted = {lane.consumer for lane in lanes}
-            plain = subjects.consumer(pool, priority)
+            ours = (subjects.consumer(pool, priority), subjects.due_consumer(pool, priority))
             for name in names:
-                if name not in wanted and (name == plain or name.startswith(plain + LANE_MARK)):
+                if name not in wanted and (name in ours or name.startswith(_marked(ours))):
                     await _delete_idle(js, subjects.jobs_stream, name, report)
             for lane in lanes:
                 cfg = job_consumer_config(subjects, s, pool, priority, lane)
                 await ensure_consumer(js, subjects.jobs_stream, cfg, report)
     return report
+
+
+def _marked(names: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n + LANE_MARK for n in names)
 
 
 async def _consumer_names(js: JetStreamContext, stream: str) -> Any:

@@ -418,6 +418,43 @@ async def test_puller_wake_sees_a_refusal(node1: tuple[Client, Errors], control:
         await _drop_test_jobs(control)
 
 
+async def test_node_pulls_its_pools_due_lanes_and_hears_releases(
+    node1: tuple[Client, Errors], control: Client
+) -> None:
+    """The leader releases deadline jobs into due lanes (control/deadlines): node1 pulls its
+    pool's due lane (and a fair pool's per-tenant due lanes), hears the release as a wake hint,
+    and cannot release a job itself."""
+    nc, errors = node1
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def on_msg(msg: Any) -> None:
+        await got.put(msg.subject)
+
+    await nc.subscribe(SUBJECTS.due_captured("cpu"), cb=on_msg)
+    await sync_subscriptions(nc)
+    subject = SUBJECTS.due_stored("acme", "cpu", "normal", "job-due-1")
+    job = json.dumps({"job_id": "job-due-1"}).encode()
+    await control.jetstream().publish(subject, job, headers={"Nats-Msg-Id": "acme.job-due-1.due"})
+    assert await asyncio.wait_for(got.get(), 5) == subject
+    js = nc.jetstream(timeout=5)
+    sub = await js.pull_subscribe_bind(SUBJECTS.due_consumer("cpu", "normal"), SUBJECTS.jobs_stream)
+    (msg,) = await sub.fetch(1, timeout=5)
+    assert json.loads(msg.data) == {"job_id": "job-due-1"}
+    await msg.ack_sync(timeout=5)
+    fair = TopologySettings(pools=["qsv"], shares={"qsv": dict(SHARES["qsv"])}).subjects(SUBJECTS)
+    lane = fair.lane("qsv", "normal", "acme", due=True)
+    assert lane is not None
+    await js.consumer_info(SUBJECTS.jobs_stream, lane.consumer)
+    assert errors.seen == []
+    forged = SUBJECTS.due_stored("acme", "cpu", "high", "job-due-forged")
+    with pytest.raises(nats.errors.TimeoutError):
+        await nc.jetstream(timeout=REFUSED_TIMEOUT).publish(forged, b"{}")
+    assert await _wait_for(errors, forged)
+    await nc.subscribe(SUBJECTS.due_captured("nvenc"))
+    assert await _wait_for(errors, SUBJECTS.due_captured("nvenc"))
+    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject="flotilla.due.>")
+
+
 async def _drop_test_jobs(control: Client) -> None:
     """Whatever the core publishes above left in the jobs stream."""
     await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject="flotilla.jobs.>")
@@ -460,6 +497,28 @@ async def test_producer_cannot_submit_another_tenants_jobs(
         with pytest.raises(nats.errors.TimeoutError):
             await nc.jetstream(timeout=REFUSED_TIMEOUT).publish(subject, b"{}")
         assert await _wait_for(errors, subject)
+
+
+async def test_producer_holds_its_own_tenants_deadline_jobs(
+    prod_b: tuple[Client, Errors], control: Client
+) -> None:
+    """A deadline job is submitted to the held subject (to run earliest deadline first): a
+    producer may hold its own tenant's jobs, never another tenant's, and never put a job straight
+    into a due lane, ahead of everyone's."""
+    nc, errors = prod_b
+    js = nc.jetstream(timeout=5)
+    held = SUBJECTS.timed("rival", "cpu", "normal", "job-rival-held")
+    ack = await js.publish(held, b"{}", headers={"Nats-Msg-Id": "rival.job-rival-held"})
+    assert ack.seq is not None and not ack.duplicate
+    assert errors.seen == []
+    for subject in (
+        SUBJECTS.timed("acme", "cpu", "normal", "job-forged"),
+        SUBJECTS.due_stored("rival", "cpu", "normal", "job-forged"),
+    ):
+        with pytest.raises(nats.errors.TimeoutError):
+            await nc.jetstream(timeout=REFUSED_TIMEOUT).publish(subject, b"{}")
+        assert await _wait_for(errors, subject)
+    await control.jetstream().purge_stream(SUBJECTS.jobs_stream, subject="flotilla.timed.>")
 
 
 async def test_producer_calls_the_api(prod_b: tuple[Client, Errors], control: Client) -> None:
