@@ -5,12 +5,16 @@ durable consumer (`jobs-<pool>-<priority>`). Every sweep asks `high` first, then
 `low`, each for at most the free slots left; a message that arrives is handed to its job task and
 the sweep restarts at `high`. A tier is fetched (a short `tier_timeout` long-poll) only when a
 consumer-info peek says it may hold jobs, so whenever jobs of several priorities wait, the
-highest is fetched first, and at most one pull request per pool is in flight.
+highest is fetched first, and at most one pull request per pool is in flight. A tier has two
+lanes: its due lane (`due-<pool>-<priority>`: deadline jobs the control plane's leader released
+earliest deadline first, control/deadlines/release.py) is fetched before the submitted jobs'
+lane; a fair-share pool has that pair per tenant.
 
 Latency design: no pull is held open while idle (a long-poll on one tier would make a job of
 another tier wait it out). A core subscription on the pool's submit subjects
 (`<prefix>.submit.*.<pool>.>`, which every submitted job passes, whatever its tenant), shared
-in one queue group by the pool's nodes with a free slot (daemon.pull.wake), wakes one node's
+in one queue group by the pool's nodes with a free slot (daemon.pull.wake), and one on its due
+lanes' subjects (`<prefix>.due.<pool>.>`) for releases, wakes one node's
 loop for a new sweep within milliseconds; the body is never read, the job itself still comes
 through the durable consumer. The submit can arrive before the stream has stored the job (often,
 measured), so the tier named in the woken subject is fetched even if its peek still shows it empty:
@@ -138,9 +142,9 @@ class PoolPuller:
         self._stale = False
         #: A fair-share pool's slot use per tenant on this node (empty weights: not fair).
         self.book = ShareBook()
-        #: Per tier, the tenants whose lanes the last peek saw holding jobs.
+        #: Per tier, the lanes (consumers) the last peek saw holding jobs.
         self._maybe: dict[str, set[str]] = {}
-        self.wake = Wake(wake_source, subjects.pool_submits(pool))
+        self.wake = Wake(wake_source, subjects.pool_submits(pool), subjects.due_captured(pool))
         self.stopping = asyncio.Event()
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
         self.idle = asyncio.Event()
@@ -349,21 +353,23 @@ class PoolPuller:
                 return False
             hinted = self.wake.hints[prio]
             # A fair-share pool peeks each lane in `_fetch`, to order them.
-            if not hinted and not self.fair and not await self._may_hold_jobs(prio):
+            peeked = not hinted and not self.fair
+            if peeked and not await self._may_hold_jobs(prio):
                 continue
             k = self.slots.reserve(self.pool)
             if k == 0:
                 return True
-            msgs = await self._fetch(prio, k, hinted)
+            msgs = await self._fetch(prio, k, hinted, peeked=peeked)
             if msgs:
                 await self._count_starts(prio, len(msgs), tiers[i + 1 :])
                 return True
         return False
 
-    async def _fetch(self, prio: str, k: int, hinted: int) -> list[Msg]:
-        """Fetch up to `k` (reserved) jobs of one tier and spawn them. In a fair-share pool one
-        job, from the lane the book puts first of those that may hold jobs, so that every start
-        reads the shares again."""
+    async def _fetch(self, prio: str, k: int, hinted: int, *, peeked: bool = False) -> list[Msg]:
+        """Fetch up to `k` (reserved) jobs of one tier and spawn them: from its due lane first
+        (deadline jobs the leader released), then its submitted jobs' lane. In a fair-share
+        pool one job, from the lane the book puts first of those that may hold jobs, so that
+        every start reads the shares again. `peeked`: the sweep has just peeked every lane."""
         msgs: list[Msg] = []
         lane: Lane | None = None
         try:
@@ -373,11 +379,16 @@ class PoolPuller:
                 k = 1
                 heard = self.wake.heard[prio]
                 self._stale = any(t not in {ln.tenant for ln, _ in lanes} for t in heard)
-                await self._may_hold_jobs(prio)
-                # A hinted job may not be stored yet: its lane is fetched even if it peeked empty.
-                maybe = self._maybe[prio] | heard
-                lanes = [b for b in lanes if b[0].tenant in maybe]
-                lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
+            if len(lanes) > 1:
+                # A hinted job may not be stored yet: its lane is fetched even if it peeked
+                # empty; the others only if a peek says they may hold jobs.
+                heard_lanes = self._heard_lanes(prio)
+                if not peeked:
+                    await self._may_hold_jobs(prio, skip=heard_lanes)
+                maybe = self._maybe[prio] | heard_lanes
+                lanes = [b for b in lanes if b[0].consumer in maybe]
+                if self.fair:
+                    lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
             for candidate, sub in lanes:
                 msgs = await self._fetch_lane(sub, k)
                 if msgs:
@@ -489,16 +500,28 @@ class PoolPuller:
             return after + 1
         return msg.seq or after + 1
 
-    async def _may_hold_jobs(self, prio: str) -> bool:
+    def _heard_lanes(self, prio: str) -> set[str]:
+        """The tier's lanes a hint named: a submit names its tenant's submitted-jobs lane, a
+        release its tenant's due lane (a pool without shares: the tier's)."""
+        heard = set()
+        for lane, _ in self._subs[prio]:
+            tenants = (self.wake.heard_due if lane.due else self.wake.heard)[prio]
+            if tenants and (lane.tenant is None or lane.tenant in tenants):
+                heard.add(lane.consumer)
+        return heard
+
+    async def _may_hold_jobs(self, prio: str, skip: set[str] | None = None) -> bool:
         """A peek (one consumer-info request per lane, about a millisecond each) that spares an
-        empty tier its `tier_timeout` long-poll, which every job would otherwise wait out.
+        empty lane its `tier_timeout` long-poll, which every job would otherwise wait out.
         Delivered but unacked messages count as "maybe": a nak'd job waiting for redelivery is
-        one. A fair-share pool keeps which tenants' lanes may hold jobs, for `_fetch`."""
+        one. Keeps which lanes may hold jobs, for `_fetch`; lanes in `skip` are not asked."""
         maybe: set[str] = set()
         for lane, _ in self._subs[prio]:
+            if skip and lane.consumer in skip:
+                continue
             info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
             if info.num_pending or info.num_ack_pending:
-                maybe.add(lane.tenant or "")
+                maybe.add(lane.consumer)
         self._maybe[prio] = maybe
         return bool(maybe)
 

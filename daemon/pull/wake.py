@@ -34,14 +34,17 @@ QUEUE = "wake"
 class Wake:
     """The submit hint of one pool: `event` is set by every submit, `hints` counts them per tier."""
 
-    def __init__(self, nc: Client | None, subject: str) -> None:
-        self.nc, self.subject = nc, subject
+    def __init__(self, nc: Client | None, subject: str, due: str | None = None) -> None:
+        self.nc, self.subject, self.due = nc, subject, due
         self.event = asyncio.Event()
         self.hints: Counter[str] = Counter()
         #: The tenants of the hints per tier (a fair-share pool fetches their lanes first).
         self.heard: dict[str, set[str]] = {p: set() for p in PRIORITIES}
+        #: The tenants of the jobs the leader released into each tier's due lane (`due`).
+        self.heard_due: dict[str, set[str]] = {p: set() for p in PRIORITIES}
         self._sub: Subscription | None = None
-        self._refused = False
+        self._due_sub: Subscription | None = None
+        self._refused = self._due_refused = False
         self._unsubscribed = False
         #: The server once confirmed this subscription: joining again needs no round trip.
         self._confirmed = False
@@ -51,6 +54,13 @@ class Wake:
         if len(tokens) == 6 and tokens[4] in PRIORITIES:
             self.hints[tokens[4]] += 1
             self.heard[tokens[4]].add(tokens[2])
+        self.event.set()
+
+    async def _on_due(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")  # <prefix>.due.<pool>.<prio>.<partition>.<tenant>.<id>
+        if len(tokens) == 7 and tokens[3] in PRIORITIES:
+            self.hints[tokens[3]] += 1
+            self.heard_due[tokens[3]].add(tokens[5])
         self.event.set()
 
     @property
@@ -83,6 +93,8 @@ class Wake:
         before = self.nc.last_error
         try:
             self._sub = await self.nc.subscribe(self.subject, queue=QUEUE, cb=self._on_submit)
+            if self.due is not None and not self._due_refused and self._confirmed:
+                self._due_sub = await self.nc.subscribe(self.due, queue=QUEUE, cb=self._on_due)
         except Exception as exc:  # a closed connection: the puller's own retries report it
             level = logging.DEBUG if self._unsubscribed else logging.WARNING
             self._unsubscribed = True  # once: `resume` tries again at every sweep
@@ -100,21 +112,49 @@ class Wake:
             log.info("wake on %s not confirmed (%s)", self.subject, exc)
             return True
         err = self.nc.last_error
-        if err is not before and f'"{self.subject.lower()}"' in str(err).lower():
+        if err is not before and _names(err, self.subject):
             log.warning("wake on %s refused (%s): polling every fetch_timeout", self.subject, err)
             await self.stop()  # else every reconnect would subscribe, and be refused, again
             self._refused = True
             return False
         self._confirmed = True
+        if self.due is not None:
+            await self._start_due()
         return True
 
+    async def _start_due(self) -> None:
+        """The due lane's hints, confirmed on their own (the server names one refusal at a
+        time). Refused by credentials of the release before: released deadline jobs are found
+        by the fallback poll; the submits' hints still come."""
+        assert self.nc is not None and self.due is not None
+        before = self.nc.last_error
+        try:
+            self._due_sub = await self.nc.subscribe(self.due, queue=QUEUE, cb=self._on_due)
+            await sync_subscriptions(self.nc)
+        except Exception as exc:  # reconnecting: sent again on reconnect
+            log.info("wake on %s not confirmed (%s)", self.due, exc)
+            return
+        err = self.nc.last_error
+        if err is not before and _names(err, self.due):
+            log.warning("wake on %s refused (%s)", self.due, err)
+            due, self._due_sub, self._due_refused = self._due_sub, None, True
+            if due is not None:
+                with contextlib.suppress(Exception):
+                    await due.unsubscribe()
+
     async def stop(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # a closed connection has nothing to undo
-                await sub.unsubscribe()
+        subs, self._sub, self._due_sub = (self._sub, self._due_sub), None, None
+        for sub in subs:
+            if sub is not None:
+                with contextlib.suppress(Exception):  # a closed connection has nothing to undo
+                    await sub.unsubscribe()
 
     def consume(self, prio: str, count: int) -> None:
         self.hints[prio] = max(0, self.hints[prio] - count)
         if not self.hints[prio]:
             self.heard[prio].clear()
+            self.heard_due[prio].clear()
+
+
+def _names(err: Exception | None, subject: str) -> bool:
+    return f'"{subject.lower()}"' in str(err).lower()

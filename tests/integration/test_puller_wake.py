@@ -247,9 +247,11 @@ async def test_an_empty_fetch_leaves_no_false_late_job(
     puller, _ = make_puller(node_nc, prefix, slots, 0.7)
     await puller._bind()
     try:
-        assert await puller._fetch("normal", slots.reserve("cpu"), 1) == []  # a hint, no job
+        puller.wake.heard["normal"].add("default")  # a submit's hint, and no job behind it
+        assert await puller._fetch("normal", slots.reserve("cpu"), 1) == []
         await sync_subscriptions(node_nc)  # whatever the server sent before this has arrived
-        (_, sub) = puller._subs["normal"][0]
+        (lane, sub) = puller._subs["normal"][1]
+        assert not lane.due
         assert sub.pending_msgs >= 1  # the expired pull's status is in the queue...
         await asyncio.wait_for(puller._idle(), WITHIN)
         assert (puller.late, puller.polled) == (0, 1)  # ...and did not end the wait
