@@ -10,7 +10,6 @@ idempotent, so a handler that dies half-way can simply run again.
 
 from __future__ import annotations
 
-import contextlib
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,6 +19,7 @@ import msgspec
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from common.jsdelete import delete_stored
 from control.db import queries
 from control.db.store import Incoming, record_submission, store_batch
 from control.deadletters.retry import (
@@ -153,8 +153,7 @@ async def from_max_deliveries(
             at = job.time or adv.at
             await record_submission(conn, spec, submitted_at=at, stream_seq=seq, queued_at=at)
         await record(conn, letter, dlq_seq, fail=True)
-    with contextlib.suppress(NotFoundError):
-        await js.delete_msg(adv.stream, seq)
+    await delete_stored(js, adv.stream, seq)
     return job_id
 
 

@@ -20,6 +20,7 @@ import asyncpg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from common.jsdelete import delete_stored
 from control.deadletters.store import Advisory, Letter, publish, record
 from schemas.subjects import TOKEN, Subjects
 
@@ -54,8 +55,7 @@ async def sweep_strays(
         dlq_seq = await publish(js, subjects, letter)
         async with db.acquire() as conn, conn.transaction():
             await record(conn, letter, dlq_seq, fail=True)
-        with contextlib.suppress(NotFoundError):
-            await js.delete_msg(stream, found)
+        await delete_stored(js, stream, found)
         log.warning("stray job message %d on %r dead-lettered as %s", found, subject,
                     letter.job_id)  # fmt: skip
         moved, seq = moved + 1, found + 1
