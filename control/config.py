@@ -136,6 +136,10 @@ class ControlConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: A submitted job whose deadline looks infeasible (docs/deadlines.md): `refuse` it, or
     #: `warn` (admit it with a warning in the reply). A deadline already past is always refused.
     deadline_policy: Literal["refuse", "warn"] = "refuse"
+    #: Jobs with a deadline are released earliest deadline first into their tier's due lane,
+    #: which the leader keeps filled to the pool's free slots plus this many (docs/deadlines.md):
+    #: more hides the release's tick from a freed slot, fewer keeps the order tighter.
+    deadline_release_margin: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 2
     #: API keys are required on every API request when true (set it in production); when false,
     #: a request without a key acts as the operator (the dev fleet, the demo).
     require_api_keys: bool = False

@@ -5,6 +5,7 @@ Node records themselves are the node tracker's (control/nodes.py).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -38,7 +39,8 @@ class PoolQueue:
 async def pool_queue(
     js: JetStreamContext, subjects: Subjects, pool: str, now: float | None = None
 ) -> PoolQueue:
-    """Pending messages over the pool's priority consumers, and the oldest one's age."""
+    """Pending messages over the pool's priority consumers and its held deadline jobs, and the
+    oldest one's age."""
     now = time.time() if now is None else now
     queued = 0
     oldest: float | None = None
@@ -59,6 +61,18 @@ async def pool_queue(
                 )
             except NotFoundError:
                 continue
+            if msg.time is not None:
+                age = max(0.0, now - msg.time.timestamp())
+                oldest = age if oldest is None else max(oldest, age)
+    # Deadline jobs the leader has not released yet wait too (in no lane); the first one stored
+    # is the one held longest, so a stalled release shows as a growing oldest wait.
+    held = subjects.held_stored("*", pool, "*", "*")
+    state = (await js.stream_info(subjects.jobs_stream, subjects_filter=held)).state
+    n_held = sum((state.subjects or {}).values())
+    if n_held:
+        queued += n_held
+        with contextlib.suppress(NotFoundError):
+            msg = await js.get_msg(subjects.jobs_stream, seq=1, subject=held, next=True)
             if msg.time is not None:
                 age = max(0.0, now - msg.time.timestamp())
                 oldest = age if oldest is None else max(oldest, age)

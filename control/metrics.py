@@ -89,6 +89,13 @@ class Metrics:
         )
         for reason in ("missed", "late_estimate"):
             self.deadline_at_risk.labels(reason)
+        self.deadline_released = Counter(
+            "flotilla_deadline_released_jobs",
+            "Jobs with a deadline the leader released, earliest deadline first, into their"
+            " tier's due lane",
+            ["pool"],
+            registry=r,
+        )
         self.workflow_steps = Counter(
             "flotilla_workflow_steps",
             "Workflow steps the leader published, or held back (deferred) by their tenant's submit"

@@ -33,6 +33,7 @@ from control.db import create_pool
 from control.db.migrate import migrate
 from control.deadletters.advisories import DeadLetters
 from control.deadletters.strays import run_stray_sweep
+from control.deadlines.release import Releaser, free_slots
 from control.ingest import Ingestor
 from control.leader import LeaderLease
 from control.metrics import Metrics, Readiness
@@ -80,6 +81,7 @@ class ControlPlane:
         self.singletons: Singletons | None = None
         self._live: tuple[AlertEngine, Watcher, CanaryRunner] | None = None
         self.workflows: Advancer | None = None
+        self.releaser: Releaser | None = None
 
     async def start(self) -> None:
         cfg, subjects = self.cfg, self.subjects
@@ -185,10 +187,15 @@ class ControlPlane:
         advancer = self.workflows = Advancer(
             nc, db, subjects, cfg.workflow_sweep_interval, submits, observe
         )
+        releaser = self.releaser = Releaser(
+            js, nc, subjects, lambda pool, prio: free_slots(nodes.iter_nodes(), pool, prio),
+            margin=cfg.deadline_release_margin,
+            on_release=lambda pool: m.deadline_released.labels(pool).inc(),
+        )  # fmt: skip
         singletons = self.singletons = Singletons(
             cfg, db, engine, canary, self.supervisor, sweep,
             lambda stop: run_stray_sweep(js, db, subjects, every, stop),
-            lambda stop: advancer.run(stop),
+            lambda stop: advancer.run(stop), releaser.run,
         )  # fmt: skip
         instance = cfg.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         lease = self.lease = LeaderLease(

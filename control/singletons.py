@@ -1,5 +1,5 @@
 """What only the leader instance runs: alerts, canaries, retention, media and stray sweeps,
-workflows.
+workflows, the release of deadline jobs.
 
 Each term starts from what Postgres knows (alerts left firing by the previous leader are adopted,
 so they resolve) and ends by forgetting its in-memory state, so a later term starts clean.
@@ -37,6 +37,7 @@ class Singletons:
         sweep: OrphanSweep,
         strays: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
         workflows: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
+        releaser: Callable[[asyncio.Event], Coroutine[Any, Any, None]] | None = None,
     ) -> None:
         self.db, self.engine, self.canary = db, engine, canary
         engine.follow()  # until the lease says this instance leads
@@ -69,6 +70,11 @@ class Singletons:
         }
         if workflows is not None:
             runs["workflows"] = advancer
+        if releaser is not None:
+            release = releaser
+            runs["deadline-release"] = lambda stop: supervisor.supervise(
+                "deadline-release", lambda: release(stop), stop
+            )
         self.term = Term(runs)
 
     async def on_change(self, leading: bool) -> None:

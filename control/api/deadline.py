@@ -1,7 +1,8 @@
 """Submit-time deadline admission: could this job finish by its deadline?
 
-Estimated finish = now + the queue ahead (jobs of the pool waiting at this priority or above,
-each taken as long as this one, over the pool's live slots) + the job's own run time, learned
+Estimated finish = now + the queue ahead (jobs of the pool it waits behind: those of higher
+priorities, and at its own the deadline jobs held or released before it; each taken as long
+as this one, over the pool's live slots) + the job's own run time, learned
 from completed runs like it (control/runtimes.py). No estimate: the job is admitted and the
 reply says so. See docs/deadlines.md.
 """
@@ -81,13 +82,21 @@ def live_slots(nodes: Iterable[FleetNode], pool: str) -> int:
 async def queued_ahead(
     js: JetStreamContext, subjects: Subjects, pool: str, priority: Priority
 ) -> int:
-    """Messages waiting in the pool's consumers of this priority and the ones above it."""
+    """Jobs a job with a deadline waits behind: every lane of the priorities above its own,
+    its own tier's due lanes (its plain lanes come after it), and every held job of those
+    tiers, whatever its deadline (an overcount: a later deadline would go after it)."""
     ahead = 0
     above = PRIORITIES[: PRIORITIES.index(priority) + 1]
-    for lane in (lane for prio in above for lane in subjects.lanes(pool, prio)):
-        try:
-            info = await js.consumer_info(subjects.jobs_stream, lane.consumer)
-        except NotFoundError:
-            continue
-        ahead += info.num_pending or 0
+    for prio in above:
+        for lane in subjects.lanes(pool, prio):
+            if prio == priority and not lane.due:
+                continue
+            try:
+                info = await js.consumer_info(subjects.jobs_stream, lane.consumer)
+            except NotFoundError:
+                continue
+            ahead += info.num_pending or 0
+        held = subjects.held_stored("*", pool, prio, "*")
+        state = (await js.stream_info(subjects.jobs_stream, subjects_filter=held)).state
+        ahead += sum((state.subjects or {}).values())
     return ahead

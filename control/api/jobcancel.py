@@ -7,6 +7,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
+from common.jsdelete import delete_stored
 from schemas.codec import DecodeError
 from schemas.common import PRIORITIES
 from schemas.registry import JOB_DECODER
@@ -20,28 +21,40 @@ async def delete_queued(
     job_id: str,
     tenant: str | None = None,
 ) -> bool:
-    """Remove the tenant's job message if it is still queued: stored, and not yet handed to a
-    node. The partition follows from the id, so only pool and priority are unknown: a handful
-    of direct look-ups. Without `tenant` (an operator's cancel of a job not recorded yet) the
-    look-up matches any tenant token. A job stored under the version 1 subject, before the
-    upgrade, is found too: its body names the tenant. A message its consumer has delivered is
-    left alone, even before the node's first heartbeat lists the job: deleting it would not stop
-    the node, and the job would be reported cancelled while it ran on."""
+    """Remove the tenant's job message if it is still queued: held for its deadline's release,
+    or stored in a lane and not yet handed to a node. The partition follows from the id, so
+    only pool and priority are unknown: a handful of direct look-ups. Without `tenant` (an
+    operator's cancel of a job not recorded yet) the look-up matches any tenant token. A job
+    stored under the version 1 subject, before the upgrade, is found too: its body names the
+    tenant. A message its consumer has delivered is left alone, even before the node's first
+    heartbeat lists the job: deleting it would not stop the node, and the job would be reported
+    cancelled while it ran on."""
+    stream = subjects.jobs_stream
     for pool in pools:
         for prio in PRIORITIES:
+            held = False
             for stored, tenant_in_subject in (
+                (subjects.held_stored(tenant or "*", pool, prio, job_id), True),
+                (subjects.due_stored(tenant or "*", pool, prio, job_id), True),
                 (subjects.job_stored(tenant or "*", pool, prio, job_id), True),
                 (subjects.job_stored_v1(pool, prio, job_id), False),
             ):
                 try:
-                    msg = await js.get_last_msg(subjects.jobs_stream, stored)
+                    msg = await js.get_last_msg(stream, stored)
                 except NotFoundError:
                     continue
                 if msg.seq is None or not (tenant_in_subject or _body_is(msg, tenant)):
                     continue
+                if (msg.subject or "").startswith(f"{subjects.prefix}.timed."):
+                    # Never handed out; but a leader that died mid-release left a due copy
+                    # too (the next looks at the held one only): that is looked for next.
+                    held = await delete_stored(js, stream, msg.seq)
+                    continue
                 if await _handed_out(js, subjects, pool, prio, msg):
                     return False
-                return bool(await js.delete_msg(subjects.jobs_stream, msg.seq))
+                return await delete_stored(js, stream, msg.seq) or held
+            if held:
+                return True
     return False
 
 
@@ -50,11 +63,13 @@ async def _handed_out(
 ) -> bool:
     """Whether the lane holding the message has delivered it (a consumer delivers in stream
     order, so everything up to its delivered sequence has gone to some node)."""
+    subject = msg.subject or ""
     try:
-        tenant = parse_stored(msg.subject or "").tenant
+        tenant = parse_stored(subject).tenant
     except ValueError:
         tenant = None
-    lane = subjects.lane(pool, prio, tenant)
+    due = subject.startswith(f"{subjects.prefix}.due.")
+    lane = subjects.lane(pool, prio, tenant, due=due)
     if lane is None:  # a fair-share pool's tenant with no share: no node pulls it
         return False
     try:

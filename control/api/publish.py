@@ -21,11 +21,18 @@ from schemas.subjects import Subjects, job_msg_id
 
 async def publish_job(js: JetStreamContext, subjects: Subjects, job: JobSpec) -> PubAck:
     """Publish `job`; a repeat within the stream's duplicate window is acked as a duplicate."""
-    subject = subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
     return await js.publish(
-        subject, encode(job), headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)},
-        stream=subjects.jobs_stream,
+        submit_subject(subjects, job), encode(job),
+        headers={"Nats-Msg-Id": job_msg_id(job.tenant, job.job_id)}, stream=subjects.jobs_stream,
     )  # fmt: skip
+
+
+def submit_subject(subjects: Subjects, job: JobSpec) -> str:
+    """A job with a deadline is held for the leader to release earliest deadline first; any
+    other joins its tier's queue in submit order."""
+    if job.deadline is not None:
+        return subjects.timed(job.tenant, job.pool, job.priority, job.job_id)
+    return subjects.submit(job.tenant, job.pool, job.priority, job.job_id)
 
 
 async def record(

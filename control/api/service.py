@@ -275,7 +275,9 @@ class ApiService:
                 log.warning("job %s accepted but not recorded yet: %r", job.job_id, exc)
         reply = api.SubmitReply(
             job_id=job.job_id,
-            subject=self.subjects.job_stored(job.tenant, job.pool, job.priority, job.job_id),
+            subject=self.subjects.job_stored(job.tenant, job.pool, job.priority, job.job_id)
+            if job.deadline is None
+            else self.subjects.timed(job.tenant, job.pool, job.priority, job.job_id),
             stream=ack.stream,
             seq=ack.seq,
             duplicate=bool(ack.duplicate),

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 
-from control.fleetread import ingest_backlog_age, node_keys
+from control.fleetread import ingest_backlog_age, node_keys, pool_queue
 from control.ingest import Ingestor
 from control.nodes import NodeTracker
 from control.topology import TopologySettings, ensure_topology
@@ -114,3 +114,20 @@ async def test_ingest_lag_is_the_age_of_the_oldest_event_not_yet_ingested(
         ingestor = Ingestor(js, db, subjects, batch=10, fetch_timeout=0.2)
         async with running(ingestor):
             await wait_until(caught_up, "ingest to catch up")
+
+
+async def test_the_queue_counts_held_deadline_jobs_and_their_wait(nc: NATS, prefix: str) -> None:
+    """A deadline job waiting for the leader's release is in no lane, yet it waits: the pool's
+    queue counts it, and a held job's age shows in the oldest wait (a stalled release alerts)."""
+    subjects = Subjects(prefix)
+    js = nc.jetstream()
+    await ensure_topology(js, subjects, TopologySettings(pools=["cpu", "gpu"]))
+    first = await js.publish(subjects.timed("acme", "cpu", "normal", "held-1"), b"{}")
+    await js.publish(subjects.timed("rival", "cpu", "high", "held-2"), b"{}")
+    await js.publish(subjects.timed("acme", "gpu", "high", "other-pool"), b"{}")
+    await js.publish(subjects.submit("acme", "cpu", "low", "plain-1"), b"{}")  # the newest
+    stored = (await js.get_msg(subjects.jobs_stream, first.seq)).time
+    assert stored is not None
+    queue = await pool_queue(js, subjects, "cpu", now=stored.timestamp() + 100.0)
+    assert queue.queued == 3
+    assert queue.oldest_wait_s is not None and queue.oldest_wait_s >= 100.0

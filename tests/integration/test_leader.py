@@ -116,7 +116,7 @@ def config(nats_url: str, prefix: str, database_url: str, name: str) -> ControlC
 def runs_singletons(plane: ControlPlane) -> bool:
     s = plane.singletons
     assert s is not None
-    tasks = {"canary", "retention", "media-sweep", "stray-sweep", "workflows"}
+    tasks = {"canary", "retention", "media-sweep", "stray-sweep", "workflows", "deadline-release"}
     return s.engine.active and set(s.term.tasks) == tasks
 
 

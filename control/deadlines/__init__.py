@@ -1,0 +1,1 @@
+"""Earliest-deadline-first release of held jobs (docs/deadlines.md)."""
