@@ -84,6 +84,8 @@ OPENING_SLACK_S = 0.05
 #: once: a deleted lane answers "not found", a hint names a tenant with no lane).
 SHARES_REFRESH_S = 60.0
 STALE_REBIND_S = 5.0
+#: How often a node without its due lanes (an older control plane or credentials) looks again.
+DUE_RETRY_S = 300.0
 #: An idle wait looks again this soon for a job delivered after its fetch stopped waiting.
 LATE_CHECK_S = 0.5
 Bound = list[tuple[Lane, JetStreamContext.PullSubscription]]
@@ -140,10 +142,14 @@ class PoolPuller:
         self._bound_at = 0.0
         #: Set when a hint names a tenant the pool's lanes do not: bind again (shares changed).
         self._stale = False
+        #: The last bind found no due lane to pull (an older control plane: docs/operations.md).
+        self._no_due = False
         #: A fair-share pool's slot use per tenant on this node (empty weights: not fair).
         self.book = ShareBook()
         #: Per tier, the lanes (consumers) the last peek saw holding jobs.
         self._maybe: dict[str, set[str]] = {}
+        #: Per tier, the lanes the last peek saw with jobs not yet delivered.
+        self._waiting: dict[str, set[str]] = {}
         self.wake = Wake(wake_source, subjects.pool_submits(pool), subjects.due_captured(pool))
         self.stopping = asyncio.Event()
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
@@ -203,14 +209,33 @@ class PoolPuller:
             self.book.reweigh(weights)
         subjects = replace(self.subjects, shares=shares)
         subs: dict[str, Bound] = {}
+        no_due = False
         for prio in PRIORITIES:
             subs[prio] = []
             for lane in subjects.lanes(self.pool, prio):
+                if lane.due and (no_due or not await self._due_lane_ready(lane)):
+                    no_due = True
+                    continue
                 await self.js.consumer_info(stream, lane.consumer)
                 sub = await self.js.pull_subscribe_bind(lane.consumer, stream=stream)
                 subs[prio].append((lane, sub))
-        self._bound_at, self._stale = asyncio.get_running_loop().time(), False
+        self._bound_at, self._stale, self._no_due = asyncio.get_running_loop().time(), False, no_due
         return subs
+
+    async def _due_lane_ready(self, lane: Lane) -> bool:
+        """Whether a due lane can be pulled. A control plane of the release before makes none,
+        and credentials of that release may not ask for it (the request goes unanswered): the
+        pool's other lanes are pulled meanwhile, and binding is tried again every
+        DUE_RETRY_S."""
+        try:
+            await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
+        except (NotFoundError, NatsTimeoutError) as exc:
+            log.warning(
+                "pool %s: due lane %s unavailable (%s); deadline jobs released there are left "
+                "to other nodes", self.pool, lane.consumer, type(exc).__name__,
+            )  # fmt: skip
+            return False
+        return True
 
     async def _shares_metadata(self) -> str | None:
         """The fair-share weights, from the jobs stream's metadata. Credentials of the release
@@ -234,6 +259,8 @@ class PoolPuller:
         # Not at once for a stale hint: a tenant with no share may publish (the stream refuses
         # its job, but the hint is heard), and must not make every sweep bind again.
         if self._stale and age > STALE_REBIND_S:
+            return True
+        if self._no_due and age > DUE_RETRY_S:
             return True
         return self.fair and age > SHARES_REFRESH_S
 
@@ -389,6 +416,10 @@ class PoolPuller:
                 lanes = [b for b in lanes if b[0].consumer in maybe]
                 if self.fair:
                     lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
+                # A lane with jobs waiting goes before one whose jobs are all out (running, or
+                # nak'd for a redelivery): that one's long-poll would mostly wait for nothing.
+                ready = self._waiting[prio] | heard_lanes
+                lanes.sort(key=lambda b: b[0].consumer not in ready)
             for candidate, sub in lanes:
                 msgs = await self._fetch_lane(sub, k)
                 if msgs:
@@ -516,13 +547,16 @@ class PoolPuller:
         Delivered but unacked messages count as "maybe": a nak'd job waiting for redelivery is
         one. Keeps which lanes may hold jobs, for `_fetch`; lanes in `skip` are not asked."""
         maybe: set[str] = set()
+        waiting: set[str] = set()
         for lane, _ in self._subs[prio]:
             if skip and lane.consumer in skip:
                 continue
             info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
+            if info.num_pending:
+                waiting.add(lane.consumer)
             if info.num_pending or info.num_ack_pending:
                 maybe.add(lane.consumer)
-        self._maybe[prio] = maybe
+        self._maybe[prio], self._waiting[prio] = maybe, waiting
         return bool(maybe)
 
 
