@@ -139,6 +139,8 @@ class Releaser:
         self._held: dict[int, Held] = {}
         self._next = 1
         self._scanned_at = -math.inf
+        #: The last scan read up to the newest held job: only then is a release EDF.
+        self.caught_up = False
         self._kick = asyncio.Event()
 
     @property
@@ -167,7 +169,7 @@ class Releaser:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
             self._held.clear()  # a later term reads them all again
-            self._next, self._scanned_at = 1, -math.inf
+            self._next, self._scanned_at, self.caught_up = 1, -math.inf, False
 
     async def _on_held(self, msg: Msg) -> None:
         self._kick.set()
@@ -175,6 +177,9 @@ class Releaser:
     async def tick(self) -> int:
         """Read new held jobs, then release into every tier whose due lanes run short."""
         await self.scan()
+        if not self.caught_up:  # order among a part of the held jobs would not be EDF
+            self._kick.set()  # read on at once
+            return 0
         released = 0
         groups = sorted({h.group for h in self._held.values()})
         for group in groups:
@@ -186,6 +191,7 @@ class Releaser:
         now = asyncio.get_running_loop().time()
         if now - self._scanned_at > RESCAN_S:
             self._held, self._next, self._scanned_at = {}, 1, now
+            self.caught_up = False
         found = 0
         while found < SCAN_BATCH:
             try:
@@ -193,7 +199,8 @@ class Releaser:
                     self.subjects.jobs_stream, seq=self._next,
                     subject=self.subjects.timed_wildcard, next=True,
                 )  # fmt: skip
-            except NotFoundError:
+            except NotFoundError:  # none after _next: every held job is known
+                self.caught_up = True
                 break
             seq = msg.seq or self._next
             self._next = seq + 1
@@ -201,6 +208,8 @@ class Releaser:
             if held is not None:
                 self._held[seq] = held
                 found += 1
+        else:
+            self.caught_up = False  # stopped at the batch: more may follow
         return found
 
     async def _release_group(self, group: Group) -> int:

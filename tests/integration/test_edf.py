@@ -397,7 +397,7 @@ async def test_a_copy_a_node_took_already_is_left_to_it(
 # -- nodes -------------------------------------------------------------------------------------
 @contextlib.asynccontextmanager
 async def node(
-    node_nc: NATS, subjects: Subjects, slots: Slots
+    node_nc: NATS, subjects: Subjects, slots: Slots, lane_wait: float = LANE_WAIT
 ) -> AsyncIterator[tuple[Fetched, PoolPuller]]:
     """A node of the pool. Its fallback poll never comes, so only a peek or a wake-up starts a
     job; a lane fetch waits long for a job a peek or a hint promised, so that no lane is passed
@@ -406,7 +406,7 @@ async def node(
     puller = PoolPuller(
         node_nc.jetstream(timeout=5), subjects, "cpu", slots,
         lambda msg, _pool, _prio: fetched.put_nowait((msg, HOLD.get())),
-        fetch_timeout=NEVER_POLL, tier_timeout=LANE_WAIT, wake_source=node_nc,
+        fetch_timeout=NEVER_POLL, tier_timeout=lane_wait, wake_source=node_nc,
     )  # fmt: skip
     task = asyncio.create_task(puller.run())
     try:
@@ -485,3 +485,54 @@ async def wait_for(aw: Awaitable[str], what: str) -> str:
         return await asyncio.wait_for(aw, WITHIN)
     except TimeoutError:
         pytest.fail(f"{what} never came")
+
+
+async def test_a_node_without_due_lanes_still_pulls_the_pool(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS
+) -> None:
+    """A control plane of the release before makes no due lanes: a node of this release pulls
+    the pool's other lanes instead of failing to bind."""
+    for prio in ("high", "normal", "low"):
+        await js.delete_consumer(subjects.jobs_stream, subjects.due_consumer("cpu", prio))
+    await submit(js, subjects, "plain-1")
+    slots = Slots({"cpu": 1})
+    async with node(node_nc, subjects, slots) as (fetched, puller):
+        assert job_ids([await take(fetched, slots)]) == ["plain-1"]
+        assert puller._no_due
+
+
+async def test_a_due_lane_whose_jobs_all_run_elsewhere_does_not_hold_up_the_plain_one(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS
+) -> None:
+    """Another node runs the only released job (delivered, not acked): the due lane has nothing
+    to give, so a plain job starts first, not after the due lane's long-poll (an hour here)."""
+    await hold(js, subjects, "running-elsewhere", in_hours(1))
+    assert await Releaser(js, None, subjects, Free(1)).tick() == 1
+    other = await js.pull_subscribe_bind(
+        subjects.due_consumer("cpu", "normal"), subjects.jobs_stream
+    )
+    try:
+        (elsewhere,) = await other.fetch(1, timeout=WITHIN)
+        await submit(js, subjects, "plain-1")
+        slots = Slots({"cpu": 1})
+        async with node(node_nc, subjects, slots, lane_wait=NEVER_POLL) as (fetched, _):
+            assert job_ids([await take(fetched, slots)]) == ["plain-1"]
+        await elsewhere.ack_sync(timeout=5)
+    finally:
+        await other.unsubscribe()
+
+
+async def test_a_backlog_larger_than_a_scan_is_read_whole_before_any_release(
+    js: JetStreamContext, subjects: Subjects, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scans read a batch per tick; releasing from a part of the held jobs would pick the
+    earliest of that part only. Here the earliest deadline is held last, behind two batches."""
+    monkeypatch.setattr(release_mod, "SCAN_BATCH", 2)
+    for hours in (5, 4, 3, 2, 1):
+        await hold(js, subjects, f"h{hours}", in_hours(hours))
+    releaser = Releaser(js, None, subjects, Free(0), margin=1)
+    ticks = [await releaser.tick() for _ in range(3)]
+    assert ticks == [0, 0, 1] and releaser.caught_up
+    assert job_ids(await take_due(js, subjects, 1)) == ["h1"]
+    assert await releaser.tick() == 1
+    assert job_ids(await take_due(js, subjects, 1)) == ["h2"]
