@@ -5,7 +5,10 @@ durable consumer (`jobs-<pool>-<priority>`). Every sweep asks `high` first, then
 `low`, each for at most the free slots left; a message that arrives is handed to its job task and
 the sweep restarts at `high`. A tier is fetched (a short `tier_timeout` long-poll) only when a
 consumer-info peek says it may hold jobs, so whenever jobs of several priorities wait, the
-highest is fetched first, and at most one pull request per pool is in flight. A tier has two
+highest is fetched first, and at most one pull request per pool is in flight. A lane whose jobs
+are all out (delivered to some node, unacked) can give only a redelivery, which the server
+hands over at once when due: it gets a REDELIVERY_POLL_S poll, not the long-poll, so a tier with
+jobs running somewhere does not hold up the starts of the tiers below it. A tier has two
 lanes: its due lane (`due-<pool>-<priority>`: deadline jobs the control plane's leader released
 earliest deadline first, control/deadlines/release.py) is fetched before the submitted jobs'
 lane; a fair-share pool has that pair per tenant.
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -84,6 +88,14 @@ OPENING_SLACK_S = 0.05
 #: once: a deleted lane answers "not found", a hint names a tenant with no lane).
 SHARES_REFRESH_S = 60.0
 STALE_REBIND_S = 5.0
+#: How long a lane whose jobs are all out (delivered, unacked) is polled: it can give only a
+#: redelivery, handed over at once when due; a tier_timeout long-poll there held up every
+#: start of the lanes after it while any job of it ran anywhere.
+REDELIVERY_POLL_S = 0.02
+#: A pool with no deadline job seen for this long is taken to have none: aging's peek after
+#: each start asks a lower tier's due lane once per DUE_RECHECK_S, not every time.
+DUE_QUIET_S = 60.0
+DUE_RECHECK_S = 5.0
 #: How often a node without its due lanes (an older control plane or credentials) looks again.
 DUE_RETRY_S = 300.0
 #: An idle wait looks again this soon for a job delivered after its fetch stopped waiting.
@@ -144,6 +156,10 @@ class PoolPuller:
         self._stale = False
         #: The last bind found no due lane to pull (an older control plane: docs/operations.md).
         self._no_due = False
+        #: Loop time a peek last saw a due lane holding jobs (-inf: never).
+        self._due_at = -math.inf
+        #: Per tier, loop time its due lane was last peeked.
+        self._due_checked: dict[str, float] = {}
         #: A fair-share pool's slot use per tenant on this node (empty weights: not fair).
         self.book = ShareBook()
         #: Per tier, the lanes (consumers) the last peek saw holding jobs.
@@ -416,12 +432,14 @@ class PoolPuller:
                 lanes = [b for b in lanes if b[0].consumer in maybe]
                 if self.fair:
                     lanes = self.book.order(lanes, lambda b: b[0].tenant or "")
-                # A lane with jobs waiting goes before one whose jobs are all out (running, or
-                # nak'd for a redelivery): that one's long-poll would mostly wait for nothing.
-                ready = self._waiting[prio] | heard_lanes
-                lanes.sort(key=lambda b: b[0].consumer not in ready)
+            # A lane with jobs waiting (or a hinted one) goes before one whose jobs are all out
+            # (running, or nak'd for a redelivery), and only it gets the long-poll: the other
+            # can hold only a redelivery, which the server hands over at once if it is due.
+            ready = self._waiting.get(prio, set()) | self._heard_lanes(prio)
+            lanes = sorted(lanes, key=lambda b: b[0].consumer not in ready)
             for candidate, sub in lanes:
-                msgs = await self._fetch_lane(sub, k)
+                wait = self.tier_timeout if candidate.consumer in ready else REDELIVERY_POLL_S
+                msgs = await self._fetch_lane(sub, k, min(wait, self.tier_timeout))
                 if msgs:
                     lane = candidate
                     break
@@ -445,9 +463,11 @@ class PoolPuller:
                 HOLD.reset(token)
         return msgs
 
-    async def _fetch_lane(self, sub: JetStreamContext.PullSubscription, k: int) -> list[Msg]:
+    async def _fetch_lane(
+        self, sub: JetStreamContext.PullSubscription, k: int, wait: float
+    ) -> list[Msg]:
         try:
-            return await sub.fetch(k, timeout=self.tier_timeout)
+            return await sub.fetch(k, timeout=wait)
         except TimeoutError:
             if not queued_jobs(sub):
                 return []
@@ -505,11 +525,19 @@ class PoolPuller:
         return True
 
     async def _pending(self, prio: str) -> int:
-        """Jobs of the tier not delivered yet (one consumer-info request per lane)."""
+        """Jobs of the tier not delivered yet (one consumer-info request per lane; the due
+        lane's only as often as `_skip_due` says: this is aging's count, not the order)."""
         pending = 0
+        skip_due = self._skip_due(prio)
         for lane, _ in self._subs[prio]:
+            if lane.due and skip_due:
+                continue
             info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
             pending += info.num_pending or 0
+            if lane.due:
+                self._due_checked[prio] = asyncio.get_running_loop().time()
+                if info.num_pending or info.num_ack_pending:
+                    self._due_at = self._due_checked[prio]
         return pending
 
     async def _oldest(self, prio: str) -> int | None:
@@ -530,6 +558,19 @@ class PoolPuller:
         except NotFoundError:  # taken meanwhile: as old as the consumer's position says
             return after + 1
         return msg.seq or after + 1
+
+    def _skip_due(self, prio: str) -> bool:
+        """Whether aging's peek of a lower tier may leave out its due lane: no release heard
+        and no due job seen for DUE_QUIET_S, and the lane was peeked less than DUE_RECHECK_S
+        ago. Aging's peek follows every start, so a pool without deadline work pays one due
+        peek per lower tier per DUE_RECHECK_S there, not two per start (each about a
+        millisecond: some 15 % of a burst's rate); a lower tier with only released jobs
+        waiting starts its count at most DUE_RECHECK_S late. The sweep's own peeks, which
+        decide the order, always ask every lane."""
+        now = asyncio.get_running_loop().time()
+        if now - max(self._due_at, self.wake.due_at) <= DUE_QUIET_S:
+            return False
+        return now - self._due_checked.get(prio, -math.inf) < DUE_RECHECK_S
 
     def _heard_lanes(self, prio: str) -> set[str]:
         """The tier's lanes a hint named: a submit names its tenant's submitted-jobs lane, a
@@ -552,10 +593,14 @@ class PoolPuller:
             if skip and lane.consumer in skip:
                 continue
             info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
+            if lane.due:
+                self._due_checked[prio] = asyncio.get_running_loop().time()
             if info.num_pending:
                 waiting.add(lane.consumer)
             if info.num_pending or info.num_ack_pending:
                 maybe.add(lane.consumer)
+                if lane.due:
+                    self._due_at = asyncio.get_running_loop().time()
         self._maybe[prio], self._waiting[prio] = maybe, waiting
         return bool(maybe)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
 
 from nats.aio.client import Client
@@ -42,6 +43,8 @@ class Wake:
         self.heard: dict[str, set[str]] = {p: set() for p in PRIORITIES}
         #: The tenants of the jobs the leader released into each tier's due lane (`due`).
         self.heard_due: dict[str, set[str]] = {p: set() for p in PRIORITIES}
+        #: Loop time of the last release heard (-inf: none yet).
+        self.due_at = -math.inf
         self._sub: Subscription | None = None
         self._due_sub: Subscription | None = None
         self._refused = self._due_refused = False
@@ -61,6 +64,7 @@ class Wake:
         if len(tokens) == 7 and tokens[3] in PRIORITIES:
             self.hints[tokens[3]] += 1
             self.heard_due[tokens[3]].add(tokens[5])
+            self.due_at = asyncio.get_running_loop().time()
         self.event.set()
 
     @property

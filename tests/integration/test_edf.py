@@ -24,6 +24,7 @@ from nats.js.api import PubAck
 from nats.js.errors import APIError, NotFoundError
 
 import control.deadlines.release as release_mod
+import daemon.pull.puller as puller_mod
 from common.jsdelete import delete_stored
 from control.api.jobcancel import delete_queued
 from control.deadlines.release import Held, Releaser, due_headers, held_of
@@ -536,3 +537,69 @@ async def test_a_backlog_larger_than_a_scan_is_read_whole_before_any_release(
     assert job_ids(await take_due(js, subjects, 1)) == ["h1"]
     assert await releaser.tick() == 1
     assert job_ids(await take_due(js, subjects, 1)) == ["h2"]
+
+
+async def test_a_higher_tier_whose_jobs_all_run_elsewhere_does_not_hold_up_a_lower_one(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS
+) -> None:
+    """A `high` job runs on another node (delivered, not acked) and nothing else of `high`
+    waits: a `normal` job starts at once, not after the `high` lane's long-poll (an hour here)."""
+    await js.publish(
+        subjects.submit(TENANT, "cpu", "high", "high-elsewhere"),
+        encode(spec("high-elsewhere", None, "high")),
+        headers={"Nats-Msg-Id": f"{TENANT}.high-elsewhere"}, stream=subjects.jobs_stream,
+    )  # fmt: skip
+    other = await js.pull_subscribe_bind(subjects.consumer("cpu", "high"), subjects.jobs_stream)
+    try:
+        (elsewhere,) = await other.fetch(1, timeout=WITHIN)
+        await submit(js, subjects, "normal-1")
+        slots = Slots({"cpu": 1})
+        async with node(node_nc, subjects, slots, lane_wait=NEVER_POLL) as (fetched, _):
+            assert job_ids([await take(fetched, slots)]) == ["normal-1"]
+        await elsewhere.ack_sync(timeout=5)
+    finally:
+        await other.unsubscribe()
+
+
+async def test_aging_peeks_no_due_lane_per_start_in_a_pool_without_deadline_work(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Aging peeks the lower tiers after every start; with no deadline job seen lately it asks
+    their due lanes once per DUE_RECHECK_S (here: never again after the first sweep), not two
+    more consumer-info requests per start."""
+    monkeypatch.setattr(puller_mod, "DUE_RECHECK_S", 1e9)
+    slots = Slots({"cpu": 1})
+    asked: list[str] = []
+    at_start: list[int] = []
+    node_js = node_nc.jetstream(timeout=5)
+    info = node_js.consumer_info
+
+    async def counted(stream: str, consumer: str, *args: Any, **kw: Any) -> Any:
+        asked.append(consumer)
+        return await info(stream, consumer, *args, **kw)
+
+    def spawn(msg: Msg, _pool: str, _prio: str) -> None:
+        at_start.append(len(asked))
+        fetched.put_nowait((msg, HOLD.get()))
+
+    fetched: Fetched = asyncio.Queue()
+    puller = PoolPuller(node_js, subjects, "cpu", slots, spawn, fetch_timeout=NEVER_POLL,
+                        tier_timeout=LANE_WAIT, wake_source=node_nc, aging_every=8)  # fmt: skip
+    task = asyncio.create_task(puller.run())
+    try:
+        await asyncio.wait_for(puller.idle.wait(), WITHIN)  # every tier peeked once
+        monkeypatch.setattr(node_js, "consumer_info", counted)
+        for job_id in ("high-1", "high-2"):
+            await js.publish(
+                subjects.submit(TENANT, "cpu", "high", job_id), encode(spec(job_id, None, "high")),
+                headers={"Nats-Msg-Id": f"{TENANT}.{job_id}"}, stream=subjects.jobs_stream,
+            )  # fmt: skip
+        started = [await take(fetched, slots) for _ in range(2)]
+    finally:
+        puller.stop()
+        await asyncio.wait_for(task, WITHIN)
+    assert job_ids(started) == ["high-1", "high-2"]
+    between = asked[at_start[0] : at_start[1]]
+    assert subjects.consumer("cpu", "normal") in between, between  # aging did peek
+    for prio in ("normal", "low"):
+        assert subjects.due_consumer("cpu", prio) not in between, between
