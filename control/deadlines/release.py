@@ -48,6 +48,9 @@ log = logging.getLogger("flotilla.deadlines")
 SCAN_BATCH = 2000
 #: Every held message is read again this often, so a cancelled one is forgotten.
 RESCAN_S = 30.0
+#: A held submit is often heard before the stream has stored it: a kicked tick that found no
+#: new held job looks again this soon, this many times, rather than a whole interval later.
+KICK_RETRY_S, KICK_RETRIES = 0.01, 3
 Group = tuple[str, str]
 
 
@@ -141,6 +144,8 @@ class Releaser:
         self._scanned_at = -math.inf
         #: The last scan read up to the newest held job: only then is a release EDF.
         self.caught_up = False
+        #: Held jobs the last tick's scan read.
+        self._found = 0
         self._kick = asyncio.Event()
 
     @property
@@ -152,15 +157,23 @@ class Releaser:
         if self.nc is not None:  # each held submit wakes the loop (the tick is the fallback)
             sub = await self.nc.subscribe(self.subjects.timed_wildcard, cb=self._on_held)
         try:
+            retries = 0
             while not stop.is_set():
+                kicked = self._kick.is_set()
                 self._kick.clear()
+                self._found = 0
                 try:
                     await self.tick()
                 except NatsError as exc:  # the broker's: the next tick tries again
                     log.warning("deadline release failed (%s)", exc)
+                wait = self.interval
+                if kicked and not self._found and retries < KICK_RETRIES:
+                    retries, wait = retries + 1, KICK_RETRY_S
+                else:
+                    retries = 0
                 waits = [asyncio.ensure_future(e.wait()) for e in (self._kick, stop)]
                 try:
-                    await asyncio.wait(waits, timeout=self.interval, return_when="FIRST_COMPLETED")
+                    await asyncio.wait(waits, timeout=wait, return_when="FIRST_COMPLETED")
                 finally:
                     for w in waits:
                         w.cancel()
@@ -176,7 +189,7 @@ class Releaser:
 
     async def tick(self) -> int:
         """Read new held jobs, then release into every tier whose due lanes run short."""
-        await self.scan()
+        self._found = await self.scan()
         if not self.caught_up:  # order among a part of the held jobs would not be EDF
             self._kick.set()  # read on at once
             return 0

@@ -603,3 +603,36 @@ async def test_aging_peeks_no_due_lane_per_start_in_a_pool_without_deadline_work
     assert subjects.consumer("cpu", "normal") in between, between  # aging did peek
     for prio in ("normal", "low"):
         assert subjects.due_consumer("cpu", prio) not in between, between
+
+
+async def test_a_wake_up_heard_before_the_job_is_stored_is_followed_up(
+    js: JetStreamContext, subjects: Subjects
+) -> None:
+    """A held submit's wake-up often reaches the leader before the stream has stored the job:
+    the kicked tick finds nothing, and looks again moments later, not an interval (an hour
+    here) later."""
+    released: asyncio.Queue[str] = asyncio.Queue()
+    releaser = Releaser(
+        js, None, subjects, Free(5), interval=NEVER_POLL, on_release=released.put_nowait
+    )
+    scan = releaser.scan
+    stored_after: list[int] = []
+
+    async def scan_then_store() -> int:
+        found = await scan()
+        if not stored_after:  # the store lands just after the first, kicked, scan
+            stored_after.append(found)
+            await hold(js, subjects, "stored-late", in_hours(1))
+        return found
+
+    releaser.scan = scan_then_store  # type: ignore[method-assign]
+    releaser._kick.set()  # the wake-up, heard before the store
+    stop = asyncio.Event()
+    task = asyncio.create_task(releaser.run(stop))
+    try:
+        assert await wait_for(released.get(), "the follow-up release") == "cpu"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, WITHIN)
+    assert stored_after == [0]
+    assert job_ids(await take_due(js, subjects, 1)) == ["stored-late"]
