@@ -509,18 +509,26 @@ async def test_a_due_lane_whose_jobs_all_run_elsewhere_does_not_hold_up_the_plai
     to give, so a plain job starts first, not after the due lane's long-poll (an hour here)."""
     await hold(js, subjects, "running-elsewhere", in_hours(1))
     assert await Releaser(js, None, subjects, Free(1)).tick() == 1
-    other = await js.pull_subscribe_bind(
-        subjects.due_consumer("cpu", "normal"), subjects.jobs_stream
-    )
+    due = subjects.due_consumer("cpu", "normal")
+    assert await first_start_while_out(js, subjects, node_nc, due, "plain-1") == "plain-1"
+
+
+async def first_start_while_out(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS, out_of: str, job_id: str
+) -> str:
+    """Another node holds the one job of lane `out_of` (delivered, unacked); `job_id` (normal,
+    no deadline) is submitted; the job a node whose long-polls last an hour starts first."""
+    other = await js.pull_subscribe_bind(out_of, subjects.jobs_stream)
     try:
         (elsewhere,) = await other.fetch(1, timeout=WITHIN)
-        await submit(js, subjects, "plain-1")
+        await submit(js, subjects, job_id)
         slots = Slots({"cpu": 1})
         async with node(node_nc, subjects, slots, lane_wait=NEVER_POLL) as (fetched, _):
-            assert job_ids([await take(fetched, slots)]) == ["plain-1"]
+            (started,) = job_ids([await take(fetched, slots)])
         await elsewhere.ack_sync(timeout=5)
     finally:
         await other.unsubscribe()
+    return started
 
 
 async def test_a_backlog_larger_than_a_scan_is_read_whole_before_any_release(
@@ -549,16 +557,8 @@ async def test_a_higher_tier_whose_jobs_all_run_elsewhere_does_not_hold_up_a_low
         encode(spec("high-elsewhere", None, "high")),
         headers={"Nats-Msg-Id": f"{TENANT}.high-elsewhere"}, stream=subjects.jobs_stream,
     )  # fmt: skip
-    other = await js.pull_subscribe_bind(subjects.consumer("cpu", "high"), subjects.jobs_stream)
-    try:
-        (elsewhere,) = await other.fetch(1, timeout=WITHIN)
-        await submit(js, subjects, "normal-1")
-        slots = Slots({"cpu": 1})
-        async with node(node_nc, subjects, slots, lane_wait=NEVER_POLL) as (fetched, _):
-            assert job_ids([await take(fetched, slots)]) == ["normal-1"]
-        await elsewhere.ack_sync(timeout=5)
-    finally:
-        await other.unsubscribe()
+    high = subjects.consumer("cpu", "high")
+    assert await first_start_while_out(js, subjects, node_nc, high, "normal-1") == "normal-1"
 
 
 async def test_aging_peeks_no_due_lane_per_start_in_a_pool_without_deadline_work(
