@@ -5,7 +5,7 @@ of the op (pre-probe, limits, guards, progress parsing, staging, hashing include
 same ffmpeg work run directly, and the ratio op/direct. The direct commands are the op's own
 argv where the op reports it (transcode) or is built by its public pure helpers (package,
 analyze), else the equivalent hand-written command. Run: `.venv/bin/python -m bench.bench_ops
-[--seconds 4] [--rounds 1]`.
+[--seconds 4] [--rounds 1] [--only audio]`. Op and direct runs alternate, round by round.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import uvloop
 
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools, find_tools
@@ -83,7 +85,7 @@ class Bench:
         return self.root / f"direct-{self.n}-{name}"
 
 
-async def main(seconds: float, rounds: int) -> None:
+async def main(seconds: float, rounds: int, only: list[str]) -> None:
     tools = find_tools()
     ff = [tools.ffmpeg, "-hide_banner", "-nostdin", "-loglevel", "error", "-y"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -175,8 +177,18 @@ async def main(seconds: float, rounds: int) -> None:
         head = ("operation", "op s", "direct s", "op rtf", "dir rtf", "ratio")
         print(f"{head[0]:26} {head[1]:>7} {head[2]:>9} {head[3]:>7} {head[4]:>8} {head[5]:>6}")
         for name, via_op, direct in cases:
-            op_t = statistics.median([await via_op() for _ in range(rounds)])
-            dir_t = statistics.median([await direct() for _ in range(rounds)])
+            if only and not any(word in name for word in only):
+                continue
+            op_ts: list[float] = []
+            dir_ts: list[float] = []
+            for i in range(rounds):  # alternated, so a drift in the machine's load hits both
+                if i % 2:
+                    dir_ts.append(await direct())
+                    op_ts.append(await via_op())
+                else:
+                    op_ts.append(await via_op())
+                    dir_ts.append(await direct())
+            op_t, dir_t = statistics.median(op_ts), statistics.median(dir_ts)
             print(
                 f"{name:26} {op_t:7.3f} {dir_t:9.3f} {seconds / op_t:7.2f} "
                 f"{seconds / dir_t:8.2f} {op_t / dir_t:6.3f}"
@@ -187,5 +199,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=4.0, help="clip length")
     parser.add_argument("--rounds", type=int, default=1, help="runs per side (median)")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="run the cases whose name holds this word (repeatable)",
+    )
     ns = parser.parse_args()
-    asyncio.run(main(ns.seconds, ns.rounds))
+    uvloop.run(main(ns.seconds, ns.rounds, ns.only))  # the daemon's loop: its spawns cost the same

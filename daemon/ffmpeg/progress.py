@@ -31,11 +31,16 @@ class ProgressUpdate:
         return replace(self, percent=percent)
 
 
+#: The input's duration in seconds, None when unknown, or a callable that tells it when asked.
+Duration = float | None | Callable[[], float | None]
+
+
 class ProgressParser:
     """Feed stdout lines; each completed block comes back as one ProgressUpdate."""
 
-    def __init__(self, duration_s: float | None, span: tuple[float, float] = (0.0, 100.0)) -> None:
-        self._duration = duration_s if duration_s and duration_s > 0 else None
+    def __init__(self, duration_s: Duration, span: tuple[float, float] = (0.0, 100.0)) -> None:
+        #: A callable: the duration is learnt during the run (an encode started beside its probe).
+        self._duration = duration_s
         #: Several ffmpeg runs (two-pass) share one 0..100 scale: this run covers `span`.
         self._span = span
         self._block: dict[str, str] = {}
@@ -59,9 +64,10 @@ class ProgressParser:
         )
 
     def percent(self, out_time_s: float | None) -> float | None:
-        if self._duration is None or out_time_s is None:
+        duration = self._duration() if callable(self._duration) else self._duration
+        if duration is None or duration <= 0 or out_time_s is None:
             return None
-        share = min(1.0, max(0.0, out_time_s / self._duration))
+        share = min(1.0, max(0.0, out_time_s / duration))
         low, high = self._span
         return round(low + (high - low) * share, 2)
 

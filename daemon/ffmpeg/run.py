@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from daemon.errors import JobCancelled, JobError, JobTimeout
 from daemon.ffmpeg.proc import child_options, expendable, signal_group
-from daemon.ffmpeg.progress import ProgressParser, ProgressUpdate, Throttle
+from daemon.ffmpeg.progress import Duration, ProgressParser, ProgressUpdate, Throttle
 from daemon.ffmpeg.stderr import MAX_LINE, StderrTail, classify
 from daemon.job.handle import JobHandle
 
@@ -52,7 +52,7 @@ async def run_ffmpeg(
     *,
     control: JobHandle,
     on_progress: ProgressSink | None = None,
-    duration_s: float | None = None,
+    duration_s: Duration = None,
     span: tuple[float, float] = (0.0, 100.0),
     progress_interval: float = 1.0,
     encoder: str | None = None,

@@ -125,6 +125,23 @@ class MediaAccess:
 
 async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path, ProbeInfo]:
     """The local file behind `uri` and its probe, within the limits (else a permanent error)."""
+    local, size = await local_input(ctx, uri, role)
+    return local, await probe_input(ctx, local, size, uri)
+
+
+async def probe_input(ctx: MediaJob, local: Path, size: int, uri: str) -> ProbeInfo:
+    """`open_input`'s second step: the probe, within the limits (else a permanent error)."""
+    limits = ctx.media.limits
+    info = await probe_media(ctx.tools, local, within=limits.probe_timeout, limits=limits)
+    info.size_bytes = size
+    check_probe(info, limits, _suffix(uri))
+    return info
+
+
+async def local_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path, int]:
+    """`open_input`'s first step: the local file (fetched, within the size cap) and its size.
+    An encode whose command needs no probe may start before `probe_input` (daemon.ops
+    .transcode), and must not be kept unless the probe passes."""
     media, limits = ctx.media, ctx.media.limits
     scheme = urlsplit(uri).scheme.lower() if "\x00" not in uri else ""
     local = ctx.scratch / f"{role}{_suffix(uri)}"
@@ -142,11 +159,7 @@ async def open_input(ctx: MediaJob, uri: str, role: str = "input") -> tuple[Path
                               within=limits.object_timeout)  # fmt: skip
         case _:
             local = await asyncio.to_thread(resolve_input, uri, ctx.allowed_roots)
-    size = await asyncio.to_thread(check_file, local, limits)
-    info = await probe_media(ctx.tools, local, within=limits.probe_timeout, limits=limits)
-    info.size_bytes = size
-    check_probe(info, limits, _suffix(uri))
-    return local, info
+    return local, await asyncio.to_thread(check_file, local, limits)
 
 
 async def output_path(ctx: MediaJob, uri: str) -> Path:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
 from daemon.errors import EncoderError, InvalidJob, JobError, JobTimeout, ResourceExhausted
 from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
-from daemon.media.access import open_input, output_path
+from daemon.media.access import local_input, open_input, output_path, probe_input
 from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
@@ -34,10 +36,10 @@ from daemon.ops.transcode_args import (
     qsv_decoder,
     transcode_args,
 )
-from daemon.ops.transcode_plan import Plan, allowed_encoders, open_overlay, plan
+from daemon.ops.transcode_plan import Plan, allowed_encoders, blind_plan, open_overlay, plan
 from daemon.probe.gpu import CUDA_ENV
 from schemas.operations import Transcode
-from schemas.results import JobResult, LoudnessReport
+from schemas.results import JobResult, LoudnessReport, OutputFile, ProbeInfo
 
 log = logging.getLogger("flotilla.transcode")
 
@@ -57,6 +59,9 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         # The requirement check hands such jobs on first (schemas.encoderneeds).
         raise InvalidJob(f"this node's ffmpeg has no `{BURN_FILTER}` filter (libass): it "
                          "cannot burn subtitles in")  # fmt: skip
+    blind = blind_plan(op) if len(chain) == 1 else None
+    if blind is not None:
+        return await _run_beside_probe(ctx, op, chain[0], dest, blind, started)
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
     if src == dest:
         raise InvalidJob("output is the same file as the input")
@@ -83,6 +88,18 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
             notes += overshot
         ctx.handle.check()  # a cancel that raced the last frame still wins
         files = await outputs.commit()
+    return _result(started, settled, info, encoder, files, notes, report)
+
+
+def _result(
+    started: float,
+    settled: Plan,
+    info: ProbeInfo,
+    encoder: str,
+    files: list[OutputFile],
+    notes: list[str],
+    report: list[LoudnessReport],
+) -> JobResult:
     wall = time.monotonic() - started
     media = settled.duration_s
     return JobResult(
@@ -95,6 +112,62 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         notes=notes,
         loudness=report,
     )
+
+
+async def _run_beside_probe(
+    ctx: JobContext, op: Transcode, encoder: str, dest: Path, blind: Plan, started: float
+) -> JobResult:
+    """A transcode whose command does not depend on its input (daemon.ops.transcode_plan
+    .blind_plan): the encode starts while the input is probed, which takes a short job's fixed
+    cost off its path. The probe still decides: a refusal (limits, no such stream) stops the
+    encode and fails the job as before, and a settled plan whose command differs from the blind
+    one stops it and encodes again on the settled plan."""
+    spec = ctx.spec
+    src, size = await local_input(ctx, spec.input)
+    if src == dest:
+        raise InvalidJob("output is the same file as the input")
+    probing: asyncio.Task[ProbeInfo] | None = None
+    try:
+        async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
+            partial = await outputs.stage(dest, uri=spec.output)
+            learnt: list[float | None] = []  # the settled duration, for progress once known
+
+            def duration() -> float | None:
+                return learnt[0] if learnt else None
+
+            # The encode's task first: its spawn, not the probe's, should come first.
+            encode = asyncio.create_task(
+                _encode(ctx, op, encoder, src, partial, blind, duration=duration)
+            )
+            probing = asyncio.create_task(probe_input(ctx, src, size, spec.input))
+            try:
+                info = await probing
+                settled = plan(op, info)
+            except BaseException:
+                await _stop(encode)
+                raise
+            learnt.append(settled.duration_s)
+            node = _node(ctx)
+            same = _args(ctx, op, encoder, src, partial, settled, node) == _args(
+                ctx, op, encoder, src, partial, blind, node
+            )
+            if same:
+                await encode
+            else:
+                await _stop(encode)
+                await _encode(ctx, op, encoder, src, partial, settled)
+            ctx.handle.check()  # a cancel that raced the last frame still wins
+            files = await outputs.commit()
+    finally:
+        if probing is not None:
+            await _stop(probing)
+    return _result(started, settled, info, encoder, files, list(settled.notes), [])
+
+
+async def _stop(task: asyncio.Task[Any]) -> None:
+    """Cancel `task` (an ffmpeg run it holds is killed) and wait until it has ended."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
@@ -190,21 +263,14 @@ async def _encode(
     partial: Path,
     settled: Plan,
     placement: Placement | None = None,
+    duration: Callable[[], float | None] | None = None,
 ) -> None:
-    path = placement.device.path if placement is not None else None
-    gpu = placement.gpu if placement is not None else None
-    node = Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=path or ctx.render_node,
-                gpu=gpu, input_guard=ctx.media.guard())  # fmt: skip
+    """`duration`: asked at each progress update, for a run started before the probe ended."""
+    node = _node(ctx, placement)
     passes: tuple[int | None, ...] = (1, 2) if needs_two_runs(encoder, op) else (None,)
     for n, pass_no in enumerate(passes):
         dest = None if pass_no == 1 else partial
-        args = transcode_args(
-            op, encoder, src, dest, node,
-            ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
-            overlay=settled.overlay, colour=settled.colour, audio_filters=settled.audio_filters,
-            subtitles=settled.subtitles,
-            src_codec=_codec(settled),
-        )  # fmt: skip
+        args = _args(ctx, op, encoder, src, dest, settled, node, pass_no)
         if ctx.on_command is not None:
             await ctx.on_command(encoder, ffmpeg_argv(ctx.tools.ffmpeg, args))
         low, high = settled.span
@@ -214,12 +280,37 @@ async def _encode(
             args,
             control=ctx.handle,
             on_progress=ctx.progress,
-            duration_s=settled.duration_s,
+            duration_s=settled.duration_s if duration is None else duration,
             span=(low + share * n, low + share * (n + 1)),
             progress_interval=ctx.progress_interval,
             encoder=encoder if op.video_codec != "none" else None,  # health counts video ones
             env=ENCODER_ENV.get(encoder, CUDA_ENV),
         )
+
+
+def _node(ctx: JobContext, placement: Placement | None = None) -> Node:
+    path = placement.device.path if placement is not None else None
+    gpu = placement.gpu if placement is not None else None
+    return Node(threads=ctx.threads, hwaccels=ctx.hwaccels, render_node=path or ctx.render_node,
+                gpu=gpu, input_guard=ctx.media.guard())  # fmt: skip
+
+
+def _args(
+    ctx: JobContext,
+    op: Transcode,
+    encoder: str,
+    src: Path,
+    dest: Path | None,
+    settled: Plan,
+    node: Node,
+    pass_no: int | None = None,
+) -> list[str]:
+    return transcode_args(
+        op, encoder, src, dest, node,
+        ten_bit=settled.ten_bit, pass_no=pass_no, passlog=ctx.scratch / f"passlog-{encoder}",
+        overlay=settled.overlay, colour=settled.colour, audio_filters=settled.audio_filters,
+        subtitles=settled.subtitles, src_codec=_codec(settled),
+    )  # fmt: skip
 
 
 def _codec(settled: Plan) -> str | None:

@@ -19,7 +19,7 @@ from daemon.job.handle import JobHandle
 from daemon.media.access import MediaAccess, MediaJob, open_input
 from daemon.media.limits import guard_args
 from daemon.ops.encoders import family_of
-from daemon.ops.subtitles import NO_SUBTITLES, Subtitles, plan_subtitles
+from daemon.ops.subtitles import NO_SUBTITLES, TEXT_ENCODER, Subtitles, plan_subtitles
 from daemon.ops.transcode_args import Extra
 from daemon.ops.videograph import SDR, Colour, output_pix_fmt
 from schemas.jobs import JobSpec
@@ -73,6 +73,18 @@ def plan(op: Transcode, info: ProbeInfo) -> Plan:
     if colour is not None and colour.tonemap:
         ten_bit = False  # tone-mapped SDR is 8-bit unless `pix_fmt` asks otherwise
     return Plan(video, duration, ten_bit, colour=colour, notes=notes + subs.notes, subtitles=subs)
+
+
+def blind_plan(op: Transcode) -> Plan | None:
+    """The plan of a job whose command no probe can change, else None: audio only (no video
+    stream, colour or pixel format to settle), one pass, no trim of subtitles, in a container
+    that holds no subtitles. The probe still runs beside the encode, and its plan's command is
+    compared with this one's before the encode is kept (daemon.ops.transcode)."""
+    if op.video_codec != "none" or op.loudness is not None or op.overlay is not None:
+        return None
+    if op.burn_subtitles is not None or TEXT_ENCODER.get(op.settled_container) is not None:
+        return None
+    return Plan(None, op.duration_seconds, False)
 
 
 def _check_audio_stream(op: Transcode, info: ProbeInfo) -> None:

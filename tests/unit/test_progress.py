@@ -56,6 +56,15 @@ def test_span_places_a_pass_on_the_job_scale() -> None:
     assert update.percent == 75.0
 
 
+def test_a_duration_learnt_during_the_run_is_used_from_then_on() -> None:
+    learnt: list[float] = []
+    parser = ProgressParser(duration_s=lambda: learnt[0] if learnt else None)
+    [before] = feed(parser, "out_time_us=1000000\nprogress=continue\n")
+    learnt.append(4.0)
+    [after] = feed(parser, "out_time_us=2000000\nprogress=continue\n")
+    assert (before.percent, after.percent) == (None, 50.0)
+
+
 def test_garbage_lines_are_ignored() -> None:
     parser = ProgressParser(duration_s=1.0)
     assert feed(parser, "nonsense\nfps=nan\nspeed=-3x\nframe=-1\nprogress=continue\n") == [

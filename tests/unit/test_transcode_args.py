@@ -9,8 +9,9 @@ import pytest
 
 from daemon.errors import InvalidJob
 from daemon.ops.transcode_args import Extra, Node, transcode_args
-from daemon.ops.transcode_plan import hdr_colour
+from daemon.ops.transcode_plan import blind_plan, hdr_colour
 from daemon.ops.videograph import SDR, TONEMAP, Colour
+from schemas.audioopts import Loudness
 from schemas.jobs import JobSpec
 from schemas.operations import Transcode
 from schemas.results import StreamInfo
@@ -125,3 +126,18 @@ def test_colour_tags_go_on_the_frames_before_the_format() -> None:
     vf = _value(args, "-vf")
     assert vf.startswith(TONEMAP + ",setparams=color_primaries=bt709:color_trc=bt709")
     assert vf.endswith(":colorspace=bt709,format=yuv420p")
+
+
+@pytest.mark.parametrize(
+    ("op", "blind"),
+    [
+        (Transcode(codec="none", container="m4a"), True),
+        (Transcode(codec="none", container="mp3", audio_language="fra"), True),
+        (Transcode(codec="none", container="ogg", start_seconds=1.0), True),
+        (Transcode(codec="h264"), False),  # video: stream, colour and pixel format to settle
+        (Transcode(codec="none", container="mp4"), False),  # mp4 keeps text subtitles
+        (Transcode(codec="none", container="m4a", loudness=Loudness()), False),  # two passes
+    ],
+)
+def test_only_a_command_no_probe_can_change_starts_blind(op: Transcode, blind: bool) -> None:
+    assert (blind_plan(op) is not None) == blind

@@ -1,0 +1,161 @@
+"""An audio-only transcode starts its encode while the input is probed (daemon.ops.transcode):
+the probe still decides, on real ffmpeg. A refusal stops the encode and leaves no output; a
+settled command unlike the blind one is encoded again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+import daemon.ops.transcode as transcode
+from daemon.config import MediaSettings
+from daemon.errors import InputError
+from daemon.ffmpeg.tools import FfmpegTools
+from daemon.media.access import MediaAccess
+from daemon.media.probe import probe_media
+from daemon.ops import run_operation
+from daemon.ops.transcode_plan import Plan
+from schemas.operations import Transcode
+from schemas.results import JobResult, ProbeInfo
+from tests.support.media import run_ffmpeg
+from tests.support.transcodejob import job_context
+
+#: Long enough for the probe to wait on the encode's start when they overlap; a sequential
+#: transcode would leave the probe waiting this long and the test fails.
+OVERLAP_WAIT = 60.0
+
+
+@pytest_asyncio.fixture(scope="module")
+async def tone(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    out = media_dir / "beside_tone.m4a"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=2",
+        "-c:a", "aac", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+@pytest_asyncio.fixture(scope="module")
+async def silent_video(ffmpeg_tools: FfmpegTools, media_dir: Path) -> Path:
+    out = media_dir / "beside_silent.mp4"
+    code, err = await run_ffmpeg(
+        ffmpeg_tools.ffmpeg, "-loglevel", "error", "-y",
+        "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=1",
+        "-c:v", "libx264", "-preset", "ultrafast", str(out),
+    )  # fmt: skip
+    assert code == 0, err
+    return out
+
+
+class Commands:
+    """The context's `on_command`: every ffmpeg command announced, and an event at the first."""
+
+    def __init__(self) -> None:
+        self.argvs: list[list[str]] = []
+        self.first = asyncio.Event()
+
+    async def __call__(self, encoder: str | None, argv: list[str]) -> None:
+        self.argvs.append(argv)
+        self.first.set()
+
+
+def _ctx(
+    tools: FfmpegTools, tmp_path: Path, src: Path, out: Path, limits: MediaSettings | None = None
+) -> tuple[Any, Commands]:
+    commands = Commands()
+    ctx = job_context(tools, tmp_path, [src.parent], src, out, Transcode(audio_bitrate_kbps=64))
+    ctx = replace(ctx, on_command=commands)
+    if limits is not None:
+        ctx = replace(ctx, media=MediaAccess(limits=limits))
+    return ctx, commands
+
+
+async def _run(ctx: Any) -> JobResult:
+    return await asyncio.wait_for(run_operation(ctx), 120)
+
+
+def _left_in(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+async def test_the_encode_starts_before_the_probe_ends(
+    ffmpeg_tools: FfmpegTools, tone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out" / "a.m4a"
+    out.parent.mkdir()
+    ctx, commands = _ctx(ffmpeg_tools, tmp_path, tone, out)
+    real = transcode.probe_input
+    seen: list[bool] = []
+
+    async def probe_after_the_encode_started(*args: Any) -> ProbeInfo:
+        try:
+            await asyncio.wait_for(commands.first.wait(), OVERLAP_WAIT)
+            seen.append(True)
+        except TimeoutError:
+            seen.append(False)
+        return await real(*args)
+
+    monkeypatch.setattr(transcode, "probe_input", probe_after_the_encode_started)
+    result = await _run(ctx)
+    assert seen == [True], "the probe ended before any encode started"
+    assert len(commands.argvs) == 1  # the blind command was the settled one: kept, not rerun
+    [audio] = (await probe_media(ffmpeg_tools, out)).streams
+    assert (audio.type, audio.codec) == ("audio", "aac")
+    assert result.media_seconds is not None and abs(result.media_seconds - 2.0) < 0.1
+    assert result.input_size_bytes == (await asyncio.to_thread(tone.stat)).st_size
+
+
+async def test_an_input_without_audio_stops_the_encode_and_leaves_nothing(
+    ffmpeg_tools: FfmpegTools, silent_video: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "a.m4a"
+    out.parent.mkdir()
+    ctx, _ = _ctx(ffmpeg_tools, tmp_path, silent_video, out)
+    with pytest.raises(InputError, match=r"input has no audio stream #0 \(0 found\)"):
+        await _run(ctx)
+    assert _left_in(out.parent) == []
+
+
+async def test_an_input_over_the_limits_is_refused_though_its_encode_started(
+    ffmpeg_tools: FfmpegTools, tone: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out" / "a.m4a"
+    out.parent.mkdir()
+    ctx, commands = _ctx(ffmpeg_tools, tmp_path, tone, out, MediaSettings(max_duration_s=1.0))
+    with pytest.raises(InputError, match="over the limit"):
+        await _run(ctx)
+    assert commands.argvs, "the encode did not start beside the probe"
+    assert _left_in(out.parent) == []
+
+
+async def test_a_settled_command_unlike_the_blind_one_is_encoded_again(
+    ffmpeg_tools: FfmpegTools, tone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blind plan that guessed wrong (here: a filter the settled plan has not) costs a rerun,
+    never an output the settled plan would not make."""
+    out = tmp_path / "out" / "a.m4a"
+    out.parent.mkdir()
+    ctx, commands = _ctx(ffmpeg_tools, tmp_path, tone, out)
+
+    def wrong_guess(op: Transcode) -> Plan | None:
+        return Plan(None, None, False, audio_filters=("volume=0.1",))
+
+    monkeypatch.setattr(transcode, "blind_plan", wrong_guess)
+    await _run(ctx)
+    assert len(commands.argvs) == 2
+    assert _has(commands.argvs[0], "volume=0.1") and not _has(commands.argvs[1], "volume=0.1")
+    [audio] = (await probe_media(ffmpeg_tools, out)).streams
+    assert audio.codec == "aac"
+    assert _left_in(out.parent) == ["a.m4a"]
+
+
+def _has(argv: Sequence[str], arg: str) -> bool:
+    return arg in argv
