@@ -53,6 +53,10 @@ _HW_SESSION = (
     "no nvenc capable devices",
 )
 _HW_SUFFIXES = ("_nvenc", "_qsv", "_vaapi")
+#: A static ffmpeg loads its VA/oneVPL/CUDA libraries lazily; one that is missing aborts it
+#: (SIGABRT from implib-gen's stub: "failed to load library 'libva-drm.so.2'") or fails its
+#: device open ("Cannot load libcuda.so.1").
+_HW_LIBRARY = ("failed to load library", "cannot open shared object file", "cannot load lib")
 _CONTAINER = ("not currently supported in container", "could not find tag for codec")
 
 
@@ -84,10 +88,15 @@ class StderrTail:
 def classify(exit_code: int, tail: StderrTail, *, encoder: str | None) -> JobError:
     """The error for an ffmpeg that exited non-zero on its own (not stopped by us)."""
     text = tail.text()
+    lines = tail.first_errors + tail.lines
+    # A driver library that will not load: this encoder cannot run here, another can.
+    hardware = encoder if encoder is not None and encoder.endswith(_HW_SUFFIXES) else None
+    if hardware is not None and (found := _find(lines, _HW_LIBRARY)):
+        how = f" (ffmpeg killed by {_signal_name(-exit_code)})" if exit_code < 0 else ""
+        return EncoderError(found + how, encoder=hardware, exit_code=exit_code, stderr_tail=text)
     if exit_code < 0:
         name = _signal_name(-exit_code)
         return JobError(f"ffmpeg was killed by {name}", exit_code=exit_code, stderr_tail=text)
-    lines = tail.first_errors + tail.lines
     if encoder is not None and (found := _hardware_session(lines, encoder)):
         return EncoderError(found, encoder=encoder, exit_code=exit_code, stderr_tail=text)
     if found := _find(lines, _RESOURCE):

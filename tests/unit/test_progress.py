@@ -131,6 +131,29 @@ def test_killed_by_a_signal_is_transient() -> None:
     assert "SIGSEGV" in error.reason
 
 
+#: A static ffmpeg's QSV device open on a host without libva-drm, as recorded: it aborts.
+NO_VA_DRM = [
+    "implib-gen: libva-drm.so.2: failed to load library 'libva-drm.so.2' via dlopen: "
+    "libva-drm.so.2: cannot open shared object file: No such file or directory",
+    'ffmpeg: libva-drm.so.2.init.c:122: load_library: Assertion `0 && "Assertion in generated '
+    "code\"' failed.",
+]
+
+
+def test_a_hardware_driver_library_that_will_not_load_is_the_encoders_fault() -> None:
+    """The next encoder in the chain gets the job and encoder health counts the failure, where
+    a plain job error (and SIGABRT's "killed by") would fail the attempt."""
+    error = classify(-6, tail_of(*NO_VA_DRM), encoder="h264_qsv")
+    assert type(error) is EncoderError and error.encoder == "h264_qsv"
+    assert "libva-drm.so.2" in error.reason and "SIGABRT" in error.reason
+    assert error.exit_code == -6
+
+
+def test_a_library_line_under_a_software_encoder_stays_a_job_error() -> None:
+    assert type(classify(-6, tail_of(*NO_VA_DRM), encoder="libx264")) is JobError
+    assert type(classify(-6, tail_of(*NO_VA_DRM), encoder=None)) is JobError
+
+
 def test_tail_is_bounded_but_keeps_the_first_errors() -> None:
     tail = tail_of("[error] first cause", *[f"[info] chatter {i}" for i in range(50)])
     assert len(tail.lines) == 5 and len(tail.text()) <= 200
