@@ -19,12 +19,14 @@ import aiofiles
 
 from daemon.errors import InputError, InvalidJob
 from daemon.ffmpeg.run import run_ffmpeg
-from daemon.media.access import open_input, output_path
+from daemon.media.access import local_input, open_input, output_path, probe_input
+from daemon.media.mp4head import read_mp4_head
 from daemon.media.paths import ffmpeg_arg
+from daemon.ops.beside import stop
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
 from schemas.operations import Thumbnail
-from schemas.results import JobResult, ProbeInfo
+from schemas.results import JobResult, OutputFile, ProbeInfo
 
 ENCODERS = {"jpg": ["-c:v", "mjpeg", "-q:v", "3"], "png": ["-c:v", "png"]}
 ENCODERS["webp"] = ["-c:v", "libwebp", "-quality", "80"]
@@ -35,35 +37,103 @@ async def run_thumbnail(ctx: JobContext) -> JobResult:
     spec, op = ctx.spec, ctx.spec.operation
     assert isinstance(op, Thumbnail) and spec.output is not None  # JobSpec requires an output
     dest = await output_path(ctx, spec.output)
+    if op.sprite:
+        return await _sprite(ctx, op, dest, started)
     src, info = await open_input(ctx, spec.input)
     if src == dest:
         raise InvalidJob("output is the same file as the input")
     src_w, src_h, duration = _video_facts(info)
-    tile_h = max(2, round(op.width * src_h / src_w / 2) * 2)
     async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
         partial = await outputs.stage(dest, uri=spec.output)
-        if op.sprite:
-            if duration is None or duration <= 0:
-                raise InputError("a sprite sheet needs an input with a known duration")
-            vtt = dest.with_name(dest.name + ".vtt")
-            vtt_partial = await outputs.stage(vtt, role="index")
-            rows = math.ceil(op.tiles / op.columns)
-            vf = f"fps={op.tiles}/{duration!r},scale={op.width}:{tile_h},tile={op.columns}x{rows}"
-            await _render(ctx, op, src, partial, vf, [], duration)
-            await _write_vtt(vtt_partial, dest.name, op, duration, tile_h)
-        else:
-            if duration is not None and op.at_seconds >= duration:
-                raise InvalidJob(f"at_seconds {op.at_seconds:g} is past the end ({duration:g} s)")
-            seek = ["-ss", f"{op.at_seconds!r}"]
-            await _render(ctx, op, src, partial, f"scale={op.width}:{tile_h}", seek, None)
+        if duration is not None and op.at_seconds >= duration:
+            raise InvalidJob(f"at_seconds {op.at_seconds:g} is past the end ({duration:g} s)")
+        seek = ["-ss", f"{op.at_seconds!r}"]
+        vf = f"scale={op.width}:{_tile_height(op, src_w, src_h)}"
+        await _render(ctx, op, src, partial, vf, seek, None)
         ctx.handle.check()
         files = await outputs.commit()
+    return _result(started, duration, info, files)
+
+
+def _result(
+    started: float, duration: float | None, info: ProbeInfo, files: list[OutputFile]
+) -> JobResult:
     return JobResult(
         wall_seconds=time.monotonic() - started,
         media_seconds=duration,
         input_size_bytes=info.size_bytes,
         outputs=files,
     )
+
+
+async def _sprite(ctx: JobContext, op: Thumbnail, dest: Path, started: float) -> JobResult:
+    """The sheet. Where the input's MP4/MOV header tells its size and duration, the render
+    starts on those beside the probe (daemon.ops.beside), and is kept when the probe agrees:
+    the same tile size, and a duration within a tenth of one tile's span (no tile's sample
+    moves by more). The index is always written from the probe's duration."""
+    spec = ctx.spec
+    src, size = await local_input(ctx, spec.input)
+    if src == dest:
+        raise InvalidJob("output is the same file as the input")
+    head = await asyncio.to_thread(read_mp4_head, src)
+    guess = None
+    if head is not None:
+        # ffprobe reports the video stream's duration; `ffmpeg -i` only the file's.
+        span = head.track_duration_s if ctx.tools.ffprobe is not None else head.movie_duration_s
+        guess = (head.width, head.height, span)
+    render: asyncio.Task[None] | None = None
+    probing: asyncio.Task[ProbeInfo] | None = None
+    async with OutputSet(ctx.job_key, ctx.attempt, ctx.may_commit) as outputs:
+        partial = await outputs.stage(dest, uri=spec.output)
+        vtt = dest.with_name(dest.name + ".vtt")
+        vtt_partial = await outputs.stage(vtt, role="index")
+        try:  # both runs end before the output set removes what they wrote
+            if guess is not None:  # its task first: its spawn, not the probe's, comes first
+                render = asyncio.create_task(_render_sheet(ctx, op, src, partial, *guess))
+            probing = asyncio.create_task(probe_input(ctx, src, size, spec.input))
+            info = await probing
+            facts = _video_facts(info)
+            duration = facts[2]
+            if duration is None or duration <= 0:
+                raise InputError("a sprite sheet needs an input with a known duration")
+            if render is not None and not _agrees(op, guess, facts):
+                await stop(render)
+                render = None
+            if render is None:
+                await _render_sheet(ctx, op, src, partial, facts[0], facts[1], duration)
+            else:
+                await render
+        finally:
+            for task in (render, probing):
+                if task is not None:
+                    await stop(task)
+        tile_h = _tile_height(op, facts[0], facts[1])
+        await _write_vtt(vtt_partial, dest.name, op, duration, tile_h)
+        ctx.handle.check()
+        files = await outputs.commit()
+    return _result(started, duration, info, files)
+
+
+def _agrees(
+    op: Thumbnail, guess: tuple[int, int, float] | None, facts: tuple[int, int, float | None]
+) -> bool:
+    if guess is None or facts[2] is None:
+        return False
+    same_tiles = _tile_height(op, guess[0], guess[1]) == _tile_height(op, facts[0], facts[1])
+    return same_tiles and abs(guess[2] - facts[2]) <= facts[2] / (10 * op.tiles)
+
+
+async def _render_sheet(
+    ctx: JobContext, op: Thumbnail, src: Path, partial: Path, width: int, height: int, span: float
+) -> None:
+    rows = math.ceil(op.tiles / op.columns)
+    tile_h = _tile_height(op, width, height)
+    vf = f"fps={op.tiles}/{span!r},scale={op.width}:{tile_h},tile={op.columns}x{rows}"
+    await _render(ctx, op, src, partial, vf, [], span)
+
+
+def _tile_height(op: Thumbnail, src_w: int, src_h: int) -> int:
+    return max(2, round(op.width * src_h / src_w / 2) * 2)
 
 
 def _video_facts(info: ProbeInfo) -> tuple[int, int, float | None]:

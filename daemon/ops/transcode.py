@@ -16,13 +16,13 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
 from daemon.errors import EncoderError, InvalidJob, JobError, JobTimeout, ResourceExhausted
 from daemon.ffmpeg.run import ffmpeg_argv, run_ffmpeg
 from daemon.media.access import local_input, open_input, output_path, probe_input
+from daemon.ops.beside import stop
 from daemon.ops.context import JobContext
 from daemon.ops.devices import NoDevice, Placement, placed
 from daemon.ops.encoders import encoder_chain, family_of, needs_two_runs
@@ -144,7 +144,7 @@ async def _run_beside_probe(
                 info = await probing
                 settled = plan(op, info)
             except BaseException:
-                await _stop(encode)
+                await stop(encode)
                 raise
             learnt.append(settled.duration_s)
             node = _node(ctx)
@@ -154,20 +154,14 @@ async def _run_beside_probe(
             if same:
                 await encode
             else:
-                await _stop(encode)
+                await stop(encode)
                 await _encode(ctx, op, encoder, src, partial, settled)
             ctx.handle.check()  # a cancel that raced the last frame still wins
             files = await outputs.commit()
     finally:
         if probing is not None:
-            await _stop(probing)
+            await stop(probing)
     return _result(started, settled, info, encoder, files, list(settled.notes), [])
-
-
-async def _stop(task: asyncio.Task[Any]) -> None:
-    """Cancel `task` (an ffmpeg run it holds is killed) and wait until it has ended."""
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:
