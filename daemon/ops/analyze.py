@@ -35,6 +35,7 @@ from daemon.ffmpeg.run import RunResult, run_ffmpeg
 from daemon.media.access import open_input, output_path
 from daemon.media.limits import guard_args
 from daemon.media.paths import ffmpeg_arg
+from daemon.ops.beside import stop
 from daemon.ops.context import JobContext
 from daemon.ops.outputs import OutputSet
 from daemon.ops.vmafpool import read_vmaf_log, vmaf_scores
@@ -56,8 +57,15 @@ async def run_analyze(ctx: JobContext) -> JobResult:
     if op.frame_log and not op.vmaf:
         raise InvalidJob("frame_log is libvmaf's per-frame log: it needs vmaf: true")
     dest = await output_path(ctx, spec.output)
-    dist, dist_info = await open_input(ctx, spec.input)
-    ref, ref_info = await open_input(ctx, op.reference, "reference")
+    # Both fetched and probed at once; the input's refusal still comes first.
+    opening = (asyncio.create_task(open_input(ctx, spec.input)),
+               asyncio.create_task(open_input(ctx, op.reference, "reference")))  # fmt: skip
+    try:
+        dist, dist_info = await opening[0]
+        ref, ref_info = await opening[1]
+    finally:
+        for task in opening:
+            await stop(task)
     d, r = _video(dist_info, "input"), _video(ref_info, "reference")
     check_comparable(d, r, dist_info.duration_s, ref_info.duration_s)
     model = op.vmaf_model

@@ -6,10 +6,12 @@ import asyncio
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from daemon.errors import InvalidJob
+import daemon.ops.analyze as analyze
+from daemon.errors import InvalidJob, JobError
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
@@ -264,3 +266,41 @@ async def test_package_hls_ts_segments(
     segments = await asyncio.to_thread(lambda: sorted((out / "stream_0").glob("*.ts")))
     assert segments
     assert abs(await _plays(ffmpeg_tools, out / "stream_0" / "index.m3u8") - 1.0) < 0.2
+
+
+async def test_analyze_opens_its_two_inputs_at_once(
+    ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The input's probe waits here until the reference's has begun: one after the other, it
+    would wait out the minute and the test fails."""
+    real = analyze.open_input
+    began = asyncio.Event()
+    overlapped: list[bool] = []
+
+    async def opening(ctx: Any, uri: str, role: str = "input") -> Any:
+        if role == "reference":
+            began.set()
+        else:
+            try:
+                await asyncio.wait_for(began.wait(), 60)
+                overlapped.append(True)
+            except TimeoutError:
+                overlapped.append(False)
+        return await real(ctx, uri, role)
+
+    monkeypatch.setattr(analyze, "open_input", opening)
+    op = Analyze(reference=clip_small.as_uri(), vmaf=False, ssim=False)
+    spec = _spec(clip_small, op, tmp_path / "report.json")
+    ctx = _ctx(ffmpeg_tools, tmp_path / "s", [clip_small.parent, tmp_path], spec)
+    result = await run_analyze(ctx)
+    assert overlapped == [True]
+    assert result.psnr is not None and result.vmaf is None
+
+
+async def test_analyze_names_the_input_first_when_both_are_refused(
+    ffmpeg_tools: FfmpegTools, tmp_path: Path
+) -> None:
+    op = Analyze(reference=(tmp_path / "absent-reference.mp4").as_uri())
+    spec = _spec(tmp_path / "absent-input.mp4", op, tmp_path / "report.json")
+    with pytest.raises(JobError, match="absent-input"):
+        await run_analyze(_ctx(ffmpeg_tools, tmp_path / "s", [tmp_path], spec))
