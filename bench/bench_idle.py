@@ -41,7 +41,7 @@ import uvloop
 from nats.aio.msg import Msg
 
 from control.devstack.nats import HOST, NatsServer
-from control.sim.nodes import WorkerConfig, capabilities, daemon_config
+from control.sim.nodes import STOP_LIMIT_S, WorkerConfig, capabilities, daemon_config
 from control.sim.standin import run_standin
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
@@ -178,11 +178,18 @@ async def run(args: argparse.Namespace) -> None:
                 for subject, c in counts.most_common():
                     print(f"    {c / wall / n:8.3f}/node/s  {subject}")
         finally:
-            await asyncio.gather(*(d.stop(force=True) for d in daemons), return_exceptions=True)
-            if holder is not None:
-                await holder.close()
-            await nc.close()
-            await server.stop()
+            try:
+                # As `flotilla sim` does: a few of many daemons stopping at once can take long.
+                ends = [asyncio.wait_for(d.stop(force=True), STOP_LIMIT_S) for d in daemons]
+                results = await asyncio.gather(*ends, return_exceptions=True)
+                stuck = sum(isinstance(r, BaseException) for r in results)
+                if stuck:
+                    print(f"  ({stuck} nodes did not stop within {STOP_LIMIT_S:.0f} s)")
+                if holder is not None:
+                    await holder.close()
+                await nc.close()
+            finally:
+                await server.stop()
 
 
 def settings(pairs: list[str]) -> list[tuple[str, Any]]:
@@ -211,6 +218,8 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     uvloop.run(run(args))
+    # A node that did not stop left its journal's thread running, which would hold the process.
+    os._exit(0)
 
 
 if __name__ == "__main__":
