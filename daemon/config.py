@@ -160,7 +160,7 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Idle fallback poll interval: an idle node holds no pull open; a submit to its pools wakes
     #: one idle node of the pool at once, and each looks at its job consumers at least this
     #: often anyway, to find redelivered jobs (they send no submit) or when the wake
-    #: subscription is refused.
+    #: subscription is refused; a consumer it last found empty, at every sixth poll.
     fetch_timeout: Positive = 5.0
     #: Processing windows (`[[windows]]` tables of pools, priorities, start, end, tz, days):
     #: work of a rule's class is pulled only while one of its windows is open (node wall time in

@@ -13,6 +13,11 @@ the failure before the failed row's retry: the stream's order is then off by tha
 nothing is lost, and consumers order a job's events by attempt and timestamp, not by stream
 sequence alone.
 
+Every commit that adds rows wakes the loop (the journal's outbox listener); it reads the journal
+again after `poll_interval` only while rows are unsent (a publish that failed, a mark in flight).
+With none (the journal's count), an idle node's outbox waits for that wake-up, reading anyway
+after `idle_poll_interval`, a safety net: it read its journal every second for nothing before.
+
 The loop handles what it expects (a failed publish, a journal error) by backing off; anything
 else is a bug, which its supervisor (common.supervise) logs and restarts it after: a restart
 loses nothing, since unmarked rows are sent again and deduplicated by their event id.
@@ -45,6 +50,7 @@ class OutboxPublisher:
         window: int = 64,
         publish_timeout: float = 2.0,
         poll_interval: float = 1.0,
+        idle_poll_interval: float = 30.0,
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
     ) -> None:
@@ -53,6 +59,9 @@ class OutboxPublisher:
         self.window = window
         self.publish_timeout = publish_timeout
         self.poll_interval = poll_interval
+        self.idle_poll_interval = max(poll_interval, idle_poll_interval)
+        #: Reads of the journal for rows to send.
+        self.reads = 0
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         # Plain counters for metrics (the daemon exports them).
@@ -149,7 +158,7 @@ class OutboxPublisher:
         while True:
             if drained and not self._wake.is_set():  # and nothing was committed since: no read
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.poll_interval):
+                    async with asyncio.timeout(self._poll_wait()):
                         await self._wake.wait()
             drained = False
             self._wake.clear()  # cleared before reading: a commit after the read wakes us
@@ -157,10 +166,11 @@ class OutboxPublisher:
             try:
                 if self._marking is not None and self._marking.done():
                     await self._mark_done()  # what a mark raised is handled here, in the loop
+                self.reads += 1
                 rows = await self.journal.pending_outbox(window, after=after)
                 if not rows:
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.poll_interval):
+                        async with asyncio.timeout(self._poll_wait()):
                             await self._wake.wait()
                     continue
                 sent = await self._publish(rows)
@@ -182,6 +192,10 @@ class OutboxPublisher:
             window = 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+
+    def _poll_wait(self) -> float:
+        """How long to wait for a commit's wake-up before reading the journal anyway."""
+        return self.poll_interval if self.journal.depth else self.idle_poll_interval
 
     async def _mark(self, rows: list[OutboxRow]) -> None:
         try:

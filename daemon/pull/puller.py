@@ -24,6 +24,17 @@ measured), so the tier named in the woken subject is fetched even if its peek st
 the long-poll returns as soon as the job is stored. A sweep that fetched nothing waits for the next
 wake or at most `fetch_timeout`, the fallback poll that finds redeliveries (nak, ack timeout),
 which send no submit, and keeps a node whose wake subscription is refused working, only slower. A
+fallback poll asks again only the lanes that may hold a job: a lane its last peek found empty
+(nothing waiting, nothing out) can get one only by a submit or a release, which wake a node of
+the pool, so such a lane is peeked on every EMPTY_POLLS-th poll (`_empty`), and on every one where
+the node hears no hints (its wake subscription refused or left). A job can still reach a lane
+without waking a node that takes it (the hint went to a node whose tier is closed, or that filled
+up): each node's recheck finds it, within EMPTY_POLLS polls at worst, and far sooner on a fleet,
+whose nodes poll at different moments. A lane with a job out (delivered, unacked) is peeked at
+every poll, for its redelivery; a job delivered since the last peek is seen out at the next
+recheck, which comes well within its ack wait (EMPTY_POLLS is cut down to fit half of it). So an
+idle node of a quiet pool asks about its six lanes once per EMPTY_POLLS polls, not at every one.
+A
 job that arrives while a tier's short long-poll is in flight waits at most `tier_timeout`; one
 delivered just after the client's wait ended (a busy event loop) is taken from the
 subscription's queue at once, not at the next poll (`queued_jobs`). An idle
@@ -98,6 +109,9 @@ DUE_QUIET_S = 60.0
 DUE_RECHECK_S = 5.0
 #: How often a node without its due lanes (an older control plane or credentials) looks again.
 DUE_RETRY_S = 300.0
+#: A lane last seen empty is peeked again on every EMPTY_POLLS-th fallback poll (fewer where half
+#: the lane's ack wait is shorter): 6 fallback polls of 5 s, 30 s.
+EMPTY_POLLS = 6
 #: An idle wait looks again this soon for a job delivered after its fetch stopped waiting.
 LATE_CHECK_S = 0.5
 Bound = list[tuple[Lane, JetStreamContext.PullSubscription]]
@@ -166,6 +180,13 @@ class PoolPuller:
         self._maybe: dict[str, set[str]] = {}
         #: Per tier, the lanes the last peek saw with jobs not yet delivered.
         self._waiting: dict[str, set[str]] = {}
+        #: Per lane a peek last found empty (consumer name): fallback polls until it is peeked
+        #: again. Dropped when a peek sees a job in it, a hint names it or a fetch takes one.
+        self._empty: dict[str, int] = {}
+        #: The idle wait before this sweep ended by the fallback poll running out (no hint, no
+        #: opening, no slot freed): it may leave out lanes known empty.
+        self._poll_sweep = False
+        self._quiet = False
         self.wake = Wake(wake_source, subjects.pool_submits(pool), subjects.due_captured(pool))
         self.stopping = asyncio.Event()
         #: Set while the loop waits for a wake (or the fallback poll) after an empty sweep.
@@ -359,6 +380,7 @@ class PoolPuller:
                 self.opened += 1
             else:
                 self.polled += 1
+                self._poll_sweep = True
         finally:
             self.idle.clear()
 
@@ -386,6 +408,8 @@ class PoolPuller:
         """One pass high -> low; True when it fetched jobs or ran out of slots (go on at once)."""
         # Cleared first: a submit during the sweep sets it again, so it is never missed.
         self.wake.event.clear()
+        self._quiet = self._poll_sweep and not any(self.wake.hints.values())
+        self._poll_sweep = False
         tiers = self.open_tiers()
         if self.aging_every and self.starved >= self.aging_every:
             aged = await self._aged_start(tiers[1:])
@@ -415,6 +439,8 @@ class PoolPuller:
         every start reads the shares again. `peeked`: the sweep has just peeked every lane."""
         msgs: list[Msg] = []
         lane: Lane | None = None
+        for consumer in self._heard_lanes(prio):  # a job is on its way there
+            self._empty.pop(consumer, None)
         try:
             lanes = self._subs[prio]
             if self.fair:
@@ -442,6 +468,7 @@ class PoolPuller:
                 msgs = await self._fetch_lane(sub, k, min(wait, self.tier_timeout))
                 if msgs:
                     lane = candidate
+                    self._empty.pop(candidate.consumer, None)
                     break
         finally:
             # Slots not filled go back; each message keeps one until its job's `finally`.
@@ -592,6 +619,8 @@ class PoolPuller:
         for lane, _ in self._subs[prio]:
             if skip and lane.consumer in skip:
                 continue
+            if self._known_empty(lane):
+                continue
             info = await self.js.consumer_info(self.subjects.jobs_stream, lane.consumer)
             if lane.due:
                 self._due_checked[prio] = asyncio.get_running_loop().time()
@@ -599,10 +628,33 @@ class PoolPuller:
                 waiting.add(lane.consumer)
             if info.num_pending or info.num_ack_pending:
                 maybe.add(lane.consumer)
+                self._empty.pop(lane.consumer, None)
                 if lane.due:
                     self._due_at = asyncio.get_running_loop().time()
+            else:
+                self._empty[lane.consumer] = self._empty_polls(info.config.ack_wait)
         self._maybe[prio], self._waiting[prio] = maybe, waiting
         return bool(maybe)
+
+    def _known_empty(self, lane: Lane) -> bool:
+        """Whether a fallback poll's peek may leave `lane` out: found empty by a recent peek,
+        and a job arriving there since would have sent this node's pool a hint it hears (see
+        the module's docstring). Counts the poll off against the lane's recheck."""
+        left = self._empty.get(lane.consumer)
+        if not self._quiet or left is None or left <= 1:
+            return False
+        if self.wake.paused or (lane.due and not self.wake.hears_due):
+            return False  # polling is how this node learns of that lane's jobs
+        self._empty[lane.consumer] = left - 1
+        return True
+
+    def _empty_polls(self, ack_wait: float | None) -> int:
+        """Fallback polls between peeks of an empty lane: EMPTY_POLLS, or fewer where they
+        would span more than half the lane's ack wait (a job taken meanwhile by a node that
+        dies is then seen out before it is due again)."""
+        if not ack_wait:
+            return EMPTY_POLLS
+        return max(1, min(EMPTY_POLLS, int(ack_wait / (2 * self.fetch_timeout))))
 
 
 class PullerSet:

@@ -72,6 +72,11 @@ class Wake:
         return self._sub is None
 
     @property
+    def hears_due(self) -> bool:
+        """Whether releases into the pool's due lanes wake it (subscribed, not refused)."""
+        return self._due_sub is not None
+
+    @property
     def received(self) -> int:
         """Hints the server has delivered to this subscription (since it last joined)."""
         return 0 if self._sub is None else self._sub.delivered

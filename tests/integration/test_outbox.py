@@ -205,3 +205,32 @@ async def test_an_ack_waits_for_the_puback_not_for_the_mark(
     ids = [m.headers["Nats-Msg-Id"] for m in await stored(rig.js, rig.subjects.events_stream)
            if m.headers]  # fmt: skip
     assert ids[-1] == second.event_id and len(ids) == len(set(ids)) == 3
+
+
+async def test_an_idle_outbox_reads_the_journal_only_when_a_commit_wakes_it(
+    rig: Rig, nats_url: str
+) -> None:
+    """With every row sent, nothing is read until a commit adds rows (it read every
+    poll_interval before: once a second on every idle node); new rows still go out at once."""
+    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-idle-test")
+    publisher = OutboxPublisher(
+        rig.journal, pub_nc.jetstream(), poll_interval=0.01, idle_poll_interval=3600
+    )
+    try:
+        publisher.start()
+        first = completed("i1")
+        await rig.journal.record(events=[accepted("i1"), first])
+        assert await publisher.wait_sent(first.event_id, 20)
+        assert await publisher.flush(20)
+        await until(lambda: rig.journal.depth == 0)
+        reads = publisher.reads
+        await asyncio.sleep(0.5)  # fifty poll intervals, idle
+        # At most the read a poll_interval wait begun while the last mark committed ends in.
+        assert publisher.reads <= reads + 1
+        second = completed("i2")
+        await rig.journal.record(events=[second])
+        assert await publisher.wait_sent(second.event_id, 20)
+        assert publisher.reads > reads
+    finally:
+        await publisher.stop()
+        await pub_nc.close()
