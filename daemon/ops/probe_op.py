@@ -1,23 +1,27 @@
 """The probe operation: describe the input; `deep: true` also decodes every frame (health check).
 
-The deep pass decodes into the null muxer through the runner (so cancel, pause and the hard
-timeout apply) and counts decode errors from an FFREPORT log at error level written to scratch:
-the runner's stderr tail is bounded, the report file is not, so every error is counted.
+The deep pass starts beside the probe (its command needs none) and decodes into the null muxer
+through the runner (so cancel, pause and the hard timeout apply), counting decode errors from an
+FFREPORT log at error level written to scratch: the runner's stderr tail is bounded, the report
+file is not, so every error is counted.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 import aiofiles
 
+from daemon.ffmpeg.progress import Duration
 from daemon.ffmpeg.run import RunResult, run_ffmpeg
-from daemon.media.access import open_input
+from daemon.media.access import local_input, open_input, probe_input
 from daemon.media.paths import ffmpeg_arg
+from daemon.ops.beside import stop
 from daemon.ops.context import JobContext
 from schemas.operations import Probe
-from schemas.results import JobResult
+from schemas.results import JobResult, ProbeInfo
 
 #: How many decode-error lines the result carries (the count covers all of them).
 MAX_ERROR_LINES = 20
@@ -28,11 +32,10 @@ async def run_probe(ctx: JobContext) -> JobResult:
     started = time.monotonic()
     op = ctx.spec.operation
     assert isinstance(op, Probe)
-    src, info = await open_input(ctx, ctx.spec.input)
     if op.deep:
-        lines = await decode_errors(ctx, src, info.duration_s)
-        info.decode_errors = len(lines)
-        info.decode_error_lines = lines[:MAX_ERROR_LINES]
+        info = await _probe_beside_decode(ctx)
+    else:
+        _, info = await open_input(ctx, ctx.spec.input)
     wall = time.monotonic() - started
     media = info.duration_s
     return JobResult(
@@ -44,16 +47,33 @@ async def run_probe(ctx: JobContext) -> JobResult:
     )
 
 
-async def decode_errors(ctx: JobContext, src: Path, duration_s: float | None) -> list[str]:
-    """Every error line ffmpeg logs while decoding all streams of `src` (empty when healthy)."""
-    lines, _ = await decode_all(ctx, src, duration_s)
-    return lines
+async def _probe_beside_decode(ctx: JobContext) -> ProbeInfo:
+    """The deep pass's command does not depend on the probe, so the decode starts beside it
+    (daemon.ops.beside); a refusal of the probe stops the decode."""
+    src, size = await local_input(ctx, ctx.spec.input)
+    learnt: list[float | None] = []  # the probed duration, for progress once known
+
+    def duration() -> float | None:
+        return learnt[0] if learnt else None
+
+    decode = asyncio.create_task(decode_all(ctx, src, duration))  # its spawn first
+    probing = asyncio.create_task(probe_input(ctx, src, size, ctx.spec.input))
+    try:
+        info = await probing
+        learnt.append(info.duration_s)
+        lines, _ = await decode
+    finally:
+        for task in (decode, probing):
+            await stop(task)
+    info.decode_errors = len(lines)
+    info.decode_error_lines = lines[:MAX_ERROR_LINES]
+    return info
 
 
 async def decode_all(
     ctx: JobContext,
     src: Path,
-    duration_s: float | None,
+    duration_s: Duration,
     span: tuple[float, float] = (0.0, 100.0),
 ) -> tuple[list[str], RunResult]:
     """Decode every video and audio stream of `src`: the error lines logged, and the run (its

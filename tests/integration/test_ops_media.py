@@ -11,10 +11,13 @@ from typing import Any
 import pytest
 
 import daemon.ops.analyze as analyze
-from daemon.errors import InvalidJob, JobError
+import daemon.ops.probe_op as probe_op
+from daemon.config import MediaSettings
+from daemon.errors import InputError, InvalidJob, JobError
 from daemon.ffmpeg.progress import ProgressUpdate
 from daemon.ffmpeg.tools import FfmpegTools
 from daemon.job.handle import JobHandle
+from daemon.media.access import MediaAccess
 from daemon.media.probe import probe_media
 from daemon.ops.analyze import run_analyze
 from daemon.ops.context import JobContext
@@ -304,3 +307,42 @@ async def test_analyze_names_the_input_first_when_both_are_refused(
     spec = _spec(tmp_path / "absent-input.mp4", op, tmp_path / "report.json")
     with pytest.raises(JobError, match="absent-input"):
         await run_analyze(_ctx(ffmpeg_tools, tmp_path / "s", [tmp_path], spec))
+
+
+async def test_deep_probe_decodes_beside_the_probe(
+    ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe waits here for the decode's command: one after the other, it would wait out
+    the minute and the test fails."""
+    announced = asyncio.Event()
+    overlapped: list[bool] = []
+    real = probe_op.probe_input
+
+    async def probe_after_the_decode_began(*args: Any) -> Any:
+        try:
+            await asyncio.wait_for(announced.wait(), 60)
+            overlapped.append(True)
+        except TimeoutError:
+            overlapped.append(False)
+        return await real(*args)
+
+    async def on_command(encoder: str | None, argv: list[str]) -> None:
+        announced.set()
+
+    monkeypatch.setattr(probe_op, "probe_input", probe_after_the_decode_began)
+    spec = _spec(clip_small, Probe(deep=True))
+    ctx = _ctx(ffmpeg_tools, tmp_path / "s", [clip_small.parent], spec)
+    ctx.on_command = on_command
+    info = (await run_probe(ctx)).probe
+    assert overlapped == [True]
+    assert info is not None and info.decode_errors == 0 and info.duration_s is not None
+
+
+async def test_a_deep_probe_over_the_limits_is_refused(
+    ffmpeg_tools: FfmpegTools, clip_small: Path, tmp_path: Path
+) -> None:
+    spec = _spec(clip_small, Probe(deep=True))
+    ctx = _ctx(ffmpeg_tools, tmp_path / "s", [clip_small.parent], spec)
+    ctx.media = MediaAccess(limits=MediaSettings(max_duration_s=0.5))
+    with pytest.raises(InputError, match="over the limit"):
+        await run_probe(ctx)
