@@ -26,6 +26,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed-jobs", type=int, help="finished job rows to pre-fill (overrides)")
     p.add_argument("--processes", type=int, help="simulator processes (overrides)")
     p.add_argument("--nats-servers", type=int, help="1, or 3 for a NATS cluster (overrides)")
+    p.add_argument(
+        "--nodes-nice",
+        type=int,
+        choices=range(20),
+        metavar="0-19",
+        help="niceness of the simulated nodes: they yield the CPU to the stack (overrides)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument(
         "--keep", type=Path, help="run in this directory and keep it (logs, data, seeded rows)"
@@ -42,7 +49,7 @@ def scenario_from(args: argparse.Namespace) -> object:
     changes = {
         "nodes": args.nodes, "rate": args.rate, "duration_s": args.duration,
         "seed_jobs": args.seed_jobs, "processes": args.processes,
-        "nats_servers": args.nats_servers,
+        "nats_servers": args.nats_servers, "nodes_nice": args.nodes_nice,
     }  # fmt: skip
     s = msgspec.structs.replace(s, **{k: v for k, v in changes.items() if v is not None})
     if args.slots is not None:

@@ -47,6 +47,8 @@ class WorkerConfig(msgspec.Struct, kw_only=True):
     ack_wait: float
     daemon: dict[str, Any] = {}
     manifest: str
+    #: Added to the process's niceness before any node starts (`Scenario.nodes_nice`).
+    nice: int = 0
 
 
 def raise_fd_limit() -> int:
@@ -105,6 +107,7 @@ def manifest(daemons: list[Daemon]) -> dict[str, Any]:
             "journal": name(d.backend.raw_journal),
             "journal_path": str(d.cfg.journal_path),
             "operation": f"{d.deps.run_operation.__module__}.{d.deps.run_operation.__qualname__}",
+            "nice": os.nice(0),
         }
         for d in daemons
     }
@@ -155,6 +158,8 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     raise_fd_limit()
     conf = msgspec.json.decode(Path(sys.argv[1]).read_bytes(), type=WorkerConfig)
+    if conf.nice:
+        os.nice(conf.nice)
     code = uvloop.run(serve(conf))
     # A node that did not stop left its journal's worker thread running, which would hold the
     # process at exit for ever; what it committed is on disk (as after a crash).

@@ -37,6 +37,8 @@ class Report:
     slots: dict[str, int]
     processes: int
     seed_jobs: int
+    #: The simulator processes' niceness (0: they compete with the stack for the CPU).
+    nodes_nice: int = 0
     wall_s: float = 0.0
     start_s: float = 0.0
     api: dict[str, dict[str, float] | None] = field(default_factory=dict)
@@ -97,7 +99,9 @@ def render(r: Report) -> str:
     j, i = r.jobs, r.ingest
     lines = [
         f"flotilla sim: scenario {r.scenario}, {r.nodes} nodes x {r.slots} slots, "
-        f"{r.processes} simulator processes, {r.seed_jobs:,} seeded job rows",
+        f"{r.processes} simulator processes"
+        + (f" at nice {r.nodes_nice}" if r.nodes_nice else "")
+        + f", {r.seed_jobs:,} seeded job rows",
         f"wall {r.wall_s:.0f} s (nodes up in {r.start_s:.0f} s)",
         "",
         "API latency ms p50 / p95 / p99",

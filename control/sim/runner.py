@@ -84,6 +84,7 @@ def plan_processes(s: Scenario, work: Path, state_root: Path, url: str, prefix: 
             "nodes": members, "nats_url": url, "prefix": prefix, "state_root": str(state_root),
             "allowed_root": str(work), "slots": s.slots, "ack_wait": s.ack_wait,
             "daemon": s.daemon, "manifest": str(work / f"{name}.manifest.json"),
+            "nice": s.nodes_nice,
         }))  # fmt: skip
         procs.append(NodeProcess(name, members, conf, work / f"{name}.log"))
     return Nodes(procs)
@@ -120,7 +121,8 @@ async def run(
     if state_root is None:
         state_root = await asyncio.to_thread(_default_root, work, run_id)
     await asyncio.to_thread(state_root.mkdir, parents=True, exist_ok=True)
-    report = Report(s.name, s.nodes, dict(s.slots), s.process_count(), s.seed_jobs)
+    report = Report(s.name, s.nodes, dict(s.slots), s.process_count(), s.seed_jobs,
+                    nodes_nice=s.nodes_nice)  # fmt: skip
     report.offline_limit_s = s.node_offline_after + 2 * s.alert_interval
     fleet = SimFleet(work / "stack", s)
     nodes = Nodes()

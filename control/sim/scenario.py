@@ -60,6 +60,10 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     processes: Annotated[int, msgspec.Meta(ge=0)] = 0
     #: nats-servers: 1, or 3 for a cluster with streams and the node bucket at R3.
     nats_servers: Annotated[int, msgspec.Meta(ge=1, le=5)] = 1
+    #: Niceness of the simulator processes (0-19). On a real fleet the nodes' CPU is their
+    #: own machines'; here it is the machine the control plane, nats-server and PostgreSQL are
+    #: measured on, and a positive value makes the nodes yield it to them.
+    nodes_nice: Annotated[int, msgspec.Meta(ge=0, le=19)] = 0
     #: JetStream ack wait: how soon a dead node's jobs are handed to another.
     ack_wait: Annotated[float, msgspec.Meta(gt=0)] = 120.0
     #: Control-plane settings (`[alerts] node_offline_after`, `alert_interval`).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from pathlib import Path
 
@@ -41,6 +42,7 @@ SCENARIO = Scenario(
     api=ApiTraffic(get_per_s=1.0, list_per_s=0.5, nodes_per_s=0.5),
     seed_jobs=500,
     processes=1,
+    nodes_nice=1,  # applied (asserted below), too small to slow the nodes
     ack_wait=8.0,
     node_offline_after=6.0,
     alert_interval=2.0,
@@ -112,6 +114,7 @@ async def test_small_scenario_matches_journals_and_postgres(tmp_path: Path) -> N
         assert m["daemon"] == "daemon.app.Daemon", (node, m)
         assert m["journal"] == "daemon.journal.store.Journal", (node, m)
         assert m["operation"] == "control.sim.standin.run_standin", (node, m)
+        assert m["nice"] == min(19, os.nice(0) + SCENARIO.nodes_nice), (node, m)
 
     # Every job the driver sent: confirmed, one row, completed; the report says the same.
     rows = seen["rows"]
