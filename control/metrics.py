@@ -23,6 +23,8 @@ from schemas.alerts import Alert
 
 log = logging.getLogger("flotilla.ready")
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+#: API answers and event-loop lag: milliseconds to seconds.
+FAST_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class Metrics:
@@ -62,6 +64,19 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 5000), registry=r,
         )  # fmt: skip
         self.ingest_events = Counter("flotilla_ingest_events", "Events ingested", registry=r)
+        self.api_request = Histogram(
+            "flotilla_api_request_seconds",
+            "API requests by verb: from this instance's handler taking the request to its reply"
+            " (or error) being sent; time the request spent before (the network, the broker, a"
+            " busy event loop) is not in it",
+            ["verb"], buckets=FAST_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.loop_lag = Histogram(
+            "flotilla_control_loop_lag_seconds",
+            "How late this instance's event loop woke a timer set every 0.1 s: while it is late,"
+            " every request, ingest batch and watch update waits",
+            buckets=FAST_BUCKETS, registry=r,
+        )  # fmt: skip
         self.rejected_events = Counter(
             "flotilla_rejected_events",
             "Job events refused: their node does not hold the job's attempt",

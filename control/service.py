@@ -17,6 +17,7 @@ import asyncpg
 from nats.aio.client import Client as NATS
 
 from common.httpserve import HttpServer
+from common.looplag import watch_loop_lag
 from common.natsconn import connect
 from common.sdnotify import Notifier, watchdog_task
 from common.supervise import Supervisor
@@ -130,6 +131,7 @@ class ControlPlane:
             nc, subjects, ApiSettings(pools=pools, require_api_keys=cfg.require_api_keys,
                                     deadline_policy=cfg.deadline_policy), nodes,
             db, clock=self.clock,
+            observe=lambda verb, s: self.metrics.api_request.labels(verb).observe(s),
         )  # fmt: skip
         await self.api.start()
         # Producers still on the version 1 submit subject get an error, not silence.
@@ -174,6 +176,7 @@ class ControlPlane:
             "webhooks": lambda: WebhookSender(db, cfg.webhooks).run(stop),
             # A shared durable hands each advisory to one instance: safe on all of them.
             "dead-letters": dead_letters.run,
+            "loop-lag": lambda: watch_loop_lag(self.metrics.loop_lag.observe, stop),
         }
         # Only the lease holder runs these, or two instances would act twice.
         sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)

@@ -113,8 +113,11 @@ class ApiService:
         fleet: Fleet,
         db: asyncpg.Pool | None = None,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[str, float], None] | None = None,
     ) -> None:
         self.nc, self.js, self.subjects, self.s = nc, nc.jetstream(), subjects, settings
+        #: Told each answered request's verb and seconds, from taking it to the reply sent.
+        self.observe = observe
         self.fleet, self.db = fleet, db
         #: Epoch seconds now: what deadlines are judged against (injectable for tests).
         self.clock = clock
@@ -183,16 +186,24 @@ class ApiService:
         self, verb: str, handler: Handler, operator_only: bool
     ) -> Callable[[Request], Awaitable[None]]:
         async def run(req: Request) -> None:
+            taken = time.perf_counter()
             await self._slots.acquire()  # backpressure: the subscription waits when all are busy
             try:
-                task = asyncio.create_task(answer(req), name=f"api-{verb}")
+                task = asyncio.create_task(answer(req, taken), name=f"api-{verb}")
             except BaseException:
                 self._slots.release()
                 raise
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
 
-        async def answer(req: Request) -> None:
+        async def answer(req: Request, taken: float) -> None:
+            try:
+                await respond(req)
+            finally:
+                if self.observe is not None:
+                    self.observe(verb, time.perf_counter() - taken)
+
+        async def respond(req: Request) -> None:
             who: Identity | None = None
             try:
                 who = await self._authenticate(req)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,6 +43,10 @@ class Report:
     wall_s: float = 0.0
     start_s: float = 0.0
     api: dict[str, dict[str, float] | None] = field(default_factory=dict)
+    #: The control plane's own answer times by verb (bucket bounds, see `serverside`).
+    server_api: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Its event loop's lag over the run (bucket bounds).
+    loop_lag: dict[str, float] | None = None
     api_errors: dict[str, int] = field(default_factory=dict)
     api_last_error: dict[str, str] = field(default_factory=dict)
     dispatch: dict[str, float] | None = None
@@ -89,6 +94,10 @@ class Report:
         return out
 
 
+#: The API verbs the driver times, as the control plane names them.
+SERVER_VERBS = {"job.submit": "submit", "job.get": "get", "job.list": "list", "node.list": "nodes"}
+
+
 def _ms(p: dict[str, float] | None) -> str:
     if not p:
         return "-"
@@ -109,6 +118,12 @@ def render(r: Report) -> str:
     for verb in ("submit", "get", "list", "nodes"):
         err = r.api_errors.get(verb, 0)
         lines.append(f"  {verb:<8} {_ms(r.api.get(verb))}" + (f"  errors {err}" if err else ""))
+    if r.server_api:
+        lines.append("  the control plane's own answer times, ms, at most (histogram buckets):")
+        for verb, name in SERVER_VERBS.items():
+            lines.append(f"  {name:<8} {_ms(r.server_api.get(verb))}")
+    if r.loop_lag:
+        lines.append(f"  its event loop's lag, ms, at most: {_ms(r.loop_lag)}")
     lines += [
         f"dispatch submit->start  {_ms(r.dispatch)}",
         f"ingest   lag p50 {i.lag_p50 * 1000:.0f} ms, p99 {i.lag_p99 * 1000:.0f} ms, "
@@ -150,4 +165,11 @@ def as_json(r: Report) -> dict[str, Any]:
     out = asdict(r)
     out["usage"] = {k: {**asdict(u), "cpu_percent": u.cpu_percent} for k, u in r.usage.items()}
     out["targets"] = [asdict(t) for t in r.targets()]
+    # Past the last bucket is infinite: JSON has no such number.
+    out["server_api"] = {v: _finite(q) for v, q in r.server_api.items()}
+    out["loop_lag"] = None if r.loop_lag is None else _finite(r.loop_lag)
     return out
+
+
+def _finite(q: dict[str, float]) -> dict[str, float | None]:
+    return {k: None if math.isinf(v) else v for k, v in q.items()}

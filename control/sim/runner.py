@@ -22,7 +22,7 @@ from common.natsconn import NatsSettings, connect
 from control.cli.apiclient import ApiClient
 from control.devstack.chaos.audit import queued_job_ids, wait_ingested
 from control.devstack.natscluster import NatsCluster
-from control.sim import audit, seed
+from control.sim import audit, seed, serverside
 from control.sim.report import Report, percentiles
 from control.sim.resources import Sampler
 from control.sim.scenario import Scenario
@@ -172,6 +172,14 @@ async def run(
     return report
 
 
+async def _scrape(port: int, report: Report) -> serverside.Buckets | None:
+    try:
+        return await serverside.scrape(port)
+    except (OSError, ValueError) as exc:  # the figures are extra: the run goes on without them
+        report.notes.append(f"control plane metrics not read: {exc!r}")
+        return None
+
+
 async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
     s, report, fleet, nodes = r.scenario, r.report, r.fleet, r.nodes
     stop_ops, stop_watch, stop_sampling = asyncio.Event(), asyncio.Event(), asyncio.Event()
@@ -192,6 +200,8 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
     ]
     deaths = [asyncio.create_task(_death(k, d.at_s, d.restart_after_s, r, watch, progress))
               for k, d in enumerate(s.deaths)]  # fmt: skip
+    port = fleet.metrics_ports["control"]
+    before = await _scrape(port, report)
     progress(f"submitting {int(s.rate * s.duration_s)} jobs at {s.rate:g}/s …")
     await r.traffic.submit_all()
     t_sub = time.time()
@@ -215,6 +225,9 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
         stop_ops.set()
         t_end = time.time()
         await r.traffic.drain()
+        after = await _scrape(port, report)
+        if before is not None and after is not None:
+            report.server_api, report.loop_lag = serverside.figures(before, after)
         _usage_extras(report, nodes)
         stop_sampling.set()
         stop_watch.set()

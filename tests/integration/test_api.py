@@ -80,6 +80,27 @@ async def test_submit_refused_when_no_node_can_run_it(
     assert "n2 is offline" in reply["message"]
 
 
+async def test_each_answer_is_timed_by_verb(nc: NATS, prefix: str, fleet: NodeTracker) -> None:
+    timed: list[tuple[str, float]] = []
+    svc = ApiService(nc, Subjects(prefix), ApiSettings(pools=POOLS), fleet,
+                     observe=lambda verb, s: timed.append((verb, s)))  # fmt: skip
+    await svc.start()
+    try:
+        await put_node(nc.jetstream(), svc.subjects, node_record("n1"), seen_by=fleet)
+        _, ok = await call(nc, prefix, "job.submit", {"v": 1, "job": job("t1")})
+        _, bad = await call(nc, prefix, "job.submit", {"v": 1, "job": {"job_id": "x"}})
+        _, refused = await call(nc, prefix, "node.drain", {"v": 1, "node_id": "n1"})
+        _, listed = await call(nc, prefix, "node.list", {"v": 1})
+    finally:
+        await svc.stop()
+    assert "Nats-Service-Error-Code" not in ok and bad["Nats-Service-Error-Code"] == "400"
+    assert "Nats-Service-Error-Code" not in listed
+    # Refusals and errors are timed too: they are answers the caller waited for.
+    assert "Nats-Service-Error-Code" in refused  # no such node answers the relay
+    assert [v for v, _ in timed] == ["job.submit", "job.submit", "node.drain", "node.list"]
+    assert all(s > 0 for _, s in timed)
+
+
 async def test_submit_malformed_is_400(service: ApiService, nc: NATS, prefix: str) -> None:
     reply, headers = await call(nc, prefix, "job.submit", {"v": 1, "job": {"job_id": "x"}})
     assert headers["Nats-Service-Error-Code"] == "400"

@@ -63,6 +63,10 @@ async def test_control_plane_end_to_end(
         want = (
             'flotilla_fleet_jobs{pool="cpu",state="submitted"} 1.0',
             'flotilla_alerts_firing{rule="node_offline",severity="warning"} 1.0',
+            # The two requests above, timed by verb; the loop watcher's samples.
+            'flotilla_api_request_seconds_count{verb="job.submit"} 1.0',
+            'flotilla_api_request_seconds_count{verb="job.get"} 1.0',
+            "flotilla_control_loop_lag_seconds_count ",
         )
 
         async def scraped() -> bool:
