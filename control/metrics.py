@@ -77,6 +77,12 @@ class Metrics:
             " every request, ingest batch and watch update waits",
             buckets=FAST_BUCKETS, registry=r,
         )  # fmt: skip
+        self.gc_pause = Histogram(
+            "flotilla_control_gc_pause_seconds",
+            "The garbage collector's passes in this instance, by generation: each one holds the"
+            " event loop for its whole length",
+            ["generation"], buckets=FAST_BUCKETS, registry=r,
+        )  # fmt: skip
         self.rejected_events = Counter(
             "flotilla_rejected_events",
             "Job events refused: their node does not hold the job's attempt",

@@ -176,7 +176,11 @@ class ControlPlane:
             "webhooks": lambda: WebhookSender(db, cfg.webhooks).run(stop),
             # A shared durable hands each advisory to one instance: safe on all of them.
             "dead-letters": dead_letters.run,
-            "loop-lag": lambda: watch_loop_lag(self.metrics.loop_lag.observe, stop),
+            "loop-lag": lambda: watch_loop_lag(
+                self.metrics.loop_lag.observe,
+                stop,
+                gc_observe=lambda gen, s: self.metrics.gc_pause.labels(str(gen)).observe(s),
+            ),
         }
         # Only the lease holder runs these, or two instances would act twice.
         sweep = OrphanSweep(nc, subjects.objects_bucket, cfg.media_orphan_grace)

@@ -47,6 +47,8 @@ class Report:
     server_api: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Its event loop's lag over the run (bucket bounds).
     loop_lag: dict[str, float] | None = None
+    #: Its garbage collector's passes, by generation (bucket bounds).
+    gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
     api_errors: dict[str, int] = field(default_factory=dict)
     api_last_error: dict[str, str] = field(default_factory=dict)
     dispatch: dict[str, float] | None = None
@@ -124,6 +126,8 @@ def render(r: Report) -> str:
             lines.append(f"  {name:<8} {_ms(r.server_api.get(verb))}")
     if r.loop_lag:
         lines.append(f"  its event loop's lag, ms, at most: {_ms(r.loop_lag)}")
+    for gen, q in sorted(r.gc_pauses.items()):
+        lines.append(f"  its collector's generation-{gen} passes, ms, at most: {_ms(q)}")
     lines += [
         f"dispatch submit->start  {_ms(r.dispatch)}",
         f"ingest   lag p50 {i.lag_p50 * 1000:.0f} ms, p99 {i.lag_p99 * 1000:.0f} ms, "
@@ -168,6 +172,7 @@ def as_json(r: Report) -> dict[str, Any]:
     # Past the last bucket is infinite: JSON has no such number.
     out["server_api"] = {v: _finite(q) for v, q in r.server_api.items()}
     out["loop_lag"] = None if r.loop_lag is None else _finite(r.loop_lag)
+    out["gc_pauses"] = {g: _finite(q) for g, q in r.gc_pauses.items()}
     return out
 
 

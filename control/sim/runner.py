@@ -228,6 +228,7 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
         after = await _scrape(port, report)
         if before is not None and after is not None:
             report.server_api, report.loop_lag = serverside.figures(before, after)
+            report.gc_pauses = serverside.by_label(before, after, serverside.GC, "generation")
         _usage_extras(report, nodes)
         stop_sampling.set()
         stop_watch.set()

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 API = "flotilla_api_request_seconds"
 LAG = "flotilla_control_loop_lag_seconds"
+GC = "flotilla_control_gc_pause_seconds"
 QUANTILES = {"p50": 0.50, "p95": 0.95, "p99": 0.99}
 #: Series name -> (labels) -> cumulative count per upper bound.
 Buckets = dict[str, dict[tuple[tuple[str, str], ...], dict[float, float]]]
@@ -24,7 +25,7 @@ Buckets = dict[str, dict[tuple[tuple[str, str], ...], dict[float, float]]]
 def parse(text: str) -> Buckets:
     out: Buckets = defaultdict(lambda: defaultdict(dict))
     for family in text_string_to_metric_families(text):
-        if family.name not in (API, LAG):
+        if family.name not in (API, LAG, GC):
             continue
         for s in family.samples:
             if not s.name.endswith("_bucket"):
@@ -48,18 +49,23 @@ def quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str
     return out
 
 
+def by_label(before: Buckets, after: Buckets, name: str, label: str) -> dict[str, dict[str, float]]:
+    """The run's figures of one histogram, by the value of `label`."""
+    out: dict[str, dict[str, float]] = {}
+    for labels, counts in after.get(name, {}).items():
+        q = quantiles(before.get(name, {}).get(labels, {}), counts)
+        if q is not None:
+            out[dict(labels).get(label, "?")] = q
+    return out
+
+
 def figures(
     before: Buckets, after: Buckets
 ) -> tuple[dict[str, dict[str, float]], dict[str, float] | None]:
     """The run's API figures by verb and its loop-lag figures."""
-    api: dict[str, dict[str, float]] = {}
-    for labels, counts in after.get(API, {}).items():
-        q = quantiles(before.get(API, {}).get(labels, {}), counts)
-        if q is not None:
-            api[dict(labels).get("verb", "?")] = q
     lag_after = after.get(LAG, {}).get((), {})
     lag = quantiles(before.get(LAG, {}).get((), {}), lag_after) if lag_after else None
-    return api, lag
+    return by_label(before, after, API, "verb"), lag
 
 
 async def scrape(port: int) -> Buckets:

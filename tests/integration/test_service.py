@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from typing import Any
 
@@ -68,10 +69,12 @@ async def test_control_plane_end_to_end(
             'flotilla_api_request_seconds_count{verb="job.get"} 1.0',
             "flotilla_control_loop_lag_seconds_count ",
         )
+        gc.collect()  # a pass the collector timer sees (the loop watcher has started)
 
         async def scraped() -> bool:
             status, body = await http_get(plane.metrics_port, "/metrics")
-            return status == 200 and all(line in body for line in want)
+            passes = 'flotilla_control_gc_pause_seconds_count{generation="2"}'
+            return status == 200 and all(line in body for line in want) and passes in body
 
         await wait_until(scraped, "the gauges of the snapshot that fired the alert")
         assert (await http_get(plane.metrics_port, "/readyz"))[0] == 200

@@ -26,7 +26,10 @@ def test_figures_are_the_runs_share_as_bucket_bounds() -> None:
     for _ in range(99):
         m.loop_lag.observe(0.0005)
     m.loop_lag.observe(7.0)  # past the last bucket
+    m.gc_pause.labels("2").observe(0.04)
     after = serverside.parse(generate_latest(m.registry).decode())
+    gc = serverside.by_label(before, after, serverside.GC, "generation")
+    assert gc == {"2": {"n": 1, "p50": 0.05, "p95": 0.05, "p99": 0.05}}
 
     api, lag = serverside.figures(before, after)
     assert api["job.submit"] == {"n": 100, "p50": 0.005, "p95": 0.05, "p99": 0.05}
@@ -38,8 +41,9 @@ def test_figures_are_the_runs_share_as_bucket_bounds() -> None:
     _, lag = serverside.figures(before, serverside.parse(generate_latest(m.registry).decode()))
     assert lag is not None and math.isinf(lag["p99"])
 
-    report = Report("t", 1, {"cpu": 1}, 1, 0, server_api=api, loop_lag=lag)
+    report = Report("t", 1, {"cpu": 1}, 1, 0, server_api=api, loop_lag=lag, gc_pauses=gc)
     assert "the control plane's own answer times" in render(report)
+    assert "generation-2 passes" in render(report)
     doc = json.loads(json.dumps(as_json(report), allow_nan=False))  # no Infinity in the JSON
     assert doc["loop_lag"]["p99"] is None and doc["server_api"]["job.submit"]["p95"] == 0.05
 
