@@ -83,6 +83,11 @@ class Fleet(Protocol):
         """Every known node, in no particular order, built as read."""
         ...
 
+    def nodes_after(self, after: str | None, now: float | None = None) -> Iterator[FleetNode]:
+        """The nodes whose id sorts after `after` (every node: None), by node id, built as
+        read."""
+        ...
+
 
 @dataclass(slots=True)
 class _Known:
@@ -140,6 +145,16 @@ class NodeTracker:
         now = time.time() if now is None else now
         for known in list(self._known.values()):
             yield FleetNode(known.record, self._state(known, now))
+
+    def nodes_after(self, after: str | None, now: float | None = None) -> Iterator[FleetNode]:
+        """By node id from past `after`, built as read: a page of `node.list` builds its own
+        nodes, not the fleet's (reading a fleet page by page built it once per page)."""
+        now = time.time() if now is None else now
+        known = self._known
+        for node_id in sorted(n for n in known if after is None or n > after):
+            entry = known.get(node_id)  # forgotten while the reader was away
+            if entry is not None:
+                yield FleetNode(entry.record, self._state(entry, now))
 
     def _state(self, known: _Known, now: float) -> NodeState:
         return node_state(

@@ -450,33 +450,37 @@ class ApiService:
     # -- nodes ----------------------------------------------------------------------------
     async def node_list(self, req: Request, who: Identity) -> bytes:
         after = NODE_LIST.decode(req.data or b"{}").after
-        nodes = [n for n in self._nodes() if after is None or n.node_id > after]  # id-sorted
-        mine: set[str] | None = None
-        if who.scope is not None:  # for nodes too old to say whose jobs they run
-            running = [j for n in nodes if unowned(n.heartbeat) for j in n.heartbeat.running_jobs]
-            mine = await jobquery.owned(self._need_db(), running, who.scope) if running else set()
         infos: list[api.NodeInfo] = []
-        size = 0
-        for n in nodes:
+        size, next_after = 0, None
+        for n in self._synced().nodes_after(after):
             if infos and size >= NODE_PAGE_BYTES:
-                return encode(api.NodeListReply(nodes=infos, next_after=infos[-1].node_id))
-            hb = n.heartbeat
-            if who.scope is not None and mine is not None:  # others' job ids are theirs to know
-                hb = msgspec.structs.replace(
-                    hb, running_jobs=own_running(hb, who.scope, mine), running_tenants=[]
-                )
-            infos.append(
-                api.NodeInfo(
-                    node_id=n.node_id,
-                    state=n.state,
-                    last_seen=n.heartbeat.ts,
-                    capabilities=n.capabilities,
-                    heartbeat=hb,
-                    running=len(n.heartbeat.running_jobs),
-                )
+                next_after = infos[-1].node_id
+                break
+            info = api.NodeInfo(
+                node_id=n.node_id,
+                state=n.state,
+                last_seen=n.heartbeat.ts,
+                capabilities=n.capabilities,
+                heartbeat=n.heartbeat,
+                running=len(n.heartbeat.running_jobs),
             )
-            size += len(encode(infos[-1]))
-        return encode(api.NodeListReply(nodes=infos))
+            infos.append(info)
+            size += len(encode(info))
+        if who.scope is not None:  # others' job ids are theirs to know
+            await self._scope_running(infos, who.scope)
+        return encode(api.NodeListReply(nodes=infos, next_after=next_after))
+
+    async def _scope_running(self, infos: list[api.NodeInfo], tenant: str) -> None:
+        """Leave in each node's heartbeat only `tenant`'s running jobs (a page sized before this
+        only shrinks)."""
+        beats = [(i, i.heartbeat) for i in infos if i.heartbeat is not None]  # each has one
+        # Nodes too old to say whose jobs they run: their jobs' owners are read from Postgres.
+        running = [j for _, hb in beats if unowned(hb) for j in hb.running_jobs]
+        mine = await jobquery.owned(self._need_db(), running, tenant) if running else set()
+        for info, hb in beats:
+            info.heartbeat = msgspec.structs.replace(
+                hb, running_jobs=own_running(hb, tenant, mine), running_tenants=[]
+            )
 
     async def node_drain(self, req: Request, who: Identity) -> bytes:
         ref = NODE_REF.decode(req.data)

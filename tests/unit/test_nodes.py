@@ -74,6 +74,24 @@ async def test_a_node_stays_listed_after_its_entry_goes_and_comes_back() -> None
     assert t.stats.expiries == 2
 
 
+async def test_nodes_after_reads_on_from_a_node_id_in_order() -> None:
+    t = tracker()
+    for n in ("n3", "n1", "n4", "n2"):
+        await t.apply(entry(n, record(n)))
+    await t.apply(entry("n2", op="PURGE"))
+    assert [n.node_id for n in t.nodes_after(None, NOW)] == ["n1", "n2", "n3", "n4"]
+    # After n1, exclusive; a gone node keeps its place with its verdict, as in nodes().
+    assert [(n.node_id, n.state) for n in t.nodes_after("n1", NOW)] == [
+        ("n2", "offline"), ("n3", "online"), ("n4", "online"),
+    ]  # fmt: skip
+    assert list(t.nodes_after("n4", NOW)) == [] and len(list(t.nodes_after("a", NOW))) == 4
+    # Built as read: a node forgotten while a reader pages is skipped, not an error.
+    pages = t.nodes_after(None, NOW)
+    assert next(pages).node_id == "n1"
+    del t._known["n2"]
+    assert [n.node_id for n in pages] == ["n3", "n4"]
+
+
 async def test_the_api_and_the_alerts_read_the_same_verdict() -> None:
     t = tracker()
     await t.apply(entry("n1", record("n1")))
