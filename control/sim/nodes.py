@@ -23,6 +23,7 @@ from typing import Any
 import msgspec
 
 from common.version import VERSION
+from control.sim.niceness import autogroup_nice, lower_priority
 from control.sim.standin import run_standin
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
@@ -108,6 +109,7 @@ def manifest(daemons: list[Daemon]) -> dict[str, Any]:
             "journal_path": str(d.cfg.journal_path),
             "operation": f"{d.deps.run_operation.__module__}.{d.deps.run_operation.__qualname__}",
             "nice": os.nice(0),
+            "autogroup_nice": autogroup_nice(),
         }
         for d in daemons
     }
@@ -159,7 +161,7 @@ def main() -> int:
     raise_fd_limit()
     conf = msgspec.json.decode(Path(sys.argv[1]).read_bytes(), type=WorkerConfig)
     if conf.nice:
-        os.nice(conf.nice)
+        lower_priority(conf.nice)
     code = uvloop.run(serve(conf))
     # A node that did not stop left its journal's worker thread running, which would hold the
     # process at exit for ever; what it committed is on disk (as after a crash).

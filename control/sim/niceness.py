@@ -1,0 +1,40 @@
+"""Yielding the CPU for real: a process's nice value and, under autogroup scheduling, its
+session's.
+
+With autogroup (`/proc/sys/kernel/sched_autogroup_enabled`, on by default in Debian's and most
+distributions' kernels, for processes in the root CPU cgroup), the scheduler shares the CPU
+between sessions first and a process's own nice value ranks it only inside its session. A
+simulator process leads its own session (the runner starts it so), so `nice` alone left it an
+equal share with the control plane, nats-server and PostgreSQL, each in a session of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from pathlib import Path
+
+AUTOGROUP = Path("/proc/self/autogroup")
+
+
+def lower_priority(nice: int) -> None:
+    """Add `nice` to this process's niceness and, when it leads its own session, set the
+    session's autogroup niceness to the result. A process that shares its session (say with
+    the shell that started it) leaves the group alone: that would slow its neighbours too."""
+    now = os.nice(nice)
+    if os.getsid(0) != os.getpid():
+        return
+    # No autogroup in this kernel, or not allowed: the nice value stands alone.
+    with contextlib.suppress(OSError):
+        AUTOGROUP.write_text(f"{now}\n")
+
+
+def autogroup_nice() -> int | None:
+    """This process's autogroup niceness, or None where the kernel has no autogroup."""
+    try:
+        text = AUTOGROUP.read_text()
+    except OSError:
+        return None
+    found = re.search(r"nice\s+(-?\d+)", text)
+    return None if found is None else int(found.group(1))
