@@ -47,6 +47,8 @@ class Report:
     server_api: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Its event loop's lag over the run (bucket bounds).
     loop_lag: dict[str, float] | None = None
+    #: The driver's own event loop lag: the client-side API figures were timed on that loop.
+    driver_loop_lag: dict[str, float] | None = None
     #: Its garbage collector's passes, by generation (bucket bounds).
     gc_pauses: dict[str, dict[str, float]] = field(default_factory=dict)
     api_errors: dict[str, int] = field(default_factory=dict)
@@ -120,6 +122,8 @@ def render(r: Report) -> str:
     for verb in ("submit", "get", "list", "nodes"):
         err = r.api_errors.get(verb, 0)
         lines.append(f"  {verb:<8} {_ms(r.api.get(verb))}" + (f"  errors {err}" if err else ""))
+    if r.driver_loop_lag:
+        lines.append(f"  timed on a loop whose own lag was {_ms(r.driver_loop_lag)}")
     if r.server_api:
         lines.append("  the control plane's own answer times, ms, at most (histogram buckets):")
         for verb, name in SERVER_VERBS.items():

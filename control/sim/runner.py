@@ -18,6 +18,7 @@ from pathlib import Path
 import asyncpg
 import psutil
 
+from common.looplag import watch_loop_lag
 from common.natsconn import NatsSettings, connect
 from control.cli.apiclient import ApiClient
 from control.devstack.chaos.audit import queued_job_ids, wait_ingested
@@ -193,8 +194,11 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
     }, alone=frozenset({"driver"}))  # fmt: skip
     watch = NodeWatch(settings, fleet.prefix)
     t0 = time.time()
+    # The client-side figures are timed on this loop: its own lateness is part of each of them.
+    driver_lag: list[float] = []
     background = [
         asyncio.create_task(sampler.run(stop_sampling)),
+        asyncio.create_task(watch_loop_lag(driver_lag.append, stop_sampling)),
         asyncio.create_task(watch.run(stop_watch)),
         asyncio.create_task(r.traffic.operator(stop_ops)),
     ]
@@ -252,6 +256,7 @@ async def _drive(r: Run, settings: NatsSettings, progress: Progress) -> None:
     finally:
         await conn.close()
     report.api = {v: percentiles(x) for v, x in r.traffic.lat.samples.items()}
+    report.driver_loop_lag = percentiles(driver_lag)
     report.api_errors = dict(r.traffic.lat.errors)
     report.api_last_error = dict(r.traffic.lat.last_error)
     report.dispatch = percentiles([first_start[j] - x.at for j, x in r.traffic.sent.items()

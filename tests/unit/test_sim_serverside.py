@@ -9,7 +9,7 @@ from prometheus_client import generate_latest
 
 from control.metrics import Metrics
 from control.sim import serverside
-from control.sim.report import Report, as_json, render
+from control.sim.report import Report, as_json, percentiles, render
 
 
 def test_figures_are_the_runs_share_as_bucket_bounds() -> None:
@@ -53,3 +53,11 @@ def test_no_requests_in_the_run_gives_no_figures() -> None:
     m.api_request.labels("job.get").observe(0.01)
     text = serverside.parse(generate_latest(m.registry).decode())
     assert serverside.figures(text, text) == ({}, None)
+
+
+def test_the_client_figures_name_the_lag_of_the_loop_they_were_timed_on() -> None:
+    report = Report("t", 1, {"cpu": 1}, 1, 0, api={"submit": percentiles([0.01] * 20)})
+    assert "timed on a loop" not in render(report)  # not measured: not claimed
+    report.driver_loop_lag = percentiles([0.0002] * 19 + [0.04])
+    assert "timed on a loop whose own lag was 0.2 / 40.0 / 40.0  (n=20)" in render(report)
+    assert json.loads(json.dumps(as_json(report)))["driver_loop_lag"]["p95"] == 0.04
