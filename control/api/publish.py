@@ -50,17 +50,14 @@ class Limits:
     burst: int
 
 
-async def over_limits(
-    db: asyncpg.Pool, tenant: str, limits: tenants.Tenant | None, default: Limits
-) -> str | None:
+async def over_limits(db: asyncpg.Pool, tenant: str, default: Limits) -> str | None:
     """Why one more submit of this tenant is refused now (rate, queue), or None: it may go.
-    Takes the submit's token from the tenant's bucket."""
-    rate = default.rate if limits is None else limits.submit_rate
-    burst = default.burst if limits is None else limits.submit_burst
-    if not await take_token(db, tenant, rate, burst):
+    Takes the submit's token from the tenant's bucket, at its own limits or else `default`."""
+    take = await take_token(db, tenant, default.rate, default.burst)
+    if not take.taken:
         return f"tenant {tenant!r} is over its submit rate"
-    if limits is not None:
+    if take.max_queued is not None:
         queued = await tenants.queued_count(db, tenant)
-        if queued >= limits.max_queued:
-            return f"tenant {tenant!r} has {limits.max_queued} jobs queued"
+        if queued >= take.max_queued:
+            return f"tenant {tenant!r} has {take.max_queued} jobs queued"
     return None

@@ -338,8 +338,7 @@ class ApiService:
             if not self.limiter.allow(tenant):
                 raise ApiFailure(429, f"tenant {tenant!r} is over its submit rate")
             return
-        limits = who.limits if who.tenant == tenant else await tenants.get_tenant(self.db, tenant)
-        refused = await over_limits(self.db, tenant, limits, self.limits)
+        refused = await over_limits(self.db, tenant, self.limits)
         if refused is not None:
             raise ApiFailure(429, refused)
 

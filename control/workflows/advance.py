@@ -22,7 +22,6 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 
-from control.api import tenants
 from control.api.publish import Limits, over_limits, publish_job, record
 from control.workflows import store
 from control.workflows.plan import Plan, StepChange, plan
@@ -117,8 +116,7 @@ class Advancer:
             # In job id order, as ingest locks job rows: the two never wait on each other crosswise.
             for name in sorted(decided.submit, key=lambda n: by_name[n].job_id):
                 job = store.job_of(by_name[name])
-                limits = await tenants.get_tenant(self.db, tenant)
-                refused = await over_limits(self.db, tenant, limits, self.limits)
+                refused = await over_limits(self.db, tenant, self.limits)
                 if refused is not None:
                     self.stats.deferred += 1
                     self._observe("step", "deferred")
