@@ -66,6 +66,14 @@ async def get_job(pool: asyncpg.Pool, tenant: str, job_id: str) -> api.JobInfo |
     return None if row is None else job_info(row)
 
 
+async def jobs_with_id(pool: asyncpg.Pool, job_id: str) -> list[api.JobInfo]:
+    """Every tenant's job with this id, by tenant."""
+    rows = await pool.fetch(
+        f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id = $1 ORDER BY tenant", job_id
+    )
+    return [job_info(r) for r in rows]
+
+
 async def tenants_of(pool: asyncpg.Pool, job_id: str) -> list[str]:
     """The tenants that have a job with this id, sorted."""
     rows = await pool.fetch("SELECT tenant FROM jobs WHERE job_id = $1 ORDER BY tenant", job_id)

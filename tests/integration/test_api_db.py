@@ -155,3 +155,72 @@ async def _waiting_on_a_lock(db: asyncpg.Pool) -> bool:
         " WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
     return bool(n)
+
+
+class _CountingPool:
+    """The real pool, counting the statements sent through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool, self.sent = pool, 0
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self.pool, name)
+        if name not in ("fetch", "fetchrow", "fetchval", "execute"):
+            return found
+
+        async def counted(*args: Any, **kw: Any) -> Any:
+            self.sent += 1
+            return await found(*args, **kw)
+
+        return counted
+
+
+async def test_a_get_reads_the_job_once_and_answers_as_before(
+    nc: NATS, prefix: str, db: asyncpg.Pool, fleet: NodeTracker
+) -> None:
+    await tenants.create_tenant(db, "acme")
+    await tenants.create_tenant(db, "bravo")
+    key = await tenants.create_key(db, "acme")
+    svc = await make_service(nc, prefix, db, keys=False, fleet=fleet)
+    try:
+        for tenant, job_id in (("acme", "same"), ("bravo", "same"), ("acme", "solo")):
+            _, code = await call(
+                nc, prefix, "job.submit", {"v": 1, "job": job(job_id, tenant=tenant)}
+            )
+            assert code == "ok"
+    finally:
+        await svc.stop()
+    counting = _CountingPool(db)
+    subjects = Subjects(prefix)
+    svc = ApiService(nc, subjects, ApiSettings(pools=["cpu"], require_api_keys=False), fleet,
+                     counting)  # type: ignore[arg-type]  # fmt: skip
+    await svc.start()
+    try:
+
+        async def get(body: dict[str, Any], key: str | None = None) -> tuple[Any, str, int]:
+            before = counting.sent
+            got, code = await call(nc, prefix, "job.get", {"v": 1, **body}, key=key)
+            return got, code, counting.sent - before
+
+        got, code, sent = await get({"job_id": "solo"})
+        assert (code, got["tenant"], sent) == ("ok", "acme", 1)
+        got, code, sent = await get({"job_id": "same", "tenant": "bravo"})
+        assert (code, got["tenant"], sent) == ("ok", "bravo", 1)
+        err, code, _ = await get({"job_id": "same"})
+        assert code == "409" and "used by tenants acme, bravo" in err["message"]
+        _, code, _ = await get({"job_id": "nope"})
+        assert code == "404"
+    finally:
+        await svc.stop()
+    # A tenant key: its own job in one read after the key's; another tenant's reads as unknown.
+    svc = ApiService(nc, subjects, ApiSettings(pools=["cpu"], require_api_keys=True), fleet,
+                     counting)  # type: ignore[arg-type]  # fmt: skip
+    await svc.start()
+    try:
+        await get({"job_id": "solo"}, key=key)  # the key's first use also marks it used
+        got, code, sent = await get({"job_id": "same"}, key=key)
+        assert (code, got["tenant"], sent) == ("ok", "acme", 2)
+        err, code, _ = await get({"job_id": "same", "tenant": "bravo"}, key=key)
+        assert code == "404" and err["message"] == "no job 'same'"
+    finally:
+        await svc.stop()
