@@ -26,7 +26,8 @@ async def test_a_tenant_with_its_own_limits_draws_at_them(db: asyncpg.Pool) -> N
     assert [t.taken for t in takes] == [True, True, False]
     assert {t.max_queued for t in takes} == {7}
     # Raised limits apply from the next take, in every instance (they read the same row).
-    await tenants.create_tenant(db, "own", max_queued=7, submit_rate=1000.0, submit_burst=2)
+    # Refills a token per nanosecond: the time between two statements always holds one.
+    await tenants.create_tenant(db, "own", max_queued=7, submit_rate=1e9, submit_burst=2)
     assert (await take_token(db, "own", 1e-6, 1)).taken
 
 
