@@ -18,7 +18,7 @@ from pathlib import Path
 AUTOGROUP = Path("/proc/self/autogroup")
 
 
-def lower_priority(nice: int) -> None:
+def lower_priority(nice: int, autogroup: Path = AUTOGROUP) -> None:
     """Add `nice` to this process's niceness and, when it leads its own session, set the
     session's autogroup niceness to the result. A process that shares its session (say with
     the shell that started it) leaves the group alone: that would slow its neighbours too."""
@@ -27,13 +27,13 @@ def lower_priority(nice: int) -> None:
         return
     # No autogroup in this kernel, or not allowed: the nice value stands alone.
     with contextlib.suppress(OSError):
-        AUTOGROUP.write_text(f"{now}\n")
+        autogroup.write_text(f"{now}\n")
 
 
-def autogroup_nice() -> int | None:
+def autogroup_nice(autogroup: Path = AUTOGROUP) -> int | None:
     """This process's autogroup niceness, or None where the kernel has no autogroup."""
     try:
-        text = AUTOGROUP.read_text()
+        text = autogroup.read_text()
     except OSError:
         return None
     found = re.search(r"nice\s+(-?\d+)", text)
