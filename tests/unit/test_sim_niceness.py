@@ -63,7 +63,40 @@ def test_the_groups_niceness_is_read_from_the_kernels_line(tmp_path: Path) -> No
     assert autogroup_nice(group) == 19
     group.write_text("garbage\n")
     assert autogroup_nice(group) is None
+    group.write_text("")  # the boot session's group, where a service without a session runs
+    assert autogroup_nice(group) is None
     assert autogroup_nice(tmp_path / "absent") is None
+
+
+BUSY_PROBE = """
+import json, os, sys
+from pathlib import Path
+from control.sim.niceness import lower_priority
+
+class Busy(type(Path())):
+    refusals = int(sys.argv[2])
+    def write_text(self, *a, **k):
+        if Busy.refusals:
+            Busy.refusals -= 1
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return super().write_text(*a, **k)
+
+lower_priority(3, Busy(sys.argv[1]))
+print(json.dumps({"left": Busy.refusals}))
+"""
+
+
+def test_a_write_the_kernel_refuses_for_now_is_tried_again(tmp_path: Path) -> None:
+    """Without CAP_SYS_ADMIN the kernel takes one group write per tenth of a second from all
+    processes together (EAGAIN otherwise): simulator processes started at once must retry."""
+    group = tmp_path / "autogroup"
+    group.write_text("/autogroup-7 nice 0\n")
+    out = subprocess.run(
+        [sys.executable, "-c", BUSY_PROBE, str(group), "3"], capture_output=True, text=True,
+        check=True, timeout=60, start_new_session=True,
+    )  # fmt: skip
+    assert json.loads(out.stdout) == {"left": 0}
+    assert group.read_text().strip().isdigit() and int(group.read_text()) >= 3
 
 
 def test_this_kernel_takes_the_sessions_niceness() -> None:
