@@ -6,9 +6,9 @@
   stream and the control plane drop a copy) and the message is acked or termed as it was then.
 - A restarted node settles the attempts that ended here but whose ack (or term) was never
   confirmed (a crash between the two): once their terminal event is surely published, the ack
-  goes to the message's reply subject, while the lease is surely still ours. Otherwise JetStream
-  would redeliver the message after `ack_wait`, maybe to another node, which would run the job
-  again.
+  goes to the message's reply subject. Otherwise JetStream would redeliver the message after
+  `ack_wait`, maybe to another node, which would run the job again; past the lease it may have
+  done so already, and the ack makes that attempt stand down before it commits.
 - A restarted node hands its interrupted attempts back with a `-NAK` to each message's reply
   subject, which any connection may send: the job is redelivered at once instead of after
   `ack_wait`. Only while the lease is surely still ours (daemon.job.lease): JetStream acts on a nak
@@ -32,6 +32,10 @@ from daemon.journal.store import Journal
 
 log = logging.getLogger("flotilla.job")
 
+#: How long a restart waits, over all its ended attempts, for their results to be published
+#: before their acks (each also as long as its lease runs).
+SEND_WAIT_S = 30.0
+
 
 async def settle_if_ended(msg: Msg, tenant: str, job_id: str, reporter: Reporter) -> bool:
     """True when an attempt of this very message (same stream sequence) already ended here."""
@@ -52,16 +56,22 @@ async def settle_unsettled_ends(
     journal: Journal, outbox: OutboxPublisher, nc: Client, ack_wait: float
 ) -> int:
     """Ack (or term) the messages of attempts that ended before a crash took their ack; returns
-    how many the server confirmed. Past the lease the message may be another node's already:
-    it is left to JetStream (a redelivery here finds the end: `settle_if_ended`)."""
+    how many the server confirmed.
+
+    Past the lease too: the message may be another node's by now, running the job again, and the
+    ack (by stream sequence) takes it from the stream, so that attempt's commit gate finds it gone
+    and stands down (daemon.job.lease). Left to JetStream, the job would end twice. A nak is
+    another matter (`hand_back_interrupted`): it would hand the job on from whoever holds it."""
     confirmed = 0
+    send_by = time.monotonic() + SEND_WAIT_S  # for all of them: NATS away must not stall start
     for end in await journal.unsettled_ends():
         d = end.delivery
         left = lease_left(d.alive_at, ack_wait, time.time())
+        wait = max(left, send_by - time.monotonic(), 0.1)
         try:
             # The result goes out before the ack, as in the run itself (a pruned one was sent).
-            if left > 0 and (end.kind is None or await outbox.wait_sent(end.event_id, left)):
-                await nc.request(d.reply, end.verb, timeout=min(2.0, max(0.1, left)))
+            if end.kind is None or await outbox.wait_sent(end.event_id, wait):
+                await nc.request(d.reply, end.verb, timeout=2.0)
                 confirmed += 1
         except (NatsError, TimeoutError, OSError, LookupError) as exc:
             log.warning("ack of an ended attempt not confirmed (%s); JetStream redelivers it",

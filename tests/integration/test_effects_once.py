@@ -26,6 +26,7 @@ from nats.js import JetStreamContext
 
 import daemon.job.end as end
 from control.topology import TopologySettings, ensure_topology
+from daemon.app import Daemon
 from daemon.config import DaemonConfig
 from daemon.job.lease import settle
 from daemon.journal.store import Journal
@@ -121,6 +122,48 @@ async def test_restart_acks_a_job_that_ended_before_the_crash_took_its_ack(
     assert kinds(evts).count("accepted") == 1 and kinds(evts).count("completed") == 1
     assert {e["node_id"] for e in evts} == {"e2"} and other.running.ids() == []
     assert await d.backend.raw_journal.unsettled_ends() == []
+
+
+async def test_a_restart_past_the_lease_makes_the_rerun_elsewhere_stand_down(
+    nc: NATS, nats_url: str, prefix: str, start_daemon: Any, long_clip: Path, tmp_path: Path,
+    spawned: list[asyncio.subprocess.Process],
+) -> None:  # fmt: skip
+    """The same crash, but the node comes back only after `ack_wait`: JetStream has handed the
+    ended job to another node, which is running it again. The restarted node still acks the
+    message from its journal, so the other attempt finds it gone at its commit and stands down:
+    one `completed`, the first run's output untouched. (Seen in `flotilla sim`: a node killed
+    between its `completed` and its ack and restarted a minute later; the job ended twice.)"""
+    js = await _topology(nc, prefix, ack_wait=5.0)
+    cfg = config(nats_url, prefix, tmp_path / "e3", "e3", ack_wait=5.0)
+    proc = await _spawn(spawned, cfg, tmp_path / "e3.toml", "tests.support.ack_crash_child")
+    out = tmp_path / "out3" / "e.mp4"
+    out.parent.mkdir()
+    # Seconds of encoding: the rerun is caught (and paused) long before it could end.
+    await submit(js, prefix, job("e3", long_clip, out, preset="slow", width=640, height=480))
+    assert await asyncio.wait_for(proc.wait(), 120) == -signal.SIGKILL
+    assert await _jobs_left(js, prefix) == 1  # completed published, never acked
+    before = (_sha256(out), out.stat().st_mtime_ns)
+
+    other = await start_daemon("other", ack_wait=5.0)
+    deadline = time.monotonic() + 120.0  # redelivered once the lease ran out
+    while "e3" not in other.running.ids():
+        assert time.monotonic() < deadline, "never redelivered"
+        await asyncio.sleep(0.01)
+    assert other.running.pause("e3", True)  # holds its ffmpeg: it cannot end before the ack
+    d = await start_daemon("e3", ack_wait=5.0)  # same journal: acks at start-up, lease or not
+    await until(lambda: _gone(js, prefix), 60.0)
+    assert await d.backend.raw_journal.unsettled_ends() == []
+    assert other.running.pause("e3", False)
+    await until(lambda: _holds_none(other), 120.0)
+    evts = await events(js, prefix, "e3")
+    assert [e["node_id"] for e in evts if e["kind"] == "completed"] == ["e3"]
+    assert "started" in [e["kind"] for e in evts if e["node_id"] == "other"]  # it did rerun
+    assert (_sha256(out), out.stat().st_mtime_ns) == before
+    assert sorted(p.name for p in out.parent.iterdir()) == ["e.mp4"]  # its partial removed
+
+
+async def _holds_none(d: Daemon) -> bool:
+    return d.running.ids() == []
 
 
 async def _gone(js: JetStreamContext, prefix: str) -> bool:
