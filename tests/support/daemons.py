@@ -36,6 +36,7 @@ def config(nats_url: str, prefix: str, state: Path, node_id: str, **over: Any) -
         "threads_per_job": 1,
         "verify_hw_encoders": False,
         "heartbeat_interval": 1.0,
+        "progress_interval": 1.0,  # the clips last seconds: progress must show within them
         "ack_wait": ACK_WAIT,
         "fetch_timeout": 1.0,
         "drain_deadline": 60.0,

@@ -82,3 +82,12 @@ def test_control_config_nested(tmp_path: Path) -> None:
     path = _write(tmp_path, "[alerts]\nqueue_depth = 5\n[topology]\npools = ['cpu']\n")
     cfg = load_config(ControlConfig, path, env={}, env_prefix="FLOTILLA_CONTROL_")
     assert cfg.alerts.queue_depth == 5 and cfg.topology.pools == ["cpu"]
+
+
+def test_the_default_heartbeat_keeps_a_live_node_inside_the_control_planes_windows() -> None:
+    """A live node must beat at least twice within the bucket's TTL and the offline threshold,
+    so one late heartbeat never turns it offline or expires its entry."""
+    daemon = load_config(DaemonConfig, None, env={}, env_prefix="FLOTILLA_DAEMON_")
+    control = load_config(ControlConfig, None, env={}, env_prefix="FLOTILLA_CONTROL_")
+    window = min(control.topology.node_ttl, control.alerts.node_offline_after)
+    assert 2 * daemon.heartbeat_interval < window
