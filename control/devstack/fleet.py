@@ -226,6 +226,12 @@ class DevFleet:
             f'node_id = "{node}"\nstate_dir = "{self.state_dir(node)}"\n'
             f"allowed_roots = [{roots}]\nmetrics_port = {port}\nthreads_per_job = 1\n"
             f"ack_wait = {self.ack_wait}\nheartbeat_interval = 2.0\n"
+            # One box and a person watching: progress every second (a fleet's default is 5 s).
+            + (
+                ""
+                if "progress_interval" in self.node_settings.options
+                else "progress_interval = 1.0\n"
+            )
             + self.node_settings.top_level()
             + f'[nats]\nurl = "{url}"\nprefix = "{self.prefix}"\n'
         ) + self.node_settings.toml()
