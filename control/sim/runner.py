@@ -84,7 +84,7 @@ def plan_processes(s: Scenario, work: Path, state_root: Path, url: str, prefix: 
         conf.write_text(json.dumps({
             "nodes": members, "nats_url": url, "prefix": prefix, "state_root": str(state_root),
             "allowed_root": str(work), "slots": s.slots, "ack_wait": s.ack_wait,
-            "daemon": s.daemon, "manifest": str(work / f"{name}.manifest.json"),
+            "daemon": s.daemon_settings(), "manifest": str(work / f"{name}.manifest.json"),
             "nice": s.nodes_nice,
         }))  # fmt: skip
         procs.append(NodeProcess(name, members, conf, work / f"{name}.log"))
@@ -116,6 +116,7 @@ async def run(
     inspect: Inspect | None = None,
 ) -> Report:
     """Run `s` under `work`; node journals under `state_root` (default: a tmpfs if there is one)."""
+    s.daemon_settings()  # a heartbeat that cannot keep nodes online is refused before starting
     began = time.monotonic()
     run_id = f"r{secrets.token_hex(3)}"
     own_root = state_root is None

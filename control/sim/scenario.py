@@ -75,6 +75,23 @@ class Scenario(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     settle_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     seed: int = 1
 
+    def daemon_settings(self) -> dict[str, float | int | str | bool]:
+        """The nodes' daemon settings: the scenario's, and unless it names one, a heartbeat that
+        fits its `node_offline_after` (the daemon's default, 10 s, would read every node offline
+        between two beats under the small scenarios' 6 to 8 s). Raises ValueError for a heartbeat
+        that leaves a live node less than two beats inside the offline threshold."""
+        beat = min(_default_heartbeat(), self.node_offline_after / 3)
+        settings: dict[str, float | int | str | bool] = {"heartbeat_interval": beat, **self.daemon}
+        given = settings["heartbeat_interval"]
+        if isinstance(given, bool) or not isinstance(given, int | float):
+            raise ValueError(f"daemon.heartbeat_interval must be a number, not {given!r}")
+        if 2 * given >= self.node_offline_after:
+            raise ValueError(
+                f"daemon.heartbeat_interval {given:g} s leaves live nodes offline: keep two "
+                f"heartbeats inside node_offline_after ({self.node_offline_after:g} s)"
+            )
+        return settings
+
     def process_count(self) -> int:
         """Processes of the nodes that live throughout (the dying ones get one per death)."""
         return self.processes or max(2, math.ceil(self.nodes / 250))
@@ -116,6 +133,16 @@ FLEET = Scenario(
 )
 
 BUILTIN = {s.name: s for s in (SMALL, FLEET)}
+
+
+def _default_heartbeat() -> float:
+    from daemon.config import DaemonConfig
+
+    beat = next(
+        f.default for f in msgspec.structs.fields(DaemonConfig) if f.name == "heartbeat_interval"
+    )
+    assert isinstance(beat, float)
+    return beat
 
 
 def load(path: Path) -> Scenario:

@@ -31,3 +31,19 @@ def test_nodes_nice_defaults_to_competing_and_is_bounded() -> None:
     assert isinstance(s, Scenario) and s.nodes_nice == 0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sim", "--nodes-nice", "20"])
+
+
+def test_the_nodes_heartbeat_fits_the_scenarios_offline_threshold(tmp_path: Path) -> None:
+    """The daemon's default heartbeat (10 s) would read every node offline between two beats
+    under a short `node_offline_after`: the simulator's nodes beat three times within it."""
+    s = Scenario(nodes=2, node_offline_after=6.0, processes=1)
+    nodes = plan_processes(s, tmp_path, tmp_path / "state", "nats://127.0.0.1:1", "p")
+    conf = json.loads(nodes.procs[0].config.read_text())
+    assert conf["daemon"]["heartbeat_interval"] == 2.0
+    # The fleet's threshold (30 s) keeps the daemon's own default.
+    assert Scenario(node_offline_after=30.0).daemon_settings()["heartbeat_interval"] == 10.0
+    # A scenario's own setting wins, and one that cannot keep nodes online is refused.
+    given = Scenario(node_offline_after=30.0, daemon={"heartbeat_interval": 5.0, "x": 1})
+    assert given.daemon_settings() == {"heartbeat_interval": 5.0, "x": 1}
+    with pytest.raises(ValueError, match="keep two heartbeats inside node_offline_after"):
+        Scenario(node_offline_after=8.0, daemon={"heartbeat_interval": 5.0}).daemon_settings()
