@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -28,6 +29,7 @@ import daemon.job.end as end
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
+from daemon.job.handle import JobHandle
 from daemon.job.lease import settle
 from daemon.journal.store import Journal
 from schemas.subjects import Subjects
@@ -125,45 +127,62 @@ async def test_restart_acks_a_job_that_ended_before_the_crash_took_its_ack(
 
 
 async def test_a_restart_past_the_lease_makes_the_rerun_elsewhere_stand_down(
-    nc: NATS, nats_url: str, prefix: str, start_daemon: Any, long_clip: Path, tmp_path: Path,
-    spawned: list[asyncio.subprocess.Process],
+    nc: NATS, nats_url: str, prefix: str, start_daemon: Any, clip: Path, tmp_path: Path,
+    spawned: list[asyncio.subprocess.Process], monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     """The same crash, but the node comes back only after `ack_wait`: JetStream has handed the
     ended job to another node, which is running it again. The restarted node still acks the
     message from its journal, so the other attempt finds it gone at its commit and stands down:
     one `completed`, the first run's output untouched. (Seen in `flotilla sim`: a node killed
-    between its `completed` and its ack and restarted a minute later; the job ended twice.)"""
+    between its `completed` and its ack and restarted a minute later; the job ended twice.)
+
+    No step waits on a clock: the rerun is paused as it is taken (the node's own pause, which
+    holds its ffmpeg), so it cannot end before the restart's ack however fast the machine is;
+    the suite's per-test timeout is the only bound."""
     js = await _topology(nc, prefix, ack_wait=5.0)
     cfg = config(nats_url, prefix, tmp_path / "e3", "e3", ack_wait=5.0)
     proc = await _spawn(spawned, cfg, tmp_path / "e3.toml", "tests.support.ack_crash_child")
     out = tmp_path / "out3" / "e.mp4"
     out.parent.mkdir()
-    # Seconds of encoding: the rerun is caught (and paused) long before it could end.
-    await submit(js, prefix, job("e3", long_clip, out, preset="slow", width=640, height=480))
-    assert await asyncio.wait_for(proc.wait(), 120) == -signal.SIGKILL
+    await submit(js, prefix, job("e3", clip, out))
+    assert await proc.wait() == -signal.SIGKILL
     assert await _jobs_left(js, prefix) == 1  # completed published, never acked
     before = (_sha256(out), out.stat().st_mtime_ns)
 
-    other = await start_daemon("other", ack_wait=5.0)
-    deadline = time.monotonic() + 120.0  # redelivered once the lease ran out
-    while "e3" not in other.running.ids():
-        assert time.monotonic() < deadline, "never redelivered"
-        await asyncio.sleep(0.01)
-    assert other.running.pause("e3", True)  # holds its ffmpeg: it cannot end before the ack
-    d = await start_daemon("e3", ack_wait=5.0)  # same journal: acks at start-up, lease or not
-    await until(lambda: _gone(js, prefix), 60.0)
-    assert await d.backend.raw_journal.unsettled_ends() == []
-    assert other.running.pause("e3", False)
-    await until(lambda: _holds_none(other), 120.0)
+    other = Daemon(config(nats_url, prefix, tmp_path / "other", "other", ack_wait=5.0))
+    taken, left = asyncio.Event(), asyncio.Event()
+    add, remove = other.running.add, other.running.remove
+
+    def add_paused(handle: JobHandle) -> None:
+        add(handle)
+        handle.pause()  # before its ffmpeg starts: held until resumed
+        taken.set()
+
+    def remove_seen(handle: JobHandle) -> None:
+        remove(handle)
+        left.set()
+
+    monkeypatch.setattr(other.running, "add", add_paused)
+    monkeypatch.setattr(other.running, "remove", remove_seen)
+    await other.start()
+    try:
+        await taken.wait()  # redelivered to it once the crashed node's lease ran out
+        assert other.running.ids() == ["e3"]
+        # Same journal: its start settles the ended attempt (the server confirms the ack)
+        # before it returns, lease or not.
+        d = await start_daemon("e3", ack_wait=5.0)
+        assert await _gone(js, prefix)
+        assert await d.backend.raw_journal.unsettled_ends() == []
+        assert other.running.pause("e3", False)
+        await left.wait()  # the rerun ended: it found the message gone at its commit
+        assert other.running.ids() == []
+    finally:
+        await other.stop(force=True)
     evts = await events(js, prefix, "e3")
     assert [e["node_id"] for e in evts if e["kind"] == "completed"] == ["e3"]
     assert "started" in [e["kind"] for e in evts if e["node_id"] == "other"]  # it did rerun
     assert (_sha256(out), out.stat().st_mtime_ns) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["e.mp4"]  # its partial removed
-
-
-async def _holds_none(d: Daemon) -> bool:
-    return d.running.ids() == []
 
 
 async def _gone(js: JetStreamContext, prefix: str) -> bool:
