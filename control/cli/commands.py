@@ -43,7 +43,8 @@ async def nats_init(args: argparse.Namespace) -> int:
     try:
         subjects = Subjects(settings.prefix, settings.partitions)
         report = await guarded(
-            refusals, ensure_topology(nc.jetstream(timeout=5), subjects, topology)
+            refusals,
+            ensure_topology(nc.jetstream(timeout=5), subjects, topology, args.renew_node_bucket),
         )
     finally:
         await nc.close()
@@ -54,6 +55,8 @@ async def nats_init(args: argparse.Namespace) -> int:
             for name in names:
                 print(f"{what}: {name}")
         print(f"unchanged: {len(report.unchanged)} object(s)")
+        for line in report.advice:
+            print(f"note: {line}")
     return 0
 
 

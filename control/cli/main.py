@@ -113,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = nsub.add_parser("init", help="create streams, consumers and the node bucket (idempotent)")
     add_nats_flags(i)
     i.add_argument("--config", type=Path, help="control.toml whose [topology] to apply")
+    i.add_argument(
+        "--renew-node-bucket",
+        action="store_true",
+        help="re-create a node bucket that fsyncs every heartbeat (its nodes read offline "
+        "until their next beat)",
+    )
     add_json_flag(i)
     i.set_defaults(handler=c.nats_init)
 
