@@ -36,6 +36,7 @@ from control.deadletters.advisories import DeadLetters
 from control.deadletters.strays import run_stray_sweep
 from control.deadlines.release import Releaser, free_slots
 from control.ingest import Ingestor
+from control.jobend import JobEndResponder
 from control.leader import LeaderLease
 from control.metrics import Metrics, Readiness
 from control.nodes import NodeTracker
@@ -72,6 +73,7 @@ class ControlPlane:
         self.db: asyncpg.Pool | None = None
         self.api: ApiService | None = None
         self.refusal: SubmitRefusal | None = None
+        self.job_end: JobEndResponder | None = None
         self.nodes: NodeTracker | None = None
         self.http: HttpServer | None = None
         self.metrics_port = 0
@@ -137,6 +139,9 @@ class ControlPlane:
         # Producers still on the version 1 submit subject get an error, not silence.
         self.refusal = SubmitRefusal(nc, subjects)
         await self.refusal.start()
+        # Nodes ask before running a redelivered job whose first node may have ended it.
+        self.job_end = JobEndResponder(nc, db, subjects)
+        await self.job_end.start()
         canary = CanaryRunner(
             js, db, subjects, pools, nodes, cfg.canary_timeout, cfg.canary_interval
         )
@@ -258,6 +263,8 @@ class ControlPlane:
             closers.append(("api", self.api.stop))
         if self.refusal is not None:
             closers.append(("submit refusal", self.refusal.stop))
+        if self.job_end is not None:
+            closers.append(("job end answers", self.job_end.stop))
         if self.http is not None:
             closers.append(("http", self.http.stop))
         if self.nc is not None:

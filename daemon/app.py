@@ -34,6 +34,7 @@ from daemon.encoder_health import EncoderHealthTracker
 from daemon.heartbeat import Advertiser, HeartbeatSources
 from daemon.housekeeping import count_job, gauges, prune
 from daemon.job.deps import JobDeps, OperationRunner
+from daemon.job.endquery import EndQuery
 from daemon.job.failures import FailureCounts
 from daemon.job.handle import StopKind
 from daemon.job.redelivery import hand_back_interrupted, settle_unsettled_ends
@@ -149,6 +150,7 @@ class Daemon:
             supervisor=self.supervisor,
             watcher_policy=RESTART,  # its state is the job's handle, which outlives a crash
             failures=FailureCounts(b.js, self.subjects),
+            ask_ended=EndQuery(b.nc, self.subjects, cfg.node_id),
         )
         sources = HeartbeatSources(
             self.slots,

@@ -10,6 +10,7 @@ from schemas.chunked import ChunkedSpec
 from schemas.codec import MAX_EVENT_BYTES, Decoder
 from schemas.control_msgs import NodeCommand, NodeCommandReply
 from schemas.events import Event
+from schemas.jobend import JobEndQuery, JobEndReply
 from schemas.jobs import JobSpec
 from schemas.nodes import Heartbeat, NodeCapabilities, NodeRecord
 
@@ -23,6 +24,8 @@ WIRE_TYPES: dict[str, Any] = {
     "alert": Alert,
     "node_command": NodeCommand,
     "node_command_reply": NodeCommandReply,
+    "job_end_query": JobEndQuery,
+    "job_end_reply": JobEndReply,
     "api_error": api.ApiError,
     "api_empty_request": api.EmptyRequest,
     "api_submit_request": api.SubmitRequest,

@@ -380,6 +380,15 @@ class Subjects:
         """Where a dead letter was kept before job ids were per tenant (its tenant: the body's)."""
         return f"{self.prefix}.dlq.{job_id}"
 
+    def job_end(self, node_id: str) -> str:
+        """A node asks the control plane whether a redelivered job already ended elsewhere
+        (schemas.jobend); a node may publish only its own."""
+        return f"{self.prefix}.jobend.{node_id}"
+
+    @property
+    def job_end_wildcard(self) -> str:
+        return f"{self.prefix}.jobend.*"
+
     def ctl(self, node_id: str, verb: str) -> str:
         return f"{self.prefix}.ctl.{node_id}.{verb}"
 

@@ -122,6 +122,8 @@ CREATE TABLE rejected_events (
 );
 -- The `rejected_events` alert counts the recent ones.
 CREATE INDEX rejected_events_received_idx ON rejected_events (received_at);
+-- A redelivered job's end is trusted only where no event of its attempt was refused.
+CREATE INDEX rejected_events_job_idx ON rejected_events (tenant, job_id, attempt);
 
 -- Alerts as the alert engine fires and resolves them; one firing alert per (rule, subject).
 CREATE TABLE alerts (

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 from common.supervise import RESTART, Policy, Supervisor
 from daemon.config import DaemonConfig
 from daemon.encoder_health import EncoderHealthTracker
+from daemon.job.endquery import EndQuery
 from daemon.job.failures import FailureCounts
 from daemon.job.handle import JobHandle
 from daemon.job.lease import Lease
@@ -61,6 +62,9 @@ class JobDeps:
     #: The lease of each job on this node by (tenant, job_id), from its acceptance until it has
     #: settled: a redelivery that arrives meanwhile is adopted (`Lease.adopt`), not run again.
     leases: dict[tuple[str, str], Lease] = field(default_factory=dict)
+    #: Asks the control plane whether a redelivered job already ended on another node; None:
+    #: never ask (every redelivery that did not end here runs).
+    ask_ended: EndQuery | None = None
 
 
 def base_fields(deps: JobDeps, job_id: str, attempt: int, tenant: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from nats.errors import Error as NatsError
 from daemon.job.admit import check_msg_id, check_subject, reported_id, reported_tenant
 from daemon.job.deps import JobDeps, base_fields
 from daemon.job.end import finish
+from daemon.job.endquery import settle_if_ended_elsewhere
 from daemon.job.handle import JobHandle, StopKind
 from daemon.job.lease import Lease
 from daemon.job.redelivery import settle_if_ended
@@ -81,6 +82,8 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
         return
     if redelivered and await settle_if_ended(msg, tenant, job_id, deps.reporter):
         return  # its ack was lost: not twice
+    if redelivered and await settle_if_ended_elsewhere(msg, tenant, job_id, deps.ask_ended):
+        return  # the node that ended it lost its ack and stayed away: not twice
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:
         # Jittered: a node that hands a job back polls again in step with the job's return, so

@@ -379,6 +379,30 @@ async def test_node_listens_only_on_its_own_subjects(
     assert await _wait_for(errors, "_INBOX_node2.>")
 
 
+async def test_node_asks_whether_a_job_ended_and_only_the_control_plane_answers(
+    node1: tuple[Client, Errors], control: Client
+) -> None:
+    """The question a node asks before running a redelivered job (daemon/job/endquery.py): on its
+    own subject only, and no node can stand in for the control plane's answer."""
+    nc, errors = node1
+
+    async def answer(msg: Any) -> None:
+        await msg.respond(b'{"ended": "completed"}')
+
+    sub = await control.subscribe(SUBJECTS.job_end_wildcard, cb=answer)
+    await sync_subscriptions(control)
+    try:
+        reply = await nc.request(SUBJECTS.job_end("node1"), b"{}", timeout=5)
+        assert reply.data == b'{"ended": "completed"}' and errors.seen == []
+        with pytest.raises(nats.errors.TimeoutError):  # as another node
+            await nc.request(SUBJECTS.job_end("node2"), b"{}", timeout=REFUSED_TIMEOUT)
+        assert await _wait_for(errors, SUBJECTS.job_end("node2"))
+        await nc.subscribe(SUBJECTS.job_end_wildcard)  # to answer node2's questions
+        assert await _wait_for(errors, SUBJECTS.job_end_wildcard)
+    finally:
+        await sub.unsubscribe()
+
+
 async def test_node_hears_only_its_pools_submits(
     node1: tuple[Client, Errors], control: Client
 ) -> None:

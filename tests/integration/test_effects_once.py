@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
@@ -26,6 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 import daemon.job.end as end
+from control.service import ControlPlane
 from control.topology import TopologySettings, ensure_topology
 from daemon.app import Daemon
 from daemon.config import DaemonConfig
@@ -33,6 +35,7 @@ from daemon.job.handle import JobHandle
 from daemon.job.lease import settle
 from daemon.journal.store import Journal
 from schemas.subjects import Subjects
+from tests.support.controlplane import control_config
 from tests.support.daemons import config, events, has, job, kinds, submit, until, write_config
 
 
@@ -183,6 +186,59 @@ async def test_a_restart_past_the_lease_makes_the_rerun_elsewhere_stand_down(
     assert "started" in [e["kind"] for e in evts if e["node_id"] == "other"]  # it did rerun
     assert (_sha256(out), out.stat().st_mtime_ns) == before
     assert sorted(p.name for p in out.parent.iterdir()) == ["e.mp4"]  # its partial removed
+
+
+async def test_a_job_ended_by_a_node_that_stays_away_does_not_run_again(
+    nc: NATS, nats_url: str, prefix: str, database_url: str, clip: Path, tmp_path: Path,
+    spawned: list[asyncio.subprocess.Process], monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """The same crash, and the node never comes back: JetStream hands the ended job to another
+    node after `ack_wait`. That node asks the control plane, which holds the job of this very
+    message as completed by the first node, and acks the message instead of running it."""
+    js = await _topology(nc, prefix, ack_wait=5.0)
+    topology = TopologySettings(ack_wait=5.0, pools=["cpu"])
+    plane = ControlPlane(control_config(nats_url, prefix, database_url, topology=topology))
+    await plane.start()
+    try:
+        cfg = config(nats_url, prefix, tmp_path / "e4", "e4", ack_wait=5.0)
+        proc = await _spawn(spawned, cfg, tmp_path / "e4.toml", "tests.support.ack_crash_child")
+        out = tmp_path / "out4" / "e.mp4"
+        out.parent.mkdir()
+        await submit(js, prefix, job("e4", clip, out))
+        assert await proc.wait() == -signal.SIGKILL
+        assert await _jobs_left(js, prefix) == 1  # completed published, never acked
+        before = (_sha256(out), out.stat().st_mtime_ns)
+        db = plane.db
+        assert db is not None
+        # Its events are folded before the other node starts: the answer does not race them.
+        await until(lambda: _state_is(db, "e4", "completed"))
+
+        other = Daemon(config(nats_url, prefix, tmp_path / "other", "other", ack_wait=5.0))
+        ran: list[str] = []
+        add = other.running.add
+
+        def add_seen(handle: JobHandle) -> None:
+            ran.append(handle.job_id)
+            add(handle)
+
+        monkeypatch.setattr(other.running, "add", add_seen)
+        await other.start()
+        try:
+            await until(lambda: _gone(js, prefix))  # redelivered to it, asked, acked
+        finally:
+            await other.stop(force=True)
+        assert ran == []
+        assert plane.job_end is not None and plane.job_end.answered >= 1
+    finally:
+        await plane.stop()
+    evts = await events(js, prefix, "e4")
+    assert {e["node_id"] for e in evts} == {"e4"} and kinds(evts).count("completed") == 1
+    assert (_sha256(out), out.stat().st_mtime_ns) == before
+
+
+async def _state_is(db: asyncpg.Pool, job_id: str, state: str) -> bool:
+    found = await db.fetchval("SELECT state FROM jobs WHERE job_id = $1", job_id)
+    return bool(found == state)
 
 
 async def _gone(js: JetStreamContext, prefix: str) -> bool:
