@@ -108,6 +108,8 @@ class NodeStats:
     bad_records: int = 0
     state_changes: int = 0
     forgotten: int = 0
+    #: Records whose node beats too seldom for `offline_after` (warned once per interval).
+    slow_beats: int = 0
 
 
 class NodeTracker:
@@ -266,11 +268,27 @@ class NodeTracker:
                 log.warning("node %s: unreadable KV record: %s", node_id, exc)
             else:
                 logged = None if known is None else known.logged
+                before = None if known is None else known.record.heartbeat.interval_s
                 self._known[node_id] = _Known(record, logged=logged)
                 self.stats.records += 1
+                if record.heartbeat.interval_s != before:
+                    self._check_interval(node_id, record.heartbeat.interval_s)
         async with self._moved:
             self._revision = max(self._revision, entry.revision or 0)
             self._moved.notify_all()
+
+    def _check_interval(self, node_id: str, interval: float) -> None:
+        """The daemon's heartbeat and the control plane's threshold live in separate files on
+        separate machines: a node whose two beats do not fit in `offline_after` reads offline
+        between them, and flaps. Said once per node and interval."""
+        if interval and 2 * interval > self.offline_after:
+            self.stats.slow_beats += 1
+            log.warning(
+                "node %s beats every %gs: two beats do not fit in node_offline_after (%gs), so it "
+                "will read offline between beats; lower its heartbeat_interval to at most %gs or "
+                "raise node_offline_after", node_id, interval, self.offline_after,
+                self.offline_after / 2,
+            )  # fmt: skip
 
     @staticmethod
     def _gone(known: _Known) -> None:

@@ -152,10 +152,11 @@ class DaemonConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: Run a tiny test encode on every hardware encoder at start-up; false
     #: accepts those the hardware suggests untested.
     verify_hw_encoders: bool = True
-    #: Seconds between heartbeats (node record in the KV bucket). Each is a broker write (fsynced)
-    #: and a decode on every control-plane instance: 1,000 nodes at 5 s were a fifth of the
-    #: broker's writes. Keep it well inside the control plane's node_ttl and node_offline_after
-    #: (30 s): a node is offline 30 s after its last heartbeat whatever the interval.
+    #: Seconds between heartbeats (node record in the KV bucket). Each is a broker write and a
+    #: decode on every control-plane instance: 1,000 nodes at 5 s were a fifth of the broker's
+    #: writes. Keep two of them inside the control plane's node_ttl and node_offline_after
+    #: (30 s): a node is offline 30 s after its last heartbeat whatever the interval, and the
+    #: control plane logs a warning naming a node whose interval does not fit.
     heartbeat_interval: Positive = 10.0
     #: Ack wait the daemon assumes (in-progress acks go every quarter of it); keep it equal to
     #: the control plane's topology.ack_wait, which the pool consumers are created with.

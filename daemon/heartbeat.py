@@ -49,7 +49,9 @@ class HeartbeatSources:
     windows: Callable[[], WindowReport] = lambda: ([], "config", {})
 
 
-def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) -> Heartbeat:
+def build_heartbeat(
+    node_id: str, src: HeartbeatSources, gpus: list[GpuLoad], interval: float = 0.0
+) -> Heartbeat:
     """Blocking (psutil): call through asyncio.to_thread."""
     try:
         disk_free = psutil.disk_usage(src.work_dir).free
@@ -75,6 +77,7 @@ def build_heartbeat(node_id: str, src: HeartbeatSources, gpus: list[GpuLoad]) ->
         windows=[WindowInForce(**msgspec.structs.asdict(r)) for r in rules],
         windows_source=source,
         open_tiers=open_tiers,
+        interval_s=interval,
     )
 
 
@@ -109,7 +112,7 @@ class Advertiser:
             await self.reporter.record(None, None, event)
             self._announced = True
         gpus = await self.sources.gpu_loads()
-        hb = await asyncio.to_thread(build_heartbeat, node_id, self.sources, gpus)
+        hb = await asyncio.to_thread(build_heartbeat, node_id, self.sources, gpus, self.interval)
         self.last = hb
         if self._kv is None:
             self._kv = await self.js.key_value(self.subjects.nodes_bucket)

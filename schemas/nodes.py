@@ -113,6 +113,9 @@ class Heartbeat(Report, kw_only=True):
     #: Priorities each served pool pulls now (a window may hold the others back); empty from
     #: older nodes.
     open_tiers: dict[str, list[str]] = {}
+    #: Seconds between this node's heartbeats (0: an older node, which does not say). The
+    #: control plane warns when two of them do not fit in its `node_offline_after`.
+    interval_s: NonNegFloat = 0.0
 
 
 class NodeRecord(Report, kw_only=True):

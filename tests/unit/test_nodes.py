@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
+import msgspec
 import pytest
 from nats.js.kv import KeyValue
 
@@ -16,6 +17,7 @@ from schemas.codec import encode
 from schemas.jobs import JobSpec
 from schemas.nodes import CpuInfo, FfmpegInfo, Heartbeat, NodeCapabilities, NodeRecord
 from schemas.operations import Probe
+from schemas.registry import NODE_RECORD_DECODER
 from schemas.subjects import Subjects
 
 NOW = 1_000_000.0
@@ -148,3 +150,25 @@ async def test_alerts_and_canaries_wait_for_the_first_read() -> None:
     runner.failed.add("cpu")
     await runner.tick(NOW)  # an empty fleet would have cleared the failed pool
     assert runner.failed_pools() == ("cpu",) and not runner.pending
+
+
+def _beating(node_id: str, interval: float) -> bytes:
+    rec = NODE_RECORD_DECODER.decode(record(node_id))
+    hb = msgspec.structs.replace(rec.heartbeat, interval_s=interval)
+    return encode(msgspec.structs.replace(rec, heartbeat=hb))
+
+
+async def test_a_node_that_beats_too_seldom_for_the_threshold_is_named_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    t = tracker()  # offline after 30 s
+    for _ in range(3):
+        await t.apply(entry("slow", _beating("slow", 20.0)))  # 2 x 20 s > 30 s: it would flap
+    await t.apply(entry("fine", _beating("fine", 10.0)))
+    await t.apply(entry("old", record("old")))  # an older node says nothing: no verdict
+    assert t.stats.slow_beats == 1
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert "node slow beats every 20s" in warning and "at most 15s" in warning
+    await t.apply(entry("slow", _beating("slow", 25.0)))  # changed, still too slow: said again
+    await t.apply(entry("slow", _beating("slow", 10.0)))  # fixed
+    assert t.stats.slow_beats == 2
