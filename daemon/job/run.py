@@ -83,6 +83,7 @@ async def run_job(msg: Msg, pool: str, priority: str, deps: JobDeps) -> None:
     if redelivered and await settle_if_ended(msg, tenant, job_id, deps.reporter):
         return  # its ack was lost: not twice
     if redelivered and await settle_if_ended_elsewhere(msg, tenant, job_id, deps.ask_ended):
+        deps.on_finished("ended_elsewhere", pool, 0.0, None)
         return  # the node that ended it lost its ack and stayed away: not twice
     reason = unmet_requirement(spec, deps.node)
     if reason is not None:

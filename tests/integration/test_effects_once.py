@@ -229,6 +229,10 @@ async def test_a_job_ended_by_a_node_that_stays_away_does_not_run_again(
             await other.stop(force=True)
         assert ran == []
         assert plane.job_end is not None and plane.job_end.answered >= 1
+        skipped = other.metrics.registry.get_sample_value(
+            "flotilla_jobs_total", {"outcome": "ended_elsewhere", "pool": "cpu"}
+        )
+        assert skipped == 1
     finally:
         await plane.stop()
     evts = await events(js, prefix, "e4")
