@@ -10,15 +10,13 @@ one question is a few index reads.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import asyncpg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from common.natsconn import sync_subscriptions
+from control.responder import QueueResponder
 from schemas.codec import DecodeError, Decoder, encode
 from schemas.jobend import JobEndQuery, JobEndReply
 from schemas.subjects import Subjects
@@ -55,19 +53,8 @@ class JobEndResponder:
         self.nc, self.db, self.subjects = nc, db, subjects
         self.answered = 0
         self.refused = 0
-        self._sub: Subscription | None = None
-
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(
-            self.subjects.job_end_wildcard, queue=QUEUE, cb=self._answer
-        )
-        await sync_subscriptions(self.nc)
-
-    async def stop(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # a closed connection has nothing to undo
-                await sub.unsubscribe()
+        self._responder = QueueResponder(nc, subjects.job_end_wildcard, QUEUE, self._answer)
+        self.start, self.stop = self._responder.start, self._responder.stop
 
     async def _answer(self, msg: Msg) -> None:
         if not msg.reply:

@@ -23,6 +23,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamInfo,
     SubjectTransform,
 )
 from nats.js.errors import BucketNotFoundError, NotFoundError
@@ -262,13 +263,22 @@ def _diff(want: Any, have: Any, fields: tuple[str, ...]) -> list[str]:
     ]
 
 
-async def ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: TopologyReport) -> None:
-    name = f"stream {cfg.name}"
+async def _info_or_create(
+    js: JetStreamContext, cfg: StreamConfig, name: str, report: TopologyReport
+) -> StreamInfo | None:
+    """The stream's info, or None once it has been created as `cfg` says."""
     try:
-        info = await js.stream_info(str(cfg.name))
+        return await js.stream_info(str(cfg.name))
     except NotFoundError:
         await js.add_stream(cfg)
         report.created.append(name)
+        return None
+
+
+async def ensure_stream(js: JetStreamContext, cfg: StreamConfig, report: TopologyReport) -> None:
+    name = f"stream {cfg.name}"
+    info = await _info_or_create(js, cfg, name, report)
+    if info is None:
         return
     changed = _diff(cfg, info.config, _STREAM_FIELDS)
     want_tr, have_tr = cfg.subject_transform, info.config.subject_transform
@@ -371,11 +381,8 @@ async def ensure_nodes_bucket(
     trackers read it as gone (offline)."""
     cfg = nodes_bucket_stream(subjects, s)
     name = f"bucket {subjects.nodes_bucket}"
-    try:
-        info = await js.stream_info(str(cfg.name))
-    except NotFoundError:
-        await js.add_stream(cfg)
-        report.created.append(name)
+    info = await _info_or_create(js, cfg, name, report)
+    if info is None:
         return
     if cfg.persist_mode is None or info.config.persist_mode == cfg.persist_mode:
         report.unchanged.append(name)

@@ -9,16 +9,14 @@ publish, so nats-py, nats.go and the others raise an API error carrying the new 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
-from common.natsconn import sync_subscriptions
+from control.responder import QueueResponder
 from schemas.subjects import ERR_SUBMIT_SUBJECT_V1, SUBMIT_SUBJECT_VERSION, Subjects
 
 log = logging.getLogger("flotilla.submitrefusal")
@@ -42,21 +40,9 @@ class SubmitRefusal:
     def __init__(self, nc: Client, subjects: Subjects) -> None:
         self.nc, self.subjects = nc, subjects
         self.refused = 0
-        self._sub: Subscription | None = None
         self._logged_at = float("-inf")
-
-    async def start(self) -> None:
-        self._sub = await self.nc.subscribe(
-            self.subjects.submit_v1_wildcard, queue=QUEUE, cb=self._refuse
-        )
-        # Started means answering: a producer's publish right after must not see no responders.
-        await sync_subscriptions(self.nc)
-
-    async def stop(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
-            with contextlib.suppress(Exception):  # a closed connection has nothing to undo
-                await sub.unsubscribe()
+        self._responder = QueueResponder(nc, subjects.submit_v1_wildcard, QUEUE, self._refuse)
+        self.start, self.stop = self._responder.start, self._responder.stop
 
     async def _refuse(self, msg: Msg) -> None:
         self.refused += 1
