@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from datetime import datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -27,6 +28,13 @@ async def node_keys(js: JetStreamContext, subjects: Subjects) -> list[str]:
     head = f"$KV.{bucket}."
     info = await js.stream_info(f"KV_{bucket}", subjects_filter=f"{head}>")
     return sorted(s[len(head) :] for s in (info.state.subjects or {}))
+
+
+async def bucket_born(js: JetStreamContext, subjects: Subjects) -> datetime | None:
+    """When the node bucket's stream was created: it changes when the bucket is deleted and
+    made again (`flotilla nats init --renew-node-bucket`), which a running watcher misses."""
+    info = await js.stream_info(f"KV_{subjects.nodes_bucket}")
+    return info.created
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ offline, until it comes back or has been gone for `forget_after` seconds. The AP
 snapshot and the canaries read this view; every control-plane instance runs its own tracker.
 
 A KV watcher goes blind for a while after a server restart and may skip intermediate values, so
-it is re-created periodically and on reconnect (`resync()`). The end of its initial snapshot is
+it is re-created periodically, on reconnect (`resync()`) and when the bucket was made again. The end of its initial snapshot is
 not trusted (nats-py may signal it before the values arrive): the bucket's key list, read in one
 request once the watcher runs, says which remembered nodes have no entry left.
 """
@@ -21,12 +21,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
-from control.fleetread import node_keys
+from control.fleetread import bucket_born, node_keys
 from schemas.codec import DecodeError
 from schemas.nodes import Heartbeat, NodeCapabilities, NodeRecord, NodeState
 from schemas.registry import NODE_RECORD_DECODER
@@ -37,6 +38,8 @@ log = logging.getLogger("flotilla.nodes")
 _MARKERS = ("DEL", "PURGE")
 #: Longest wait for a watcher update, so a resync request is seen soon.
 _POLL = 0.5
+#: How often a watcher checks that its bucket is still the one it started on.
+_BORN_CHECK = 5.0
 
 
 def node_state(hb: Heartbeat, gone: bool, now: float, offline_after: float) -> NodeState:
@@ -92,7 +95,8 @@ class Fleet(Protocol):
 @dataclass(slots=True)
 class _Known:
     record: NodeRecord
-    #: When this instance learnt that the node's entry is gone (None while it is there).
+    #: From when the node counts as gone (None while its entry is there): when a marker was
+    #: seen, or, for an entry that vanished without one, when its last heartbeat ages out.
     gone_at: float | None = None
     #: The state last logged, to log changes once.
     logged: NodeState | None = None
@@ -134,6 +138,8 @@ class NodeTracker:
         self._synced = asyncio.Event()
         self._revision = 0
         self._moved = asyncio.Condition()
+        #: The bucket's stream's creation time, as the current watcher started on it.
+        self._born: datetime | None = None
 
     # -- reading ------------------------------------------------------------------------------
     def nodes(self, now: float | None = None) -> list[FleetNode]:
@@ -159,9 +165,8 @@ class NodeTracker:
                 yield FleetNode(entry.record, self._state(entry, now))
 
     def _state(self, known: _Known, now: float) -> NodeState:
-        return node_state(
-            known.record.heartbeat, known.gone_at is not None, now, self.offline_after
-        )
+        gone = known.gone_at is not None and known.gone_at <= now
+        return node_state(known.record.heartbeat, gone, now, self.offline_after)
 
     @property
     def synced(self) -> bool:
@@ -212,19 +217,41 @@ class NodeTracker:
         """One watcher's life: the whole bucket, then live updates until the next resync."""
         kv = await self.js.key_value(self.subjects.nodes_bucket)
         self._resync.clear()
+        born = await bucket_born(self.js, self.subjects)
+        if born != self._born:
+            # A bucket made again numbers its revisions from 1.
+            if self._born is not None:
+                log.info("node bucket re-created; following the new one")
+            self._born = born
+            async with self._moved:
+                self._revision = 0
         # nats-py's KeyWatcher is untyped.
         watcher: Any = await kv.watchall()
         try:
             # Listed after the watcher started: a node missing here and writing later is seen.
             listed = set(await node_keys(self.js, self.subjects))
+            now = time.time()
             for node_id, known in self._known.items():
                 if node_id not in listed and known.gone_at is None:
+                    # No entry and no marker: purged, or the bucket re-created under us
+                    # (`--renew-node-bucket`), where every live node writes again within its
+                    # interval. Offline when its last beat ages out, as for a silent node, not
+                    # at once: a whole fleet read offline would refuse every submit.
                     self.stats.unlisted += 1
-                    self._gone(known)
+                    hb = known.record.heartbeat
+                    known.gone_at = max(now, hb.ts + self.offline_after)
             waiting: set[str] | None = listed
             snapshot_until = time.monotonic() + self.snapshot_timeout
             until = time.monotonic() + self.resync_interval
+            check_born = time.monotonic() + _BORN_CHECK
             while not self._resync.is_set() and time.monotonic() < until:
+                if time.monotonic() >= check_born:
+                    # A watcher on a deleted and re-created bucket waits for sequence numbers
+                    # the new stream reaches only much later: it goes blind, with no error.
+                    check_born = time.monotonic() + _BORN_CHECK
+                    if await bucket_born(self.js, self.subjects) != born:
+                        self._resync.set()
+                        continue
                 if waiting is not None and (not waiting or time.monotonic() >= snapshot_until):
                     self._snapshot_read(waiting)
                     waiting = None
@@ -292,8 +319,9 @@ class NodeTracker:
 
     @staticmethod
     def _gone(known: _Known) -> None:
-        if known.gone_at is None:
-            known.gone_at = time.time()
+        now = time.time()
+        if known.gone_at is None or known.gone_at > now:
+            known.gone_at = now
 
     def sweep(self, now: float | None = None) -> list[tuple[str, NodeState]]:
         """Log state changes and forget nodes gone for `forget_after`; returns the changes."""

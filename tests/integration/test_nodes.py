@@ -6,12 +6,14 @@ for a heartbeat to age.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
 
 from control.alerts.rules import AlertEngine
 from control.alerts.snapshot import fleet_snapshot
@@ -38,14 +40,23 @@ async def test_the_tracker_follows_the_bucket(nc: NATS, prefix: str) -> None:
         (n1,) = [n for n in fleet.nodes() if n.node_id == "n1"]
         assert n1.capabilities.pools == ["cpu"] and n1.capabilities.verified_encoders
 
-        # Gone without a marker (the stream purged under the watcher): the next resync's
-        # listing finds no entry, so it is offline, and still listed.
+        # Gone without a marker (the stream purged under the watcher, as a re-created bucket
+        # is): the next resync's listing finds no entry. Its last beat (50 s old) still
+        # counts until offline_after (60 s), as a silent node's does: a live node writes again
+        # within its interval, so the fleet does not read offline (and refuse submits) at once.
         bucket = subjects.nodes_bucket
+        beat = time.time() - 50
+        await put_node(js, subjects, node_record("ghost", ts=beat), seen_by=fleet)
         await js.purge_stream(f"KV_{bucket}", subject=f"$KV.{bucket}.ghost")
         resyncs = fleet.stats.resyncs
         fleet.resync()
         await wait_until(lambda: _true(fleet.stats.resyncs > resyncs), "a resync")
-        assert states(fleet)["ghost"] == "offline" and fleet.stats.unlisted == 1
+        assert fleet.stats.unlisted == 1 and states(fleet)["ghost"] == "online"
+        later = {n.node_id: n.state for n in fleet.nodes(now=beat + 61)}
+        assert later["ghost"] == "offline"  # then offline, and still listed
+        # A marker after all (a clean exit seen later) makes it offline at once.
+        await kv.delete("ghost")
+        await wait_until(lambda: _true(states(fleet)["ghost"] == "offline"), "ghost deleted")
 
         await put_node(js, subjects, node_record("n1", state="draining"), seen_by=fleet)
         assert states(fleet)["n1"] == "draining"
@@ -106,6 +117,42 @@ async def test_an_expired_node_is_offline_for_the_api_and_the_alerts(nc: NATS, p
             assert reply["job_id"] == "j2"
         finally:
             await api.stop()
+
+
+async def test_a_renewed_bucket_keeps_the_fleet_online_and_followed(nc: NATS, prefix: str) -> None:
+    """`flotilla nats init --renew-node-bucket` deletes and re-creates the bucket under running
+    trackers: the nodes never read offline (their beats are fresh) and their next puts are
+    seen."""
+    js, subjects = nc.jetstream(), Subjects(prefix)
+    # As earlier versions made it (every put fsynced), so that renewing re-creates it.
+    cfg = KeyValueConfig(bucket=subjects.nodes_bucket, history=1, ttl=30.0, limit_marker_ttl=1.0)
+    await js.create_key_value(cfg, storage=StorageType.FILE)
+    await ensure_topology(js, subjects, TopologySettings(pools=["cpu"]))
+    await put_node(js, subjects, node_record("n1"))
+    seen: set[str] = set()
+
+    async def watch_states() -> None:
+        while True:
+            seen.update(states(fleet).values())
+            await asyncio.sleep(0.01)
+
+    # No periodic resync: only a watcher that follows the new bucket sees the next put.
+    async with tracking(js, subjects, offline_after=60.0, resync_interval=3600.0) as fleet:
+        watching = asyncio.create_task(watch_states())
+        try:
+            resyncs = fleet.stats.resyncs
+            renewed = await ensure_topology(
+                js, subjects, TopologySettings(pools=["cpu"]), renew_node_bucket=True
+            )
+            assert any("re-created" in line for line in renewed.updated)
+            # The tracker finds the new bucket empty: n1 has no entry, its beat is fresh.
+            await wait_until(lambda: _true(fleet.stats.resyncs > resyncs), "the new bucket read")
+            assert fleet.stats.unlisted == 1
+            await put_node(js, subjects, node_record("n1", state="draining"))
+            await wait_until(lambda: _true("draining" in seen), "the put into the new bucket")
+        finally:
+            watching.cancel()
+        assert seen == {"online", "draining"}
 
 
 async def test_a_stopped_daemon_stays_listed_having_said_it_stopped(
