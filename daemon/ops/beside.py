@@ -1,5 +1,6 @@
 """An ffmpeg run started beside the input's probe, for a command the probe is not expected to
-change (daemon.ops.transcode: audio only; daemon.ops.thumbnail: a sprite of an MP4/MOV file).
+change (daemon.ops.transcode: audio only, and video guessed as 8-bit SDR without subtitles;
+daemon.ops.thumbnail: a sprite of an MP4/MOV file).
 
 The probe still decides. Its refusal stops the run, and a command that would have been built
 differently from the probe's answer stops the run and runs again, so the output is the one the

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -59,7 +59,10 @@ async def run(ctx: JobContext, op: Transcode) -> JobResult:
         # The requirement check hands such jobs on first (schemas.encoderneeds).
         raise InvalidJob(f"this node's ffmpeg has no `{BURN_FILTER}` filter (libass): it "
                          "cannot burn subtitles in")  # fmt: skip
-    blind = blind_plan(op) if len(chain) == 1 else None
+    # One software encoder: a hardware run is placed on a device and may fall back, after
+    # the probe (below).
+    one_soft = len(chain) == 1 and family_of(chain[0]) == "software"
+    blind = blind_plan(op) if one_soft else None
     if blind is not None:
         return await _run_beside_probe(ctx, op, chain[0], dest, blind, started)
     src, info = await open_input(ctx, spec.input)  # limits are checked before any encode
@@ -117,11 +120,12 @@ def _result(
 async def _run_beside_probe(
     ctx: JobContext, op: Transcode, encoder: str, dest: Path, blind: Plan, started: float
 ) -> JobResult:
-    """A transcode whose command does not depend on its input (daemon.ops.transcode_plan
-    .blind_plan): the encode starts while the input is probed, which takes a short job's fixed
-    cost off its path. The probe still decides: a refusal (limits, no such stream) stops the
-    encode and fails the job as before, and a settled plan whose command differs from the blind
-    one stops it and encodes again on the settled plan."""
+    """A transcode started on a plan guessed before its probe ends (daemon.ops.transcode_plan
+    .blind_plan): the encode runs while the input is probed, which takes a job's fixed cost
+    (the probe, about 25 ms) off its path. The probe still decides: a refusal (limits, no such
+    stream, a crop outside the picture) stops the encode and fails the job as before, and a
+    settled plan whose command differs from the guessed one (a 10-bit or HDR input, subtitles
+    to keep) stops it and encodes again on the settled plan, as if nothing had run."""
     spec = ctx.spec
     src, size = await local_input(ctx, spec.input)
     if src == dest:
@@ -147,21 +151,37 @@ async def _run_beside_probe(
                 await stop(encode)
                 raise
             learnt.append(settled.duration_s)
+            notes = list(settled.notes)
             node = _node(ctx)
             same = _args(ctx, op, encoder, src, partial, settled, node) == _args(
                 ctx, op, encoder, src, partial, blind, node
             )
             if same:
-                await encode
-            else:
+                await _counted(ctx, op, encode)
+            else:  # what the guessed run did, failures included, does not count
                 await stop(encode)
-                await _encode(ctx, op, encoder, src, partial, settled)
+                if op.start_seconds and settled.subtitles.keep:
+                    cut = await _cut_subtitles(ctx, src, settled.subtitles, op.start_seconds,
+                                               notes)  # fmt: skip
+                    settled = replace(settled, subtitles=cut)
+                await _counted(ctx, op, _encode(ctx, op, encoder, src, partial, settled))
             ctx.handle.check()  # a cancel that raced the last frame still wins
             files = await outputs.commit()
     finally:
         if probing is not None:
             await stop(probing)
-    return _result(started, settled, info, encoder, files, list(settled.notes), [])
+    return _result(started, settled, info, encoder, files, notes, [])
+
+
+async def _counted(ctx: JobContext, op: Transcode, run: Awaitable[None]) -> None:
+    """Run a video encode, its encoder's failure recorded for encoder health (as the chain
+    does: the job's last encoder is counted too)."""
+    try:
+        await run
+    except EncoderError as exc:
+        if op.video_codec != "none":
+            ctx.encoder_failures.append(exc)
+        raise
 
 
 def _check_audio_encoder(op: Transcode, ctx: JobContext) -> None:

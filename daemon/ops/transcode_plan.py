@@ -76,13 +76,18 @@ def plan(op: Transcode, info: ProbeInfo) -> Plan:
 
 
 def blind_plan(op: Transcode) -> Plan | None:
-    """The plan of a job whose command no probe can change, else None: audio only (no video
-    stream, colour or pixel format to settle), one pass, no trim of subtitles, in a container
-    that holds no subtitles. The probe still runs beside the encode, and its plan's command is
-    compared with this one's before the encode is kept (daemon.ops.transcode)."""
-    if op.video_codec != "none" or op.loudness is not None or op.overlay is not None:
+    """The plan to start the encode on while the input is probed, else None. Audio only: the
+    plan no probe can change (no video stream, colour or pixel format to settle, and a
+    container that holds no subtitles). Video: the plan of the common input (8-bit SDR, no
+    subtitle track), whatever its size and codec; a 10-bit or HDR input, or one with subtitles
+    to keep, settles on another command. Either way the probe's plan's command is compared
+    with this one's before the encode is kept (daemon.ops.transcode). None for what needs
+    the probe before any run: two loudness passes, an overlay image, burnt-in subtitles."""
+    if op.loudness is not None or op.overlay is not None or op.burn_subtitles is not None:
         return None
-    if op.burn_subtitles is not None or TEXT_ENCODER.get(op.settled_container) is not None:
+    if op.video_codec == "none" and TEXT_ENCODER.get(op.settled_container) is not None:
+        return None
+    if op.video_codec != "none" and op.video_stream != 0:  # the input has several: probe first
         return None
     return Plan(None, op.duration_seconds, False)
 

@@ -134,10 +134,14 @@ def test_colour_tags_go_on_the_frames_before_the_format() -> None:
         (Transcode(codec="none", container="m4a"), True),
         (Transcode(codec="none", container="mp3", audio_language="fra"), True),
         (Transcode(codec="none", container="ogg", start_seconds=1.0), True),
-        (Transcode(codec="h264"), False),  # video: stream, colour and pixel format to settle
+        (Transcode(codec="h264"), True),  # guessed 8-bit SDR without subtitles, then checked
+        (Transcode(codec="h264", start_seconds=2.0, crop=Crop(width=64, height=64)), True),
+        (Transcode(codec="h264", video_stream=1), False),  # an input with several: probe first
+        (Transcode(codec="h264", loudness=Loudness()), False),  # pass 1 measures the input
+        (Transcode(codec="h264", burn_subtitles=0), False),  # the track is found by the probe
         (Transcode(codec="none", container="mp4"), False),  # mp4 keeps text subtitles
         (Transcode(codec="none", container="m4a", loudness=Loudness()), False),  # two passes
     ],
 )
-def test_only_a_command_no_probe_can_change_starts_blind(op: Transcode, blind: bool) -> None:
+def test_what_starts_beside_the_probe(op: Transcode, blind: bool) -> None:
     assert (blind_plan(op) is not None) == blind
