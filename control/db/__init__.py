@@ -41,6 +41,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, TRANSIENT_ERRORS) and not isinstance(exc, ValueError)
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset on release: nothing past asyncpg's own step (which rolls back an open
+    transaction). Its default reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL) is a
+    round trip on every release, awaited by every `pool.fetch*` and `acquire()` block, and
+    resets session state this code never keeps: its advisory locks and settings are
+    transaction-scoped (`pg_advisory_xact_lock`, `set_config(..., true)`), it holds no cursor
+    outside a transaction and listens to nothing. Keep it so."""
+
+
 async def create_pool(
     dsn: str,
     *,
@@ -59,8 +68,9 @@ async def create_pool(
         n += 1
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout
-            )
+                dsn, min_size=min_size, max_size=max_size, command_timeout=command_timeout,
+                reset=keep_session,
+            )  # fmt: skip
         except TRANSIENT_ERRORS as exc:
             if attempts is not None and n >= attempts:
                 raise
