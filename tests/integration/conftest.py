@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -65,4 +67,23 @@ async def start_daemon(
 
     yield start
     for d in started:
-        await d.stop(force=True)
+        await stop_or_tell(d)
+
+
+#: Longer than any bounded step of a forced stop; a stop past it is a hang.
+STOP_LIMIT = 120.0
+
+
+async def stop_or_tell(d: Daemon) -> None:
+    """Stop a daemon; if it hangs, fail this test with every task's stack (pytest-timeout
+    would print only the threads', which show an idle loop, and end the whole run)."""
+    stop = asyncio.ensure_future(d.stop(force=True))
+    done, _ = await asyncio.wait({stop}, timeout=STOP_LIMIT)
+    if stop in done:
+        return stop.result()
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        print(f"--- {task.get_name()}: {task.get_coro()!r}", file=out)
+        task.print_stack(file=out)
+    raise AssertionError(f"daemon {d.cfg.node_id} did not stop in {STOP_LIMIT:g} s; "
+                         f"tasks:\n{out.getvalue()}")  # fmt: skip
