@@ -8,9 +8,10 @@ offline, until it comes back or has been gone for `forget_after` seconds. The AP
 snapshot and the canaries read this view; every control-plane instance runs its own tracker.
 
 A KV watcher goes blind for a while after a server restart and may skip intermediate values, so
-it is re-created periodically, on reconnect (`resync()`) and when the bucket was made again. The end of its initial snapshot is
-not trusted (nats-py may signal it before the values arrive): the bucket's key list, read in one
-request once the watcher runs, says which remembered nodes have no entry left.
+it is re-created periodically, on reconnect (`resync()`) and when the bucket was made again.
+The end of its initial snapshot is not trusted (nats-py may signal it before the values
+arrive): the bucket's key list, read in one request once the watcher runs, says which
+remembered nodes have no entry left.
 """
 
 from __future__ import annotations
@@ -95,9 +96,11 @@ class Fleet(Protocol):
 @dataclass(slots=True)
 class _Known:
     record: NodeRecord
-    #: From when the node counts as gone (None while its entry is there): when a marker was
-    #: seen, or, for an entry that vanished without one, when its last heartbeat ages out.
+    #: When this instance learnt that the node's entry is gone (None while it is there).
     gone_at: float | None = None
+    #: Gone by a DEL/PURGE marker: offline at once. An entry that vanished without one reads
+    #: as its last heartbeat says until that ages past `offline_after`, as a silent node's.
+    marked: bool = False
     #: The state last logged, to log changes once.
     logged: NodeState | None = None
 
@@ -165,8 +168,7 @@ class NodeTracker:
                 yield FleetNode(entry.record, self._state(entry, now))
 
     def _state(self, known: _Known, now: float) -> NodeState:
-        gone = known.gone_at is not None and known.gone_at <= now
-        return node_state(known.record.heartbeat, gone, now, self.offline_after)
+        return node_state(known.record.heartbeat, known.marked, now, self.offline_after)
 
     @property
     def synced(self) -> bool:
@@ -230,7 +232,6 @@ class NodeTracker:
         try:
             # Listed after the watcher started: a node missing here and writing later is seen.
             listed = set(await node_keys(self.js, self.subjects))
-            now = time.time()
             for node_id, known in self._known.items():
                 if node_id not in listed and known.gone_at is None:
                     # No entry and no marker: purged, or the bucket re-created under us
@@ -238,8 +239,7 @@ class NodeTracker:
                     # interval. Offline when its last beat ages out, as for a silent node, not
                     # at once: a whole fleet read offline would refuse every submit.
                     self.stats.unlisted += 1
-                    hb = known.record.heartbeat
-                    known.gone_at = max(now, hb.ts + self.offline_after)
+                    known.gone_at = time.time()
             waiting: set[str] | None = listed
             snapshot_until = time.monotonic() + self.snapshot_timeout
             until = time.monotonic() + self.resync_interval
@@ -319,9 +319,9 @@ class NodeTracker:
 
     @staticmethod
     def _gone(known: _Known) -> None:
-        now = time.time()
-        if known.gone_at is None or known.gone_at > now:
-            known.gone_at = now
+        known.marked = True
+        if known.gone_at is None:
+            known.gone_at = time.time()
 
     def sweep(self, now: float | None = None) -> list[tuple[str, NodeState]]:
         """Log state changes and forget nodes gone for `forget_after`; returns the changes."""
