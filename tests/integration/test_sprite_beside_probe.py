@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,11 +19,9 @@ from daemon.media.mp4head import Mp4Head
 from daemon.media.probe import probe_media
 from daemon.ops.context import JobContext
 from schemas.operations import Thumbnail
-from schemas.results import ProbeInfo
+from tests.support.beside import probe_waits_for_the_run
 from tests.support.transcodejob import job_context
 
-#: A sequential sprite would leave the probe waiting this long for a render, and fail.
-OVERLAP_WAIT = 60.0
 SHEET = Thumbnail(sprite=True, tiles=8, columns=4, width=80)
 
 
@@ -62,18 +59,7 @@ async def test_the_sheet_renders_before_the_probe_ends(
     ffmpeg_tools: FfmpegTools, clip: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ctx, commands, out = _ctx(ffmpeg_tools, tmp_path, clip)
-    real = thumbnail.probe_input
-    seen: list[bool] = []
-
-    async def probe_after_the_render_started(*args: Any) -> ProbeInfo:
-        try:
-            await asyncio.wait_for(commands.first.wait(), OVERLAP_WAIT)
-            seen.append(True)
-        except TimeoutError:
-            seen.append(False)
-        return await real(*args)
-
-    monkeypatch.setattr(thumbnail, "probe_input", probe_after_the_render_started)
+    seen = probe_waits_for_the_run(monkeypatch, thumbnail, commands)
     result = await asyncio.wait_for(thumbnail.run_thumbnail(ctx), 120)
     assert seen == [True], "the probe ended before the render started"
     assert len(commands.argvs) == 1  # the header's guess agreed: kept

@@ -23,14 +23,11 @@ from daemon.media.probe import probe_media
 from daemon.ops import run_operation
 from daemon.ops.transcode_plan import Plan
 from schemas.operations import Transcode
-from schemas.results import JobResult, ProbeInfo
+from schemas.results import JobResult
 from schemas.videoopts import Crop
+from tests.support.beside import probe_waits_for_the_run
 from tests.support.media import run_ffmpeg
 from tests.support.transcodejob import job_context
-
-#: Long enough for the probe to wait on the encode's start when they overlap; a sequential
-#: transcode would leave the probe waiting this long and the test fails.
-OVERLAP_WAIT = 60.0
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -94,18 +91,7 @@ async def test_the_encode_starts_before_the_probe_ends(
     out = tmp_path / "out" / "a.m4a"
     out.parent.mkdir()
     ctx, commands = _ctx(ffmpeg_tools, tmp_path, tone, out)
-    real = transcode.probe_input
-    seen: list[bool] = []
-
-    async def probe_after_the_encode_started(*args: Any) -> ProbeInfo:
-        try:
-            await asyncio.wait_for(commands.first.wait(), OVERLAP_WAIT)
-            seen.append(True)
-        except TimeoutError:
-            seen.append(False)
-        return await real(*args)
-
-    monkeypatch.setattr(transcode, "probe_input", probe_after_the_encode_started)
+    seen = probe_waits_for_the_run(monkeypatch, transcode, commands)
     result = await _run(ctx)
     assert seen == [True], "the probe ended before any encode started"
     assert len(commands.argvs) == 1  # the blind command was the settled one: kept, not rerun
@@ -192,18 +178,7 @@ async def test_a_video_encode_starts_before_the_probe_ends_and_is_kept(
     out = tmp_path / "out" / "v.mp4"
     out.parent.mkdir()
     ctx, commands = _video_ctx(ffmpeg_tools, tmp_path, silent_video, out, VIDEO)
-    real = transcode.probe_input
-    seen: list[bool] = []
-
-    async def probe_after_the_encode_started(*args: Any) -> ProbeInfo:
-        try:
-            await asyncio.wait_for(commands.first.wait(), OVERLAP_WAIT)
-            seen.append(True)
-        except TimeoutError:
-            seen.append(False)
-        return await real(*args)
-
-    monkeypatch.setattr(transcode, "probe_input", probe_after_the_encode_started)
+    seen = probe_waits_for_the_run(monkeypatch, transcode, commands)
     result = await _run(ctx)
     assert seen == [True], "the probe ended before any encode started"
     assert len(commands.argvs) == 1  # an 8-bit SDR input without subtitles: the guess held
