@@ -60,9 +60,12 @@ A start from the waiting tier itself (or one below it) ends the count too. So on
 waiting lower-tier job sees at most N higher-tier starts of that pool before one job of its tier
 starts (the bound is per node and pool: with M nodes serving the pool the fleet may start up to
 M x N higher jobs meanwhile). Each aged start is counted (`aged`; the daemon's
-`flotilla_aged_starts_total`). The cost: while nothing is seen waiting below, each fetch of a
+`flotilla_aged_starts_total`). The cost: while nothing is seen waiting below, a fetch of a
 higher tier is followed by a peek of each lower open tier without a hint (one consumer-info
-request each, after the jobs are spawned, so no start waits for it); `aging_every = 0` spares it.
+request each, after the jobs are spawned, so no start waits for it), but not within
+AGING_PEEK_S of one that found that tier empty; `aging_every = 0` spares it. So a lower job
+this node did not hear of is seen at the first start at least AGING_PEEK_S after the last
+empty peek, and its N starts count from there.
 """
 
 from __future__ import annotations
@@ -107,6 +110,14 @@ REDELIVERY_POLL_S = 0.02
 #: each start asks a lower tier's due lane once per DUE_RECHECK_S, not every time.
 DUE_QUIET_S = 60.0
 DUE_RECHECK_S = 5.0
+#: Aging's peek of a lower tier that had no hint is skipped for this long after one found it
+#: empty: a burst of short jobs peeked two tiers per start, some 15 % of its rate, while a
+#: job that waits there unheard is seen this much later at most, which real encodes never feel.
+AGING_PEEK_S = 0.1
+#: A hinted tier's fetch peeks its due lane (deadline jobs go first) at most this often while
+#: no release was heard and no due job seen for DUE_QUIET_S: a release wakes a node, which
+#: then peeks at once, so a node that did not hear it takes its job at most this much later.
+DUE_ORDER_RECHECK_S = 0.5
 #: How often a node without its due lanes (an older control plane or credentials) looks again.
 DUE_RETRY_S = 300.0
 #: A lane last seen empty is peeked again on every EMPTY_POLLS-th fallback poll (fewer where half
@@ -174,6 +185,8 @@ class PoolPuller:
         self._due_at = -math.inf
         #: Per tier, loop time its due lane was last peeked.
         self._due_checked: dict[str, float] = {}
+        #: Per lower tier, loop time aging's peek last found nothing waiting there.
+        self._aging_empty_at: dict[str, float] = {}
         #: A fair-share pool's slot use per tenant on this node (empty weights: not fair).
         self.book = ShareBook()
         #: Per tier, the lanes (consumers) the last peek saw holding jobs.
@@ -453,7 +466,10 @@ class PoolPuller:
                 # empty; the others only if a peek says they may hold jobs.
                 heard_lanes = self._heard_lanes(prio)
                 if not peeked:
-                    await self._may_hold_jobs(prio, skip=heard_lanes)
+                    skip = heard_lanes
+                    if self._skip_due(prio, DUE_ORDER_RECHECK_S):
+                        skip = skip | {ln.consumer for ln, _ in lanes if ln.due}
+                    await self._may_hold_jobs(prio, skip=skip)
                 maybe = self._maybe[prio] | heard_lanes
                 lanes = [b for b in lanes if b[0].consumer in maybe]
                 if self.fair:
@@ -525,10 +541,17 @@ class PoolPuller:
             self.starved += started
             return
         self.starved, self._below = 0, None
+        now = asyncio.get_running_loop().time()
         for low in lower:
-            if self.wake.hints[low] or await self._pending(low):
+            if self.wake.hints[low]:
                 self.starved, self._below = started, low
                 return
+            if now - self._aging_empty_at.get(low, -math.inf) < AGING_PEEK_S:
+                continue
+            if await self._pending(low):
+                self.starved, self._below = started, low
+                return
+            self._aging_empty_at[low] = now
 
     async def _aged_start(self, lower: list[str]) -> bool | None:
         """Start one job of the open lower tier whose next job is the oldest; None when none
@@ -586,18 +609,18 @@ class PoolPuller:
             return after + 1
         return msg.seq or after + 1
 
-    def _skip_due(self, prio: str) -> bool:
-        """Whether aging's peek of a lower tier may leave out its due lane: no release heard
-        and no due job seen for DUE_QUIET_S, and the lane was peeked less than DUE_RECHECK_S
-        ago. Aging's peek follows every start, so a pool without deadline work pays one due
-        peek per lower tier per DUE_RECHECK_S there, not two per start (each about a
-        millisecond: some 15 % of a burst's rate); a lower tier with only released jobs
-        waiting starts its count at most DUE_RECHECK_S late. The sweep's own peeks, which
-        decide the order, always ask every lane."""
+    def _skip_due(self, prio: str, recheck: float = DUE_RECHECK_S) -> bool:
+        """Whether a peek of the tier may leave out its due lane: no release heard and no due
+        job seen for DUE_QUIET_S, and the lane was peeked less than `recheck` ago. Aging's
+        peek follows every start, so a pool without deadline work pays one due peek per lower
+        tier per DUE_RECHECK_S there, not two per start (each about a millisecond: some 15 %
+        of a burst's rate); a lower tier with only released jobs waiting starts its count at
+        most DUE_RECHECK_S late. A hinted fetch asks with DUE_ORDER_RECHECK_S; an unhinted
+        sweep's peeks always ask every lane."""
         now = asyncio.get_running_loop().time()
         if now - max(self._due_at, self.wake.due_at) <= DUE_QUIET_S:
             return False
-        return now - self._due_checked.get(prio, -math.inf) < DUE_RECHECK_S
+        return now - self._due_checked.get(prio, -math.inf) < recheck
 
     def _heard_lanes(self, prio: str) -> set[str]:
         """The tier's lanes a hint named: a submit names its tenant's submitted-jobs lane, a

@@ -445,6 +445,50 @@ async def test_a_node_takes_the_due_lane_before_the_plain_one(
     assert await stored(js, subjects) == 0
 
 
+async def test_a_quiet_due_lane_is_peeked_once_per_recheck_by_a_woken_fetch(
+    js: JetStreamContext, subjects: Subjects, node_nc: NATS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a pool with no deadline job lately, a fetch woken by a submit asks its tier's due lane
+    at most once per DUE_ORDER_RECHECK_S (here: not until the test ends the wait). A job
+    released there that this node did not hear (it has no release wake-up; on a fleet, the
+    release woke another node) goes first once the peek is due again."""
+    monkeypatch.setattr(puller_mod, "DUE_ORDER_RECHECK_S", 1e9)
+    slots = Slots({"cpu": 1})
+    node_js = node_nc.jetstream(timeout=5)
+    asked: list[str] = []
+    info = node_js.consumer_info
+
+    async def counted(stream: str, consumer: str, *args: Any, **kw: Any) -> Any:
+        asked.append(consumer)
+        return await info(stream, consumer, *args, **kw)
+
+    fetched: Fetched = asyncio.Queue()
+    puller = PoolPuller(
+        node_js, subjects, "cpu", slots,
+        lambda msg, _pool, _prio: fetched.put_nowait((msg, HOLD.get())),
+        fetch_timeout=NEVER_POLL, tier_timeout=LANE_WAIT, wake_source=node_nc,
+    )  # fmt: skip
+    puller.wake.due = None  # hears submits, not releases
+    due_lane = subjects.due_consumer("cpu", "normal")
+    task = asyncio.create_task(puller.run())
+    try:
+        await asyncio.wait_for(puller.idle.wait(), WITHIN)  # every lane peeked once: empty
+        monkeypatch.setattr(node_js, "consumer_info", counted)
+        await hold(js, subjects, "due-1", in_hours(1))
+        assert await Releaser(js, None, subjects, Free(1)).tick() == 1
+        await submit(js, subjects, "plain-1")
+        started = [await take(fetched, slots)]
+        assert due_lane not in asked, asked
+        monkeypatch.setattr(puller_mod, "DUE_ORDER_RECHECK_S", 0.0)  # the wait runs out
+        await submit(js, subjects, "plain-2")
+        started += [await take(fetched, slots) for _ in range(2)]
+    finally:
+        puller.stop()
+        await asyncio.wait_for(task, WITHIN)
+    assert job_ids(started) == ["plain-1", "due-1", "plain-2"]
+    assert due_lane in asked
+
+
 async def test_a_release_reaches_an_idle_node(
     js: JetStreamContext, subjects: Subjects, node_nc: NATS
 ) -> None:

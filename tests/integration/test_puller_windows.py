@@ -11,14 +11,17 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+import pytest
 import pytest_asyncio
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
+import daemon.pull.puller as puller_mod
 from control.topology import TopologySettings, ensure_topology
 from daemon.pull.puller import PoolPuller
 from daemon.pull.slots import Slots
@@ -237,6 +240,66 @@ async def test_strict_order_starves_low_without_aging(
     order, puller = await _run_with_high_arriving(js, node_nc, prefix, 0, starts=8)
     assert order == ["high"] * 8 and puller.aged == 0
     assert (await consumer(js, prefix, "low"))[0] == 1
+
+
+async def test_an_unheard_low_job_ages_once_aging_may_look_below_again(
+    js: JetStreamContext, node_nc: NATS, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node that hears no submits (no wake subscription) learns of a lower tier's job only
+    from aging's peek after a start, which is skipped for AGING_PEEK_S once it found nothing
+    below (here until the test ends the wait, so no step depends on the clock). While it is
+    skipped, high starts on in strict order; once it is due again, the low job starts within
+    the aging bound."""
+    monkeypatch.setattr(puller_mod, "AGING_PEEK_S", 1e9)
+    s = Subjects(prefix)
+    low_lane = s.consumer("cpu", "low")
+    node_js = node_nc.jetstream(timeout=5)
+    asked: list[str] = []
+    at_start: list[int] = []
+    info = node_js.consumer_info
+
+    async def counted(stream: str, consumer: str, *args: Any, **kw: Any) -> Any:
+        asked.append(consumer)
+        return await info(stream, consumer, *args, **kw)
+
+    monkeypatch.setattr(node_js, "consumer_info", counted)
+    fetched: asyncio.Queue[tuple[Msg, str]] = asyncio.Queue()
+
+    def spawn(msg: Msg, _pool: str, prio: str) -> None:
+        at_start.append(len(asked))
+        fetched.put_nowait((msg, prio))
+
+    slots = Slots({"cpu": 1})
+    puller = PoolPuller(node_js, s, "cpu", slots, spawn, fetch_timeout=NEVER_POLL, aging_every=2)
+    await submit(js, prefix, "high", "high-pre")
+    order: list[str] = []
+
+    async def next_start(job_id: str) -> Msg:
+        await submit(js, prefix, "high", job_id)  # high work keeps arriving
+        await finish(msg, slots)
+        got, prio = await asyncio.wait_for(fetched.get(), WITHIN)
+        order.append(prio)
+        return got
+
+    async with running(puller):
+        msg, _ = await asyncio.wait_for(fetched.get(), WITHIN)
+
+        async def looked_below() -> bool:
+            return low_lane in asked[at_start[0] :]
+
+        await until(looked_below, WITHIN)  # aging's peek after the first start: nothing there
+        peeked = len(asked)
+        await submit(js, prefix, "low", "low-1")  # unheard: this node has no wake-up
+        for i in range(4):
+            msg = await next_start(f"high-{i}")
+        assert order == ["high"] * 4, order  # aging_every is 2, but nothing was seen below
+        assert low_lane not in asked[peeked:], asked[peeked:]
+        monkeypatch.setattr(puller_mod, "AGING_PEEK_S", 0.0)  # the skip runs out
+        for i in range(4, 8):
+            msg = await next_start(f"high-{i}")
+        await finish(msg, slots)
+    # Seen at the first or second start after that, then 2 high starts at most, then low.
+    assert "low" in order[5:7] and order.count("low") == 1 and puller.aged == 1, order
 
 
 def test_window_rules_decode_from_json() -> None:
