@@ -22,10 +22,13 @@ from typing import Any, TypeVar, cast
 
 import aiosqlite
 
-from daemon.journal.rows import DROPPABLE_KINDS
+from daemon.journal.rows import DROPPABLE_KINDS, OutboxRow
 
 log = logging.getLogger("flotilla.journal")
 T = TypeVar("T")
+#: Told after a commit the rows it added to the outbox (seq order) and whether the outbox is
+#: otherwise as before: False when the commit also dropped unsent rows to keep its bound.
+OutboxListener = Callable[[list[OutboxRow], bool], None]
 
 UPSERT_JOB = """
 INSERT INTO jobs (tenant, job_id, attempt, state, stream_seq, subject, pool, priority, spec,
@@ -48,7 +51,7 @@ ON CONFLICT (tenant, job_id, attempt) DO UPDATE SET
 # A replayed event (same id) is already queued or sent: inserting it again would publish twice.
 INSERT_EVENT = """
 INSERT INTO outbox (event_id, subject, payload, kind, terminal, created_at)
-VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING
+VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING RETURNING seq
 """
 MARK_SENT = "UPDATE outbox SET sent_at = ? WHERE seq = ? AND sent_at IS NULL"
 _KINDS = ", ".join(f"'{k}'" for k in DROPPABLE_KINDS)
@@ -134,7 +137,7 @@ class GroupCommitter:
         depth: int,
         max_outbox_rows: int,
         delay: float = 0.0,
-        on_events: Callable[[], None] | None = None,
+        on_events: OutboxListener | None = None,
     ) -> None:
         self.writer = writer
         self.depth = depth  # unsent outbox rows, kept in step with each commit
@@ -185,7 +188,7 @@ class GroupCommitter:
 
     async def _commit(self, batch: list[WriteOp]) -> None:
         try:
-            inserted = await self._transaction(batch)
+            inserted, dropped = await self._transaction(batch)
         except Exception as exc:
             if len(batch) > 1:
                 for op in batch:  # one bad op must not fail its neighbours: retry each alone
@@ -195,56 +198,65 @@ class GroupCommitter:
             _resolve(batch, exc)
             return
         _resolve(batch, None)
-        if inserted and self.on_events is not None:
+        if (inserted or dropped) and self.on_events is not None:
             try:
-                self.on_events()
+                self.on_events(inserted, not dropped)
             except Exception:  # a listener's bug must not look like a failed commit
                 log.exception("journal outbox listener failed")
 
-    async def _transaction(self, ops: list[WriteOp]) -> int:
-        """Commit the ops as one transaction; returns how many outbox rows it added."""
+    async def _transaction(self, ops: list[WriteOp]) -> tuple[list[OutboxRow], int]:
+        """Commit the ops as one transaction; returns the outbox rows it added and how many
+        unsent ones it dropped."""
         durable = any(op.durable for op in ops)
         depth = self.depth
 
-        def body(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        def body(conn: sqlite3.Connection) -> tuple[list[OutboxRow], int, int]:
             return self._apply(conn, ops, depth)
 
-        inserted, marked, dropped = await self.writer.run(body, durable=durable)
+        rows, marked, dropped = await self.writer.run(body, durable=durable)
+        inserted = len(rows)
         excess = depth + inserted - marked - self.max_outbox_rows
         if excess > 0:
             self._warn_bound(excess, dropped)
         self.depth += inserted - marked - dropped
         self.dropped_progress += dropped
         self.ops_committed += len(ops)
-        return inserted
+        return rows, dropped
 
     @staticmethod
-    def _apply_rows(conn: sqlite3.Connection, ops: list[WriteOp]) -> tuple[int, int]:
+    def _apply_rows(conn: sqlite3.Connection, ops: list[WriteOp]) -> tuple[list[OutboxRow], int]:
         now = time.time()
         jobs = [params for op in ops for params in op.jobs]
         events = [params for op in ops for params in op.events]
         sent = [(now, seq) for op in ops for seq in op.sent]
-        inserted = marked = 0
+        rows: list[OutboxRow] = []
+        marked = 0
         if jobs:
             conn.executemany(UPSERT_JOB, jobs)
         for sql, params in (item for op in ops for item in op.extra):
             conn.execute(sql, params)
-        if events:
-            inserted = conn.executemany(INSERT_EVENT, events).rowcount
+        # One by one for the seq each gets: the rows go to the outbox publisher as committed, so
+        # it need not read them back. A replayed id inserts nothing and returns no seq.
+        for params in events:
+            added = conn.execute(INSERT_EVENT, params).fetchone()
+            if added is not None:
+                event_id, subject, payload, kind, terminal, created_at = params
+                rows.append(OutboxRow(added[0], event_id, subject, payload, kind,
+                                      bool(terminal), created_at, None))  # fmt: skip
         if sent:
             marked = conn.executemany(MARK_SENT, sent).rowcount
-        return inserted, marked
+        return rows, marked
 
     def _apply(
         self, conn: sqlite3.Connection, ops: list[WriteOp], depth: int
-    ) -> tuple[int, int, int]:
+    ) -> tuple[list[OutboxRow], int, int]:
         """On the connection's thread: the ops' statements, then the outbox bound."""
-        inserted, marked = self._apply_rows(conn, ops)
+        rows, marked = self._apply_rows(conn, ops)
         dropped = 0
-        excess = depth + inserted - marked - self.max_outbox_rows
+        excess = depth + len(rows) - marked - self.max_outbox_rows
         if excess > 0:
             dropped = conn.execute(DROP_OLDEST, (excess,)).rowcount
-        return inserted, marked, dropped
+        return rows, marked, dropped
 
     def _warn_bound(self, excess: int, dropped: int) -> None:
         now = time.monotonic()

@@ -13,10 +13,15 @@ the failure before the failed row's retry: the stream's order is then off by tha
 nothing is lost, and consumers order a job's events by attempt and timestamp, not by stream
 sequence alone.
 
-Every commit that adds rows wakes the loop (the journal's outbox listener); it reads the journal
-again after `poll_interval` only while rows are unsent (a publish that failed, a mark in flight).
-With none (the journal's count), an idle node's outbox waits for that wake-up, reading anyway
-after `idle_poll_interval`, a safety net: it read its journal every second for nothing before.
+Every commit that adds rows hands them to the loop (the journal's outbox listener, in seq order)
+and wakes it. While the loop is in step with the journal (its last read found every unsent row,
+everything since has come through that hand-over and gone out), it publishes the rows handed over
+without reading them back: a read is a trip to the journal's thread, three per job before. A
+failed publish, a journal error, a commit that dropped rows for the outbox's bound or a hand-over
+over its own bound puts the loop out of step, and it reads the journal again until a read finds
+it drained. It reads after `poll_interval` only while rows are unsent (a publish that failed, a
+mark in flight); with none (the journal's count), an idle node's outbox waits for a wake-up,
+reading anyway after `idle_poll_interval`, a safety net.
 
 The loop handles what it expects (a failed publish, a journal error) by backing off; anything
 else is a bug, which its supervisor (common.supervise) logs and restarts it after: a restart
@@ -29,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections import deque
 
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
@@ -39,6 +45,10 @@ from daemon.journal.store import Journal
 
 log = logging.getLogger("flotilla.outbox")
 NAME = "outbox-publisher"
+#: Bound on rows handed over and not yet taken (their count and payload bytes): beyond it they
+#: are let go and read back from the journal, so an outage cannot grow the hand-over.
+FEED_MAX_ROWS = 1000
+FEED_MAX_BYTES = 16 * 1024 * 1024
 
 
 class OutboxPublisher:
@@ -60,8 +70,9 @@ class OutboxPublisher:
         self.publish_timeout = publish_timeout
         self.poll_interval = poll_interval
         self.idle_poll_interval = max(poll_interval, idle_poll_interval)
-        #: Reads of the journal for rows to send.
+        #: Reads of the journal for rows to send, and windows taken from the hand-over instead.
         self.reads = 0
+        self.handed = 0
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         # Plain counters for metrics (the daemon exports them).
@@ -79,6 +90,13 @@ class OutboxPublisher:
         self._marking: asyncio.Task[None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        #: Rows committed and handed over, not yet taken (seq order), their ids and bytes.
+        self._feed: deque[OutboxRow] = deque()
+        self._fed_ids: set[str] = set()
+        self._feed_bytes = 0
+        #: Bumped whenever handed-over rows were let go: a read begun before it cannot bring
+        #: the loop back in step.
+        self._lost = 0
 
     @property
     def depth(self) -> int:
@@ -95,14 +113,14 @@ class OutboxPublisher:
 
     def start(self, supervisor: Supervisor | None = None, policy: Policy = RESTART) -> None:
         """Publish until `stop`, under `supervisor` (by default one that restarts it for ever)."""
-        self.journal.add_outbox_listener(self.notify)
+        self.journal.add_outbox_listener(self._committed)
         self._stopping = asyncio.Event()
         run = (supervisor or Supervisor()).supervise(NAME, self._run, self._stopping, policy)
         self._task = asyncio.create_task(run, name=NAME)
 
     async def stop(self) -> None:
         """Stop at once; rows in flight and not yet marked are simply sent again next time."""
-        self.journal.remove_outbox_listener(self.notify)
+        self.journal.remove_outbox_listener(self._committed)
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()
@@ -122,7 +140,8 @@ class OutboxPublisher:
             if event_id in self._unmarked:  # PubAck'd, its mark still committing
                 return True
             async with asyncio.timeout(timeout):
-                sent = await self.journal.is_sent(event_id)
+                # Handed over and not PubAck'd yet: unsent, no need to ask the journal.
+                sent = False if event_id in self._fed_ids else await self.journal.is_sent(event_id)
                 if sent is None:
                     raise LookupError(f"event {event_id} is not in the outbox")
                 if not sent:
@@ -154,24 +173,35 @@ class OutboxPublisher:
         await self._settle_marking()  # a restart: the crashed run's last mark, if any
         window, delay = 1, self.backoff_initial
         after = 0  # rows up to this seq are PubAck'd (their marks done or in flight)
-        drained = False  # the last read took every row there was
+        drained = False  # the last window took every row there was
+        # While `in_step` is the current `_lost`, the hand-over holds every unsent row past
+        # `after`: no read is needed. Rows let go since (a bump of `_lost`) end it.
+        in_step = -1
         while True:
+            woken = True
             if drained and not self._wake.is_set():  # and nothing was committed since: no read
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._poll_wait()):
                         await self._wake.wait()
+                woken = self._wake.is_set()
             drained = False
-            self._wake.clear()  # cleared before reading: a commit after the read wakes us
+            self._wake.clear()  # cleared before taking: a commit after it wakes us
+            handed = in_step == self._lost and woken  # a wait that ran out reads: safety net
+            lost = self._lost
             rows: list[OutboxRow] = []
             try:
                 if self._marking is not None and self._marking.done():
                     await self._mark_done()  # what a mark raised is handled here, in the loop
-                self.reads += 1
-                rows = await self.journal.pending_outbox(window, after=after)
+                if handed:
+                    self.handed += 1
+                    rows = self._take(window, after)
+                else:
+                    self.reads += 1
+                    rows = await self.journal.pending_outbox(window, after=after)
                 if not rows:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self._poll_wait()):
-                            await self._wake.wait()
+                    if not handed and lost == self._lost:
+                        in_step = self._drop_taken(after, lost)
+                    drained = True
                     continue
                 sent = await self._publish(rows)
                 if sent:
@@ -184,14 +214,54 @@ class OutboxPublisher:
                 log.exception("outbox publisher: journal error")
                 self.last_error, sent = str(exc), -1
                 after = 0  # a mark may be lost: read every unmarked row again (deduplicated)
-            drained = sent == len(rows) < window
             if sent == len(rows):
+                if handed:
+                    drained = not self._feed
+                else:
+                    drained = len(rows) < window
+                    if drained and lost == self._lost:
+                        in_step = self._drop_taken(after, lost)
                 window, delay = min(window * 2, self.window), self.backoff_initial
                 continue
+            in_step = -1  # what was handed over past the failure is read back
             self.backoffs += 1
             window = 1
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.backoff_max)
+
+    def _committed(self, rows: list[OutboxRow], complete: bool) -> None:
+        """The journal's listener: a commit added these rows (seq order)."""
+        size = sum(len(row.payload) for row in rows)
+        if (not complete or len(self._feed) + len(rows) > FEED_MAX_ROWS
+                or self._feed_bytes + size > FEED_MAX_BYTES):  # fmt: skip
+            self._feed.clear()
+            self._fed_ids.clear()
+            self._feed_bytes = 0
+            self._lost += 1
+        else:
+            self._feed.extend(rows)
+            self._fed_ids.update(row.event_id for row in rows)
+            self._feed_bytes += size
+        self._wake.set()
+
+    def _take(self, limit: int, after: int) -> list[OutboxRow]:
+        """Up to `limit` handed-over rows past `after` (those up to it went out from a read)."""
+        rows: list[OutboxRow] = []
+        while self._feed and len(rows) < limit:
+            row = self._feed.popleft()
+            self._feed_bytes -= len(row.payload)
+            if row.seq > after:
+                rows.append(row)
+        return rows
+
+    def _drop_taken(self, after: int, lost: int) -> int:
+        """A read found the journal drained up to `after`: the handed-over rows up to it went
+        out from that read, and the rest are all there is. Returns `lost`: in step under it."""
+        while self._feed and self._feed[0].seq <= after:
+            row = self._feed.popleft()
+            self._feed_bytes -= len(row.payload)
+            self._fed_ids.discard(row.event_id)
+        return lost
 
     def _poll_wait(self) -> float:
         """How long to wait for a commit's wake-up before reading the journal anyway."""
@@ -263,6 +333,7 @@ class OutboxPublisher:
         """PubAck'd: whoever waits for these rows may go on (an ack may now be sent)."""
         for row in rows:
             self._unmarked.add(row.event_id)
+            self._fed_ids.discard(row.event_id)
             for future in self._waiters.pop(row.event_id, []):
                 if not future.done():
                     future.set_result(None)

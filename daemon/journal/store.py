@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import aiosqlite
 
 from daemon.config import DaemonConfig
 from daemon.journal import deliveries as dl
-from daemon.journal.commit import GroupCommitter, WriteOp, Writer
+from daemon.journal.commit import GroupCommitter, OutboxListener, WriteOp, Writer
 from daemon.journal.dbfile import open_connection
 from daemon.journal.migrations import migrate
 from daemon.journal.prune import PruneResult, checkpoint, prune
@@ -66,7 +66,7 @@ class Journal:
         self.subjects = subjects
         #: Where a corrupt journal was moved at open; None when the file was sound.
         self.quarantined: Path | None = None
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[OutboxListener] = []
         self._closed = False
         committer.on_events = self._notify
 
@@ -140,17 +140,19 @@ class Journal:
     def dropped_progress(self) -> int:
         return self._committer.dropped_progress
 
-    def add_outbox_listener(self, listener: Callable[[], None]) -> None:
-        """`listener()` runs after each commit that added outbox rows (e.g. a publisher wake-up)."""
+    def add_outbox_listener(self, listener: OutboxListener) -> None:
+        """`listener(rows, complete)` runs after each commit that added outbox rows, with those
+        rows in seq order (the publisher takes them from there instead of reading them back);
+        `complete` is False when the commit dropped unsent rows to keep the outbox's bound."""
         self._listeners.append(listener)
 
-    def remove_outbox_listener(self, listener: Callable[[], None]) -> None:
+    def remove_outbox_listener(self, listener: OutboxListener) -> None:
         if listener in self._listeners:
             self._listeners.remove(listener)
 
-    def _notify(self) -> None:
+    def _notify(self, rows: list[OutboxRow], complete: bool) -> None:
         for listener in self._listeners:
-            listener()
+            listener(rows, complete)
 
     # -- writes ----------------------------------------------------------------------------
     async def record(

@@ -227,10 +227,87 @@ async def test_an_idle_outbox_reads_the_journal_only_when_a_commit_wakes_it(
         await asyncio.sleep(0.5)  # fifty poll intervals, idle
         # At most the read a poll_interval wait begun while the last mark committed ends in.
         assert publisher.reads <= reads + 1
+        handed = publisher.handed
         second = completed("i2")
         await rig.journal.record(events=[second])
         assert await publisher.wait_sent(second.event_id, 20)
+        assert publisher.handed > handed  # handed over by its commit, not read back
+    finally:
+        await publisher.stop()
+        await pub_nc.close()
+
+
+async def test_rows_a_commit_hands_over_go_out_without_reading_the_journal(
+    rig: Rig, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once a read found the outbox drained, what later commits add goes out as handed over:
+    no read of the journal for it, and no lookup of whether a waited-for event is sent."""
+    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-handover-test")
+    # Polls that never come due: any read below is one the hand-over failed to spare.
+    publisher = OutboxPublisher(
+        rig.journal, pub_nc.jetstream(), poll_interval=3600, idle_poll_interval=3600
+    )
+    lookups: list[str] = []
+    real_is_sent = rig.journal.is_sent
+
+    async def counted_is_sent(event_id: str) -> bool | None:
+        lookups.append(event_id)
+        return await real_is_sent(event_id)
+
+    monkeypatch.setattr(rig.journal, "is_sent", counted_is_sent)
+    try:
+        publisher.start()
+        recorded = lifecycle("h0")
+        await rig.journal.record(events=recorded)
+        assert await publisher.wait_sent(recorded[-1].event_id, 20)
+        assert await publisher.flush(20)
+        reads, lookups[:] = publisher.reads, []
+        for n in range(1, 6):
+            events = lifecycle(f"h{n}")
+            await rig.journal.record(events=events[:2])
+            await rig.journal.record(events=events[2:])
+            assert await publisher.wait_sent(events[-1].event_id, 20)
+            recorded += events
+        assert publisher.reads == reads and lookups == []
+        assert await publisher.flush(20)
+        ids = [m.headers and m.headers["Nats-Msg-Id"]
+               for m in await stored(rig.js, rig.subjects.events_stream)]  # fmt: skip
+        assert ids == [e.event_id for e in recorded]  # once each, in order
+    finally:
+        await publisher.stop()
+        await pub_nc.close()
+
+
+async def test_rows_let_go_from_the_hand_over_are_read_back_not_lost(
+    rig: Rig, nats_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that hands over more than the hand-over holds lets it all go: the publisher,
+    in step until then, reads the journal again at once instead of waiting for a poll."""
+    monkeypatch.setattr("daemon.journal.outbox.FEED_MAX_ROWS", 4)
+    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-letgo-test")
+    publisher = OutboxPublisher(
+        rig.journal, pub_nc.jetstream(), poll_interval=3600, idle_poll_interval=3600
+    )
+    try:
+        publisher.start()
+        first = completed("g0")
+        await rig.journal.record(events=[first])
+        assert await publisher.wait_sent(first.event_id, 20)
+        assert await publisher.flush(20)
+        reads = publisher.reads
+        many = lifecycle("g1", steps=6)  # 9 rows in one commit: over the hand-over's 4
+        await rig.journal.record(events=many)
+        assert await publisher.wait_sent(many[-1].event_id, 20)
         assert publisher.reads > reads
+        assert await publisher.flush(20)
+        ids = [m.headers and m.headers["Nats-Msg-Id"]
+               for m in await stored(rig.js, rig.subjects.events_stream)]  # fmt: skip
+        assert ids == [e.event_id for e in [first, *many]]
+        # In step again: the next commit is handed over.
+        handed, last = publisher.handed, completed("g2")
+        await rig.journal.record(events=[last])
+        assert await publisher.wait_sent(last.event_id, 20)
+        assert publisher.handed > handed
     finally:
         await publisher.stop()
         await pub_nc.close()
