@@ -29,6 +29,10 @@ T = TypeVar("T")
 #: Told after a commit the rows it added to the outbox (seq order) and whether the outbox is
 #: otherwise as before: False when the commit also dropped unsent rows to keep its bound.
 OutboxListener = Callable[[list[OutboxRow], bool], None]
+#: How long a deferred op (an outbox mark) waits for another commit to ride along with before
+#: it commits alone. A crash loses at most this much of marks: those events are sent again
+#: and the events stream's duplicate window (hours) drops the copies.
+DEFER_S = 0.2
 
 UPSERT_JOB = """
 INSERT INTO jobs (tenant, job_id, attempt, state, stream_seq, subject, pool, priority, spec,
@@ -138,6 +142,7 @@ class GroupCommitter:
         max_outbox_rows: int,
         delay: float = 0.0,
         on_events: OutboxListener | None = None,
+        defer_s: float = DEFER_S,
     ) -> None:
         self.writer = writer
         self.depth = depth  # unsent outbox rows, kept in step with each commit
@@ -147,6 +152,10 @@ class GroupCommitter:
         self.on_events = on_events
         self._delay = delay
         self._queue: list[WriteOp] = []
+        #: Ops that wait to ride along with the next commit (`submit_deferred`), oldest first.
+        self._deferred: list[WriteOp] = []
+        self._defer_s = defer_s
+        self._deferred_due: asyncio.TimerHandle | None = None
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -161,7 +170,7 @@ class GroupCommitter:
 
     async def stop(self) -> None:
         self._closing = True
-        self._wake.set()
+        self._deferred_now()
         if self._task is not None:
             await self._task
 
@@ -173,6 +182,28 @@ class GroupCommitter:
         self._wake.set()
         await op.future
 
+    async def submit_deferred(self, op: WriteOp) -> None:
+        """Commit `op` with the next transaction, or alone once `defer_s` has passed: for
+        bookkeeping no caller waits on (an outbox mark), which then costs no commit of its own
+        while others are being made."""
+        if self._closing:
+            raise RuntimeError("journal is closed")
+        loop = asyncio.get_running_loop()
+        op.future = loop.create_future()
+        self._deferred.append(op)
+        if self._deferred_due is None:
+            self._deferred_due = loop.call_later(self._defer_s, self._deferred_now)
+        await op.future
+
+    def _deferred_now(self) -> None:
+        """The deferred ops go at the head of the queue (they were submitted first)."""
+        if self._deferred_due is not None:
+            self._deferred_due.cancel()
+            self._deferred_due = None
+        if self._deferred:
+            self._queue[:0], self._deferred = self._deferred, []
+        self._wake.set()
+
     async def _run(self) -> None:
         while True:
             if not self._queue:
@@ -183,6 +214,8 @@ class GroupCommitter:
                 continue
             if self._delay and not self._closing:
                 await asyncio.sleep(self._delay)  # let a few more callers join this commit
+            if self._deferred:  # they ride along with this commit
+                self._deferred_now()
             batch, self._queue = self._queue, []
             await self._commit(batch)
 

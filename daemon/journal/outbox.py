@@ -3,15 +3,16 @@
 A row is marked sent only after its PubAck, so a crash or an outage re-sends it and the events
 stream's duplicate window drops the copy. Whoever waits for a row (an ack waits for its terminal
 event) is released at the PubAck itself: the mark is bookkeeping that only spares a re-send, so it
-commits in the background (one at a time, in order, grouped with other journal writes) while the
-next window is read, from past the rows in hand, and published. Publishes go out in windows
-(several in flight on one connection, which keeps their order); only the contiguous acked prefix
-of a window is marked, so the next try resumes at the first row that failed. After a failure the
-window shrinks to one row and grows again (doubling) as publishes succeed, so a long outage
-buffers single retries, not whole windows. A window that fails partway can store the rows after
-the failure before the failed row's retry: the stream's order is then off by that window,
-nothing is lost, and consumers order a job's events by attempt and timestamp, not by stream
-sequence alone.
+commits in the background, riding along with the journal's next commit (or alone after a fifth
+of a second: daemon.journal.commit.DEFER_S), while the next window is read, from past the rows
+in hand, and published; marks go to the journal in order, and several may wait at once.
+Publishes go out in windows (several in flight on one connection, which keeps their order); only
+the contiguous acked prefix of a window is marked, so the next try resumes at the first row
+that failed. After a failure the window shrinks to one row and grows again (doubling) as
+publishes succeed, so a long outage buffers single retries, not whole windows. A window that
+fails partway can store the rows after the failure before the failed row's retry: the stream's
+order is then off by that window, nothing is lost, and consumers order a job's events by attempt
+and timestamp, not by stream sequence alone.
 
 Every commit that adds rows hands them to the loop (the journal's outbox listener, in seq order)
 and wakes it. While the loop is in step with the journal (its last read found every unsent row,
@@ -86,8 +87,8 @@ class OutboxPublisher:
         self._waiters: dict[str, list[asyncio.Future[None]]] = {}
         #: Event ids PubAck'd whose rows are not marked sent yet (their mark is in flight).
         self._unmarked: set[str] = set()
-        #: The mark of the latest PubAck'd rows, committing while the next window goes out.
-        self._marking: asyncio.Task[None] | None = None
+        #: Marks of PubAck'd rows, committing while the next windows go out.
+        self._marks: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         #: Rows committed and handed over, not yet taken (seq order), their ids and bytes.
@@ -190,8 +191,7 @@ class OutboxPublisher:
             lost = self._lost
             rows: list[OutboxRow] = []
             try:
-                if self._marking is not None and self._marking.done():
-                    await self._mark_done()  # what a mark raised is handled here, in the loop
+                self._check_marks()  # what a mark raised is handled here, in the loop
                 if handed:
                     self.handed += 1
                     rows = self._take(window, after)
@@ -207,8 +207,9 @@ class OutboxPublisher:
                 if sent:
                     acked = rows[:sent]
                     self._resolve(acked)
-                    await self._mark_done()  # one mark in flight: they commit in order
-                    self._marking = asyncio.create_task(self._mark(acked), name="outbox-mark")
+                    mark = asyncio.create_task(self._mark(acked), name="outbox-mark")
+                    self._marks.add(mark)
+                    mark.add_done_callback(self._mark_ended)
                     after = acked[-1].seq
             except (sqlite3.Error, OSError) as exc:  # the journal: back off, as for NATS
                 log.exception("outbox publisher: journal error")
@@ -275,19 +276,27 @@ class OutboxPublisher:
             self._marked.set()
             self._marked = asyncio.Event()
 
-    async def _mark_done(self) -> None:
-        """Wait for the mark in flight; what it raised is raised here, in the loop."""
-        marking, self._marking = self._marking, None
-        if marking is not None:
-            await marking
+    def _mark_ended(self, mark: asyncio.Task[None]) -> None:
+        """A failed mark wakes the loop, which raises it (`_check_marks`) and reads again."""
+        if not mark.cancelled() and mark.exception() is not None:
+            self._wake.set()
+
+    def _check_marks(self) -> None:
+        """Raise what a finished mark raised; forget the finished ones."""
+        for mark in [m for m in self._marks if m.done()]:
+            self._marks.discard(mark)
+            error = None if mark.cancelled() else mark.exception()
+            if error is not None:
+                raise error
 
     async def _settle_marking(self) -> None:
-        """Let a mark left in flight (stop, crash) end; its outcome no longer matters."""
-        marking, self._marking = self._marking, None
-        if marking is not None:
-            await asyncio.wait({marking})
-            if not marking.cancelled():
-                marking.exception()  # retrieved: a failed mark only means a re-send
+        """Let the marks left in flight (stop, crash) end; their outcome no longer matters."""
+        marks, self._marks = self._marks, set()
+        if marks:
+            await asyncio.wait(marks)
+            for mark in marks:
+                if not mark.cancelled():
+                    mark.exception()  # retrieved: a failed mark only means a re-send
 
     async def _publish(self, rows: list[OutboxRow]) -> int:
         """Publish a window; return how many rows from its start were PubAck'd."""

@@ -265,8 +265,9 @@ class Journal:
     async def mark_sent(self, seqs: Iterable[int]) -> None:
         """Rows PubAck'd by JetStream. Not a durable commit: a lost mark only re-sends (deduped)."""
         sent = list(seqs)
-        if sent:
-            await self._committer.submit(WriteOp(jobs=[], events=[], sent=sent, durable=False))
+        if sent:  # it rides along with the next commit: no transaction of its own while busy
+            op = WriteOp(jobs=[], events=[], sent=sent, durable=False)
+            await self._committer.submit_deferred(op)
 
     async def recover(self, node_id: str) -> list[JobRow]:
         """After a crash: attempts in hand become `interrupted` (with an event); returns them."""

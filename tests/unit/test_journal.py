@@ -349,3 +349,39 @@ async def test_sigkill_during_writes_loses_no_reported_commit(tmp_path: Path) ->
             assert await j.outbox_depth() == len(events) == j.depth
         finally:
             await j.close()
+
+
+async def test_an_outbox_mark_rides_along_with_the_next_commit(journal: Journal) -> None:
+    """A mark (sent_at) is bookkeeping nobody waits on: it costs no transaction of its own
+    while other commits are made, and still commits in order with them."""
+    await journal.record(events=[accepted("r1")])
+    [row] = await journal.pending_outbox(10)
+    before = journal.transactions
+    mark = asyncio.create_task(journal.mark_sent([row.seq]))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not mark.done() and journal.transactions == before  # waiting for a ride
+    await journal.record(events=[started("r1")])
+    await asyncio.wait_for(mark, 5)
+    assert journal.transactions == before + 1  # one commit carried both
+    assert await journal.is_sent(row.event_id) is True
+    assert [r.kind for r in await journal.pending_outbox(10)] == ["started"]
+    assert journal.depth == await journal.outbox_depth() == 1
+
+
+async def test_a_lone_outbox_mark_commits_on_its_own_soon_and_at_close(tmp_path: Path) -> None:
+    """With nothing else to ride along with, a mark commits alone after its short wait; a
+    journal closing meanwhile commits it before it closes."""
+    path = tmp_path / "lone.sqlite3"
+    j = await Journal.open(path)
+    try:
+        await j.record(events=[accepted("l1"), started("l1")])
+        first, second = await j.pending_outbox(10)
+        await asyncio.wait_for(j.mark_sent([first.seq]), 10)
+        assert await j.is_sent(first.event_id) is True and j.depth == 1
+        mark = asyncio.create_task(j.mark_sent([second.seq]))
+        await asyncio.sleep(0)
+    finally:
+        await j.close()
+    await asyncio.wait_for(mark, 5)
+    assert await query(path, "SELECT count(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
