@@ -182,10 +182,11 @@ class GroupCommitter:
         self._wake.set()
         await op.future
 
-    async def submit_deferred(self, op: WriteOp) -> None:
-        """Commit `op` with the next transaction, or alone once `defer_s` has passed: for
-        bookkeeping no caller waits on (an outbox mark), which then costs no commit of its own
-        while others are being made."""
+    def defer(self, op: WriteOp) -> asyncio.Future[None]:
+        """Commit `op` with the next transaction, or alone once `defer_s` has passed; the
+        future resolves at that commit. For bookkeeping whose loss in a crash only repeats
+        some work (an outbox mark, a settled mark): it costs no commit of its own while
+        others are being made."""
         if self._closing:
             raise RuntimeError("journal is closed")
         loop = asyncio.get_running_loop()
@@ -193,7 +194,7 @@ class GroupCommitter:
         self._deferred.append(op)
         if self._deferred_due is None:
             self._deferred_due = loop.call_later(self._defer_s, self._deferred_now)
-        await op.future
+        return op.future
 
     def _deferred_now(self) -> None:
         """The deferred ops go at the head of the queue (they were submitted first)."""

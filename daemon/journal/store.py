@@ -54,6 +54,11 @@ COUNT_PENDING = "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL"
 SELECT_SENT = "SELECT sent_at FROM outbox WHERE event_id = ?"
 
 
+def _log_failed_mark(done: asyncio.Future[None]) -> None:
+    if not done.cancelled() and (error := done.exception()) is not None:
+        log.warning("journal: a settled mark did not commit (%s); a restart settles again", error)
+
+
 class Journal:
     """Open with `await Journal.open(path)`; close with `await journal.close()`."""
 
@@ -218,10 +223,14 @@ class Journal:
     ) -> None:
         """The attempt's message is dealt with: its ack or term confirmed, or, at a restart, a
         nak sent or the message left to JetStream. A mark a crash loses (durable=False) only
-        makes the restart settle the message once more."""
+        makes the restart settle the message once more, so it is not waited for: it rides along
+        with the next commit, or commits alone soon after (daemon.journal.commit.DEFER_S)."""
         params = (time.time(), tenant, job_id, attempt)
         op = WriteOp([], [], [], durable=durable, extra=[(dl.SETTLED, params)])
-        await self._committer.submit(op)
+        if durable:
+            await self._committer.submit(op)
+        else:
+            self._committer.defer(op).add_done_callback(_log_failed_mark)
 
     async def job_received(
         self,
@@ -266,8 +275,7 @@ class Journal:
         """Rows PubAck'd by JetStream. Not a durable commit: a lost mark only re-sends (deduped)."""
         sent = list(seqs)
         if sent:  # it rides along with the next commit: no transaction of its own while busy
-            op = WriteOp(jobs=[], events=[], sent=sent, durable=False)
-            await self._committer.submit_deferred(op)
+            await self._committer.defer(WriteOp(jobs=[], events=[], sent=sent, durable=False))
 
     async def recover(self, node_id: str) -> list[JobRow]:
         """After a crash: attempts in hand become `interrupted` (with an event); returns them."""

@@ -84,3 +84,31 @@ async def test_alive_moves_the_lease_and_prune_takes_deliveries_with_their_attem
     assert await journal.job("p", 1) is None
     rows = await journal._rows("SELECT COUNT(*) FROM deliveries")
     assert rows[0][0] == 0
+
+
+async def test_a_settled_mark_that_may_be_lost_rides_along_and_commits_by_close(
+    tmp_path: Path,
+) -> None:
+    """A confirmed ack's mark (durable=False) is not waited for: it commits with the next
+    commit, and a journal that closes first commits it before closing."""
+    path = tmp_path / "settle.sqlite3"
+    j = await Journal.open(path)
+    try:
+        for job_id, seq in (("x", 1), ("y", 2)):
+            await accept(j, job_id, 1, seq=seq)
+            await j.record([JobUpdate(job_id, 1, "succeeded")], [completed(job_id, 1)],
+                           settles=False)  # fmt: skip
+        before = j.transactions
+        await j.settled("x", 1, durable=False)
+        assert j.transactions == before  # returned without a commit of its own
+        await j.record([JobUpdate("z", 1, "received", spec="{}")])
+        assert j.transactions == before + 1
+        assert [u.delivery.job_id for u in await j.unsettled_ends()] == ["y"]
+        await j.settled("y", 1, durable=False)
+    finally:
+        await j.close()
+    again = await Journal.open(path)
+    try:
+        assert await again.unsettled_ends() == []
+    finally:
+        await again.close()
