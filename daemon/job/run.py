@@ -45,6 +45,7 @@ from schemas.events import (
     Started,
 )
 from schemas.jobs import JobSpec
+from schemas.operations import Canary
 from schemas.results import JobResult
 
 log = logging.getLogger("flotilla.job")
@@ -129,7 +130,8 @@ async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) ->
         finally:
             keepalive.cancel()
             deps.running.remove(handle)
-            await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
+            if _needs_scratch(spec):
+                await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
     finally:
         if deps.leases.get(key) is lease:
             del deps.leases[key]
@@ -157,11 +159,12 @@ async def _accept(
     scratch = deps.cfg.work_dir / f"{key}.{attempt}.{uuid.uuid4().hex[:8]}"
     # The dir is made while the journal commits: a crash leaves at most an empty dir, and the
     # daemon clears work_dir at start anyway. Nothing runs before both are done.
-    done = await asyncio.gather(
-        deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data, delivery=delivery),
-        asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True),
-        return_exceptions=True,
-    )
+    record = deps.reporter.record(spec.job_id, "received", accepted, spec=msg.data,
+                                  delivery=delivery)  # fmt: skip
+    steps: list[Coroutine[Any, Any, Any]] = [record]
+    if _needs_scratch(spec):
+        steps.append(asyncio.to_thread(scratch.mkdir, parents=True, exist_ok=True))
+    done = await asyncio.gather(*steps, return_exceptions=True)
     for outcome in done:
         if isinstance(outcome, BaseException):
             await asyncio.to_thread(shutil.rmtree, scratch, ignore_errors=True)
@@ -169,6 +172,12 @@ async def _accept(
     handle = JobHandle(spec.job_id, spec.pool, attempt, tenant=spec.tenant)
     deps.running.add(handle)
     return handle, scratch
+
+
+def _needs_scratch(spec: JobSpec) -> bool:
+    """A canary touches no disk: no scratch dir is made or removed for it (two trips to a
+    thread, most of what it cost the daemon beside the journal)."""
+    return not isinstance(spec.operation, Canary)
 
 
 async def _execute(

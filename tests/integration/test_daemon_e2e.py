@@ -388,3 +388,36 @@ async def test_an_invalid_job_id_is_reported_by_its_stream_sequence(
     assert failed["final"] and failed["error_kind"] == "permanent"
     assert "job_id" in failed["reason"]
     EVENT_DECODER.decode(json.dumps(failed).encode())  # what ingest does: it is accepted
+
+
+async def test_a_canary_runs_without_a_scratch_dir_and_a_transcode_with_one(
+    js: JetStreamContext, nc: NATS, prefix: str, start_daemon: Any, long_clip: Path,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A canary touches no disk, so no dir is made for it; an operation that writes files gets
+    its own while it runs, removed at its end."""
+    d: Daemon = await start_daemon(slots={"cpu": 2})
+    canary = {"v": 1, "job_id": "dry", "input": "canary://",
+              "operation": {"op": "canary", "sleep_seconds": 60}}  # fmt: skip
+    await submit(js, prefix, canary)
+
+    async def running(job_id: str) -> bool:
+        held = d.running.keys()  # (tenant, job id) of each attempt running here
+        return ("default", job_id) in held
+
+    await until(lambda: running("dry"))
+    assert list(d.cfg.work_dir.iterdir()) == []
+    out = tmp_path / "wet.mp4"
+    await submit(js, prefix, job("wet", long_clip, out, preset="veryslow", width=640, height=480))
+    await until(has(js, prefix, "wet", "started"))
+    assert [p.name.split(".")[1] for p in d.cfg.work_dir.iterdir()] == ["wet"]
+    for job_id in ("dry", "wet"):
+        cmd = {"v": 1, "verb": "cancel", "job_id": job_id, "reason": "test"}
+        reply = await nc.request(f"{prefix}.ctl.all.cancel", json.dumps(cmd).encode(), timeout=5)
+        assert json.loads(reply.data)["ok"]
+        await until(has(js, prefix, job_id, "cancelled"))
+
+    async def no_scratch() -> bool:
+        return not any(d.cfg.work_dir.iterdir())
+
+    await until(no_scratch)
