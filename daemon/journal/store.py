@@ -19,7 +19,7 @@ import aiosqlite
 
 from daemon.config import DaemonConfig
 from daemon.journal import deliveries as dl
-from daemon.journal.commit import GroupCommitter, OutboxListener, WriteOp, Writer
+from daemon.journal.commit import DEFER_S, GroupCommitter, OutboxListener, WriteOp, Writer
 from daemon.journal.dbfile import open_connection
 from daemon.journal.migrations import migrate
 from daemon.journal.prune import PruneResult, checkpoint, prune
@@ -83,6 +83,7 @@ class Journal:
         subjects: Subjects | None = None,
         outbox_max_rows: int = 100_000,
         commit_delay: float = 0.0,
+        defer_s: float = DEFER_S,
     ) -> Journal:
         path = Path(path)
         conn, quarantined = await open_connection(path)
@@ -94,8 +95,9 @@ class Journal:
             raise
         writer = Writer(conn)
         committer = GroupCommitter(
-            writer, depth=depth, max_outbox_rows=outbox_max_rows, delay=commit_delay
-        )
+            writer, depth=depth, max_outbox_rows=outbox_max_rows, delay=commit_delay,
+            defer_s=defer_s,
+        )  # fmt: skip
         journal = cls(writer, committer, path, subjects or Subjects())
         journal.quarantined = quarantined
         committer.start()
