@@ -27,6 +27,7 @@ from schemas.events import (
     Cancelled,
     Completed,
     ErrorKind,
+    Event,
     Failed,
     Interrupted,
     OutputWritten,
@@ -58,7 +59,11 @@ async def finish(
     error: BaseException | None,
     deps: JobDeps,
     lease: Lease | None = None,
+    *,
+    started: Event | None = None,
 ) -> None:
+    """`started`: the `started` event of an operation that ran no command and succeeded, not
+    journalled yet: it goes out with the outcome, in the same commit."""
     job_id, attempt = handle.job_id, handle.attempt
     wall = handle.now() - handle.started_at
 
@@ -68,8 +73,10 @@ async def finish(
     if result is not None:
         outputs = [OutputWritten(**base(), output=o) for o in result.outputs]
         done = Completed(**base(), result=result)
-        await deps.reporter.record(job_id, None, *outputs)
-        await deps.reporter.record_and_wait(job_id, "succeeded", done)
+        # One commit for the outcome and what leads up to it (in order): a commit each cost a
+        # trip to the journal's thread.
+        ahead = [*([started] if started is not None else []), *outputs]
+        await deps.reporter.record_and_wait(job_id, "succeeded", done, before=ahead)
         # A crashed earlier attempt (on any node) may have left partials next to the output.
         await remove_stale_partials(spec, deps.cfg.allowed_roots)
         await _settle_end(msg, b"+ACK", handle, deps)

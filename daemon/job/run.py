@@ -125,8 +125,8 @@ async def _run_accepted(msg: Msg, spec: JobSpec, attempt: int, deps: JobDeps) ->
         handle, scratch = await _accept(msg, spec, attempt, deps, lease)
         keepalive = _start_watcher(lease, spec, handle, deps)
         try:
-            result, error = await _execute(spec, handle, scratch, deps, lease)
-            await finish(msg, spec, handle, result, error, deps, lease)
+            result, error, started = await _execute(spec, handle, scratch, deps, lease)
+            await finish(msg, spec, handle, result, error, deps, lease, started=started)
         finally:
             keepalive.cancel()
             deps.running.remove(handle)
@@ -182,8 +182,10 @@ def _needs_scratch(spec: JobSpec) -> bool:
 
 async def _execute(
     spec: JobSpec, handle: JobHandle, scratch: Path, deps: JobDeps, lease: Lease
-) -> tuple[JobResult | None, BaseException | None]:
-    """Run the operation in its context; tell encoder health how its encoders did."""
+) -> tuple[JobResult | None, BaseException | None, Started | None]:
+    """Run the operation in its context; tell encoder health how its encoders did. The third
+    value is the `started` event of an operation that succeeded without running a command,
+    left for `finish` to journal with the outcome."""
 
     async def on_command(encoder: str | None, argv: list[str]) -> None:
         # `started` names the encoder and command, so it waits for the first ffmpeg run.
@@ -203,12 +205,19 @@ async def _execute(
     # what reaches running jobs (cancel, pause, heartbeats, drain) no longer finds this one.
     deps.running.remove(handle)
     hand_over_slot()
-    if not handle.started:  # an operation that ran no ffmpeg (or failed before it)
+    started: Started | None = None
+    if not handle.started and result is not None and not handle.slow:
+        # It ran no command and has succeeded (a canary): `started` goes out with the outcome,
+        # one commit instead of two. It is stamped now, as it would have been.
+        handle.started = True
+        started = Started(**base_fields(deps, handle.job_id, handle.attempt, handle.tenant),
+                          encoder=None, command=[])  # fmt: skip
+    elif not handle.started:  # it failed before any ffmpeg run, or is reported slow
         await on_command(None, [])
     if deps.encoder_health is not None:
         used = result.encoder if result is not None else None
         await deps.encoder_health.job_done([e.encoder for e in ctx.encoder_failures], used)
-    return result, error
+    return result, error, started
 
 
 async def _run_operation(

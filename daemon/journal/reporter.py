@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Protocol, cast
 
 from daemon.journal.deliveries import Delivery
@@ -65,12 +66,15 @@ class Reporter:
         await self.journal.record(updates, list(events), delivery=delivery)
         self.outbox.notify()
 
-    async def record_and_wait(self, job_id: str | None, state: str, event: Event) -> None:
+    async def record_and_wait(
+        self, job_id: str | None, state: str, event: Event, *, before: Sequence[Event] = ()
+    ) -> None:
         """Journal a terminal event and wait for its PubAck: only then may the message be acked.
+        `before`: events of the job that go ahead of it, in the same commit.
 
         Waits as long as NATS is away (the job keeps its in-progress acks meanwhile): acking
         before the event is out could lose the only record of the outcome.
         """
-        await self.record(job_id, state, event)
+        await self.record(job_id, state, *before, event)
         while not await self.outbox.wait_sent(event.event_id, 30.0):
             pass

@@ -10,8 +10,10 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -421,3 +423,30 @@ async def test_a_canary_runs_without_a_scratch_dir_and_a_transcode_with_one(
         return not any(d.cfg.work_dir.iterdir())
 
     await until(no_scratch)
+
+
+async def test_an_outcome_is_journalled_in_one_commit_with_what_leads_up_to_it(
+    js: JetStreamContext, prefix: str, start_daemon: Any, clip: Path, tmp_path: Path
+) -> None:
+    """A canary's `started` (it runs no command) and a transcode's `output` events commit with
+    the job's `completed`: one trip to the journal's thread, not one each."""
+    d: Daemon = await start_daemon()
+    await submit(js, prefix, {"v": 1, "job_id": "one", "input": "canary://",
+                              "operation": {"op": "canary"}})  # fmt: skip
+    await submit(js, prefix, job("two", clip, tmp_path / "two.mp4"))
+    for job_id in ("one", "two"):
+        await until(has(js, prefix, job_id, "completed"))
+        assert kinds(await events(js, prefix, job_id))[:2] == ["accepted", "started"]
+
+    def commits(job_id: str) -> dict[str, float]:
+        """When each of the job's events was journalled: one commit stamps its rows alike."""
+        with closing(sqlite3.connect(d.cfg.journal_path)) as conn:
+            rows = conn.execute("SELECT kind, created_at, payload FROM outbox").fetchall()
+        mine = [(kind, at) for kind, at, payload in rows
+                if json.loads(payload).get("job_id") == job_id]  # fmt: skip
+        return dict(mine)
+
+    one = await asyncio.to_thread(commits, "one")
+    assert one["started"] == one["completed"] != one["accepted"]
+    two = await asyncio.to_thread(commits, "two")
+    assert two["output"] == two["completed"] != two["started"]
