@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
+from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +74,29 @@ async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"condition not met within {within} s")
+
+
+@asynccontextmanager
+async def own_publisher(
+    rig: Rig, nats_url: str, name: str, *, poll_interval: float, idle_poll_interval: float = 3600
+) -> AsyncIterator[OutboxPublisher]:
+    """A started publisher on the rig's journal with its own connection and polls, stopped
+    (and its connection closed) on the way out."""
+    pub_nc = await connect(NatsSettings(url=nats_url), name=name)
+    publisher = OutboxPublisher(rig.journal, pub_nc.jetstream(), poll_interval=poll_interval,
+                                idle_poll_interval=idle_poll_interval)  # fmt: skip
+    try:
+        publisher.start()
+        yield publisher
+    finally:
+        await publisher.stop()
+        await pub_nc.close()
+
+
+async def stream_ids(rig: Rig) -> list[str | None]:
+    """The Nats-Msg-Id of every message in the events stream, in stream order."""
+    return [m.headers["Nats-Msg-Id"] if m.headers else None
+            for m in await stored(rig.js, rig.subjects.events_stream)]  # fmt: skip
 
 
 async def test_events_reach_the_stream_in_order_with_their_ids(rig: Rig) -> None:
@@ -212,12 +235,7 @@ async def test_an_idle_outbox_reads_the_journal_only_when_a_commit_wakes_it(
 ) -> None:
     """With every row sent, nothing is read until a commit adds rows (it read every
     poll_interval before: once a second on every idle node); new rows still go out at once."""
-    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-idle-test")
-    publisher = OutboxPublisher(
-        rig.journal, pub_nc.jetstream(), poll_interval=0.01, idle_poll_interval=3600
-    )
-    try:
-        publisher.start()
+    async with own_publisher(rig, nats_url, "outbox-idle-test", poll_interval=0.01) as publisher:
         first = completed("i1")
         await rig.journal.record(events=[accepted("i1"), first])
         assert await publisher.wait_sent(first.event_id, 20)
@@ -232,9 +250,6 @@ async def test_an_idle_outbox_reads_the_journal_only_when_a_commit_wakes_it(
         await rig.journal.record(events=[second])
         assert await publisher.wait_sent(second.event_id, 20)
         assert publisher.handed > handed  # handed over by its commit, not read back
-    finally:
-        await publisher.stop()
-        await pub_nc.close()
 
 
 async def test_rows_a_commit_hands_over_go_out_without_reading_the_journal(
@@ -242,11 +257,6 @@ async def test_rows_a_commit_hands_over_go_out_without_reading_the_journal(
 ) -> None:
     """Once a read found the outbox drained, what later commits add goes out as handed over:
     no read of the journal for it, and no lookup of whether a waited-for event is sent."""
-    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-handover-test")
-    # Polls that never come due: any read below is one the hand-over failed to spare.
-    publisher = OutboxPublisher(
-        rig.journal, pub_nc.jetstream(), poll_interval=3600, idle_poll_interval=3600
-    )
     lookups: list[str] = []
     real_is_sent = rig.journal.is_sent
 
@@ -255,8 +265,10 @@ async def test_rows_a_commit_hands_over_go_out_without_reading_the_journal(
         return await real_is_sent(event_id)
 
     monkeypatch.setattr(rig.journal, "is_sent", counted_is_sent)
-    try:
-        publisher.start()
+    # Polls that never come due: any read below is one the hand-over failed to spare.
+    async with own_publisher(
+        rig, nats_url, "outbox-handover-test", poll_interval=3600
+    ) as publisher:
         recorded = lifecycle("h0")
         await rig.journal.record(events=recorded)
         assert await publisher.wait_sent(recorded[-1].event_id, 20)
@@ -270,12 +282,7 @@ async def test_rows_a_commit_hands_over_go_out_without_reading_the_journal(
             recorded += events
         assert publisher.reads == reads and lookups == []
         assert await publisher.flush(20)
-        ids = [m.headers and m.headers["Nats-Msg-Id"]
-               for m in await stored(rig.js, rig.subjects.events_stream)]  # fmt: skip
-        assert ids == [e.event_id for e in recorded]  # once each, in order
-    finally:
-        await publisher.stop()
-        await pub_nc.close()
+        assert await stream_ids(rig) == [e.event_id for e in recorded]  # once each, in order
 
 
 async def test_rows_let_go_from_the_hand_over_are_read_back_not_lost(
@@ -284,12 +291,7 @@ async def test_rows_let_go_from_the_hand_over_are_read_back_not_lost(
     """A commit that hands over more than the hand-over holds lets it all go: the publisher,
     in step until then, reads the journal again at once instead of waiting for a poll."""
     monkeypatch.setattr("daemon.journal.outbox.FEED_MAX_ROWS", 4)
-    pub_nc = await connect(NatsSettings(url=nats_url), name="outbox-letgo-test")
-    publisher = OutboxPublisher(
-        rig.journal, pub_nc.jetstream(), poll_interval=3600, idle_poll_interval=3600
-    )
-    try:
-        publisher.start()
+    async with own_publisher(rig, nats_url, "outbox-letgo-test", poll_interval=3600) as publisher:
         first = completed("g0")
         await rig.journal.record(events=[first])
         assert await publisher.wait_sent(first.event_id, 20)
@@ -300,14 +302,9 @@ async def test_rows_let_go_from_the_hand_over_are_read_back_not_lost(
         assert await publisher.wait_sent(many[-1].event_id, 20)
         assert publisher.reads > reads
         assert await publisher.flush(20)
-        ids = [m.headers and m.headers["Nats-Msg-Id"]
-               for m in await stored(rig.js, rig.subjects.events_stream)]  # fmt: skip
-        assert ids == [e.event_id for e in [first, *many]]
+        assert await stream_ids(rig) == [e.event_id for e in [first, *many]]
         # In step again: the next commit is handed over.
         handed, last = publisher.handed, completed("g2")
         await rig.journal.record(events=[last])
         assert await publisher.wait_sent(last.event_id, 20)
         assert publisher.handed > handed
-    finally:
-        await publisher.stop()
-        await pub_nc.close()
