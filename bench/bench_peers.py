@@ -6,6 +6,9 @@ the embedded nats-server's `sync_interval: always`). The peers: the ready script
 folder (`--peers DIR` or `$FLOTILLA_PEERS_DIR`; each `<peer>/run.sh` sets its system up, runs
 its own measurement and prints one JSON line): Celery 5.7 + Redis, prefork with 2 worker
 processes, and arq, tuned, 2 worker processes. All run one after another, never at once.
+The peers' Redis keeps nothing on disk; `--fsync-peer` also runs Celery on a Redis that appends
+every write to its log and fsyncs it before answering (`appendfsync always`, from a copy of the
+peers folder): the same peer at the broker durability Flotilla runs with.
 
 Both measures are the peers' own:
 (a) throughput: N jobs submitted at once, first submit to the last completion seen (jobs/s);
@@ -18,6 +21,7 @@ Figures, and what the per-job path does to earn them: README, "Dispatch speed, n
 peers" (also `make bench-peers PEERS=DIR`).
 
 Usage: python bench/bench_peers.py --peers DIR [--rounds 1] [--target-s 10] [--lat-s 10]
+       [--skip arq] [--fsync-peer]
 Bounded: about 3 minutes a round on a 2-core machine (the peers' scripts cap themselves too).
 """
 
@@ -29,6 +33,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -56,6 +61,11 @@ SLOTS = 2
 #: Each peer's script and the configurations of it that are measured.
 PEERS = {"celery_redis": "default,late_ack", "arq": "tuned_2w"}
 PEER_CAP_S = 900.0
+#: How the peers' script starts Redis (no persistence at all), and what `--fsync-peer` makes
+#: of it: every write appended to Redis' log and fsynced before the reply, as nats-server's
+#: `sync_interval: always` does for every write of Flotilla's.
+REDIS_AS_SHIPPED = "--appendonly no"
+REDIS_FSYNCED = "--appendonly yes --appendfsync always"
 
 
 @dataclass
@@ -265,20 +275,32 @@ async def peer(folder: Path, name: str, configs: str, args: argparse.Namespace) 
     return figures
 
 
+def fsynced_peers(folder: Path, into: Path) -> Path:
+    """A copy of the peers folder whose Redis fsyncs every write before answering it."""
+    copy = into / "peers-fsync"
+    shutil.copytree(folder, copy)
+    script = copy / "_redis.sh"
+    text = script.read_text()
+    if text.count(REDIS_AS_SHIPPED) != 1:
+        raise SystemExit(f"{folder / '_redis.sh'}: no single {REDIS_AS_SHIPPED!r} to change")
+    script.write_text(text.replace(REDIS_AS_SHIPPED, REDIS_FSYNCED))
+    return copy
+
+
 # -- the table --------------------------------------------------------------------------------
 
 
 def table(rows: list[Figures]) -> str:
     ours = rows[0]
     lines = [
-        f"{'system':24s} {'jobs/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}  "
+        f"{'system':28s} {'jobs/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s}  "
         f"{'rate ratio':>10s} {'p50 ratio':>10s}",
     ]
     for r in rows:
         ratio = ours.rate / r.rate if r.rate else float("nan")
         p50 = r.p50 / ours.p50 if ours.p50 else float("nan")
         lines.append(
-            f"{r.name:24s} {r.rate:9.1f} {r.p50:8.2f} {r.p99:8.2f}  {ratio:10.2f} {p50:10.2f}"
+            f"{r.name:28s} {r.rate:9.1f} {r.p50:8.2f} {r.p99:8.2f}  {ratio:10.2f} {p50:10.2f}"
         )
     lines.append("rate ratio: Flotilla's rate / this one's (>= 1: Flotilla as fast or faster);")
     lines.append("p50 ratio: this one's p50 / Flotilla's (>= 1: Flotilla starts as soon or sooner)")
@@ -298,6 +320,12 @@ async def main(args: argparse.Namespace) -> None:
             if name in args.skip.split(","):
                 continue
             rows += await peer(folder, name, configs, args)
+        if args.fsync_peer:
+            with tempfile.TemporaryDirectory() as tmp:
+                durable = fsynced_peers(folder, Path(tmp))
+                for fig in await peer(durable, "celery_redis", PEERS["celery_redis"], args):
+                    fig.name = fig.name.replace("celery_redis", "celery_redis+fsync")
+                    rows.append(fig)
         print(f"round {rnd} (load average {os.getloadavg()[0]:.2f})")
         print(table(rows), flush=True)
 
@@ -312,6 +340,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--lat-s", type=float, default=10.0)
     ap.add_argument("--skip", default="", help="peers not to run, e.g. arq")
+    ap.add_argument("--fsync-peer", action="store_true",
+                    help="also run Celery with its Redis fsyncing every write, as the broker "
+                         "under Flotilla does")  # fmt: skip
     return ap.parse_args(argv)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from bench.bench_peers import ENV, PEERS, Figures, peer, peers_dir, table
+from bench.bench_peers import ENV, PEERS, Figures, fsynced_peers, peer, peers_dir, table
 
 
 def test_no_peers_folder_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,3 +75,28 @@ def test_the_table_prints_ratios_against_flotilla() -> None:
     out = table(rows)
     line = next(r for r in out.splitlines() if r.startswith("celery_redis/default"))
     assert line.split()[-2:] == ["2.00", "2.00"]  # twice the rate, half the p50
+
+
+_REDIS_LINE = (
+    'redis-server --port "$PEERS_REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \\\n'
+)
+
+
+def test_the_fsync_peer_is_a_copy_whose_redis_fsyncs_every_write(tmp_path: Path) -> None:
+    peers = tmp_path / "peers"
+    _script(peers, "celery_redis", {})
+    (peers / "_redis.sh").write_text(f"peers_redis_start() {{\n  {_REDIS_LINE}}}\n")
+    copy = fsynced_peers(peers, tmp_path / "work")
+    started = (copy / "_redis.sh").read_text()
+    assert "--appendonly yes --appendfsync always" in started
+    assert "--appendonly no" not in started
+    assert (copy / "celery_redis" / "run.sh").is_file()
+    assert "--appendonly no" in (peers / "_redis.sh").read_text()  # the original is left alone
+
+
+def test_an_fsync_peer_from_a_script_it_does_not_know_is_refused(tmp_path: Path) -> None:
+    peers = tmp_path / "peers"
+    _script(peers, "celery_redis", {})
+    (peers / "_redis.sh").write_text("redis-server --appendonly yes\n")
+    with pytest.raises(SystemExit, match="no single '--appendonly no' to change"):
+        fsynced_peers(peers, tmp_path / "work")
