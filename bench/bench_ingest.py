@@ -6,7 +6,11 @@ Both run in this process against the embedded nats-server and PostgreSQL (loopba
   idempotent insert, fold into `jobs`, ack after commit), timed from start until every event
   is in Postgres;
 - baseline: the same rows COPYed straight into `job_events` of a second database, in
-  transactions of the same batch size (no NATS, no decode, no fold: the bulk-load ceiling).
+  transactions of the same batch size (no NATS, no decode, no fold: the bulk-load ceiling);
+- Postgres work alone: `store_batch` (the ingest's transaction: holder check, idempotent insert,
+  fold into `jobs`) on the events already decoded, in transactions of the same size on one
+  connection, like the baseline: no NATS, no decode, no ack. The ingest cannot outrun it by
+  more than what its second batch in flight overlaps, so it bounds the ratio the stream can give.
 
 Each round runs both on fresh databases, one after the other, and prints both rates and their
 ratio; the summary is the median ratio (the machine may be busy with other work: a ratio taken
@@ -33,7 +37,7 @@ import nats
 
 from control.db import create_pool
 from control.db.migrate import migrate
-from control.db.store import EVENT_COLUMNS, Incoming, event_row
+from control.db.store import EVENT_COLUMNS, Incoming, event_row, store_batch
 from control.devstack.stack import EmbeddedStack
 from control.ingest import Ingestor
 from control.topology import TopologySettings, ensure_topology
@@ -178,9 +182,29 @@ async def copy_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[flo
     return len(rows) / elapsed, after - before
 
 
+async def store_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
+    """`store_batch` alone on decoded events, one transaction per batch on one connection."""
+    await migrate(dsn)
+    items = [Incoming(e, encode(e).decode(), i + 1) for i, e in enumerate(evs)]
+    conn = await asyncpg.connect(dsn)
+    backend = [conn.get_server_pid()]
+    before = await cpu_now(backend, None)
+    start = time.perf_counter()
+    for i in range(0, len(items), batch):
+        async with conn.transaction():
+            await store_batch(conn, items[i : i + batch])
+    elapsed = time.perf_counter() - start
+    after = await cpu_now(backend, None)
+    stored = await conn.fetchval("SELECT count(*) FROM job_events")
+    await conn.close()
+    if stored != len(evs):
+        raise SystemExit(f"store_batch stored {stored} of {len(evs)} events")
+    return len(evs) / elapsed, after - before
+
+
 async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
     evs = events(jobs)
-    ratios, cpu_ratios = [], []
+    ratios, cpu_ratios, store_ratios = [], [], []
     print(f"events: {len(evs)} ({jobs} jobs), batch {batch}, {rounds} rounds")
     async with EmbeddedStack(data) as stack:
         pg = stack.postgres
@@ -188,7 +212,9 @@ async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
         for n in range(rounds):  # each round on fresh databases and a fresh stream
             await pg.create_database(f"ingest{n}")
             await pg.create_database(f"baseline{n}")
+            await pg.create_database(f"store{n}")
             baseline, copy_cpu = await copy_rate(pg.dsn(f"baseline{n}"), evs, batch)
+            alone, store_cpu = await store_rate(pg.dsn(f"store{n}"), evs, batch)
             rate, cpu = await ingest_rate(
                 stack.nats.url, pg.dsn(f"ingest{n}"), evs, batch, f"b{n}", nats_pid
             )
@@ -204,8 +230,17 @@ async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
                   f" + postgres {cpu.postgres * per * 1e3:.0f}"
                   f" + nats-server {cpu.nats * per * 1e3:.0f};"
                   f" CPU ratio baseline/ingest {cpu_ratios[-1]:.3f}")  # fmt: skip
+            store_ratios.append(alone / baseline)
+            print(f"  Postgres work alone (store_batch on decoded events, one connection):"
+                  f" {alone:,.0f} events/s, ratio {alone / baseline:.3f};"
+                  f" CPU ms per 1000 events: client {store_cpu.client * per * 1e3:.0f}"
+                  f" + postgres {store_cpu.postgres * per * 1e3:.0f}")  # fmt: skip
     print(f"ratio ingest/baseline: median {statistics.median(ratios):.3f}, "
           f"min {min(ratios):.3f}, max {max(ratios):.3f}")  # fmt: skip
+    print(
+        f"ratio Postgres work alone/baseline (what the stream cannot get past by more than the "
+        f"overlap of its second batch): median {statistics.median(store_ratios):.3f}"
+    )
     print(f"CPU ratio baseline/ingest (what the ratio tends to on a machine busy with other "
           f"work): median {statistics.median(cpu_ratios):.3f}")  # fmt: skip
 
