@@ -28,9 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import nats
@@ -45,6 +46,8 @@ from schemas.codec import encode
 from schemas.events import Accepted, Completed, Event, Progress, Started, kind_of
 from schemas.results import JobResult
 from schemas.subjects import Subjects
+
+_Part = TypeVar("_Part")
 
 #: Events per ingest batch and per baseline transaction (the control plane's `ingest_batch`).
 BATCH = 500
@@ -164,42 +167,50 @@ async def ingest_rate(
     return len(evs) / elapsed, after - before
 
 
-async def copy_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
-    await migrate(dsn)
-    rows = [event_row(Incoming(e, encode(e).decode(), i + 1)) for i, e in enumerate(evs)]
+async def batches_rate(
+    dsn: str,
+    evs: list[Event],
+    parts: list[_Part],
+    write: Callable[[asyncpg.Connection, _Part], Awaitable[object]],
+) -> tuple[float, Cpu]:
+    """`write` each part in a transaction of its own, on one connection of a freshly migrated
+    database; checks that every event reached `job_events`."""
     conn = await asyncpg.connect(dsn)
     backend = [conn.get_server_pid()]
     before = await cpu_now(backend, None)
     start = time.perf_counter()
-    for i in range(0, len(rows), batch):
+    for part in parts:
         async with conn.transaction():
-            await conn.copy_records_to_table(
-                "job_events", records=rows[i : i + batch], columns=EVENT_COLUMNS
-            )
-    elapsed = time.perf_counter() - start
-    after = await cpu_now(backend, None)
-    await conn.close()
-    return len(rows) / elapsed, after - before
-
-
-async def store_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
-    """`store_batch` alone on decoded events, one transaction per batch on one connection."""
-    await migrate(dsn)
-    items = [Incoming(e, encode(e).decode(), i + 1) for i, e in enumerate(evs)]
-    conn = await asyncpg.connect(dsn)
-    backend = [conn.get_server_pid()]
-    before = await cpu_now(backend, None)
-    start = time.perf_counter()
-    for i in range(0, len(items), batch):
-        async with conn.transaction():
-            await store_batch(conn, items[i : i + batch])
+            await write(conn, part)
     elapsed = time.perf_counter() - start
     after = await cpu_now(backend, None)
     stored = await conn.fetchval("SELECT count(*) FROM job_events")
     await conn.close()
     if stored != len(evs):
-        raise SystemExit(f"store_batch stored {stored} of {len(evs)} events")
+        raise SystemExit(f"stored {stored} of {len(evs)} events")
     return len(evs) / elapsed, after - before
+
+
+def _items(evs: list[Event], batch: int) -> list[list[Incoming]]:
+    items = [Incoming(e, encode(e).decode(), i + 1) for i, e in enumerate(evs)]
+    return [items[i : i + batch] for i in range(0, len(items), batch)]
+
+
+async def copy_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
+    """The baseline: the rows COPYed straight into `job_events`."""
+    await migrate(dsn)
+    parts = [[event_row(i) for i in part] for part in _items(evs, batch)]
+
+    async def copy(conn: asyncpg.Connection, rows: list[tuple[object, ...]]) -> None:
+        await conn.copy_records_to_table("job_events", records=rows, columns=EVENT_COLUMNS)
+
+    return await batches_rate(dsn, evs, parts, copy)
+
+
+async def store_rate(dsn: str, evs: list[Event], batch: int = BATCH) -> tuple[float, Cpu]:
+    """`store_batch` alone on decoded events, one transaction per batch on one connection."""
+    await migrate(dsn)
+    return await batches_rate(dsn, evs, _items(evs, batch), store_batch)
 
 
 async def main(jobs: int, batch: int, rounds: int, data: Path) -> None:
